@@ -1,0 +1,92 @@
+#!/usr/bin/env bash
+# One entry point for everything a user or CI does with this repository.
+#
+#   ./build.sh demo                 replay the bundled sample drive through all four components
+#   ./build.sh test [PYTEST ARGS]   run the whole test suite
+#   ./build.sh replay LOG --dbc DBC [--dbc DBC ...] [--config FILE] --out DIR [--speed X]
+#   ./build.sh simulate [--out LOG] regenerate the sample drive recording
+#   ./build.sh setup                only create/refresh .venv
+#
+# The first call creates .venv from requirements.txt; later calls reuse it and reinstall only
+# when requirements.txt has changed, so every command is safe to repeat.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+VENV="$ROOT/.venv"
+STAMP="$VENV/.requirements.sha256"
+
+die() { echo "build.sh: $*" >&2; exit 2; }
+
+find_python() {
+    local candidate
+    for candidate in "${PYTHON:-}" python3.11 python3; do
+        [ -n "$candidate" ] || continue
+        if command -v "$candidate" >/dev/null 2>&1 &&
+            "$candidate" -c 'import sys; sys.exit(0 if sys.version_info[:2] == (3, 11) else 1)' 2>/dev/null; then
+            command -v "$candidate"
+            return 0
+        fi
+    done
+    return 1
+}
+
+setup() {
+    local want have=""
+    want="$(sha256sum "$ROOT/requirements.txt" | cut -d' ' -f1)"
+    [ -f "$STAMP" ] && have="$(cat "$STAMP")"
+    if [ ! -x "$VENV/bin/python" ]; then
+        local py
+        py="$(find_python)" || die "Python 3.11 is required (the Lambda runtime is python3.11); set PYTHON=/path/to/python3.11"
+        echo "build.sh: creating .venv with $py" >&2
+        "$py" -m venv "$VENV"
+        have=""
+    fi
+    if [ "$want" != "$have" ]; then
+        echo "build.sh: installing requirements.txt into .venv" >&2
+        "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -r "$ROOT/requirements.txt" \
+            || die "pip install -r requirements.txt failed"
+        echo "$want" >"$STAMP"
+    fi
+    # The project's own package lives in shared/; a .pth file makes it importable from the venv
+    # without a build step (rewritten every time, so a moved checkout still works).
+    local site
+    site="$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
+    echo "$ROOT/shared" >"$site/vehicle_telemetry.pth"
+}
+
+run_py() { "$VENV/bin/python" "$@"; }
+
+cmd="${1:-}"
+[ $# -gt 0 ] && shift
+case "$cmd" in
+    setup)
+        setup
+        ;;
+    demo)
+        setup
+        run_py -m telemetry demo --out "$ROOT/out/demo" "$@"
+        ;;
+    replay)
+        setup
+        run_py -m telemetry replay "$@"
+        ;;
+    simulate)
+        setup
+        run_py -m telemetry simulate "$@"
+        ;;
+    bench)
+        setup
+        run_py "$ROOT/tests/bench.py" "$@"
+        ;;
+    test)
+        setup
+        cd "$ROOT"
+        run_py -m pytest "$@"
+        ;;
+    ""|-h|--help|help)
+        sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//'
+        ;;
+    *)
+        die "unknown command '$cmd' (try ./build.sh help)"
+        ;;
+esac

@@ -1,0 +1,78 @@
+"""Command line: ``python -m telemetry {replay,demo,simulate}`` (``./build.sh`` calls it).
+
+Errors of ours become one line, ``error: ...``, and exit status 2; ``--debug`` shows tracebacks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from .errors import TelemetryError
+from .replay import SAMPLE, alerts_from_outbox, format_summary, replay
+
+
+def _replay(args: argparse.Namespace) -> int:
+    summary = replay(args.log, out_dir=args.out, config=args.config, dbc=args.dbc, speed=args.speed)
+    print(format_summary(summary, alerts_from_outbox(Path(args.out) / "cloud.jsonl")))
+    print(f"Wrote {Path(args.out) / 'cloud.jsonl'} and {Path(args.out) / 'summary.json'}")
+    return 1 if summary["handler_errors"] else 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    args.log = SAMPLE / "drive.log"
+    args.config = SAMPLE / "vehicle.toml"
+    args.dbc = []
+    print(f"Demo: the sample solar car's recorded drive, {args.log.name}, through the four components\n")
+    return _replay(args)
+
+
+def _simulate(args: argparse.Namespace) -> int:
+    from .simulator import write_drive
+
+    frames = write_drive(args.out, seconds=args.seconds, seed=args.seed)
+    print(f"Wrote {frames} frames to {args.out}")
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="telemetry", description=__doc__.splitlines()[0])
+    p.add_argument("--debug", action="store_true", help="show tracebacks and debug logging")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    r = sub.add_parser("replay", help="replay a recorded CAN log through all four components")
+    r.add_argument("log", help="CAN log: .log (candump -L), .asc, .blf, .trc, .csv or .mf4")
+    r.add_argument("--dbc", action="append", default=[], help="DBC file (repeatable; a later one wins on shared ids)")
+    r.add_argument("--config", help="vehicle configuration (TOML; see docs/CONFIG.md)")
+    r.add_argument("--out", required=True, help="output folder for cloud.jsonl and summary.json")
+    r.add_argument("--speed", type=float, default=0.0, help="1 = recorded pace, 0 = as fast as possible (default)")
+    r.set_defaults(func=_replay)
+
+    d = sub.add_parser("demo", help="replay the bundled sample drive")
+    d.add_argument("--out", default="out/demo")
+    d.add_argument("--speed", type=float, default=0.0)
+    d.set_defaults(func=_demo)
+
+    s = sub.add_parser("simulate", help="record a simulated drive of the sample vehicle")
+    s.add_argument("--out", default=str(SAMPLE / "drive.log"))
+    s.add_argument("--seconds", type=float, default=240.0)
+    s.add_argument("--seed", type=int, default=2026)
+    s.set_defaults(func=_simulate)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.debug else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        return int(args.func(args))
+    except TelemetryError as exc:
+        if args.debug:
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        return 2

@@ -1,0 +1,232 @@
+"""A local stand-in for the Greengrass nucleus, enough to run the four Lambda components on a
+laptop exactly as their recipes define them.
+
+It reads ``recipes/``, checks them, starts the components in dependency order, loads each
+handler module once (as for a pinned function), and delivers every message published on a local
+topic to the components whose PUB_SUB event sources name that topic: JSON-decoded, one
+invocation at a time per component, through a bounded queue of the recipe's ``maxQueueSize``.
+A publisher facing a full queue waits, so a replay slows down instead of losing data. Components
+are stopped in reverse order.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import queue
+import re
+import threading
+import time
+from collections import Counter
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+from .clock import Clock, SystemClock
+from .component import Services, hosting
+from .config import VehicleConfig
+from .errors import RecipeError, TelemetryError
+from .messages import dumps
+from .recipes import Recipe, check_recipes, import_handler, load_recipes
+from .transport import CloudTransport, Handler
+
+LOG = logging.getLogger(__name__)
+
+_STOP = object()
+
+
+@dataclass
+class LambdaContext:
+    """What a handler's ``context`` argument offers (the parts a Lambda handler may read)."""
+
+    function_name: str
+    function_version: str = "1"
+    invoked_function_arn: str = ""
+    aws_request_id: str = ""
+
+
+class _Runner:
+    """One component: its handler module, its queue and the worker that invokes it."""
+
+    def __init__(self, recipe: Recipe, module: ModuleType, handler: Any) -> None:
+        self.recipe = recipe
+        self.module = module
+        self.handler = handler
+        self.queue: queue.Queue[Any] = queue.Queue(maxsize=recipe.max_queue_size)
+        self.stats: Counter[str] = Counter()
+        self.errors: list[str] = []
+        self.context = LambdaContext(function_name=str(recipe.function.get("FunctionName", recipe.name)))
+        self.worker = threading.Thread(target=self._work, name=f"invoke-{recipe.name}", daemon=True)
+
+    @property
+    def adapter(self) -> Any:
+        return getattr(self.module, "adapter", None)
+
+    @property
+    def component(self) -> Any:
+        adapter = self.adapter
+        return adapter.component if adapter is not None else None
+
+    def _work(self) -> None:
+        while True:
+            wire = self.queue.get()
+            try:
+                if wire is _STOP:
+                    return
+                self._invoke(wire)
+            finally:
+                self.queue.task_done()
+
+    def _invoke(self, wire: bytes) -> None:
+        started = time.monotonic()
+        try:
+            self.handler(json.loads(wire), self.context)
+        except Exception as exc:  # Greengrass would log it and restart a pinned function
+            self.stats["handler_errors"] += 1
+            message = f"{self.recipe.name}: handler raised {type(exc).__name__}: {exc}"
+            self.errors.append(message)
+            LOG.exception("%s", message)
+        elapsed = time.monotonic() - started
+        self.stats["invocations"] += 1
+        if elapsed > self.recipe.timeout:
+            self.stats["timeouts"] += 1
+            LOG.warning("%s: invocation took %.1f s, over its %.0f s timeout", self.recipe.name, elapsed, self.recipe.timeout)
+
+
+class LocalRuntime:
+    """Runs the components of ``recipes/`` in one process. Use as a context manager."""
+
+    def __init__(
+        self,
+        recipes_dir: str | Path,
+        config: VehicleConfig,
+        cloud: CloudTransport,
+        *,
+        env: Mapping[str, str] | None = None,
+        clock: Clock | None = None,
+        root: str | Path | None = None,
+    ) -> None:
+        self.recipes = load_recipes(recipes_dir, root)
+        self.config = config
+        self.cloud = cloud
+        self.env = dict(env or {})
+        self.clock = clock or SystemClock()
+        self.runners: dict[str, _Runner] = {}
+        self.order: list[Recipe] = []
+        self._routes: dict[str, list[_Runner]] = {}
+        self._taps: dict[str, list[Handler]] = {}
+        self._lock = threading.Lock()
+        self.published: Counter[str] = Counter()
+        self.published_bytes: Counter[str] = Counter()
+        self._stopped: dict[str, _Runner] = {}
+
+    # -- the LocalTransport the components are given -------------------------------------------
+    def publish(self, topic: str, message: Mapping[str, Any]) -> None:
+        wire = dumps(message)
+        with self._lock:
+            self.published[topic] += 1
+            self.published_bytes[topic] += len(wire)
+            routes = list(self._routes.get(topic, ()))
+            taps = list(self._taps.get(topic, ()))
+        if not routes and not taps:
+            LOG.debug("no subscriber for %s", topic)
+        for runner in routes:
+            runner.queue.put(wire)  # blocks while the queue is full: back-pressure, not loss
+        for tap in taps:
+            tap(json.loads(wire))
+
+    def subscribe(self, topic: str, handler: Handler) -> None:
+        """Watch a topic from outside the components (tests, tools); called synchronously."""
+        with self._lock:
+            self._taps.setdefault(topic, []).append(handler)
+
+    def close(self) -> None:
+        pass
+
+    # -- lifecycle ------------------------------------------------------------------------------
+    def start(self) -> None:
+        self.order = check_recipes(self.recipes)
+        for topic_owner in self.order:
+            for topic in topic_owner.topics:
+                self._routes.setdefault(topic, [])
+        try:
+            for recipe in self.order:
+                self._start(recipe)
+        except BaseException:
+            self.stop()
+            raise
+
+    def _start(self, recipe: Recipe) -> None:
+        env = {**recipe.environment, **self.env}
+        services = Services(self, self.cloud, self.config, self.clock, env, recipe.name)
+        module_name = "_telemetry_local_" + re.sub(r"\W", "_", recipe.name)
+        with hosting(services):
+            try:
+                module, handler = import_handler(recipe, module_name)
+            except RecipeError as exc:
+                if isinstance(exc.__cause__, TelemetryError):
+                    raise exc.__cause__ from None  # a clear error of ours (a bad DBC): say just that
+                raise
+        runner = _Runner(recipe, module, handler)
+        runner.worker.start()
+        self.runners[recipe.name] = runner
+        for topic in recipe.topics:
+            self._routes[topic].append(runner)
+        LOG.info("started %s", recipe.name)
+
+    def component(self, name: str) -> Any:
+        return self.runner(name).component
+
+    def sources(self) -> list[Any]:
+        """The adapters of pinned functions running a loop of their own (the CAN reader)."""
+        return [r.adapter for r in self.runners.values() if r.adapter is not None and r.adapter.thread is not None]
+
+    def wait_for_sources(self, timeout: float | None = None) -> None:
+        """Wait until every source loop has ended (a replay has reached the end of its log)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        for adapter in self.sources():
+            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+            adapter.thread.join(remaining)
+            if adapter.thread.is_alive():
+                raise TimeoutError("source still running")
+            if adapter.error is not None:
+                raise adapter.error
+
+    def drain(self) -> None:
+        """Wait until every message published so far, and everything it caused, is handled."""
+        while True:
+            before = sum(self.published.values())
+            for recipe in self.order:
+                self.runners[recipe.name].queue.join()
+            if sum(self.published.values()) == before:
+                return
+
+    def stop(self) -> None:
+        """Stop components in reverse start order (dependents before their dependencies)."""
+        for recipe in reversed(self.order):
+            runner = self.runners.pop(recipe.name, None)
+            if runner is None:
+                continue
+            if runner.adapter is not None:
+                runner.adapter.stop(timeout=10)
+            runner.queue.put(_STOP)
+            runner.worker.join(10)
+            LOG.info("stopped %s", recipe.name)
+            self._stopped[recipe.name] = runner
+
+    def __enter__(self) -> LocalRuntime:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+    def runner(self, name: str) -> _Runner:
+        return self.runners.get(name) or self._stopped[name]
+
+    @property
+    def errors(self) -> list[str]:
+        runners = {**self._stopped, **self.runners}
+        return [e for r in runners.values() for e in r.errors]

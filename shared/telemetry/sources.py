@@ -1,0 +1,234 @@
+"""Where CAN frames come from: a live python-can bus, or the replay of a recorded log.
+
+python-can's log readers stop at the first line they cannot parse, and a logger that lost power
+leaves a truncated last line. ``LogSource`` reads text logs (.log, .asc, .trc, .csv) line by line
+through python-can's own reader for the format; when that reader fails on a line, the line is
+recorded as a ``BadRecord`` (file, line number, reason) and reading resumes on the next line
+with a fresh reader that is first fed the file's header again. Binary logs (.blf, .mf4) cannot be
+resynchronised that way: a corrupt block ends the file, and that too is recorded.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol, TextIO
+
+import can
+from can.io.player import MESSAGE_READERS
+
+from .clock import Clock, SystemClock
+from .errors import LogFormatError, SourceError
+
+LOG = logging.getLogger(__name__)
+
+TEXT_FORMATS = frozenset({".log", ".asc", ".trc", ".csv"})
+SUPPORTED_FORMATS = tuple(sorted(set(MESSAGE_READERS) - {".db"}))
+
+
+@dataclass(frozen=True)
+class BadRecord:
+    """A part of a log that yielded no frame: where it is and why."""
+
+    file: str
+    line: int | None
+    reason: str
+    text: str = ""
+
+    def __str__(self) -> str:
+        where = f"{self.file}:{self.line}" if self.line is not None else self.file
+        return f"{where}: {self.reason}" + (f" [{self.text}]" if self.text else "")
+
+
+class FrameSource(Protocol):
+    """An iterator of frames. ``None`` means 'nothing arrived for a while' (live buses only),
+    so the reader can flush a batch on a quiet bus."""
+
+    name: str
+    bad_records: list[BadRecord]
+
+    def frames(self, stop: threading.Event) -> Iterator[can.Message | None]: ...
+
+    def close(self) -> None: ...
+
+
+def frame_problem(msg: can.Message) -> str | None:
+    """Why a frame a reader produced cannot be a real frame, or None."""
+    if msg.is_error_frame or msg.is_remote_frame:
+        return None
+    if len(msg.data) != msg.dlc:
+        return f"DLC {msg.dlc} but {len(msg.data)} data bytes (truncated line?)"
+    return None
+
+
+class _LineFeed:
+    """A text file as python-can's readers consume it (iteration, ``readline``), which keeps the
+    number and text of the line last handed out, and can first replay saved header lines."""
+
+    def __init__(self, file: TextIO, lineno: int = 0, prefix: list[str] | None = None) -> None:
+        self._file = file
+        self._prefix = list(prefix or ())
+        self.lineno = lineno  # number of the last line read from the file
+        self.current = ""
+        self.from_file = False  # whether the current line came from the file (not the prefix)
+        self.new_lines = 0  # lines read from the file by this feed
+        self.unterminated = False  # the file's last line has no newline
+        self._keep: list[str] | None = []  # lines seen, until the header is known
+
+    def __iter__(self) -> _LineFeed:
+        return self
+
+    def __next__(self) -> str:
+        line = self.readline()
+        if not line:
+            raise StopIteration
+        return line
+
+    def readline(self, size: int = -1) -> str:
+        if self._prefix:
+            line = self._prefix.pop(0)
+            self.from_file = False
+        else:
+            line = self._file.readline()
+            if not line:
+                return ""
+            self.lineno += 1
+            self.new_lines += 1
+            self.from_file = True
+            self.unterminated = not line.endswith("\n")
+        self.current = line
+        if self._keep is not None:
+            self._keep.append(line)
+        return line
+
+    def seen_before_current(self) -> list[str]:
+        return list((self._keep or [])[:-1])
+
+    def stop_keeping(self) -> None:
+        self._keep = None
+
+    def close(self) -> None:
+        pass  # the file belongs to LogSource
+
+    closed = False
+
+
+class LogSource:
+    """Replay of a recorded log, as fast as possible (speed 0) or at ``speed`` times real time."""
+
+    def __init__(self, path: str | Path, *, speed: float = 0.0, clock: Clock | None = None) -> None:
+        self.path = Path(path)
+        self.name = self.path.name
+        self.speed = speed
+        self.clock = clock or SystemClock()
+        self.bad_records: list[BadRecord] = []
+        suffix = self.path.suffix.lower()
+        if suffix not in SUPPORTED_FORMATS:
+            raise LogFormatError(
+                f"{self.path}: unsupported log format {suffix or '(no suffix)'!r}; "
+                f"supported: {', '.join(SUPPORTED_FORMATS)}"
+            )
+        if not self.path.is_file():
+            raise LogFormatError(f"{self.path}: no such file")
+        self._suffix = suffix
+
+    def frames(self, stop: threading.Event) -> Iterator[can.Message | None]:
+        messages = self._read_text() if self._suffix in TEXT_FORMATS else self._read_binary()
+        if self.speed <= 0:
+            for msg in messages:
+                if stop.is_set():
+                    return
+                yield msg
+            return
+        start_wall = self.clock.monotonic()
+        start_t: float | None = None
+        for msg in messages:
+            if stop.is_set():
+                return
+            if start_t is None:
+                start_t = msg.timestamp
+            due = start_wall + (msg.timestamp - start_t) / self.speed
+            self.clock.sleep(due - self.clock.monotonic())
+            yield msg
+
+    def _bad(self, line: int | None, reason: str, text: str = "") -> None:
+        record = BadRecord(str(self.path), line, reason, text.strip()[:80])
+        LOG.info("skipped %s", record)
+        self.bad_records.append(record)
+
+    def _read_text(self) -> Iterator[can.Message]:
+        reader_cls = MESSAGE_READERS[self._suffix]
+        with self.path.open("r", encoding="utf-8", errors="replace") as file:
+            feed = _LineFeed(file)
+            header: list[str] | None = None
+            while True:
+                try:
+                    for msg in reader_cls(feed):
+                        if header is None:
+                            header = feed.seen_before_current()
+                            feed.stop_keeping()
+                        problem = frame_problem(msg)
+                        if problem:
+                            self._bad(feed.lineno, problem, feed.current)
+                            continue
+                        feed.unterminated = feed.unterminated and not feed.from_file
+                        yield msg
+                    break
+                except Exception as exc:  # python-can raises ValueError, IndexError, ... per line
+                    if not feed.from_file or feed.new_lines == 0:
+                        # The header itself does not parse: nothing after it can be trusted.
+                        self._bad(feed.lineno or None, f"unreadable header: {type(exc).__name__}: {exc}", feed.current)
+                        return
+                    self._bad(feed.lineno, f"{type(exc).__name__}: {exc}", feed.current)
+                    prefix = header if header is not None else feed.seen_before_current()
+                    feed = _LineFeed(file, feed.lineno, prefix)
+            if feed.unterminated and feed.current.strip():
+                # A last line without newline that gave no frame: a logger that lost power.
+                self._bad(feed.lineno, "truncated last line (no newline, no frame)", feed.current)
+
+    def _read_binary(self) -> Iterator[can.Message]:
+        count = 0
+        try:
+            reader = can.LogReader(self.path)
+        except Exception as exc:
+            raise LogFormatError(f"{self.path}: cannot open: {type(exc).__name__}: {exc}") from exc
+        try:
+            for msg in reader:
+                problem = frame_problem(msg)
+                if problem:
+                    self._bad(None, f"frame {count + 1}: {problem}")
+                    continue
+                count += 1
+                yield msg
+        except Exception as exc:
+            self._bad(None, f"unreadable after frame {count}: {type(exc).__name__}: {exc}")
+        finally:
+            reader.stop()
+
+    def close(self) -> None:
+        pass
+
+
+class BusSource:
+    """Frames from a live python-can bus (SocketCAN, or any interface python-can knows)."""
+
+    def __init__(self, bus: can.BusABC | None = None, *, idle_timeout: float = 0.25, **bus_kwargs: Any) -> None:
+        self._owns_bus = bus is None
+        try:
+            self.bus = bus if bus is not None else can.Bus(**bus_kwargs)
+        except Exception as exc:
+            raise SourceError(f"cannot open CAN bus {bus_kwargs}: {type(exc).__name__}: {exc}") from exc
+        self.name = f"{self.bus.channel_info}"
+        self.idle_timeout = idle_timeout
+        self.bad_records: list[BadRecord] = []
+
+    def frames(self, stop: threading.Event) -> Iterator[can.Message | None]:
+        while not stop.is_set():
+            yield self.bus.recv(timeout=self.idle_timeout)
+
+    def close(self) -> None:
+        if self._owns_bus:
+            self.bus.shutdown()

@@ -1,0 +1,175 @@
+"""Transports: how a component hands messages to other components and to the cloud.
+
+Two small Protocols, each with an in-memory implementation used by tests and the local runtime,
+and a real one that is handed its SDK client:
+
+* ``LocalTransport`` -- Greengrass local pub/sub. Real: ``IpcLocalTransport`` over
+  ``GreengrassCoreIPCClientV2.publish_to_topic`` with JSON messages.
+* ``CloudTransport`` -- AWS IoT Core. Real: ``IpcCloudTransport`` over
+  ``GreengrassCoreIPCClientV2.publish_to_iot_core`` at QoS 1; ``OutboxFile`` writes what would be
+  sent to a JSON-lines file, for replays on a laptop.
+
+Errors of the SDK are mapped to ``TransportError`` in exactly one place (``_sdk_errors``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import threading
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+from .errors import TransportError
+from .messages import dumps
+
+Handler = Callable[[Mapping[str, Any]], None]
+
+
+@runtime_checkable
+class LocalTransport(Protocol):
+    def publish(self, topic: str, message: Mapping[str, Any]) -> None: ...
+
+    def subscribe(self, topic: str, handler: Handler) -> None: ...
+
+    def close(self) -> None: ...
+
+
+@runtime_checkable
+class CloudTransport(Protocol):
+    def publish(self, topic: str, payload: bytes) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class InMemoryLocalTransport:
+    """Synchronous local pub/sub in one process; keeps every message for inspection.
+
+    Messages go through JSON on the way, as over IPC, so a message that would not survive the
+    real transport fails here too, and subscribers never share objects with the publisher.
+    """
+
+    def __init__(self) -> None:
+        self._handlers: dict[str, list[Handler]] = {}
+        self._lock = threading.Lock()
+        self.published: list[tuple[str, dict[str, Any]]] = []
+
+    def publish(self, topic: str, message: Mapping[str, Any]) -> None:
+        wire = dumps(message)
+        with self._lock:
+            self.published.append((topic, json.loads(wire)))
+            handlers = list(self._handlers.get(topic, ()))
+        for handler in handlers:
+            handler(json.loads(wire))
+
+    def subscribe(self, topic: str, handler: Handler) -> None:
+        with self._lock:
+            self._handlers.setdefault(topic, []).append(handler)
+
+    def messages(self, topic: str) -> list[dict[str, Any]]:
+        with self._lock:
+            return [message for t, message in self.published if t == topic]
+
+    def close(self) -> None:
+        pass
+
+
+class InMemoryCloudTransport:
+    """Keeps what would have gone to IoT Core: (topic, payload bytes) pairs."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, bytes]] = []
+        self._lock = threading.Lock()
+
+    def publish(self, topic: str, payload: bytes) -> None:
+        with self._lock:
+            self.sent.append((topic, bytes(payload)))
+
+    def messages(self, topic: str | None = None) -> list[dict[str, Any]]:
+        with self._lock:
+            return [json.loads(p) for t, p in self.sent if topic is None or t == topic]
+
+    def close(self) -> None:
+        pass
+
+
+class OutboxFile:
+    """The cloud of a replay: one line ``{"topic": ..., "payload": <message>}`` per publish."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._file = self.path.open("w", encoding="utf-8")
+        self._lock = threading.Lock()
+        self.messages = 0
+        self.bytes = 0
+
+    def publish(self, topic: str, payload: bytes) -> None:
+        line = '{"topic":%s,"payload":%s}\n' % (json.dumps(topic), payload.decode())
+        with self._lock:
+            self._file.write(line)
+            self._file.flush()
+            self.messages += 1
+            self.bytes += len(payload)
+
+    def close(self) -> None:
+        with self._lock:
+            if not self._file.closed:
+                self._file.close()
+
+
+@contextlib.contextmanager
+def _sdk_errors(action: str) -> Iterator[None]:
+    try:
+        yield
+    except TransportError:
+        raise
+    except Exception as exc:  # the SDK raises its own tree and plain OSErrors
+        raise TransportError(f"{action} failed: {type(exc).__name__}: {exc}") from exc
+
+
+class IpcLocalTransport:
+    """Local pub/sub over Greengrass IPC (``GreengrassCoreIPCClientV2``)."""
+
+    def __init__(self, client: Any) -> None:
+        self._client = client
+
+    def publish(self, topic: str, message: Mapping[str, Any]) -> None:
+        from awsiot.greengrasscoreipc.model import JsonMessage, PublishMessage
+
+        # Round-trip through our encoder so NaN and non-JSON types are refused here.
+        body = json.loads(dumps(message))
+        with _sdk_errors(f"publish to local topic {topic}"):
+            self._client.publish_to_topic(
+                topic=topic, publish_message=PublishMessage(json_message=JsonMessage(message=body))
+            )
+
+    def subscribe(self, topic: str, handler: Handler) -> None:
+        def on_event(event: Any) -> None:
+            if event.json_message is not None:
+                handler(event.json_message.message)
+            elif event.binary_message is not None:
+                handler(json.loads(event.binary_message.message))
+
+        with _sdk_errors(f"subscribe to local topic {topic}"):
+            self._client.subscribe_to_topic(topic=topic, on_stream_event=on_event)
+
+    def close(self) -> None:
+        pass  # the IPC client is shared; whoever created it closes it
+
+
+class IpcCloudTransport:
+    """AWS IoT Core through the nucleus's MQTT connection (``publish_to_iot_core``, QoS 1)."""
+
+    def __init__(self, client: Any) -> None:
+        self._client = client
+
+    def publish(self, topic: str, payload: bytes) -> None:
+        from awsiot.greengrasscoreipc.model import QOS
+
+        with _sdk_errors(f"publish to IoT Core topic {topic}"):
+            self._client.publish_to_iot_core(topic_name=topic, qos=QOS.AT_LEAST_ONCE, payload=payload)
+
+    def close(self) -> None:
+        pass  # the IPC client is shared; whoever created it closes it
