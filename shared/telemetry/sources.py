@@ -207,6 +207,11 @@ class LogSource:
             self._bad(None, f"unreadable after frame {count}: {type(exc).__name__}: {exc}")
         finally:
             reader.stop()
+        # python-can's BLF reader stops quietly at a cut-off container; the header knows better.
+        declared = getattr(reader, "file_size", None)
+        actual = self.path.stat().st_size
+        if isinstance(declared, int) and declared > actual:
+            self._bad(None, f"truncated after frame {count}: file is {actual} bytes, its header says {declared}")
 
     def close(self) -> None:
         pass

@@ -1,0 +1,34 @@
+"""Small builders for tests."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import can
+import numpy as np
+
+from telemetry import messages
+from telemetry.messages import SignalColumns
+
+
+def frame(t: float, can_id: int, data: bytes = b"", **kw) -> can.Message:
+    kw.setdefault("is_extended_id", can_id > 0x7FF)
+    return can.Message(timestamp=t, arbitration_id=can_id, data=data, **kw)
+
+
+def columns(**signals: tuple[list[float], list[float]]) -> dict[str, SignalColumns]:
+    """columns(**{"A.x": ([t...], [v...])})"""
+    return {name: SignalColumns(np.asarray(t, float), np.asarray(v, float)) for name, (t, v) in signals.items()}
+
+
+def signals_event(cols: dict[str, SignalColumns], seq: int = 1) -> dict:
+    times = [float(c.t.max()) for c in cols.values() if len(c)] or [0.0]
+    return messages.signals_message(
+        source="test", seq=seq, start=min(float(c.t.min()) for c in cols.values() if len(c)) if any(len(c) for c in cols.values()) else 0.0,
+        end=max(times), frames={"read": 1}, signals=cols,
+    )
+
+
+def write_lines(path: Path, lines: list[str], newline_at_end: bool = True) -> Path:
+    path.write_text("\n".join(lines) + ("\n" if newline_at_end else ""))
+    return path

@@ -1,0 +1,145 @@
+"""An independent reference for a replay's output, built from cantools' own decoding.
+
+It shares no code with the package: frames come from ``can.LogReader``, each is decoded with
+``cantools`` directly, and windows are formed by the definition (window ``floor(t / W)``). Used by
+the tests on the sample recording and by ``.ci/run`` on the real logs in ``../shared/data``::
+
+    python tests/reference.py LOG --dbc DBC [--dbc DBC] --out DIR [--window 1.0] [--require-all-decoded]
+
+compares ``DIR/cloud.jsonl`` and ``DIR/summary.json`` (written by ``./build.sh replay``) with the
+reference and exits non-zero on any difference.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import can
+import cantools
+
+
+def reference(log: str | Path, dbcs: list[str | Path], window: float) -> dict[str, Any]:
+    index: dict[tuple[int, bool], Any] = {}
+    for path in dbcs:
+        for message in cantools.database.load_file(str(path), strict=False).messages:
+            index[(message.frame_id, bool(message.is_extended_frame))] = message
+    counts = defaultdict(int)
+    samples: dict[tuple[int, str], list[tuple[float, float]]] = defaultdict(list)
+    for frame in can.LogReader(str(log)):
+        counts["read"] += 1
+        if frame.is_error_frame:
+            counts["error"] += 1
+            continue
+        if frame.is_remote_frame:
+            counts["remote"] += 1
+            continue
+        message = index.get((frame.arbitration_id, frame.is_extended_id))
+        if message is None:
+            counts["unknown_id"] += 1
+            continue
+        try:
+            decoded = message.decode(frame.data, decode_choices=False)
+        except Exception:
+            counts["decode_error"] += 1
+            continue
+        counts["decoded"] += 1
+        k = math.floor(frame.timestamp / window)
+        for name, value in decoded.items():
+            samples[(k, f"{message.name}.{name}")].append((frame.timestamp, float(value)))
+    windows: dict[int, dict[str, dict[str, float]]] = defaultdict(dict)
+    for (k, name), points in samples.items():
+        values = [v for _, v in points]
+        last = max(range(len(points)), key=lambda i: (points[i][0], i))
+        windows[k][name] = {
+            "count": len(values),
+            "min": min(values),
+            "max": max(values),
+            "mean": math.fsum(values) / len(values),
+            "last": points[last][1],
+        }
+    return {"counts": dict(counts), "windows": dict(windows)}
+
+
+def compare(ref: dict[str, Any], cloud_lines: list[dict[str, Any]], window: float) -> list[str]:
+    """Differences between the reference and the aggregates a replay sent to the cloud."""
+    problems = []
+    got: dict[int, dict[str, Any]] = {}
+    for line in cloud_lines:
+        payload = line["payload"]
+        if payload.get("kind") != "aggregates":
+            continue
+        k = round(payload["window"]["start"] / window)
+        if not math.isclose(payload["window"]["end"] - payload["window"]["start"], window, rel_tol=1e-9):
+            problems.append(f"window {payload['window']} is not {window} s long")
+        if k in got:
+            problems.append(f"window {k} sent twice")
+        got[k] = payload["signals"]
+    want = ref["windows"]
+    if set(got) != set(want):
+        problems.append(f"windows differ: missing {sorted(set(want) - set(got))[:5]}, extra {sorted(set(got) - set(want))[:5]}")
+    for k in sorted(set(got) & set(want)):
+        if set(got[k]) != set(want[k]):
+            problems.append(f"window {k}: signals differ: {sorted(set(got[k]) ^ set(want[k]))[:5]}")
+            continue
+        for name, stats in want[k].items():
+            for key, value in stats.items():
+                other = got[k][name][key]
+                if key == "count" and other != value or not math.isclose(other, value, rel_tol=1e-9, abs_tol=1e-9):
+                    problems.append(f"window {k} {name} {key}: got {other}, reference {value}")
+    return problems
+
+
+def compare_counts(ref: dict[str, Any], summary: dict[str, Any]) -> list[str]:
+    pairs = {
+        "frames_read": "read",
+        "error_frames": "error",
+        "remote_frames": "remote",
+        "frames_decoded": "decoded",
+        "frames_unknown_id": "unknown_id",
+        "decode_errors": "decode_error",
+    }
+    return [
+        f"{ours}: got {summary[ours]}, reference {ref['counts'].get(theirs, 0)}"
+        for ours, theirs in pairs.items()
+        if summary[ours] != ref["counts"].get(theirs, 0)
+    ]
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("log")
+    p.add_argument("--dbc", action="append", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--window", type=float, default=1.0)
+    p.add_argument("--require-all-decoded", action="store_true", help="fail if any data frame is left undecoded")
+    args = p.parse_args()
+    out = Path(args.out)
+    ref = reference(args.log, args.dbc, args.window)
+    summary = json.loads((out / "summary.json").read_text())
+    lines = [json.loads(line) for line in (out / "cloud.jsonl").read_text().splitlines()]
+    problems = compare_counts(ref, summary) + compare(ref, lines, args.window)
+    if args.require_all_decoded:
+        data_frames = summary["frames_read"] - summary["error_frames"] - summary["remote_frames"]
+        if summary["frames_decoded"] != data_frames:
+            problems.append(f"{data_frames - summary['frames_decoded']} data frames left undecoded")
+    windows = len(ref["windows"])
+    if problems:
+        print(f"FAIL {args.log}: {len(problems)} differences from the cantools reference", file=sys.stderr)
+        for problem in problems[:20]:
+            print(f"  {problem}", file=sys.stderr)
+        return 1
+    print(
+        f"OK {args.log}: {summary['frames_read']} frames ({summary['error_frames']} error, "
+        f"{summary['frames_unknown_id']} unknown id), {windows} windows equal the cantools reference"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,93 @@
+"""DBC decoding: multiplexing, extended ids, collisions, and frames that cannot be decoded."""
+
+from __future__ import annotations
+
+import cantools
+import pytest
+from helpers import frame
+
+from telemetry.decode import DbcDecoder, load_dbc
+from telemetry.errors import DbcError
+
+TWO = """VERSION ""
+BO_ 256 Second: 2 X
+ SG_ Other : 0|16@1+ (0.5,0) [0|100] "" Y
+"""
+
+
+def test_decodes_scaled_values_multiplexed_and_extended(sample_dbc):
+    db = cantools.database.load_file(str(sample_dbc))
+    cells = db.get_message_by_name("BMS_CellVoltages")
+    gps = db.get_message_by_name("GPS_Position")
+    frames = [
+        frame(1.0, cells.frame_id, cells.encode({"Module": 1, "Cell04": 3.9, "Cell05": 3.95, "Cell06": 4.0})),
+        frame(1.1, cells.frame_id, cells.encode({"Module": 2, "Cell07": 3.5, "Cell08": 3.6, "Cell09": 3.7})),
+        frame(1.2, gps.frame_id, gps.encode({"Latitude": -33.9, "Longitude": 151.2}), is_extended_id=True),
+    ]
+    batch = DbcDecoder([sample_dbc]).decode(frames)
+    assert batch.frames["decoded"] == 3
+    # only the signals of the active multiplexer value are present; the selector itself is a signal
+    assert batch.signals["BMS_CellVoltages.Module"].v.tolist() == [1, 2]
+    assert batch.signals["BMS_CellVoltages.Cell04"].t.tolist() == [1.0]
+    assert batch.signals["BMS_CellVoltages.Cell04"].v[0] == pytest.approx(3.9)
+    assert "BMS_CellVoltages.Cell01" not in batch.signals
+    assert batch.signals["BMS_CellVoltages.Cell09"].v[0] == pytest.approx(3.7)
+    assert batch.signals["GPS_Position.Latitude"].v[0] == pytest.approx(-33.9)
+    assert batch.samples == 4 + 4 + 2
+
+
+def test_choices_are_numbers_not_names(sample_dbc):
+    db = cantools.database.load_file(str(sample_dbc))
+    dc = db.get_message_by_name("DriverControls")
+    data = dc.encode({"Throttle": 10, "Regen": 0, "Brake": 0, "Gear": 2, "CruiseOn": 0})
+    batch = DbcDecoder([sample_dbc]).decode([frame(1.0, dc.frame_id, data)])
+    assert batch.signals["DriverControls.Gear"].v.tolist() == [2.0]
+
+
+def test_error_remote_unknown_and_undecodable_frames_are_counted(sample_dbc):
+    frames = [
+        frame(1.0, 0x20000004, bytes(8), is_error_frame=True, is_extended_id=True),
+        frame(1.1, 0x100, is_remote_frame=True, dlc=8),
+        frame(1.2, 0x7E0, b"\x01\x02"),
+        frame(1.3, 0x7E0, b"\x01\x02"),
+        frame(1.4, 0x100, b"\x01"),  # BMS_PackStatus needs 8 bytes
+        frame(1.5, 0x100, bytes(8), is_extended_id=True),  # same number, but a 29-bit id: unknown
+        frame(1.6, 0x100, bytes(8)),
+    ]
+    batch = DbcDecoder([sample_dbc]).decode(frames)
+    assert dict(batch.frames) == {"read": 7, "error": 1, "remote": 1, "unknown_id": 3, "decode_error": 1, "decoded": 1}
+    assert batch.unknown_ids == {0x7E0: 2, 0x100: 1}
+    assert batch.decode_errors == {0x100: 1}
+    assert batch.signals["BMS_PackStatus.PackVoltage"].t.tolist() == [1.6]
+
+
+def test_later_dbc_wins_on_collision_and_it_is_reported_once(tmp_path, sample_dbc):
+    second = tmp_path / "second.dbc"
+    second.write_text(TWO)
+    decoder = DbcDecoder([sample_dbc, second])
+    assert len(decoder.collisions) == 1
+    assert "second.dbc:Second replaces solar_car.dbc:BMS_PackStatus" in str(decoder.collisions[0])
+    batch = decoder.decode([frame(1.0, 0x100, b"\x0a\x00"), frame(2.0, 0x100, b"\x0b\x00")])
+    assert set(batch.signals) == {"Second.Other"}
+    assert batch.signals["Second.Other"].v.tolist() == [5.0, 5.5]
+    assert len(decoder.collisions) == 1
+
+
+@pytest.mark.parametrize(
+    "text, problem",
+    [
+        ("BO_ 256 Broken: 8 X\n SG_ A : 0|16@1+ (1,0) [0|1] \"\" Y\n SG_ B : oops\n", "not a valid DBC file"),
+        ("VERSION \"\"\n", "DBC file defines no messages"),
+    ],
+)
+def test_a_dbc_that_does_not_load_names_the_file_and_problem(tmp_path, text, problem):
+    path = tmp_path / "car.dbc"
+    path.write_text(text)
+    with pytest.raises(DbcError) as err:
+        load_dbc(path)
+    assert str(err.value).startswith(f"{path}: {problem}")
+
+
+def test_missing_dbc(tmp_path):
+    with pytest.raises(DbcError, match="not found"):
+        DbcDecoder([tmp_path / "nope.dbc"])

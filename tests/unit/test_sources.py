@@ -1,0 +1,160 @@
+"""Frame sources: every log format python-can reads, corrupt and truncated lines, pacing, a live bus."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import can
+import pytest
+from helpers import frame, write_lines
+
+from telemetry.clock import ManualClock
+from telemetry.errors import LogFormatError
+from telemetry.sources import BusSource, LogSource
+
+FRAMES = [
+    frame(1.0, 0x100, bytes([1, 2, 3, 4])),
+    frame(1.5, 0x101, bytes(range(8))),
+    frame(2.0, 0x18FF50E5, bytes([9, 9]), is_extended_id=True),
+    frame(2.5, 0x102, bytes([7] * 8)),
+    frame(3.0, 0x103, bytes([5])),
+]
+
+
+def read_all(source: LogSource) -> list[can.Message]:
+    return [m for m in source.frames(threading.Event()) if m is not None]
+
+
+def same(a: can.Message, b: can.Message) -> bool:
+    return (a.arbitration_id, a.is_extended_id, bytes(a.data)) == (b.arbitration_id, b.is_extended_id, bytes(b.data)) and abs(
+        a.timestamp - b.timestamp
+    ) < 1e-5
+
+
+def write_log(path: Path, frames=FRAMES) -> Path:
+    with can.Logger(str(path)) as writer:
+        for f in frames:
+            writer.on_message_received(f)
+    return path
+
+
+@pytest.mark.parametrize("suffix", [".log", ".asc", ".blf", ".trc", ".csv", ".mf4"])
+def test_every_format_reads_what_can_logreader_reads(tmp_path, suffix):
+    # GIVEN a log written by python-can's own writer for the format
+    path = write_log(tmp_path / f"drive{suffix}")
+    # WHEN our source reads it
+    ours = read_all(LogSource(path))
+    # THEN it yields exactly the frames can.LogReader yields, and reports nothing bad
+    theirs = list(can.LogReader(str(path)))
+    assert len(ours) == len(theirs) == len(FRAMES)
+    assert all(same(a, b) for a, b in zip(ours, theirs))
+
+
+def test_unsupported_format_is_a_clear_error(tmp_path):
+    path = tmp_path / "drive.txt"
+    path.write_text("hello\n")
+    with pytest.raises(LogFormatError, match=r"unsupported log format '\.txt'.*\.asc"):
+        LogSource(path)
+
+
+def test_missing_log_is_a_clear_error(tmp_path):
+    with pytest.raises(LogFormatError, match="no such file"):
+        LogSource(tmp_path / "nope.log")
+
+
+def test_candump_corrupt_lines_are_skipped_and_named(tmp_path):
+    # GIVEN a candump log with a garbled line in the middle and a line cut short at the end
+    path = write_lines(
+        tmp_path / "cut.log",
+        [
+            "(1.000000) can0 100#01020304",
+            "(1.100000) can0 1Z0#0102",  # bad id
+            "(1.200000) can0 101#0001020304050607",
+            "(1.3000 can0 garbage",  # bad timestamp
+            "(1.400000) can0 102#0707070707070707",
+            "(1.500000) can0 10",  # logger lost power mid-line
+        ],
+        newline_at_end=False,
+    )
+    source = LogSource(path)
+    got = read_all(source)
+    # THEN every good frame is there, in order
+    assert [(m.arbitration_id, m.timestamp) for m in got] == [(0x100, 1.0), (0x101, 1.2), (0x102, 1.4)]
+    # AND each bad line is reported with its file and line number
+    assert [(r.file, r.line) for r in source.bad_records] == [(str(path), 2), (str(path), 4), (str(path), 6)]
+    assert "1Z0" in source.bad_records[0].text
+    assert str(source.bad_records[0]).startswith(f"{path}:2: ")
+
+
+def test_asc_corrupt_line_keeps_the_header_and_truncated_frame_is_caught(tmp_path):
+    # GIVEN an ASC log (header with hex base) with a corrupt data byte and a truncated last frame
+    path = write_log(tmp_path / "drive.asc")
+    lines = path.read_text().splitlines()
+    data_lines = [i for i, line in enumerate(lines) if " Rx " in line]
+    lines[data_lines[1]] = lines[data_lines[1]].replace("00 01 02", "00 0G 02")
+    last = lines[data_lines[-1]]
+    lines[data_lines[-1]] = last.rsplit(" ", 1)[0]  # keeps "Rx d 1", drops the one data byte
+    write_lines(path, lines)
+    source = LogSource(path)
+    got = read_all(source)
+    # THEN the frames after the bad line are still read with the header's settings (hex ids)
+    assert [m.arbitration_id for m in got] == [0x100, 0x18FF50E5, 0x102]
+    assert [r.line for r in source.bad_records] == [data_lines[1] + 1, data_lines[-1] + 1]
+    assert "DLC 1 but 0 data bytes" in source.bad_records[1].reason
+
+
+def test_trc_and_csv_corrupt_lines(tmp_path):
+    for suffix, corrupt in [(".trc", lambda line: line.replace(" DT ", " DT zz ")), (".csv", lambda line: line.replace(",", ",x", 1))]:
+        path = write_log(tmp_path / f"drive{suffix}")
+        lines = path.read_text().splitlines()
+        target = next(i for i, line in enumerate(lines) if "101" in line.upper() and not line.startswith(";"))
+        lines[target] = corrupt(lines[target])
+        write_lines(path, lines)
+        source = LogSource(path)
+        got = read_all(source)
+        assert [m.arbitration_id for m in got] == [0x100, 0x18FF50E5, 0x102, 0x103], suffix
+        assert [r.line for r in source.bad_records] == [target + 1], suffix
+
+
+def test_truncated_binary_log_keeps_what_came_before(tmp_path):
+    # GIVEN a BLF log of several compressed containers, cut in half (a logger that lost power)
+    frames = [frame(i * 0.001, 0x100 + i % 50, bytes([i % 256] * 8)) for i in range(20_000)]
+    path = write_log(tmp_path / "drive.blf", frames)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    source = LogSource(path)
+    got = read_all(source)
+    # THEN the frames of the complete containers are read, in order, and the cut is reported
+    assert 0 < len(got) < len(frames)
+    assert all(same(a, b) for a, b in zip(got, frames))
+    assert len(source.bad_records) == 1
+    assert f"truncated after frame {len(got)}" in source.bad_records[0].reason
+
+
+def test_replay_at_recorded_pace_sleeps_on_the_clock(tmp_path):
+    path = write_log(tmp_path / "drive.log")
+    clock = ManualClock(0.0)
+    got = read_all(LogSource(path, speed=1.0, clock=clock))
+    assert len(got) == len(FRAMES)
+    assert clock.slept == pytest.approx(FRAMES[-1].timestamp - FRAMES[0].timestamp)
+    clock2 = ManualClock(0.0)
+    read_all(LogSource(path, speed=4.0, clock=clock2))
+    assert clock2.slept == pytest.approx((FRAMES[-1].timestamp - FRAMES[0].timestamp) / 4)
+
+
+def test_bus_source_reads_a_live_virtual_bus_and_reports_idle():
+    with can.Bus(interface="virtual", channel="test-live") as sender:
+        source = BusSource(interface="virtual", channel="test-live", idle_timeout=0.01)
+        try:
+            stop = threading.Event()
+            for f in FRAMES[:3]:
+                sender.send(f)
+            it = source.frames(stop)
+            got = [next(it) for _ in range(3)]
+            assert [m.arbitration_id for m in got] == [0x100, 0x101, 0x18FF50E5]
+            assert next(it) is None  # nothing more within the idle timeout
+            stop.set()
+            assert list(it) == []
+        finally:
+            source.close()

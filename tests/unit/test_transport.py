@@ -1,0 +1,109 @@
+"""Transports. The IPC adapters are tested against the real SDK class with only its network side
+replaced: ``create_autospec`` of ``GreengrassCoreIPCClientV2`` keeps the real signatures, so a
+wrong argument name fails here as it would on a core device."""
+
+from __future__ import annotations
+
+import json
+from unittest import mock
+
+import pytest
+from awsiot.greengrasscoreipc.clientv2 import GreengrassCoreIPCClientV2
+from awsiot.greengrasscoreipc.model import (
+    QOS,
+    BinaryMessage,
+    JsonMessage,
+    PublishMessage,
+    SubscriptionResponseMessage,
+    UnauthorizedError,
+)
+
+from telemetry.errors import MessageError, TransportError
+from telemetry.transport import (
+    CloudTransport,
+    InMemoryCloudTransport,
+    InMemoryLocalTransport,
+    IpcCloudTransport,
+    IpcLocalTransport,
+    LocalTransport,
+    OutboxFile,
+)
+
+
+@pytest.fixture
+def client():
+    return mock.create_autospec(GreengrassCoreIPCClientV2, instance=True)
+
+
+def test_every_implementation_satisfies_its_protocol(client, tmp_path):
+    assert isinstance(IpcLocalTransport(client), LocalTransport)
+    assert isinstance(InMemoryLocalTransport(), LocalTransport)
+    for cloud in (IpcCloudTransport(client), InMemoryCloudTransport(), OutboxFile(tmp_path / "c.jsonl")):
+        assert isinstance(cloud, CloudTransport)
+        cloud.close()
+
+
+def test_ipc_local_publish_sends_a_json_message(client):
+    IpcLocalTransport(client).publish("telemetry/signals", {"v": 1, "kind": "signals", "x": [1.5]})
+    client.publish_to_topic.assert_called_once()
+    kwargs = client.publish_to_topic.call_args.kwargs
+    assert kwargs["topic"] == "telemetry/signals"
+    message = kwargs["publish_message"]
+    assert isinstance(message, PublishMessage)
+    assert isinstance(message.json_message, JsonMessage)
+    assert message.json_message.message == {"v": 1, "kind": "signals", "x": [1.5]}
+
+
+def test_ipc_local_publish_refuses_nan_before_the_sdk(client):
+    with pytest.raises(MessageError):
+        IpcLocalTransport(client).publish("t", {"x": float("nan")})
+    client.publish_to_topic.assert_not_called()
+
+
+def test_ipc_local_subscribe_decodes_json_and_binary_events(client):
+    got = []
+    IpcLocalTransport(client).subscribe("telemetry/alerts", got.append)
+    kwargs = client.subscribe_to_topic.call_args.kwargs
+    assert kwargs["topic"] == "telemetry/alerts"
+    on_event = kwargs["on_stream_event"]
+    on_event(SubscriptionResponseMessage(json_message=JsonMessage(message={"a": 1})))
+    on_event(SubscriptionResponseMessage(binary_message=BinaryMessage(message=b'{"b": 2}')))
+    assert got == [{"a": 1}, {"b": 2}]
+
+
+def test_ipc_cloud_publish_is_qos1_with_bytes(client):
+    IpcCloudTransport(client).publish("dt/car-01/alerts", b'{"v":1}')
+    client.publish_to_iot_core.assert_called_once_with(topic_name="dt/car-01/alerts", qos=QOS.AT_LEAST_ONCE, payload=b'{"v":1}')
+
+
+def test_sdk_errors_become_transport_errors(client):
+    client.publish_to_iot_core.side_effect = UnauthorizedError(message="not allowed")
+    with pytest.raises(TransportError, match="publish to IoT Core topic dt/x failed: UnauthorizedError") as err:
+        IpcCloudTransport(client).publish("dt/x", b"{}")
+    assert isinstance(err.value.__cause__, UnauthorizedError)
+
+
+def test_in_memory_local_transport_delivers_copies_through_json():
+    bus = InMemoryLocalTransport()
+    got = []
+    bus.subscribe("a", got.append)
+    original = {"v": 1, "list": [1, 2]}
+    bus.publish("a", original)
+    bus.publish("b", {"v": 2})
+    got[0]["list"].append(3)
+    assert original == {"v": 1, "list": [1, 2]}
+    assert got == [{"v": 1, "list": [1, 2, 3]}]
+    assert bus.messages("b") == [{"v": 2}]
+
+
+def test_outbox_writes_one_line_per_publish(tmp_path):
+    outbox = OutboxFile(tmp_path / "out" / "cloud.jsonl")
+    outbox.publish("dt/car/aggregates", b'{"v":1,"kind":"aggregates"}')
+    outbox.publish("dt/car/alerts", b'{"v":1,"kind":"alert"}')
+    outbox.close()
+    lines = [json.loads(line) for line in (tmp_path / "out" / "cloud.jsonl").read_text().splitlines()]
+    assert lines == [
+        {"topic": "dt/car/aggregates", "payload": {"v": 1, "kind": "aggregates"}},
+        {"topic": "dt/car/alerts", "payload": {"v": 1, "kind": "alert"}},
+    ]
+    assert outbox.messages == 2 and outbox.bytes == len('{"v":1,"kind":"aggregates"}') + len('{"v":1,"kind":"alert"}')

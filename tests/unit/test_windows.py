@@ -1,0 +1,136 @@
+"""The aggregator's statistics against a plain numpy reference, for arbitrary batches split
+arbitrarily across invocations and windows."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from helpers import columns, signals_event
+from hypothesis import given
+from hypothesis import strategies as st
+
+from telemetry import messages
+from telemetry.messages import SignalColumns
+from telemetry.windows import AggregatorComponent, WindowAggregator
+
+
+def reference(samples: dict[str, list[tuple[float, float]]], width: float) -> dict[int, dict[str, dict]]:
+    out: dict[int, dict[str, dict]] = {}
+    for name, points in samples.items():
+        t = np.array([p[0] for p in points])
+        v = np.array([p[1] for p in points])
+        k = np.floor(t / width).astype(int)
+        for window in np.unique(k):
+            sel = k == window
+            tt, vv = t[sel], v[sel]
+            last = np.flatnonzero(tt == tt.max())[-1]
+            out.setdefault(int(window), {})[name] = {
+                "count": int(sel.sum()),
+                "min": float(vv.min()),
+                "max": float(vv.max()),
+                "mean": float(vv.mean()),
+                "last": float(vv[last]),
+            }
+    return out
+
+
+def run(aggregator: WindowAggregator, batches: list[dict[str, SignalColumns]]) -> list[dict]:
+    out = []
+    for batch in batches:
+        out += aggregator.add(batch)
+    return out + aggregator.flush()
+
+
+def as_windows(out: list[dict], width: float) -> dict[int, dict[str, dict]]:
+    return {round(m["window"]["start"] / width): m["signals"] for m in out}
+
+
+def assert_equal(got: dict, want: dict) -> None:
+    assert set(got) == set(want)
+    for k in want:
+        assert set(got[k]) == set(want[k])
+        for name, stats in want[k].items():
+            assert got[k][name]["count"] == stats["count"]
+            for key in ("min", "max", "mean", "last"):
+                assert math.isclose(got[k][name][key], stats[key], rel_tol=1e-9, abs_tol=1e-9), (k, name, key)
+
+
+sample_values = st.floats(min_value=-1e6, max_value=1e6, allow_nan=False, allow_infinity=False)
+
+
+@st.composite
+def streams(draw):
+    """A time-ordered stream of samples of a few signals, cut into arbitrary batches."""
+    n = draw(st.integers(min_value=1, max_value=300))
+    steps = draw(st.lists(st.floats(min_value=0.0, max_value=0.7), min_size=n, max_size=n))
+    t0 = draw(st.floats(min_value=-50.0, max_value=1e9))
+    times = t0 + np.cumsum(steps)
+    names = draw(st.lists(st.sampled_from(["A.x", "A.y", "B.z"]), min_size=n, max_size=n))
+    values = draw(st.lists(sample_values, min_size=n, max_size=n))
+    cuts = sorted(set(draw(st.lists(st.integers(min_value=0, max_value=n), max_size=10))))
+    return list(zip(times.tolist(), names, values)), cuts
+
+
+@given(streams(), st.sampled_from([0.25, 1.0, 2.5, 10.0]))
+def test_statistics_equal_the_numpy_reference_however_the_stream_is_split(stream, width):
+    samples, cuts = stream
+    bounds = [0, *cuts, len(samples)]
+    batches = []
+    for a, b in zip(bounds, bounds[1:]):
+        part: dict[str, tuple[list, list]] = {}
+        for t, name, v in samples[a:b]:
+            part.setdefault(name, ([], []))
+            part[name][0].append(t)
+            part[name][1].append(v)
+        if part:
+            batches.append(columns(**part))
+    by_signal: dict[str, list] = {}
+    for t, name, v in samples:
+        by_signal.setdefault(name, []).append((t, v))
+    aggregator = WindowAggregator(width, "car")
+    out = run(aggregator, batches)
+    assert_equal(as_windows(out, width), reference(by_signal, width))
+    assert aggregator.stats["late_samples"] == 0
+    # windows are published in event-time order, each once, aligned to multiples of the width
+    starts = [m["window"]["start"] for m in out]
+    assert starts == sorted(set(starts))
+    assert all(math.isclose(s / width, round(s / width), abs_tol=1e-9) for s in starts)
+    assert [m["seq"] for m in out] == list(range(1, len(out) + 1))
+
+
+def test_windows_close_as_event_time_passes_their_end():
+    agg = WindowAggregator(1.0, "car")
+    assert agg.add(columns(**{"A.x": ([10.1, 10.5], [1.0, 2.0])})) == []
+    out = agg.add(columns(**{"A.x": ([10.9, 11.2], [3.0, 4.0])}))
+    assert [m["window"] for m in out] == [{"start": 10.0, "end": 11.0}]
+    assert out[0]["signals"]["A.x"] == {"count": 3, "min": 1.0, "max": 3.0, "mean": 2.0, "last": 3.0}
+    assert out[0]["vehicle"] == "car" and out[0]["kind"] == "aggregates" and out[0]["v"] == 1
+    # a batch's span end moves event time on even when it carries no sample of this signal
+    out = agg.add({}, watermark=13.0)
+    assert [m["window"]["start"] for m in out] == [11.0]
+    assert agg.flush() == []
+
+
+def test_late_samples_are_counted_not_put_in_another_window():
+    agg = WindowAggregator(1.0, "car")
+    agg.add(columns(**{"A.x": ([5.5], [1.0])}))
+    closed = agg.add(columns(**{"A.x": ([6.5], [2.0])}))
+    assert [m["window"]["start"] for m in closed] == [5.0]
+    agg.add(columns(**{"A.x": ([5.9, 6.7], [100.0, 3.0])}))  # 5.9 belongs to a closed window
+    out = agg.flush()
+    assert agg.stats["late_samples"] == 1
+    assert out[0]["signals"]["A.x"]["count"] == 2 and out[0]["signals"]["A.x"]["max"] == 3.0
+
+
+def test_component_publishes_each_closed_window_and_flushes_at_end_of_stream(make_services):
+    services = make_services(aggregator={"window_seconds": 2.0})
+    component = AggregatorComponent(services)
+    component.handle(signals_event(columns(**{"A.x": ([0.5, 1.5], [1.0, 2.0])})))
+    component.handle(signals_event(columns(**{"A.x": ([2.5], [3.0])})))
+    assert len(services.local.messages("telemetry/out")) == 1
+    component.handle(messages.end_of_stream_message(source="s", seq=3, end=2.5, totals={}))
+    out = services.local.messages("telemetry/out")
+    assert [m["window"]["start"] for m in out] == [0.0, 2.0]
+    component.handle({"v": 1, "kind": "signals"})  # malformed: counted, not raised
+    assert component.stats["malformed"] == 1
