@@ -16,6 +16,10 @@ class Clock(Protocol):
 
     def sleep(self, seconds: float) -> None: ...
 
+    def wait(self, event: threading.Event, seconds: float) -> bool:
+        """Sleep up to ``seconds``, returning early (True) once ``event`` is set."""
+        ...
+
 
 class SystemClock:
     def time(self) -> float:
@@ -27,6 +31,9 @@ class SystemClock:
     def sleep(self, seconds: float) -> None:
         if seconds > 0:
             time.sleep(seconds)
+
+    def wait(self, event: threading.Event, seconds: float) -> bool:
+        return event.wait(max(0.0, seconds))
 
 
 class ManualClock:
@@ -48,6 +55,12 @@ class ManualClock:
         if seconds > 0:
             self.advance(seconds)
             self.slept += seconds
+
+    def wait(self, event: threading.Event, seconds: float) -> bool:
+        if event.is_set():
+            return True
+        self.sleep(seconds)
+        return event.is_set()
 
     def advance(self, seconds: float) -> None:
         with self._lock:

@@ -10,6 +10,7 @@ decode are counted, never fatal.
 from __future__ import annotations
 
 import logging
+import re
 import math
 from collections import Counter
 from collections.abc import Sequence
@@ -78,7 +79,26 @@ def load_dbc(path: str | Path) -> Any:
         raise DbcError(f"{path}: not a valid DBC file: {reason}") from exc
     if not db.messages:
         raise DbcError(f"{path}: DBC file defines no messages")
+    _check_every_signal_loaded(path, db)
     return db
+
+
+_BO = re.compile(r"^BO_\s+(\d+)\s+(\w+)\s*:")
+_SG = re.compile(r"^\s+SG_\s+(\w+)")
+
+
+def _check_every_signal_loaded(path: Path, db: Any) -> None:
+    """cantools skips a signal line it cannot parse (a DBC cut short, a typo) without a word;
+    a signal that silently never decodes is worse than a refused file."""
+    loaded = {m.frame_id | (0x80000000 if m.is_extended_frame else 0): {s.name for s in m.signals} for m in db.messages}
+    current: set[str] | None = None
+    for number, line in enumerate(path.read_text(errors="replace").splitlines(), 1):
+        if bo := _BO.match(line):
+            current = loaded.get(int(bo.group(1)), set())
+        elif (sg := _SG.match(line)) and current is not None and sg.group(1) not in current:
+            raise DbcError(f"{path}: not a valid DBC file: line {number}: signal not understood: {line.strip()[:80]}")
+        elif line.strip() and not line[0].isspace():
+            current = None
 
 
 class DbcDecoder:

@@ -226,7 +226,7 @@ def service_model_problems(recipe: Recipe) -> list[str]:
     for shape, params, label in checks:
         report = ParamValidator().validate(params, shape)
         if report.has_errors():
-            problems += [f"{label}: {line.strip()}" for line in report.generate_report().splitlines()[1:] if line.strip()]
+            problems += [f"{label}: {line.strip()}" for line in report.generate_report().splitlines() if line.strip()]
         problems += [f"{label}: {p}" for p in _shape_problems(shape, params, "")]
     return problems
 

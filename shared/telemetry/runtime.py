@@ -121,6 +121,8 @@ class LocalRuntime:
         self.published: Counter[str] = Counter()
         self.published_bytes: Counter[str] = Counter()
         self._stopped: dict[str, _Runner] = {}
+        self.started: list[str] = []
+        self.stopped: list[str] = []
 
     # -- the LocalTransport the components are given -------------------------------------------
     def publish(self, topic: str, message: Mapping[str, Any]) -> None:
@@ -133,6 +135,8 @@ class LocalRuntime:
         if not routes and not taps:
             LOG.debug("no subscriber for %s", topic)
         for runner in routes:
+            if runner.queue.full():
+                runner.stats["publisher_waits"] += 1
             runner.queue.put(wire)  # blocks while the queue is full: back-pressure, not loss
         for tap in taps:
             tap(json.loads(wire))
@@ -174,6 +178,7 @@ class LocalRuntime:
         self.runners[recipe.name] = runner
         for topic in recipe.topics:
             self._routes[topic].append(runner)
+        self.started.append(recipe.name)
         LOG.info("started %s", recipe.name)
 
     def component(self, name: str) -> Any:
@@ -213,6 +218,7 @@ class LocalRuntime:
                 runner.adapter.stop(timeout=10)
             runner.queue.put(_STOP)
             runner.worker.join(10)
+            self.stopped.append(recipe.name)
             LOG.info("stopped %s", recipe.name)
             self._stopped[recipe.name] = runner
 

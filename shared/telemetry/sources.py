@@ -151,7 +151,8 @@ class LogSource:
             if start_t is None:
                 start_t = msg.timestamp
             due = start_wall + (msg.timestamp - start_t) / self.speed
-            self.clock.sleep(due - self.clock.monotonic())
+            if self.clock.wait(stop, due - self.clock.monotonic()):
+                return
             yield msg
 
     def _bad(self, line: int | None, reason: str, text: str = "") -> None:

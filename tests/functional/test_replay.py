@@ -1,0 +1,127 @@
+"""The sample recording end to end, as ``./build.sh replay`` and ``./build.sh demo`` run it:
+aggregates equal an independent cantools reference, the injected faults come out as alerts,
+corrupt logs and broken DBCs are reported, not fatal or cryptic."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from reference import compare, compare_counts, reference
+
+from telemetry.replay import replay
+from telemetry.simulator import FAULTS, write_drive
+
+ROOT = Path(__file__).resolve().parents[2]
+SAMPLE = ROOT / "vehicles" / "sample"
+DRIVE = SAMPLE / "drive.log"
+DBC = SAMPLE / "solar_car.dbc"
+BATCH_SECONDS = 0.5  # vehicles/sample/vehicle.toml [reader] batch_max_seconds
+
+
+@pytest.fixture(scope="module")
+def sample_replay(tmp_path_factory):
+    out = tmp_path_factory.mktemp("sample")
+    summary = replay(DRIVE, out_dir=out, config=SAMPLE / "vehicle.toml")
+    lines = [json.loads(line) for line in (out / "cloud.jsonl").read_text().splitlines()]
+    return out, summary, lines
+
+
+def test_aggregates_equal_the_cantools_reference(sample_replay):
+    out, summary, lines = sample_replay
+    ref = reference(DRIVE, [DBC], window=1.0)
+    assert compare_counts(ref, summary) == []
+    assert compare(ref, lines, window=1.0) == []
+    assert summary["aggregates"] == len(ref["windows"]) == 240
+
+
+def test_summary_accounts_for_every_frame(sample_replay):
+    out, summary, lines = sample_replay
+    for key in ("frames_read", "error_frames", "frames_decoded", "frames_unknown_id", "decode_errors", "signal_samples",
+                "aggregates", "alerts", "cloud_messages", "cloud_bytes", "seconds"):
+        assert key in summary, key
+    assert summary == json.loads((out / "summary.json").read_text())
+    assert summary["frames_read"] == sum(1 for _ in DRIVE.open())
+    assert summary["frames_read"] == (summary["frames_decoded"] + summary["error_frames"] + summary["remote_frames"]
+                                      + summary["frames_unknown_id"] + summary["decode_errors"])
+    assert summary["error_frames"] == 3 and summary["unknown_ids"] == {"0x7E0": 240}
+    assert summary["cloud_messages"] == len(lines) == summary["aggregates"] + summary["alerts"]
+    assert summary["cloud_bytes"] == sum(len(json.dumps(line["payload"], separators=(",", ":"))) for line in lines)
+    assert {line["topic"] for line in lines} == {"dt/sunrace-01/aggregates", "dt/sunrace-01/alerts"}
+    assert summary["handler_errors"] == [] and summary["bad_lines"] == 0
+
+
+def test_each_injected_fault_raises_and_clears_one_alert_at_the_right_time(sample_replay):
+    out, summary, lines = sample_replay
+    alerts = [line["payload"] for line in lines if line["payload"]["kind"] == "alert"]
+    start = summary["event_start"]
+    assert len(alerts) == 2 * len(FAULTS)
+    for fault in FAULTS:
+        mine = [a for a in alerts if a["signal"] == fault.signal and a["rule"] == fault.rule]
+        assert [a["state"] for a in mine] == ["raised", "cleared"], fault.name
+        raised, cleared = mine
+        assert fault.start <= raised["t"] - start <= fault.start + 1.0 + BATCH_SECONDS, fault.name
+        assert fault.end <= cleared["t"] - start <= fault.end + 1.0 + BATCH_SECONDS, fault.name
+        assert raised["id"] == cleared["id"]
+
+
+def test_the_committed_recording_is_what_the_simulator_writes(tmp_path):
+    path = tmp_path / "drive.log"
+    write_drive(path)
+    assert path.read_bytes() == DRIVE.read_bytes(), "vehicles/sample/drive.log is stale: run ./build.sh simulate"
+    assert DRIVE.stat().st_size < 5_000_000
+
+
+def cli(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "telemetry", *args], cwd=cwd, capture_output=True, text=True, timeout=300)
+
+
+def test_cli_replay_of_a_corrupt_log_keeps_every_good_frame_and_names_the_bad_lines(tmp_path):
+    lines = DRIVE.read_text().splitlines()[:2000]
+    lines[100] = "(1782900000.5) can0 10Q#0011"
+    lines[700] = "garbage from a flaky SD card"
+    lines[-1] = lines[-1][:12]
+    log = tmp_path / "cut.log"
+    log.write_text("\n".join(lines))  # no newline at the end: the logger lost power
+    result = cli("replay", str(log), "--dbc", str(DBC), "--out", str(tmp_path / "out"))
+    assert result.returncode == 0, result.stderr
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["frames_read"] == 1997
+    assert summary["bad_records"][0].startswith(f"{log}:101: ")
+    assert summary["bad_records"][1].startswith(f"{log}:701: ")
+    assert summary["bad_records"][2].startswith(f"{log}:2000: ")
+    assert f"bad line: {log}:701:" in result.stdout
+    assert "Traceback" not in result.stderr
+
+
+def test_cli_broken_dbc_is_one_clear_line_not_a_traceback(tmp_path):
+    bad = tmp_path / "car.dbc"
+    bad.write_text('BO_ 256 Pack: 8 BMS\n SG_ Voltage : 0|16@1+ (0.01,0) [0|250] "V" X\n SG_ Current : 16|16@1- (0.01\n')
+    result = cli("replay", str(DRIVE), "--dbc", str(bad), "--out", str(tmp_path / "out"))
+    assert result.returncode == 2
+    assert result.stderr.startswith(f"error: {bad}: not a valid DBC file: ")
+    assert "line 3" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_cli_missing_log_and_missing_dbc(tmp_path):
+    result = cli("replay", str(tmp_path / "nope.log"), "--dbc", str(DBC), "--out", str(tmp_path / "o"))
+    assert result.returncode == 2 and "no such file" in result.stderr and "Traceback" not in result.stderr
+    result = cli("replay", str(DRIVE), "--out", str(tmp_path / "o"))
+    assert result.returncode == 2 and "no DBC file" in result.stderr
+
+
+def test_importing_the_reader_handler_outside_greengrass_starts_nothing():
+    code = (
+        "import importlib.util, threading, sys\n"
+        f"spec = importlib.util.spec_from_file_location('h', {str(ROOT / 'lambdas/can_reader/handler.py')!r})\n"
+        "m = importlib.util.module_from_spec(spec); spec.loader.exec_module(m)\n"
+        "assert m.adapter.thread is None and threading.active_count() == 1\n"
+        "print('ok')\n"
+    )
+    env = {"PATH": "/usr/bin:/bin"}
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60)
+    assert result.stdout.strip() == "ok", result.stderr

@@ -1,0 +1,106 @@
+"""The CAN reader: batching by size and event time, counters, end of stream, a live bus."""
+
+from __future__ import annotations
+
+import threading
+
+import can
+import cantools
+import pytest
+from helpers import frame
+
+from telemetry.clock import ManualClock, SystemClock
+from telemetry.reader import CanReaderComponent, FrameBatcher
+from telemetry.sources import BusSource, LogSource
+
+
+def test_batcher_flushes_by_count_and_by_event_time_span():
+    b = FrameBatcher(max_frames=3, max_seconds=1.0)
+    assert not b.add(frame(0.0, 1), 0)
+    assert not b.add(frame(0.5, 1), 0)
+    assert b.add(frame(0.6, 1), 0)  # three frames
+    b.take()
+    assert not b.add(frame(5.0, 1), 0)
+    assert b.add(frame(6.0, 1), 0)  # spans one second
+    assert len(b.take()) == 2 and b.frames == []
+
+
+def write_candump(path, frames):
+    with can.Logger(str(path)) as w:
+        for f in frames:
+            w.on_message_received(f)
+    return path
+
+
+@pytest.fixture
+def pack_frames(sample_dbc):
+    db = cantools.database.load_file(str(sample_dbc))
+    pack = db.get_message_by_name("BMS_PackStatus")
+    data = pack.encode({"PackVoltage": 140.0, "PackCurrent": 10.0, "SOC": 80, "BmsState": 1})
+    return [frame(100.0 + i * 0.1, pack.frame_id, data) for i in range(25)]
+
+
+def test_replay_publishes_batches_then_end_of_stream(tmp_path, make_services, pack_frames):
+    log = write_candump(tmp_path / "d.log", pack_frames + [frame(102.55, 0x7E0, b"\x01")])
+    services = make_services(reader={"batch_max_frames": 10, "batch_max_seconds": 100.0})
+    reader = CanReaderComponent(services, source=LogSource(log))
+    reader.run(threading.Event())
+    out = services.local.messages("telemetry/out")
+    kinds = [m["kind"] for m in out]
+    assert kinds == ["signals"] * 3 + ["end_of_stream"]
+    assert [m["seq"] for m in out] == [1, 2, 3, 4]
+    assert [m["frames"]["read"] for m in out[:3]] == [10, 10, 6]
+    assert out[2]["frames"]["unknown_id"] == 1
+    # one message carries a whole batch of each signal as columns
+    assert len(out[0]["signals"]["BMS_PackStatus.PackVoltage"]["t"]) == 10
+    assert out[0]["span"] == {"start": 100.0, "end": pytest.approx(100.9)}
+    assert out[-1]["totals"]["read"] == 26 and out[-1]["totals"]["decoded"] == 25 and out[-1]["totals"]["unknown_id"] == 1
+    assert reader.finished.is_set()
+
+
+def test_live_bus_flushes_a_quiet_bus_by_wall_clock(make_services, pack_frames):
+    services = make_services(reader={"batch_max_frames": 1000, "batch_max_seconds": 0.05})
+    services.clock = SystemClock()
+    with can.Bus(interface="virtual", channel="reader-live") as car:
+        source = BusSource(interface="virtual", channel="reader-live", idle_timeout=0.01)
+        reader = CanReaderComponent(services, source=source)
+        stop = threading.Event()
+        thread = threading.Thread(target=reader.run, args=(stop,))
+        thread.start()
+        try:
+            for f in pack_frames[:3]:
+                car.send(f)
+            # the bus then goes quiet: the batch must still come out, without any more frames
+            deadline = threading.Event()
+            for _ in range(200):
+                if services.local.messages("telemetry/out"):
+                    break
+                deadline.wait(0.01)
+        finally:
+            stop.set()
+            thread.join(5)
+            reader.close()
+    out = services.local.messages("telemetry/out")
+    assert out and out[0]["kind"] == "signals"
+    assert sum(m["frames"]["read"] for m in out if m["kind"] == "signals") == 3
+    assert out[-1]["kind"] == "end_of_stream"
+
+
+def test_source_from_environment_beats_the_configuration(tmp_path, make_services, pack_frames):
+    log = write_candump(tmp_path / "env.log", pack_frames)
+    services = make_services(env={"TELEMETRY_LOG": str(log), "TELEMETRY_REPLAY_SPEED": "2"}, reader={"log": "other.log"})
+    services.clock = ManualClock(0.0)
+    reader = CanReaderComponent(services)
+    assert isinstance(reader.source, LogSource) and reader.source.path == log and reader.source.speed == 2.0
+    reader.run(threading.Event())
+    assert services.clock.slept == pytest.approx((pack_frames[-1].timestamp - pack_frames[0].timestamp) / 2)
+
+
+def test_live_interface_from_configuration(make_services):
+    services = make_services(reader={"interface": "virtual", "channel": "cfg-bus"})
+    reader = CanReaderComponent(services)
+    try:
+        assert isinstance(reader.source, BusSource)
+        assert reader.live
+    finally:
+        reader.close()

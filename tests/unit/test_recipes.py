@@ -1,0 +1,121 @@
+"""Recipes: the real ones validate against botocore's service models and start in the designed
+order; each kind of broken recipe set is refused with a reason."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from telemetry.errors import RecipeError
+from telemetry.recipes import check_recipes, load_recipes, service_model_problems, start_order
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_the_project_recipes_are_valid_and_start_in_dependency_order():
+    order = check_recipes(load_recipes(ROOT / "recipes"))
+    # the uploader has no producer to wait for; the reader starts last, once its consumers run
+    assert [r.name for r in order] == [
+        "telemetry.Uploader",
+        "telemetry.Aggregator",
+        "telemetry.AnomalyDetector",
+        "telemetry.CanReader",
+    ]
+
+
+def test_the_project_recipes_say_what_greengrass_leaves_ambiguous():
+    recipes = {r.name: r for r in load_recipes(ROOT / "recipes")}
+    for r in recipes.values():
+        assert "pinned" in r.params and r.pinned, r.name  # its default is documented two ways
+        assert r.function["Runtime"] == "python3.11"
+        assert r.params["inputPayloadEncodingType"] == "json"
+        assert r.handler[0].is_file()
+    reader = recipes["telemetry.CanReader"]
+    assert reader.params["linuxProcessParams"]["isolationMode"] == "NoContainer"  # SocketCAN is not a /dev node
+    assert reader.topics == []
+    assert recipes["telemetry.Aggregator"].topics == ["telemetry/signals"] == recipes["telemetry.AnomalyDetector"].topics
+    assert set(recipes["telemetry.Uploader"].topics) == {"telemetry/aggregates", "telemetry/alerts"}
+    # every topic a component publishes to is an event source of some other component
+    sources = {t for r in recipes.values() for t in r.topics}
+    outputs = {r.environment["TELEMETRY_OUTPUT_TOPIC"] for r in recipes.values() if "TELEMETRY_OUTPUT_TOPIC" in r.environment}
+    assert outputs <= sources
+
+
+@pytest.fixture
+def project(tmp_path):
+    """A copy of recipes/ and lambdas/ to break."""
+    shutil.copytree(ROOT / "recipes", tmp_path / "recipes")
+    shutil.copytree(ROOT / "lambdas", tmp_path / "lambdas")
+    return tmp_path
+
+
+def edit(project: Path, name: str, change) -> None:
+    path = project / "recipes" / f"{name}.json"
+    data = json.loads(path.read_text())
+    change(data)
+    path.write_text(json.dumps(data))
+
+
+def problems(project: Path) -> str:
+    with pytest.raises(RecipeError) as err:
+        check_recipes(load_recipes(project / "recipes"))
+    return str(err.value)
+
+
+def test_dependency_cycle(project):
+    edit(project, "uploader", lambda d: d["lambdaFunction"].__setitem__(
+        "componentDependencies", {"telemetry.CanReader": {"versionRequirement": ">=1.0.0", "dependencyType": "SOFT"}}))
+    assert "dependency cycle: telemetry.Aggregator -> telemetry.Uploader -> telemetry.CanReader -> telemetry.Aggregator" in problems(project)
+
+
+def test_unknown_dependency(project):
+    edit(project, "aggregator", lambda d: d["lambdaFunction"]["componentDependencies"].__setitem__(
+        "telemetry.Missing", {"versionRequirement": ">=1.0.0", "dependencyType": "HARD"}))
+    assert "telemetry.Aggregator depends on unknown component telemetry.Missing" in problems(project)
+
+
+def test_wildcard_pub_sub_topic(project):
+    edit(project, "uploader", lambda d: d["lambdaFunction"]["componentLambdaParameters"]["eventSources"].append(
+        {"topic": "telemetry/#", "type": "PUB_SUB"}))
+    assert "PUB_SUB event source 'telemetry/#' has a wildcard" in problems(project)
+
+
+def test_handler_that_does_not_import(project):
+    (project / "lambdas" / "aggregator" / "handler.py").write_text("import telemetry.nonexistent\n")
+    text = problems(project)
+    assert "aggregator.json: handler" in text and "does not import: ModuleNotFoundError" in text
+
+
+def test_handler_function_missing(project):
+    edit(project, "uploader", lambda d: d["function"].__setitem__("Handler", "handler.nope"))
+    assert "has no callable 'nope'" in problems(project)
+
+
+def test_values_the_api_would_refuse(project):
+    def change(d):
+        params = d["lambdaFunction"]["componentLambdaParameters"]
+        params["inputPayloadEncodingType"] = "xml"  # enum: ParamValidator alone lets this through
+        params["eventSources"][0]["type"] = "LOCAL"
+        params["maxQueueSize"] = "many"
+        d["function"]["Runtime"] = "python2.7"
+
+    edit(project, "uploader", change)
+    text = problems(project)
+    assert "inputPayloadEncodingType: 'xml' is not one of json, binary" in text
+    assert "type: 'LOCAL' is not one of PUB_SUB, IOT_CORE" in text
+    assert "maxQueueSize" in text and "many" in text
+    assert "runtime must be python3.11" in text
+
+
+def test_service_model_check_accepts_the_real_recipes():
+    for recipe in load_recipes(ROOT / "recipes"):
+        assert service_model_problems(recipe) == []
+
+
+def test_start_order_is_stable_and_dependencies_first(project):
+    recipes = load_recipes(project / "recipes")
+    names = [r.name for r in start_order(reversed(recipes))]
+    assert names == [r.name for r in start_order(recipes)]
