@@ -101,8 +101,9 @@ class CanReaderComponent:
         self.services = services
         cfg = services.config.reader
         self.topic = services.setting("TELEMETRY_OUTPUT_TOPIC")
-        self.source = source if source is not None else self._source_from(services)
+        # The DBCs first: a bad one is reported before a bus is opened.
         self.decoder = decoder if decoder is not None else DbcDecoder(services.config.dbc)
+        self.source = source if source is not None else self._source_from(services)
         self.core = ReaderCore(self.decoder, self.source.name)
         self.batcher = FrameBatcher(cfg.batch_max_frames, cfg.batch_max_seconds)
         self.live = isinstance(self.source, BusSource)
