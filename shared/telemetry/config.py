@@ -30,8 +30,22 @@ class ReaderConfig:
 
 
 @dataclass(frozen=True)
+class WindowGroup:
+    """Signals matching ``signals`` are aggregated in windows of their own length."""
+
+    name: str
+    signals: tuple[str, ...]
+    window_seconds: float
+
+
+@dataclass(frozen=True)
 class AggregatorConfig:
     window_seconds: float = 1.0
+    lateness_seconds: float = 0.0  # a window closes this long after its end (in event time)
+    include: tuple[str, ...] = ("*",)
+    exclude: tuple[str, ...] = ()
+    max_open_windows: int = 64  # per group; past it the oldest window is closed early
+    groups: tuple[WindowGroup, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -40,13 +54,54 @@ class UploaderConfig:
 
 
 @dataclass(frozen=True)
-class LimitRule:
+class DetectorConfig:
+    update_seconds: float = 10.0  # an active alert is re-sent with its worst value at most this often
+    flap_raises: int = 3  # this many raises of one alert within flap_window_seconds...
+    flap_window_seconds: float = 60.0
+    flap_hold_seconds: float = 60.0  # ...and it clears only after this long clean
+
+
+RULE_KINDS = ("limit", "rate", "stale", "spread", "zscore", "bus")
+BUS_COUNTERS = ("error", "unknown_id", "decode_error", "remote")
+COMMON_RULE_KEYS = {"name", "kind", "signals", "severity", "min_duration", "clear_duration", "hysteresis"}
+RULE_KEYS = {
+    "limit": {"min", "max"},
+    "rate": {"max_rate"},
+    "stale": {"timeout", "scope"},
+    "spread": {"max_spread"},
+    "zscore": {"threshold", "baseline", "warmup", "min_scale"},
+    "bus": {"counter", "max_per_second", "window_seconds"},
+}
+
+
+@dataclass(frozen=True)
+class Rule:
+    """One detector rule; which fields apply depends on ``kind`` (see docs/CONFIG.md)."""
+
     name: str
-    signals: str  # fnmatch pattern over "<Message>.<Signal>"
+    kind: str = "limit"
+    signals: tuple[str, ...] = ()  # fnmatch patterns over "<Message>.<Signal>"
+    severity: str = "warning"
+    min_duration: float = 0.0  # debounce: the condition must hold this long before raising
+    clear_duration: float = 0.0  # the condition must be gone this long before clearing
+    hysteresis: float = 0.0  # clear only once back inside by this margin (rule's units)
     min: float | None = None
     max: float | None = None
-    severity: str = "warning"
-    kind: str = "limit"
+    max_rate: float | None = None  # units per second
+    timeout: float | None = None  # seconds
+    scope: str = "message"  # stale: "message" (any signal of it) or "signal"
+    max_spread: float | None = None
+    threshold: float | None = None  # robust z-score
+    baseline: int = 100  # samples in the rolling baseline
+    warmup: int = 30  # samples seen before the rule may raise
+    min_scale: float = 0.0  # floor of the robust scale (1.4826 * MAD), in signal units
+    counter: str | None = None
+    max_per_second: float | None = None
+    window_seconds: float = 5.0
+
+
+# Kept for callers of the first cut.
+LimitRule = Rule
 
 
 @dataclass(frozen=True)
@@ -56,7 +111,8 @@ class VehicleConfig:
     reader: ReaderConfig = field(default_factory=ReaderConfig)
     aggregator: AggregatorConfig = field(default_factory=AggregatorConfig)
     uploader: UploaderConfig = field(default_factory=UploaderConfig)
-    rules: tuple[LimitRule, ...] = ()
+    detector: DetectorConfig = field(default_factory=DetectorConfig)
+    rules: tuple[Rule, ...] = ()
     path: str | None = None
 
     @property
@@ -82,10 +138,110 @@ def _positive(value: Any, where: str) -> None:
         raise ConfigError(f"{where}: must be a positive number, not {value!r}")
 
 
+def _patterns(value: Any, where: str) -> tuple[str, ...]:
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or not value or not all(isinstance(p, str) and p for p in value):
+        raise ConfigError(f"{where}: must be a pattern or a list of patterns")
+    return tuple(value)
+
+
+def _aggregator(data: Any, where: str) -> AggregatorConfig:
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{where}: must be a table")
+    data = dict(data)
+    groups_raw = data.pop("groups", [])
+    for key in ("include", "exclude"):
+        if key in data:
+            data[key] = () if data[key] == [] else _patterns(data[key], f"{where} {key}")
+    cfg = _section(AggregatorConfig, data, where)
+    _positive(cfg.window_seconds, f"{where} window_seconds")
+    _positive(cfg.max_open_windows, f"{where} max_open_windows")
+    if not isinstance(cfg.lateness_seconds, (int, float)) or cfg.lateness_seconds < 0:
+        raise ConfigError(f"{where} lateness_seconds: must be zero or more")
+    groups = []
+    for i, raw in enumerate(groups_raw):
+        gwhere = f"{where} groups #{i + 1}"
+        if not isinstance(raw, Mapping):
+            raise ConfigError(f"{gwhere}: must be a table")
+        raw = dict(raw)
+        raw.setdefault("window_seconds", cfg.window_seconds)
+        if "signals" not in raw or "name" not in raw:
+            raise ConfigError(f"{gwhere}: needs 'name' and 'signals'")
+        raw["signals"] = _patterns(raw["signals"], f"{gwhere} signals")
+        group = _section(WindowGroup, raw, gwhere)
+        _positive(group.window_seconds, f"{gwhere} window_seconds")
+        if group.name in {g.name for g in groups} | {"default"}:
+            raise ConfigError(f"{gwhere}: group name {group.name!r} is taken")
+        groups.append(group)
+    return AggregatorConfig(**{**cfg.__dict__, "groups": tuple(groups)})
+
+
+def _number(rule: Rule, key: str, where: str, *, positive: bool = True) -> None:
+    value = getattr(rule, key)
+    if value is None:
+        raise ConfigError(f"{where}: a {rule.kind} rule needs '{key}'")
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or (positive and value <= 0):
+        raise ConfigError(f"{where}: '{key}' must be a {'positive ' if positive else ''}number, not {value!r}")
+
+
+def _rule(raw: Any, where: str) -> Rule:
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"{where}: must be a table")
+    raw = dict(raw)
+    kind = raw.get("kind", "limit")
+    if kind not in RULE_KINDS:
+        raise ConfigError(f"{where}: unknown rule kind {kind!r} (known: {', '.join(RULE_KINDS)})")
+    allowed = COMMON_RULE_KEYS | RULE_KEYS[kind]
+    stray = sorted(set(raw) - allowed)
+    if stray:
+        raise ConfigError(f"{where}: key(s) {', '.join(stray)} do not apply to a {kind} rule (it takes: {', '.join(sorted(allowed))})")
+    if "name" not in raw or not isinstance(raw["name"], str) or not raw["name"] or "/" in raw["name"]:
+        raise ConfigError(f"{where}: needs a 'name' (without '/')")
+    if kind == "bus":
+        raw.setdefault("signals", ["bus.*"])
+    if "signals" not in raw:
+        raise ConfigError(f"{where}: needs 'signals' (a pattern or a list of patterns)")
+    raw["signals"] = _patterns(raw["signals"], f"{where} signals")
+    rule = _section(Rule, raw, where)
+    if rule.severity not in SEVERITIES:
+        raise ConfigError(f"{where}: severity must be one of {', '.join(SEVERITIES)}")
+    for key in ("min_duration", "clear_duration", "hysteresis"):
+        value = getattr(rule, key)
+        if not isinstance(value, (int, float)) or value < 0:
+            raise ConfigError(f"{where}: '{key}' must be zero or more")
+    if kind == "limit":
+        if rule.min is None and rule.max is None:
+            raise ConfigError(f"{where}: a limit rule needs 'min', 'max' or both")
+        if rule.min is not None and rule.max is not None and rule.min >= rule.max:
+            raise ConfigError(f"{where}: min {rule.min} is not below max {rule.max}")
+    elif kind == "rate":
+        _number(rule, "max_rate", where)
+    elif kind == "stale":
+        _number(rule, "timeout", where)
+        if rule.scope not in ("message", "signal"):
+            raise ConfigError(f"{where}: scope must be 'message' or 'signal'")
+    elif kind == "spread":
+        _number(rule, "max_spread", where)
+    elif kind == "zscore":
+        _number(rule, "threshold", where)
+        if not isinstance(rule.baseline, int) or rule.baseline < 5:
+            raise ConfigError(f"{where}: 'baseline' must be a whole number of samples, at least 5")
+        if not isinstance(rule.warmup, int) or not 2 <= rule.warmup <= rule.baseline:
+            raise ConfigError(f"{where}: 'warmup' must be a whole number of samples from 2 to baseline")
+        _number(rule, "min_scale", where, positive=False)
+    elif kind == "bus":
+        if rule.counter not in BUS_COUNTERS:
+            raise ConfigError(f"{where}: 'counter' must be one of {', '.join(BUS_COUNTERS)}")
+        _number(rule, "max_per_second", where)
+        _number(rule, "window_seconds", where)
+    return rule
+
+
 def parse_config(data: Mapping[str, Any], *, base: Path | None = None, source: str = "<config>") -> VehicleConfig:
     base = base or Path(".")
     data = dict(data)
-    top_known = {"vehicle", "dbc", "reader", "aggregator", "uploader", "rules"}
+    top_known = {"vehicle", "dbc", "reader", "aggregator", "uploader", "detector", "rules"}
     unknown = sorted(set(data) - top_known)
     if unknown:
         raise ConfigError(f"{source}: unknown key(s) {', '.join(unknown)}")
@@ -102,24 +258,15 @@ def parse_config(data: Mapping[str, Any], *, base: Path | None = None, source: s
         reader = ReaderConfig(**{**reader.__dict__, "log": str(base / reader.log)})
     _positive(reader.batch_max_frames, f"{source} [reader] batch_max_frames")
     _positive(reader.batch_max_seconds, f"{source} [reader] batch_max_seconds")
-    aggregator = _section(AggregatorConfig, data.get("aggregator", {}), f"{source} [aggregator]")
-    _positive(aggregator.window_seconds, f"{source} [aggregator] window_seconds")
+    aggregator = _aggregator(data.get("aggregator", {}), f"{source} [aggregator]")
     uploader = _section(UploaderConfig, data.get("uploader", {}), f"{source} [uploader]")
+    detector = _section(DetectorConfig, data.get("detector", {}), f"{source} [detector]")
     rules = []
     names = set()
     for i, raw in enumerate(data.get("rules", [])):
-        where = f"{source} [[rules]] #{i + 1}"
-        rule = _section(LimitRule, raw, where)
-        if rule.kind != "limit":
-            raise ConfigError(f"{where}: unknown rule kind {rule.kind!r} (known: limit)")
-        if rule.min is None and rule.max is None:
-            raise ConfigError(f"{where}: a limit rule needs 'min', 'max' or both")
-        if rule.min is not None and rule.max is not None and rule.min >= rule.max:
-            raise ConfigError(f"{where}: min {rule.min} is not below max {rule.max}")
-        if rule.severity not in SEVERITIES:
-            raise ConfigError(f"{where}: severity must be one of {', '.join(SEVERITIES)}")
+        rule = _rule(raw, f"{source} [[rules]] #{i + 1}")
         if rule.name in names:
-            raise ConfigError(f"{where}: duplicate rule name {rule.name!r}")
+            raise ConfigError(f"{source} [[rules]] #{i + 1}: duplicate rule name {rule.name!r}")
         names.add(rule.name)
         rules.append(rule)
     return VehicleConfig(
@@ -128,6 +275,7 @@ def parse_config(data: Mapping[str, Any], *, base: Path | None = None, source: s
         reader=reader,
         aggregator=aggregator,
         uploader=uploader,
+        detector=detector,
         rules=tuple(rules),
         path=source,
     )

@@ -133,15 +133,25 @@ def end_of_stream_message(*, source: str, seq: int, end: float | None, totals: M
 
 
 def aggregates_message(
-    *, vehicle: str, seq: int, start: float, end: float, signals: Mapping[str, Mapping[str, float | int]]
+    *,
+    vehicle: str,
+    seq: int,
+    start: float,
+    end: float,
+    signals: Mapping[str, Mapping[str, float | int]],
+    group: str = "default",
+    late_samples: int = 0,
+    late_oldest: float | None = None,
 ) -> dict[str, Any]:
     return {
         "v": VERSION,
         "kind": AGGREGATES,
         "vehicle": vehicle,
         "seq": seq,
+        "group": group,
         "window": {"start": start, "end": end},
         "signals": {name: dict(stats) for name, stats in signals.items()},
+        "late": {"samples": late_samples, "oldest": late_oldest},
     }
 
 

@@ -104,11 +104,14 @@ def build_summary(runtime: LocalRuntime, components: Any, cfg: VehicleConfig, lo
         "batches": totals["batches"],
         "event_start": reader.core.first_time,
         "event_end": reader.core.last_time,
-        "aggregates": aggregator.stats["windows"],
-        "late_samples": aggregator.stats["late_samples"],
-        "alerts": detector.stats["alerts_raised"] + detector.stats["alerts_cleared"],
-        "alerts_raised": detector.stats["alerts_raised"],
-        "alerts_cleared": detector.stats["alerts_cleared"],
+        "aggregates": aggregator.stats["aggregates"],
+        "late_samples": aggregator.totals()["late_samples"],
+        "forced_window_closes": aggregator.totals()["forced_closes"],
+        "alerts": sum(detector.totals()[f"alert_{kind}"] for kind in ("raised", "update", "cleared")),
+        "alerts_raised": detector.totals()["alert_raised"],
+        "alerts_updated": detector.totals()["alert_update"],
+        "alerts_cleared": detector.totals()["alert_cleared"],
+        "alerts_active_at_end": len(detector.detector.active),
         "cloud_messages": uploader.stats["cloud_messages"],
         "cloud_bytes": uploader.stats["cloud_bytes"],
         "local_messages": dict(runtime.published),
@@ -137,7 +140,8 @@ def format_summary(summary: dict[str, Any], alerts: list[dict[str, Any]]) -> str
         f"  bad log lines      {s['bad_lines']:>10}",
         f"  signal samples     {s['signal_samples']:>10}   in {s['batches']} batches",
         f"  aggregates         {s['aggregates']:>10}   windows ({s['late_samples']} late samples)",
-        f"  alerts             {s['alerts']:>10}   ({s['alerts_raised']} raised, {s['alerts_cleared']} cleared)",
+        f"  alerts             {s['alerts']:>10}   ({s['alerts_raised']} raised, {s['alerts_updated']} updated, "
+        f"{s['alerts_cleared']} cleared, {s['alerts_active_at_end']} still active at the end)",
         f"  to the cloud       {s['cloud_messages']:>10}   messages, {s['cloud_bytes']} bytes",
         f"  wall time          {s['seconds']:>10.2f}   s (peak RSS {s['peak_rss_mb']} MB)",
     ]
@@ -161,6 +165,10 @@ def format_summary(summary: dict[str, Any], alerts: list[dict[str, Any]]) -> str
             worst = a["detail"].get("worst")
             lines.append(
                 f"  t={a['t'] - t0:8.3f}  {a['state']:<7} {a['severity']:<8} {a['rule']:<22} {a['signal']:<32} "
-                f"value={a['value']:.4g}" + (f" worst={worst:.4g}" if a["state"] == "cleared" and worst is not None else "")
+                f"value={_num(a['value'])}" + (f" worst={_num(worst)}" if a["state"] != "raised" else "")
             )
     return "\n".join(lines)
+
+
+def _num(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.4g}"

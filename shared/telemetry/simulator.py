@@ -28,22 +28,48 @@ HEARTBEAT_ID = 0x7E0  # the telemetry radio: not in the DBC
 
 
 @dataclass(frozen=True)
-class Fault:
-    """An injected fault: which signal misbehaves, over which seconds of the drive, and the rule
-    of ``vehicles/sample/vehicle.toml`` that must catch it."""
+class Expect:
+    """An alert a fault must raise with the rules of ``vehicles/sample/vehicle.toml``: the rule,
+    the key (signal, message, group or bus counter), when the alert must be raised and cleared
+    (seconds from the start of the drive; ``end`` None: still active when the recording ends),
+    and the latency allowed: the signal's sampling period plus one batch interval."""
 
-    name: str
-    signal: str
-    start: float  # seconds from the start of the drive, when the signal leaves its limits
-    end: float  # when it is back inside them
     rule: str
+    key: str
+    start: float
+    end: float | None
+    latency: float
 
+
+@dataclass(frozen=True)
+class Fault:
+    name: str
+    alerts: tuple[Expect, ...]
+
+
+_BATCH = 0.5  # [reader] batch_max_seconds of the sample configuration
 
 FAULTS = (
-    # A cell heats up (a failing cell or a blocked cooling duct): Temp14 passes 55 degC.
-    Fault("cell over-temperature", "BMS_CellTemps.Temp14", 130.0, 160.0, "cell-overtemp"),
-    # A weak cell sags under the hard acceleration: Cell27 below 3.0 V.
-    Fault("cell under-voltage under load", "BMS_CellVoltages.Cell27", 186.0, 189.0, "cell-undervoltage"),
+    # A cell's voltage tap reads 0.13 V high from 60 s to 80 s: the pack looks imbalanced.
+    Fault("cell voltage imbalance", (Expect("cell-imbalance", "cell-imbalance", 60.5, 80.0, 0.2 + _BATCH),)),
+    # The bus glitches: 40 error frames in one second from 100 s (2/s over 5 s is the bound).
+    Fault("bus error burst", (Expect("bus-errors", "bus.error", 100.25, 105.725, _BATCH),)),
+    # A cell heats up (a failing cell or a blocked cooling duct): Temp14 over 55 degC from 130 s,
+    # back under 54.5 degC (the hysteresis) at 160.5 s. Temperatures are sent once a second.
+    Fault("cell over-temperature", (Expect("cell-overtemp", "BMS_CellTemps.Temp14", 130.0, 160.5, 1.0 + _BATCH),)),
+    # MPPT2 stops reporting at 170 s and never comes back: stale after 2 s.
+    Fault("MPPT2 offline", (Expect("mppt-offline", "MPPT2_Status", 171.8, None, 0.2 + _BATCH),)),
+    # A weak cell sags to 2.85 V under the hard acceleration, 186 s to 189 s: under-voltage, and
+    # an imbalance once it has lasted the spread rule's 0.5 s debounce.
+    Fault("cell under-voltage under load", (
+        Expect("cell-undervoltage", "BMS_CellVoltages.Cell27", 186.0, 189.0, 0.2 + _BATCH),
+        Expect("cell-imbalance", "cell-imbalance", 186.5, 189.0, 0.2 + _BATCH),
+    )),
+    # The motor temperature sensor reads 45 degC too high for one frame at 205 s.
+    Fault("motor temperature glitch", (Expect("motor-temp-jump", "MC_Drive.MotorTemp", 205.0, 205.05, 0.1 + _BATCH),)),
+    # MPPT3's panels are shaded, 215 s to 221 s: input voltage 65 V instead of about 95 V. No
+    # fixed limit fits a solar input; the statistical rule (1 s debounce) catches it.
+    Fault("MPPT3 shaded", (Expect("mppt-input-anomaly", "MPPT3_Status.InputVoltage", 216.0, 221.0, 0.2 + _BATCH),)),
 )
 
 
@@ -137,8 +163,14 @@ def _frames(seconds: float, seed: int) -> Iterator[can.Message]:
     every("DriverControls", 0.1, 0.033)
     every("GPS_Position", 0.5, 0.101)
     every("HEARTBEAT", 1.0, 0.5)
-    for t in (42.1234, 97.5, 203.25):
+    for t in (42.1234, 97.5, 203.25):  # the odd error frame a real bus sees
         schedule.append((t, len(schedule), "ERROR", 0))
+    for i in range(40):  # fault: a burst of error frames
+        schedule.append((100.0 + i * 0.025 + 0.0001, len(schedule), "ERROR", 0))
+    # fault: MPPT2 goes offline at 170 s
+    schedule = [entry for entry in schedule if not (entry[2] == "MPPT2_Status" and entry[0] >= 170.0)]
+    glitch = min((entry[0] for entry in schedule if entry[2] == "MC_Drive" and entry[0] >= 205.0), default=None)
+    schedule = [entry for entry in schedule if entry[0] < seconds]
     schedule.sort()
 
     for t, _, name, group in schedule:
@@ -166,6 +198,8 @@ def _frames(seconds: float, seed: int) -> Iterator[can.Message]:
                 v = car.pack_voltage[i] / CELLS + car.cell_offset[c] + rng.normal(0, 0.0008)
                 if c + 1 == 27:
                     v = _fault_cell27(t, v)
+                if c + 1 == 12 and 60.0 <= t < 80.0:
+                    v += 0.13  # fault: a voltage tap reading high
                 values[f"Cell{c + 1:02d}"] = v
         elif name == "BMS_CellTemps":
             values = {"Module": group}
@@ -178,6 +212,8 @@ def _frames(seconds: float, seed: int) -> Iterator[can.Message]:
         elif name.startswith("MPPT"):
             share = car.sun[i] / 3.0 * (1.0 + 0.03 * rng.normal())
             vin = 95.0 + 3.0 * rng.normal()
+            if name == "MPPT3_Status" and 215.0 <= t < 221.0:
+                vin -= 30.0  # fault: shaded panels
             values = {
                 "InputVoltage": vin,
                 "InputCurrent": share / vin,
@@ -189,7 +225,7 @@ def _frames(seconds: float, seed: int) -> Iterator[can.Message]:
                 "MotorRpm": car.rpm[i],
                 "BusCurrent": car.motor_current[i] + rng.normal(0, 0.05),
                 "BusVoltage": car.pack_voltage[i],
-                "MotorTemp": car.motor_temp[i],
+                "MotorTemp": car.motor_temp[i] + (45.0 if t == glitch else 0.0),
             }
         elif name == "MC_Velocity":
             values = {"VehicleSpeed": car.speed[i], "Odometer": car.odometer[i]}

@@ -85,7 +85,7 @@ def test_malformed_local_messages_are_counted_and_the_stream_goes_on(short_drive
         assert runtime.component("telemetry.Aggregator").stats["malformed"] == 1
         assert runtime.component("telemetry.AnomalyDetector").stats["malformed"] == 1
         assert runtime.component("telemetry.Uploader").stats["malformed"] == 1
-    assert len(cloud.messages("dt/sunrace-01/aggregates")) == 20
+    assert len(cloud.messages("dt/sunrace-01/aggregates")) == 20 + 4  # 1 s windows, and 5 s ones for temperatures
     assert runtime.errors == []
 
 
@@ -93,9 +93,9 @@ def test_a_handler_that_raises_is_reported_and_the_others_go_on(project, short_d
     handler = project / "lambdas" / "uploader" / "handler.py"
     handler.write_text(handler.read_text() + "\n\ndef function_handler(event, context):\n    raise RuntimeError('boom')\n")
     summary = replay(short_drive, out_dir=tmp_path / "out", config=SAMPLE / "vehicle.toml", recipes_dir=project / "recipes")
-    assert summary["aggregates"] == 20  # the aggregator kept going
+    assert summary["aggregates"] == 24  # the aggregator kept going
     assert summary["cloud_messages"] == 0
-    assert len(summary["handler_errors"]) == summary["aggregates"]
+    assert len(summary["handler_errors"]) == summary["aggregates"] + summary["alerts"]
     assert "telemetry.Uploader: handler raised RuntimeError: boom" in summary["handler_errors"][0]
 
 

@@ -1,63 +1,293 @@
-"""Limit rules: raise once on crossing, clear once on return, across batch boundaries."""
+"""Every rule kind: raise, debounce, hysteresis, clear, and nothing on clean data; then what all
+alerts share: one raise, throttled updates with the worst value, one clear, deterministic ids,
+no flood from a flapping signal."""
 
 from __future__ import annotations
 
+import numpy as np
+import pytest
 from helpers import columns, signals_event
 
-from telemetry.config import LimitRule
-from telemetry.rules import AnomalyDetectorComponent, LimitDetector, alert_id
-
-HOT = LimitRule(name="cell-overtemp", signals="BMS.Temp*", max=55.0, severity="critical")
-LOW = LimitRule(name="cell-low", signals="BMS.Cell*", min=3.0, max=4.25)
+from telemetry.config import DetectorConfig, parse_config
+from telemetry.rules import AnomalyDetectorComponent, Detector, alert_id
 
 
-def test_no_alert_on_clean_data():
-    det = LimitDetector((HOT, LOW), "car")
-    out = det.add(columns(**{"BMS.Temp01": ([1, 2, 3], [30.0, 55.0, 54.9]), "BMS.Cell01": ([1, 2], [3.0, 4.25])}))
-    assert out == []  # the limits themselves are inside
+def rule(**kw) -> object:
+    kw.setdefault("name", "r")
+    return parse_config({"vehicle": "car", "rules": [kw]}).rules[0]
 
 
-def test_raise_once_and_clear_once_across_batches():
-    det = LimitDetector((HOT,), "car")
-    a = det.add(columns(**{"BMS.Temp01": ([1, 2, 3], [50.0, 56.0, 58.0])}))
-    b = det.add(columns(**{"BMS.Temp01": ([4, 5], [61.0, 57.0])}))
-    c = det.add(columns(**{"BMS.Temp01": ([6, 7, 8], [54.0, 53.0, 52.0])}))
-    assert [(m["state"], m["t"], m["value"]) for m in a] == [("raised", 2.0, 56.0)]
-    assert b == []
-    assert [(m["state"], m["t"], m["value"]) for m in c] == [("cleared", 6.0, 54.0)]
-    # the clear carries the worst value of the whole episode, and the raise's id
-    assert c[0]["detail"]["worst"] == 61.0
-    assert c[0]["id"] == a[0]["id"] == alert_id("car", "cell-overtemp", "BMS.Temp01", 2.0)
-    assert a[0]["severity"] == "critical" and a[0]["rule"] == "cell-overtemp" and a[0]["signal"] == "BMS.Temp01"
+def run(detector: Detector, *batches) -> list[dict]:
+    """batches: (columns, frames or None, now or None)"""
+    out = []
+    for cols, frames, now in batches:
+        out += detector.add(cols, frames, now)
+    return out
 
 
-def test_several_episodes_in_one_batch_and_min_limits():
-    det = LimitDetector((LOW,), "car")
-    out = det.add(columns(**{"BMS.Cell07": ([1, 2, 3, 4, 5, 6], [3.5, 2.9, 2.8, 3.4, 4.3, 4.1])}))
-    assert [(m["state"], m["t"]) for m in out] == [("raised", 2.0), ("cleared", 4.0), ("raised", 5.0), ("cleared", 6.0)]
-    assert out[1]["detail"]["worst"] == 2.8 and out[3]["detail"]["worst"] == 4.3
-    assert len({m["id"] for m in out}) == 2
+def series(name: str, t, v):
+    return columns(**{name: (list(map(float, t)), list(map(float, v)))})
 
 
-def test_each_signal_has_its_own_state():
-    det = LimitDetector((HOT,), "car")
-    out = det.add(columns(**{"BMS.Temp01": ([1], [60.0]), "BMS.Temp02": ([1], [40.0]), "Other.Temp": ([1], [99.0])}))
-    assert [m["signal"] for m in out] == ["BMS.Temp01"]
-    assert set(det.active) == {("cell-overtemp", "BMS.Temp01")}
+def states(out):
+    return [(m["state"], m["t"]) for m in out]
 
 
-def test_out_of_order_samples_are_evaluated_in_time_order():
-    det = LimitDetector((HOT,), "car")
-    out = det.add(columns(**{"BMS.Temp01": ([3, 1, 2], [40.0, 60.0, 50.0])}))
-    assert [(m["state"], m["t"]) for m in out] == [("raised", 1.0), ("cleared", 2.0)]
+def one_signal(r, t, v, *, cfg=None, chunks=1):
+    det = Detector((r,), "car", cfg or DetectorConfig(update_seconds=1e9))
+    t, v = np.asarray(t, float), np.asarray(v, float)
+    out = []
+    for idx in np.array_split(np.arange(len(t)), chunks):
+        if len(idx):
+            out += det.add(series("A.x", t[idx], v[idx]), None, float(t[idx][-1]))
+    return out
 
 
-def test_component_publishes_alerts_and_survives_bad_messages(make_services):
-    services = make_services(rules=[{"name": "hot", "signals": "BMS.Temp*", "max": 55.0}])
+# -- limit ---------------------------------------------------------------------------------------
+
+LIMIT = dict(kind="limit", signals="A.*", min=0.0, max=10.0)
+
+
+@pytest.mark.parametrize("chunks", [1, 3, 7])
+def test_limit_raises_and_clears_however_the_batches_fall(chunks):
+    out = one_signal(rule(**LIMIT), range(10), [5, 11, 12, 9, 5, -1, -2, 3, 4, 5], chunks=chunks)
+    assert states(out) == [("raised", 1), ("cleared", 3), ("raised", 5), ("cleared", 7)]
+    assert out[1]["detail"]["worst"] == 12 and out[3]["detail"]["worst"] == -2
+
+
+def test_limit_clean_data_including_the_limits_themselves():
+    assert one_signal(rule(**LIMIT), range(5), [0, 10, 5, 0, 10]) == []
+
+
+def test_limit_debounce_ignores_a_spike_shorter_than_min_duration():
+    r = rule(**LIMIT, min_duration=1.0)
+    assert one_signal(r, [0, 0.5, 0.9, 1.0, 2.0], [5, 11, 11, 5, 5]) == []  # 0.4 s over
+    out = one_signal(r, [0, 0.5, 1.0, 1.5, 2.0], [5, 11, 11, 11, 5])
+    assert states(out) == [("raised", 1.5), ("cleared", 2.0)]  # raised once over for 1 s
+
+
+def test_limit_hysteresis_clears_only_well_inside():
+    r = rule(**LIMIT, hysteresis=1.0)
+    out = one_signal(r, range(6), [11, 9.5, 10.5, 9.2, 8.9, 5])
+    assert states(out) == [("raised", 0), ("cleared", 4)]  # 9.5 and 9.2 are within the band
+
+
+def test_clear_duration_waits_for_a_steady_return():
+    r = rule(**LIMIT, clear_duration=2.0)
+    out = one_signal(r, range(8), [11, 5, 11, 5, 5, 5, 5, 5])
+    assert states(out) == [("raised", 0), ("cleared", 5)]
+
+
+# -- rate ----------------------------------------------------------------------------------------
+
+RATE = dict(kind="rate", signals="A.*", max_rate=10.0)
+
+
+def test_rate_raises_on_a_jump_and_clears_when_steady():
+    out = one_signal(rule(**RATE), [0, 0.1, 0.2, 0.3, 0.4], [0, 0.5, 5, 5.2, 5.3], chunks=2)
+    assert states(out) == [("raised", 0.2), ("cleared", 0.3)]
+    assert out[0]["value"] == pytest.approx(45.0)
+
+
+def test_rate_clean_ramp_and_debounce_and_hysteresis():
+    assert one_signal(rule(**RATE), np.arange(20) * 0.1, np.arange(20) * 0.9) == []  # 9 per second
+    debounced = rule(**RATE, min_duration=0.25)
+    assert one_signal(debounced, [0, 0.1, 0.2, 0.3], [0, 5, 5, 5]) == []
+    out = one_signal(debounced, [0, 0.1, 0.2, 0.3, 0.4, 0.5], [0, 5, 10, 15, 20, 20])
+    assert states(out) == [("raised", 0.4), ("cleared", 0.5)]
+    hyst = rule(**RATE, hysteresis=5.0)
+    out = one_signal(hyst, [0, 0.1, 0.2, 0.3], [0, 5, 5.8, 5.8])  # 8 per second is within the band
+    assert states(out) == [("raised", 0.1), ("cleared", 0.3)]
+
+
+# -- stale ---------------------------------------------------------------------------------------
+
+STALE = dict(kind="stale", signals="MPPT2.*", timeout=2.0)
+
+
+def stale_run(r, batches):
+    det = Detector((r,), "car", DetectorConfig(update_seconds=1e9))
+    out = []
+    for now, seen in batches:
+        cols = columns(**{"MPPT2.Vin": (seen, [1.0] * len(seen)), "MPPT2.Iin": (seen, [2.0] * len(seen))}) if seen else {}
+        out += det.add(cols, None, now)
+    return out
+
+
+def test_stale_message_raises_once_per_message_and_clears_on_return():
+    out = stale_run(rule(**STALE), [(1.0, [0.5, 1.0]), (2.0, []), (3.5, []), (4.0, [])] + [(5.0, [4.8, 5.0])])
+    assert states(out) == [("raised", 3.5), ("cleared", 4.8)]
+    assert out[0]["signal"] == "MPPT2" and out[1]["detail"]["worst"] == pytest.approx(3.8)
+
+
+def test_stale_gap_inside_one_batch_and_clean_and_debounce():
+    out = stale_run(rule(**STALE), [(10.0, [0.0, 0.5, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0, 10.0])])
+    assert states(out) == [("raised", 2.5), ("cleared", 4.0)]
+    assert stale_run(rule(**STALE), [(float(i), [float(i)]) for i in range(10)]) == []
+    debounced = rule(**STALE, min_duration=1.0)
+    assert stale_run(debounced, [(0.0, [0.0]), (2.5, []), (2.9, [2.9])]) == []
+    out = stale_run(debounced, [(0.0, [0.0]), (2.5, []), (3.5, []), (3.9, [3.9])])
+    assert states(out) == [("raised", 3.5), ("cleared", 3.9)]
+
+
+def test_stale_per_signal_scope_and_hysteresis_is_harmless():
+    r = rule(**STALE, scope="signal", hysteresis=0.5)
+    det = Detector((r,), "car")
+    det.add(columns(**{"MPPT2.Vin": ([0.0], [1.0]), "MPPT2.Iin": ([0.0], [1.0])}), None, 0.0)
+    out = det.add(columns(**{"MPPT2.Vin": ([3.0], [1.0])}), None, 3.0)
+    # Vin was silent from 0 s to 3 s: raised at 2 s, cleared when it came back; Iin is still silent
+    assert [(m["state"], m["signal"], m["t"]) for m in out] == [
+        ("raised", "MPPT2.Vin", 2.0), ("raised", "MPPT2.Iin", 3.0), ("cleared", "MPPT2.Vin", 3.0)]
+
+
+# -- spread --------------------------------------------------------------------------------------
+
+SPREAD = dict(kind="spread", signals="Cells.V*", max_spread=0.1)
+
+
+def cells(t, values):
+    return {f"Cells.V{i}": ([t], [v]) for i, v in enumerate(values)}
+
+
+def spread_run(r, snapshots):
+    det = Detector((r,), "car", DetectorConfig(update_seconds=1e9))
+    out = []
+    for t, values in snapshots:
+        out += det.add(columns(**cells(t, values)), None, t)
+    return out
+
+
+def test_spread_raises_on_imbalance_and_names_the_cells():
+    out = spread_run(rule(**SPREAD), [(0, [3.9, 3.92, 3.91]), (1, [3.9, 4.05, 3.91]), (2, [3.9, 3.95, 3.91])])
+    assert states(out) == [("raised", 1), ("cleared", 2)]
+    assert out[0]["signal"] == "r" and out[0]["value"] == pytest.approx(0.15)
+    assert out[0]["detail"]["highest"] == "Cells.V1" and out[0]["detail"]["lowest"] == "Cells.V0"
+
+
+def test_spread_uses_the_latest_value_of_cells_not_in_this_batch():
+    det = Detector((rule(**SPREAD),), "car")
+    det.add(columns(**cells(0, [3.9, 3.9, 3.9])), None, 0)
+    out = det.add(columns(**{"Cells.V2": ([1.0], [3.75])}), None, 1)  # only one cell reports
+    assert states(out) == [("raised", 1.0)]
+
+
+def test_spread_clean_debounce_and_hysteresis():
+    assert spread_run(rule(**SPREAD), [(i, [3.9, 3.95, 3.99]) for i in range(5)]) == []
+    assert spread_run(rule(**SPREAD, min_duration=1.5), [(0, [3.9, 4.1]), (1, [3.9, 4.1]), (2, [3.9, 3.9])]) == []
+    out = spread_run(rule(**SPREAD, hysteresis=0.05), [(0, [3.9, 4.1]), (1, [3.9, 3.97]), (2, [3.9, 3.94])])
+    assert states(out) == [("raised", 0), ("cleared", 2)]
+
+
+# -- statistical (robust z-score) ----------------------------------------------------------------
+
+ZSCORE = dict(kind="zscore", signals="A.*", threshold=6.0, baseline=50, warmup=20)
+
+
+def noisy(n, seed=1):
+    return 100.0 + np.random.default_rng(seed).normal(0, 1.0, n)
+
+
+def test_zscore_raises_on_an_outlier_after_warmup_and_clears():
+    v = noisy(80)
+    v[60:63] = 120.0
+    out = one_signal(rule(**ZSCORE), np.arange(80) * 0.1, v, chunks=5)
+    assert states(out) == [("raised", pytest.approx(6.0)), ("cleared", pytest.approx(6.3))]
+    assert out[0]["detail"]["z"] > 6
+
+
+def test_zscore_is_silent_during_warmup_and_on_clean_noise():
+    v = noisy(300, seed=7)
+    v[5] = 500.0  # before warm-up: no baseline to judge it against
+    assert one_signal(rule(**ZSCORE), np.arange(300) * 0.1, v, chunks=9) == []
+
+
+def test_zscore_debounce_and_hysteresis():
+    v = noisy(80)
+    v[60] = 120.0
+    assert one_signal(rule(**ZSCORE, min_duration=0.15), np.arange(80) * 0.1, v) == []
+    v = noisy(80)
+    v[60:62] = 120.0
+    v[62] = 104.5  # |z| about 4.5: inside the threshold, but not by the hysteresis margin of 3
+    out = one_signal(rule(**ZSCORE, hysteresis=3.0), np.arange(80) * 0.1, v)
+    assert states(out) == [("raised", pytest.approx(6.0)), ("cleared", pytest.approx(6.3))]
+
+
+def test_zscore_min_scale_keeps_a_quantised_signal_quiet():
+    v = np.r_[np.full(40, 50.0), [51.0], np.full(10, 50.0)]
+    assert states(one_signal(rule(**ZSCORE), np.arange(51), v))[0][0] == "raised"  # MAD 0: any step is infinite
+    assert one_signal(rule(**ZSCORE, min_scale=1.0), np.arange(51), v) == []
+
+
+# -- bus health ----------------------------------------------------------------------------------
+
+BUS = dict(kind="bus", counter="error", max_per_second=2.0, window_seconds=2.0)
+
+
+def bus_run(r, counts):
+    det = Detector((r,), "car", DetectorConfig(update_seconds=1e9))
+    out = []
+    for i, n in enumerate(counts):
+        out += det.add({}, {"read": 100, "error": n}, 0.5 * (i + 1))
+    return out
+
+
+def test_bus_error_rate_raises_and_clears():
+    out = bus_run(rule(**BUS), [0, 0, 3, 3, 0, 0, 0, 0])
+    assert states(out) == [("raised", 2.0), ("cleared", 3.5)]
+    assert out[0]["signal"] == "bus.error" and out[0]["value"] == pytest.approx(3.0)
+
+
+def test_bus_clean_debounce_and_hysteresis():
+    assert bus_run(rule(**BUS), [1, 0, 1, 0, 1, 0]) == []
+    # one burst keeps the windowed rate up for the window's 2 s: a longer debounce ignores it...
+    assert bus_run(rule(**BUS, min_duration=2.5), [0, 5, 0, 0, 0, 0, 0]) == []
+    # ...and still catches errors that go on
+    assert states(bus_run(rule(**BUS, min_duration=2.5), [5] * 8)) == [("raised", 3.0)]
+    out = bus_run(rule(**BUS, hysteresis=1.0), [6, 0, 0, 1, 0, 0, 0])  # 2.5 then 0.5 per second
+    assert states(out)[0] == ("raised", 0.5) and states(out)[1][0] == "cleared"
+
+
+def test_bus_rule_reads_the_counters_of_a_signals_message(make_services):
+    services = make_services(rules=[{"name": "errors", **BUS}])
     comp = AnomalyDetectorComponent(services)
-    comp.handle(signals_event(columns(**{"BMS.Temp01": ([1, 2], [50.0, 60.0])})))
-    comp.handle({"v": 1, "kind": "signals", "span": {"start": 0, "end": 1}, "signals": {"BMS.Temp01": {"t": [1], "v": ["x"]}}})
-    comp.handle(None)
-    comp.handle(signals_event(columns(**{"BMS.Temp01": ([3], [40.0])})))
-    assert [m["state"] for m in services.local.messages("telemetry/out")] == ["raised", "cleared"]
-    assert comp.stats["malformed"] == 2
+    event = signals_event(columns(**{"A.x": ([1.0], [1.0])}))
+    event["frames"]["error"] = 10
+    comp.handle(event)
+    assert [m["signal"] for m in services.local.messages("telemetry/out")] == ["bus.error"]
+
+
+# -- what all alerts share -----------------------------------------------------------------------
+
+
+def test_updates_carry_the_worst_value_at_most_every_update_seconds():
+    det = Detector((rule(**LIMIT),), "car", DetectorConfig(update_seconds=5.0))
+    out = []
+    for second in range(20):
+        out += det.add(series("A.x", [second], [11 + second]), None, float(second))
+    kinds = [(m["state"], m["t"]) for m in out]
+    assert kinds == [("raised", 0), ("update", 5), ("update", 10), ("update", 15)]
+    assert [m["detail"]["worst"] for m in out] == [11, 16, 21, 26]
+    assert len({m["id"] for m in out}) == 1
+
+
+def test_ids_are_deterministic_and_shared_by_raise_and_clear():
+    out = one_signal(rule(**LIMIT), [1.5, 2.5], [11, 5])
+    assert out[0]["id"] == out[1]["id"] == alert_id("car", "r", "A.x", 1.5)
+    again = one_signal(rule(**LIMIT), [1.5, 2.5], [11, 5])
+    assert [m["id"] for m in again] == [m["id"] for m in out]
+
+
+def test_a_flapping_signal_does_not_flood_the_link():
+    cfg = DetectorConfig(update_seconds=1e9, flap_raises=3, flap_window_seconds=60, flap_hold_seconds=30)
+    t = np.arange(0, 120, 1.0)
+    v = np.where(t < 60, np.where(t % 2 == 0, 11.0, 5.0), 5.0)  # over, under, over ... for a minute
+    out = one_signal(rule(**LIMIT), t, v, cfg=cfg, chunks=12)
+    # three raises and clears, then the alert holds until it has been clean for 30 s
+    assert [m["state"] for m in out] == ["raised", "cleared", "raised", "cleared", "raised", "cleared"]
+    assert out[-1]["t"] == 59 + 30 and out[-1]["detail"]["flapping"] is True
+
+
+def test_alerts_for_several_rules_come_out_in_time_order():
+    det = Detector((rule(**LIMIT), rule(**RATE, name="jump")), "car")
+    out = det.add(series("A.x", [0, 0.1, 0.2], [5, 12, 12]), None, 0.2)
+    assert [(m["rule"], m["state"], m["t"]) for m in out] == [("r", "raised", 0.1), ("jump", "raised", 0.1), ("jump", "cleared", 0.2)]

@@ -6,13 +6,15 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import pytest
 from helpers import columns, signals_event
 from hypothesis import given
 from hypothesis import strategies as st
 
 from telemetry import messages
 from telemetry.messages import SignalColumns
-from telemetry.windows import AggregatorComponent, WindowAggregator
+from telemetry.config import parse_config
+from telemetry.windows import Aggregation, AggregatorComponent, WindowAggregator
 
 
 def reference(samples: dict[str, list[tuple[float, float]]], width: float) -> dict[int, dict[str, dict]]:
@@ -25,12 +27,17 @@ def reference(samples: dict[str, list[tuple[float, float]]], width: float) -> di
             sel = k == window
             tt, vv = t[sel], v[sel]
             last = np.flatnonzero(tt == tt.max())[-1]
+            first = np.flatnonzero(tt == tt.min())[0]
             out.setdefault(int(window), {})[name] = {
                 "count": int(sel.sum()),
                 "min": float(vv.min()),
                 "max": float(vv.max()),
                 "mean": float(vv.mean()),
                 "last": float(vv[last]),
+                "first": float(vv[first]),
+                "std": float(vv.std()),
+                "t_min": float(tt[vv == vv.min()].min()),
+                "t_max": float(tt[vv == vv.max()].min()),
             }
     return out
 
@@ -52,8 +59,12 @@ def assert_equal(got: dict, want: dict) -> None:
         assert set(got[k]) == set(want[k])
         for name, stats in want[k].items():
             assert got[k][name]["count"] == stats["count"]
-            for key in ("min", "max", "mean", "last"):
+            for key in ("min", "max", "mean", "last", "first", "t_min", "t_max"):
                 assert math.isclose(got[k][name][key], stats[key], rel_tol=1e-9, abs_tol=1e-9), (k, name, key)
+            # a variance merged from partial sums loses a little to cancellation when the spread
+            # is tiny next to the values: compare at the precision float64 allows there
+            scale = max(abs(stats["min"]), abs(stats["max"]), 1.0)
+            assert math.isclose(got[k][name]["std"], stats["std"], rel_tol=1e-7, abs_tol=1e-7 * scale), (k, name, "std")
 
 
 sample_values = st.floats(min_value=-1e6, max_value=1e6, allow_nan=False, allow_infinity=False)
@@ -104,7 +115,10 @@ def test_windows_close_as_event_time_passes_their_end():
     assert agg.add(columns(**{"A.x": ([10.1, 10.5], [1.0, 2.0])})) == []
     out = agg.add(columns(**{"A.x": ([10.9, 11.2], [3.0, 4.0])}))
     assert [m["window"] for m in out] == [{"start": 10.0, "end": 11.0}]
-    assert out[0]["signals"]["A.x"] == {"count": 3, "min": 1.0, "max": 3.0, "mean": 2.0, "last": 3.0}
+    stats = out[0]["signals"]["A.x"]
+    assert stats == {"count": 3, "min": 1.0, "max": 3.0, "mean": 2.0, "last": 3.0, "first": 1.0,
+                     "std": pytest.approx(math.sqrt(2 / 3)), "t_min": 10.1, "t_max": 10.9}
+    assert out[0]["group"] == "default" and out[0]["late"] == {"samples": 0, "oldest": None}
     assert out[0]["vehicle"] == "car" and out[0]["kind"] == "aggregates" and out[0]["v"] == 1
     # a batch's span end moves event time on even when it carries no sample of this signal
     out = agg.add({}, watermark=13.0)
@@ -121,6 +135,55 @@ def test_late_samples_are_counted_not_put_in_another_window():
     out = agg.flush()
     assert agg.stats["late_samples"] == 1
     assert out[0]["signals"]["A.x"]["count"] == 2 and out[0]["signals"]["A.x"]["max"] == 3.0
+    # reported with the next window the group publishes
+    assert out[0]["late"] == {"samples": 1, "oldest": 5.9}
+
+
+def test_lateness_keeps_a_window_open_for_late_samples():
+    agg = WindowAggregator(1.0, "car", lateness=0.5)
+    assert agg.add(columns(**{"A.x": ([5.5, 6.2], [1.0, 2.0])})) == []  # 6.2 < 6.0 + 0.5
+    assert agg.add(columns(**{"A.x": ([5.8], [3.0])})) == []  # late, but within the lateness
+    out = agg.add(columns(**{"A.x": ([6.6], [4.0])}))
+    assert [m["window"]["start"] for m in out] == [5.0]
+    assert out[0]["signals"]["A.x"]["count"] == 2 and out[0]["signals"]["A.x"]["last"] == 3.0
+    assert agg.stats["late_samples"] == 0
+
+
+def test_memory_is_bounded_whatever_the_timestamps():
+    agg = WindowAggregator(1.0, "car", lateness=1e9, max_open_windows=8)  # nothing would ever close
+    for i in range(100):
+        agg.add(columns(**{"A.x": ([float(i * 3)], [1.0])}))
+        assert len(agg.open) <= 8
+    assert agg.stats["forced_closes"] == 92
+
+
+def aggregation(**aggregator):
+    return Aggregation(parse_config({"vehicle": "car", "aggregator": aggregator}).aggregator, "car")
+
+
+def test_signal_selection_by_include_and_exclude_patterns():
+    agg = aggregation(include=["BMS_*", "MC_Drive.MotorRpm"], exclude=["*.Module"])
+    out = agg.add(columns(**{
+        "BMS_CellTemps.Temp01": ([0.5], [30.0]), "BMS_CellTemps.Module": ([0.5], [1.0]),
+        "MC_Drive.MotorRpm": ([0.5], [100.0]), "MC_Drive.MotorTemp": ([0.5], [50.0]),
+    }), 0.6) + agg.flush()
+    assert set(out[0]["signals"]) == {"BMS_CellTemps.Temp01", "MC_Drive.MotorRpm"}
+    assert agg.totals()["samples_not_selected"] == 2
+
+
+def test_window_groups_have_their_own_length_and_one_sequence():
+    agg = aggregation(window_seconds=1.0, groups=[{"name": "slow", "signals": "BMS_CellTemps.*", "window_seconds": 5.0}])
+    out = []
+    for t in np.arange(0.0, 10.0, 0.5):
+        out += agg.add(columns(**{"BMS_CellTemps.Temp01": ([t], [30.0]), "MC_Drive.MotorRpm": ([t], [t])}), t)
+    out += agg.flush()
+    slow = [m for m in out if m["group"] == "slow"]
+    fast = [m for m in out if m["group"] == "default"]
+    assert [m["window"] for m in slow] == [{"start": 0.0, "end": 5.0}, {"start": 5.0, "end": 10.0}]
+    assert slow[0]["signals"]["BMS_CellTemps.Temp01"]["count"] == 10
+    assert len(fast) == 10 and all(set(m["signals"]) == {"MC_Drive.MotorRpm"} for m in fast)
+    assert [m["seq"] for m in out] == list(range(1, len(out) + 1))
+    assert [m["window"]["end"] for m in out] == sorted(m["window"]["end"] for m in out)
 
 
 def test_component_publishes_each_closed_window_and_flushes_at_end_of_stream(make_services):
