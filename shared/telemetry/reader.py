@@ -81,6 +81,12 @@ class ReaderCore:
             source=self.source_name, seq=self.seq, start=start, end=end, frames=decoded.frames, signals=decoded.signals
         )
 
+    def tick_message(self, now: float) -> dict[str, Any]:
+        """An empty batch: a quiet live bus still moves event time on, so windows close."""
+        self.seq += 1
+        self.totals["ticks"] += 1
+        return messages.signals_message(source=self.source_name, seq=self.seq, start=now, end=now, frames={}, signals={})
+
     def end_message(self, extra: Mapping[str, int] | None = None) -> dict[str, Any]:
         self.seq += 1
         totals = {key: int(self.totals.get(key, 0)) for key in messages.FRAME_COUNTERS}
@@ -134,16 +140,23 @@ class CanReaderComponent:
     def run(self, stop: threading.Event) -> None:
         clock = self.services.clock
         max_wait = self.batcher.max_seconds
+        last_publish = clock.monotonic()
         try:
             for frame in self.source.frames(stop):
                 now = clock.monotonic()
                 if frame is None:
                     if self.batcher.frames and now - self.batcher.opened_at >= max_wait:
                         self._flush()
+                        last_publish = now
+                    elif not self.batcher.frames and now - last_publish >= max_wait:
+                        # Live frames carry wall-clock timestamps, so wall-clock time is event time.
+                        self.services.local.publish(self.topic, self.core.tick_message(clock.time()))
+                        last_publish = now
                     continue
                 full = self.batcher.add(frame, now)
                 if full or (self.live and now - self.batcher.opened_at >= max_wait):
                     self._flush()
+                    last_publish = now
             self._flush()
             extra = {"bad_records": len(self.source.bad_records)}
             self.services.local.publish(self.topic, self.core.end_message(extra))

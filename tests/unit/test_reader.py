@@ -104,3 +104,38 @@ def test_live_interface_from_configuration(make_services):
         assert reader.live
     finally:
         reader.close()
+
+
+def test_a_quiet_live_bus_still_closes_the_aggregators_windows(make_services, sample_dbc):
+    """Windows close by event time; on a live bus that goes silent the reader's idle ticks move
+    event time on with the wall clock, so the last window does not wait forever."""
+    from telemetry.windows import AggregatorComponent
+
+    services = make_services(reader={"batch_max_frames": 1000, "batch_max_seconds": 0.05}, aggregator={"window_seconds": 0.2})
+    services.clock = SystemClock()
+    aggregator = AggregatorComponent(services)
+    services.local.subscribe("telemetry/out", lambda m: aggregator.handle(m) if m["kind"] == "signals" else None)
+    db = cantools.database.load_file(str(sample_dbc))
+    pack = db.get_message_by_name("BMS_PackStatus")
+    data = pack.encode({"PackVoltage": 140.0, "PackCurrent": 10.0, "SOC": 80, "BmsState": 1})
+    with can.Bus(interface="virtual", channel="quiet-bus") as car:
+        source = BusSource(interface="virtual", channel="quiet-bus", idle_timeout=0.01)
+        reader = CanReaderComponent(services, source=source)
+        stop = threading.Event()
+        thread = threading.Thread(target=reader.run, args=(stop,))
+        thread.start()
+        try:
+            car.send(can.Message(arbitration_id=pack.frame_id, data=data, is_extended_id=False))  # stamped now
+            waiter = threading.Event()
+            for _ in range(300):  # then silence
+                if any(m["kind"] == "aggregates" for m in services.local.messages("telemetry/out")):
+                    break
+                waiter.wait(0.01)
+        finally:
+            stop.set()
+            thread.join(5)
+            reader.close()
+    aggregates = [m for m in services.local.messages("telemetry/out") if m["kind"] == "aggregates"]
+    assert aggregates, "the window of the only frame never closed"
+    assert aggregates[0]["signals"]["BMS_PackStatus.PackVoltage"]["count"] == 1
+    assert reader.core.totals["ticks"] > 0
