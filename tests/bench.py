@@ -11,6 +11,8 @@ into the reader's batches first (not timed); then each stage is timed over all b
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
 import math
 import sys
 import threading
@@ -19,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from telemetry import messages
 from telemetry.config import Rule, parse_config
 from telemetry.decode import DbcDecoder
 from telemetry.replay import SAMPLE, resolve_config
@@ -27,18 +30,25 @@ from telemetry.sources import LogSource
 from telemetry.windows import Aggregation
 
 
-def batches(log: Path, cfg) -> list[tuple[dict, dict, float]]:
+def signal_messages(log: Path, cfg) -> list[dict]:
+    """The reader's batches of the log, as the JSON messages the components receive."""
     decoder = DbcDecoder(cfg.dbc)
     out, frames = [], []
+
+    def flush() -> None:
+        decoded = decoder.decode(frames)
+        message = messages.signals_message(source=log.name, seq=len(out) + 1, start=frames[0].timestamp,
+                                           end=max(f.timestamp for f in frames), frames=decoded.frames,
+                                           signals=decoded.signals)
+        out.append(json.loads(json.dumps(message)))
+        frames.clear()
+
     for frame in LogSource(log).frames(threading.Event()):
         frames.append(frame)
         if len(frames) >= cfg.reader.batch_max_frames or frame.timestamp - frames[0].timestamp >= cfg.reader.batch_max_seconds:
-            decoded = decoder.decode(frames)
-            out.append((decoded.signals, dict(decoded.frames), max(f.timestamp for f in frames)))
-            frames = []
+            flush()
     if frames:
-        decoded = decoder.decode(frames)
-        out.append((decoded.signals, dict(decoded.frames), max(f.timestamp for f in frames)))
+        flush()
     return out
 
 
@@ -51,62 +61,140 @@ def best(fn, repeat: int) -> float:
     return min(times)
 
 
-# -- plain per-sample loops: the same statistics and limit/rate checks, one sample at a time ----
+# -- the same jobs as plain per-sample Python loops, written to be fast --------------------------
 
 
-def loop_aggregate(data, width: float) -> int:
-    open_windows: dict[tuple[int, str], list] = {}
-    closed = 0
-    watermark = -math.inf
-    for signals, _, end in data:
-        for name, column in signals.items():
-            for t, v in zip(column.t.tolist(), column.v.tolist()):
-                key = (math.floor(t / width), name)
-                s = open_windows.get(key)
-                if s is None:
-                    open_windows[key] = [1, v, v, v, 0.0, v, t, v, t, t, t]  # n min max mean m2 first ft last lt tmin tmax
+def loop_aggregate(msgs: list[dict], width: float) -> list[dict]:
+    """Per (window, signal): count, min, max, mean, std (Welford), first, last, t_min, t_max."""
+    open_windows: dict[int, dict[str, list]] = {}
+    out = []
+    floor = math.floor
+    for message in msgs:
+        for name, column in message["signals"].items():
+            for t, v in zip(column["t"], column["v"]):
+                window = open_windows.setdefault(floor(t / width), {})
+                s = window.get(name)
+                if s is None:  # n, min, max, mean, m2, first_t, first, last_t, last, t_min, t_max
+                    window[name] = [1, v, v, v, 0.0, t, v, t, v, t, t]
                     continue
-                s[0] += 1
+                n = s[0] = s[0] + 1
                 delta = v - s[3]
-                s[3] += delta / s[0]
+                s[3] += delta / n
                 s[4] += delta * (v - s[3])
-                if v < s[1]:
+                if v < s[1] or (v == s[1] and t < s[9]):
                     s[1], s[9] = v, t
-                if v > s[2]:
+                if v > s[2] or (v == s[2] and t < s[10]):
                     s[2], s[10] = v, t
-                if t >= s[8]:
-                    s[7], s[8] = v, t
-        watermark = max(watermark, end)
-        for key in [k for k in open_windows if (k[0] + 1) * width <= watermark]:
-            del open_windows[key]
-            closed += 1
-    return closed + len(open_windows)
+                if t < s[5]:
+                    s[5], s[6] = t, v
+                if t >= s[7]:
+                    s[7], s[8] = t, v
+        end = message["span"]["end"]
+        for k in sorted(k for k in open_windows if (k + 1) * width <= end):
+            out.append(_loop_window(k, width, open_windows.pop(k)))
+    out += [_loop_window(k, width, open_windows.pop(k)) for k in sorted(open_windows)]
+    return out
 
 
-def loop_detect(data, rules: list[Rule]) -> int:
-    alerts = 0
-    active: dict[tuple[str, str], bool] = {}
-    last: dict[tuple[str, str], tuple[float, float]] = {}
+def _loop_window(k: int, width: float, signals: dict[str, list]) -> dict:
+    return {"window": {"start": k * width, "end": (k + 1) * width}, "signals": {
+        name: {"count": s[0], "min": s[1], "max": s[2], "mean": s[3], "last": s[8], "std": math.sqrt(s[4] / s[0]),
+               "first": s[6], "t_min": s[9], "t_max": s[10]} for name, s in sorted(signals.items())}}
+
+
+def loop_detect(msgs: list[dict], rules: list[Rule]) -> list[dict]:
+    """Limit (with hysteresis) and rate rules, raise and clear, one sample at a time."""
     import fnmatch
 
+    active: dict[tuple[str, str], bool] = {}
+    last: dict[tuple[str, str], tuple[float, float]] = {}
     matches: dict[str, list[Rule]] = {}
-    for signals, _, _ in data:
-        for name, column in signals.items():
-            if name not in matches:
-                matches[name] = [r for r in rules if any(fnmatch.fnmatchcase(name, p) for p in r.signals)]
-            for t, v in zip(column.t.tolist(), column.v.tolist()):
-                for rule in matches[name]:
+    out = []
+    for message in msgs:
+        for name, column in message["signals"].items():
+            rules_here = matches.get(name)
+            if rules_here is None:
+                rules_here = matches[name] = [r for r in rules if any(fnmatch.fnmatchcase(name, p) for p in r.signals)]
+            if not rules_here:
+                continue
+            for t, v in zip(column["t"], column["v"]):
+                for rule in rules_here:
                     key = (rule.name, name)
                     if rule.kind == "limit":
-                        bad = (rule.max is not None and v > rule.max) or (rule.min is not None and v < rule.min)
-                    else:  # rate
+                        lo = -math.inf if rule.min is None else rule.min
+                        hi = math.inf if rule.max is None else rule.max
+                        x = max(v - hi, lo - v)
+                    else:
                         prev = last.get(key)
                         last[key] = (t, v)
-                        bad = prev is not None and t > prev[0] and abs((v - prev[1]) / (t - prev[0])) > rule.max_rate
-                    if bad != active.get(key, False):
-                        active[key] = bad
-                        alerts += 1
-    return alerts
+                        if prev is None or t <= prev[0]:
+                            continue
+                        x = abs((v - prev[1]) / (t - prev[0])) - rule.max_rate
+                    was = active.get(key, False)
+                    if not was and x > 0:
+                        active[key] = True
+                        out.append({"rule": rule.name, "signal": name, "state": "raised", "t": t, "value": v})
+                    elif was and x <= -rule.hysteresis:
+                        active[key] = False
+                        out.append({"rule": rule.name, "signal": name, "state": "cleared", "t": t, "value": v})
+    return out
+
+
+def run_stages(msgs: list[dict], cfg, width: float, flat, simple: list[Rule], repeat: int,
+               configured: bool = True) -> tuple[float, float]:
+    """Check that ours and the loop give the same answers, then time both; print a table."""
+    samples = sum(len(c["t"]) for m in msgs for c in m["signals"].values())
+
+    def ours_aggregate(agg_cfg=flat):
+        agg = Aggregation(agg_cfg, cfg.vehicle)
+        out = []
+        for m in msgs:
+            out += agg.add(messages.flat_signals(m), m["span"]["end"])
+        return out + agg.flush()
+
+    def ours_detect(rules=tuple(simple)):
+        det = Detector(rules, cfg.vehicle, cfg.detector)
+        out = []
+        for m in msgs:
+            out += det.add(messages.flat_signals(m), m["frames"], m["span"]["end"])
+        return out
+
+    # the same answers first, then the time
+    ours, theirs = ours_aggregate(), loop_aggregate(msgs, width)
+    assert [(m["window"], set(m["signals"])) for m in ours] == [(m["window"], set(m["signals"])) for m in theirs]
+    ours_alerts = [(a["rule"], a["signal"], a["state"], a["t"]) for a in ours_detect() if a["state"] != "update"]
+    loop_alerts = [(a["rule"], a["signal"], a["state"], a["t"]) for a in loop_detect(msgs, simple)]
+    assert sorted(ours_alerts) == sorted(loop_alerts), "the loop and the detector disagree"
+
+    rows = [
+        ("aggregator, 1 group, 9 statistics", best(ours_aggregate, repeat), best(lambda: loop_aggregate(msgs, width), repeat)),
+        (f"detector, the {len(simple)} limit/rate rules", best(ours_detect, repeat), best(lambda: loop_detect(msgs, simple), repeat)),
+    ]
+    print(f"{'stage':<46}{'ours (samples/s)':>18}{'per-sample loop':>18}{'ratio':>9}")
+    for label, ours_s, loop_s in rows:
+        print(f"{label:<46}{samples / ours_s:>18,.0f}{samples / loop_s:>18,.0f}{loop_s / ours_s:>8.2f}x")
+    if not configured:
+        return rows[0][1], rows[1][1]
+    extra = [
+        ("aggregator, the configured groups/selection", best(lambda: ours_aggregate(cfg.aggregator), repeat)),
+        (f"detector, all {len(cfg.rules)} configured rules", best(lambda: ours_detect(cfg.rules), repeat)),
+    ]
+    for label, ours_s in extra:
+        print(f"{label:<46}{samples / ours_s:>18,.0f}{'(no loop)':>18}")
+    return extra[0][1], extra[1][1]
+
+
+def dense_messages(batch_seconds: float, seconds: float = 30.0) -> list[dict]:
+    rng = np.random.default_rng(5)
+    out = []
+    t0 = 1_782_900_000.0
+    for i in range(int(seconds / batch_seconds)):
+        t = t0 + i * batch_seconds + np.arange(0.0, batch_seconds, 0.001)
+        signals = {f"IMU.Axis{j:02d}": {"t": t.tolist(), "v": (10 * np.sin(t / 3 + j) + rng.normal(0, 1, len(t))).tolist()}
+                   for j in range(20)}
+        out.append({"v": 1, "kind": "signals", "span": {"start": float(t[0]), "end": float(t[-1])},
+                    "frames": {"read": len(t) * 5}, "signals": signals})
+    return out
 
 
 def main() -> int:
@@ -115,47 +203,40 @@ def main() -> int:
     p.add_argument("--dbc", action="append", default=[])
     p.add_argument("--config", default=None)
     p.add_argument("--repeat", type=int, default=5)
+    p.add_argument("--batch-seconds", type=float, help="override [reader] batch_max_seconds")
+    p.add_argument("--batch-frames", type=int, help="override [reader] batch_max_frames")
     args = p.parse_args()
     config = args.config or (str(SAMPLE / "vehicle.toml") if args.log == str(SAMPLE / "drive.log") else None)
     cfg = resolve_config(config, args.dbc)
-    data = batches(Path(args.log), cfg)
-    samples = sum(len(c) for signals, _, _ in data for c in signals.values())
-    print(f"data: {args.log}: {samples} signal samples in {len(data)} batches")
+    reader = cfg.reader
+    if args.batch_seconds or args.batch_frames:
+        reader = dataclasses.replace(reader, batch_max_seconds=args.batch_seconds or reader.batch_max_seconds,
+                                     batch_max_frames=args.batch_frames or reader.batch_max_frames)
+        cfg = dataclasses.replace(cfg, reader=reader)
+    print(f"batches: up to {reader.batch_max_frames} frames or {reader.batch_max_seconds} s of event time")
+    msgs = signal_messages(Path(args.log), cfg)
+    samples = sum(len(c["t"]) for m in msgs for c in m["signals"].values())
+    print(f"data: {args.log}: {samples} signal samples in {len(msgs)} batches (the reader's, as JSON messages)")
     print(f"numpy {np.__version__}, python {sys.version.split()[0]}, best of {args.repeat}\n")
 
     width = cfg.aggregator.window_seconds
     flat = parse_config({"vehicle": cfg.vehicle, "aggregator": {"window_seconds": width}}).aggregator
 
-    def ours_aggregate(agg_cfg=flat):
-        agg = Aggregation(agg_cfg, cfg.vehicle)
-        for signals, _, end in data:
-            agg.add(signals, end)
-        agg.flush()
+    simple = [r for r in cfg.rules if r.kind in ("limit", "rate") and r.min_duration == 0 and r.clear_duration == 0]
 
-    simple = [r for r in cfg.rules if r.kind in ("limit", "rate")]
-
-    def ours_detect(rules=tuple(simple)):
-        det = Detector(rules, cfg.vehicle, cfg.detector)
-        for signals, frames, end in data:
-            det.add(signals, frames, end)
-
-    rows = [
-        ("aggregator, all signals, 9 statistics", best(ours_aggregate, args.repeat), best(lambda: loop_aggregate(data, width), args.repeat)),
-        (f"detector, {len(simple)} limit/rate rules", best(ours_detect, args.repeat), best(lambda: loop_detect(data, simple), args.repeat)),
-    ]
-    print(f"{'stage':<44}{'ours (samples/s)':>18}{'per-sample loop':>18}{'ratio':>9}")
-    for label, ours, loop in rows:
-        print(f"{label:<44}{samples / ours:>18,.0f}{samples / loop:>18,.0f}{loop / ours:>8.1f}x")
-    extra = [
-        ("aggregator, configured groups and selection", best(lambda: ours_aggregate(cfg.aggregator), args.repeat)),
-        (f"detector, all {len(cfg.rules)} configured rules", best(lambda: ours_detect(cfg.rules), args.repeat)),
-    ]
-    for label, ours in extra:
-        print(f"{label:<44}{samples / ours:>18,.0f}{'(no baseline)':>18}")
-    real_time = (data[-1][2] - min(c.t.min() for c in data[0][0].values())) if data else 0.0
-    total = rows[0][1] + extra[1][1]
-    print(f"\nthe recording spans {real_time:.0f} s; aggregating and checking it all takes {total:.3f} s "
-          f"({real_time / total:,.0f}x real time)")
+    agg_s, det_s = run_stages(msgs, cfg, width, flat, simple, args.repeat)
+    # the same stages on dense data: 20 signals at 1 kHz (an IMU, a fast current sensor)
+    dense = dense_messages(cfg.reader.batch_max_seconds)
+    print(f"\ndense synthetic data: {sum(len(c['t']) for m in dense for c in m['signals'].values())} samples, "
+          f"20 signals at 1 kHz, {len(dense)} batches of {cfg.reader.batch_max_seconds} s")
+    dense_rules = [parse_config({"vehicle": "x", "rules": [
+        {"name": "imu-limit", "signals": "IMU.*", "min": -40.0, "max": 40.0},
+        {"name": "imu-jump", "kind": "rate", "signals": "IMU.*", "max_rate": 50_000.0}]}).rules[i] for i in (0, 1)]
+    run_stages(dense, cfg, width, flat, dense_rules, args.repeat, configured=False)
+    span = msgs[-1]["span"]["end"] - msgs[0]["span"]["start"] if msgs else 0.0
+    total = agg_s + det_s
+    print(f"\nthe recording spans {span:.0f} s; aggregating and checking it as configured takes {total:.3f} s "
+          f"({span / total:,.0f}x real time)")
     return 0
 
 

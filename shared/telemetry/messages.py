@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import math
+from itertools import chain
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -88,6 +89,64 @@ def _check_signals(event: Mapping[str, Any]) -> None:
             raise MessageError(f"signal {name!r} has {len(column['t'])} times but {len(column['v'])} values")
 
 
+@dataclass(frozen=True)
+class FlatBatch:
+    """A batch's samples of all signals in three flat arrays plus a name table: how the
+    aggregator and the detector process a batch with a fixed number of numpy calls, whatever the
+    number of signals in it. Samples of one signal are contiguous and keep their order."""
+
+    names: tuple[str, ...]
+    ids: np.ndarray  # index into names, per sample
+    t: np.ndarray
+    v: np.ndarray
+
+    def __len__(self) -> int:
+        return int(self.t.shape[0])
+
+    @classmethod
+    def from_columns(cls, columns: Mapping[str, SignalColumns]) -> FlatBatch:
+        names = tuple(columns)
+        lengths = [len(c) for c in columns.values()]
+        if not names:
+            return cls((), np.empty(0, np.int64), np.empty(0), np.empty(0))
+        return cls(
+            names,
+            np.repeat(np.arange(len(names)), lengths),
+            np.concatenate([c.t for c in columns.values()]).astype(np.float64, copy=False),
+            np.concatenate([c.v for c in columns.values()]).astype(np.float64, copy=False),
+        )
+
+    def columns(self) -> dict[str, SignalColumns]:
+        out = {}
+        bounds = np.searchsorted(self.ids, np.arange(len(self.names) + 1)) if _ids_sorted(self.ids) else None
+        for i, name in enumerate(self.names):
+            if bounds is not None:
+                a, b = bounds[i], bounds[i + 1]
+                out[name] = SignalColumns(self.t[a:b], self.v[a:b])
+            else:
+                mask = self.ids == i
+                out[name] = SignalColumns(self.t[mask], self.v[mask])
+        return out
+
+
+def _ids_sorted(ids: np.ndarray) -> bool:
+    return len(ids) < 2 or bool(np.all(ids[1:] >= ids[:-1]))
+
+
+def flat_signals(event: Mapping[str, Any]) -> FlatBatch:
+    """The samples of a (parsed) signals message as a FlatBatch, converted in one pass."""
+    signals = event["signals"]
+    names = tuple(signals)
+    lengths = [len(signals[name]["t"]) for name in names]
+    total = sum(lengths)
+    try:
+        t = np.fromiter(chain.from_iterable(signals[n]["t"] for n in names), dtype=np.float64, count=total)
+        v = np.fromiter(chain.from_iterable(signals[n]["v"] for n in names), dtype=np.float64, count=total)
+    except (TypeError, ValueError) as exc:
+        raise MessageError(f"signals message has non-numeric data: {exc}") from None
+    return FlatBatch(names, np.repeat(np.arange(len(names)), lengths), t, v)
+
+
 def signal_columns(event: Mapping[str, Any]) -> dict[str, SignalColumns]:
     """The columns of a (parsed) signals message as float64 arrays."""
     out: dict[str, SignalColumns] = {}
@@ -150,7 +209,7 @@ def aggregates_message(
         "seq": seq,
         "group": group,
         "window": {"start": start, "end": end},
-        "signals": {name: dict(stats) for name, stats in signals.items()},
+        "signals": dict(signals),
         "late": {"samples": late_samples, "oldest": late_oldest},
     }
 

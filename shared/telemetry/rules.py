@@ -35,7 +35,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 from . import messages
 from .component import MessageComponent, Services
 from .config import DetectorConfig, Rule
-from .messages import SignalColumns
+from .messages import FlatBatch, SignalColumns
 
 RAISED, UPDATE, CLEARED = "raised", "update", "cleared"
 
@@ -49,6 +49,31 @@ class Metric:
     x: np.ndarray  # > 0: violated, by this much
     value: np.ndarray  # what the alert reports at each point
     detail: dict[str, Any] = field(default_factory=dict)
+    extra: dict[str, np.ndarray] = field(default_factory=dict)  # per-point values for the alert's detail
+
+
+@dataclass
+class Metrics:
+    """A rule's metric for every key it looked at in a batch: points sorted by (key, time)."""
+
+    keys: list[str]
+    k: np.ndarray  # key number per point
+    t: np.ndarray
+    x: np.ndarray
+    value: np.ndarray
+    detail: dict[str, Any] = field(default_factory=dict)
+    extra: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def violated_keys(self) -> set[int]:
+        return set(np.unique(self.k[self.x > 0]).tolist())
+
+    def present_keys(self) -> set[int]:
+        return set(np.unique(self.k).tolist())
+
+    def metric(self, key: int) -> Metric:
+        a, b = np.searchsorted(self.k, [key, key + 1])
+        return Metric(self.keys[key], self.t[a:b], self.x[a:b], self.value[a:b], self.detail,
+                      {name: arr[a:b] for name, arr in self.extra.items()})
 
 
 def alert_id(vehicle: str, rule: str, key: str, raised_t: float) -> str:
@@ -56,48 +81,78 @@ def alert_id(vehicle: str, rule: str, key: str, raised_t: float) -> str:
     return f"{vehicle}/{rule}/{key}/{raised_t:.6f}"
 
 
-def _matches(name: str, patterns: tuple[str, ...]) -> bool:
-    return any(fnmatch.fnmatchcase(name, p) for p in patterns)
-
-
-def _sorted(column: SignalColumns) -> tuple[np.ndarray, np.ndarray]:
-    if len(column) > 1 and np.any(np.diff(column.t) < 0):
-        order = np.argsort(column.t, kind="stable")
-        return column.t[order], column.v[order]
-    return column.t, column.v
+def _by_key_then_time(k: np.ndarray, t: np.ndarray, *more: np.ndarray) -> tuple[np.ndarray, ...]:
+    order = np.lexsort((t, k))
+    return (k[order], t[order], *(m[order] for m in more))
 
 
 # -- metrics, one class per rule kind ------------------------------------------------------------
 
 
 class _Evaluator:
+    """Turns a batch into the rule's Metrics, or None when there is nothing for the state machine
+    to look at (no violation, and no key of this rule in a non-idle state)."""
+
     def __init__(self, rule: Rule) -> None:
         self.rule = rule
         self._match: dict[str, bool] = {}
+        self._masks: dict[tuple[str, ...], np.ndarray] = {}
+        self._numbers: dict[tuple[str, ...], np.ndarray] = {}
 
-    def matching(self, columns: Mapping[str, SignalColumns]) -> dict[str, SignalColumns]:
-        out = {}
-        for name, column in columns.items():
-            hit = self._match.get(name)
-            if hit is None:
-                hit = self._match[name] = _matches(name, self.rule.signals)
-            if hit and len(column):
-                out[name] = column
+    def name_mask(self, names: tuple[str, ...]) -> np.ndarray:
+        """Which of a batch's signal names the rule's patterns match. Batches repeat the same
+        name tables, so the answer is kept per table (a few of them at most)."""
+        mask = self._masks.get(names)
+        if mask is None:
+            match = self._match
+            mask = np.array([match[n] if n in match else match.setdefault(n, _matches(n, self.rule.signals))
+                             for n in names], dtype=bool)
+            if len(self._masks) >= 256:
+                self._masks.clear()
+            self._masks[names] = mask
+        return mask
+
+    def per_name(self, names: tuple[str, ...], number: Any) -> np.ndarray:
+        """``number(name)`` for each matching name of a batch's table (-1 for the others), kept
+        per table like ``name_mask``."""
+        out = self._numbers.get(names)
+        if out is None:
+            mask = self.name_mask(names)
+            out = np.array([number(n) if hit else -1 for n, hit in zip(names, mask.tolist())], dtype=np.int64)
+            if len(self._numbers) >= 256:
+                self._numbers.clear()
+            self._numbers[names] = out
         return out
 
-    def metrics(self, columns: Mapping[str, SignalColumns], frames: Mapping[str, int], now: float) -> list[Metric]:
+    def select(self, batch: FlatBatch) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+        """The samples of matching signals: (name number, time, value)."""
+        hits = self.name_mask(batch.names)
+        if not hits.any():
+            return None
+        mask = hits[batch.ids]
+        return batch.ids[mask], batch.t[mask], batch.v[mask]
+
+    def metrics(self, batch: FlatBatch, frames: Mapping[str, int], now: float, hot: bool) -> Metrics | None:
         raise NotImplementedError
 
 
+def _matches(name: str, patterns: tuple[str, ...]) -> bool:
+    return any(fnmatch.fnmatchcase(name, p) for p in patterns)
+
+
 class LimitEvaluator(_Evaluator):
-    def metrics(self, columns, frames, now):
-        out = []
+    def metrics(self, batch, frames, now, hot):
+        sel = self.select(batch)
+        if sel is None:
+            return None
+        ids, t, v = sel
         lo = -math.inf if self.rule.min is None else self.rule.min
         hi = math.inf if self.rule.max is None else self.rule.max
-        for name, column in self.matching(columns).items():
-            t, v = _sorted(column)
-            out.append(Metric(name, t, np.maximum(v - hi, lo - v), v, {"min": self.rule.min, "max": self.rule.max}))
-        return out
+        x = np.maximum(v - hi, lo - v)
+        if not hot and not (x > 0).any():
+            return None
+        ids, t, x, v = _by_key_then_time(ids, t, x, v)
+        return Metrics(list(batch.names), ids, t, x, v, {"min": self.rule.min, "max": self.rule.max})
 
 
 class RateEvaluator(_Evaluator):
@@ -108,21 +163,28 @@ class RateEvaluator(_Evaluator):
         super().__init__(rule)
         self.last: dict[str, tuple[float, float]] = {}
 
-    def metrics(self, columns, frames, now):
-        out = []
-        for name, column in self.matching(columns).items():
-            t, v = _sorted(column)
-            prev = self.last.get(name)
-            self.last[name] = (float(t[-1]), float(v[-1]))
-            if prev is not None:
-                t, v = np.concatenate(([prev[0]], t)), np.concatenate(([prev[1]], v))
-            dt = np.diff(t)
-            ok = dt > 0
-            if not ok.any():
-                continue
-            rate = np.diff(v)[ok] / dt[ok]
-            out.append(Metric(name, t[1:][ok], np.abs(rate) - self.rule.max_rate, rate, {"max_rate": self.rule.max_rate}))
-        return out
+    def metrics(self, batch, frames, now, hot):
+        sel = self.select(batch)
+        if sel is None:
+            return None
+        ids, t, v = _by_key_then_time(*sel)
+        first = np.flatnonzero(np.concatenate(([True], ids[1:] != ids[:-1])))
+        last = np.append(first[1:], len(ids)) - 1
+        prev_t = np.concatenate(([np.nan], t[:-1]))
+        prev_v = np.concatenate(([np.nan], v[:-1]))
+        names = batch.names
+        carried = [self.last.get(names[i], (np.nan, np.nan)) for i in ids[first].tolist()]
+        prev_t[first] = [c[0] for c in carried]
+        prev_v[first] = [c[1] for c in carried]
+        for i, j in zip(ids[last].tolist(), last.tolist()):
+            self.last[names[i]] = (float(t[j]), float(v[j]))
+        dt = t - prev_t
+        ok = dt > 0  # NaN (no previous sample) and repeated times compare False
+        rate = (v[ok] - prev_v[ok]) / dt[ok]
+        x = np.abs(rate) - self.rule.max_rate
+        if not hot and not (x > 0).any():
+            return None
+        return Metrics(list(names), ids[ok], t[ok], x, rate, {"max_rate": self.rule.max_rate})
 
 
 class StaleEvaluator(_Evaluator):
@@ -131,38 +193,47 @@ class StaleEvaluator(_Evaluator):
 
     def __init__(self, rule: Rule) -> None:
         super().__init__(rule)
-        self.last_seen: dict[str, float] = {}
+        self.keys: list[str] = []
+        self._key_of: dict[str, int] = {}
+        self.last_seen = np.empty(0)
 
-    def key(self, signal: str) -> str:
-        return signal.split(".", 1)[0] if self.rule.scope == "message" else signal
+    def key_number(self, signal: str) -> int:
+        key = signal.split(".", 1)[0] if self.rule.scope == "message" else signal
+        number = self._key_of.get(key)
+        if number is None:
+            number = self._key_of[key] = len(self.keys)
+            self.keys.append(key)
+            self.last_seen = np.append(self.last_seen, np.nan)
+        return number
 
-    def metrics(self, columns, frames, now):
+    def metrics(self, batch, frames, now, hot):
         timeout = self.rule.timeout
-        times: dict[str, list[np.ndarray]] = {}
-        for name, column in self.matching(columns).items():
-            times.setdefault(self.key(name), []).append(column.t)
-        out = []
-        for key in sorted(set(times) | set(self.last_seen)):
-            seen = np.unique(np.concatenate(times[key])) if key in times else np.empty(0)
-            last = self.last_seen.get(key)
-            points_t, points_age = [], []
-            if len(seen):
-                ext = seen if last is None else np.concatenate(([last], seen))
-                gaps = np.diff(ext)
-                for i in np.flatnonzero(gaps > timeout).tolist():  # silences inside the batch
-                    points_t += [ext[i] + timeout, ext[i + 1]]
-                    points_age += [gaps[i], 0.0]
-                self.last_seen[key] = last = float(seen[-1])
-            if now > last:
-                points_t.append(now)
-                points_age.append(now - last)
-            elif len(seen) and not points_t:
-                points_t.append(float(seen[-1]))
-                points_age.append(0.0)
-            if points_t:
-                age = np.asarray(points_age)
-                out.append(Metric(key, np.asarray(points_t), age - timeout, age, {"timeout": timeout, "last_seen": last}))
-        return out
+        gap_at = gap_len = return_at = np.empty(0)
+        gap_key = np.empty(0, dtype=np.int64)
+        sel = self.select(batch)
+        if sel is not None:
+            key_of_name = self.per_name(batch.names, self.key_number)
+            k, t = _by_key_then_time(key_of_name[sel[0]], sel[1])
+            first = np.concatenate(([True], k[1:] != k[:-1]))
+            prev = np.concatenate(([np.nan], t[:-1]))
+            prev[first] = self.last_seen[k[first]]
+            gaps = t - prev
+            inside = gaps > timeout  # silences that ended inside this batch
+            gap_key, gap_at, gap_len, return_at = k[inside], prev[inside] + timeout, gaps[inside], t[inside]
+            last = np.append(np.flatnonzero(first)[1:], len(k)) - 1
+            self.last_seen[k[last]] = t[last]
+        age = now - self.last_seen
+        over = np.flatnonzero(age > timeout)
+        if not hot and not len(gap_key) and not len(over):
+            return None
+        # points: each silence inside the batch (stale from prev + timeout, back at its return),
+        # then every key's age at the end of the batch
+        known = np.flatnonzero(~np.isnan(self.last_seen))
+        k = np.concatenate((gap_key, gap_key, known))
+        t = np.concatenate((gap_at, return_at, np.maximum(np.full(len(known), now), self.last_seen[known])))
+        age_points = np.concatenate((gap_len, np.zeros(len(gap_key)), np.maximum(age[known], 0.0)))
+        k, t, age_points = _by_key_then_time(k, t, age_points)
+        return Metrics(list(self.keys), k, t, age_points - timeout, age_points, {"timeout": timeout})
 
 
 class SpreadEvaluator(_Evaluator):
@@ -171,36 +242,51 @@ class SpreadEvaluator(_Evaluator):
 
     def __init__(self, rule: Rule) -> None:
         super().__init__(rule)
-        self.latest: dict[str, float] = {}
+        self.names: list[str] = []
+        self._col: dict[str, int] = {}
+        self.latest = np.empty(0)
 
-    def metrics(self, columns, frames, now):
-        matched = self.matching(columns)
-        if not matched:
-            return []
-        names = sorted(set(self.latest) | set(matched))
-        union = np.unique(np.concatenate([c.t for c in matched.values()]))
-        table = np.empty((len(union), len(names)))
-        for j, name in enumerate(names):
-            column = matched.get(name)
-            carried = self.latest.get(name, np.nan)
-            if column is None:
-                table[:, j] = carried
-                continue
-            t, v = _sorted(column)
-            idx = np.searchsorted(t, union, side="right") - 1
-            table[:, j] = np.where(idx >= 0, v[np.maximum(idx, 0)], carried)
-            self.latest[name] = float(v[-1])
+    def column(self, name: str) -> int:
+        col = self._col.get(name)
+        if col is None:
+            col = self._col[name] = len(self.names)
+            self.names.append(name)
+            self.latest = np.append(self.latest, np.nan)
+        return col
+
+    def metrics(self, batch, frames, now, hot):
+        sel = self.select(batch)
+        if sel is None:
+            return None
+        cols_of_name = self.per_name(batch.names, self.column)
+        order = np.argsort(sel[1], kind="stable")
+        col, t, v = cols_of_name[sel[0][order]], sel[1][order], sel[2][order]
+        n, width = len(t), len(self.names)
+        table = np.full((n + 1, width), np.nan)
+        table[0] = self.latest
+        table[np.arange(1, n + 1), col] = v
+        # carry each signal's latest value down the rows (forward fill)
+        row = np.where(np.isnan(table), 0, np.arange(n + 1)[:, None])
+        np.maximum.accumulate(row, axis=0, out=row)
+        table = table[row, np.arange(width)]
+        self.latest = table[-1].copy()
+        table = table[1:]
+        # samples stamped at the same moment are simultaneous: judge the state after all of them
         known = np.sum(~np.isnan(table), axis=1) >= 2
+        known &= np.concatenate((t[1:] != t[:-1], [True]))
         if not known.any():
-            return []
-        table, union = table[known], union[known]
-        hi, lo = np.nanargmax(table, axis=1), np.nanargmin(table, axis=1)
-        rows = np.arange(len(union))
-        spread = table[rows, hi] - table[rows, lo]
+            return None
+        table, t = table[known], t[known]
+        hi = np.where(np.isnan(table), -np.inf, table)
+        lo = np.where(np.isnan(table), np.inf, table)
+        spread = hi.max(axis=1) - lo.min(axis=1)
+        x = spread - self.rule.max_spread
+        if not hot and not (x > 0).any():
+            return None
         worst = int(np.argmax(spread))
-        detail = {"max_spread": self.rule.max_spread, "signals": len(names),
-                  "highest": names[hi[worst]], "lowest": names[lo[worst]]}
-        return [Metric(self.rule.name, union, spread - self.rule.max_spread, spread, detail)]
+        detail = {"max_spread": self.rule.max_spread, "signals": width,
+                  "highest": self.names[int(hi[worst].argmax())], "lowest": self.names[int(lo[worst].argmin())]}
+        return Metrics([self.rule.name], np.zeros(len(t), dtype=np.int64), t, x, spread, detail)
 
 
 class ZScoreEvaluator(_Evaluator):
@@ -211,29 +297,37 @@ class ZScoreEvaluator(_Evaluator):
         super().__init__(rule)
         self.history: dict[str, np.ndarray] = {}
 
-    def metrics(self, columns, frames, now):
-        out = []
+    def metrics(self, batch, frames, now, hot):
+        sel = self.select(batch)
+        if sel is None:
+            return None
+        ids, t, v = _by_key_then_time(*sel)
         size = self.rule.baseline
-        for name, column in self.matching(columns).items():
-            t, v = _sorted(column)
+        z = np.zeros(len(v))
+        x = np.full(len(v), -np.inf)
+        bounds = np.flatnonzero(np.concatenate(([True], ids[1:] != ids[:-1], [True])))
+        for a, b in zip(bounds[:-1].tolist(), bounds[1:].tolist()):
+            name = batch.names[ids[a]]
             history = self.history.get(name, np.empty(0))
-            padded = np.concatenate((np.full(size - len(history), np.nan), history, v))
-            windows = sliding_window_view(padded, size)[: len(v)]
-            count = np.sum(~np.isnan(windows), axis=1)
-            ready = count >= self.rule.warmup
-            z = np.zeros(len(v))
+            padded = np.concatenate((np.full(size - len(history), np.nan), history, v[a:b]))
+            windows = sliding_window_view(padded, size)[: b - a]
+            ready = np.sum(~np.isnan(windows), axis=1) >= self.rule.warmup
             if ready.any():
                 w = windows[ready]
-                median = np.nanmedian(w, axis=1)
-                mad = np.nanmedian(np.abs(w - median[:, None]), axis=1)
+                # a full baseline has no gaps: the plain median is much faster than nanmedian
+                median_of = np.median if len(history) >= size else np.nanmedian
+                median = median_of(w, axis=1)
+                mad = median_of(np.abs(w - median[:, None]), axis=1)
                 scale = np.maximum(1.4826 * mad, self.rule.min_scale)
-                dev = v[ready] - median
+                dev = v[a:b][ready] - median
                 with np.errstate(divide="ignore", invalid="ignore"):
-                    z[ready] = np.where(scale > 0, dev / np.where(scale > 0, scale, 1.0), np.where(dev == 0, 0.0, np.inf))
-            x = np.where(ready, np.abs(z) - self.rule.threshold, -np.inf)
+                    zz = np.where(scale > 0, dev / np.where(scale > 0, scale, 1.0), np.where(dev == 0, 0.0, np.inf))
+                z[a:b][ready] = zz
+                x[a:b][ready] = np.abs(zz) - self.rule.threshold
             self.history[name] = padded[~np.isnan(padded)][-size:]
-            out.append(Metric(name, t, x, v, {"threshold": self.rule.threshold, "_z": z}))
-        return out
+        if not hot and not (x > 0).any():
+            return None
+        return Metrics(list(batch.names), ids, t, x, v, {"threshold": self.rule.threshold}, {"z": z})
 
 
 class BusEvaluator(_Evaluator):
@@ -245,16 +339,20 @@ class BusEvaluator(_Evaluator):
         self.recent: deque[tuple[float, int]] = deque()
         self.total = 0
 
-    def metrics(self, columns, frames, now):
+    def metrics(self, batch, frames, now, hot):
         count = int(frames.get(self.rule.counter or "", 0))
-        self.recent.append((now, count))
-        self.total += count
+        if count:
+            self.recent.append((now, count))
+            self.total += count
         while self.recent and self.recent[0][0] <= now - self.rule.window_seconds:
             self.total -= self.recent.popleft()[1]
         rate = self.total / self.rule.window_seconds
-        key = f"bus.{self.rule.counter}"
+        x = rate - self.rule.max_per_second
+        if not hot and x <= 0:
+            return None
         detail = {"max_per_second": self.rule.max_per_second, "window_seconds": self.rule.window_seconds}
-        return [Metric(key, np.array([now]), np.array([rate - self.rule.max_per_second]), np.array([rate]), detail)]
+        return Metrics([f"bus.{self.rule.counter}"], np.zeros(1, dtype=np.int64), np.array([now]), np.array([x]),
+                       np.array([rate]), detail)
 
 
 EVALUATORS: dict[str, type[_Evaluator]] = {
@@ -297,6 +395,7 @@ class Detector:
         self.cfg = cfg or DetectorConfig()
         self.evaluators = [(rule, EVALUATORS[rule.kind](rule)) for rule in rules]
         self.states: dict[tuple[str, str], _State] = {}
+        self.hot: dict[str, set[str]] = {rule.name: set() for rule in rules}  # keys not idle, per rule
         self.last_update: dict[str, float] = {}  # per key, across rules
         self.stats: Counter[str] = Counter()
 
@@ -304,16 +403,28 @@ class Detector:
     def active(self) -> dict[tuple[str, str], _State]:
         return {k: s for k, s in self.states.items() if s.active}
 
-    def add(self, columns: Mapping[str, SignalColumns], frames: Mapping[str, int] | None = None,
+    def add(self, columns: Mapping[str, SignalColumns] | FlatBatch, frames: Mapping[str, int] | None = None,
             now: float | None = None) -> list[dict[str, Any]]:
         """Evaluate a batch. ``now`` is its event time (the end of its span)."""
+        batch = columns if isinstance(columns, FlatBatch) else FlatBatch.from_columns(columns)
         if now is None:
-            now = max((float(c.t.max()) for c in columns.values() if len(c)), default=0.0)
+            now = float(batch.t.max()) if len(batch) else 0.0
         out: list[dict[str, Any]] = []
         for rule, evaluator in self.evaluators:
-            for metric in evaluator.metrics(columns, frames or {}, now):
-                if len(metric.t):
-                    out += self._step(rule, metric, now)
+            hot = self.hot[rule.name]
+            metrics = evaluator.metrics(batch, frames or {}, now, bool(hot))
+            if metrics is None:
+                continue
+            present = metrics.present_keys()
+            keys = metrics.violated_keys() | {i for i in present if metrics.keys[i] in hot}
+            for key in sorted(keys):
+                m = metrics.metric(key)
+                out += self._step(rule, m, now)
+                state = self.states[(rule.name, m.key)]
+                if state.active or state.violated or state.pending_since is not None or state.clearing_since is not None:
+                    hot.add(m.key)
+                else:
+                    hot.discard(m.key)
         out.sort(key=lambda m: m["t"])
         return out
 
@@ -398,7 +509,7 @@ class Detector:
             state.sent_worst_x = state.worst_x
         state.last_sent = t
         self.stats[f"alert_{kind}"] += 1
-        detail = {key: value for key, value in m.detail.items() if not key.startswith("_")}
+        detail = dict(m.detail)
         detail.update(_point_detail(m, i))
         detail.update({
             "raised_t": state.raised_t,
@@ -421,8 +532,7 @@ class Detector:
 
 
 def _point_detail(m: Metric, i: int) -> dict[str, Any]:
-    z = m.detail.get("_z")
-    return {"z": _finite(float(z[i]))} if z is not None else {}
+    return {name: _finite(float(values[i])) for name, values in m.extra.items()}
 
 
 def _finite(value: float) -> float | None:
@@ -445,7 +555,7 @@ class AnomalyDetectorComponent(MessageComponent):
     def on_message(self, message: Mapping[str, Any]) -> None:
         if message["kind"] != messages.SIGNALS:
             return  # alerts still active at the end of a replay stay active: nothing cleared them
-        alerts = self.detector.add(messages.signal_columns(message), message.get("frames", {}), float(message["span"]["end"]))
+        alerts = self.detector.add(messages.flat_signals(message), message.get("frames", {}), float(message["span"]["end"]))
         for alert in alerts:
             self.services.local.publish(self.topic, alert)
 

@@ -30,85 +30,95 @@ import numpy as np
 from . import messages
 from .component import MessageComponent, Services
 from .config import AggregatorConfig
-from .messages import SignalColumns
+from .messages import FlatBatch, SignalColumns
 
 DEFAULT_GROUP = "default"
 
 
-class _Stats:
-    """Running statistics of one signal in one window."""
-
-    __slots__ = ("count", "min", "max", "mean", "m2", "first_t", "first", "last_t", "last", "t_min", "t_max")
-
-    def __init__(self) -> None:
-        self.count = 0
-        self.min = math.inf
-        self.max = -math.inf
-        self.mean = 0.0
-        self.m2 = 0.0  # sum of squared deviations from the mean
-        self.first_t = math.inf
-        self.first = math.nan
-        self.last_t = -math.inf
-        self.last = math.nan
-        self.t_min = math.inf
-        self.t_max = math.inf
-
-    def merge(self, n: int, mean: float, m2: float, vmin: float, t_min: float, vmax: float, t_max: float,
-              first_t: float, first: float, last_t: float, last: float) -> None:
-        total = self.count + n
-        delta = mean - self.mean
-        self.mean += delta * n / total
-        self.m2 += m2 + delta * delta * self.count * n / total
-        self.count = total
-        if vmin < self.min or (vmin == self.min and t_min < self.t_min):
-            self.min, self.t_min = vmin, t_min
-        if vmax > self.max or (vmax == self.max and t_max < self.t_max):
-            self.max, self.t_max = vmax, t_max
-        if first_t < self.first_t:
-            self.first_t, self.first = first_t, first
-        if last_t >= self.last_t:
-            self.last_t, self.last = last_t, last
-
-    def as_dict(self) -> dict[str, float | int]:
-        return {
-            "count": self.count,
-            "min": self.min,
-            "max": self.max,
-            "mean": self.mean,
-            "last": self.last,
-            "std": math.sqrt(max(self.m2, 0.0) / self.count),
-            "first": self.first,
-            "t_min": self.t_min,
-            "t_max": self.t_max,
-        }
+_FIELDS = ("count", "mean", "m2", "min", "t_min", "max", "t_max", "first_t", "first", "last_t", "last")
+_EMPTY = {"count": 0, "mean": 0.0, "m2": 0.0, "min": np.inf, "t_min": np.inf, "max": -np.inf, "t_max": np.inf,
+          "first_t": np.inf, "first": np.nan, "last_t": -np.inf, "last": np.nan}
 
 
-def window_reduce(t: np.ndarray, v: np.ndarray, width: float) -> dict[str, np.ndarray]:
-    """Per-window statistics of one signal's samples, all with numpy. Returns arrays indexed by
-    window (in increasing window order): window, count, mean, m2, min, t_min, max, t_max,
-    first_t, first, last_t, last."""
+class _Window:
+    """Running statistics of every signal of a group in one window: one array per statistic,
+    indexed by the group's signal number."""
+
+    def __init__(self, size: int) -> None:
+        self.a = {key: np.full(size, _EMPTY[key], dtype=np.int64 if key == "count" else np.float64) for key in _FIELDS}
+
+    def grow(self, size: int) -> None:
+        have = len(self.a["count"])
+        if size > have:
+            for key in _FIELDS:
+                self.a[key] = np.concatenate((self.a[key], np.full(size - have, _EMPTY[key], dtype=self.a[key].dtype)))
+
+    def merge(self, sid: np.ndarray, r: dict[str, np.ndarray]) -> None:
+        """Fold in partial statistics of signals ``sid`` (each at most once): Chan's formula for
+        mean and squared deviations, earliest time on ties of min and max."""
+        a = self.a
+        n_a, n_b = a["count"][sid], r["count"]
+        n = n_a + n_b
+        delta = r["mean"] - a["mean"][sid]
+        a["mean"][sid] += delta * n_b / n
+        a["m2"][sid] += r["m2"] + delta * delta * n_a * n_b / n
+        a["count"][sid] = n
+        for ext, better in (("min", np.less), ("max", np.greater)):
+            cur, cur_t = a[ext][sid], a[f"t_{ext}"][sid]
+            take = better(r[ext], cur) | ((r[ext] == cur) & (r[f"t_{ext}"] < cur_t))
+            a[ext][sid] = np.where(take, r[ext], cur)
+            a[f"t_{ext}"][sid] = np.where(take, r[f"t_{ext}"], cur_t)
+        take = r["first_t"] < a["first_t"][sid]
+        a["first_t"][sid] = np.where(take, r["first_t"], a["first_t"][sid])
+        a["first"][sid] = np.where(take, r["first"], a["first"][sid])
+        take = r["last_t"] >= a["last_t"][sid]
+        a["last_t"][sid] = np.where(take, r["last_t"], a["last_t"][sid])
+        a["last"][sid] = np.where(take, r["last"], a["last"][sid])
+
+    def signals(self, names: list[str]) -> dict[str, dict[str, float | int]]:
+        a = self.a
+        present = np.flatnonzero(a["count"] > 0)
+        cols = {key: a[key][present].tolist() for key in _FIELDS}
+        std = np.sqrt(np.maximum(a["m2"][present], 0.0) / a["count"][present]).tolist()
+        out = {}
+        for i, sid in enumerate(present.tolist()):
+            out[names[sid]] = {
+                "count": cols["count"][i], "min": cols["min"][i], "max": cols["max"][i], "mean": cols["mean"][i],
+                "last": cols["last"][i], "std": std[i], "first": cols["first"][i],
+                "t_min": cols["t_min"][i], "t_max": cols["t_max"][i],
+            }
+        return dict(sorted(out.items()))
+
+
+def window_reduce(sid: np.ndarray, t: np.ndarray, v: np.ndarray, width: float) -> dict[str, np.ndarray]:
+    """Statistics per (window, signal) of a batch, all with numpy: one sort, then reduceat.
+    Returns arrays, one entry per (window, signal) pair present, ordered by window."""
     k = np.floor(t / width).astype(np.int64)
-    order = np.lexsort((t, k))  # by window, then by time (stable for equal times)
-    k, t, v = k[order], t[order], v[order]
-    starts = np.flatnonzero(np.concatenate(([True], k[1:] != k[:-1])))
-    ends = np.concatenate((starts[1:], [len(k)]))
+    order = np.lexsort((t, sid, k))  # by window, signal, then time (stable for equal times)
+    k, sid, t, v = k[order], sid[order], t[order], v[order]
+    new = np.empty(len(k), dtype=bool)
+    new[0] = True
+    np.not_equal(k[1:], k[:-1], out=new[1:])
+    new[1:] |= sid[1:] != sid[:-1]
+    starts = np.flatnonzero(new)
+    ends = np.append(starts[1:], len(k))
     counts = ends - starts
     mean = np.add.reduceat(v, starts) / counts
     dev = v - np.repeat(mean, counts)
-    m2 = np.add.reduceat(dev * dev, starts)
     vmin = np.minimum.reduceat(v, starts)
     vmax = np.maximum.reduceat(v, starts)
-    # the earliest time at which each window's min (max) occurs
-    t_min = np.minimum.reduceat(np.where(v == np.repeat(vmin, counts), t, np.inf), starts)
-    t_max = np.minimum.reduceat(np.where(v == np.repeat(vmax, counts), t, np.inf), starts)
     return {
-        "window": k[starts], "count": counts, "mean": mean, "m2": m2, "min": vmin, "t_min": t_min,
-        "max": vmax, "t_max": t_max, "first_t": t[starts], "first": v[starts], "last_t": t[ends - 1], "last": v[ends - 1],
+        "window": k[starts], "sid": sid[starts], "count": counts, "mean": mean,
+        "m2": np.add.reduceat(dev * dev, starts), "min": vmin, "max": vmax,
+        # the earliest time at which each pair's min (max) occurs
+        "t_min": np.minimum.reduceat(np.where(v == np.repeat(vmin, counts), t, np.inf), starts),
+        "t_max": np.minimum.reduceat(np.where(v == np.repeat(vmax, counts), t, np.inf), starts),
+        "first_t": t[starts], "first": v[starts], "last_t": t[ends - 1], "last": v[ends - 1],
     }
 
 
 class WindowAggregator:
-    """Windows of one group: pure logic, columns in, closed-window aggregate messages out."""
+    """Windows of one group: pure logic, samples in, closed-window aggregate messages out."""
 
     def __init__(self, window_seconds: float, vehicle: str, *, group: str = DEFAULT_GROUP,
                  lateness: float = 0.0, max_open_windows: int = 64) -> None:
@@ -119,7 +129,9 @@ class WindowAggregator:
         self.group = group
         self.lateness = float(lateness)
         self.max_open = max_open_windows
-        self.open: dict[int, dict[str, _Stats]] = {}
+        self.names: list[str] = []
+        self._sid: dict[str, int] = {}
+        self.open: dict[int, _Window] = {}
         self.closed_through: int | None = None  # index of the newest closed window
         self.watermark = -math.inf
         self.seq = 0
@@ -127,15 +139,25 @@ class WindowAggregator:
         self._late = 0  # late samples not yet reported
         self._late_oldest = math.inf
 
-    def add(self, columns: Mapping[str, SignalColumns], watermark: float | None = None) -> list[dict[str, Any]]:
+    def sid(self, name: str) -> int:
+        sid = self._sid.get(name)
+        if sid is None:
+            sid = self._sid[name] = len(self.names)
+            self.names.append(name)
+        return sid
+
+    def add(self, columns: Mapping[str, SignalColumns] | FlatBatch, watermark: float | None = None) -> list[dict[str, Any]]:
         """Fold a batch in; return the aggregates of the windows it closes."""
-        newest = -math.inf
-        for name, column in columns.items():
-            if len(column):
-                self._fold(name, column)
-                newest = max(newest, float(column.t.max()))
-        self.watermark = max(self.watermark, newest if watermark is None else watermark)
-        return self.advance(self.watermark)
+        batch = columns if isinstance(columns, FlatBatch) else FlatBatch.from_columns(columns)
+        local = np.array([self.sid(name) for name in batch.names], dtype=np.int64)
+        return self.add_samples(local[batch.ids] if len(batch) else batch.ids, batch.t, batch.v, watermark)
+
+    def add_samples(self, sid: np.ndarray, t: np.ndarray, v: np.ndarray, watermark: float | None = None) -> list[dict[str, Any]]:
+        """Fold in samples of this group's signals (numbered by ``sid``)."""
+        if len(t):
+            self._fold(sid, t, v)
+        newest = float(t.max()) if len(t) else -math.inf
+        return self.advance(newest if watermark is None else max(watermark, newest))
 
     def advance(self, watermark: float) -> list[dict[str, Any]]:
         """Event time has reached ``watermark``: close what is due."""
@@ -154,52 +176,52 @@ class WindowAggregator:
             self.stats["late_unreported"] += self._late
         return out
 
-    def _fold(self, name: str, column: SignalColumns) -> None:
-        t, v = column.t, column.v
+    def _fold(self, sid: np.ndarray, t: np.ndarray, v: np.ndarray) -> None:
         if self.closed_through is not None:
-            late = np.floor(t / self.width).astype(np.int64) <= self.closed_through
-            n_late = int(late.sum())
-            if n_late:
+            late = np.floor(t / self.width) <= self.closed_through
+            if late.any():
+                n_late = int(late.sum())
                 self.stats["late_samples"] += n_late
                 self._late += n_late
                 self._late_oldest = min(self._late_oldest, float(t[late].min()))
                 keep = ~late
-                t, v = t[keep], v[keep]
+                sid, t, v = sid[keep], t[keep], v[keep]
                 if not len(t):
                     return
-        r = window_reduce(t, v, self.width)
-        rows = zip(*(r[key].tolist() for key in (
-            "window", "count", "mean", "m2", "min", "t_min", "max", "t_max", "first_t", "first", "last_t", "last")))
-        for window, *values in rows:
-            per_signal = self.open.get(window)
-            if per_signal is None:
-                per_signal = self.open[window] = {}
-            stats = per_signal.get(name)
-            if stats is None:
-                stats = per_signal[name] = _Stats()
-            stats.merge(*values)
+        r = window_reduce(sid, t, v, self.width)
+        windows = r["window"]
+        bounds = np.flatnonzero(np.diff(windows)) + 1
+        for a, b in zip([0, *bounds.tolist()], [*bounds.tolist(), len(windows)]):
+            k = int(windows[a])
+            window = self.open.get(k)
+            if window is None:
+                window = self.open[k] = _Window(len(self.names))
+            else:
+                window.grow(len(self.names))
+            window.merge(r["sid"][a:b], {key: r[key][a:b] for key in _FIELDS})
 
     def _close(self, due: Any) -> list[dict[str, Any]]:
         out = []
-        for window in sorted(self.open):
-            if not due(window):
+        for k in sorted(self.open):
+            if not due(k):
                 break
-            signals = self.open.pop(window)
-            self.closed_through = window if self.closed_through is None else max(self.closed_through, window)
+            window = self.open.pop(k)
+            self.closed_through = k if self.closed_through is None else max(self.closed_through, k)
             self.seq += 1
             self.stats["windows"] += 1
-            message = messages.aggregates_message(
-                vehicle=self.vehicle,
-                seq=self.seq,
-                start=window * self.width,
-                end=(window + 1) * self.width,
-                signals={name: signals[name].as_dict() for name in sorted(signals)},
-                group=self.group,
-                late_samples=self._late,
-                late_oldest=self._late_oldest if self._late else None,
+            out.append(
+                messages.aggregates_message(
+                    vehicle=self.vehicle,
+                    seq=self.seq,
+                    start=k * self.width,
+                    end=(k + 1) * self.width,
+                    signals=window.signals(self.names),
+                    group=self.group,
+                    late_samples=self._late,
+                    late_oldest=self._late_oldest if self._late else None,
+                )
             )
             self._late, self._late_oldest = 0, math.inf
-            out.append(message)
         return out
 
 
@@ -212,8 +234,18 @@ class Aggregation:
         self.groups = {g.name: WindowAggregator(g.window_seconds, vehicle, group=g.name, **kw) for g in cfg.groups}
         self.groups[DEFAULT_GROUP] = WindowAggregator(cfg.window_seconds, vehicle, group=DEFAULT_GROUP, **kw)
         self._route: dict[str, str | None] = {}
+        self._where: dict[str, tuple[int, int]] = {}  # name -> (group number, signal number)
         self.stats: Counter[str] = Counter()
         self.seq = 0
+
+    def _place(self, signal: str) -> tuple[int, int]:
+        group = self.group_of(signal)
+        if group is None:
+            place = (-1, -1)
+        else:
+            place = (list(self.groups).index(group), self.groups[group].sid(signal))
+        self._where[signal] = place
+        return place
 
     def group_of(self, signal: str) -> str | None:
         """The group a signal is aggregated in, or None if it is not selected."""
@@ -230,17 +262,30 @@ class Aggregation:
 
         self.seq = 0
 
-    def add(self, columns: Mapping[str, SignalColumns], watermark: float) -> list[dict[str, Any]]:
-        routed: dict[str, dict[str, SignalColumns]] = {}
-        for name, column in columns.items():
-            group = self.group_of(name)
-            if group is None:
-                self.stats["samples_not_selected"] += len(column)
-                continue
-            routed.setdefault(group, {})[name] = column
+    def add(self, columns: Mapping[str, SignalColumns] | FlatBatch, watermark: float) -> list[dict[str, Any]]:
+        batch = columns if isinstance(columns, FlatBatch) else FlatBatch.from_columns(columns)
+        groups = list(self.groups.values())
+        # per name of the batch: its group (-1: not selected) and its number in that group
+        where = self._where
+        pairs = [where.get(n) or self._place(n) for n in batch.names]
+        route = np.array([p[0] for p in pairs], dtype=np.int64)
+        local = np.array([p[1] for p in pairs], dtype=np.int64)
         out = []
-        for name, aggregator in self.groups.items():
-            out += aggregator.add(routed.get(name, {}), watermark)
+        if len(batch):
+            group = route[batch.ids]
+            sid = local[batch.ids]
+            skipped = int(np.count_nonzero(group < 0))
+            if skipped:
+                self.stats["samples_not_selected"] += skipped
+            present = set(np.unique(group).tolist()) if len(groups) > 1 else {0 if skipped < len(batch) else -1}
+        else:
+            present = set()
+        for g, aggregator in enumerate(groups):
+            if g in present:
+                mask = group == g
+                out += aggregator.add_samples(sid[mask], batch.t[mask], batch.v[mask], watermark)
+            else:
+                out += aggregator.advance(watermark)
         return self._sorted(out)
 
     def flush(self) -> list[dict[str, Any]]:
@@ -271,7 +316,7 @@ class AggregatorComponent(MessageComponent):
 
     def on_message(self, message: Mapping[str, Any]) -> None:
         if message["kind"] == messages.SIGNALS:
-            out = self.aggregation.add(messages.signal_columns(message), float(message["span"]["end"]))
+            out = self.aggregation.add(messages.flat_signals(message), float(message["span"]["end"]))
         else:
             out = self.aggregation.flush()
         for aggregate in out:
