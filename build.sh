@@ -5,6 +5,7 @@
 #   ./build.sh test [PYTEST ARGS]   run the whole test suite
 #   ./build.sh replay LOG --dbc DBC [--dbc DBC ...] [--config FILE] --out DIR [--speed X]
 #   ./build.sh simulate [--out LOG] regenerate the sample drive recording
+#   ./build.sh bench [--repeat N]   throughput of the aggregator and detector vs per-sample loops
 #   ./build.sh setup                only create/refresh .venv
 #
 # The first call creates .venv from requirements.txt; later calls reuse it and reinstall only
@@ -84,7 +85,7 @@ case "$cmd" in
         run_py -m pytest "$@"
         ;;
     ""|-h|--help|help)
-        sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//'
+        sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//'
         ;;
     *)
         die "unknown command '$cmd' (try ./build.sh help)"
