@@ -31,6 +31,17 @@ def test_the_sample_configuration_loads_with_paths_relative_to_it():
         ('vehicle = "c"\n[[rules]]\nname = "x"\nsignals = "A.*"\nmin = 5\nmax = 1\n', "min 5 is not below max 1"),
         ('vehicle = "c"\n[[rules]]\nname = "x"\nsignals = "A.*"\nmax = 1\nseverity = "bad"\n', "severity must be one of"),
         ('vehicle = "c"\n[[rules]]\nname = "x"\nsignals = "A.*"\nmax = 1\nkind = "magic"\n', "unknown rule kind 'magic'"),
+        ('vehicle = "c"\n[[rules]]\nname = "x"\nkind = "rate"\nsignals = "A.*"\nmax = 1\n', "max do not apply to a rate rule"),
+        ('vehicle = "c"\n[[rules]]\nname = "x"\nkind = "rate"\nsignals = "A.*"\n', "a rate rule needs 'max_rate'"),
+        ('vehicle = "c"\n[[rules]]\nname = "x"\nkind = "stale"\nsignals = "A.*"\ntimeout = -1\n', "'timeout' must be a positive number"),
+        ('vehicle = "c"\n[[rules]]\nname = "x"\nkind = "stale"\nsignals = "A.*"\ntimeout = 1\nscope = "bus"\n', "scope must be"),
+        ('vehicle = "c"\n[[rules]]\nname = "x"\nkind = "zscore"\nsignals = "A.*"\nthreshold = 4\nwarmup = 500\n', "'warmup' must be"),
+        ('vehicle = "c"\n[[rules]]\nname = "x"\nkind = "bus"\ncounter = "lost"\nmax_per_second = 1\n', "'counter' must be one of"),
+        ('vehicle = "c"\n[[rules]]\nname = "x"\nsignals = "A.*"\nmax = 1\nmin_duration = -2\n', "'min_duration' must be zero or more"),
+        ('vehicle = "c"\n[[rules]]\nname = "x"\nsignals = []\nmax = 1\n', "must be a pattern or a list"),
+        ('vehicle = "c"\n[aggregator]\nlateness_seconds = -1\n', "lateness_seconds: must be zero or more"),
+        ('vehicle = "c"\n[[aggregator.groups]]\nname = "g"\n', "needs 'name' and 'signals'"),
+        ('vehicle = "c"\n[[aggregator.groups]]\nname = "default"\nsignals = "A.*"\n', "group name 'default' is taken"),
         ('vehicle = "c"\nwindow = [\n', "not valid TOML"),
     ],
 )
@@ -40,6 +51,14 @@ def test_mistakes_are_refused_naming_the_file(tmp_path, text, problem):
     with pytest.raises(ConfigError, match=problem) as err:
         load_config(path)
     assert str(path) in str(err.value)
+
+
+def test_every_shipped_configuration_loads():
+    for path in sorted((ROOT / "vehicles").glob("*/*.toml")):
+        cfg = load_config(path)
+        assert cfg.rules, path
+    kinds = {r.kind for r in load_config(ROOT / "vehicles/sample/vehicle.toml").rules}
+    assert kinds == {"limit", "rate", "stale", "spread", "zscore", "bus"}  # the sample uses every kind
 
 
 def test_missing_file(tmp_path):

@@ -130,6 +130,13 @@ def test_stale_gap_inside_one_batch_and_clean_and_debounce():
     assert states(out) == [("raised", 3.5), ("cleared", 3.9)]
 
 
+def test_stale_clear_duration_waits_until_the_node_is_back_for_good():
+    r = rule(**STALE, clear_duration=1.0)
+    out = stale_run(r, [(0.0, [0.0]), (3.0, []), (3.2, [3.2]), (5.5, []), (6.0, [6.0]), (6.5, [6.5]), (7.5, [7.5])])
+    # back at 3.2 s but silent again until 6.0 s: one alert, cleared once steady for 1 s
+    assert states(out) == [("raised", 3.0), ("cleared", 7.5)]
+
+
 def test_stale_per_signal_scope_and_hysteresis_is_harmless():
     r = rule(**STALE, scope="signal", hysteresis=0.5)
     det = Detector((r,), "car")
