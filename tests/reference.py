@@ -13,9 +13,11 @@ reference and exits non-zero on any difference.
 from __future__ import annotations
 
 import argparse
+import base64
 import json
 import math
 import sys
+import zlib
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -70,8 +72,7 @@ def compare(ref: dict[str, Any], cloud_lines: list[dict[str, Any]], window: floa
     """Differences between the reference and the aggregates a replay sent to the cloud."""
     problems = []
     got: dict[int, dict[str, Any]] = {}
-    for line in cloud_lines:
-        payload = line["payload"]
+    for payload in messages_of(cloud_lines):
         if payload.get("kind") != "aggregates":
             continue
         k = round(payload["window"]["start"] / window)
@@ -93,6 +94,23 @@ def compare(ref: dict[str, Any], cloud_lines: list[dict[str, Any]], window: floa
                 if key == "count" and other != value or not math.isclose(other, value, rel_tol=1e-9, abs_tol=1e-9):
                     problems.append(f"window {k} {name} {key}: got {other}, reference {value}")
     return problems
+
+
+def messages_of(cloud_lines: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The messages inside the uploader's bundles (zlib+base64 or plain), read by the format's
+    documentation, not by the package's code."""
+    out = []
+    for line in cloud_lines:
+        payload = line["payload"]
+        if payload.get("kind") != "bundle":
+            continue
+        if payload["encoding"] == "zlib+base64":
+            items = json.loads(zlib.decompress(base64.b64decode(payload["data"])))
+        else:
+            items = payload["messages"]
+        assert len(items) == payload["count"]
+        out += [item["message"] for item in items]
+    return out
 
 
 def compare_counts(ref: dict[str, Any], summary: dict[str, Any]) -> list[str]:

@@ -1,7 +1,9 @@
-"""Uploader Lambda: aggregates and alerts in, AWS IoT Core out."""
+"""Uploader Lambda (pinned): aggregates and alerts into the durable spool; a sender loop, started
+here without blocking the import, forwards them to AWS IoT Core."""
 
 from telemetry.component import LambdaAdapter
 from telemetry.uploader import UploaderComponent
 
 adapter = LambdaAdapter(UploaderComponent)
+adapter.start_pinned()
 function_handler = adapter.handle

@@ -51,6 +51,19 @@ class AggregatorConfig:
 @dataclass(frozen=True)
 class UploaderConfig:
     topic_prefix: str = "dt/{vehicle}"
+    spool_path: str = "spool.db"  # env TELEMETRY_SPOOL; ":memory:" keeps nothing across restarts
+    spool_max_bytes: int = 50_000_000  # past this, the oldest aggregates are evicted
+    evict_alerts: bool = False  # alerts are never evicted unless this says so
+    max_payload_bytes: int = 100_000  # one MQTT publish; AWS IoT Core takes at most 128 KB
+    compress: bool = True  # zlib, marked in the bundle ("encoding")
+    max_publishes_per_second: float = 50.0  # IoT Core: about 100 per connection
+    max_bytes_per_second: float = 400_000.0  # IoT Core: 512 KiB per connection
+    budget_bytes_per_hour: int = 0  # 0: no budget
+    budget_exempt_alerts: bool = True  # alerts and gap reports still go once the budget is spent
+    retry_min_seconds: float = 1.0
+    retry_max_seconds: float = 60.0
+    health_seconds: float = 60.0
+    poll_seconds: float = 0.5  # longest an idle sender sleeps before looking again
 
 
 @dataclass(frozen=True)
@@ -260,6 +273,13 @@ def parse_config(data: Mapping[str, Any], *, base: Path | None = None, source: s
     _positive(reader.batch_max_seconds, f"{source} [reader] batch_max_seconds")
     aggregator = _aggregator(data.get("aggregator", {}), f"{source} [aggregator]")
     uploader = _section(UploaderConfig, data.get("uploader", {}), f"{source} [uploader]")
+    if uploader.spool_path != ":memory:" and not Path(uploader.spool_path).is_absolute():
+        uploader = UploaderConfig(**{**uploader.__dict__, "spool_path": str(base / uploader.spool_path)})
+    for key in ("spool_max_bytes", "max_payload_bytes", "max_publishes_per_second", "max_bytes_per_second",
+                "retry_min_seconds", "retry_max_seconds", "health_seconds", "poll_seconds"):
+        _positive(getattr(uploader, key), f"{source} [uploader] {key}")
+    if uploader.max_payload_bytes > 131_072:
+        raise ConfigError(f"{source} [uploader] max_payload_bytes: AWS IoT Core takes at most 131072 bytes a message")
     detector = _section(DetectorConfig, data.get("detector", {}), f"{source} [detector]")
     rules = []
     names = set()

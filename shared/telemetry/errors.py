@@ -36,3 +36,8 @@ class RecipeError(TelemetryError):
 
 class TransportError(TelemetryError):
     """A transport failed to deliver a message."""
+
+
+class RejectedError(TransportError):
+    """The broker refused a message for good (not authorised, too large, invalid): retrying the
+    same message cannot succeed."""

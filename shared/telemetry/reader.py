@@ -98,6 +98,8 @@ class ReaderCore:
 class CanReaderComponent:
     """The pinned CAN reader function: a loop started in a thread, publishing batches."""
 
+    role = "source"  # its loop ends when a replayed log does
+
     def __init__(
         self,
         services: Services,

@@ -22,7 +22,7 @@ from .reader import CanReaderComponent
 from .rules import AnomalyDetectorComponent
 from .runtime import LocalRuntime
 from .transport import OutboxFile
-from .uploader import UploaderComponent
+from .uploader import UploaderComponent, unpack
 from .windows import AggregatorComponent
 
 LOG = logging.getLogger(__name__)
@@ -60,7 +60,10 @@ def replay(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     cloud = OutboxFile(out / "cloud.jsonl")
-    env = {"TELEMETRY_LOG": str(Path(log).resolve()), "TELEMETRY_REPLAY_SPEED": str(speed)}
+    spool = out / "spool.db"
+    for stale in (spool, Path(f"{spool}-wal"), Path(f"{spool}-shm")):
+        stale.unlink(missing_ok=True)  # a replay starts with an empty spool
+    env = {"TELEMETRY_LOG": str(Path(log).resolve()), "TELEMETRY_REPLAY_SPEED": str(speed), "TELEMETRY_SPOOL": str(spool)}
     started = time.monotonic()
     try:
         with LocalRuntime(recipes_dir, cfg, cloud, env=env, root=Path(recipes_dir).resolve().parent) as runtime:
@@ -68,6 +71,8 @@ def replay(
             runtime.drain()
             components = {name: runtime.component(name) for name in runtime.runners}
             summary = build_summary(runtime, components.values(), cfg, log)
+        summary["cloud_messages"] = cloud.messages
+        summary["cloud_bytes"] = cloud.bytes
     finally:
         cloud.close()
     summary["seconds"] = round(time.monotonic() - started, 3)
@@ -112,8 +117,13 @@ def build_summary(runtime: LocalRuntime, components: Any, cfg: VehicleConfig, lo
         "alerts_updated": detector.totals()["alert_update"],
         "alerts_cleared": detector.totals()["alert_cleared"],
         "alerts_active_at_end": len(detector.detector.active),
-        "cloud_messages": uploader.stats["cloud_messages"],
-        "cloud_bytes": uploader.stats["cloud_bytes"],
+        "uploaded_messages": uploader.totals()["messages_sent"],
+        "uploaded_raw_bytes": uploader.totals()["raw_bytes_sent"],
+        "bundles": uploader.totals()["bundles_sent"],
+        "spool_left": uploader.pending(),
+        "evicted_messages": uploader.totals()["evicted_messages"],
+        "set_aside": uploader.totals()["set_aside"],
+        "retries": uploader.totals()["retries"],
         "local_messages": dict(runtime.published),
         "local_bytes": dict(runtime.published_bytes),
         "malformed_messages": dict(malformed),
@@ -121,14 +131,20 @@ def build_summary(runtime: LocalRuntime, components: Any, cfg: VehicleConfig, lo
     }
 
 
-def alerts_from_outbox(path: str | Path) -> list[dict[str, Any]]:
+def messages_from_outbox(path: str | Path, kind: str | None = None) -> list[dict[str, Any]]:
+    """The messages inside the bundles of a replay's cloud.jsonl, in the order sent."""
     out = []
     with Path(path).open() as f:
         for line in f:
             payload = json.loads(line)["payload"]
-            if payload.get("kind") == "alert":
-                out.append(payload)
+            if payload.get("kind") != "bundle":
+                continue
+            out += [item["message"] for item in unpack(payload) if kind is None or item["message"].get("kind") == kind]
     return out
+
+
+def alerts_from_outbox(path: str | Path) -> list[dict[str, Any]]:
+    return sorted(messages_from_outbox(path, "alert"), key=lambda a: a["t"])
 
 
 def format_summary(summary: dict[str, Any], alerts: list[dict[str, Any]]) -> str:
@@ -142,7 +158,8 @@ def format_summary(summary: dict[str, Any], alerts: list[dict[str, Any]]) -> str
         f"  aggregates         {s['aggregates']:>10}   windows ({s['late_samples']} late samples)",
         f"  alerts             {s['alerts']:>10}   ({s['alerts_raised']} raised, {s['alerts_updated']} updated, "
         f"{s['alerts_cleared']} cleared, {s['alerts_active_at_end']} still active at the end)",
-        f"  to the cloud       {s['cloud_messages']:>10}   messages, {s['cloud_bytes']} bytes",
+        f"  to the cloud       {s['cloud_messages']:>10}   publishes, {s['cloud_bytes']} bytes "
+        f"({s['uploaded_messages']} messages, {s['uploaded_raw_bytes']} bytes before packing)",
         f"  wall time          {s['seconds']:>10.2f}   s (peak RSS {s['peak_rss_mb']} MB)",
     ]
     for record in s["bad_records"][:10]:

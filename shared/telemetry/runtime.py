@@ -111,7 +111,8 @@ class LocalRuntime:
         self.recipes = load_recipes(recipes_dir, root)
         self.config = config
         self.cloud = cloud
-        self.env = dict(env or {})
+        # A laptop has no place for the uploader's device spool: in memory unless told otherwise.
+        self.env = {"TELEMETRY_SPOOL": ":memory:", **(env or {})}
         self.clock = clock or SystemClock()
         self.runners: dict[str, _Runner] = {}
         self.order: list[Recipe] = []
@@ -185,8 +186,12 @@ class LocalRuntime:
         return self.runner(name).component
 
     def sources(self) -> list[Any]:
-        """The adapters of pinned functions running a loop of their own (the CAN reader)."""
-        return [r.adapter for r in self.runners.values() if r.adapter is not None and r.adapter.thread is not None]
+        """The adapters of pinned functions whose loop produces the data (the CAN reader), as
+        opposed to loops that serve it (the uploader's sender)."""
+        return [
+            r.adapter for r in self.runners.values()
+            if r.adapter is not None and r.adapter.thread is not None and getattr(r.component, "role", "") == "source"
+        ]
 
     def wait_for_sources(self, timeout: float | None = None) -> None:
         """Wait until every source loop has ended (a replay has reached the end of its log)."""
@@ -199,14 +204,22 @@ class LocalRuntime:
             if adapter.error is not None:
                 raise adapter.error
 
-    def drain(self) -> None:
-        """Wait until every message published so far, and everything it caused, is handled."""
+    def drain(self, timeout: float = 120.0) -> None:
+        """Wait until every message published so far, and everything it caused, is handled, and
+        every component holding work of its own (the uploader's spool) has passed it on."""
+        deadline = time.monotonic() + timeout
         while True:
             before = sum(self.published.values())
             for recipe in self.order:
                 self.runners[recipe.name].queue.join()
-            if sum(self.published.values()) == before:
+            holding = {name: r.component.pending() for name, r in self.runners.items()
+                       if hasattr(r.component, "pending") and r.component.pending()}
+            if not holding and sum(self.published.values()) == before:
                 return
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"components still hold messages after {timeout:.0f} s: {holding}")
+            if holding:
+                time.sleep(0.01)
 
     def stop(self) -> None:
         """Stop components in reverse start order (dependents before their dependencies)."""

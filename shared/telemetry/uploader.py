@@ -1,30 +1,327 @@
-"""The uploader (first cut): forwards aggregates and alerts to the cloud transport, on IoT Core
-topics under the vehicle's prefix: ``<prefix>/aggregates`` and ``<prefix>/alerts``."""
+"""The uploader: store and forward to AWS IoT Core, losing nothing it does not account for.
+
+The handler only writes each aggregate or alert into the durable spool (committed before it
+returns). A sender loop, started with the pinned function, takes the spool's messages in
+priority order (alerts and gap reports first, then aggregates, oldest first), packs several of
+one kind into a *bundle* of at most ``max_payload_bytes`` (optionally zlib-compressed, and marked
+so), publishes it at QoS 1 and deletes its messages only once the transport has confirmed it.
+
+It stays within AWS IoT Core's per-connection limits (publishes and bytes per second) and the
+vehicle's data budget (bytes per hour on cellular; alerts may go over it). A failed publish is
+retried with exponential backoff; a bundle the broker rejects for good (not authorised, too
+large, invalid) is split and its messages set aside, reported, never retried forever. Past the
+spool's size cap the oldest aggregates are evicted, and the eviction is itself uploaded as a
+``gap`` message. Health (spool depth, oldest message, bytes sent, retries, evictions) goes to
+``<prefix>/health`` at a fixed interval.
+"""
 
 from __future__ import annotations
 
+import base64
+import json
+import logging
+import math
+import random
+import threading
+import uuid
+import zlib
+from collections import Counter, deque
 from collections.abc import Mapping
 from typing import Any
 
 from . import messages
+from .clock import Clock
 from .component import MessageComponent, Services
+from .config import UploaderConfig
+from .errors import RejectedError, TransportError
+from .spool import Entry, MemorySpool, Spool, SpoolError, SqliteSpool
+from .transport import CloudTransport
 
-CLOUD_SUFFIX = {messages.AGGREGATES: "aggregates", messages.ALERT: "alerts"}
+LOG = logging.getLogger(__name__)
+
+CLOUD_SUFFIX = {messages.AGGREGATES: "aggregates", messages.ALERT: "alerts", "gap": "gaps", "health": "health"}
+BUNDLE = "bundle"
 
 
-def cloud_topic(prefix: str, message: Mapping[str, Any]) -> str:
-    return f"{prefix}/{CLOUD_SUFFIX[message['kind']]}"
+def cloud_topic(prefix: str, kind: str) -> str:
+    return f"{prefix}/{CLOUD_SUFFIX[kind]}"
+
+
+def event_time(message: Mapping[str, Any]) -> float:
+    if message["kind"] == messages.AGGREGATES:
+        return float(message["window"]["start"])
+    return float(message.get("t", 0.0))
+
+
+def pack(entries: list[Entry], *, vehicle: str, spool_id: str, compress: bool) -> bytes:
+    """One bundle: a self-describing JSON envelope around messages of one kind, each with the id
+    the cloud de-duplicates by."""
+    items = [{"id": f"{vehicle}:{e.kind}:{spool_id}-{e.id}", "message": json.loads(e.payload)} for e in entries]
+    envelope: dict[str, Any] = {"v": 1, "kind": BUNDLE, "vehicle": vehicle, "of": entries[0].kind, "count": len(items)}
+    if compress:
+        body = json.dumps(items, separators=(",", ":")).encode()
+        envelope["encoding"] = "zlib+base64"
+        envelope["data"] = base64.b64encode(zlib.compress(body, 6)).decode()
+    else:
+        envelope["encoding"] = "none"
+        envelope["messages"] = items
+    return json.dumps(envelope, separators=(",", ":")).encode()
+
+
+def unpack(payload: bytes | Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The (id, message) items of a bundle, whatever its encoding."""
+    envelope = json.loads(payload) if isinstance(payload, (bytes, str)) else payload
+    if envelope.get("kind") != BUNDLE:
+        raise ValueError(f"not a bundle: {envelope.get('kind')!r}")
+    if envelope["encoding"] == "zlib+base64":
+        return json.loads(zlib.decompress(base64.b64decode(envelope["data"])))
+    if envelope["encoding"] == "none":
+        return list(envelope["messages"])
+    raise ValueError(f"unknown bundle encoding {envelope['encoding']!r}")
+
+
+class TokenBucket:
+    """``rate`` per second with a burst of ``burst``; ``wait_time(n)`` says how long until n fit."""
+
+    def __init__(self, rate: float, burst: float, clock: Clock) -> None:
+        self.rate, self.burst, self.clock = rate, burst, clock
+        self.tokens = burst
+        self.at = clock.monotonic()
+
+    def _refill(self) -> None:
+        now = self.clock.monotonic()
+        self.tokens = min(self.burst, self.tokens + (now - self.at) * self.rate)
+        self.at = now
+
+    def wait_time(self, n: float) -> float:
+        self._refill()
+        need = min(n, self.burst) - self.tokens
+        return 0.0 if need <= 0 else need / self.rate
+
+    def take(self, n: float) -> None:
+        self._refill()
+        self.tokens -= n
+
+
+class Sender:
+    """The sender loop: spool in, bundles out, within the limits."""
+
+    def __init__(self, spool: Spool, cloud: CloudTransport, cfg: UploaderConfig, *, vehicle: str, prefix: str,
+                 clock: Clock, spool_id: str) -> None:
+        self.spool, self.cloud, self.cfg, self.clock = spool, cloud, cfg, clock
+        self.vehicle, self.prefix, self.spool_id = vehicle, prefix, spool_id
+        self.publishes = TokenBucket(cfg.max_publishes_per_second, max(1.0, cfg.max_publishes_per_second), clock)
+        self.bandwidth = TokenBucket(cfg.max_bytes_per_second, max(cfg.max_bytes_per_second, cfg.max_payload_bytes), clock)
+        self.sent_log: deque[tuple[float, int]] = deque()  # (monotonic time, bytes) of the last hour
+        self.stats: Counter[str] = Counter()
+        self.wake = threading.Event()
+        self.failures = 0  # consecutive
+        self.last_health = -math.inf
+        self.rng = random.Random(0)
+        self._idle = False
+
+    # -- the budget ------------------------------------------------------------------------------
+    def budget_used(self) -> int:
+        hour_ago = self.clock.monotonic() - 3600.0
+        while self.sent_log and self.sent_log[0][0] < hour_ago:
+            self.sent_log.popleft()
+        return sum(b for _, b in self.sent_log)
+
+    def over_budget(self) -> bool:
+        return bool(self.cfg.budget_bytes_per_hour) and self.budget_used() >= self.cfg.budget_bytes_per_hour
+
+    # -- one step --------------------------------------------------------------------------------
+    def step(self) -> float:
+        """Send at most one bundle. Returns how long to wait before the next step (0: go on)."""
+        kinds = None
+        if self.over_budget():
+            if not self.cfg.budget_exempt_alerts:
+                self.stats["budget_waits"] += 1
+                return 1.0
+            kinds = ("alert", "gap")
+        raw_limit = self.cfg.max_payload_bytes * (8 if self.cfg.compress else 1)
+        entries = self.spool.take(max_bytes=raw_limit, max_count=1000, kinds=kinds)
+        self._idle = not entries
+        if not entries:
+            if kinds is not None and self.spool.depth()[0]:
+                self.stats["budget_waits"] += 1
+                self._idle = False
+                return 1.0
+            return self.cfg.poll_seconds
+        payload, n = self._fit(entries)
+        entries = entries[:n]
+        wait = max(self.publishes.wait_time(1), self.bandwidth.wait_time(len(payload)))
+        if wait > 0:
+            self.stats["rate_waits"] += 1
+            return wait
+        self.publishes.take(1)
+        self.bandwidth.take(len(payload))
+        topic = cloud_topic(self.prefix, entries[0].kind)
+        ids = [e.id for e in entries]
+        try:
+            self.cloud.publish(topic, payload)
+        except RejectedError as exc:
+            self.failures = 0
+            return self._rejected(entries, exc)
+        except TransportError as exc:
+            self.spool.retry(ids)
+            self.stats["retries"] += 1
+            self.failures += 1
+            delay = min(self.cfg.retry_max_seconds, self.cfg.retry_min_seconds * 2 ** (self.failures - 1))
+            delay *= 0.5 + self.rng.random() / 2  # jitter
+            LOG.info("publish to %s failed (%s); retry in %.1f s", topic, exc, delay)
+            return delay
+        self.failures = 0
+        self.spool.ack(ids)
+        self.sent_log.append((self.clock.monotonic(), len(payload)))
+        self.stats["bundles_sent"] += 1
+        self.stats["messages_sent"] += len(entries)
+        self.stats[f"sent_{entries[0].kind}"] += len(entries)
+        self.stats["bytes_sent"] += len(payload)
+        self.stats["raw_bytes_sent"] += sum(len(e.payload) for e in entries)
+        return 0.0
+
+    def _fit(self, entries: list[Entry]) -> tuple[bytes, int]:
+        """Pack as many of ``entries`` as fit in max_payload_bytes (at least one)."""
+        n = len(entries)
+        while True:
+            payload = pack(entries[:n], vehicle=self.vehicle, spool_id=self.spool_id, compress=self.cfg.compress)
+            if len(payload) <= self.cfg.max_payload_bytes or n == 1:
+                return payload, n
+            n = max(1, min(n - 1, int(n * self.cfg.max_payload_bytes / len(payload) * 0.95)))
+
+    def _rejected(self, entries: list[Entry], exc: Exception) -> float:
+        if len(entries) > 1:
+            # Which message is the problem? Send them one by one: take() will hand them singly.
+            self.stats["bundles_split"] += 1
+            for entry in entries:
+                self._send_alone(entry)
+            return 0.0
+        self.spool.set_aside([entries[0].id], str(exc))
+        self.stats["set_aside"] += 1
+        LOG.error("message %s set aside: the broker rejects it for good: %s", entries[0].id, exc)
+        return 0.0
+
+    def _send_alone(self, entry: Entry) -> None:
+        payload = pack([entry], vehicle=self.vehicle, spool_id=self.spool_id, compress=self.cfg.compress)
+        try:
+            self.cloud.publish(cloud_topic(self.prefix, entry.kind), payload)
+        except RejectedError as exc:
+            self.spool.set_aside([entry.id], str(exc))
+            self.stats["set_aside"] += 1
+            LOG.error("message %s set aside: the broker rejects it for good: %s", entry.id, exc)
+            return
+        except TransportError:
+            self.spool.retry([entry.id])
+            self.stats["retries"] += 1
+            return
+        self.spool.ack([entry.id])
+        self.stats["bundles_sent"] += 1
+        self.stats["messages_sent"] += 1
+        self.stats["bytes_sent"] += len(payload)
+
+    # -- health ----------------------------------------------------------------------------------
+    def health(self) -> dict[str, Any]:
+        count, size = self.spool.depth()
+        oldest = self.spool.oldest()
+        return {
+            "v": 1, "kind": "health", "vehicle": self.vehicle, "t": self.clock.time(),
+            "spool": {"messages": count, "bytes": size,
+                      "oldest_age_seconds": None if oldest is None else max(0.0, self.clock.time() - oldest),
+                      "by_kind": getattr(self.spool, "depth_by_kind", lambda: {})()},
+            "sent": {"bundles": self.stats["bundles_sent"], "messages": self.stats["messages_sent"],
+                     "bytes": self.stats["bytes_sent"]},
+            "retries": self.stats["retries"],
+            "evicted": {"messages": self.stats["evicted_messages"], "gaps": self.stats["gaps"]},
+            "set_aside": self.stats["set_aside"],
+            "budget": {"bytes_last_hour": self.budget_used(), "limit": self.cfg.budget_bytes_per_hour or None},
+        }
+
+    def maybe_health(self) -> None:
+        now = self.clock.monotonic()
+        if now - self.last_health < self.cfg.health_seconds:
+            return
+        self.last_health = now
+        try:
+            self.cloud.publish(cloud_topic(self.prefix, "health"), messages.dumps(self.health()))
+            self.stats["health_sent"] += 1
+        except TransportError:  # health is best effort: the next one will say the same, newer
+            self.stats["health_failed"] += 1
+
+    def run(self, stop: threading.Event) -> None:
+        while not stop.is_set():
+            self.maybe_health()
+            self.wake.clear()  # before looking: a message spooled from now on wakes the wait below
+            delay = self.step()
+            if delay <= 0:
+                continue
+            if self.idle:
+                self.clock.wait(self.wake, delay)  # nothing to send: until a message arrives
+            else:
+                self.clock.wait(stop, delay)  # back-off or rate limit: only stopping cuts it short
+
+    @property
+    def idle(self) -> bool:
+        return self._idle
 
 
 class UploaderComponent(MessageComponent):
     accepts = (messages.AGGREGATES, messages.ALERT)
+    role = "worker"
 
-    def __init__(self, services: Services) -> None:
+    def __init__(self, services: Services, spool: Spool | None = None) -> None:
         super().__init__(services)
+        cfg = services.config.uploader
+        self.cfg = cfg
         self.prefix = services.config.cloud_prefix
+        self.vehicle = services.config.vehicle
+        path = services.env.get("TELEMETRY_SPOOL") or cfg.spool_path
+        if spool is not None:
+            self.spool = spool
+        elif path == ":memory:":
+            self.spool = MemorySpool(clock=services.clock)
+        else:
+            self.spool = SqliteSpool(path, clock=services.clock)
+        spool_id = getattr(self.spool, "instance", "") or uuid.uuid4().hex[:8]
+        self.sender = Sender(self.spool, services.cloud, cfg, vehicle=self.vehicle, prefix=self.prefix,
+                             clock=services.clock, spool_id=spool_id)
 
     def on_message(self, message: Mapping[str, Any]) -> None:
         payload = messages.dumps(message)
-        self.services.cloud.publish(cloud_topic(self.prefix, message), payload)
-        self.stats["cloud_messages"] += 1
-        self.stats["cloud_bytes"] += len(payload)
+        try:
+            self.spool.put(message["kind"], event_time(message), payload)
+        except SpoolError as exc:
+            # A full disk: make room by evicting aggregates and try once more; if that fails too,
+            # the message is lost, and that is counted and reported (health, summary).
+            self._evict()
+            try:
+                self.spool.put(message["kind"], event_time(message), payload)
+            except SpoolError:
+                self.stats["lost_spool_full"] += 1
+                self.stats[f"lost_{message['kind']}"] += 1
+                LOG.error("%s; message lost", exc)
+                return
+        self.stats["spooled"] += 1
+        self._evict()
+        self.sender.wake.set()
+
+    def _evict(self) -> None:
+        for gap in self.spool.evict(self.cfg.spool_max_bytes, self.vehicle, self.cfg.evict_alerts):
+            self.sender.stats["evicted_messages"] += gap.count
+            self.sender.stats["gaps"] += 1
+            self.sender.stats[f"evicted_{gap.kind}"] += gap.count
+
+    def run(self, stop: threading.Event) -> None:
+        self.sender.run(stop)
+
+    def pending(self) -> int:
+        return self.spool.depth()[0]
+
+    def totals(self) -> Counter[str]:
+        total = Counter(self.stats)
+        total.update(self.sender.stats)
+        return total
+
+    def close(self) -> None:
+        self.sender.wake.set()
+        self.spool.close()

@@ -11,11 +11,11 @@ from unittest import mock
 import can
 import pytest
 from awsiot.greengrasscoreipc.clientv2 import GreengrassCoreIPCClientV2
-from helpers import frame
+from helpers import columns, frame, signals_event
 
 from telemetry.component import LambdaAdapter, Services, hosting, on_greengrass
 from telemetry.transport import IpcCloudTransport, IpcLocalTransport
-from telemetry.uploader import UploaderComponent
+from telemetry.uploader import UploaderComponent, unpack
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -33,28 +33,59 @@ def test_on_greengrass_reads_the_nucleus_environment():
     assert not on_greengrass({})
 
 
-def test_services_on_greengrass_use_one_ipc_client_and_the_configured_vehicle():
+def test_services_on_greengrass_use_one_ipc_client_and_the_configured_vehicle(tmp_path):
     client = mock.create_autospec(GreengrassCoreIPCClientV2, instance=True)
+    env = {"TELEMETRY_CONFIG": str(ROOT / "vehicles/sample/vehicle.toml"), "SVCUID": "x",
+           "TELEMETRY_SPOOL": str(tmp_path / "spool.db")}
     with mock.patch("awsiot.greengrasscoreipc.clientv2.GreengrassCoreIPCClientV2", return_value=client) as cls:
-        services = Services.greengrass({"TELEMETRY_CONFIG": str(ROOT / "vehicles/sample/vehicle.toml"), "SVCUID": "x"})
+        services = Services.greengrass(env)
     cls.assert_called_once_with()
     assert isinstance(services.local, IpcLocalTransport) and isinstance(services.cloud, IpcCloudTransport)
     assert services.config.vehicle == "sunrace-01"
-    # a handler built on these services publishes through the SDK with the real signatures
-    UploaderComponent(services).handle({"v": 1, "kind": "alert", "id": "a"})
+    # an uploader built on these services spools, then publishes through the SDK's real signature
+    uploader = UploaderComponent(services)
+    uploader.handle({"v": 1, "kind": "alert", "id": "a", "t": 1.0})
+    assert (tmp_path / "spool.db").is_file() and uploader.pending() == 1
+    assert uploader.sender.step() == 0.0
     client.publish_to_iot_core.assert_called_once()
-    assert client.publish_to_iot_core.call_args.kwargs["topic_name"] == "dt/sunrace-01/alerts"
+    kwargs = client.publish_to_iot_core.call_args.kwargs
+    assert kwargs["topic_name"] == "dt/sunrace-01/alerts"
+    assert [item["message"]["id"] for item in unpack(kwargs["payload"])] == ["a"]
+    assert uploader.pending() == 0
+    uploader.close()
 
 
 def test_a_handler_module_builds_its_component_once_on_first_invocation(make_services):
-    services = make_services()
+    services = make_services(aggregator={"window_seconds": 1.0})
+    with hosting(services):
+        module = load(ROOT / "lambdas/aggregator/handler.py", "aggregator_handler_test")
+    module.function_handler(signals_event(columns(**{"A.x": ([0.5], [1.0])})), None)
+    first = module.adapter.component
+    module.function_handler(signals_event(columns(**{"A.x": ([1.5], [2.0])})), None)
+    assert first is module.adapter.component
+    assert [m["window"]["start"] for m in services.local.messages("telemetry/out")] == [0.0]
+
+
+def test_the_uploader_handler_spools_and_its_pinned_sender_delivers(make_services):
+    services = make_services(env={"TELEMETRY_SPOOL": ":memory:"}, uploader={"poll_seconds": 0.01})
+    from telemetry.clock import SystemClock
+
+    services.clock = SystemClock()
     with hosting(services):
         module = load(ROOT / "lambdas/uploader/handler.py", "uploader_handler_test")
-    module.function_handler({"v": 1, "kind": "alert", "id": "a"}, None)
-    module.function_handler({"v": 1, "kind": "alert", "id": "b"}, None)
-    first = module.adapter.component
-    assert first is module.adapter.component
-    assert [m["id"] for m in services.cloud.messages()] == ["a", "b"]
+    try:
+        assert module.adapter.thread.is_alive()
+        module.function_handler({"v": 1, "kind": "alert", "id": "a", "t": 1.0}, None)
+        module.function_handler({"v": 1, "kind": "alert", "id": "b", "t": 2.0}, None)
+        waiter = threading.Event()
+        for _ in range(500):
+            if module.adapter.component.pending() == 0:
+                break
+            waiter.wait(0.01)
+    finally:
+        module.adapter.stop(timeout=5)
+    sent = [item["message"]["id"] for topic, payload in services.cloud.sent if topic.endswith("/alerts") for item in unpack(payload)]
+    assert sent == ["a", "b"]
 
 
 def test_pinned_reader_starts_its_loop_without_blocking_the_import(tmp_path, make_services):
