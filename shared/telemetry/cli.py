@@ -11,10 +11,13 @@ import sys
 from pathlib import Path
 
 from .errors import TelemetryError
-from .replay import SAMPLE, alerts_from_outbox, format_summary, replay
+
+SAMPLE = Path(__file__).resolve().parents[2] / "vehicles" / "sample"
 
 
 def _replay(args: argparse.Namespace) -> int:
+    from .replay import alerts_from_outbox, format_summary, replay
+
     summary = replay(args.log, out_dir=args.out, config=args.config, dbc=args.dbc, speed=args.speed)
     print(format_summary(summary, alerts_from_outbox(Path(args.out) / "cloud.jsonl")))
     print(f"Wrote {Path(args.out) / 'cloud.jsonl'} and {Path(args.out) / 'summary.json'}")
@@ -37,6 +40,51 @@ def _simulate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _uploader(args: argparse.Namespace) -> int:
+    """The uploader outside Greengrass: messages (JSON lines) on standard input, AWS IoT Core (or
+    any MQTT 5 broker) over mutual TLS. Each message is in the spool when its "ok" line is
+    written. At the end of the input it waits for the spool to empty (at most --drain seconds)."""
+    import json
+    import threading
+    import time
+
+    from .clock import SystemClock
+    from .component import Services
+    from .config import load_config
+    from .mqtt import Mqtt5CloudTransport
+    from .transport import InMemoryLocalTransport
+    from .uploader import UploaderComponent
+
+    cfg = load_config(args.config)
+    cloud = Mqtt5CloudTransport(endpoint=args.endpoint, port=args.port, cert=args.cert, key=args.key, ca=args.ca,
+                                client_id=args.client_id or f"{cfg.vehicle}-uploader")
+    env = {"TELEMETRY_SPOOL": args.spool} if args.spool else {}
+    services = Services(InMemoryLocalTransport(), cloud, cfg, SystemClock(), env, "uploader")
+    uploader = UploaderComponent(services)
+    stop = threading.Event()
+    sender = threading.Thread(target=uploader.run, args=(stop,), name="sender", daemon=True)
+    sender.start()
+    for n, line in enumerate(sys.stdin, 1):
+        if line.strip():
+            try:
+                uploader.handle(json.loads(line))
+            except ValueError as exc:
+                uploader.stats["malformed"] += 1
+                print(f"bad line {n}: {exc}", file=sys.stderr)
+        print(f"ok {n}", flush=True)
+    deadline = time.monotonic() + args.drain
+    while uploader.pending() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    left = uploader.pending()
+    stop.set()
+    uploader.sender.wake.set()
+    sender.join(10)
+    print(json.dumps({"left_in_spool": left, **uploader.totals()}), flush=True)
+    uploader.close()
+    cloud.close()
+    return 0 if left == 0 else 1
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="telemetry", description=__doc__.splitlines()[0])
     p.add_argument("--debug", action="store_true", help="show tracebacks and debug logging")
@@ -54,6 +102,18 @@ def parser() -> argparse.ArgumentParser:
     d.add_argument("--out", default="out/demo")
     d.add_argument("--speed", type=float, default=0.0)
     d.set_defaults(func=_demo)
+
+    u = sub.add_parser("uploader", help="run the uploader outside Greengrass: JSON messages on stdin, MQTT 5 out")
+    u.add_argument("--config", required=True, help="vehicle configuration (its [uploader] section)")
+    u.add_argument("--spool", help="spool file (default: [uploader] spool_path)")
+    u.add_argument("--endpoint", required=True, help="AWS IoT Core endpoint (or any MQTT 5 broker)")
+    u.add_argument("--port", type=int, default=8883)
+    u.add_argument("--cert", required=True, help="device certificate (PEM)")
+    u.add_argument("--key", required=True, help="device private key (PEM)")
+    u.add_argument("--ca", help="CA certificate to trust (PEM)")
+    u.add_argument("--client-id")
+    u.add_argument("--drain", type=float, default=60.0, help="seconds to wait for the spool to empty at the end")
+    u.set_defaults(func=_uploader)
 
     s = sub.add_parser("simulate", help="record a simulated drive of the sample vehicle")
     s.add_argument("--out", default=str(SAMPLE / "drive.log"))

@@ -45,6 +45,7 @@ class Entry:
     t: float  # event time of the message (window start, alert time)
     payload: bytes
     attempts: int = 0
+    key: str | None = None  # the message's own identity (see uploader.message_key)
 
 
 @dataclass(frozen=True)
@@ -65,7 +66,7 @@ class Gap:
 
 
 class Spool(Protocol):
-    def put(self, kind: str, t: float, payload: bytes) -> int: ...
+    def put(self, kind: str, t: float, payload: bytes, key: str | None = None) -> int | None: ...
 
     def take(self, *, max_bytes: int, max_count: int, kinds: Iterable[str] | None = None) -> list[Entry]: ...
 
@@ -94,6 +95,7 @@ class SqliteSpool:
         created REAL NOT NULL,
         size INTEGER NOT NULL,
         attempts INTEGER NOT NULL DEFAULT 0,
+        key TEXT UNIQUE,
         payload BLOB NOT NULL
     );
     CREATE INDEX IF NOT EXISTS spool_order ON spool (priority, id);
@@ -125,15 +127,19 @@ class SqliteSpool:
             raise SpoolError(f"{self.path}: cannot open spool: {exc}") from exc
         self._count, self._bytes = int(row[0]), int(row[1])
 
-    def put(self, kind: str, t: float, payload: bytes) -> int:
+    def put(self, kind: str, t: float, payload: bytes, key: str | None = None) -> int | None:
+        """Store a message (committed when this returns). With a ``key``, storing the same
+        message again while it waits is a no-op (None): a redelivery is not a second message."""
         with self._lock:
             try:
                 cur = self._db.execute(
-                    "INSERT INTO spool (kind, priority, t, created, size, payload) VALUES (?, ?, ?, ?, ?, ?)",
-                    (kind, PRIORITY.get(kind, 1), t, self._time(), len(payload), payload),
+                    "INSERT OR IGNORE INTO spool (kind, priority, t, created, size, key, payload) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (kind, PRIORITY.get(kind, 1), t, self._time(), len(payload), key, payload),
                 )
             except sqlite3.Error as exc:  # "database or disk is full", I/O errors
                 raise SpoolError(f"{self.path}: cannot store a {kind} message: {exc}") from exc
+            if cur.rowcount == 0:
+                return None
             self._count += 1
             self._bytes += len(payload)
             return int(cur.lastrowid)
@@ -148,7 +154,7 @@ class SqliteSpool:
             if first is None:
                 return []
             rows = self._db.execute(
-                "SELECT id, kind, priority, t, payload, attempts FROM spool WHERE kind = ? ORDER BY id LIMIT ?",
+                "SELECT id, kind, priority, t, payload, attempts, key FROM spool WHERE kind = ? ORDER BY id LIMIT ?",
                 (first[0], max_count),
             )
             out: list[Entry] = []
@@ -157,7 +163,7 @@ class SqliteSpool:
                 size = len(row[4])
                 if out and total + size > max_bytes:
                     break
-                out.append(Entry(int(row[0]), row[1], int(row[2]), float(row[3]), bytes(row[4]), int(row[5])))
+                out.append(Entry(int(row[0]), row[1], int(row[2]), float(row[3]), bytes(row[4]), int(row[5]), row[6]))
                 total += size
             return out
 
@@ -251,8 +257,8 @@ class SqliteSpool:
                     self._db.execute("INSERT INTO ledger VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                                      (now, kind, gap.count, gap.bytes, gap.t_first, gap.t_last, gap.first_id, gap.last_id))
                     self._db.execute(
-                        "INSERT INTO spool (kind, priority, t, created, size, payload) VALUES ('gap', ?, ?, ?, ?, ?)",
-                        (PRIORITY["gap"], gap.t_first, now, len(payload), payload),
+                        "INSERT INTO spool (kind, priority, t, created, size, key, payload) VALUES ('gap', ?, ?, ?, ?, ?, ?)",
+                        (PRIORITY["gap"], gap.t_first, now, len(payload), f"{self.instance}/{gap.first_id}-{gap.last_id}", payload),
                     )
                     self._db.execute("COMMIT")
                 except sqlite3.Error as exc:

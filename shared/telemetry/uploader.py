@@ -53,10 +53,20 @@ def event_time(message: Mapping[str, Any]) -> float:
     return float(message.get("t", 0.0))
 
 
+def message_key(message: Mapping[str, Any]) -> str:
+    """A message's own identity, the same however often it is produced, spooled or sent: an
+    aggregate is its group's window, an alert its id, state and time."""
+    if message["kind"] == messages.AGGREGATES:
+        return f"{message.get('group', 'default')}/{message['window']['start']!r}"
+    return f"{message.get('id')}/{message.get('state')}/{message.get('t')!r}"
+
+
 def pack(entries: list[Entry], *, vehicle: str, spool_id: str, compress: bool) -> bytes:
     """One bundle: a self-describing JSON envelope around messages of one kind, each with the id
-    the cloud de-duplicates by."""
-    items = [{"id": f"{vehicle}:{e.kind}:{spool_id}-{e.id}", "message": json.loads(e.payload)} for e in entries]
+    the cloud de-duplicates by: ``<vehicle>:<kind>:<key>``, where the key is the message's own
+    identity (so a message sent twice, even spooled twice, has one id)."""
+    items = [{"id": f"{vehicle}:{e.kind}:{e.key or f'{spool_id}-{e.id}'}", "message": json.loads(e.payload)}
+             for e in entries]
     envelope: dict[str, Any] = {"v": 1, "kind": BUNDLE, "vehicle": vehicle, "of": entries[0].kind, "count": len(items)}
     if compress:
         body = json.dumps(items, separators=(",", ":")).encode()
@@ -288,14 +298,15 @@ class UploaderComponent(MessageComponent):
 
     def on_message(self, message: Mapping[str, Any]) -> None:
         payload = messages.dumps(message)
+        key = message_key(message)
         try:
-            self.spool.put(message["kind"], event_time(message), payload)
+            self.spool.put(message["kind"], event_time(message), payload, key)
         except SpoolError as exc:
             # A full disk: make room by evicting aggregates and try once more; if that fails too,
             # the message is lost, and that is counted and reported (health, summary).
             self._evict()
             try:
-                self.spool.put(message["kind"], event_time(message), payload)
+                self.spool.put(message["kind"], event_time(message), payload, key)
             except SpoolError:
                 self.stats["lost_spool_full"] += 1
                 self.stats[f"lost_{message['kind']}"] += 1
