@@ -57,6 +57,21 @@ setup() {
 
 run_py() { "$VENV/bin/python" "$@"; }
 
+# The uploader's tests run a real MQTT broker (mosquitto) with certificates made by openssl.
+test_tools() {
+    local missing=()
+    command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || missing+=(mosquitto)
+    command -v openssl >/dev/null 2>&1 || missing+=(openssl)
+    [ ${#missing[@]} -eq 0 ] && return 0
+    if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null 2>&1; then
+        echo "build.sh: installing ${missing[*]} (Debian packages) for the tests" >&2
+        apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null \
+            || die "could not install ${missing[*]}: install them (apt-get install ${missing[*]}) and run again"
+    else
+        die "the tests need ${missing[*]}: install them (sudo apt-get install ${missing[*]}) and run again"
+    fi
+}
+
 cmd="${1:-}"
 [ $# -gt 0 ] && shift
 case "$cmd" in
@@ -81,6 +96,7 @@ case "$cmd" in
         ;;
     test)
         setup
+        test_tools
         cd "$ROOT"
         run_py -m pytest "$@"
         ;;

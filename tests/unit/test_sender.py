@@ -1,0 +1,179 @@
+"""The uploader's sender on its own: packing under the size limit, compression marked, priority,
+rate limits, the data budget, retries with back-off, rejections; and a full disk."""
+
+from __future__ import annotations
+
+import json
+
+from telemetry.clock import ManualClock
+from telemetry.config import parse_config
+from telemetry.errors import RejectedError, TransportError
+from telemetry.spool import MemorySpool
+from telemetry.transport import InMemoryCloudTransport
+from telemetry.uploader import UploaderComponent, message_key, unpack
+
+
+def aggregate(i: int, pad: int = 2000) -> dict:
+    return {"v": 1, "kind": "aggregates", "vehicle": "car", "seq": i, "group": "default",
+            "window": {"start": float(i), "end": float(i + 1)}, "signals": {"A.x": {"count": 1, "pad": "y" * pad}},
+            "late": {"samples": 0, "oldest": None}}
+
+
+def alert(i: int) -> dict:
+    return {"v": 1, "kind": "alert", "vehicle": "car", "id": f"car/r/A.x/{i}", "state": "raised", "t": float(i)}
+
+
+class FlakyCloud(InMemoryCloudTransport):
+    def __init__(self, fail: int = 0, reject_topic: str | None = None) -> None:
+        super().__init__()
+        self.fail, self.reject_topic, self.attempts = fail, reject_topic, 0
+
+    def publish(self, topic: str, payload: bytes) -> None:
+        self.attempts += 1
+        if self.reject_topic and topic.endswith(self.reject_topic):
+            raise RejectedError("NOT_AUTHORIZED")
+        if self.fail:
+            self.fail -= 1
+            raise TransportError("offline")
+        super().publish(topic, payload)
+
+
+def make(make_services, cloud=None, **uploader):
+    services = make_services(env={"TELEMETRY_SPOOL": ":memory:"}, uploader={"health_seconds": 1e9, **uploader})
+    services.clock = ManualClock(0.0)
+    if cloud is not None:
+        services.cloud = cloud
+    return UploaderComponent(services)
+
+
+def drain(up: UploaderComponent, steps: int = 1000) -> None:
+    for _ in range(steps):
+        if not up.pending():
+            return
+        delay = up.sender.step()
+        up.services.clock.advance(delay)
+
+
+def test_bundles_stay_under_the_payload_limit_and_carry_every_message_once(make_services):
+    up = make(make_services, max_payload_bytes=20_000, compress=False)
+    for i in range(40):
+        up.handle(aggregate(i))
+    drain(up)
+    sizes = [len(p) for _, p in up.services.cloud.sent]
+    assert max(sizes) <= 20_000 and len(sizes) >= 4
+    items = [item for _, p in up.services.cloud.sent for item in unpack(p)]
+    assert [i["message"]["seq"] for i in items] == list(range(40))
+    assert [i["id"] for i in items] == [f"car-01:aggregates:{message_key(aggregate(n))}" for n in range(40)]
+
+
+def test_compression_is_marked_and_smaller(make_services):
+    up = make(make_services, compress=True)
+    for i in range(20):
+        up.handle(aggregate(i))
+    drain(up)
+    (topic, payload), = up.services.cloud.sent
+    envelope = json.loads(payload)
+    assert topic == "dt/car-01/aggregates"
+    assert envelope["encoding"] == "zlib+base64" and envelope["count"] == 20 and envelope["of"] == "aggregates"
+    assert len(payload) < sum(len(json.dumps(aggregate(i))) for i in range(20)) / 5
+    assert [i["message"]["seq"] for i in unpack(payload)] == list(range(20))
+
+
+def test_alerts_go_before_aggregates(make_services):
+    up = make(make_services)
+    for i in range(5):
+        up.handle(aggregate(i))
+    up.handle(alert(99))
+    drain(up)
+    assert [t.rsplit("/", 1)[1] for t, _ in up.services.cloud.sent] == ["alerts", "aggregates"]
+
+
+def test_publish_rate_and_bandwidth_limits_hold(make_services):
+    up = make(make_services, max_payload_bytes=5_000, compress=False, max_publishes_per_second=10.0,
+              max_bytes_per_second=20_000.0)
+    for i in range(100):
+        up.handle(aggregate(i))
+    start = up.services.clock.monotonic()
+    drain(up, 10_000)
+    elapsed = up.services.clock.monotonic() - start
+    sent_bytes = sum(len(p) for _, p in up.services.cloud.sent)
+    publishes = len(up.services.cloud.sent)
+    # within the limits, allowing the first second's burst
+    assert publishes <= 10.0 * elapsed + 10
+    assert sent_bytes <= 20_000.0 * elapsed + 20_000
+    assert up.sender.stats["rate_waits"] > 0
+
+
+def test_the_hourly_budget_holds_back_aggregates_but_not_alerts(make_services):
+    up = make(make_services, budget_bytes_per_hour=10_000, compress=False, max_payload_bytes=4_000)
+    for i in range(20):
+        up.handle(aggregate(i, pad=1000))
+    drain(up, 50)
+    sent_before = up.sender.stats["bytes_sent"]
+    assert 10_000 <= sent_before < 15_000  # stops at the budget (one bundle may cross it)
+    up.handle(alert(1))
+    for _ in range(5):
+        up.services.clock.advance(up.sender.step())
+    assert any(t.endswith("/alerts") for t, _ in up.services.cloud.sent)  # alerts still go
+    hours = 0
+    while up.pending() and hours < 5:  # each following hour's budget takes its share of the rest
+        up.services.clock.advance(3600)
+        hours += 1
+        before = up.sender.stats["bytes_sent"]
+        drain(up, 50)
+        assert up.sender.stats["bytes_sent"] - before < 15_000
+    assert up.pending() == 0 and hours == 2
+
+
+def test_retries_back_off_exponentially_then_deliver(make_services):
+    cloud = FlakyCloud(fail=5)
+    up = make(make_services, cloud=cloud, retry_min_seconds=1.0, retry_max_seconds=8.0)
+    up.handle(alert(1))
+    delays = [up.sender.step() for _ in range(6)]
+    assert all(d > 0 for d in delays[:5]) and delays[5] == 0.0
+    assert delays[:5] == sorted(delays[:5]) or max(delays[:5]) <= 8.0
+    assert 2.0 <= delays[3] <= 8.0 and delays[4] <= 8.0  # 1, 2, 4, 8, 8 with jitter of half
+    assert up.sender.stats["retries"] == 5 and up.pending() == 0 and len(cloud.sent) == 1
+
+
+def test_rejected_for_good_is_split_then_set_aside_not_retried(make_services):
+    cloud = FlakyCloud(reject_topic="/alerts")
+    up = make(make_services, cloud=cloud)
+    for i in range(3):
+        up.handle(alert(i))
+    up.handle(aggregate(1))
+    drain(up)
+    assert up.pending() == 0
+    assert up.sender.stats["set_aside"] == 3 and up.sender.stats["bundles_split"] == 1
+    assert up.spool.set_aside_count() == 3
+    assert [t for t, _ in cloud.sent] == ["dt/car-01/aggregates"]
+    assert cloud.attempts == 1 + 3 + 1  # the bundle, each alert alone once, the aggregate
+
+
+def test_health_reports_the_spool_and_what_was_sent(make_services):
+    up = make(make_services, health_seconds=60.0)
+    up.handle(aggregate(1))
+    up.sender.maybe_health()
+    topic, payload = up.services.cloud.sent[-1]
+    health = json.loads(payload)
+    assert topic == "dt/car-01/health" and health["kind"] == "health"
+    assert health["spool"]["messages"] == 1 and health["spool"]["by_kind"] == {"aggregates": 1}
+    assert set(health) >= {"spool", "sent", "retries", "evicted", "set_aside", "budget"}
+    up.sender.maybe_health()
+    assert len(up.services.cloud.sent) == 1  # not again within the interval
+
+
+def test_a_full_disk_evicts_to_make_room_and_counts_what_it_cannot_keep(make_services, tmp_path):
+    up = make(make_services)
+    up.spool._db.execute("PRAGMA max_page_count = 12")
+    for i in range(200):
+        up.handle(aggregate(i, pad=3000))
+    assert up.stats["spooled"] + up.stats["lost_spool_full"] == 200
+    assert up.stats["spooled"] > 0
+
+
+def test_malformed_messages_are_counted_not_spooled(make_services):
+    up = make(make_services)
+    up.handle({"v": 1, "kind": "signals"})
+    up.handle("nope")
+    assert up.stats["malformed"] == 2 and up.pending() == 0
