@@ -197,6 +197,46 @@ def dense_messages(batch_seconds: float, seconds: float = 30.0) -> list[dict]:
     return out
 
 
+def spool_stage(log: Path, msgs_out: list[dict], cfg, tmp: Path) -> None:
+    """Messages per second into the durable spool and out through the sender (an in-memory cloud,
+    no rate limits), and the bytes on the wire against the raw size of the replayed log."""
+    from telemetry.clock import SystemClock
+    from telemetry.component import Services
+    from telemetry.transport import InMemoryCloudTransport, InMemoryLocalTransport
+    from telemetry.uploader import UploaderComponent
+
+    unlimited = {"max_publishes_per_second": 1e9, "max_bytes_per_second": 1e12, "health_seconds": 1e9}
+    rows = []
+    for label, spool, compress in (("sqlite WAL, synchronous=FULL", "file", True),
+                                   ("sqlite WAL, synchronous=FULL, no compression", "file", False),
+                                   ("in memory (no disk), compressed", ":memory:", True)):
+        path = tmp / f"bench-{len(rows)}.db"
+        up_cfg = dataclasses.replace(cfg.uploader, compress=compress, **unlimited)
+        vcfg = dataclasses.replace(cfg, uploader=up_cfg)
+        cloud = InMemoryCloudTransport()
+        services = Services(InMemoryLocalTransport(), cloud, vcfg, SystemClock(),
+                            {"TELEMETRY_SPOOL": str(path) if spool == "file" else ":memory:"})
+        up = UploaderComponent(services)
+        start = time.perf_counter()
+        for m in msgs_out:
+            up.handle(m)
+        put_s = time.perf_counter() - start
+        start = time.perf_counter()
+        while up.pending():
+            up.sender.step()
+        send_s = time.perf_counter() - start
+        wire = sum(len(p) for _, p in cloud.sent)
+        rows.append((label, len(msgs_out) / put_s, len(msgs_out) / send_s, wire, len(cloud.sent)))
+        up.close()
+    raw_log = log.stat().st_size
+    raw_messages = sum(len(json.dumps(m, separators=(",", ":"))) for m in msgs_out)
+    print(f"\nspool: {len(msgs_out)} aggregates and alerts of the drive ({raw_messages:,} bytes of JSON); "
+          f"the raw log is {raw_log:,} bytes")
+    print(f"{'spool':<48}{'in (msg/s)':>12}{'out (msg/s)':>13}{'on the wire':>14}{'publishes':>11}{'wire/log':>10}")
+    for label, put_rate, send_rate, wire, publishes in rows:
+        print(f"{label:<48}{put_rate:>12,.0f}{send_rate:>13,.0f}{wire:>14,}{publishes:>11}{wire / raw_log:>9.1%}")
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--log", default=str(SAMPLE / "drive.log"))
@@ -205,6 +245,7 @@ def main() -> int:
     p.add_argument("--repeat", type=int, default=5)
     p.add_argument("--batch-seconds", type=float, help="override [reader] batch_max_seconds")
     p.add_argument("--batch-frames", type=int, help="override [reader] batch_max_frames")
+    p.add_argument("--no-spool", dest="spool", action="store_false", help="skip the spool stage")
     args = p.parse_args()
     config = args.config or (str(SAMPLE / "vehicle.toml") if args.log == str(SAMPLE / "drive.log") else None)
     cfg = resolve_config(config, args.dbc)
@@ -233,6 +274,14 @@ def main() -> int:
         {"name": "imu-limit", "signals": "IMU.*", "min": -40.0, "max": 40.0},
         {"name": "imu-jump", "kind": "rate", "signals": "IMU.*", "max_rate": 50_000.0}]}).rules[i] for i in (0, 1)]
     run_stages(dense, cfg, width, flat, dense_rules, args.repeat, configured=False)
+    if args.spool:
+        import tempfile
+
+        from telemetry.replay import messages_from_outbox, replay
+
+        with tempfile.TemporaryDirectory() as tmp:
+            replay(args.log, out_dir=tmp, config=config, dbc=args.dbc)
+            spool_stage(Path(args.log), messages_from_outbox(Path(tmp) / "cloud.jsonl"), cfg, Path(tmp))
     span = msgs[-1]["span"]["end"] - msgs[0]["span"]["start"] if msgs else 0.0
     total = agg_s + det_s
     print(f"\nthe recording spans {span:.0f} s; aggregating and checking it as configured takes {total:.3f} s "
