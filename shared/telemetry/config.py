@@ -62,6 +62,7 @@ class UploaderConfig:
     budget_exempt_alerts: bool = True  # alerts and gap reports still go once the budget is spent
     retry_min_seconds: float = 1.0
     retry_max_seconds: float = 60.0
+    max_drops: int = 3  # a message the line drops with this many times is treated as refused
     health_seconds: float = 60.0
     poll_seconds: float = 0.5  # longest an idle sender sleeps before looking again
 

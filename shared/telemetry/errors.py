@@ -41,3 +41,8 @@ class TransportError(TelemetryError):
 class RejectedError(TransportError):
     """The broker refused a message for good (not authorised, too large, invalid): retrying the
     same message cannot succeed."""
+
+
+class DroppedError(TransportError):
+    """The connection was lost with the message in flight. Once, that is a bad link; every time
+    the same message is sent, it is a broker that hangs up on a message it refuses."""

@@ -17,7 +17,7 @@ import logging
 import threading
 from typing import Any
 
-from .errors import RejectedError, TransportError
+from .errors import DroppedError, RejectedError, TransportError
 
 LOG = logging.getLogger(__name__)
 
@@ -44,6 +44,7 @@ class Mqtt5CloudTransport:
         self.connected = threading.Event()
         self._stopped = threading.Event()
         self.max_packet = 268_435_455  # MQTT's own limit, until the broker says less
+        self.disconnects = 0
         kwargs: dict[str, Any] = {
             "endpoint": endpoint,
             "port": port,
@@ -51,8 +52,11 @@ class Mqtt5CloudTransport:
             "pri_key_filepath": key,
             "client_id": client_id,
             "offline_queue_behavior": mqtt5.ClientOperationQueueBehaviorType.FAIL_ALL_ON_DISCONNECT,
+            # Brokers hang up on a client whose publish they refuse (mosquitto does, and IoT Core
+            # may): reconnect fast, and count a connection that lasted a second as a good one.
             "min_reconnect_delay_ms": 200,
             "max_reconnect_delay_ms": 5000,
+            "min_connected_time_to_reset_reconnect_delay_ms": 1000,
             "connack_timeout_ms": int(timeout * 1000),
             "ack_timeout_sec": max(1, int(timeout)),
             "on_lifecycle_connection_success": self._connected,
@@ -74,6 +78,7 @@ class Mqtt5CloudTransport:
 
     def _disconnected(self, data: Any) -> None:
         self.connected.clear()
+        self.disconnects += 1
         LOG.info("MQTT disconnected: %s", getattr(data, "exception", data))
 
     def publish(self, topic: str, payload: bytes) -> None:
@@ -86,7 +91,8 @@ class Mqtt5CloudTransport:
         try:
             result = self.client.publish(packet).result(self.timeout)
         except Exception as exc:  # disconnected mid-flight, timed out, client stopping
-            raise TransportError(f"publish to {topic} failed: {type(exc).__name__}: {exc}") from exc
+            error = DroppedError if not self.connected.is_set() else TransportError
+            raise error(f"publish to {topic} failed: {type(exc).__name__}: {exc}") from exc
         code = result.puback.reason_code if result.puback is not None else mqtt5.PubackReasonCode.SUCCESS
         if code in (mqtt5.PubackReasonCode.SUCCESS, mqtt5.PubackReasonCode.NO_MATCHING_SUBSCRIBERS):
             return

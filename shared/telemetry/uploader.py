@@ -33,7 +33,7 @@ from . import messages
 from .clock import Clock
 from .component import MessageComponent, Services
 from .config import UploaderConfig
-from .errors import RejectedError, TransportError
+from .errors import DroppedError, RejectedError, TransportError
 from .spool import Entry, MemorySpool, Spool, SpoolError, SqliteSpool
 from .transport import CloudTransport
 
@@ -129,6 +129,8 @@ class Sender:
         self.last_health = -math.inf
         self.rng = random.Random(0)
         self._idle = False
+        self.drops: dict[int, int] = {}  # spool id -> times the line dropped with it in flight
+        self.singles = 0  # after a refused bundle: how many messages to send one at a time
 
     # -- the budget ------------------------------------------------------------------------------
     def budget_used(self) -> int:
@@ -150,7 +152,7 @@ class Sender:
                 return 1.0
             kinds = ("alert", "gap")
         raw_limit = self.cfg.max_payload_bytes * (8 if self.cfg.compress else 1)
-        entries = self.spool.take(max_bytes=raw_limit, max_count=1000, kinds=kinds)
+        entries = self.spool.take(max_bytes=raw_limit, max_count=1 if self.singles else 1000, kinds=kinds)
         self._idle = not entries
         if not entries:
             if kinds is not None and self.spool.depth()[0]:
@@ -173,15 +175,23 @@ class Sender:
         except RejectedError as exc:
             self.failures = 0
             return self._rejected(entries, exc)
+        except DroppedError as exc:
+            # A broker may hang up instead of answering a publish it refuses (AWS IoT Core does
+            # for a topic the policy denies). The same message dropping the line again and again
+            # is refused: find it and set it aside instead of retrying it forever.
+            for e in entries:
+                self.drops[e.id] = self.drops.get(e.id, 0) + 1
+            if min(self.drops[e.id] for e in entries) >= self.cfg.max_drops:
+                for e in entries:
+                    self.drops.pop(e.id, None)
+                return self._rejected(entries, RejectedError(f"the broker hung up on it {self.cfg.max_drops} times: {exc}"))
+            return self._backoff(ids, topic, exc)
         except TransportError as exc:
-            self.spool.retry(ids)
-            self.stats["retries"] += 1
-            self.failures += 1
-            delay = min(self.cfg.retry_max_seconds, self.cfg.retry_min_seconds * 2 ** (self.failures - 1))
-            delay *= 0.5 + self.rng.random() / 2  # jitter
-            LOG.info("publish to %s failed (%s); retry in %.1f s", topic, exc, delay)
-            return delay
+            return self._backoff(ids, topic, exc)
         self.failures = 0
+        self.singles = max(0, self.singles - len(ids))
+        for i in ids:
+            self.drops.pop(i, None)
         self.spool.ack(ids)
         self.sent_log.append((self.clock.monotonic(), len(payload)))
         self.stats["bundles_sent"] += 1
@@ -190,6 +200,16 @@ class Sender:
         self.stats["bytes_sent"] += len(payload)
         self.stats["raw_bytes_sent"] += sum(len(e.payload) for e in entries)
         return 0.0
+
+    def _backoff(self, ids: list[int], topic: str, exc: Exception) -> float:
+        """A failure worth another try: exponential back-off with jitter."""
+        self.spool.retry(ids)
+        self.stats["retries"] += 1
+        self.failures += 1
+        delay = min(self.cfg.retry_max_seconds, self.cfg.retry_min_seconds * 2 ** (self.failures - 1))
+        delay *= 0.5 + self.rng.random() / 2  # jitter
+        LOG.info("publish to %s failed (%s); retry in %.1f s", topic, exc, delay)
+        return delay
 
     def _fit(self, entries: list[Entry]) -> tuple[bytes, int]:
         """Pack as many of ``entries`` as fit in max_payload_bytes (at least one)."""
@@ -202,33 +222,15 @@ class Sender:
 
     def _rejected(self, entries: list[Entry], exc: Exception) -> float:
         if len(entries) > 1:
-            # Which message is the problem? Send them one by one: take() will hand them singly.
+            # Which message is the problem? The next ones go one per publish until we know.
             self.stats["bundles_split"] += 1
-            for entry in entries:
-                self._send_alone(entry)
+            self.singles = len(entries)
             return 0.0
         self.spool.set_aside([entries[0].id], str(exc))
+        self.singles = max(0, self.singles - 1)
         self.stats["set_aside"] += 1
         LOG.error("message %s set aside: the broker rejects it for good: %s", entries[0].id, exc)
         return 0.0
-
-    def _send_alone(self, entry: Entry) -> None:
-        payload = pack([entry], vehicle=self.vehicle, spool_id=self.spool_id, compress=self.cfg.compress)
-        try:
-            self.cloud.publish(cloud_topic(self.prefix, entry.kind), payload)
-        except RejectedError as exc:
-            self.spool.set_aside([entry.id], str(exc))
-            self.stats["set_aside"] += 1
-            LOG.error("message %s set aside: the broker rejects it for good: %s", entry.id, exc)
-            return
-        except TransportError:
-            self.spool.retry([entry.id])
-            self.stats["retries"] += 1
-            return
-        self.spool.ack([entry.id])
-        self.stats["bundles_sent"] += 1
-        self.stats["messages_sent"] += 1
-        self.stats["bytes_sent"] += len(payload)
 
     # -- health ----------------------------------------------------------------------------------
     def health(self) -> dict[str, Any]:

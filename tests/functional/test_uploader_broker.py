@@ -71,7 +71,7 @@ def received_items(observer: Observer) -> list[dict]:
 class InProcessUploader:
     def __init__(self, broker: Broker, cfg, spool_path: Path) -> None:
         self.cloud = Mqtt5CloudTransport(endpoint="127.0.0.1", port=broker.port, client_id="uploader",
-                                         connect_wait=0.5, timeout=5.0, **broker.client_files("uploader"))
+                                         connect_wait=2.0, timeout=5.0, **broker.client_files("uploader"))
         services = Services(InMemoryLocalTransport(), self.cloud, cfg, SystemClock(), {"TELEMETRY_SPOOL": str(spool_path)})
         self.component = UploaderComponent(services)
         self.stop = threading.Event()

@@ -150,6 +150,25 @@ def test_rejected_for_good_is_split_then_set_aside_not_retried(make_services):
     assert cloud.attempts == 1 + 3 + 1  # the bundle, each alert alone once, the aggregate
 
 
+def test_a_message_the_line_drops_every_time_is_treated_as_refused(make_services):
+    from telemetry.errors import DroppedError
+
+    class HangsUp(InMemoryCloudTransport):
+        def publish(self, topic, payload):
+            if topic.endswith("/alerts"):
+                raise DroppedError("UNEXPECTED_HANGUP")
+            super().publish(topic, payload)
+
+    cloud = HangsUp()
+    up = make(make_services, cloud=cloud, max_drops=3, retry_min_seconds=0.1)
+    up.handle(alert(1))
+    up.handle(aggregate(1))
+    drain(up)
+    assert up.pending() == 0 and up.spool.set_aside_count() == 1
+    assert [t for t, _ in cloud.sent] == ["dt/car-01/aggregates"]
+    assert up.sender.stats["retries"] == 2  # dropped twice, refused the third time
+
+
 def test_health_reports_the_spool_and_what_was_sent(make_services):
     up = make(make_services, health_seconds=60.0)
     up.handle(aggregate(1))
