@@ -6,6 +6,8 @@
 #   ./build.sh replay LOG --dbc DBC [--dbc DBC ...] [--config FILE] --out DIR [--speed X]
 #   ./build.sh simulate [--out LOG] regenerate the sample drive recording
 #   ./build.sh bench [--repeat N]   throughput of the aggregator and detector vs per-sample loops
+#   ./build.sh package [--arch x86_64|aarch64] [--out build/]   one deployment zip per function
+#   ./build.sh deploy --thing-group NAME|--thing NAME --bucket BUCKET [--dry-run]
 #   ./build.sh setup                only create/refresh .venv
 #
 # The first call creates .venv from requirements.txt; later calls reuse it and reinstall only
@@ -90,6 +92,16 @@ case "$cmd" in
         setup
         run_py -m telemetry simulate "$@"
         ;;
+    package)
+        setup
+        cd "$ROOT"
+        run_py -m telemetry package "$@"
+        ;;
+    deploy)
+        setup
+        cd "$ROOT"
+        run_py -m telemetry deploy "$@"
+        ;;
     bench)
         setup
         run_py "$ROOT/tests/bench.py" "$@"
@@ -101,7 +113,7 @@ case "$cmd" in
         run_py -m pytest "$@"
         ;;
     ""|-h|--help|help)
-        sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//'
+        sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'
         ;;
     *)
         die "unknown command '$cmd' (try ./build.sh help)"

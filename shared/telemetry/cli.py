@@ -85,6 +85,68 @@ def _uploader(args: argparse.Namespace) -> int:
     return 0 if left == 0 else 1
 
 
+def _package(args: argparse.Namespace) -> int:
+    from .package import package
+
+    made = package(args.arch, out=args.out, config=args.config)
+    for p in made:
+        print(f"{p.path}  {p.size / 1e6:6.1f} MB  sha256 {p.sha256[:16]}")
+    return 0
+
+
+def _deploy(args: argparse.Namespace) -> int:
+    from .config import load_config
+    from .deploy import Deployer, DeployError, plan, target_arn, validate
+    from .package import REPO, package
+    from .recipes import check_recipes, load_recipes
+
+    config = Path(args.config or REPO / "vehicles" / "sample" / "vehicle.toml")
+    cfg = load_config(config)
+    recipes = check_recipes(load_recipes(REPO / "recipes", REPO))  # refused here, before any request
+    region, account = args.region, args.account
+    if not args.dry_run:
+        import boto3
+
+        session = boto3.session.Session(region_name=region)
+        region = session.region_name
+        if not region:
+            raise DeployError("no AWS region: give --region or set AWS_REGION")
+        if not account:
+            from botocore.exceptions import BotoCoreError, ClientError
+
+            try:
+                account = session.client("sts").get_caller_identity()["Account"]
+            except (BotoCoreError, ClientError) as exc:
+                raise DeployError(f"cannot tell the AWS account ({exc}); check your credentials") from exc
+    region = region or "us-east-1"
+    account = account or "123456789012"
+    made = {p.recipe.name: p.path for p in package(args.arch, out=args.out, config=config)}
+    role = args.role_arn or f"arn:aws:iam::{account}:role/telemetry-lambda"
+    the_plan = plan(recipes, cfg, made, region=region, account=account, bucket=args.bucket, role_arn=role,
+                    target_arn=target_arn(region, account, thing=args.thing, thing_group=args.thing_group),
+                    arch=args.arch, legacy=args.legacy)
+    problems = validate(the_plan)
+    if problems:
+        raise DeployError("the requests would be refused:\n  " + "\n  ".join(problems))
+    written = the_plan.write(Path(args.out) / "requests")
+    for service, operation, params in the_plan.requests():
+        target = params.get("FunctionName") or params.get("lambdaFunction", {}).get("componentName") \
+            or params.get("targetArn") or params.get("Key")
+        print(f"{service:<13} {operation:<23} {target}")
+    for note in the_plan.notes:
+        print(f"note: {note}")
+    print(f"{len(written)} requests written to {Path(args.out) / 'requests'}; all pass botocore's validation")
+    if args.dry_run:
+        return 0
+    import boto3
+
+    session = boto3.session.Session(region_name=region)
+    deployer = Deployer(session.client("s3"), session.client("lambda"), session.client("greengrassv2"))
+    deployment_id = deployer.deploy(the_plan)
+    print(f"deployment id: {deployment_id}")
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="telemetry", description=__doc__.splitlines()[0])
     p.add_argument("--debug", action="store_true", help="show tracebacks and debug logging")
@@ -114,6 +176,27 @@ def parser() -> argparse.ArgumentParser:
     u.add_argument("--client-id")
     u.add_argument("--drain", type=float, default=60.0, help="seconds to wait for the spool to empty at the end")
     u.set_defaults(func=_uploader)
+
+    k = sub.add_parser("package", help="build one deployment zip per Lambda function")
+    k.add_argument("--arch", choices=["x86_64", "aarch64"], default="aarch64", help="the core device's CPU")
+    k.add_argument("--out", default="build")
+    k.add_argument("--config", help="vehicle configuration to bundle (default: the sample car's)")
+    k.set_defaults(func=_package)
+
+    y = sub.add_parser("deploy", help="deploy the four Lambda components to a core device (boto3)")
+    where = y.add_mutually_exclusive_group(required=True)
+    where.add_argument("--thing-group")
+    where.add_argument("--thing")
+    y.add_argument("--bucket", required=True, help="S3 bucket for the function zips")
+    y.add_argument("--role-arn", help="the Lambda functions' execution role (default: role/telemetry-lambda)")
+    y.add_argument("--region")
+    y.add_argument("--account", help="AWS account id (default: asked of STS)")
+    y.add_argument("--arch", choices=["x86_64", "aarch64"], default="aarch64")
+    y.add_argument("--config", help="vehicle configuration (default: the sample car's)")
+    y.add_argument("--out", default="build")
+    y.add_argument("--legacy", action="store_true", help="publish with greengrasssdk through the LegacySubscriptionRouter")
+    y.add_argument("--dry-run", action="store_true", help="print the plan and write the requests; call no AWS API")
+    y.set_defaults(func=_deploy)
 
     s = sub.add_parser("simulate", help="record a simulated drive of the sample vehicle")
     s.add_argument("--out", default=str(SAMPLE / "drive.log"))

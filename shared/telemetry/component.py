@@ -66,7 +66,14 @@ class Services:
         env = dict(os.environ if env is None else env)
         config = load_config(env.get("TELEMETRY_CONFIG", "vehicle.toml"))
         client = GreengrassCoreIPCClientV2()
-        return cls(IpcLocalTransport(client), IpcCloudTransport(client), config, SystemClock(), env)
+        cloud: CloudTransport = IpcCloudTransport(client)
+        if env.get("TELEMETRY_CLOUD") == "legacy":
+            import greengrasssdk
+
+            from .transport import LegacyCloudTransport
+
+            cloud = LegacyCloudTransport(greengrasssdk.client("iot-data"))
+        return cls(IpcLocalTransport(client), cloud, config, SystemClock(), env)
 
 
 def on_greengrass(env: Mapping[str, str] | None = None) -> bool:

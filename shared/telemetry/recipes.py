@@ -167,11 +167,10 @@ def import_handler(recipe: Recipe, module_name: str | None = None) -> tuple[Modu
 
 
 @cache
-def _models() -> tuple[Any, Any]:
+def _model(service: str) -> Any:
     import botocore.session
 
-    session = botocore.session.get_session()
-    return session.get_service_model("greengrassv2"), session.get_service_model("lambda")
+    return botocore.session.get_session().get_service_model(service)
 
 
 def _shape_problems(shape: Any, value: Any, where: str) -> list[str]:
@@ -210,25 +209,28 @@ def _shape_problems(shape: Any, value: Any, where: str) -> list[str]:
     return problems
 
 
+def request_problems(service: str, operation: str, params: Mapping[str, Any]) -> list[str]:
+    """What the AWS API would refuse in a request, checked offline against botocore's model of
+    the operation: ParamValidator (required members, types, minimums) plus enums, maximums and
+    patterns, which ParamValidator does not check."""
+    from botocore.validate import ParamValidator
+
+    shape = _model(service).operation_model(operation).input_shape
+    problems = []
+    report = ParamValidator().validate(params, shape)
+    if report.has_errors():
+        problems += [line.strip() for line in report.generate_report().splitlines() if line.strip()]
+    return problems + _shape_problems(shape, params, "")
+
+
 def service_model_problems(recipe: Recipe) -> list[str]:
     """Check the recipe's two halves against the real request models of CreateComponentVersion
     and Lambda CreateFunction, as the AWS API would, offline."""
-    from botocore.validate import ParamValidator
-
-    greengrass, lambda_ = _models()
-    problems = []
     checks = [
-        (greengrass.operation_model("CreateComponentVersion").input_shape,
-         recipe.create_component_version_input(PLACEHOLDER_ARN), "lambdaFunction"),
-        (lambda_.operation_model("CreateFunction").input_shape,
-         recipe.create_function_input(PLACEHOLDER_ROLE, {"ZipFile": b"zip"}), "function"),
+        ("greengrassv2", "CreateComponentVersion", recipe.create_component_version_input(PLACEHOLDER_ARN), "lambdaFunction"),
+        ("lambda", "CreateFunction", recipe.create_function_input(PLACEHOLDER_ROLE, {"ZipFile": b"zip"}), "function"),
     ]
-    for shape, params, label in checks:
-        report = ParamValidator().validate(params, shape)
-        if report.has_errors():
-            problems += [f"{label}: {line.strip()}" for line in report.generate_report().splitlines() if line.strip()]
-        problems += [f"{label}: {p}" for p in _shape_problems(shape, params, "")]
-    return problems
+    return [f"{label}: {p}" for service, op, params, label in checks for p in request_problems(service, op, params)]
 
 
 def recipe_problems(recipe: Recipe, *, import_handlers: bool = True) -> list[str]:

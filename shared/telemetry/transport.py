@@ -173,3 +173,20 @@ class IpcCloudTransport:
 
     def close(self) -> None:
         pass  # the IPC client is shared; whoever created it closes it
+
+
+class LegacyCloudTransport:
+    """The V1 way: ``greengrasssdk.client("iot-data").publish``, routed to AWS IoT Core by the
+    LegacySubscriptionRouter component (its subscriptions come with the deployment). For teams
+    moving V1 Lambda functions over; IPC is the default. ``queueFullPolicy`` is AllOrException:
+    a full queue is an error the uploader retries, not a silent drop."""
+
+    def __init__(self, client: Any) -> None:
+        self._client = client
+
+    def publish(self, topic: str, payload: bytes) -> None:
+        with _sdk_errors(f"publish to {topic} (legacy)"):
+            self._client.publish(topic=topic, queueFullPolicy="AllOrException", payload=payload)
+
+    def close(self) -> None:
+        pass
