@@ -102,7 +102,8 @@ def _deploy(args: argparse.Namespace) -> int:
 
     config = Path(args.config or REPO / "vehicles" / "sample" / "vehicle.toml")
     cfg = load_config(config)
-    recipes = check_recipes(load_recipes(REPO / "recipes", REPO))  # refused here, before any request
+    recipes_dir = Path(args.recipes)
+    recipes = check_recipes(load_recipes(recipes_dir, recipes_dir.resolve().parent))  # refused here, before any request
     region, account = args.region, args.account
     if not args.dry_run:
         import boto3
@@ -120,7 +121,7 @@ def _deploy(args: argparse.Namespace) -> int:
                 raise DeployError(f"cannot tell the AWS account ({exc}); check your credentials") from exc
     region = region or "us-east-1"
     account = account or "123456789012"
-    made = {p.recipe.name: p.path for p in package(args.arch, out=args.out, config=config)}
+    made = {p.recipe.name: p.path for p in package(args.arch, out=args.out, config=config, recipes_dir=recipes_dir)}
     role = args.role_arn or f"arn:aws:iam::{account}:role/telemetry-lambda"
     the_plan = plan(recipes, cfg, made, region=region, account=account, bucket=args.bucket, role_arn=role,
                     target_arn=target_arn(region, account, thing=args.thing, thing_group=args.thing_group),
@@ -196,6 +197,7 @@ def parser() -> argparse.ArgumentParser:
     y.add_argument("--out", default="build")
     y.add_argument("--legacy", action="store_true", help="publish with greengrasssdk through the LegacySubscriptionRouter")
     y.add_argument("--dry-run", action="store_true", help="print the plan and write the requests; call no AWS API")
+    y.add_argument("--recipes", default=str(SAMPLE.parents[1] / "recipes"), help=argparse.SUPPRESS)
     y.set_defaults(func=_deploy)
 
     s = sub.add_parser("simulate", help="record a simulated drive of the sample vehicle")

@@ -1,0 +1,254 @@
+"""Deployment: the requests built from recipes/ pass botocore's validation and grant exactly the
+topics each component uses; the whole deploy runs against botocore's Stubber in the exact order,
+and each failure path ends in a clear error. The legacy transport goes through the real
+greengrasssdk code down to its IPC client."""
+
+from __future__ import annotations
+
+import base64
+import datetime
+import json
+import sys
+import types
+from pathlib import Path
+from unittest import mock
+
+import boto3
+import pytest
+from botocore.stub import ANY, Stubber
+
+from telemetry.config import load_config
+from telemetry.deploy import Deployer, DeployError, access_control, plan, target_arn, validate
+from telemetry.recipes import check_recipes, load_recipes
+
+ROOT = Path(__file__).resolve().parents[2]
+REGION, ACCOUNT = "eu-west-1", "111122223333"
+
+
+@pytest.fixture
+def recipes():
+    return check_recipes(load_recipes(ROOT / "recipes"))
+
+
+@pytest.fixture
+def cfg():
+    return load_config(ROOT / "vehicles/sample/vehicle.toml")
+
+
+def make_plan(recipes, cfg, tmp_path, **kw):
+    zips = {}
+    for r in recipes:
+        path = tmp_path / f"{r.function['FunctionName']}.zip"
+        path.write_bytes(b"PK fake zip of " + r.name.encode())
+        zips[r.name] = path
+    return plan(recipes, cfg, zips, region=REGION, account=ACCOUNT, bucket="fleet-artifacts",
+                role_arn=f"arn:aws:iam::{ACCOUNT}:role/telemetry-lambda",
+                target_arn=target_arn(REGION, ACCOUNT, thing_group="racecars"), arch="aarch64", **kw)
+
+
+def test_every_request_passes_botocore_validation(recipes, cfg, tmp_path):
+    for legacy in (False, True):
+        p = make_plan(recipes, cfg, tmp_path, legacy=legacy)
+        assert validate(p) == []
+        ops = [op for _, op, _ in p.requests()]
+        assert ops.count("CreateFunction") == ops.count("UpdateFunctionCode") == ops.count("CreateComponentVersion") == 4
+        assert ops[-1] == "CreateDeployment"
+
+
+def test_validation_catches_what_the_api_would_refuse(recipes, cfg, tmp_path):
+    p = make_plan(recipes, cfg, tmp_path)
+    p.functions[0].create["Role"] = "not-an-arn"
+    p.functions[0].create["Runtime"] = "python9"
+    p.deployment["deploymentPolicies"]["failureHandlingPolicy"] = "PANIC"
+    problems = "\n".join(validate(p))
+    assert "Role" in problems and "'python9' is not one of" in problems and "'PANIC' is not one of" in problems
+
+
+def test_access_control_names_exactly_the_topics_each_component_publishes_to(recipes, cfg, tmp_path):
+    by_name = {r.name: r for r in recipes}
+    assert access_control(by_name["telemetry.CanReader"], cfg) == {"aws.greengrass.ipc.pubsub": {
+        "telemetry.CanReader:pubsub:1": {"policyDescription": ANY, "operations": ["aws.greengrass#PublishToTopic"],
+                                         "resources": ["telemetry/signals"]}}}
+    assert access_control(by_name["telemetry.Aggregator"], cfg)["aws.greengrass.ipc.pubsub"][
+        "telemetry.Aggregator:pubsub:1"]["resources"] == ["telemetry/aggregates"]
+    uploader = access_control(by_name["telemetry.Uploader"], cfg)
+    assert set(uploader) == {"aws.greengrass.ipc.mqttproxy"}
+    proxy = uploader["aws.greengrass.ipc.mqttproxy"]["telemetry.Uploader:mqttproxy:1"]
+    assert proxy["operations"] == ["aws.greengrass#PublishToIoTCore"]
+    assert proxy["resources"] == ["dt/sunrace-01/aggregates", "dt/sunrace-01/alerts", "dt/sunrace-01/gaps", "dt/sunrace-01/health"]
+    # no wildcard anywhere: least privilege
+    p = make_plan(recipes, cfg, tmp_path)
+    merges = [json.loads(c["configurationUpdate"]["merge"]) for c in p.deployment["components"].values()]
+    resources = [r for m in merges for service in m["accessControl"].values() for policy in service.values()
+                 for r in policy["resources"]]
+    assert len(resources) == 3 + 4 and not any(c in r for r in resources for c in "#+*")
+
+
+def test_the_legacy_path_adds_the_subscription_router(recipes, cfg, tmp_path):
+    p = make_plan(recipes, cfg, tmp_path, legacy=True)
+    router = p.deployment["components"]["aws.greengrass.LegacySubscriptionRouter"]
+    subs = json.loads(router["configurationUpdate"]["merge"])["subscriptions"]
+    (sub,) = subs.values()
+    assert sub == {"id": sub["id"], "source": "component:telemetry.Uploader", "subject": "dt/sunrace-01/#", "target": "cloud"}
+    uploader = next(c for c in p.components if c["lambdaFunction"]["componentName"] == "telemetry.Uploader")
+    assert uploader["lambdaFunction"]["componentLambdaParameters"]["environmentVariables"]["TELEMETRY_CLOUD"] == "legacy"
+
+
+def test_target_arn_needs_exactly_one_target():
+    assert target_arn(REGION, ACCOUNT, thing="car-01") == f"arn:aws:iot:{REGION}:{ACCOUNT}:thing/car-01"
+    with pytest.raises(DeployError, match="exactly one"):
+        target_arn(REGION, ACCOUNT, thing="a", thing_group="b")
+
+
+# -- the whole deploy against botocore's Stubber -------------------------------------------------
+
+
+def clients():
+    session = boto3.session.Session(aws_access_key_id="AKIDEXAMPLE", aws_secret_access_key="secret", region_name=REGION)
+    return session.client("s3"), session.client("lambda"), session.client("greengrassv2")
+
+
+def function_config(name, version, state="Active", update="Successful"):
+    return {"FunctionName": name, "Version": version, "State": state, "LastUpdateStatus": update}
+
+
+def not_found(stub, name):
+    stub.add_client_error("get_function", "ResourceNotFoundException", "Function not found", 404,
+                          expected_params={"FunctionName": name})
+
+
+def stub_deploy(p, s3s, lams, ggs, *, existing=(), component_state=None, expired_at=None):
+    """Queue the exact calls of a deploy, in order, on each client's Stubber."""
+    for f in p.functions:
+        name = f.create["FunctionName"]
+        s3s.add_response("put_object", {}, {"Bucket": "fleet-artifacts", "Key": f.s3_key, "Body": ANY})
+        if name in existing:
+            lams.add_response("get_function", {"Configuration": {"FunctionName": name}}, {"FunctionName": name})
+            if expired_at == name:
+                lams.add_client_error("update_function_code", "ExpiredTokenException", "The security token included in the request is expired", 403)
+                return
+            lams.add_response("update_function_code", {"FunctionName": name, "Version": "7"}, f.update)
+            version = "7"
+        else:
+            not_found(lams, name)
+            if expired_at == name:
+                lams.add_client_error("create_function", "ExpiredTokenException", "The security token included in the request is expired", 403)
+                return
+            lams.add_response("create_function", {"FunctionName": name, "Version": "1"}, f.create)
+            version = "1"
+        lams.add_response("get_function_configuration", function_config(name, version, "Pending", "InProgress"),
+                          {"FunctionName": name, "Qualifier": version})
+        lams.add_response("get_function_configuration", function_config(name, version),
+                          {"FunctionName": name, "Qualifier": version})
+    for c in p.components:
+        name = c["lambdaFunction"]["componentName"]
+        version = "7" if any(f.recipe.name == name and f.create["FunctionName"] in existing for f in p.functions) else "1"
+        expected = json.loads(json.dumps(c))
+        expected["lambdaFunction"]["lambdaArn"] += f":{version}"
+        arn = f"arn:aws:greengrass:{REGION}:{ACCOUNT}:components:{name}:versions:1.0.0"
+        ggs.add_response("create_component_version", {"arn": arn, "componentName": name, "componentVersion": "1.0.0",
+                                                      "creationTimestamp": datetime.datetime(2026, 11, 26),
+                                                      "status": {"componentState": "REQUESTED"}}, expected)
+        ggs.add_response("describe_component", {"arn": arn, "status": {"componentState": "INITIATED"}}, {"arn": arn})
+        state = (component_state or {}).get(name, "DEPLOYABLE")
+        status = {"componentState": state}
+        if state == "FAILED":
+            status.update(message="Lambda function version not found", errors={"LAMBDA": "arn does not exist"})
+        ggs.add_response("describe_component", {"arn": arn, "status": status}, {"arn": arn})
+        if state == "FAILED":
+            return
+    ggs.add_response("create_deployment", {"deploymentId": "d-1234", "iotJobId": "job-1"}, p.deployment)
+
+
+def test_a_full_deploy_makes_the_exact_requests_in_order(recipes, cfg, tmp_path):
+    p = make_plan(recipes, cfg, tmp_path)
+    s3, lam, gg = clients()
+    with Stubber(s3) as s3s, Stubber(lam) as lams, Stubber(gg) as ggs:
+        stub_deploy(p, s3s, lams, ggs, existing={"telemetry-aggregator", "telemetry-can-reader"})
+        deployer = Deployer(s3, lam, gg, poll_seconds=0, sleep=lambda s: None)
+        assert deployer.deploy(p) == "d-1234"
+        s3s.assert_no_pending_responses()
+        lams.assert_no_pending_responses()
+        ggs.assert_no_pending_responses()
+    assert deployer.log == [
+        "uploaded s3://fleet-artifacts/lambda/telemetry-uploader/telemetry-uploader.zip",
+        "created telemetry-uploader, version 1",
+        "uploaded s3://fleet-artifacts/lambda/telemetry-aggregator/telemetry-aggregator.zip",
+        "updated telemetry-aggregator, version 7",
+        "uploaded s3://fleet-artifacts/lambda/telemetry-anomaly-detector/telemetry-anomaly-detector.zip",
+        "created telemetry-anomaly-detector, version 1",
+        "uploaded s3://fleet-artifacts/lambda/telemetry-can-reader/telemetry-can-reader.zip",
+        "updated telemetry-can-reader, version 7",
+        "component telemetry.Uploader 1.0.0 is deployable",
+        "component telemetry.Aggregator 1.0.0 is deployable",
+        "component telemetry.AnomalyDetector 1.0.0 is deployable",
+        "component telemetry.CanReader 1.0.0 is deployable",
+        f"deployment d-1234 created for arn:aws:iot:{REGION}:{ACCOUNT}:thinggroup/racecars",
+    ]
+
+
+def test_a_component_version_that_fails_stops_the_deploy_with_its_reason(recipes, cfg, tmp_path):
+    p = make_plan(recipes, cfg, tmp_path)
+    s3, lam, gg = clients()
+    with Stubber(s3) as s3s, Stubber(lam) as lams, Stubber(gg) as ggs:
+        stub_deploy(p, s3s, lams, ggs, component_state={"telemetry.Aggregator": "FAILED"})
+        deployer = Deployer(s3, lam, gg, poll_seconds=0, sleep=lambda s: None)
+        with pytest.raises(DeployError, match="component telemetry.Aggregator failed to become deployable: "
+                                              "Lambda function version not found LAMBDA: arn does not exist"):
+            deployer.deploy(p)
+        ggs.assert_no_pending_responses()  # and no deployment was created
+
+
+def test_expired_credentials_are_one_clear_message(recipes, cfg, tmp_path):
+    p = make_plan(recipes, cfg, tmp_path)
+    s3, lam, gg = clients()
+    with Stubber(s3) as s3s, Stubber(lam) as lams, Stubber(gg) as ggs:
+        stub_deploy(p, s3s, lams, ggs, existing={"telemetry-aggregator"}, expired_at="telemetry-aggregator")
+        deployer = Deployer(s3, lam, gg, poll_seconds=0, sleep=lambda s: None)
+        with pytest.raises(DeployError, match="function telemetry-aggregator: your AWS credentials have expired"):
+            deployer.deploy(p)
+        lams.assert_no_pending_responses()
+
+
+def test_a_function_that_fails_to_activate_is_reported(recipes, cfg, tmp_path):
+    p = make_plan(recipes, cfg, tmp_path)
+    s3, lam, gg = clients()
+    f = p.functions[0]
+    with Stubber(s3) as s3s, Stubber(lam) as lams:
+        s3s.add_response("put_object", {}, {"Bucket": "fleet-artifacts", "Key": f.s3_key, "Body": ANY})
+        not_found(lams, f.create["FunctionName"])
+        lams.add_response("create_function", {"FunctionName": "x", "Version": "1"}, f.create)
+        lams.add_response("get_function_configuration", {**function_config("x", "1", "Failed", "Failed"),
+                                                         "StateReason": "The role cannot be assumed"},
+                          {"FunctionName": f.create["FunctionName"], "Qualifier": "1"})
+        with pytest.raises(DeployError, match="failed: The role cannot be assumed"):
+            Deployer(s3, lam, gg, poll_seconds=0, sleep=lambda s: None).deploy(p)
+
+
+# -- the legacy V1 transport, through greengrasssdk's own code ----------------------------------
+
+
+def test_legacy_transport_publishes_through_greengrasssdk_to_the_router(monkeypatch):
+    ipc = mock.MagicMock()
+    fakes = {
+        "greengrass_common": types.ModuleType("greengrass_common"),
+        "greengrass_common.env_vars": types.SimpleNamespace(
+            SHADOW_FUNCTION_ARN="arn:shadow", ROUTER_FUNCTION_ARN="arn:router", MY_FUNCTION_ARN="arn:uploader",
+            SECRETS_MANAGER_FUNCTION_ARN="arn:secrets"),
+        "greengrass_common.function_arn_fields": types.SimpleNamespace(FunctionArnFields=mock.MagicMock()),
+        "greengrass_ipc_python_sdk": types.ModuleType("greengrass_ipc_python_sdk"),
+        "greengrass_ipc_python_sdk.ipc_client": types.SimpleNamespace(IPCClient=lambda endpoint=None: ipc, IPCException=Exception),
+    }
+    for name, module in fakes.items():
+        monkeypatch.setitem(sys.modules, name, module)
+    for name in [m for m in sys.modules if m.startswith("greengrasssdk")]:
+        monkeypatch.delitem(sys.modules, name)
+    import greengrasssdk
+
+    from telemetry.transport import LegacyCloudTransport
+
+    LegacyCloudTransport(greengrasssdk.client("iot-data")).publish("dt/car-01/alerts", b'{"v":1}')
+    function_arn, payload, context, invocation = ipc.post_work.call_args.args
+    assert (function_arn, payload, invocation) == ("arn:router", b'{"v":1}', "Event")
+    assert json.loads(base64.b64decode(context)) == {
+        "custom": {"source": "arn:uploader", "subject": "dt/car-01/alerts", "queueFullPolicy": "AllOrError"}}
