@@ -6,6 +6,7 @@
 #   ./build.sh replay LOG --dbc DBC [--dbc DBC ...] [--config FILE] --out DIR [--speed X]
 #   ./build.sh simulate [--out LOG] regenerate the sample drive recording
 #   ./build.sh bench [--repeat N]   throughput of the aggregator and detector vs per-sample loops
+#   ./build.sh memory               peak memory of each component (what the recipes' limits rest on)
 #   ./build.sh package [--arch x86_64|aarch64] [--out build/]   one deployment zip per function
 #   ./build.sh deploy --thing-group NAME|--thing NAME --bucket BUCKET [--dry-run]
 #   ./build.sh setup                only create/refresh .venv
@@ -106,6 +107,10 @@ case "$cmd" in
         setup
         run_py "$ROOT/tests/bench.py" "$@"
         ;;
+    memory)
+        setup
+        run_py "$ROOT/tests/memory.py" "$@"
+        ;;
     test)
         setup
         test_tools
@@ -113,7 +118,7 @@ case "$cmd" in
         run_py -m pytest "$@"
         ;;
     ""|-h|--help|help)
-        sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'
+        sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'
         ;;
     *)
         die "unknown command '$cmd' (try ./build.sh help)"

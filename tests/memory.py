@@ -1,0 +1,121 @@
+"""Peak memory of each component, measured alone in its own process on the sample drive, the
+way it runs on a core device (one Python process per Lambda function). The recipes' memory
+settings are these figures with 50 % headroom, rounded up to 16 MB.
+
+    ./build.sh memory
+
+Each child imports what its handler imports on the device (the IPC client included), processes
+the whole drive, and reports its peak resident set size (``VmHWM`` of /proc/self/status;
+``ru_maxrss`` would count the parent that forked it).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+CHILD = r'''
+import json, sys, tempfile, threading
+from pathlib import Path
+sys.modules["asammdf"] = None  # not in the deployment zip (requirements-lambda.txt): as on the device
+import awsiot.greengrasscoreipc.clientv2  # imported by every function on the device
+from telemetry.clock import SystemClock
+from telemetry.component import Services
+from telemetry.config import load_config
+from telemetry.transport import InMemoryCloudTransport
+which, root, inputs = sys.argv[1], Path(sys.argv[2]), sys.argv[3]
+cfg = load_config(root / "vehicles/sample/vehicle.toml")
+
+class Sink:
+    """What a component publishes leaves its process: keep nothing."""
+    def publish(self, topic, message): pass
+    def subscribe(self, topic, handler): pass
+    def close(self): pass
+
+env = {"TELEMETRY_OUTPUT_TOPIC": "t", "TELEMETRY_LOG": str(root / "vehicles/sample/drive.log"),
+       "TELEMETRY_SPOOL": tempfile.mktemp(suffix=".db")}
+services = Services(Sink(), InMemoryCloudTransport(), cfg, SystemClock(), env)
+if which == "reader":
+    from telemetry.reader import CanReaderComponent
+    CanReaderComponent(services).run(threading.Event())
+else:
+    if which == "aggregator":
+        from telemetry.windows import AggregatorComponent as C
+    elif which == "detector":
+        from telemetry.rules import AnomalyDetectorComponent as C
+    else:
+        from telemetry.uploader import UploaderComponent as C
+        services.cloud = type("Drop", (), {"publish": lambda self, t, p: None, "close": lambda self: None})()
+    component = C(services)
+    with open(inputs) as f:
+        for line in f:  # one invocation per message, as the nucleus delivers them
+            component.handle(json.loads(line))
+    if which == "uploader":
+        while component.pending():
+            component.sender.step()
+# VmHWM, not ru_maxrss: Linux carries ru_maxrss over an exec from the parent that forked us
+peak_kb = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM:"))
+print(json.dumps({"component": which, "peak_mb": peak_kb / 1024}))
+'''
+
+
+def inputs(folder: Path) -> dict[str, Path]:
+    """What each component receives on the sample drive, as JSON lines: the reader's batches,
+    and the aggregates and alerts made of them."""
+    import threading
+
+    from telemetry.clock import SystemClock
+    from telemetry.component import Services
+    from telemetry.config import load_config
+    from telemetry.reader import CanReaderComponent
+    from telemetry.rules import AnomalyDetectorComponent
+    from telemetry.transport import InMemoryCloudTransport, InMemoryLocalTransport
+    from telemetry.windows import AggregatorComponent
+
+    cfg = load_config(ROOT / "vehicles/sample/vehicle.toml")
+    bus = InMemoryLocalTransport()
+    env = {"TELEMETRY_LOG": str(ROOT / "vehicles/sample/drive.log")}
+    s = lambda topic: Services(bus, InMemoryCloudTransport(), cfg, SystemClock(), {**env, "TELEMETRY_OUTPUT_TOPIC": topic})  # noqa: E731
+    aggregator, detector = AggregatorComponent(s("out")), AnomalyDetectorComponent(s("out"))
+    bus.subscribe("signals", aggregator.handle)
+    bus.subscribe("signals", detector.handle)
+    CanReaderComponent(s("signals")).run(threading.Event())
+    paths = {"signals": folder / "signals.jsonl", "out": folder / "out.jsonl"}
+    for topic, path in paths.items():
+        path.write_text("".join(json.dumps(m) + "\n" for m in bus.messages(topic)))
+    return paths
+
+
+def main() -> int:
+    print("peak resident memory, each component alone in its own process, on the sample drive:")
+    import tempfile
+
+    results = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        paths = inputs(Path(tmp))
+        feeds = {"reader": "", "aggregator": paths["signals"], "detector": paths["signals"], "uploader": paths["out"]}
+        for which, feed in feeds.items():
+            out = subprocess.run([sys.executable, "-c", CHILD, which, str(ROOT), str(feed)],
+                                 capture_output=True, text=True, check=True)
+            results[which] = json.loads(out.stdout.strip().splitlines()[-1])["peak_mb"]
+    recipe_of = {"reader": "can_reader", "aggregator": "aggregator", "detector": "anomaly_detector", "uploader": "uploader"}
+    print(f"{'component':<12}{'peak MB':>10}{'+50 %, in 16 MB steps':>24}{'recipe memorySizeInKB':>24}")
+    ok = True
+    for which, peak in results.items():
+        want = int(math.ceil(peak * 1.5 / 16) * 16)
+        recipe = json.loads((ROOT / "recipes" / f"{recipe_of[which]}.json").read_text())
+        kb = recipe["lambdaFunction"]["componentLambdaParameters"]["linuxProcessParams"]["containerParams"]["memorySizeInKB"]
+        flag = "" if kb >= want * 1024 else "   <- update the recipe"
+        ok &= not flag
+        print(f"{which:<12}{peak:>10.1f}{want:>24}{kb:>24}{flag}")
+    print("(Lambda's own MemorySize stays at its minimum, 128: Greengrass applies memorySizeInKB)")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
