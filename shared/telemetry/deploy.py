@@ -44,6 +44,7 @@ class FunctionPlan:
     zip_path: Path
     s3_key: str
     create: dict[str, Any]
+    configure: dict[str, Any]  # UpdateFunctionConfiguration, for a function that exists already
     update: dict[str, Any]
     function_arn: str
 
@@ -62,6 +63,7 @@ class Plan:
         for f in self.functions:
             out.append(("s3", "PutObject", {"Bucket": self.bucket, "Key": f.s3_key, "Body": f"<{f.zip_path.name}>"}))
             out.append(("lambda", "CreateFunction", f.create))
+            out.append(("lambda", "UpdateFunctionConfiguration", f.configure))
             out.append(("lambda", "UpdateFunctionCode", f.update))
         for c in self.components:
             params = json.loads(json.dumps(c))
@@ -130,9 +132,10 @@ def plan(
         settings = {k: v for k, v in recipe.function.items()}
         create = {**settings, "Role": role_arn, "Code": {"S3Bucket": bucket, "S3Key": key},
                   "Architectures": [lambda_arch], "Publish": True}
+        configure = {**settings, "Role": role_arn}
         update = {"FunctionName": name, "S3Bucket": bucket, "S3Key": key, "Architectures": [lambda_arch], "Publish": True}
         arn = FUNCTION_ARN.format(region=region, account=account, name=name)
-        functions.append(FunctionPlan(recipe, zip_path, key, create, update, arn))
+        functions.append(FunctionPlan(recipe, zip_path, key, create, configure, update, arn))
         lambda_function = json.loads(json.dumps(dict(recipe.lambda_function)))
         if legacy and recipe.name.endswith("Uploader"):
             env = lambda_function["componentLambdaParameters"].setdefault("environmentVariables", {})
@@ -224,8 +227,13 @@ class Deployer:
                     if exc.response["Error"]["Code"] != "ResourceNotFoundException":
                         raise
                     exists = False
-                response = (self.lambda_.update_function_code(**f.update) if exists
-                            else self.lambda_.create_function(**f.create))
+                if exists:
+                    # settings first (timeout, handler, ...), then the code, published as a version
+                    self.lambda_.update_function_configuration(**f.configure)
+                    self._wait_function(name, "$LATEST")
+                    response = self.lambda_.update_function_code(**f.update)
+                else:
+                    response = self.lambda_.create_function(**f.create)
                 version = response["Version"]
                 self._wait_function(name, version)
             except ClientError as exc:

@@ -52,6 +52,7 @@ def test_every_request_passes_botocore_validation(recipes, cfg, tmp_path):
         assert validate(p) == []
         ops = [op for _, op, _ in p.requests()]
         assert ops.count("CreateFunction") == ops.count("UpdateFunctionCode") == ops.count("CreateComponentVersion") == 4
+        assert ops.count("UpdateFunctionConfiguration") == 4
         assert ops[-1] == "CreateDeployment"
 
 
@@ -125,8 +126,12 @@ def stub_deploy(p, s3s, lams, ggs, *, existing=(), component_state=None, expired
         if name in existing:
             lams.add_response("get_function", {"Configuration": {"FunctionName": name}}, {"FunctionName": name})
             if expired_at == name:
-                lams.add_client_error("update_function_code", "ExpiredTokenException", "The security token included in the request is expired", 403)
+                lams.add_client_error("update_function_configuration", "ExpiredTokenException",
+                                      "The security token included in the request is expired", 403)
                 return
+            lams.add_response("update_function_configuration", {"FunctionName": name}, f.configure)
+            lams.add_response("get_function_configuration", function_config(name, "$LATEST"),
+                              {"FunctionName": name, "Qualifier": "$LATEST"})
             lams.add_response("update_function_code", {"FunctionName": name, "Version": "7"}, f.update)
             version = "7"
         else:
