@@ -114,10 +114,6 @@ class Rule:
     window_seconds: float = 5.0
 
 
-# Kept for callers of the first cut.
-LimitRule = Rule
-
-
 @dataclass(frozen=True)
 class VehicleConfig:
     vehicle: str

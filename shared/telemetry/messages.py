@@ -147,19 +147,6 @@ def flat_signals(event: Mapping[str, Any]) -> FlatBatch:
     return FlatBatch(names, np.repeat(np.arange(len(names)), lengths), t, v)
 
 
-def signal_columns(event: Mapping[str, Any]) -> dict[str, SignalColumns]:
-    """The columns of a (parsed) signals message as float64 arrays."""
-    out: dict[str, SignalColumns] = {}
-    for name, column in event["signals"].items():
-        try:
-            t = np.asarray(column["t"], dtype=np.float64)
-            v = np.asarray(column["v"], dtype=np.float64)
-        except (TypeError, ValueError) as exc:
-            raise MessageError(f"signal {name!r} has non-numeric data: {exc}") from None
-        out[name] = SignalColumns(t, v)
-    return out
-
-
 def signals_message(
     *,
     source: str,

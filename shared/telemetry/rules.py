@@ -539,10 +539,6 @@ def _finite(value: float) -> float | None:
     return value if math.isfinite(value) else None
 
 
-# Kept for the first cut's callers.
-LimitDetector = Detector
-
-
 class AnomalyDetectorComponent(MessageComponent):
     accepts = (messages.SIGNALS, messages.END_OF_STREAM)
 

@@ -15,7 +15,7 @@ def test_signals_round_trip():
     cols = columns(**{"A.x": ([1.0, 2.0], [3.0, 4.0])})
     msg = messages.signals_message(source="s", seq=1, start=1.0, end=2.0, frames={"read": 2, "decoded": 2}, signals=cols)
     parsed = messages.parse(msg, messages.SIGNALS)
-    got = messages.signal_columns(parsed)
+    got = messages.flat_signals(parsed).columns()
     assert got["A.x"].t.tolist() == [1.0, 2.0] and got["A.x"].v.tolist() == [3.0, 4.0]
     assert msg["v"] == 1 and msg["kind"] == "signals"
     assert set(msg["frames"]) == set(messages.FRAME_COUNTERS)
@@ -43,7 +43,7 @@ def test_malformed_messages_are_refused_with_a_reason(event, reason):
 def test_non_numeric_values_are_refused():
     event = {"v": 1, "kind": "signals", "span": {"start": 0, "end": 1}, "signals": {"A.x": {"t": [1], "v": ["hot"]}}}
     with pytest.raises(MessageError, match="non-numeric"):
-        messages.signal_columns(messages.parse(event))
+        messages.flat_signals(messages.parse(event))
 
 
 def test_nan_is_refused_at_the_sender():
