@@ -123,6 +123,7 @@ class Sender:
         self.publishes = TokenBucket(cfg.max_publishes_per_second, max(1.0, cfg.max_publishes_per_second), clock)
         self.bandwidth = TokenBucket(cfg.max_bytes_per_second, max(cfg.max_bytes_per_second, cfg.max_payload_bytes), clock)
         self.sent_log: deque[tuple[float, int]] = deque()  # (monotonic time, bytes) of the last hour
+        self._sent_last_hour = 0
         self.stats: Counter[str] = Counter()
         self.wake = threading.Event()
         self.failures = 0  # consecutive
@@ -136,8 +137,8 @@ class Sender:
     def budget_used(self) -> int:
         hour_ago = self.clock.monotonic() - 3600.0
         while self.sent_log and self.sent_log[0][0] < hour_ago:
-            self.sent_log.popleft()
-        return sum(b for _, b in self.sent_log)
+            self._sent_last_hour -= self.sent_log.popleft()[1]
+        return self._sent_last_hour
 
     def over_budget(self) -> bool:
         return bool(self.cfg.budget_bytes_per_hour) and self.budget_used() >= self.cfg.budget_bytes_per_hour
@@ -194,6 +195,7 @@ class Sender:
             self.drops.pop(i, None)
         self.spool.ack(ids)
         self.sent_log.append((self.clock.monotonic(), len(payload)))
+        self._sent_last_hour += len(payload)
         self.stats["bundles_sent"] += 1
         self.stats["messages_sent"] += len(entries)
         self.stats[f"sent_{entries[0].kind}"] += len(entries)
