@@ -193,6 +193,9 @@ def _client_error(exc: Exception, doing: str) -> DeployError:
     message = getattr(exc, "response", {}).get("Error", {}).get("Message", str(exc))
     if code in ("ExpiredToken", "ExpiredTokenException", "RequestExpired"):
         return DeployError(f"{doing}: your AWS credentials have expired ({code}); refresh them and run again")
+    if code == "ConflictException" and doing.startswith("component"):
+        return DeployError(f"{doing}: this componentVersion exists already ({message}); "
+                           "bump componentVersion in its recipe to deploy new code")
     if code in ("AccessDenied", "AccessDeniedException", "UnrecognizedClientException"):
         return DeployError(f"{doing}: not allowed ({code}: {message}); see the deployer's IAM policy in the README")
     return DeployError(f"{doing}: {code or type(exc).__name__}: {message}")

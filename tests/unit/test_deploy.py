@@ -215,6 +215,22 @@ def test_expired_credentials_are_one_clear_message(recipes, cfg, tmp_path):
         lams.assert_no_pending_responses()
 
 
+def test_an_existing_component_version_asks_for_a_version_bump(recipes, cfg, tmp_path):
+    p = make_plan(recipes, cfg, tmp_path)
+    p.functions, p.components = p.functions[:1], p.components[:1]
+    s3, lam, gg = clients()
+    with Stubber(s3) as s3s, Stubber(lam) as lams, Stubber(gg) as ggs:
+        f = p.functions[0]
+        s3s.add_response("put_object", {}, {"Bucket": "fleet-artifacts", "Key": f.s3_key, "Body": ANY})
+        not_found(lams, f.create["FunctionName"])
+        lams.add_response("create_function", {"FunctionName": "x", "Version": "1"}, f.create)
+        lams.add_response("get_function_configuration", function_config("x", "1"),
+                          {"FunctionName": f.create["FunctionName"], "Qualifier": "1"})
+        ggs.add_client_error("create_component_version", "ConflictException", "Component version already exists", 409)
+        with pytest.raises(DeployError, match="bump componentVersion in its recipe"):
+            Deployer(s3, lam, gg, poll_seconds=0, sleep=lambda s: None).deploy(p)
+
+
 def test_a_function_that_fails_to_activate_is_reported(recipes, cfg, tmp_path):
     p = make_plan(recipes, cfg, tmp_path)
     s3, lam, gg = clients()
