@@ -101,14 +101,8 @@ class MessageComponent:
 
     def handle(self, event: Any) -> None:
         try:
-            message = messages.parse(event, *self.accepts)
-        except MessageError as exc:
-            self.stats["malformed"] += 1
-            LOG.warning("%s: dropped malformed message: %s", type(self).__name__, exc)
-            return
-        try:
-            self.on_message(message)
-        except MessageError as exc:
+            self.on_message(messages.parse(event, *self.accepts))
+        except MessageError as exc:  # from parse, or from reading the columns of a message
             self.stats["malformed"] += 1
             LOG.warning("%s: dropped malformed message: %s", type(self).__name__, exc)
 

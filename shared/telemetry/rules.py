@@ -140,6 +140,23 @@ def _matches(name: str, patterns: tuple[str, ...]) -> bool:
     return any(fnmatch.fnmatchcase(name, p) for p in patterns)
 
 
+class _Index:
+    """Names numbered in the order first seen, with one float per name (NaN until set)."""
+
+    def __init__(self) -> None:
+        self.names: list[str] = []
+        self._numbers: dict[str, int] = {}
+        self.values = np.empty(0)
+
+    def number(self, name: str) -> int:
+        n = self._numbers.get(name)
+        if n is None:
+            n = self._numbers[name] = len(self.names)
+            self.names.append(name)
+            self.values = np.append(self.values, np.nan)
+        return n
+
+
 class LimitEvaluator(_Evaluator):
     def metrics(self, batch, frames, now, hot):
         sel = self.select(batch)
@@ -193,18 +210,10 @@ class StaleEvaluator(_Evaluator):
 
     def __init__(self, rule: Rule) -> None:
         super().__init__(rule)
-        self.keys: list[str] = []
-        self._key_of: dict[str, int] = {}
-        self.last_seen = np.empty(0)
+        self.seen = _Index()  # per key: when it was last seen
 
     def key_number(self, signal: str) -> int:
-        key = signal.split(".", 1)[0] if self.rule.scope == "message" else signal
-        number = self._key_of.get(key)
-        if number is None:
-            number = self._key_of[key] = len(self.keys)
-            self.keys.append(key)
-            self.last_seen = np.append(self.last_seen, np.nan)
-        return number
+        return self.seen.number(signal.split(".", 1)[0] if self.rule.scope == "message" else signal)
 
     def metrics(self, batch, frames, now, hot):
         timeout = self.rule.timeout
@@ -216,24 +225,25 @@ class StaleEvaluator(_Evaluator):
             k, t = _by_key_then_time(key_of_name[sel[0]], sel[1])
             first = np.concatenate(([True], k[1:] != k[:-1]))
             prev = np.concatenate(([np.nan], t[:-1]))
-            prev[first] = self.last_seen[k[first]]
+            prev[first] = self.seen.values[k[first]]
             gaps = t - prev
             inside = gaps > timeout  # silences that ended inside this batch
             gap_key, gap_at, gap_len, return_at = k[inside], prev[inside] + timeout, gaps[inside], t[inside]
             last = np.append(np.flatnonzero(first)[1:], len(k)) - 1
-            self.last_seen[k[last]] = t[last]
-        age = now - self.last_seen
+            self.seen.values[k[last]] = t[last]
+        last_seen = self.seen.values
+        age = now - last_seen
         over = np.flatnonzero(age > timeout)
         if not hot and not len(gap_key) and not len(over):
             return None
         # points: each silence inside the batch (stale from prev + timeout, back at its return),
         # then every key's age at the end of the batch
-        known = np.flatnonzero(~np.isnan(self.last_seen))
+        known = np.flatnonzero(~np.isnan(last_seen))
         k = np.concatenate((gap_key, gap_key, known))
-        t = np.concatenate((gap_at, return_at, np.maximum(np.full(len(known), now), self.last_seen[known])))
+        t = np.concatenate((gap_at, return_at, np.maximum(np.full(len(known), now), last_seen[known])))
         age_points = np.concatenate((gap_len, np.zeros(len(gap_key)), np.maximum(age[known], 0.0)))
         k, t, age_points = _by_key_then_time(k, t, age_points)
-        return Metrics(list(self.keys), k, t, age_points - timeout, age_points, {"timeout": timeout})
+        return Metrics(list(self.seen.names), k, t, age_points - timeout, age_points, {"timeout": timeout})
 
 
 class SpreadEvaluator(_Evaluator):
@@ -242,34 +252,24 @@ class SpreadEvaluator(_Evaluator):
 
     def __init__(self, rule: Rule) -> None:
         super().__init__(rule)
-        self.names: list[str] = []
-        self._col: dict[str, int] = {}
-        self.latest = np.empty(0)
-
-    def column(self, name: str) -> int:
-        col = self._col.get(name)
-        if col is None:
-            col = self._col[name] = len(self.names)
-            self.names.append(name)
-            self.latest = np.append(self.latest, np.nan)
-        return col
+        self.latest = _Index()  # per signal: its latest value
 
     def metrics(self, batch, frames, now, hot):
         sel = self.select(batch)
         if sel is None:
             return None
-        cols_of_name = self.per_name(batch.names, self.column)
+        cols_of_name = self.per_name(batch.names, self.latest.number)
         order = np.argsort(sel[1], kind="stable")
         col, t, v = cols_of_name[sel[0][order]], sel[1][order], sel[2][order]
-        n, width = len(t), len(self.names)
+        n, width = len(t), len(self.latest.names)
         table = np.full((n + 1, width), np.nan)
-        table[0] = self.latest
+        table[0] = self.latest.values
         table[np.arange(1, n + 1), col] = v
         # carry each signal's latest value down the rows (forward fill)
         row = np.where(np.isnan(table), 0, np.arange(n + 1)[:, None])
         np.maximum.accumulate(row, axis=0, out=row)
         table = table[row, np.arange(width)]
-        self.latest = table[-1].copy()
+        self.latest.values = table[-1].copy()
         table = table[1:]
         # samples stamped at the same moment are simultaneous: judge the state after all of them
         known = np.sum(~np.isnan(table), axis=1) >= 2
@@ -285,7 +285,7 @@ class SpreadEvaluator(_Evaluator):
             return None
         worst = int(np.argmax(spread))
         detail = {"max_spread": self.rule.max_spread, "signals": width,
-                  "highest": self.names[int(hi[worst].argmax())], "lowest": self.names[int(lo[worst].argmin())]}
+                  "highest": self.latest.names[int(hi[worst].argmax())], "lowest": self.latest.names[int(lo[worst].argmin())]}
         return Metrics([self.rule.name], np.zeros(len(t), dtype=np.int64), t, x, spread, detail)
 
 

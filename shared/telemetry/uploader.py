@@ -129,7 +129,7 @@ class Sender:
         self.failures = 0  # consecutive
         self.last_health = -math.inf
         self.rng = random.Random(0)
-        self._idle = False
+        self.idle = False
         self.drops: dict[int, int] = {}  # spool id -> times the line dropped with it in flight
         self.singles = 0  # after a refused bundle: how many messages to send one at a time
 
@@ -154,11 +154,11 @@ class Sender:
             kinds = ("alert", "gap")
         raw_limit = self.cfg.max_payload_bytes * (8 if self.cfg.compress else 1)
         entries = self.spool.take(max_bytes=raw_limit, max_count=1 if self.singles else 1000, kinds=kinds)
-        self._idle = not entries
+        self.idle = not entries
         if not entries:
             if kinds is not None and self.spool.depth()[0]:
                 self.stats["budget_waits"] += 1
-                self._idle = False
+                self.idle = False
                 return 1.0
             return self.cfg.poll_seconds
         payload, n = self._fit(entries)
@@ -273,11 +273,6 @@ class Sender:
                 self.clock.wait(self.wake, delay)  # nothing to send: until a message arrives
             else:
                 self.clock.wait(stop, delay)  # back-off or rate limit: only stopping cuts it short
-
-    @property
-    def idle(self) -> bool:
-        return self._idle
-
 
 class UploaderComponent(MessageComponent):
     accepts = (messages.AGGREGATES, messages.ALERT)

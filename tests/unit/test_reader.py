@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
 
 import can
@@ -58,28 +59,38 @@ def test_replay_publishes_batches_then_end_of_stream(tmp_path, make_services, pa
     assert reader.finished.is_set()
 
 
-def test_live_bus_flushes_a_quiet_bus_by_wall_clock(make_services, pack_frames):
-    services = make_services(reader={"batch_max_frames": 1000, "batch_max_seconds": 0.05})
-    services.clock = SystemClock()
-    with can.Bus(interface="virtual", channel="reader-live") as car:
-        source = BusSource(interface="virtual", channel="reader-live", idle_timeout=0.01)
-        reader = CanReaderComponent(services, source=source)
+@contextlib.contextmanager
+def live_reader(services, channel: str):
+    """The reader's loop in a thread on a virtual bus; yields (the car's end of the bus, reader)."""
+    with can.Bus(interface="virtual", channel=channel) as car:
+        reader = CanReaderComponent(services, source=BusSource(interface="virtual", channel=channel, idle_timeout=0.01))
         stop = threading.Event()
         thread = threading.Thread(target=reader.run, args=(stop,))
         thread.start()
         try:
-            for f in pack_frames[:3]:
-                car.send(f)
-            # the bus then goes quiet: the batch must still come out, without any more frames
-            deadline = threading.Event()
-            for _ in range(200):
-                if services.local.messages("telemetry/out"):
-                    break
-                deadline.wait(0.01)
+            yield car, reader
         finally:
             stop.set()
             thread.join(5)
             reader.close()
+
+
+def wait_until(predicate, tries: int) -> None:
+    waiter = threading.Event()
+    for _ in range(tries):
+        if predicate():
+            return
+        waiter.wait(0.01)
+
+
+def test_live_bus_flushes_a_quiet_bus_by_wall_clock(make_services, pack_frames):
+    services = make_services(reader={"batch_max_frames": 1000, "batch_max_seconds": 0.05})
+    services.clock = SystemClock()
+    with live_reader(services, "reader-live") as (car, reader):
+        for f in pack_frames[:3]:
+            car.send(f)
+        # the bus then goes quiet: the batch must still come out, without any more frames
+        wait_until(lambda: services.local.messages("telemetry/out"), 200)
     out = services.local.messages("telemetry/out")
     assert out and out[0]["kind"] == "signals"
     assert sum(m["frames"]["read"] for m in out if m["kind"] == "signals") == 3
@@ -118,23 +129,10 @@ def test_a_quiet_live_bus_still_closes_the_aggregators_windows(make_services, sa
     db = cantools.database.load_file(str(sample_dbc))
     pack = db.get_message_by_name("BMS_PackStatus")
     data = pack.encode({"PackVoltage": 140.0, "PackCurrent": 10.0, "SOC": 80, "BmsState": 1})
-    with can.Bus(interface="virtual", channel="quiet-bus") as car:
-        source = BusSource(interface="virtual", channel="quiet-bus", idle_timeout=0.01)
-        reader = CanReaderComponent(services, source=source)
-        stop = threading.Event()
-        thread = threading.Thread(target=reader.run, args=(stop,))
-        thread.start()
-        try:
-            car.send(can.Message(arbitration_id=pack.frame_id, data=data, is_extended_id=False))  # stamped now
-            waiter = threading.Event()
-            for _ in range(300):  # then silence
-                if any(m["kind"] == "aggregates" for m in services.local.messages("telemetry/out")):
-                    break
-                waiter.wait(0.01)
-        finally:
-            stop.set()
-            thread.join(5)
-            reader.close()
+    with live_reader(services, "quiet-bus") as (car, reader):
+        car.send(can.Message(arbitration_id=pack.frame_id, data=data, is_extended_id=False))  # stamped now
+        # then silence
+        wait_until(lambda: any(m["kind"] == "aggregates" for m in services.local.messages("telemetry/out")), 300)
     aggregates = [m for m in services.local.messages("telemetry/out") if m["kind"] == "aggregates"]
     assert aggregates, "the window of the only frame never closed"
     assert aggregates[0]["signals"]["BMS_PackStatus.PackVoltage"]["count"] == 1
