@@ -105,11 +105,11 @@ case "$cmd" in
         ;;
     bench)
         setup
-        run_py "$ROOT/tests/bench.py" "$@"
+        run_py -m telemetry.tools.bench "$@"
         ;;
     memory)
         setup
-        run_py "$ROOT/tests/memory.py" "$@"
+        run_py -m telemetry.tools.memory "$@"
         ;;
     test)
         setup

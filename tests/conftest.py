@@ -18,10 +18,10 @@ sys.path.insert(0, str(ROOT / "tests"))
 settings.register_profile("default", deadline=None, max_examples=150)
 settings.load_profile("default")
 
-from telemetry.clock import ManualClock  # noqa: E402
-from telemetry.component import Services  # noqa: E402
-from telemetry.config import VehicleConfig, parse_config  # noqa: E402
-from telemetry.transport import InMemoryCloudTransport, InMemoryLocalTransport  # noqa: E402
+from telemetry.edge.clock import ManualClock  # noqa: E402
+from telemetry.edge.components import Services  # noqa: E402
+from telemetry.edge.config import VehicleConfig, parse_config  # noqa: E402
+from telemetry.edge.transport import InMemoryCloudTransport, InMemoryLocalTransport  # noqa: E402
 
 
 @pytest.fixture

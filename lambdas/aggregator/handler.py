@@ -1,7 +1,7 @@
 """Aggregator Lambda: signal batches in, windowed statistics out."""
 
-from telemetry.component import LambdaAdapter
-from telemetry.windows import AggregatorComponent
+from telemetry.edge.components import LambdaAdapter
+from telemetry.edge.aggregator import AggregatorComponent
 
 adapter = LambdaAdapter(AggregatorComponent)
 function_handler = adapter.handle

@@ -1,8 +1,9 @@
 """Edge telemetry for vehicles on AWS IoT Greengrass V2.
 
-The package every Lambda function of this project imports: CAN decoding, windowed aggregation,
-anomaly detection, upload, the message formats between them, and a local Greengrass runtime to
-run all four on a laptop against a recorded CAN log.
+Two wings: ``telemetry.edge`` is what runs on the car (decoding, aggregation, anomaly detection,
+store-and-forward upload, the messages between them, the Lambda wiring) and is all the Lambda
+zips carry; ``telemetry.tools`` is the laptop's (local runtime, replay, simulator, packaging,
+deployment, command line).
 """
 
 __version__ = "0.1.0"

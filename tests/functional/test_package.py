@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from telemetry.package import package
+from telemetry.tools.package import package
 
 ROOT = Path(__file__).resolve().parents[2]
 EM_AARCH64, EM_X86_64 = 183, 62
@@ -59,7 +59,11 @@ def test_a_zip_holds_its_handler_the_package_and_the_vehicle_and_nothing_else(aa
     with zipfile.ZipFile(reader.path) as zf:
         names = zf.namelist()
         assert zf.read("handler.py") == (ROOT / "lambdas/can_reader/handler.py").read_bytes()
-        assert "telemetry/reader.py" in names and "telemetry/runtime.py" in names
+        # the car's wing, every module of it, and nothing of the laptop's
+        ours = sorted(n for n in names if n.startswith("telemetry/"))
+        edge = sorted(p.relative_to(ROOT / "shared").as_posix() for p in (ROOT / "shared/telemetry/edge").rglob("*.py"))
+        assert ours == sorted(["telemetry/__init__.py", *edge])
+        assert "telemetry/edge/reader.py" in ours and not [n for n in names if n.startswith("telemetry/tools")]
         assert "vehicle.toml" in names and "solar_car.dbc" in names
         assert "cantools/__init__.py" in names and "can/__init__.py" in names and "awsiot/__init__.py" in names
         assert not [n for n in names if "__pycache__" in n or n.endswith(".pyc") or "/tests/" in n]

@@ -10,10 +10,10 @@ import sys
 from pathlib import Path
 
 import pytest
-from reference import compare, compare_counts, messages_of, reference
+from support.reference import compare, compare_counts, messages_of, reference
 
-from telemetry.replay import replay
-from telemetry.simulator import FAULTS, write_drive
+from telemetry.tools.replay import replay
+from telemetry.tools.simulator import FAULTS, write_drive
 
 ROOT = Path(__file__).resolve().parents[2]
 SAMPLE = ROOT / "vehicles" / "sample"

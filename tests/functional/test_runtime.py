@@ -8,15 +8,15 @@ import shutil
 from pathlib import Path
 
 import pytest
-from reference import messages_of
+from support.reference import messages_of
 
-from telemetry.config import load_config
-from telemetry.errors import DbcError
-from telemetry.replay import replay
-from telemetry.runtime import LocalRuntime
-from telemetry.simulator import write_drive
-from telemetry.transport import InMemoryCloudTransport
-from telemetry.uploader import unpack
+from telemetry.edge.config import load_config
+from telemetry.edge.errors import DbcError
+from telemetry.tools.replay import replay
+from telemetry.tools.runtime import LocalRuntime
+from telemetry.tools.simulator import write_drive
+from telemetry.edge.transport import InMemoryCloudTransport
+from telemetry.edge.uploader import unpack
 
 ROOT = Path(__file__).resolve().parents[2]
 SAMPLE = ROOT / "vehicles" / "sample"

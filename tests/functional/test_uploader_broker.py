@@ -15,16 +15,16 @@ import time
 from pathlib import Path
 
 import pytest
-from broker import Broker, Observer
+from support.broker import Broker, Observer
 
-from telemetry.clock import SystemClock
-from telemetry.component import Services
-from telemetry.config import load_config, parse_config
-from telemetry.mqtt import Mqtt5CloudTransport
-from telemetry.replay import messages_from_outbox, replay
-from telemetry.spool import SqliteSpool
-from telemetry.transport import InMemoryLocalTransport
-from telemetry.uploader import UploaderComponent, message_key, unpack
+from telemetry.edge.clock import SystemClock
+from telemetry.edge.components import Services
+from telemetry.edge.config import load_config, parse_config
+from telemetry.edge.mqtt import Mqtt5CloudTransport
+from telemetry.tools.replay import messages_from_outbox, replay
+from telemetry.edge.spool import SqliteSpool
+from telemetry.edge.transport import InMemoryLocalTransport
+from telemetry.edge.uploader import UploaderComponent, message_key, unpack
 
 ROOT = Path(__file__).resolve().parents[2]
 SAMPLE = ROOT / "vehicles" / "sample"

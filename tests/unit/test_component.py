@@ -11,11 +11,11 @@ from unittest import mock
 import can
 import pytest
 from awsiot.greengrasscoreipc.clientv2 import GreengrassCoreIPCClientV2
-from helpers import columns, frame, signals_event
+from support.helpers import columns, frame, signals_event
 
-from telemetry.component import LambdaAdapter, Services, hosting, on_greengrass
-from telemetry.transport import IpcCloudTransport, IpcLocalTransport
-from telemetry.uploader import UploaderComponent, unpack
+from telemetry.edge.components import LambdaAdapter, Services, hosting, on_greengrass
+from telemetry.edge.transport import IpcCloudTransport, IpcLocalTransport
+from telemetry.edge.uploader import UploaderComponent, unpack
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -68,7 +68,7 @@ def test_a_handler_module_builds_its_component_once_on_first_invocation(make_ser
 
 def test_the_uploader_handler_spools_and_its_pinned_sender_delivers(make_services):
     services = make_services(env={"TELEMETRY_SPOOL": ":memory:"}, uploader={"poll_seconds": 0.01})
-    from telemetry.clock import SystemClock
+    from telemetry.edge.clock import SystemClock
 
     services.clock = SystemClock()
     with hosting(services):
@@ -95,7 +95,7 @@ def test_pinned_reader_starts_its_loop_without_blocking_the_import(tmp_path, mak
         for i in range(101):
             w.on_message_received(frame(float(i), 0x7E0, b"\x01"))
     services = make_services(env={"TELEMETRY_LOG": str(log), "TELEMETRY_REPLAY_SPEED": "1"})
-    from telemetry.clock import SystemClock
+    from telemetry.edge.clock import SystemClock
 
     services.clock = SystemClock()
     # WHEN the reader's handler module is imported as Greengrass would (hosted here)
@@ -134,7 +134,7 @@ def test_a_bad_configuration_fails_the_start_not_later(make_services, tmp_path):
     bad = tmp_path / "x.dbc"
     bad.write_text("nonsense")
     services = make_services(dbc=[str(bad)])
-    from telemetry.errors import DbcError
+    from telemetry.edge.errors import DbcError
 
     with hosting(services), pytest.raises(DbcError):
         load(ROOT / "lambdas/can_reader/handler.py", "reader_handler_bad")

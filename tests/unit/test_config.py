@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from telemetry.config import load_config
-from telemetry.errors import ConfigError
+from telemetry.edge.config import load_config
+from telemetry.edge.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import cantools
 import pytest
-from helpers import frame
+from support.helpers import frame
 
-from telemetry.decode import DbcDecoder, load_dbc
-from telemetry.errors import DbcError
+from telemetry.edge.decode import DbcDecoder, load_dbc
+from telemetry.edge.errors import DbcError
 
 TWO = """VERSION ""
 BO_ 256 Second: 2 X

@@ -17,9 +17,9 @@ import boto3
 import pytest
 from botocore.stub import ANY, Stubber
 
-from telemetry.config import load_config
-from telemetry.deploy import Deployer, DeployError, access_control, plan, target_arn, validate
-from telemetry.recipes import check_recipes, load_recipes
+from telemetry.edge.config import load_config
+from telemetry.tools.deploy import Deployer, DeployError, access_control, plan, target_arn, validate
+from telemetry.tools.recipes import check_recipes, load_recipes
 
 ROOT = Path(__file__).resolve().parents[2]
 REGION, ACCOUNT = "eu-west-1", "111122223333"
@@ -266,7 +266,7 @@ def test_legacy_transport_publishes_through_greengrasssdk_to_the_router(monkeypa
         monkeypatch.delitem(sys.modules, name)
     import greengrasssdk
 
-    from telemetry.transport import LegacyCloudTransport
+    from telemetry.edge.transport import LegacyCloudTransport
 
     LegacyCloudTransport(greengrasssdk.client("iot-data")).publish("dt/car-01/alerts", b'{"v":1}')
     function_arn, payload, context, invocation = ipc.post_work.call_args.args

@@ -5,10 +5,10 @@ from __future__ import annotations
 import math
 
 import pytest
-from helpers import columns
+from support.helpers import columns
 
-from telemetry import messages
-from telemetry.errors import MessageError
+from telemetry.edge import messages
+from telemetry.edge.errors import MessageError
 
 
 def test_signals_round_trip():

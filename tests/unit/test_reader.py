@@ -8,11 +8,11 @@ import threading
 import can
 import cantools
 import pytest
-from helpers import frame
+from support.helpers import frame
 
-from telemetry.clock import ManualClock, SystemClock
-from telemetry.reader import CanReaderComponent, FrameBatcher
-from telemetry.sources import BusSource, LogSource
+from telemetry.edge.clock import ManualClock, SystemClock
+from telemetry.edge.reader import CanReaderComponent, FrameBatcher
+from telemetry.edge.sources import BusSource, LogSource
 
 
 def test_batcher_flushes_by_count_and_by_event_time_span():
@@ -120,7 +120,7 @@ def test_live_interface_from_configuration(make_services):
 def test_a_quiet_live_bus_still_closes_the_aggregators_windows(make_services, sample_dbc):
     """Windows close by event time; on a live bus that goes silent the reader's idle ticks move
     event time on with the wall clock, so the last window does not wait forever."""
-    from telemetry.windows import AggregatorComponent
+    from telemetry.edge.aggregator import AggregatorComponent
 
     services = make_services(reader={"batch_max_frames": 1000, "batch_max_seconds": 0.05}, aggregator={"window_seconds": 0.2})
     services.clock = SystemClock()

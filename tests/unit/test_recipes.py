@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from telemetry.errors import RecipeError
-from telemetry.recipes import check_recipes, load_recipes, service_model_problems, start_order
+from telemetry.edge.errors import RecipeError
+from telemetry.tools.recipes import check_recipes, load_recipes, service_model_problems, start_order
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from helpers import columns, signals_event
+from support.helpers import columns, signals_event
 
-from telemetry.config import DetectorConfig, parse_config
-from telemetry.rules import AnomalyDetectorComponent, Detector, alert_id
+from telemetry.edge.config import DetectorConfig, parse_config
+from telemetry.edge.detector import AnomalyDetectorComponent, Detector, alert_id
 
 
 def rule(**kw) -> object:

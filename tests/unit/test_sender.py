@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import json
 
-from telemetry.clock import ManualClock
-from telemetry.config import parse_config
-from telemetry.errors import RejectedError, TransportError
-from telemetry.spool import MemorySpool
-from telemetry.transport import InMemoryCloudTransport
-from telemetry.uploader import UploaderComponent, message_key, unpack
+from telemetry.edge.clock import ManualClock
+from telemetry.edge.config import parse_config
+from telemetry.edge.errors import RejectedError, TransportError
+from telemetry.edge.spool import MemorySpool
+from telemetry.edge.transport import InMemoryCloudTransport
+from telemetry.edge.uploader import UploaderComponent, message_key, unpack
 
 
 def aggregate(i: int, pad: int = 2000) -> dict:
@@ -151,7 +151,7 @@ def test_rejected_for_good_is_split_then_set_aside_not_retried(make_services):
 
 
 def test_a_message_the_line_drops_every_time_is_treated_as_refused(make_services):
-    from telemetry.errors import DroppedError
+    from telemetry.edge.errors import DroppedError
 
     class HangsUp(InMemoryCloudTransport):
         def publish(self, topic, payload):

@@ -7,11 +7,11 @@ from pathlib import Path
 
 import can
 import pytest
-from helpers import frame, write_lines
+from support.helpers import frame, write_lines
 
-from telemetry.clock import ManualClock
-from telemetry.errors import LogFormatError
-from telemetry.sources import BusSource, LogSource
+from telemetry.edge.clock import ManualClock
+from telemetry.edge.errors import LogFormatError
+from telemetry.edge.sources import BusSource, LogSource
 
 FRAMES = [
     frame(1.0, 0x100, bytes([1, 2, 3, 4])),

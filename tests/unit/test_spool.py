@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from telemetry.spool import MemorySpool, SpoolError, SqliteSpool
+from telemetry.edge.spool import MemorySpool, SpoolError, SqliteSpool
 
 
 @pytest.fixture(params=["sqlite", "memory"])
@@ -90,7 +90,7 @@ def test_what_was_committed_survives_a_killed_process(tmp_path):
     path = tmp_path / "spool.db"
     code = (
         "import os, sys\n"
-        "from telemetry.spool import SqliteSpool\n"
+        "from telemetry.edge.spool import SqliteSpool\n"
         f"s = SqliteSpool({str(path)!r})\n"
         "for i in range(50):\n"
         "    s.put('aggregates', float(i), b'x' * 200, f'a{i}')\n"

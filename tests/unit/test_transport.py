@@ -18,8 +18,8 @@ from awsiot.greengrasscoreipc.model import (
     UnauthorizedError,
 )
 
-from telemetry.errors import MessageError, TransportError
-from telemetry.transport import (
+from telemetry.edge.errors import MessageError, TransportError
+from telemetry.edge.transport import (
     CloudTransport,
     InMemoryCloudTransport,
     InMemoryLocalTransport,

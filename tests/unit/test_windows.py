@@ -7,14 +7,14 @@ import math
 
 import numpy as np
 import pytest
-from helpers import columns, signals_event
+from support.helpers import columns, signals_event
 from hypothesis import given
 from hypothesis import strategies as st
 
-from telemetry import messages
-from telemetry.messages import SignalColumns
-from telemetry.config import parse_config
-from telemetry.windows import Aggregation, AggregatorComponent, WindowAggregator
+from telemetry.edge import messages
+from telemetry.edge.messages import SignalColumns
+from telemetry.edge.config import parse_config
+from telemetry.edge.aggregator import Aggregation, AggregatorComponent, WindowAggregator
 
 
 def reference(samples: dict[str, list[tuple[float, float]]], width: float) -> dict[int, dict[str, dict]]:

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from . import messages
-from .component import MessageComponent, Services
+from .components import MessageComponent, Services
 from .config import AggregatorConfig
 from .messages import FlatBatch, SignalColumns
 

@@ -31,7 +31,7 @@ from typing import Any
 
 from . import messages
 from .clock import Clock
-from .component import MessageComponent, Services
+from .components import MessageComponent, Services
 from .config import UploaderConfig
 from .errors import DroppedError, RejectedError, TransportError
 from .spool import Entry, MemorySpool, Spool, SpoolError, SqliteSpool

@@ -21,13 +21,14 @@ from pathlib import Path
 
 import numpy as np
 
-from telemetry import messages
-from telemetry.config import Rule, parse_config
-from telemetry.decode import DbcDecoder
-from telemetry.replay import SAMPLE, resolve_config
-from telemetry.rules import Detector
-from telemetry.sources import LogSource
-from telemetry.windows import Aggregation
+from telemetry.edge import messages
+from telemetry.edge.config import Rule, parse_config
+from telemetry.edge.decode import DbcDecoder
+from telemetry.tools.paths import SAMPLE
+from telemetry.tools.replay import resolve_config
+from telemetry.edge.detector import Detector
+from telemetry.edge.sources import LogSource
+from telemetry.edge.aggregator import Aggregation
 
 
 def signal_messages(log: Path, cfg) -> list[dict]:
@@ -200,10 +201,10 @@ def dense_messages(batch_seconds: float, seconds: float = 30.0) -> list[dict]:
 def spool_stage(log: Path, msgs_out: list[dict], cfg, tmp: Path) -> None:
     """Messages per second into the durable spool and out through the sender (an in-memory cloud,
     no rate limits), and the bytes on the wire against the raw size of the replayed log."""
-    from telemetry.clock import SystemClock
-    from telemetry.component import Services
-    from telemetry.transport import InMemoryCloudTransport, InMemoryLocalTransport
-    from telemetry.uploader import UploaderComponent
+    from telemetry.edge.clock import SystemClock
+    from telemetry.edge.components import Services
+    from telemetry.edge.transport import InMemoryCloudTransport, InMemoryLocalTransport
+    from telemetry.edge.uploader import UploaderComponent
 
     unlimited = {"max_publishes_per_second": 1e9, "max_bytes_per_second": 1e12, "health_seconds": 1e9}
     rows = []
@@ -277,7 +278,7 @@ def main() -> int:
     if args.spool:
         import tempfile
 
-        from telemetry.replay import messages_from_outbox, replay
+        from telemetry.tools.replay import messages_from_outbox, replay
 
         with tempfile.TemporaryDirectory() as tmp:
             replay(args.log, out_dir=tmp, config=config, dbc=args.dbc)

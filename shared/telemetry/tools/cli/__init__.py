@@ -10,13 +10,13 @@ import logging
 import sys
 from pathlib import Path
 
-from .errors import TelemetryError
+from telemetry.edge.errors import TelemetryError
+from telemetry.tools.paths import RECIPES, SAMPLE
 
-SAMPLE = Path(__file__).resolve().parents[2] / "vehicles" / "sample"
 
 
 def _replay(args: argparse.Namespace) -> int:
-    from .replay import alerts_from_outbox, format_summary, replay
+    from telemetry.tools.replay import alerts_from_outbox, format_summary, replay
 
     summary = replay(args.log, out_dir=args.out, config=args.config, dbc=args.dbc, speed=args.speed)
     print(format_summary(summary, alerts_from_outbox(Path(args.out) / "cloud.jsonl")))
@@ -33,7 +33,7 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _simulate(args: argparse.Namespace) -> int:
-    from .simulator import write_drive
+    from telemetry.tools.simulator import write_drive
 
     frames = write_drive(args.out, seconds=args.seconds, seed=args.seed)
     print(f"Wrote {frames} frames to {args.out}")
@@ -48,12 +48,12 @@ def _uploader(args: argparse.Namespace) -> int:
     import threading
     import time
 
-    from .clock import SystemClock
-    from .component import Services
-    from .config import load_config
-    from .mqtt import Mqtt5CloudTransport
-    from .transport import InMemoryLocalTransport
-    from .uploader import UploaderComponent
+    from telemetry.edge.clock import SystemClock
+    from telemetry.edge.components import Services
+    from telemetry.edge.config import load_config
+    from telemetry.edge.mqtt import Mqtt5CloudTransport
+    from telemetry.edge.transport import InMemoryLocalTransport
+    from telemetry.edge.uploader import UploaderComponent
 
     cfg = load_config(args.config)
     cloud = Mqtt5CloudTransport(endpoint=args.endpoint, port=args.port, cert=args.cert, key=args.key, ca=args.ca,
@@ -86,7 +86,7 @@ def _uploader(args: argparse.Namespace) -> int:
 
 
 def _package(args: argparse.Namespace) -> int:
-    from .package import package
+    from telemetry.tools.package import package
 
     made = package(args.arch, out=args.out, config=args.config)
     for p in made:
@@ -95,12 +95,12 @@ def _package(args: argparse.Namespace) -> int:
 
 
 def _deploy(args: argparse.Namespace) -> int:
-    from .config import load_config
-    from .deploy import Deployer, DeployError, plan, target_arn, validate
-    from .package import REPO, package
-    from .recipes import check_recipes, load_recipes
+    from telemetry.edge.config import load_config
+    from telemetry.tools.deploy import Deployer, DeployError, plan, target_arn, validate
+    from telemetry.tools.package import package
+    from telemetry.tools.recipes import check_recipes, load_recipes
 
-    config = Path(args.config or REPO / "vehicles" / "sample" / "vehicle.toml")
+    config = Path(args.config or SAMPLE / "vehicle.toml")
     cfg = load_config(config)
     recipes_dir = Path(args.recipes)
     recipes = check_recipes(load_recipes(recipes_dir, recipes_dir.resolve().parent))  # refused here, before any request
@@ -197,7 +197,7 @@ def parser() -> argparse.ArgumentParser:
     y.add_argument("--out", default="build")
     y.add_argument("--legacy", action="store_true", help="publish with greengrasssdk through the LegacySubscriptionRouter")
     y.add_argument("--dry-run", action="store_true", help="print the plan and write the requests; call no AWS API")
-    y.add_argument("--recipes", default=str(SAMPLE.parents[1] / "recipes"), help=argparse.SUPPRESS)
+    y.add_argument("--recipes", default=str(RECIPES), help=argparse.SUPPRESS)
     y.set_defaults(func=_deploy)
 
     s = sub.add_parser("simulate", help="record a simulated drive of the sample vehicle")

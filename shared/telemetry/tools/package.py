@@ -19,18 +19,17 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from .config import load_config
-from .errors import TelemetryError
-from .recipes import Recipe, check_recipes, load_recipes
+from telemetry.edge.config import load_config
+from telemetry.edge.errors import TelemetryError
+from telemetry.tools.paths import RECIPES, REPO, REQUIREMENTS_LAMBDA, SAMPLE
+from telemetry.tools.recipes import Recipe, check_recipes, load_recipes
 
 LOG = logging.getLogger(__name__)
 
-REPO = Path(__file__).resolve().parents[2]
 PLATFORMS = {
     "x86_64": ["manylinux2014_x86_64", "manylinux_2_17_x86_64", "manylinux_2_28_x86_64"],
     "aarch64": ["manylinux2014_aarch64", "manylinux_2_17_aarch64", "manylinux_2_28_aarch64"],
 }
-LAMBDA_ARCH = {"x86_64": "x86_64", "aarch64": "arm64"}
 EPOCH = (1980, 1, 1, 0, 0, 0)
 SKIP_PARTS = {"__pycache__", "tests", "test", ".pytest_cache"}
 SKIP_SUFFIXES = (".pyc", ".pyo")
@@ -101,8 +100,10 @@ def _project_files(recipe: Recipe, config_path: Path) -> dict[str, bytes]:
     files: dict[str, bytes] = {}
     handler, _ = recipe.handler
     files[handler.relative_to(recipe.code).as_posix()] = handler.read_bytes()
+    # Only the car's wing: the package's root module and telemetry.edge. The tools (local
+    # runtime, replay, packaging, deployment, CLI) never run on the core device.
     package = REPO / "shared" / "telemetry"
-    for path in sorted(package.rglob("*.py")):
+    for path in [package / "__init__.py", *sorted((package / "edge").rglob("*.py"))]:
         rel = path.relative_to(package.parent).as_posix()
         if not _skip(rel):
             files[rel] = path.read_bytes()
@@ -119,11 +120,11 @@ def _project_files(recipe: Recipe, config_path: Path) -> dict[str, bytes]:
 
 def package(arch: str = "x86_64", out: str | Path = "build", config: str | Path | None = None,
             recipes_dir: str | Path | None = None, cache: str | Path | None = None) -> list[Package]:
-    recipes_dir = Path(recipes_dir or REPO / "recipes")
-    config_path = Path(config or REPO / "vehicles" / "sample" / "vehicle.toml")
+    recipes_dir = Path(recipes_dir or RECIPES)
+    config_path = Path(config or SAMPLE / "vehicle.toml")
     out = Path(out)
     recipes = check_recipes(load_recipes(recipes_dir, recipes_dir.resolve().parent))
-    wheels = download_wheels(arch, Path(cache or REPO / "build" / "wheels"), REPO / "requirements-lambda.txt")
+    wheels = download_wheels(arch, Path(cache or REPO / "build" / "wheels"), REQUIREMENTS_LAMBDA)
     dependencies = _files_of_wheels(wheels)
     out.mkdir(parents=True, exist_ok=True)
     made = []

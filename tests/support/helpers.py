@@ -7,8 +7,8 @@ from pathlib import Path
 import can
 import numpy as np
 
-from telemetry import messages
-from telemetry.messages import SignalColumns
+from telemetry.edge import messages
+from telemetry.edge.messages import SignalColumns
 
 
 def frame(t: float, can_id: int, data: bytes = b"", **kw) -> can.Message:

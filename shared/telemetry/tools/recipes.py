@@ -29,7 +29,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from .errors import RecipeError
+from telemetry.edge.errors import RecipeError
 
 PLACEHOLDER_ARN = "arn:aws:lambda:us-east-1:123456789012:function:placeholder:1"
 PLACEHOLDER_ROLE = "arn:aws:iam::123456789012:role/placeholder"

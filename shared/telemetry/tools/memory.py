@@ -17,17 +17,17 @@ import subprocess
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from telemetry.tools.paths import REPO as ROOT
 
 CHILD = r'''
 import json, sys, tempfile, threading
 from pathlib import Path
 sys.modules["asammdf"] = None  # not in the deployment zip (requirements-lambda.txt): as on the device
 import awsiot.greengrasscoreipc.clientv2  # imported by every function on the device
-from telemetry.clock import SystemClock
-from telemetry.component import Services
-from telemetry.config import load_config
-from telemetry.transport import InMemoryCloudTransport
+from telemetry.edge.clock import SystemClock
+from telemetry.edge.components import Services
+from telemetry.edge.config import load_config
+from telemetry.edge.transport import InMemoryCloudTransport
 which, root, inputs = sys.argv[1], Path(sys.argv[2]), sys.argv[3]
 cfg = load_config(root / "vehicles/sample/vehicle.toml")
 
@@ -41,15 +41,15 @@ env = {"TELEMETRY_OUTPUT_TOPIC": "t", "TELEMETRY_LOG": str(root / "vehicles/samp
        "TELEMETRY_SPOOL": tempfile.mktemp(suffix=".db")}
 services = Services(Sink(), InMemoryCloudTransport(), cfg, SystemClock(), env)
 if which == "reader":
-    from telemetry.reader import CanReaderComponent
+    from telemetry.edge.reader import CanReaderComponent
     CanReaderComponent(services).run(threading.Event())
 else:
     if which == "aggregator":
-        from telemetry.windows import AggregatorComponent as C
+        from telemetry.edge.aggregator import AggregatorComponent as C
     elif which == "detector":
-        from telemetry.rules import AnomalyDetectorComponent as C
+        from telemetry.edge.detector import AnomalyDetectorComponent as C
     else:
-        from telemetry.uploader import UploaderComponent as C
+        from telemetry.edge.uploader import UploaderComponent as C
         services.cloud = type("Drop", (), {"publish": lambda self, t, p: None, "close": lambda self: None})()
     component = C(services)
     with open(inputs) as f:
@@ -69,13 +69,13 @@ def inputs(folder: Path) -> dict[str, Path]:
     and the aggregates and alerts made of them."""
     import threading
 
-    from telemetry.clock import SystemClock
-    from telemetry.component import Services
-    from telemetry.config import load_config
-    from telemetry.reader import CanReaderComponent
-    from telemetry.rules import AnomalyDetectorComponent
-    from telemetry.transport import InMemoryCloudTransport, InMemoryLocalTransport
-    from telemetry.windows import AggregatorComponent
+    from telemetry.edge.clock import SystemClock
+    from telemetry.edge.components import Services
+    from telemetry.edge.config import load_config
+    from telemetry.edge.reader import CanReaderComponent
+    from telemetry.edge.detector import AnomalyDetectorComponent
+    from telemetry.edge.transport import InMemoryCloudTransport, InMemoryLocalTransport
+    from telemetry.edge.aggregator import AggregatorComponent
 
     cfg = load_config(ROOT / "vehicles/sample/vehicle.toml")
     bus = InMemoryLocalTransport()

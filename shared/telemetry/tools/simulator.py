@@ -21,7 +21,9 @@ import can
 import cantools
 import numpy as np
 
-DBC = Path(__file__).resolve().parents[2] / "vehicles" / "sample" / "solar_car.dbc"
+from telemetry.tools.paths import SAMPLE
+
+DBC = SAMPLE / "solar_car.dbc"
 START = 1_782_900_000.0  # 2026-07-01 10:00:00 UTC: candump logs carry absolute times
 CELLS = 36
 HEARTBEAT_ID = 0x7E0  # the telemetry radio: not in the DBC

@@ -24,13 +24,13 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from .clock import Clock, SystemClock
-from .component import Services, hosting
-from .config import VehicleConfig
-from .errors import RecipeError, TelemetryError
-from .messages import dumps
-from .recipes import Recipe, check_recipes, import_handler, load_recipes
-from .transport import CloudTransport, Handler
+from telemetry.edge.clock import Clock, SystemClock
+from telemetry.edge.components import Services, hosting
+from telemetry.edge.config import VehicleConfig
+from telemetry.edge.errors import RecipeError, TelemetryError
+from telemetry.edge.messages import dumps
+from telemetry.tools.recipes import Recipe, check_recipes, import_handler, load_recipes
+from telemetry.edge.transport import CloudTransport, Handler
 
 LOG = logging.getLogger(__name__)
 

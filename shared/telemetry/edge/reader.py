@@ -18,7 +18,7 @@ from typing import Any
 import can
 
 from . import messages
-from .component import Services
+from .components import Services
 from .decode import DbcDecoder, Decoder
 from .sources import BusSource, FrameSource, LogSource
 

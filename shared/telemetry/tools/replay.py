@@ -16,20 +16,18 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .config import VehicleConfig, load_config
-from .errors import ConfigError
-from .reader import CanReaderComponent
-from .rules import AnomalyDetectorComponent
-from .runtime import LocalRuntime
-from .transport import OutboxFile
-from .uploader import UploaderComponent, unpack
-from .windows import AggregatorComponent
+from telemetry.edge.config import VehicleConfig, load_config
+from telemetry.edge.errors import ConfigError
+from telemetry.edge.reader import CanReaderComponent
+from telemetry.edge.detector import AnomalyDetectorComponent
+from telemetry.tools.paths import RECIPES
+from telemetry.tools.runtime import LocalRuntime
+from telemetry.edge.transport import OutboxFile
+from telemetry.edge.uploader import UploaderComponent, unpack
+from telemetry.edge.aggregator import AggregatorComponent
 
 LOG = logging.getLogger(__name__)
 
-REPO = Path(__file__).resolve().parents[2]
-RECIPES = REPO / "recipes"
-SAMPLE = REPO / "vehicles" / "sample"
 
 
 def resolve_config(config: str | Path | VehicleConfig | None, dbc: Sequence[str | Path] = ()) -> VehicleConfig:

@@ -33,7 +33,7 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
 from . import messages
-from .component import MessageComponent, Services
+from .components import MessageComponent, Services
 from .config import DetectorConfig, Rule
 from .messages import FlatBatch, SignalColumns
 

@@ -22,10 +22,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .config import VehicleConfig
-from .errors import TelemetryError
-from .recipes import Recipe, request_problems
-from .uploader import CLOUD_SUFFIX
+from telemetry.edge.config import VehicleConfig
+from telemetry.edge.errors import TelemetryError
+from telemetry.tools.recipes import Recipe, request_problems
+from telemetry.edge.uploader import CLOUD_SUFFIX
 
 LOG = logging.getLogger(__name__)
 
