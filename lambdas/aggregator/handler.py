@@ -1,7 +1,7 @@
 """Aggregator Lambda: signal batches in, windowed statistics out."""
 
 from telemetry.edge.components import LambdaAdapter
-from telemetry.edge.aggregator import AggregatorComponent
+from telemetry.edge.components import AggregatorComponent
 
 adapter = LambdaAdapter(AggregatorComponent)
 function_handler = adapter.handle

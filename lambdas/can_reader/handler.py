@@ -5,7 +5,7 @@ blocking it. The handler itself is never invoked with work: the reader has no ev
 """
 
 from telemetry.edge.components import LambdaAdapter
-from telemetry.edge.reader import CanReaderComponent
+from telemetry.edge.components import CanReaderComponent
 
 adapter = LambdaAdapter(CanReaderComponent)
 adapter.start_pinned()

@@ -2,7 +2,7 @@
 here without blocking the import, forwards them to AWS IoT Core."""
 
 from telemetry.edge.components import LambdaAdapter
-from telemetry.edge.uploader import UploaderComponent
+from telemetry.edge.components import UploaderComponent
 
 adapter = LambdaAdapter(UploaderComponent)
 adapter.start_pinned()

@@ -24,7 +24,8 @@ from telemetry.edge.mqtt import Mqtt5CloudTransport
 from telemetry.tools.replay import messages_from_outbox, replay
 from telemetry.edge.spool import SqliteSpool
 from telemetry.edge.transport import InMemoryLocalTransport
-from telemetry.edge.uploader import UploaderComponent, message_key, unpack
+from telemetry.edge.components import UploaderComponent
+from telemetry.edge.uploader import message_key, unpack
 
 ROOT = Path(__file__).resolve().parents[2]
 SAMPLE = ROOT / "vehicles" / "sample"
@@ -86,7 +87,7 @@ class InProcessUploader:
 
     def close(self) -> None:
         self.stop.set()
-        self.component.sender.wake.set()
+        self.component.core.sender.wake.set()
         self.thread.join(20)
         self.component.close()
         self.cloud.close()
@@ -188,9 +189,9 @@ def test_spool_cap_smaller_than_the_outage_evicts_the_oldest_aggregates_and_says
     try:
         for message in produced:
             up.component.handle(message)
-        count, size = up.component.spool.depth()
+        count, size = up.component.core.spool.depth()
         assert size <= cap + 5_000  # the cap holds (plus the small gap records)
-        ledger = up.component.spool.ledger()
+        ledger = up.component.core.spool.ledger()
         assert ledger, "nothing was evicted"
         broker.start()
         assert up.wait_drained(), "the spool did not empty"
@@ -225,7 +226,7 @@ def test_a_message_the_broker_rejects_for_good_is_set_aside_and_the_rest_go_on(t
             up.component.handle(message)
         assert up.wait_drained()
         stats = up.component.totals()
-        aside = up.component.spool.set_aside_count()
+        aside = up.component.core.spool.set_aside_count()
     finally:
         up.close()
     assert stats["set_aside"] == aside == 5  # each alert tried, refused (NOT_AUTHORIZED), set aside once

@@ -13,17 +13,22 @@ import pytest
 from awsiot.greengrasscoreipc.clientv2 import GreengrassCoreIPCClientV2
 from support.helpers import columns, frame, signals_event
 
-from telemetry.edge.components import LambdaAdapter, Services, hosting, on_greengrass
+from telemetry.edge.components import LambdaAdapter, Services, on_greengrass
 from telemetry.edge.transport import IpcCloudTransport, IpcLocalTransport
-from telemetry.edge.uploader import UploaderComponent, unpack
+from telemetry.edge.components import UploaderComponent
+from telemetry.edge.uploader import unpack
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def load(path: Path, name: str):
+def load(path: Path, name: str, services: Services | None = None):
+    """Import a handler module and, as the local runtime does, host it and start its loop."""
     spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
+    if services is not None:
+        module.adapter.host(services)
+        module.adapter.start_pinned()
     return module
 
 
@@ -46,7 +51,7 @@ def test_services_on_greengrass_use_one_ipc_client_and_the_configured_vehicle(tm
     uploader = UploaderComponent(services)
     uploader.handle({"v": 1, "kind": "alert", "id": "a", "t": 1.0})
     assert (tmp_path / "spool.db").is_file() and uploader.pending() == 1
-    assert uploader.sender.step() == 0.0
+    assert uploader.core.sender.step() == 0.0
     client.publish_to_iot_core.assert_called_once()
     kwargs = client.publish_to_iot_core.call_args.kwargs
     assert kwargs["topic_name"] == "dt/sunrace-01/alerts"
@@ -57,8 +62,7 @@ def test_services_on_greengrass_use_one_ipc_client_and_the_configured_vehicle(tm
 
 def test_a_handler_module_builds_its_component_once_on_first_invocation(make_services):
     services = make_services(aggregator={"window_seconds": 1.0})
-    with hosting(services):
-        module = load(ROOT / "lambdas/aggregator/handler.py", "aggregator_handler_test")
+    module = load(ROOT / "lambdas/aggregator/handler.py", "aggregator_handler_test", services)
     module.function_handler(signals_event(columns(**{"A.x": ([0.5], [1.0])})), None)
     first = module.adapter.component
     module.function_handler(signals_event(columns(**{"A.x": ([1.5], [2.0])})), None)
@@ -71,8 +75,7 @@ def test_the_uploader_handler_spools_and_its_pinned_sender_delivers(make_service
     from telemetry.edge.clock import SystemClock
 
     services.clock = SystemClock()
-    with hosting(services):
-        module = load(ROOT / "lambdas/uploader/handler.py", "uploader_handler_test")
+    module = load(ROOT / "lambdas/uploader/handler.py", "uploader_handler_test", services)
     try:
         assert module.adapter.thread.is_alive()
         module.function_handler({"v": 1, "kind": "alert", "id": "a", "t": 1.0}, None)
@@ -99,8 +102,7 @@ def test_pinned_reader_starts_its_loop_without_blocking_the_import(tmp_path, mak
 
     services.clock = SystemClock()
     # WHEN the reader's handler module is imported as Greengrass would (hosted here)
-    with hosting(services):
-        module = load(ROOT / "lambdas/can_reader/handler.py", "reader_handler_test")
+    module = load(ROOT / "lambdas/can_reader/handler.py", "reader_handler_test", services)
     # THEN the import has returned while the loop runs on in its thread, and it stops when told
     try:
         assert module.adapter.thread.is_alive()
@@ -122,8 +124,8 @@ def test_a_pinned_loop_that_fails_reports_its_error(make_services):
         def close(self) -> None:
             pass
 
-    with hosting(make_services()):
-        adapter = LambdaAdapter(Failing)
+    adapter = LambdaAdapter(Failing)
+    adapter.host(make_services())
     assert adapter.start_pinned()
     adapter.thread.join(5)
     assert isinstance(adapter.error, RuntimeError)
@@ -136,5 +138,5 @@ def test_a_bad_configuration_fails_the_start_not_later(make_services, tmp_path):
     services = make_services(dbc=[str(bad)])
     from telemetry.edge.errors import DbcError
 
-    with hosting(services), pytest.raises(DbcError):
-        load(ROOT / "lambdas/can_reader/handler.py", "reader_handler_bad")
+    with pytest.raises(DbcError):
+        load(ROOT / "lambdas/can_reader/handler.py", "reader_handler_bad", services)

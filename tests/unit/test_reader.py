@@ -11,7 +11,8 @@ import pytest
 from support.helpers import frame
 
 from telemetry.edge.clock import ManualClock, SystemClock
-from telemetry.edge.reader import CanReaderComponent, FrameBatcher
+from telemetry.edge.components import CanReaderComponent
+from telemetry.edge.reader import FrameBatcher
 from telemetry.edge.sources import BusSource, LogSource
 
 
@@ -120,7 +121,7 @@ def test_live_interface_from_configuration(make_services):
 def test_a_quiet_live_bus_still_closes_the_aggregators_windows(make_services, sample_dbc):
     """Windows close by event time; on a live bus that goes silent the reader's idle ticks move
     event time on with the wall clock, so the last window does not wait forever."""
-    from telemetry.edge.aggregator import AggregatorComponent
+    from telemetry.edge.components import AggregatorComponent
 
     services = make_services(reader={"batch_max_frames": 1000, "batch_max_seconds": 0.05}, aggregator={"window_seconds": 0.2})
     services.clock = SystemClock()

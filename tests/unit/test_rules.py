@@ -9,7 +9,8 @@ import pytest
 from support.helpers import columns, signals_event
 
 from telemetry.edge.config import DetectorConfig, parse_config
-from telemetry.edge.detector import AnomalyDetectorComponent, Detector, alert_id
+from telemetry.edge.components import AnomalyDetectorComponent
+from telemetry.edge.detector import Detector, alert_id
 
 
 def rule(**kw) -> object:

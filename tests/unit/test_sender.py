@@ -10,7 +10,8 @@ from telemetry.edge.config import parse_config
 from telemetry.edge.errors import RejectedError, TransportError
 from telemetry.edge.spool import MemorySpool
 from telemetry.edge.transport import InMemoryCloudTransport
-from telemetry.edge.uploader import UploaderComponent, message_key, unpack
+from telemetry.edge.components import UploaderComponent
+from telemetry.edge.uploader import message_key, unpack
 
 
 def aggregate(i: int, pad: int = 2000) -> dict:
@@ -50,7 +51,7 @@ def drain(up: UploaderComponent, steps: int = 1000) -> None:
     for _ in range(steps):
         if not up.pending():
             return
-        delay = up.sender.step()
+        delay = up.core.sender.step()
         up.services.clock.advance(delay)
 
 
@@ -101,7 +102,7 @@ def test_publish_rate_and_bandwidth_limits_hold(make_services):
     # within the limits, allowing the first second's burst
     assert publishes <= 10.0 * elapsed + 10
     assert sent_bytes <= 20_000.0 * elapsed + 20_000
-    assert up.sender.stats["rate_waits"] > 0
+    assert up.core.sender.stats["rate_waits"] > 0
 
 
 def test_the_hourly_budget_holds_back_aggregates_but_not_alerts(make_services):
@@ -109,19 +110,19 @@ def test_the_hourly_budget_holds_back_aggregates_but_not_alerts(make_services):
     for i in range(20):
         up.handle(aggregate(i, pad=1000))
     drain(up, 50)
-    sent_before = up.sender.stats["bytes_sent"]
+    sent_before = up.core.sender.stats["bytes_sent"]
     assert 10_000 <= sent_before < 15_000  # stops at the budget (one bundle may cross it)
     up.handle(alert(1))
     for _ in range(5):
-        up.services.clock.advance(up.sender.step())
+        up.services.clock.advance(up.core.sender.step())
     assert any(t.endswith("/alerts") for t, _ in up.services.cloud.sent)  # alerts still go
     hours = 0
     while up.pending() and hours < 5:  # each following hour's budget takes its share of the rest
         up.services.clock.advance(3600)
         hours += 1
-        before = up.sender.stats["bytes_sent"]
+        before = up.core.sender.stats["bytes_sent"]
         drain(up, 50)
-        assert up.sender.stats["bytes_sent"] - before < 15_000
+        assert up.core.sender.stats["bytes_sent"] - before < 15_000
     assert up.pending() == 0 and hours == 2
 
 
@@ -129,11 +130,11 @@ def test_retries_back_off_exponentially_then_deliver(make_services):
     cloud = FlakyCloud(fail=5)
     up = make(make_services, cloud=cloud, retry_min_seconds=1.0, retry_max_seconds=8.0)
     up.handle(alert(1))
-    delays = [up.sender.step() for _ in range(6)]
+    delays = [up.core.sender.step() for _ in range(6)]
     assert all(d > 0 for d in delays[:5]) and delays[5] == 0.0
     assert delays[:5] == sorted(delays[:5]) or max(delays[:5]) <= 8.0
     assert 2.0 <= delays[3] <= 8.0 and delays[4] <= 8.0  # 1, 2, 4, 8, 8 with jitter of half
-    assert up.sender.stats["retries"] == 5 and up.pending() == 0 and len(cloud.sent) == 1
+    assert up.core.sender.stats["retries"] == 5 and up.pending() == 0 and len(cloud.sent) == 1
 
 
 def test_rejected_for_good_is_split_then_set_aside_not_retried(make_services):
@@ -144,8 +145,8 @@ def test_rejected_for_good_is_split_then_set_aside_not_retried(make_services):
     up.handle(aggregate(1))
     drain(up)
     assert up.pending() == 0
-    assert up.sender.stats["set_aside"] == 3 and up.sender.stats["bundles_split"] == 1
-    assert up.spool.set_aside_count() == 3
+    assert up.core.sender.stats["set_aside"] == 3 and up.core.sender.stats["bundles_split"] == 1
+    assert up.core.spool.set_aside_count() == 3
     assert [t for t, _ in cloud.sent] == ["dt/car-01/aggregates"]
     assert cloud.attempts == 1 + 3 + 1  # the bundle, each alert alone once, the aggregate
 
@@ -164,31 +165,32 @@ def test_a_message_the_line_drops_every_time_is_treated_as_refused(make_services
     up.handle(alert(1))
     up.handle(aggregate(1))
     drain(up)
-    assert up.pending() == 0 and up.spool.set_aside_count() == 1
+    assert up.pending() == 0 and up.core.spool.set_aside_count() == 1
     assert [t for t, _ in cloud.sent] == ["dt/car-01/aggregates"]
-    assert up.sender.stats["retries"] == 2  # dropped twice, refused the third time
+    assert up.core.sender.stats["retries"] == 2  # dropped twice, refused the third time
 
 
 def test_health_reports_the_spool_and_what_was_sent(make_services):
     up = make(make_services, health_seconds=60.0)
     up.handle(aggregate(1))
-    up.sender.maybe_health()
+    up.core.sender.maybe_health()
     topic, payload = up.services.cloud.sent[-1]
     health = json.loads(payload)
     assert topic == "dt/car-01/health" and health["kind"] == "health"
     assert health["spool"]["messages"] == 1 and health["spool"]["by_kind"] == {"aggregates": 1}
     assert set(health) >= {"spool", "sent", "retries", "evicted", "set_aside", "budget"}
-    up.sender.maybe_health()
+    up.core.sender.maybe_health()
     assert len(up.services.cloud.sent) == 1  # not again within the interval
 
 
 def test_a_full_disk_evicts_to_make_room_and_counts_what_it_cannot_keep(make_services, tmp_path):
     up = make(make_services)
-    up.spool._db.execute("PRAGMA max_page_count = 12")
+    up.core.spool._db.execute("PRAGMA max_page_count = 12")
     for i in range(200):
         up.handle(aggregate(i, pad=3000))
-    assert up.stats["spooled"] + up.stats["lost_spool_full"] == 200
-    assert up.stats["spooled"] > 0
+    totals = up.totals()
+    assert totals["spooled"] + totals["lost_spool_full"] == 200
+    assert totals["spooled"] > 0
 
 
 def test_malformed_messages_are_counted_not_spooled(make_services):

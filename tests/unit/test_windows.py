@@ -14,7 +14,8 @@ from hypothesis import strategies as st
 from telemetry.edge import messages
 from telemetry.edge.messages import SignalColumns
 from telemetry.edge.config import parse_config
-from telemetry.edge.aggregator import Aggregation, AggregatorComponent, WindowAggregator
+from telemetry.edge.aggregator import Aggregation, WindowAggregator
+from telemetry.edge.components import AggregatorComponent
 
 
 def reference(samples: dict[str, list[tuple[float, float]]], width: float) -> dict[int, dict[str, dict]]:

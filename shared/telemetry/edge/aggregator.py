@@ -28,7 +28,6 @@ from typing import Any
 import numpy as np
 
 from . import messages
-from .components import MessageComponent, Services
 from .config import AggregatorConfig
 from .messages import FlatBatch, SignalColumns
 
@@ -260,8 +259,6 @@ class Aggregation:
             self._route[signal] = group
         return self._route[signal]
 
-        self.seq = 0
-
     def add(self, columns: Mapping[str, SignalColumns] | FlatBatch, watermark: float) -> list[dict[str, Any]]:
         batch = columns if isinstance(columns, FlatBatch) else FlatBatch.from_columns(columns)
         groups = list(self.groups.values())
@@ -288,6 +285,12 @@ class Aggregation:
                 out += aggregator.advance(watermark)
         return self._sorted(out)
 
+    def process(self, message: Mapping[str, Any]) -> list[dict[str, Any]]:
+        """A (checked) signals or end_of_stream message in, the aggregates it completes out."""
+        if message["kind"] == messages.SIGNALS:
+            return self.add(messages.flat_signals(message), float(message["span"]["end"]))
+        return self.flush()
+
     def flush(self) -> list[dict[str, Any]]:
         return self._sorted([m for a in self.groups.values() for m in a.flush()])
 
@@ -303,27 +306,4 @@ class Aggregation:
         total = Counter(self.stats)
         for aggregator in self.groups.values():
             total.update(aggregator.stats)
-        return total
-
-
-class AggregatorComponent(MessageComponent):
-    accepts = (messages.SIGNALS, messages.END_OF_STREAM)
-
-    def __init__(self, services: Services) -> None:
-        super().__init__(services)
-        self.topic = services.setting("TELEMETRY_OUTPUT_TOPIC")
-        self.aggregation = Aggregation(services.config.aggregator, services.config.vehicle)
-
-    def on_message(self, message: Mapping[str, Any]) -> None:
-        if message["kind"] == messages.SIGNALS:
-            out = self.aggregation.add(messages.flat_signals(message), float(message["span"]["end"]))
-        else:
-            out = self.aggregation.flush()
-        for aggregate in out:
-            self.services.local.publish(self.topic, aggregate)
-        self.stats["aggregates"] += len(out)
-
-    def totals(self) -> Counter[str]:
-        total = self.aggregation.totals()
-        total.update(self.stats)
         return total

@@ -1,36 +1,43 @@
-"""What a Lambda handler module needs: the services a component runs with, and the adapter that
-turns a component into a Greengrass Lambda handler.
+"""The components: the four cores wired to transports as Greengrass Lambda handlers.
+
+The cores (``reader``, ``aggregator``, ``detector``, ``uploader``) take messages and return
+messages and know nothing of Lambda or Greengrass. Each component here is the thin adapter of
+one core: it checks the event, calls its core, publishes what the core returns.
 
 A handler module is three lines::
 
-    from telemetry.component import LambdaAdapter
-    from telemetry.windows import AggregatorComponent
+    from telemetry.edge.components import AggregatorComponent, LambdaAdapter
     adapter = LambdaAdapter(AggregatorComponent)
     function_handler = adapter.handle
 
 On a Greengrass core device the adapter builds its services from the environment on first use
-(IPC client, vehicle configuration). The local runtime imports the same module inside
-``hosting(services)``, so the adapter uses the runtime's in-memory transports instead: what runs
-on the laptop is the same handler, wired differently. Importing a handler module anywhere else
-does nothing at all.
+(IPC client, vehicle configuration). Anything else that runs the handler (the local runtime, a
+test) hands the adapter its services with ``adapter.host(services)`` after importing the module;
+importing a handler module off Greengrass does nothing at all.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import threading
 from collections import Counter
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 from . import messages
 from .clock import Clock, SystemClock
 from .config import VehicleConfig, load_config
 from .errors import ConfigError, MessageError
+from .aggregator import Aggregation
+from .decode import DbcDecoder, Decoder
+from .detector import Detector
+from .reader import FrameBatcher, ReaderCore
+from .sources import BusSource, FrameSource, LogSource
+from .spool import MemorySpool, Spool, SqliteSpool
 from .transport import CloudTransport, LocalTransport
+from .uploader import Uploader
 
 LOG = logging.getLogger(__name__)
 
@@ -81,14 +88,6 @@ def on_greengrass(env: Mapping[str, str] | None = None) -> bool:
     return any(env.get(key) for key in GREENGRASS_ENV)
 
 
-class Component(Protocol):
-    stats: Counter[str]
-
-    def handle(self, event: Any) -> None: ...
-
-    def close(self) -> None: ...
-
-
 class MessageComponent:
     """Base of the components fed by pub/sub: checks each event, counts and logs a malformed one
     (never raises: one bad message must not stop a pinned function), passes good ones on."""
@@ -113,31 +112,25 @@ class MessageComponent:
         pass
 
 
-_hosted: Services | None = None
-
-
-@contextlib.contextmanager
-def hosting(services: Services) -> Iterator[None]:
-    """While a local runtime imports a handler module, hand it these services."""
-    global _hosted
-    previous, _hosted = _hosted, services
-    try:
-        yield
-    finally:
-        _hosted = previous
-
-
 class LambdaAdapter:
     """Turns a component class into a Lambda handler, and runs a pinned function's loop."""
 
     def __init__(self, factory: Callable[[Services], Any]) -> None:
         self._factory = factory
-        self._services = _hosted
+        self._services: Services | None = None
         self._component: Any = None
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self.thread: threading.Thread | None = None
         self.error: BaseException | None = None
+
+    def host(self, services: Services) -> None:
+        """Run with these services instead of Greengrass's (the local runtime, tests). The
+        component is built here, so a bad configuration fails the start, visibly."""
+        with self._lock:
+            self._services = services
+            self._component = None
+        self.component
 
     @property
     def component(self) -> Any:
@@ -152,12 +145,15 @@ class LambdaAdapter:
 
     def start_pinned(self) -> bool:
         """Start the component's ``run`` loop in a thread and return at once, as Greengrass
-        requires of code that runs forever in a pinned function. Outside Greengrass and a local
-        runtime (a plain import), it starts nothing and says so."""
+        requires of code that runs forever in a pinned function. Outside Greengrass and unhosted
+        (a plain import), or for a component without a loop, it starts nothing and says so."""
         if self._services is None and not on_greengrass():
-            LOG.info("not on Greengrass and not hosted by a local runtime: %s not started", self._factory)
+            LOG.info("not on Greengrass and not hosted: %s not started", self._factory)
             return False
-        self.component  # built here, so a bad configuration fails the start, visibly
+        if not hasattr(self.component, "run"):  # built here, so a bad configuration fails the start
+            return False
+        if self.thread is not None:
+            return True
         self.thread = threading.Thread(target=self._run, name=f"pinned-{getattr(self._factory, '__name__', 'fn')}", daemon=True)
         self.thread.start()
         return True
@@ -175,3 +171,160 @@ class LambdaAdapter:
             self.thread.join(timeout)
         if self._component is not None:
             self._component.close()
+
+
+class CanReaderComponent:
+    """The pinned CAN reader function: a loop started in a thread, reading frames from a source,
+    batching them and publishing what the core (``reader.ReaderCore``) makes of each batch."""
+
+    role = "source"  # its loop ends when a replayed log does
+
+    def __init__(
+        self,
+        services: Services,
+        source: FrameSource | None = None,
+        decoder: Decoder | None = None,
+    ) -> None:
+        self.services = services
+        cfg = services.config.reader
+        self.topic = services.setting("TELEMETRY_OUTPUT_TOPIC")
+        # The DBCs first: a bad one is reported before a bus is opened.
+        self.decoder = decoder if decoder is not None else DbcDecoder(services.config.dbc)
+        self.source = source if source is not None else self._source_from(services)
+        self.core = ReaderCore(self.decoder, self.source.name)
+        self.batcher = FrameBatcher(cfg.batch_max_frames, cfg.batch_max_seconds)
+        self.live = isinstance(self.source, BusSource)
+        self.stats = self.core.totals
+        self.finished = threading.Event()
+
+    @staticmethod
+    def _source_from(services: Services) -> FrameSource:
+        cfg = services.config.reader
+        log = services.env.get("TELEMETRY_LOG") or cfg.log
+        if log:
+            speed = float(services.env.get("TELEMETRY_REPLAY_SPEED", cfg.replay_speed))
+            return LogSource(log, speed=speed, clock=services.clock)
+        kwargs: dict[str, Any] = {
+            "interface": services.env.get("TELEMETRY_CAN_INTERFACE", cfg.interface),
+            "channel": services.env.get("TELEMETRY_CAN_CHANNEL", cfg.channel),
+        }
+        bitrate = services.env.get("TELEMETRY_CAN_BITRATE") or cfg.bitrate
+        if bitrate:
+            kwargs["bitrate"] = int(bitrate)
+        return BusSource(idle_timeout=min(0.25, cfg.batch_max_seconds), **kwargs)
+
+    def _flush(self) -> None:
+        frames = self.batcher.take()
+        if frames:
+            self.services.local.publish(self.topic, self.core.batch_message(frames))
+
+    def run(self, stop: threading.Event) -> None:
+        clock = self.services.clock
+        max_wait = self.batcher.max_seconds
+        last_publish = clock.monotonic()
+        try:
+            for frame in self.source.frames(stop):
+                now = clock.monotonic()
+                if frame is None:
+                    if self.batcher.frames and now - self.batcher.opened_at >= max_wait:
+                        self._flush()
+                        last_publish = now
+                    elif not self.batcher.frames and now - last_publish >= max_wait:
+                        # Live frames carry wall-clock timestamps, so wall-clock time is event time.
+                        self.services.local.publish(self.topic, self.core.tick_message(clock.time()))
+                        last_publish = now
+                    continue
+                full = self.batcher.add(frame, now)
+                if full or (self.live and now - self.batcher.opened_at >= max_wait):
+                    self._flush()
+                    last_publish = now
+            self._flush()
+            extra = {"bad_records": len(self.source.bad_records)}
+            self.services.local.publish(self.topic, self.core.end_message(extra))
+        finally:
+            self.finished.set()
+
+    def handle(self, event: Any) -> None:
+        # The reader has no event sources; an invocation is a no-op (Greengrass may still call a
+        # pinned function's handler once when it starts it).
+        return None
+
+    def close(self) -> None:
+        self.source.close()
+
+
+class AggregatorComponent(MessageComponent):
+    """Signal batches in, windowed statistics out (``aggregator.Aggregation``)."""
+
+    accepts = (messages.SIGNALS, messages.END_OF_STREAM)
+
+    def __init__(self, services: Services) -> None:
+        super().__init__(services)
+        self.topic = services.setting("TELEMETRY_OUTPUT_TOPIC")
+        self.core = Aggregation(services.config.aggregator, services.config.vehicle)
+
+    def on_message(self, message: Mapping[str, Any]) -> None:
+        out = self.core.process(message)
+        for aggregate in out:
+            self.services.local.publish(self.topic, aggregate)
+        self.stats["aggregates"] += len(out)
+
+    def totals(self) -> Counter[str]:
+        total = self.core.totals()
+        total.update(self.stats)
+        return total
+
+
+class AnomalyDetectorComponent(MessageComponent):
+    """Signal batches in, alerts out the moment they are raised (``detector.Detector``)."""
+
+    accepts = (messages.SIGNALS, messages.END_OF_STREAM)
+
+    def __init__(self, services: Services) -> None:
+        super().__init__(services)
+        self.topic = services.setting("TELEMETRY_OUTPUT_TOPIC")
+        cfg = services.config
+        self.core = Detector(cfg.rules, cfg.vehicle, cfg.detector)
+
+    def on_message(self, message: Mapping[str, Any]) -> None:
+        for alert in self.core.process(message):
+            self.services.local.publish(self.topic, alert)
+
+    def totals(self) -> Counter[str]:
+        total = Counter(self.core.stats)
+        total.update(self.stats)
+        return total
+
+
+class UploaderComponent(MessageComponent):
+    """Aggregates and alerts into the durable spool; its pinned loop is the sender
+    (``uploader.Uploader``)."""
+
+    accepts = (messages.AGGREGATES, messages.ALERT)
+    role = "worker"
+
+    def __init__(self, services: Services, spool: Spool | None = None) -> None:
+        super().__init__(services)
+        cfg = services.config.uploader
+        if spool is None:
+            path = services.env.get("TELEMETRY_SPOOL") or cfg.spool_path
+            spool = MemorySpool(clock=services.clock) if path == ":memory:" else SqliteSpool(path, clock=services.clock)
+        self.core = Uploader(spool, services.cloud, cfg, vehicle=services.config.vehicle,
+                             prefix=services.config.cloud_prefix, clock=services.clock)
+
+    def on_message(self, message: Mapping[str, Any]) -> None:
+        self.core.accept(message)
+
+    def run(self, stop: threading.Event) -> None:
+        self.core.run(stop)
+
+    def pending(self) -> int:
+        return self.core.pending()
+
+    def totals(self) -> Counter[str]:
+        total = self.core.totals()
+        total.update(self.stats)
+        return total
+
+    def close(self) -> None:
+        self.core.close()

@@ -33,7 +33,6 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
 from . import messages
-from .components import MessageComponent, Services
 from .config import DetectorConfig, Rule
 from .messages import FlatBatch, SignalColumns
 
@@ -403,6 +402,13 @@ class Detector:
     def active(self) -> dict[tuple[str, str], _State]:
         return {k: s for k, s in self.states.items() if s.active}
 
+    def process(self, message: Mapping[str, Any]) -> list[dict[str, Any]]:
+        """A (checked) signals message in, the alerts it raises, updates or clears out. At the end
+        of a stream nothing changes: alerts still active stay active, nothing cleared them."""
+        if message["kind"] != messages.SIGNALS:
+            return []
+        return self.add(messages.flat_signals(message), message.get("frames", {}), float(message["span"]["end"]))
+
     def add(self, columns: Mapping[str, SignalColumns] | FlatBatch, frames: Mapping[str, int] | None = None,
             now: float | None = None) -> list[dict[str, Any]]:
         """Evaluate a batch. ``now`` is its event time (the end of its span)."""
@@ -537,25 +543,3 @@ def _point_detail(m: Metric, i: int) -> dict[str, Any]:
 
 def _finite(value: float) -> float | None:
     return value if math.isfinite(value) else None
-
-
-class AnomalyDetectorComponent(MessageComponent):
-    accepts = (messages.SIGNALS, messages.END_OF_STREAM)
-
-    def __init__(self, services: Services) -> None:
-        super().__init__(services)
-        self.topic = services.setting("TELEMETRY_OUTPUT_TOPIC")
-        cfg = services.config
-        self.detector = Detector(cfg.rules, cfg.vehicle, cfg.detector)
-
-    def on_message(self, message: Mapping[str, Any]) -> None:
-        if message["kind"] != messages.SIGNALS:
-            return  # alerts still active at the end of a replay stay active: nothing cleared them
-        alerts = self.detector.add(messages.flat_signals(message), message.get("frames", {}), float(message["span"]["end"]))
-        for alert in alerts:
-            self.services.local.publish(self.topic, alert)
-
-    def totals(self) -> Counter[str]:
-        total = Counter(self.detector.stats)
-        total.update(self.stats)
-        return total

@@ -18,7 +18,6 @@ from typing import Any
 import can
 
 from . import messages
-from .components import Services
 from .decode import DbcDecoder, Decoder
 from .sources import BusSource, FrameSource, LogSource
 
@@ -93,82 +92,3 @@ class ReaderCore:
         totals["signal_samples"] = int(self.totals["signal_samples"])
         totals.update(extra or {})
         return messages.end_of_stream_message(source=self.source_name, seq=self.seq, end=self.last_time, totals=totals)
-
-
-class CanReaderComponent:
-    """The pinned CAN reader function: a loop started in a thread, publishing batches."""
-
-    role = "source"  # its loop ends when a replayed log does
-
-    def __init__(
-        self,
-        services: Services,
-        source: FrameSource | None = None,
-        decoder: Decoder | None = None,
-    ) -> None:
-        self.services = services
-        cfg = services.config.reader
-        self.topic = services.setting("TELEMETRY_OUTPUT_TOPIC")
-        # The DBCs first: a bad one is reported before a bus is opened.
-        self.decoder = decoder if decoder is not None else DbcDecoder(services.config.dbc)
-        self.source = source if source is not None else self._source_from(services)
-        self.core = ReaderCore(self.decoder, self.source.name)
-        self.batcher = FrameBatcher(cfg.batch_max_frames, cfg.batch_max_seconds)
-        self.live = isinstance(self.source, BusSource)
-        self.stats = self.core.totals
-        self.finished = threading.Event()
-
-    @staticmethod
-    def _source_from(services: Services) -> FrameSource:
-        cfg = services.config.reader
-        log = services.env.get("TELEMETRY_LOG") or cfg.log
-        if log:
-            speed = float(services.env.get("TELEMETRY_REPLAY_SPEED", cfg.replay_speed))
-            return LogSource(log, speed=speed, clock=services.clock)
-        kwargs: dict[str, Any] = {
-            "interface": services.env.get("TELEMETRY_CAN_INTERFACE", cfg.interface),
-            "channel": services.env.get("TELEMETRY_CAN_CHANNEL", cfg.channel),
-        }
-        bitrate = services.env.get("TELEMETRY_CAN_BITRATE") or cfg.bitrate
-        if bitrate:
-            kwargs["bitrate"] = int(bitrate)
-        return BusSource(idle_timeout=min(0.25, cfg.batch_max_seconds), **kwargs)
-
-    def _flush(self) -> None:
-        frames = self.batcher.take()
-        if frames:
-            self.services.local.publish(self.topic, self.core.batch_message(frames))
-
-    def run(self, stop: threading.Event) -> None:
-        clock = self.services.clock
-        max_wait = self.batcher.max_seconds
-        last_publish = clock.monotonic()
-        try:
-            for frame in self.source.frames(stop):
-                now = clock.monotonic()
-                if frame is None:
-                    if self.batcher.frames and now - self.batcher.opened_at >= max_wait:
-                        self._flush()
-                        last_publish = now
-                    elif not self.batcher.frames and now - last_publish >= max_wait:
-                        # Live frames carry wall-clock timestamps, so wall-clock time is event time.
-                        self.services.local.publish(self.topic, self.core.tick_message(clock.time()))
-                        last_publish = now
-                    continue
-                full = self.batcher.add(frame, now)
-                if full or (self.live and now - self.batcher.opened_at >= max_wait):
-                    self._flush()
-                    last_publish = now
-            self._flush()
-            extra = {"bad_records": len(self.source.bad_records)}
-            self.services.local.publish(self.topic, self.core.end_message(extra))
-        finally:
-            self.finished.set()
-
-    def handle(self, event: Any) -> None:
-        # The reader has no event sources; an invocation is a no-op (Greengrass may still call a
-        # pinned function's handler once when it starts it).
-        return None
-
-    def close(self) -> None:
-        self.source.close()

@@ -31,7 +31,6 @@ from typing import Any
 
 from . import messages
 from .clock import Clock
-from .components import MessageComponent, Services
 from .config import UploaderConfig
 from .errors import DroppedError, RejectedError, TransportError
 from .spool import Entry, MemorySpool, Spool, SpoolError, SqliteSpool
@@ -274,28 +273,22 @@ class Sender:
             else:
                 self.clock.wait(stop, delay)  # back-off or rate limit: only stopping cuts it short
 
-class UploaderComponent(MessageComponent):
-    accepts = (messages.AGGREGATES, messages.ALERT)
-    role = "worker"
 
-    def __init__(self, services: Services, spool: Spool | None = None) -> None:
-        super().__init__(services)
-        cfg = services.config.uploader
+class Uploader:
+    """The uploader's core: accepts aggregates and alerts into the spool (committed before
+    ``accept`` returns), and a ``Sender`` that forwards them. Knows nothing of Lambda or
+    Greengrass: it is handed a spool, a cloud transport and a clock."""
+
+    def __init__(self, spool: Spool, cloud: CloudTransport, cfg: UploaderConfig, *, vehicle: str, prefix: str,
+                 clock: Clock) -> None:
+        self.spool = spool
         self.cfg = cfg
-        self.prefix = services.config.cloud_prefix
-        self.vehicle = services.config.vehicle
-        path = services.env.get("TELEMETRY_SPOOL") or cfg.spool_path
-        if spool is not None:
-            self.spool = spool
-        elif path == ":memory:":
-            self.spool = MemorySpool(clock=services.clock)
-        else:
-            self.spool = SqliteSpool(path, clock=services.clock)
-        spool_id = getattr(self.spool, "instance", "") or uuid.uuid4().hex[:8]
-        self.sender = Sender(self.spool, services.cloud, cfg, vehicle=self.vehicle, prefix=self.prefix,
-                             clock=services.clock, spool_id=spool_id)
+        self.vehicle = vehicle
+        self.stats: Counter[str] = Counter()
+        spool_id = getattr(spool, "instance", "") or uuid.uuid4().hex[:8]
+        self.sender = Sender(spool, cloud, cfg, vehicle=vehicle, prefix=prefix, clock=clock, spool_id=spool_id)
 
-    def on_message(self, message: Mapping[str, Any]) -> None:
+    def accept(self, message: Mapping[str, Any]) -> None:
         payload = messages.dumps(message)
         key = message_key(message)
         try:

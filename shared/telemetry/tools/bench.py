@@ -204,7 +204,7 @@ def spool_stage(log: Path, msgs_out: list[dict], cfg, tmp: Path) -> None:
     from telemetry.edge.clock import SystemClock
     from telemetry.edge.components import Services
     from telemetry.edge.transport import InMemoryCloudTransport, InMemoryLocalTransport
-    from telemetry.edge.uploader import UploaderComponent
+    from telemetry.edge.components import UploaderComponent
 
     unlimited = {"max_publishes_per_second": 1e9, "max_bytes_per_second": 1e12, "health_seconds": 1e9}
     rows = []
@@ -224,7 +224,7 @@ def spool_stage(log: Path, msgs_out: list[dict], cfg, tmp: Path) -> None:
         put_s = time.perf_counter() - start
         start = time.perf_counter()
         while up.pending():
-            up.sender.step()
+            up.core.sender.step()
         send_s = time.perf_counter() - start
         wire = sum(len(p) for _, p in cloud.sent)
         rows.append((label, len(msgs_out) / put_s, len(msgs_out) / send_s, wire, len(cloud.sent)))

@@ -41,15 +41,15 @@ env = {"TELEMETRY_OUTPUT_TOPIC": "t", "TELEMETRY_LOG": str(root / "vehicles/samp
        "TELEMETRY_SPOOL": tempfile.mktemp(suffix=".db")}
 services = Services(Sink(), InMemoryCloudTransport(), cfg, SystemClock(), env)
 if which == "reader":
-    from telemetry.edge.reader import CanReaderComponent
+    from telemetry.edge.components import CanReaderComponent
     CanReaderComponent(services).run(threading.Event())
 else:
     if which == "aggregator":
-        from telemetry.edge.aggregator import AggregatorComponent as C
+        from telemetry.edge.components import AggregatorComponent as C
     elif which == "detector":
-        from telemetry.edge.detector import AnomalyDetectorComponent as C
+        from telemetry.edge.components import AnomalyDetectorComponent as C
     else:
-        from telemetry.edge.uploader import UploaderComponent as C
+        from telemetry.edge.components import UploaderComponent as C
         services.cloud = type("Drop", (), {"publish": lambda self, t, p: None, "close": lambda self: None})()
     component = C(services)
     with open(inputs) as f:
@@ -57,7 +57,7 @@ else:
             component.handle(json.loads(line))
     if which == "uploader":
         while component.pending():
-            component.sender.step()
+            component.core.sender.step()
 # VmHWM, not ru_maxrss: Linux carries ru_maxrss over an exec from the parent that forked us
 peak_kb = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM:"))
 print(json.dumps({"component": which, "peak_mb": peak_kb / 1024}))
@@ -72,10 +72,10 @@ def inputs(folder: Path) -> dict[str, Path]:
     from telemetry.edge.clock import SystemClock
     from telemetry.edge.components import Services
     from telemetry.edge.config import load_config
-    from telemetry.edge.reader import CanReaderComponent
-    from telemetry.edge.detector import AnomalyDetectorComponent
+    from telemetry.edge.components import CanReaderComponent
+    from telemetry.edge.components import AnomalyDetectorComponent
     from telemetry.edge.transport import InMemoryCloudTransport, InMemoryLocalTransport
-    from telemetry.edge.aggregator import AggregatorComponent
+    from telemetry.edge.components import AggregatorComponent
 
     cfg = load_config(ROOT / "vehicles/sample/vehicle.toml")
     bus = InMemoryLocalTransport()

@@ -18,13 +18,14 @@ from typing import Any
 
 from telemetry.edge.config import VehicleConfig, load_config
 from telemetry.edge.errors import ConfigError
-from telemetry.edge.reader import CanReaderComponent
-from telemetry.edge.detector import AnomalyDetectorComponent
+from telemetry.edge.components import CanReaderComponent
+from telemetry.edge.components import AnomalyDetectorComponent
 from telemetry.tools.paths import RECIPES
 from telemetry.tools.runtime import LocalRuntime
 from telemetry.edge.transport import OutboxFile
-from telemetry.edge.uploader import UploaderComponent, unpack
-from telemetry.edge.aggregator import AggregatorComponent
+from telemetry.edge.components import UploaderComponent
+from telemetry.edge.uploader import unpack
+from telemetry.edge.components import AggregatorComponent
 
 LOG = logging.getLogger(__name__)
 
@@ -115,7 +116,7 @@ def build_summary(runtime: LocalRuntime, components: Any, cfg: VehicleConfig, lo
         "alerts_raised": alerts["alert_raised"],
         "alerts_updated": alerts["alert_update"],
         "alerts_cleared": alerts["alert_cleared"],
-        "alerts_active_at_end": len(detector.detector.active),
+        "alerts_active_at_end": len(detector.core.active),
         "uploaded_messages": upload["messages_sent"],
         "uploaded_raw_bytes": upload["raw_bytes_sent"],
         "bundles": upload["bundles_sent"],

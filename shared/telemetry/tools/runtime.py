@@ -25,9 +25,9 @@ from types import ModuleType
 from typing import Any
 
 from telemetry.edge.clock import Clock, SystemClock
-from telemetry.edge.components import Services, hosting
+from telemetry.edge.components import LambdaAdapter, Services
 from telemetry.edge.config import VehicleConfig
-from telemetry.edge.errors import RecipeError, TelemetryError
+from telemetry.edge.errors import RecipeError
 from telemetry.edge.messages import dumps
 from telemetry.tools.recipes import Recipe, check_recipes, import_handler, load_recipes
 from telemetry.edge.transport import CloudTransport, Handler
@@ -167,13 +167,13 @@ class LocalRuntime:
         env = {**recipe.environment, **self.env}
         services = Services(self, self.cloud, self.config, self.clock, env, recipe.name)
         module_name = "_telemetry_local_" + re.sub(r"\W", "_", recipe.name)
-        with hosting(services):
-            try:
-                module, handler = import_handler(recipe, module_name)
-            except RecipeError as exc:
-                if isinstance(exc.__cause__, TelemetryError):
-                    raise exc.__cause__ from None  # a clear error of ours (a bad DBC): say just that
-                raise
+        module, handler = import_handler(recipe, module_name)
+        adapter = getattr(module, "adapter", None)
+        if not isinstance(adapter, LambdaAdapter):
+            raise RecipeError(f"{recipe.path.name}: handler module {module.__file__} has no LambdaAdapter named 'adapter'")
+        adapter.host(services)  # builds the component: a bad configuration (a broken DBC) fails here
+        if recipe.pinned:
+            adapter.start_pinned()  # a pinned function's loop, if its component has one
         runner = _Runner(recipe, module, handler)
         runner.worker.start()
         self.runners[recipe.name] = runner
