@@ -16,7 +16,7 @@ from telemetry.tools.replay import replay
 from telemetry.tools.runtime import LocalRuntime
 from telemetry.tools.simulator import write_drive
 from telemetry.edge.transport import InMemoryCloudTransport
-from telemetry.edge.uploader import unpack
+from telemetry.edge.messages import unpack
 
 ROOT = Path(__file__).resolve().parents[2]
 SAMPLE = ROOT / "vehicles" / "sample"
@@ -69,7 +69,7 @@ def test_a_full_queue_slows_the_reader_down_and_loses_nothing(project, short_dri
         runtime.drain()
         waits = sum(runtime.runner(n).stats["publisher_waits"] for n in runtime.started)
         reader = runtime.component("telemetry.CanReader")
-        assert reader.core.totals["read"] == normal["frames_read"]
+        assert reader.counters()["frames_read"] == normal["frames_read"]
     # THEN publishers had to wait for full queues, and the cloud got exactly the same messages
     # (bundled differently: how many go in one publish depends on timing)
     assert waits > 0
@@ -84,8 +84,8 @@ def test_malformed_local_messages_are_counted_and_the_stream_goes_on(short_drive
     cfg = load_config(SAMPLE / "vehicle.toml")
     cloud = InMemoryCloudTransport()
     with LocalRuntime(ROOT / "recipes", cfg, cloud, env={"TELEMETRY_LOG": str(short_drive)}) as runtime:
-        runtime.publish("telemetry/signals", {"v": 1, "kind": "signals", "signals": "oops"})
-        runtime.publish("telemetry/aggregates", {"hello": "world"})
+        runtime.deliver("telemetry/signals", b'{"v": 1, "kind": "signals", "signals": "oops"}')
+        runtime.deliver("telemetry/aggregates", b'{"hello": "world"}')
         runtime.wait_for_sources(timeout=60)
         runtime.drain()
         assert runtime.component("telemetry.Aggregator").stats["malformed"] == 1

@@ -25,7 +25,7 @@ from telemetry.tools.replay import messages_from_outbox, replay
 from telemetry.edge.spool import SqliteSpool
 from telemetry.edge.transport import InMemoryLocalTransport
 from telemetry.edge.components import UploaderComponent
-from telemetry.edge.uploader import message_key, unpack
+from telemetry.edge.messages import decode, unpack
 
 ROOT = Path(__file__).resolve().parents[2]
 SAMPLE = ROOT / "vehicles" / "sample"
@@ -58,6 +58,10 @@ def observer(broker):
 def config(tmp_path: Path, **uploader):
     raw = parse_config({"vehicle": "sunrace-01", "uploader": {**FAST, **uploader}})
     return raw
+
+
+def message_key(message: dict) -> str:
+    return decode(message).key
 
 
 def identity(message: dict) -> str:

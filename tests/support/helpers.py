@@ -22,11 +22,11 @@ def columns(**signals: tuple[list[float], list[float]]) -> dict[str, SignalColum
 
 
 def signals_event(cols: dict[str, SignalColumns], seq: int = 1) -> dict:
-    times = [float(c.t.max()) for c in cols.values() if len(c)] or [0.0]
-    return messages.signals_message(
-        source="test", seq=seq, start=min(float(c.t.min()) for c in cols.values() if len(c)) if any(len(c) for c in cols.values()) else 0.0,
-        end=max(times), frames={"read": 1}, signals=cols,
-    )
+    """The JSON object a handler receives for a batch of these columns."""
+    present = [c for c in cols.values() if len(c)]
+    start = min(float(c.t.min()) for c in present) if present else 0.0
+    end = max(float(c.t.max()) for c in present) if present else 0.0
+    return messages.Signals("test", seq, start, end, {"read": 1}, messages.FlatBatch.from_columns(cols)).encode()
 
 
 def write_lines(path: Path, lines: list[str], newline_at_end: bool = True) -> Path:

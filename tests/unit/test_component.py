@@ -16,7 +16,7 @@ from support.helpers import columns, frame, signals_event
 from telemetry.edge.components import LambdaAdapter, Services, on_greengrass
 from telemetry.edge.transport import IpcCloudTransport, IpcLocalTransport
 from telemetry.edge.components import UploaderComponent
-from telemetry.edge.uploader import unpack
+from telemetry.edge.messages import unpack
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -30,6 +30,11 @@ def load(path: Path, name: str, services: Services | None = None):
         module.adapter.host(services)
         module.adapter.start_pinned()
     return module
+
+
+def alert(alert_id: str, t: float) -> dict:
+    return {"v": 1, "kind": "alert", "vehicle": "car-01", "id": alert_id, "state": "raised", "rule": "r",
+            "rule_kind": "limit", "signal": "A.x", "severity": "warning", "t": t, "value": 1.0, "detail": {}}
 
 
 def test_on_greengrass_reads_the_nucleus_environment():
@@ -49,7 +54,7 @@ def test_services_on_greengrass_use_one_ipc_client_and_the_configured_vehicle(tm
     assert services.config.vehicle == "sunrace-01"
     # an uploader built on these services spools, then publishes through the SDK's real signature
     uploader = UploaderComponent(services)
-    uploader.handle({"v": 1, "kind": "alert", "id": "a", "t": 1.0})
+    uploader.handle(alert("a", 1.0))
     assert (tmp_path / "spool.db").is_file() and uploader.pending() == 1
     assert uploader.core.sender.step() == 0.0
     client.publish_to_iot_core.assert_called_once()
@@ -78,8 +83,8 @@ def test_the_uploader_handler_spools_and_its_pinned_sender_delivers(make_service
     module = load(ROOT / "lambdas/uploader/handler.py", "uploader_handler_test", services)
     try:
         assert module.adapter.thread.is_alive()
-        module.function_handler({"v": 1, "kind": "alert", "id": "a", "t": 1.0}, None)
-        module.function_handler({"v": 1, "kind": "alert", "id": "b", "t": 2.0}, None)
+        module.function_handler(alert("a", 1.0), None)
+        module.function_handler(alert("b", 2.0), None)
         waiter = threading.Event()
         for _ in range(500):
             if module.adapter.component.pending() == 0:

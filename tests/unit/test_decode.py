@@ -27,13 +27,16 @@ def test_decodes_scaled_values_multiplexed_and_extended(sample_dbc):
     batch = DbcDecoder([sample_dbc]).decode(frames)
     assert batch.frames["decoded"] == 3
     # only the signals of the active multiplexer value are present; the selector itself is a signal
-    assert batch.signals["BMS_CellVoltages.Module"].v.tolist() == [1, 2]
-    assert batch.signals["BMS_CellVoltages.Cell04"].t.tolist() == [1.0]
-    assert batch.signals["BMS_CellVoltages.Cell04"].v[0] == pytest.approx(3.9)
-    assert "BMS_CellVoltages.Cell01" not in batch.signals
-    assert batch.signals["BMS_CellVoltages.Cell09"].v[0] == pytest.approx(3.7)
-    assert batch.signals["GPS_Position.Latitude"].v[0] == pytest.approx(-33.9)
+    assert batch.batch.columns()["BMS_CellVoltages.Module"].v.tolist() == [1, 2]
+    assert batch.batch.columns()["BMS_CellVoltages.Cell04"].t.tolist() == [1.0]
+    assert batch.batch.columns()["BMS_CellVoltages.Cell04"].v[0] == pytest.approx(3.9)
+    assert "BMS_CellVoltages.Cell01" not in batch.batch.columns()
+    assert batch.batch.columns()["BMS_CellVoltages.Cell09"].v[0] == pytest.approx(3.7)
+    assert batch.batch.columns()["GPS_Position.Latitude"].v[0] == pytest.approx(-33.9)
     assert batch.samples == 4 + 4 + 2
+    # flat columns: one signal's samples contiguous and in time order, names as first seen
+    flat = batch.batch
+    assert (flat.ids[1:] >= flat.ids[:-1]).all() and flat.names[0] == "BMS_CellVoltages.Module"
 
 
 def test_choices_are_numbers_not_names(sample_dbc):
@@ -41,7 +44,7 @@ def test_choices_are_numbers_not_names(sample_dbc):
     dc = db.get_message_by_name("DriverControls")
     data = dc.encode({"Throttle": 10, "Regen": 0, "Brake": 0, "Gear": 2, "CruiseOn": 0})
     batch = DbcDecoder([sample_dbc]).decode([frame(1.0, dc.frame_id, data)])
-    assert batch.signals["DriverControls.Gear"].v.tolist() == [2.0]
+    assert batch.batch.columns()["DriverControls.Gear"].v.tolist() == [2.0]
 
 
 def test_error_remote_unknown_and_undecodable_frames_are_counted(sample_dbc):
@@ -58,7 +61,7 @@ def test_error_remote_unknown_and_undecodable_frames_are_counted(sample_dbc):
     assert dict(batch.frames) == {"read": 7, "error": 1, "remote": 1, "unknown_id": 3, "decode_error": 1, "decoded": 1}
     assert batch.unknown_ids == {0x7E0: 2, 0x100: 1}
     assert batch.decode_errors == {0x100: 1}
-    assert batch.signals["BMS_PackStatus.PackVoltage"].t.tolist() == [1.6]
+    assert batch.batch.columns()["BMS_PackStatus.PackVoltage"].t.tolist() == [1.6]
 
 
 def test_later_dbc_wins_on_collision_and_it_is_reported_once(tmp_path, sample_dbc):
@@ -68,8 +71,8 @@ def test_later_dbc_wins_on_collision_and_it_is_reported_once(tmp_path, sample_db
     assert len(decoder.collisions) == 1
     assert "second.dbc:Second replaces solar_car.dbc:BMS_PackStatus" in str(decoder.collisions[0])
     batch = decoder.decode([frame(1.0, 0x100, b"\x0a\x00"), frame(2.0, 0x100, b"\x0b\x00")])
-    assert set(batch.signals) == {"Second.Other"}
-    assert batch.signals["Second.Other"].v.tolist() == [5.0, 5.5]
+    assert set(batch.batch.columns()) == {"Second.Other"}
+    assert batch.batch.columns()["Second.Other"].v.tolist() == [5.0, 5.5]
     assert len(decoder.collisions) == 1
 
 

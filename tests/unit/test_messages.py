@@ -1,7 +1,9 @@
-"""Message formats: what a handler accepts, and what it refuses with a reason."""
+"""Message kinds: one encoder and one decoder each, what a decoder refuses and why, and what a
+kind carries (its spool priority, its cloud topic)."""
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -9,16 +11,67 @@ from support.helpers import columns
 
 from telemetry.edge import messages
 from telemetry.edge.errors import MessageError
+from telemetry.edge.messages import Aggregates, Alert, Bundle, EndOfStream, FlatBatch, Gap, Health, Signals
+
+SIGNALS = Signals("drive.log", 1, 1.0, 2.0, {"read": 2, "decoded": 2},
+                  FlatBatch.from_columns(columns(**{"A.x": ([1.0, 2.0], [3.0, 4.0]), "B.y": ([1.5], [-1.0])})))
+AGGREGATES = Aggregates("car", 4, "default", 10.0, 11.0, {"A.x": {"count": 2, "min": 1.0, "max": 2.0, "mean": 1.5}}, 1, 9.5)
+ALERT = Alert("car", "car/r/A.x/10.500000", "raised", "r", "limit", "A.x", "critical", 10.5, 99.0, {"max": 60})
+EXAMPLES = [
+    SIGNALS,
+    EndOfStream("drive.log", 2, 2.0, {"read": 2}),
+    AGGREGATES,
+    ALERT,
+    Gap("car", 100.0, "aggregates", 3, 3000, 1.0, 3.0, 7, 9),
+    Health("car", 100.0, {"messages": 1, "bytes": 10, "oldest_age_seconds": None, "by_kind": {}},
+           {"bundles": 1, "messages": 2, "bytes": 300}, 0, {"messages": 0, "gaps": 0}, 0, {"bytes_last_hour": 0, "limit": None}),
+]
 
 
-def test_signals_round_trip():
-    cols = columns(**{"A.x": ([1.0, 2.0], [3.0, 4.0])})
-    msg = messages.signals_message(source="s", seq=1, start=1.0, end=2.0, frames={"read": 2, "decoded": 2}, signals=cols)
-    parsed = messages.parse(msg, messages.SIGNALS)
-    got = messages.flat_signals(parsed).columns()
-    assert got["A.x"].t.tolist() == [1.0, 2.0] and got["A.x"].v.tolist() == [3.0, 4.0]
-    assert msg["v"] == 1 and msg["kind"] == "signals"
-    assert set(msg["frames"]) == set(messages.FRAME_COUNTERS)
+@pytest.mark.parametrize("message", EXAMPLES, ids=lambda m: m.kind)
+def test_every_kind_round_trips_through_json(message):
+    event = json.loads(message.to_bytes())
+    assert event["v"] == 1 and event["kind"] == message.kind
+    again = messages.decode(event)
+    assert type(again) is type(message)
+    assert again.encode() == message.encode()
+
+
+def test_signals_travel_as_columns():
+    event = SIGNALS.encode()
+    assert event["signals"] == {"A.x": {"t": [1.0, 2.0], "v": [3.0, 4.0]}, "B.y": {"t": [1.5], "v": [-1.0]}}
+    assert set(event["frames"]) == set(messages.FRAME_COUNTERS)
+    batch = messages.decode(event).batch
+    assert batch.names == ("A.x", "B.y") and batch.ids.tolist() == [0, 0, 1] and batch.v.tolist() == [3.0, 4.0, -1.0]
+
+
+def test_what_a_kind_is_lives_on_its_class():
+    assert [k for k, cls in messages.KINDS.items() if cls.priority is not None] == ["aggregates", "alert", "gap"]
+    assert Alert.priority < Aggregates.priority and Gap.priority == Alert.priority  # alerts and gaps first
+    assert {k: cls.cloud_topic for k, cls in messages.KINDS.items() if cls.cloud_topic} == {
+        "aggregates": "aggregates", "alert": "alerts", "gap": "gaps", "health": "health"}
+    assert AGGREGATES.key == "default/10.0" and AGGREGATES.event_time == 10.0
+    assert ALERT.key == "car/r/A.x/10.500000/raised/10.5" and ALERT.event_time == 10.5
+
+
+def test_a_bundle_embeds_the_spooled_bytes_as_they_are():
+    items = (("car:alert:1", ALERT.to_bytes()), ("car:alert:2", ALERT.to_bytes()))
+    for compress in (True, False):
+        payload = Bundle("car", "alert", items, compress).to_bytes()
+        envelope = json.loads(payload)
+        assert envelope["encoding"] == ("zlib+base64" if compress else "none") and envelope["count"] == 2
+        assert messages.unpack(payload) == [{"id": i, "message": ALERT.encode()} for i, _ in items]
+        assert Bundle.decode(envelope).items == items  # the same bytes, not a re-encoding
+    plain = Bundle("car", "alert", items, False).to_bytes()
+    assert plain == json.dumps({"v": 1, "kind": "bundle", "vehicle": "car", "of": "alert", "count": 2, "encoding": "none",
+                                "messages": [{"id": i, "message": ALERT.encode()} for i, _ in items]},
+                               separators=(",", ":")).encode()
+
+
+def alert_event(**change):
+    event = ALERT.encode()
+    event.update(change)
+    return {k: v for k, v in event.items() if v is not ...}
 
 
 @pytest.mark.parametrize(
@@ -28,24 +81,35 @@ def test_signals_round_trip():
         ({"kind": "signals"}, "unsupported message version None"),
         ({"v": 2, "kind": "signals"}, "unsupported message version 2"),
         ({"v": 1, "kind": "bogus"}, "unknown message kind 'bogus'"),
-        ({"v": 1, "kind": "alert"}, "unexpected message kind 'alert'"),
-        ({"v": 1, "kind": "signals", "signals": {}}, "span"),
-        ({"v": 1, "kind": "signals", "span": {"start": 0, "end": 1}}, "without a 'signals' object"),
+        ({"v": 1, "kind": "signals", "signals": {}}, "without 'span'"),
+        ({"v": 1, "kind": "signals", "span": {"start": 0}, "signals": {}}, "numeric 'span'"),
+        ({"v": 1, "kind": "signals", "span": {"start": 0, "end": 1}}, "without 'signals'"),
         ({"v": 1, "kind": "signals", "span": {"start": 0, "end": 1}, "signals": {"A.x": {"t": [1], "v": []}}}, "1 times but 0 values"),
         ({"v": 1, "kind": "signals", "span": {"start": 0, "end": 1}, "signals": {"A.x": [1, 2]}}, "not an object"),
+        ({"v": 1, "kind": "signals", "span": {"start": 0, "end": 1}, "signals": {"A.x": {"t": [1], "v": ["hot"]}}}, "non-numeric"),
+        ({"v": 1, "kind": "aggregates"}, "aggregates message without 'window'"),
+        ({**AGGREGATES.encode(), "window": {"start": 5.0, "end": 5.0}}, "is not before"),
+        ({**AGGREGATES.encode(), "signals": {"A.x": {"count": 1, "pad": 3}}}, "unknown statistic 'pad'"),
+        ({**AGGREGATES.encode(), "signals": {"A.x": {"mean": "x"}}}, "must be a finite number"),
+        ({"v": 1, "kind": "alert"}, "alert message without 'state'"),
+        ({"v": 1, "kind": "alert", "id": "a", "t": 1.0}, "without 'state'"),
+        (alert_event(state="burning"), "alert state must be one of"),
+        (alert_event(severity="meh"), "severity must be one of"),
+        (alert_event(t=1e400), "t must be a finite number"),
+        (alert_event(id=""), "id must be a non-empty string"),
+        (alert_event(rule=...), "without 'rule'"),
     ],
 )
 def test_malformed_messages_are_refused_with_a_reason(event, reason):
     with pytest.raises(MessageError, match=reason):
-        messages.parse(event, messages.SIGNALS, messages.END_OF_STREAM)
+        messages.decode(event)
 
 
-def test_non_numeric_values_are_refused():
-    event = {"v": 1, "kind": "signals", "span": {"start": 0, "end": 1}, "signals": {"A.x": {"t": [1], "v": ["hot"]}}}
-    with pytest.raises(MessageError, match="non-numeric"):
-        messages.flat_signals(messages.parse(event))
+def test_a_kind_a_component_does_not_take_is_refused():
+    with pytest.raises(MessageError, match="unexpected message kind 'alert'"):
+        messages.decode(ALERT.encode(), messages.SIGNALS, messages.END_OF_STREAM)
 
 
 def test_nan_is_refused_at_the_sender():
     with pytest.raises(MessageError, match="not valid JSON"):
-        messages.dumps({"v": 1, "x": math.nan})
+        Alert("car", "a", "raised", "r", "limit", "A.x", "warning", 1.0, math.nan, {}).to_bytes()

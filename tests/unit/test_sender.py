@@ -7,40 +7,51 @@ import json
 
 from telemetry.edge.clock import ManualClock
 from telemetry.edge.config import parse_config
-from telemetry.edge.errors import RejectedError, TransportError
+from telemetry.edge.errors import DroppedError, RejectedError, TransportError
 from telemetry.edge.spool import MemorySpool
 from telemetry.edge.transport import InMemoryCloudTransport
 from telemetry.edge.components import UploaderComponent
-from telemetry.edge.uploader import message_key, unpack
+from telemetry.edge.messages import decode, unpack
 
 
 def aggregate(i: int, pad: int = 2000) -> dict:
     return {"v": 1, "kind": "aggregates", "vehicle": "car", "seq": i, "group": "default",
-            "window": {"start": float(i), "end": float(i + 1)}, "signals": {"A.x": {"count": 1, "pad": "y" * pad}},
+            "window": {"start": float(i), "end": float(i + 1)}, "signals": {"A." + "y" * pad: {"count": 1, "mean": 2.5}},
             "late": {"samples": 0, "oldest": None}}
 
 
 def alert(i: int) -> dict:
-    return {"v": 1, "kind": "alert", "vehicle": "car", "id": f"car/r/A.x/{i}", "state": "raised", "t": float(i)}
+    return {"v": 1, "kind": "alert", "vehicle": "car", "id": f"car/r/A.x/{i}", "state": "raised", "rule": "r",
+            "rule_kind": "limit", "signal": "A.x", "severity": "warning", "t": float(i), "value": 9.5, "detail": {}}
 
 
-class FlakyCloud(InMemoryCloudTransport):
-    def __init__(self, fail: int = 0, reject_topic: str | None = None) -> None:
-        super().__init__()
-        self.fail, self.reject_topic, self.attempts = fail, reject_topic, 0
+def key(message: dict) -> str:
+    return decode(message).key
 
-    def publish(self, topic: str, payload: bytes) -> None:
-        self.attempts += 1
-        if self.reject_topic and topic.endswith(self.reject_topic):
+
+def flaky(fail: int = 0, reject_topic: str | None = None, drop_topic: str | None = None) -> InMemoryCloudTransport:
+    """A broker in one function: offline for the first ``fail`` publishes, refusing (or hanging
+    up on) every publish to a topic ending in ``reject_topic`` (``drop_topic``)."""
+    calls = {"fail": fail, "attempts": 0}
+
+    def broker(topic: str, payload: bytes) -> None:
+        calls["attempts"] += 1
+        if reject_topic and topic.endswith(reject_topic):
             raise RejectedError("NOT_AUTHORIZED")
-        if self.fail:
-            self.fail -= 1
+        if drop_topic and topic.endswith(drop_topic):
+            raise DroppedError("UNEXPECTED_HANGUP")
+        if calls["fail"]:
+            calls["fail"] -= 1
             raise TransportError("offline")
-        super().publish(topic, payload)
+
+    cloud = InMemoryCloudTransport(broker)
+    cloud.calls = calls  # type: ignore[attr-defined]
+    return cloud
 
 
 def make(make_services, cloud=None, **uploader):
-    services = make_services(env={"TELEMETRY_SPOOL": ":memory:"}, uploader={"health_seconds": 1e9, **uploader})
+    spool = uploader.pop("spool_path", ":memory:")
+    services = make_services(env={"TELEMETRY_SPOOL": spool}, uploader={"health_seconds": 1e9, **uploader})
     services.clock = ManualClock(0.0)
     if cloud is not None:
         services.cloud = cloud
@@ -64,7 +75,7 @@ def test_bundles_stay_under_the_payload_limit_and_carry_every_message_once(make_
     assert max(sizes) <= 20_000 and len(sizes) >= 4
     items = [item for _, p in up.services.cloud.sent for item in unpack(p)]
     assert [i["message"]["seq"] for i in items] == list(range(40))
-    assert [i["id"] for i in items] == [f"car-01:aggregates:{message_key(aggregate(n))}" for n in range(40)]
+    assert [i["id"] for i in items] == [f"car-01:aggregates:{key(aggregate(n))}" for n in range(40)]
 
 
 def test_compression_is_marked_and_smaller(make_services):
@@ -127,7 +138,7 @@ def test_the_hourly_budget_holds_back_aggregates_but_not_alerts(make_services):
 
 
 def test_retries_back_off_exponentially_then_deliver(make_services):
-    cloud = FlakyCloud(fail=5)
+    cloud = flaky(fail=5)
     up = make(make_services, cloud=cloud, retry_min_seconds=1.0, retry_max_seconds=8.0)
     up.handle(alert(1))
     delays = [up.core.sender.step() for _ in range(6)]
@@ -138,7 +149,7 @@ def test_retries_back_off_exponentially_then_deliver(make_services):
 
 
 def test_rejected_for_good_is_split_then_set_aside_not_retried(make_services):
-    cloud = FlakyCloud(reject_topic="/alerts")
+    cloud = flaky(reject_topic="/alerts")
     up = make(make_services, cloud=cloud)
     for i in range(3):
         up.handle(alert(i))
@@ -148,19 +159,11 @@ def test_rejected_for_good_is_split_then_set_aside_not_retried(make_services):
     assert up.core.sender.stats["set_aside"] == 3 and up.core.sender.stats["bundles_split"] == 1
     assert up.core.spool.set_aside_count() == 3
     assert [t for t, _ in cloud.sent] == ["dt/car-01/aggregates"]
-    assert cloud.attempts == 1 + 3 + 1  # the bundle, each alert alone once, the aggregate
+    assert cloud.calls["attempts"] == 1 + 3 + 1  # the bundle, each alert alone once, the aggregate
 
 
 def test_a_message_the_line_drops_every_time_is_treated_as_refused(make_services):
-    from telemetry.edge.errors import DroppedError
-
-    class HangsUp(InMemoryCloudTransport):
-        def publish(self, topic, payload):
-            if topic.endswith("/alerts"):
-                raise DroppedError("UNEXPECTED_HANGUP")
-            super().publish(topic, payload)
-
-    cloud = HangsUp()
+    cloud = flaky(drop_topic="/alerts")
     up = make(make_services, cloud=cloud, max_drops=3, retry_min_seconds=0.1)
     up.handle(alert(1))
     up.handle(aggregate(1))
@@ -184,7 +187,7 @@ def test_health_reports_the_spool_and_what_was_sent(make_services):
 
 
 def test_a_full_disk_evicts_to_make_room_and_counts_what_it_cannot_keep(make_services, tmp_path):
-    up = make(make_services)
+    up = make(make_services, spool_path=str(tmp_path / "spool.db"))
     up.core.spool._db.execute("PRAGMA max_page_count = 12")
     for i in range(200):
         up.handle(aggregate(i, pad=3000))

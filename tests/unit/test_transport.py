@@ -19,6 +19,7 @@ from awsiot.greengrasscoreipc.model import (
 )
 
 from telemetry.edge.errors import MessageError, TransportError
+from telemetry.edge.messages import Alert, EndOfStream
 from telemetry.edge.transport import (
     CloudTransport,
     InMemoryCloudTransport,
@@ -43,20 +44,29 @@ def test_every_implementation_satisfies_its_protocol(client, tmp_path):
         cloud.close()
 
 
+END = EndOfStream("drive.log", 3, 12.5, {"read": 7})
+
+
+def alert(value: float) -> Alert:
+    return Alert("car", "car/r/A.x/1.0", "raised", "r", "limit", "A.x", "warning", 1.0, value, {})
+
+
 def test_ipc_local_publish_sends_a_json_message(client):
-    IpcLocalTransport(client).publish("telemetry/signals", {"v": 1, "kind": "signals", "x": [1.5]})
+    IpcLocalTransport(client).publish("telemetry/signals", END)
     client.publish_to_topic.assert_called_once()
     kwargs = client.publish_to_topic.call_args.kwargs
     assert kwargs["topic"] == "telemetry/signals"
     message = kwargs["publish_message"]
     assert isinstance(message, PublishMessage)
     assert isinstance(message.json_message, JsonMessage)
-    assert message.json_message.message == {"v": 1, "kind": "signals", "x": [1.5]}
+    assert message.json_message.message == END.encode()
+    assert message.json_message.message == {"v": 1, "kind": "end_of_stream", "source": "drive.log", "seq": 3,
+                                            "end": 12.5, "totals": {"read": 7}}
 
 
 def test_ipc_local_publish_refuses_nan_before_the_sdk(client):
     with pytest.raises(MessageError):
-        IpcLocalTransport(client).publish("t", {"x": float("nan")})
+        IpcLocalTransport(client).publish("t", alert(float("inf")))
     client.publish_to_topic.assert_not_called()
 
 
@@ -87,13 +97,14 @@ def test_in_memory_local_transport_delivers_copies_through_json():
     bus = InMemoryLocalTransport()
     got = []
     bus.subscribe("a", got.append)
-    original = {"v": 1, "list": [1, 2]}
+    original = alert(2.0)
     bus.publish("a", original)
-    bus.publish("b", {"v": 2})
-    got[0]["list"].append(3)
-    assert original == {"v": 1, "list": [1, 2]}
-    assert got == [{"v": 1, "list": [1, 2, 3]}]
-    assert bus.messages("b") == [{"v": 2}]
+    bus.publish("b", END)
+    got[0]["detail"]["x"] = 3
+    assert original.detail == {}
+    assert got == [{**alert(2.0).encode(), "detail": {"x": 3}}]
+    assert bus.messages("a") == [alert(2.0).encode()]
+    assert bus.messages("b") == [END.encode()]
 
 
 def test_outbox_writes_one_line_per_publish(tmp_path):

@@ -18,6 +18,23 @@ from telemetry.edge.aggregator import Aggregation, WindowAggregator
 from telemetry.edge.components import AggregatorComponent
 
 
+class OnTheWire:
+    """An aggregator under test whose messages are read as they go on the wire: their JSON
+    objects, through the one encoder of the aggregates kind."""
+
+    def __init__(self, core):
+        self.core = core
+
+    def add(self, *args, **kwargs) -> list[dict]:
+        return [m.encode() for m in self.core.add(*args, **kwargs)]
+
+    def flush(self) -> list[dict]:
+        return [m.encode() for m in self.core.flush()]
+
+    def __getattr__(self, name):
+        return getattr(self.core, name)
+
+
 def reference(samples: dict[str, list[tuple[float, float]]], width: float) -> dict[int, dict[str, dict]]:
     out: dict[int, dict[str, dict]] = {}
     for name, points in samples.items():
@@ -43,7 +60,7 @@ def reference(samples: dict[str, list[tuple[float, float]]], width: float) -> di
     return out
 
 
-def run(aggregator: WindowAggregator, batches: list[dict[str, SignalColumns]]) -> list[dict]:
+def run(aggregator: OnTheWire, batches: list[dict[str, SignalColumns]]) -> list[dict]:
     out = []
     for batch in batches:
         out += aggregator.add(batch)
@@ -100,7 +117,7 @@ def test_statistics_equal_the_numpy_reference_however_the_stream_is_split(stream
     by_signal: dict[str, list] = {}
     for t, name, v in samples:
         by_signal.setdefault(name, []).append((t, v))
-    aggregator = WindowAggregator(width, "car")
+    aggregator = OnTheWire(WindowAggregator(width, "car"))
     out = run(aggregator, batches)
     assert_equal(as_windows(out, width), reference(by_signal, width))
     assert aggregator.stats["late_samples"] == 0
@@ -112,7 +129,7 @@ def test_statistics_equal_the_numpy_reference_however_the_stream_is_split(stream
 
 
 def test_windows_close_as_event_time_passes_their_end():
-    agg = WindowAggregator(1.0, "car")
+    agg = OnTheWire(WindowAggregator(1.0, "car"))
     assert agg.add(columns(**{"A.x": ([10.1, 10.5], [1.0, 2.0])})) == []
     out = agg.add(columns(**{"A.x": ([10.9, 11.2], [3.0, 4.0])}))
     assert [m["window"] for m in out] == [{"start": 10.0, "end": 11.0}]
@@ -128,7 +145,7 @@ def test_windows_close_as_event_time_passes_their_end():
 
 
 def test_late_samples_are_counted_not_put_in_another_window():
-    agg = WindowAggregator(1.0, "car")
+    agg = OnTheWire(WindowAggregator(1.0, "car"))
     agg.add(columns(**{"A.x": ([5.5], [1.0])}))
     closed = agg.add(columns(**{"A.x": ([6.5], [2.0])}))
     assert [m["window"]["start"] for m in closed] == [5.0]
@@ -141,7 +158,7 @@ def test_late_samples_are_counted_not_put_in_another_window():
 
 
 def test_lateness_keeps_a_window_open_for_late_samples():
-    agg = WindowAggregator(1.0, "car", lateness=0.5)
+    agg = OnTheWire(WindowAggregator(1.0, "car", lateness=0.5))
     assert agg.add(columns(**{"A.x": ([5.5, 6.2], [1.0, 2.0])})) == []  # 6.2 < 6.0 + 0.5
     assert agg.add(columns(**{"A.x": ([5.8], [3.0])})) == []  # late, but within the lateness
     out = agg.add(columns(**{"A.x": ([6.6], [4.0])}))
@@ -159,7 +176,7 @@ def test_memory_is_bounded_whatever_the_timestamps():
 
 
 def aggregation(**aggregator):
-    return Aggregation(parse_config({"vehicle": "car", "aggregator": aggregator}).aggregator, "car")
+    return OnTheWire(Aggregation(parse_config({"vehicle": "car", "aggregator": aggregator}).aggregator, "car"))
 
 
 def test_signal_selection_by_include_and_exclude_patterns():
@@ -193,7 +210,7 @@ def test_component_publishes_each_closed_window_and_flushes_at_end_of_stream(mak
     component.handle(signals_event(columns(**{"A.x": ([0.5, 1.5], [1.0, 2.0])})))
     component.handle(signals_event(columns(**{"A.x": ([2.5], [3.0])})))
     assert len(services.local.messages("telemetry/out")) == 1
-    component.handle(messages.end_of_stream_message(source="s", seq=3, end=2.5, totals={}))
+    component.handle(messages.EndOfStream("s", 3, 2.5, {}).encode())
     out = services.local.messages("telemetry/out")
     assert [m["window"]["start"] for m in out] == [0.0, 2.0]
     component.handle({"v": 1, "kind": "signals"})  # malformed: counted, not raised

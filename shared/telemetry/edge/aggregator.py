@@ -19,6 +19,7 @@ windows per group stay open, so memory is bounded whatever the timestamps do.
 
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
 import math
 from collections import Counter
@@ -27,9 +28,8 @@ from typing import Any
 
 import numpy as np
 
-from . import messages
 from .config import AggregatorConfig
-from .messages import FlatBatch, SignalColumns
+from .messages import Aggregates, EndOfStream, FlatBatch, SignalColumns, Signals
 
 DEFAULT_GROUP = "default"
 
@@ -145,20 +145,20 @@ class WindowAggregator:
             self.names.append(name)
         return sid
 
-    def add(self, columns: Mapping[str, SignalColumns] | FlatBatch, watermark: float | None = None) -> list[dict[str, Any]]:
+    def add(self, columns: Mapping[str, SignalColumns] | FlatBatch, watermark: float | None = None) -> list[Aggregates]:
         """Fold a batch in; return the aggregates of the windows it closes."""
         batch = columns if isinstance(columns, FlatBatch) else FlatBatch.from_columns(columns)
         local = np.array([self.sid(name) for name in batch.names], dtype=np.int64)
         return self.add_samples(local[batch.ids] if len(batch) else batch.ids, batch.t, batch.v, watermark)
 
-    def add_samples(self, sid: np.ndarray, t: np.ndarray, v: np.ndarray, watermark: float | None = None) -> list[dict[str, Any]]:
+    def add_samples(self, sid: np.ndarray, t: np.ndarray, v: np.ndarray, watermark: float | None = None) -> list[Aggregates]:
         """Fold in samples of this group's signals (numbered by ``sid``)."""
         if len(t):
             self._fold(sid, t, v)
         newest = float(t.max()) if len(t) else -math.inf
         return self.advance(newest if watermark is None else max(watermark, newest))
 
-    def advance(self, watermark: float) -> list[dict[str, Any]]:
+    def advance(self, watermark: float) -> list[Aggregates]:
         """Event time has reached ``watermark``: close what is due."""
         self.watermark = max(self.watermark, watermark)
         out = self._close(lambda k: (k + 1) * self.width + self.lateness <= self.watermark)
@@ -168,7 +168,7 @@ class WindowAggregator:
             out += self._close(lambda k: k <= oldest)
         return out
 
-    def flush(self) -> list[dict[str, Any]]:
+    def flush(self) -> list[Aggregates]:
         """Close every open window (the source has ended)."""
         out = self._close(lambda k: True)
         if self._late and not out:
@@ -199,7 +199,7 @@ class WindowAggregator:
                 window.grow(len(self.names))
             window.merge(r["sid"][a:b], {key: r[key][a:b] for key in _FIELDS})
 
-    def _close(self, due: Any) -> list[dict[str, Any]]:
+    def _close(self, due: Any) -> list[Aggregates]:
         out = []
         for k in sorted(self.open):
             if not due(k):
@@ -209,13 +209,13 @@ class WindowAggregator:
             self.seq += 1
             self.stats["windows"] += 1
             out.append(
-                messages.aggregates_message(
+                Aggregates(
                     vehicle=self.vehicle,
                     seq=self.seq,
+                    group=self.group,
                     start=k * self.width,
                     end=(k + 1) * self.width,
                     signals=window.signals(self.names),
-                    group=self.group,
                     late_samples=self._late,
                     late_oldest=self._late_oldest if self._late else None,
                 )
@@ -259,7 +259,7 @@ class Aggregation:
             self._route[signal] = group
         return self._route[signal]
 
-    def add(self, columns: Mapping[str, SignalColumns] | FlatBatch, watermark: float) -> list[dict[str, Any]]:
+    def add(self, columns: Mapping[str, SignalColumns] | FlatBatch, watermark: float) -> list[Aggregates]:
         batch = columns if isinstance(columns, FlatBatch) else FlatBatch.from_columns(columns)
         groups = list(self.groups.values())
         # per name of the batch: its group (-1: not selected) and its number in that group
@@ -285,22 +285,23 @@ class Aggregation:
                 out += aggregator.advance(watermark)
         return self._sorted(out)
 
-    def process(self, message: Mapping[str, Any]) -> list[dict[str, Any]]:
-        """A (checked) signals or end_of_stream message in, the aggregates it completes out."""
-        if message["kind"] == messages.SIGNALS:
-            return self.add(messages.flat_signals(message), float(message["span"]["end"]))
+    def process(self, message: Signals | EndOfStream) -> list[Aggregates]:
+        """A signals or end_of_stream message in, the aggregates it completes out."""
+        if isinstance(message, Signals):
+            return self.add(message.batch, message.end)
         return self.flush()
 
-    def flush(self) -> list[dict[str, Any]]:
+    def flush(self) -> list[Aggregates]:
         return self._sorted([m for a in self.groups.values() for m in a.flush()])
 
-    def _sorted(self, out: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    def _sorted(self, out: list[Aggregates]) -> list[Aggregates]:
         """In event-time order, numbered across groups: (vehicle, kind, seq) is unique."""
-        out.sort(key=lambda m: (m["window"]["end"], m["group"]))
+        out.sort(key=lambda m: (m.end, m.group))
+        numbered = []
         for message in out:
             self.seq += 1
-            message["seq"] = self.seq
-        return out
+            numbered.append(dataclasses.replace(message, seq=self.seq))
+        return numbered
 
     def totals(self) -> Counter[str]:
         total = Counter(self.stats)

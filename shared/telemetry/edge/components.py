@@ -89,24 +89,36 @@ def on_greengrass(env: Mapping[str, str] | None = None) -> bool:
 
 
 class MessageComponent:
-    """Base of the components fed by pub/sub: checks each event, counts and logs a malformed one
-    (never raises: one bad message must not stop a pinned function), passes good ones on."""
+    """Base of the components fed by pub/sub: decodes each event into its typed message and
+    passes it to ``on_message``. A malformed event is refused at the decoder, counted by reason
+    and logged, and never raises: one bad message must not stop a pinned function, and the next
+    one is handled as if it had not been there (as Powertools' batch processor isolates records)."""
 
     accepts: tuple[str, ...] = ()
+    MAX_REASONS = 32  # distinct reasons counted; hostile input must not grow memory
 
     def __init__(self, services: Services) -> None:
         self.services = services
         self.stats: Counter[str] = Counter()
+        self.malformed: Counter[str] = Counter()  # reason -> messages refused for it
 
     def handle(self, event: Any) -> None:
         try:
-            self.on_message(messages.parse(event, *self.accepts))
-        except MessageError as exc:  # from parse, or from reading the columns of a message
+            message = messages.decode(event, *self.accepts)
+        except MessageError as exc:
             self.stats["malformed"] += 1
+            reason = str(exc)
+            self.malformed[reason if reason in self.malformed or len(self.malformed) < self.MAX_REASONS else "other"] += 1
             LOG.warning("%s: dropped malformed message: %s", type(self).__name__, exc)
+            return
+        self.on_message(message)
 
-    def on_message(self, message: Mapping[str, Any]) -> None:
+    def on_message(self, message: Any) -> None:
         raise NotImplementedError
+
+    def counters(self) -> dict[str, Any]:
+        """What this component reports of itself: its totals and the reasons it refused messages."""
+        return {"malformed": self.stats["malformed"], "malformed_reasons": dict(self.malformed)}
 
     def close(self) -> None:
         pass
@@ -244,6 +256,20 @@ class CanReaderComponent:
         finally:
             self.finished.set()
 
+    def counters(self) -> dict[str, Any]:
+        """What was read and decoded, in totals and by CAN id."""
+        core, totals, bad = self.core, self.core.totals, self.source.bad_records
+        return {
+            "frames_read": totals["read"], "error_frames": totals["error"], "remote_frames": totals["remote"],
+            "frames_decoded": totals["decoded"], "frames_unknown_id": totals["unknown_id"],
+            "decode_errors": totals["decode_error"], "bad_lines": len(bad), "bad_records": [str(r) for r in bad],
+            "unknown_ids": {f"0x{k:X}": n for k, n in core.unknown_ids.most_common()},
+            "decode_error_ids": {f"0x{k:X}": n for k, n in core.decode_error_ids.most_common()},
+            "dbc_collisions": [str(c) for c in getattr(self.decoder, "collisions", [])],
+            "signal_samples": totals["signal_samples"], "non_finite_values": totals["non_finite_values"],
+            "batches": totals["batches"], "event_start": core.first_time, "event_end": core.last_time,
+        }
+
     def handle(self, event: Any) -> None:
         # The reader has no event sources; an invocation is a no-op (Greengrass may still call a
         # pinned function's handler once when it starts it).
@@ -263,16 +289,16 @@ class AggregatorComponent(MessageComponent):
         self.topic = services.setting("TELEMETRY_OUTPUT_TOPIC")
         self.core = Aggregation(services.config.aggregator, services.config.vehicle)
 
-    def on_message(self, message: Mapping[str, Any]) -> None:
+    def on_message(self, message: messages.Signals | messages.EndOfStream) -> None:
         out = self.core.process(message)
         for aggregate in out:
             self.services.local.publish(self.topic, aggregate)
         self.stats["aggregates"] += len(out)
 
-    def totals(self) -> Counter[str]:
-        total = self.core.totals()
-        total.update(self.stats)
-        return total
+    def counters(self) -> dict[str, Any]:
+        totals = self.core.totals()
+        return {**super().counters(), "aggregates": self.stats["aggregates"], "late_samples": totals["late_samples"],
+                "forced_window_closes": totals["forced_closes"]}
 
 
 class AnomalyDetectorComponent(MessageComponent):
@@ -286,14 +312,17 @@ class AnomalyDetectorComponent(MessageComponent):
         cfg = services.config
         self.core = Detector(cfg.rules, cfg.vehicle, cfg.detector)
 
-    def on_message(self, message: Mapping[str, Any]) -> None:
-        for alert in self.core.process(message):
-            self.services.local.publish(self.topic, alert)
+    def on_message(self, message: messages.Signals | messages.EndOfStream) -> None:
+        if not isinstance(message, messages.Signals):
+            return  # alerts still active at the end of a replay stay active: nothing cleared them
+        for alert in self.core.add(message.batch, message.frames, message.end):
+            self.services.local.publish(self.topic, messages.Alert.decode(alert))
 
-    def totals(self) -> Counter[str]:
-        total = Counter(self.core.stats)
-        total.update(self.stats)
-        return total
+    def counters(self) -> dict[str, Any]:
+        stats = self.core.stats
+        raised, updated, cleared = stats["alert_raised"], stats["alert_update"], stats["alert_cleared"]
+        return {**super().counters(), "alerts": raised + updated + cleared, "alerts_raised": raised,
+                "alerts_updated": updated, "alerts_cleared": cleared, "alerts_active_at_end": len(self.core.active)}
 
 
 class UploaderComponent(MessageComponent):
@@ -312,7 +341,7 @@ class UploaderComponent(MessageComponent):
         self.core = Uploader(spool, services.cloud, cfg, vehicle=services.config.vehicle,
                              prefix=services.config.cloud_prefix, clock=services.clock)
 
-    def on_message(self, message: Mapping[str, Any]) -> None:
+    def on_message(self, message: messages.Aggregates | messages.Alert) -> None:
         self.core.accept(message)
 
     def run(self, stop: threading.Event) -> None:
@@ -322,9 +351,17 @@ class UploaderComponent(MessageComponent):
         return self.core.pending()
 
     def totals(self) -> Counter[str]:
+        """Every counter of the spool and the sender (the uploader command prints them)."""
         total = self.core.totals()
         total.update(self.stats)
         return total
+
+    def counters(self) -> dict[str, Any]:
+        totals = self.core.totals()
+        return {**super().counters(), "uploaded_messages": totals["messages_sent"],
+                "uploaded_raw_bytes": totals["raw_bytes_sent"], "bundles": totals["bundles_sent"],
+                "spool_left": self.pending(), "evicted_messages": totals["evicted_messages"],
+                "set_aside": totals["set_aside"], "retries": totals["retries"]}
 
     def close(self) -> None:
         self.core.close()

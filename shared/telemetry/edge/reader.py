@@ -12,19 +12,14 @@ from __future__ import annotations
 import logging
 import threading
 from collections import Counter
-from collections.abc import Callable, Mapping
-from typing import Any
+from collections.abc import Mapping
 
 import can
 
 from . import messages
-from .decode import DbcDecoder, Decoder
-from .sources import BusSource, FrameSource, LogSource
+from .decode import Decoder
 
 LOG = logging.getLogger(__name__)
-
-Publish = Callable[[Mapping[str, Any]], None]
-
 
 class FrameBatcher:
     """Decides when a batch is full, by count and by event-time span."""
@@ -63,7 +58,7 @@ class ReaderCore:
         self.first_time: float | None = None
         self.last_time: float | None = None
 
-    def batch_message(self, frames: list[can.Message]) -> dict[str, Any]:
+    def batch_message(self, frames: list[can.Message]) -> messages.Signals:
         decoded = self.decoder.decode(frames)
         self.totals.update(decoded.frames)
         self.totals["signal_samples"] += decoded.samples
@@ -76,19 +71,17 @@ class ReaderCore:
         self.first_time = start if self.first_time is None else min(self.first_time, start)
         self.last_time = end if self.last_time is None else max(self.last_time, end)
         self.seq += 1
-        return messages.signals_message(
-            source=self.source_name, seq=self.seq, start=start, end=end, frames=decoded.frames, signals=decoded.signals
-        )
+        return messages.Signals(self.source_name, self.seq, start, end, decoded.frames, decoded.batch)
 
-    def tick_message(self, now: float) -> dict[str, Any]:
+    def tick_message(self, now: float) -> messages.Signals:
         """An empty batch: a quiet live bus still moves event time on, so windows close."""
         self.seq += 1
         self.totals["ticks"] += 1
-        return messages.signals_message(source=self.source_name, seq=self.seq, start=now, end=now, frames={}, signals={})
+        return messages.Signals(self.source_name, self.seq, now, now, {}, messages.FlatBatch.empty())
 
-    def end_message(self, extra: Mapping[str, int] | None = None) -> dict[str, Any]:
+    def end_message(self, extra: Mapping[str, int] | None = None) -> messages.EndOfStream:
         self.seq += 1
         totals = {key: int(self.totals.get(key, 0)) for key in messages.FRAME_COUNTERS}
         totals["signal_samples"] = int(self.totals["signal_samples"])
         totals.update(extra or {})
-        return messages.end_of_stream_message(source=self.source_name, seq=self.seq, end=self.last_time, totals=totals)
+        return messages.EndOfStream(self.source_name, self.seq, self.last_time, totals)

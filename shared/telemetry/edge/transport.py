@@ -3,11 +3,14 @@
 Two small Protocols, each with an in-memory implementation used by tests and the local runtime,
 and a real one that is handed its SDK client:
 
-* ``LocalTransport`` -- Greengrass local pub/sub. Real: ``IpcLocalTransport`` over
-  ``GreengrassCoreIPCClientV2.publish_to_topic`` with JSON messages.
-* ``CloudTransport`` -- AWS IoT Core. Real: ``IpcCloudTransport`` over
+* ``LocalTransport`` -- Greengrass local pub/sub: a typed message in (``messages``), its JSON
+  encoding on the wire, the decoded JSON object handed to subscribers (as a Lambda's ``event``).
+  Real: ``IpcLocalTransport`` over ``GreengrassCoreIPCClientV2.publish_to_topic``.
+* ``CloudTransport`` -- AWS IoT Core, payload bytes. Real: ``IpcCloudTransport`` over
   ``GreengrassCoreIPCClientV2.publish_to_iot_core`` at QoS 1; ``OutboxFile`` writes what would be
-  sent to a JSON-lines file, for replays on a laptop.
+  sent to a JSON-lines file, for replays on a laptop. The one fake, ``InMemoryCloudTransport``,
+  records what it accepts and may wrap a function that decides each publish (as httpx's
+  ``MockTransport``): ``InMemoryCloudTransport(lambda topic, payload: ...)``.
 
 Errors of the SDK are mapped to ``TransportError`` in exactly one place (``_sdk_errors``).
 """
@@ -22,14 +25,15 @@ from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 from .errors import TransportError
-from .messages import dumps
+from .messages import Message, dumps
 
 Handler = Callable[[Mapping[str, Any]], None]
+CloudHandler = Callable[[str, bytes], None]
 
 
 @runtime_checkable
 class LocalTransport(Protocol):
-    def publish(self, topic: str, message: Mapping[str, Any]) -> None: ...
+    def publish(self, topic: str, message: Message) -> None: ...
 
     def subscribe(self, topic: str, handler: Handler) -> None: ...
 
@@ -55,8 +59,8 @@ class InMemoryLocalTransport:
         self._lock = threading.Lock()
         self.published: list[tuple[str, dict[str, Any]]] = []
 
-    def publish(self, topic: str, message: Mapping[str, Any]) -> None:
-        wire = dumps(message)
+    def publish(self, topic: str, message: Message) -> None:
+        wire = message.to_bytes()
         with self._lock:
             self.published.append((topic, json.loads(wire)))
             handlers = list(self._handlers.get(topic, ()))
@@ -76,13 +80,18 @@ class InMemoryLocalTransport:
 
 
 class InMemoryCloudTransport:
-    """Keeps what would have gone to IoT Core: (topic, payload bytes) pairs."""
+    """Keeps what would have gone to IoT Core: (topic, payload bytes) pairs. With a ``handler``,
+    each publish is first handed to it, and what it raises (``TransportError``,
+    ``RejectedError``, ``DroppedError``) is what the publish raises: a broker in one function."""
 
-    def __init__(self) -> None:
+    def __init__(self, handler: CloudHandler | None = None) -> None:
+        self.handler = handler
         self.sent: list[tuple[str, bytes]] = []
         self._lock = threading.Lock()
 
     def publish(self, topic: str, payload: bytes) -> None:
+        if self.handler is not None:
+            self.handler(topic, payload)
         with self._lock:
             self.sent.append((topic, bytes(payload)))
 
@@ -135,11 +144,11 @@ class IpcLocalTransport:
     def __init__(self, client: Any) -> None:
         self._client = client
 
-    def publish(self, topic: str, message: Mapping[str, Any]) -> None:
+    def publish(self, topic: str, message: Message) -> None:
         from awsiot.greengrasscoreipc.model import JsonMessage, PublishMessage
 
-        # Round-trip through our encoder so NaN and non-JSON types are refused here.
-        body = json.loads(dumps(message))
+        body = message.encode()
+        dumps(body)  # NaN and infinities are refused here, not sent as invalid JSON by the SDK
         with _sdk_errors(f"publish to local topic {topic}"):
             self._client.publish_to_topic(
                 topic=topic, publish_message=PublishMessage(json_message=JsonMessage(message=body))

@@ -17,76 +17,40 @@ spool's size cap the oldest aggregates are evicted, and the eviction is itself u
 
 from __future__ import annotations
 
-import base64
-import json
 import logging
 import math
 import random
 import threading
-import uuid
-import zlib
 from collections import Counter, deque
-from collections.abc import Mapping
-from typing import Any
 
 from . import messages
 from .clock import Clock
 from .config import UploaderConfig
 from .errors import DroppedError, RejectedError, TransportError
-from .spool import Entry, MemorySpool, Spool, SpoolError, SqliteSpool
+from .spool import Entry, Spool, SpoolError
 from .transport import CloudTransport
 
 LOG = logging.getLogger(__name__)
 
-CLOUD_SUFFIX = {messages.AGGREGATES: "aggregates", messages.ALERT: "alerts", "gap": "gaps", "health": "health"}
-BUNDLE = "bundle"
-
-
 def cloud_topic(prefix: str, kind: str) -> str:
-    return f"{prefix}/{CLOUD_SUFFIX[kind]}"
+    """The IoT Core topic of a kind's messages: ``<prefix>/<the kind's cloud_topic>``."""
+    suffix = messages.KINDS[kind].cloud_topic
+    if suffix is None:
+        raise ValueError(f"{kind} messages are not sent to the cloud")
+    return f"{prefix}/{suffix}"
 
 
-def event_time(message: Mapping[str, Any]) -> float:
-    if message["kind"] == messages.AGGREGATES:
-        return float(message["window"]["start"])
-    return float(message.get("t", 0.0))
-
-
-def message_key(message: Mapping[str, Any]) -> str:
-    """A message's own identity, the same however often it is produced, spooled or sent: an
-    aggregate is its group's window, an alert its id, state and time."""
-    if message["kind"] == messages.AGGREGATES:
-        return f"{message.get('group', 'default')}/{message['window']['start']!r}"
-    return f"{message.get('id')}/{message.get('state')}/{message.get('t')!r}"
+def cloud_topics(prefix: str) -> list[str]:
+    """Every IoT Core topic the uploader publishes to (least-privilege access control)."""
+    return sorted(f"{prefix}/{cls.cloud_topic}" for cls in messages.KINDS.values() if cls.cloud_topic)
 
 
 def pack(entries: list[Entry], *, vehicle: str, spool_id: str, compress: bool) -> bytes:
-    """One bundle: a self-describing JSON envelope around messages of one kind, each with the id
-    the cloud de-duplicates by: ``<vehicle>:<kind>:<key>``, where the key is the message's own
-    identity (so a message sent twice, even spooled twice, has one id)."""
-    items = [{"id": f"{vehicle}:{e.kind}:{e.key or f'{spool_id}-{e.id}'}", "message": json.loads(e.payload)}
-             for e in entries]
-    envelope: dict[str, Any] = {"v": 1, "kind": BUNDLE, "vehicle": vehicle, "of": entries[0].kind, "count": len(items)}
-    if compress:
-        body = json.dumps(items, separators=(",", ":")).encode()
-        envelope["encoding"] = "zlib+base64"
-        envelope["data"] = base64.b64encode(zlib.compress(body, 6)).decode()
-    else:
-        envelope["encoding"] = "none"
-        envelope["messages"] = items
-    return json.dumps(envelope, separators=(",", ":")).encode()
-
-
-def unpack(payload: bytes | Mapping[str, Any]) -> list[dict[str, Any]]:
-    """The (id, message) items of a bundle, whatever its encoding."""
-    envelope = json.loads(payload) if isinstance(payload, (bytes, str)) else payload
-    if envelope.get("kind") != BUNDLE:
-        raise ValueError(f"not a bundle: {envelope.get('kind')!r}")
-    if envelope["encoding"] == "zlib+base64":
-        return json.loads(zlib.decompress(base64.b64decode(envelope["data"])))
-    if envelope["encoding"] == "none":
-        return list(envelope["messages"])
-    raise ValueError(f"unknown bundle encoding {envelope['encoding']!r}")
+    """One bundle of spooled messages of one kind, each with the id the cloud de-duplicates by:
+    ``<vehicle>:<kind>:<key>``, where the key is the message's own identity (so a message sent
+    twice, even spooled twice, has one id). The spooled bytes are embedded as they are."""
+    items = tuple((f"{vehicle}:{e.kind}:{e.key or f'{spool_id}-{e.id}'}", e.payload) for e in entries)
+    return messages.Bundle(vehicle, entries[0].kind, items, compress).to_bytes()
 
 
 class TokenBucket:
@@ -150,7 +114,7 @@ class Sender:
             if not self.cfg.budget_exempt_alerts:
                 self.stats["budget_waits"] += 1
                 return 1.0
-            kinds = ("alert", "gap")
+            kinds = (messages.ALERT, messages.GAP)
         raw_limit = self.cfg.max_payload_bytes * (8 if self.cfg.compress else 1)
         entries = self.spool.take(max_bytes=raw_limit, max_count=1 if self.singles else 1000, kinds=kinds)
         self.idle = not entries
@@ -234,21 +198,21 @@ class Sender:
         return 0.0
 
     # -- health ----------------------------------------------------------------------------------
-    def health(self) -> dict[str, Any]:
+    def health(self) -> messages.Health:
         count, size = self.spool.depth()
         oldest = self.spool.oldest()
-        return {
-            "v": 1, "kind": "health", "vehicle": self.vehicle, "t": self.clock.time(),
-            "spool": {"messages": count, "bytes": size,
-                      "oldest_age_seconds": None if oldest is None else max(0.0, self.clock.time() - oldest),
-                      "by_kind": getattr(self.spool, "depth_by_kind", lambda: {})()},
-            "sent": {"bundles": self.stats["bundles_sent"], "messages": self.stats["messages_sent"],
-                     "bytes": self.stats["bytes_sent"]},
-            "retries": self.stats["retries"],
-            "evicted": {"messages": self.stats["evicted_messages"], "gaps": self.stats["gaps"]},
-            "set_aside": self.stats["set_aside"],
-            "budget": {"bytes_last_hour": self.budget_used(), "limit": self.cfg.budget_bytes_per_hour or None},
-        }
+        return messages.Health(
+            vehicle=self.vehicle, t=self.clock.time(),
+            spool={"messages": count, "bytes": size,
+                   "oldest_age_seconds": None if oldest is None else max(0.0, self.clock.time() - oldest),
+                   "by_kind": self.spool.depth_by_kind()},
+            sent={"bundles": self.stats["bundles_sent"], "messages": self.stats["messages_sent"],
+                  "bytes": self.stats["bytes_sent"]},
+            retries=self.stats["retries"],
+            evicted={"messages": self.stats["evicted_messages"], "gaps": self.stats["gaps"]},
+            set_aside=self.stats["set_aside"],
+            budget={"bytes_last_hour": self.budget_used(), "limit": self.cfg.budget_bytes_per_hour or None},
+        )
 
     def maybe_health(self) -> None:
         now = self.clock.monotonic()
@@ -256,7 +220,7 @@ class Sender:
             return
         self.last_health = now
         try:
-            self.cloud.publish(cloud_topic(self.prefix, "health"), messages.dumps(self.health()))
+            self.cloud.publish(cloud_topic(self.prefix, messages.HEALTH), self.health().to_bytes())
             self.stats["health_sent"] += 1
         except TransportError:  # health is best effort: the next one will say the same, newer
             self.stats["health_failed"] += 1
@@ -285,23 +249,21 @@ class Uploader:
         self.cfg = cfg
         self.vehicle = vehicle
         self.stats: Counter[str] = Counter()
-        spool_id = getattr(spool, "instance", "") or uuid.uuid4().hex[:8]
-        self.sender = Sender(spool, cloud, cfg, vehicle=vehicle, prefix=prefix, clock=clock, spool_id=spool_id)
+        self.sender = Sender(spool, cloud, cfg, vehicle=vehicle, prefix=prefix, clock=clock, spool_id=spool.instance)
 
-    def accept(self, message: Mapping[str, Any]) -> None:
-        payload = messages.dumps(message)
-        key = message_key(message)
+    def accept(self, message: messages.Aggregates | messages.Alert) -> None:
+        payload = message.to_bytes()  # encoded once: the bundle embeds these bytes
         try:
-            self.spool.put(message["kind"], event_time(message), payload, key)
+            self.spool.put(message.kind, message.event_time, payload, message.key)
         except SpoolError as exc:
             # A full disk: make room by evicting aggregates and try once more; if that fails too,
             # the message is lost, and that is counted and reported (health, summary).
             self._evict()
             try:
-                self.spool.put(message["kind"], event_time(message), payload, key)
+                self.spool.put(message.kind, message.event_time, payload, message.key)
             except SpoolError:
                 self.stats["lost_spool_full"] += 1
-                self.stats[f"lost_{message['kind']}"] += 1
+                self.stats[f"lost_{message.kind}"] += 1
                 LOG.error("%s; message lost", exc)
                 return
         self.stats["spooled"] += 1
@@ -312,7 +274,7 @@ class Uploader:
         for gap in self.spool.evict(self.cfg.spool_max_bytes, self.vehicle, self.cfg.evict_alerts):
             self.sender.stats["evicted_messages"] += gap.count
             self.sender.stats["gaps"] += 1
-            self.sender.stats[f"evicted_{gap.kind}"] += gap.count
+            self.sender.stats[f"evicted_{gap.of}"] += gap.count
 
     def run(self, stop: threading.Event) -> None:
         self.sender.run(stop)

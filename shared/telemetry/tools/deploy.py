@@ -25,7 +25,7 @@ from typing import Any
 from telemetry.edge.config import VehicleConfig
 from telemetry.edge.errors import TelemetryError
 from telemetry.tools.recipes import Recipe, request_problems
-from telemetry.edge.uploader import CLOUD_SUFFIX
+from telemetry.edge.uploader import cloud_topics
 
 LOG = logging.getLogger(__name__)
 
@@ -96,7 +96,7 @@ def access_control(recipe: Recipe, cfg: VehicleConfig) -> dict[str, Any]:
             }
         }
     if "TELEMETRY_SPOOL" in recipe.environment:  # the uploader: the cloud topics of its bundles
-        topics = sorted({f"{cfg.cloud_prefix}/{suffix}" for suffix in CLOUD_SUFFIX.values()})
+        topics = cloud_topics(cfg.cloud_prefix)
         acl["aws.greengrass.ipc.mqttproxy"] = {
             f"{recipe.name}:mqttproxy:1": {
                 "policyDescription": f"{recipe.name} publishes to AWS IoT Core under {cfg.cloud_prefix}",

@@ -11,21 +11,16 @@ import json
 import logging
 import resource
 import time
-from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from telemetry.edge.config import VehicleConfig, load_config
 from telemetry.edge.errors import ConfigError
-from telemetry.edge.components import CanReaderComponent
-from telemetry.edge.components import AnomalyDetectorComponent
+from telemetry.edge.messages import unpack
+from telemetry.edge.transport import OutboxFile
 from telemetry.tools.paths import RECIPES
 from telemetry.tools.runtime import LocalRuntime
-from telemetry.edge.transport import OutboxFile
-from telemetry.edge.components import UploaderComponent
-from telemetry.edge.uploader import unpack
-from telemetry.edge.components import AggregatorComponent
 
 LOG = logging.getLogger(__name__)
 
@@ -81,54 +76,24 @@ def replay(
 
 
 def build_summary(runtime: LocalRuntime, components: Any, cfg: VehicleConfig, log: str | Path) -> dict[str, Any]:
-    reader = next(c for c in components if isinstance(c, CanReaderComponent))
-    aggregator = next(c for c in components if isinstance(c, AggregatorComponent))
-    detector = next(c for c in components if isinstance(c, AnomalyDetectorComponent))
-    uploader = next(c for c in components if isinstance(c, UploaderComponent))
-    totals = reader.core.totals
-    source = reader.source
-    malformed = Counter({type(c).__name__: c.stats["malformed"] for c in (aggregator, detector, uploader) if c.stats["malformed"]})
-    windows, alerts, upload = aggregator.totals(), detector.totals(), uploader.totals()
-    return {
-        "log": str(log),
-        "dbc": list(cfg.dbc),
-        "vehicle": cfg.vehicle,
-        "frames_read": totals["read"],
-        "error_frames": totals["error"],
-        "remote_frames": totals["remote"],
-        "frames_decoded": totals["decoded"],
-        "frames_unknown_id": totals["unknown_id"],
-        "decode_errors": totals["decode_error"],
-        "bad_lines": len(source.bad_records),
-        "bad_records": [str(r) for r in source.bad_records],
-        "unknown_ids": {f"0x{k:X}": n for k, n in reader.core.unknown_ids.most_common()},
-        "decode_error_ids": {f"0x{k:X}": n for k, n in reader.core.decode_error_ids.most_common()},
-        "dbc_collisions": [str(c) for c in getattr(reader.decoder, "collisions", [])],
-        "signal_samples": totals["signal_samples"],
-        "non_finite_values": totals["non_finite_values"],
-        "batches": totals["batches"],
-        "event_start": reader.core.first_time,
-        "event_end": reader.core.last_time,
-        "aggregates": aggregator.stats["aggregates"],
-        "late_samples": windows["late_samples"],
-        "forced_window_closes": windows["forced_closes"],
-        "alerts": sum(alerts[f"alert_{kind}"] for kind in ("raised", "update", "cleared")),
-        "alerts_raised": alerts["alert_raised"],
-        "alerts_updated": alerts["alert_update"],
-        "alerts_cleared": alerts["alert_cleared"],
-        "alerts_active_at_end": len(detector.core.active),
-        "uploaded_messages": upload["messages_sent"],
-        "uploaded_raw_bytes": upload["raw_bytes_sent"],
-        "bundles": upload["bundles_sent"],
-        "spool_left": uploader.pending(),
-        "evicted_messages": upload["evicted_messages"],
-        "set_aside": upload["set_aside"],
-        "retries": upload["retries"],
+    """The run in numbers, from what each component reports of itself (``counters()``) and
+    what the runtime saw on its topics; nothing here reaches into a component."""
+    summary: dict[str, Any] = {"log": str(log), "dbc": list(cfg.dbc), "vehicle": cfg.vehicle}
+    malformed: dict[str, int] = {}
+    for component in components:
+        counters = dict(component.counters())
+        refused = counters.pop("malformed", 0)
+        counters.pop("malformed_reasons", None)
+        if refused:
+            malformed[type(component).__name__] = refused
+        summary.update(counters)
+    summary.update({
         "local_messages": dict(runtime.published),
         "local_bytes": dict(runtime.published_bytes),
-        "malformed_messages": dict(malformed),
+        "malformed_messages": malformed,
         "handler_errors": runtime.errors,
-    }
+    })
+    return summary
 
 
 def messages_from_outbox(path: str | Path, kind: str | None = None) -> list[dict[str, Any]]:

@@ -28,7 +28,7 @@ from telemetry.edge.clock import Clock, SystemClock
 from telemetry.edge.components import LambdaAdapter, Services
 from telemetry.edge.config import VehicleConfig
 from telemetry.edge.errors import RecipeError
-from telemetry.edge.messages import dumps
+from telemetry.edge.messages import Message
 from telemetry.tools.recipes import Recipe, check_recipes, import_handler, load_recipes
 from telemetry.edge.transport import CloudTransport, Handler
 
@@ -126,8 +126,12 @@ class LocalRuntime:
         self.stopped: list[str] = []
 
     # -- the LocalTransport the components are given -------------------------------------------
-    def publish(self, topic: str, message: Mapping[str, Any]) -> None:
-        wire = dumps(message)
+    def publish(self, topic: str, message: Message) -> None:
+        self.deliver(topic, message.to_bytes())
+
+    def deliver(self, topic: str, wire: bytes) -> None:
+        """Route a payload as published on ``topic``: what a component's publish becomes, and how
+        a test or a tool puts any bytes (a malformed message too) on a local topic."""
         with self._lock:
             self.published[topic] += 1
             self.published_bytes[topic] += len(wire)
