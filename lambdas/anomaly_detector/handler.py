@@ -1,7 +1,6 @@
 """Anomaly detector Lambda: signal batches in, alerts out the moment they are raised."""
 
-from telemetry.edge.components import LambdaAdapter
-from telemetry.edge.components import AnomalyDetectorComponent
+from telemetry.edge.components import AnomalyDetectorComponent, LambdaAdapter
 
 adapter = LambdaAdapter(AnomalyDetectorComponent)
 function_handler = adapter.handle

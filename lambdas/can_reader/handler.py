@@ -4,8 +4,7 @@ Greengrass loads this module once; the reading loop starts in a thread here, at 
 blocking it. The handler itself is never invoked with work: the reader has no event sources.
 """
 
-from telemetry.edge.components import LambdaAdapter
-from telemetry.edge.components import CanReaderComponent
+from telemetry.edge.components import CanReaderComponent, LambdaAdapter
 
 adapter = LambdaAdapter(CanReaderComponent)
 adapter.start_pinned()

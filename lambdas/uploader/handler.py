@@ -1,8 +1,7 @@
 """Uploader Lambda (pinned): aggregates and alerts into the durable spool; a sender loop, started
 here without blocking the import, forwards them to AWS IoT Core."""
 
-from telemetry.edge.components import LambdaAdapter
-from telemetry.edge.components import UploaderComponent
+from telemetry.edge.components import LambdaAdapter, UploaderComponent
 
 adapter = LambdaAdapter(UploaderComponent)
 adapter.start_pinned()

@@ -10,8 +10,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from support.reference import compare, compare_counts, messages_of, reference
 
+from support.reference import compare, compare_counts, messages_of, reference
 from telemetry.tools.replay import replay
 from telemetry.tools.simulator import FAULTS, write_drive
 
@@ -61,7 +61,7 @@ def test_summary_accounts_for_every_frame(sample_replay):
 
 
 def test_each_injected_fault_raises_exactly_its_alerts_at_the_right_time(sample_replay):
-    out, summary, lines = sample_replay
+    _, summary, lines = sample_replay
     alerts = sorted((m for m in messages_of(lines) if m["kind"] == "alert"), key=lambda a: a["t"])
     start = summary["event_start"]
     update_seconds = 10.0  # [detector] of vehicle.toml

@@ -8,15 +8,15 @@ import shutil
 from pathlib import Path
 
 import pytest
-from support.reference import messages_of
 
+from support.reference import messages_of
 from telemetry.edge.config import load_config
 from telemetry.edge.errors import DbcError
+from telemetry.edge.messages import unpack
+from telemetry.edge.transport import InMemoryCloudTransport
 from telemetry.tools.replay import replay
 from telemetry.tools.runtime import LocalRuntime
 from telemetry.tools.simulator import write_drive
-from telemetry.edge.transport import InMemoryCloudTransport
-from telemetry.edge.messages import unpack
 
 ROOT = Path(__file__).resolve().parents[2]
 SAMPLE = ROOT / "vehicles" / "sample"

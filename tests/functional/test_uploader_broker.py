@@ -5,7 +5,6 @@ spool too small for the outage evicts exactly the oldest aggregates and says so.
 from __future__ import annotations
 
 import json
-import os
 import random
 import signal
 import subprocess
@@ -15,17 +14,15 @@ import time
 from pathlib import Path
 
 import pytest
-from support.broker import Broker, Observer
 
+from support.broker import Broker, Observer
 from telemetry.edge.clock import SystemClock
-from telemetry.edge.components import Services
-from telemetry.edge.config import load_config, parse_config
-from telemetry.edge.mqtt import Mqtt5CloudTransport
-from telemetry.tools.replay import messages_from_outbox, replay
-from telemetry.edge.spool import SqliteSpool
-from telemetry.edge.transport import InMemoryLocalTransport
-from telemetry.edge.components import UploaderComponent
+from telemetry.edge.components import Services, UploaderComponent
+from telemetry.edge.config import parse_config
 from telemetry.edge.messages import decode, unpack
+from telemetry.edge.mqtt import Mqtt5CloudTransport
+from telemetry.edge.transport import InMemoryLocalTransport
+from telemetry.tools.replay import messages_from_outbox, replay
 
 ROOT = Path(__file__).resolve().parents[2]
 SAMPLE = ROOT / "vehicles" / "sample"
@@ -193,7 +190,7 @@ def test_spool_cap_smaller_than_the_outage_evicts_the_oldest_aggregates_and_says
     try:
         for message in produced:
             up.component.handle(message)
-        count, size = up.component.core.spool.depth()
+        _, size = up.component.core.spool.depth()
         assert size <= cap + 5_000  # the cap holds (plus the small gap records)
         ledger = up.component.core.spool.ledger()
         assert ledger, "nothing was evicted"

@@ -91,7 +91,7 @@ def compare(ref: dict[str, Any], cloud_lines: list[dict[str, Any]], window: floa
         for name, stats in want[k].items():
             for key, value in stats.items():
                 other = got[k][name][key]
-                if key == "count" and other != value or not math.isclose(other, value, rel_tol=1e-9, abs_tol=1e-9):
+                if (key == "count" and other != value) or not math.isclose(other, value, rel_tol=1e-9, abs_tol=1e-9):
                     problems.append(f"window {k} {name} {key}: got {other}, reference {value}")
     return problems
 

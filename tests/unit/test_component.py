@@ -11,12 +11,11 @@ from unittest import mock
 import can
 import pytest
 from awsiot.greengrasscoreipc.clientv2 import GreengrassCoreIPCClientV2
-from support.helpers import columns, frame, signals_event
 
-from telemetry.edge.components import LambdaAdapter, Services, on_greengrass
-from telemetry.edge.transport import IpcCloudTransport, IpcLocalTransport
-from telemetry.edge.components import UploaderComponent
+from support.helpers import columns, frame, signals_event
+from telemetry.edge.components import LambdaAdapter, Services, UploaderComponent, on_greengrass
 from telemetry.edge.messages import unpack
+from telemetry.edge.transport import IpcCloudTransport, IpcLocalTransport
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import cantools
 import pytest
-from support.helpers import frame
 
+from support.helpers import frame
 from telemetry.edge.decode import DbcDecoder, load_dbc
 from telemetry.edge.errors import DbcError
 

@@ -198,7 +198,7 @@ def test_a_component_version_that_fails_stops_the_deploy_with_its_reason(recipes
     with Stubber(s3) as s3s, Stubber(lam) as lams, Stubber(gg) as ggs:
         stub_deploy(p, s3s, lams, ggs, component_state={"telemetry.Aggregator": "FAILED"})
         deployer = Deployer(s3, lam, gg, poll_seconds=0, sleep=lambda s: None)
-        with pytest.raises(DeployError, match="component telemetry.Aggregator failed to become deployable: "
+        with pytest.raises(DeployError, match=r"component telemetry\.Aggregator failed to become deployable: "
                                               "Lambda function version not found LAMBDA: arn does not exist"):
             deployer.deploy(p)
         ggs.assert_no_pending_responses()  # and no deployment was created

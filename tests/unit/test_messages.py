@@ -7,8 +7,8 @@ import json
 import math
 
 import pytest
-from support.helpers import columns
 
+from support.helpers import columns
 from telemetry.edge import messages
 from telemetry.edge.errors import MessageError
 from telemetry.edge.messages import Aggregates, Alert, Bundle, EndOfStream, FlatBatch, Gap, Health, Signals

@@ -8,8 +8,8 @@ import threading
 import can
 import cantools
 import pytest
-from support.helpers import frame
 
+from support.helpers import frame
 from telemetry.edge.clock import ManualClock, SystemClock
 from telemetry.edge.components import CanReaderComponent
 from telemetry.edge.reader import FrameBatcher
@@ -87,7 +87,7 @@ def wait_until(predicate, tries: int) -> None:
 def test_live_bus_flushes_a_quiet_bus_by_wall_clock(make_services, pack_frames):
     services = make_services(reader={"batch_max_frames": 1000, "batch_max_seconds": 0.05})
     services.clock = SystemClock()
-    with live_reader(services, "reader-live") as (car, reader):
+    with live_reader(services, "reader-live") as (car, _):
         for f in pack_frames[:3]:
             car.send(f)
         # the bus then goes quiet: the batch must still come out, without any more frames

@@ -6,12 +6,10 @@ from __future__ import annotations
 import json
 
 from telemetry.edge.clock import ManualClock
-from telemetry.edge.config import parse_config
-from telemetry.edge.errors import DroppedError, RejectedError, TransportError
-from telemetry.edge.spool import MemorySpool
-from telemetry.edge.transport import InMemoryCloudTransport
 from telemetry.edge.components import UploaderComponent
+from telemetry.edge.errors import DroppedError, RejectedError, TransportError
 from telemetry.edge.messages import decode, unpack
+from telemetry.edge.transport import InMemoryCloudTransport
 
 
 def aggregate(i: int, pad: int = 2000) -> dict:

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import can
 import pytest
-from support.helpers import frame, write_lines
 
+from support.helpers import frame, write_lines
 from telemetry.edge.clock import ManualClock
 from telemetry.edge.errors import LogFormatError
 from telemetry.edge.sources import BusSource, LogSource

@@ -3,19 +3,20 @@ arbitrarily across invocations and windows."""
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import numpy as np
 import pytest
-from support.helpers import columns, signals_event
 from hypothesis import given
 from hypothesis import strategies as st
 
+from support.helpers import columns, signals_event
 from telemetry.edge import messages
-from telemetry.edge.messages import SignalColumns
-from telemetry.edge.config import parse_config
 from telemetry.edge.aggregator import Aggregation, WindowAggregator
 from telemetry.edge.components import AggregatorComponent
+from telemetry.edge.config import parse_config
+from telemetry.edge.messages import SignalColumns
 
 
 class OnTheWire:
@@ -106,7 +107,7 @@ def test_statistics_equal_the_numpy_reference_however_the_stream_is_split(stream
     samples, cuts = stream
     bounds = [0, *cuts, len(samples)]
     batches = []
-    for a, b in zip(bounds, bounds[1:]):
+    for a, b in itertools.pairwise(bounds):
         part: dict[str, tuple[list, list]] = {}
         for t, name, v in samples[a:b]:
             part.setdefault(name, ([], []))

@@ -23,8 +23,7 @@ import dataclasses
 import fnmatch
 import math
 from collections import Counter
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Callable, Mapping
 
 import numpy as np
 
@@ -165,7 +164,7 @@ class WindowAggregator:
         while len(self.open) > self.max_open:  # bounded memory: close the oldest early
             self.stats["forced_closes"] += 1
             oldest = min(self.open)
-            out += self._close(lambda k: k <= oldest)
+            out += self._close(lambda k, last=oldest: k <= last)
         return out
 
     def flush(self) -> list[Aggregates]:
@@ -199,7 +198,7 @@ class WindowAggregator:
                 window.grow(len(self.names))
             window.merge(r["sid"][a:b], {key: r[key][a:b] for key in _FIELDS})
 
-    def _close(self, due: Any) -> list[Aggregates]:
+    def _close(self, due: Callable[[int], bool]) -> list[Aggregates]:
         out = []
         for k in sorted(self.open):
             if not due(k):
@@ -229,9 +228,12 @@ class Aggregation:
 
     def __init__(self, cfg: AggregatorConfig, vehicle: str) -> None:
         self.cfg = cfg
-        kw = {"lateness": cfg.lateness_seconds, "max_open_windows": cfg.max_open_windows}
-        self.groups = {g.name: WindowAggregator(g.window_seconds, vehicle, group=g.name, **kw) for g in cfg.groups}
-        self.groups[DEFAULT_GROUP] = WindowAggregator(cfg.window_seconds, vehicle, group=DEFAULT_GROUP, **kw)
+        def group(name: str, width: float) -> WindowAggregator:
+            return WindowAggregator(width, vehicle, group=name, lateness=cfg.lateness_seconds,
+                                    max_open_windows=cfg.max_open_windows)
+
+        self.groups = {g.name: group(g.name, g.window_seconds) for g in cfg.groups}
+        self.groups[DEFAULT_GROUP] = group(DEFAULT_GROUP, cfg.window_seconds)
         self._route: dict[str, str | None] = {}
         self._where: dict[str, tuple[int, int]] = {}  # name -> (group number, signal number)
         self.stats: Counter[str] = Counter()

@@ -27,12 +27,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import messages
+from .aggregator import Aggregation
 from .clock import Clock, SystemClock
 from .config import VehicleConfig, load_config
-from .errors import ConfigError, MessageError
-from .aggregator import Aggregation
 from .decode import DbcDecoder, Decoder
 from .detector import Detector
+from .errors import ConfigError, MessageError
 from .reader import FrameBatcher, ReaderCore
 from .sources import BusSource, FrameSource, LogSource
 from .spool import MemorySpool, Spool, SqliteSpool
@@ -142,7 +142,7 @@ class LambdaAdapter:
         with self._lock:
             self._services = services
             self._component = None
-        self.component
+        _ = self.component
 
     @property
     def component(self) -> Any:

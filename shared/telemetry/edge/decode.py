@@ -10,8 +10,8 @@ decode are counted, never fatal.
 from __future__ import annotations
 
 import logging
-import re
 import math
+import re
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -77,7 +77,7 @@ def load_dbc(path: str | Path) -> Any:
     except Exception as exc:  # cantools raises ParseError, UnsupportedDatabaseFormatError, ...
         reason = " ".join(str(exc).split())
         raise DbcError(f"{path}: not a valid DBC file: {reason}") from exc
-    if not db.messages:
+    if not isinstance(db, cantools.database.can.Database) or not db.messages:
         raise DbcError(f"{path}: DBC file defines no messages")
     _check_every_signal_loaded(path, db)
     return db

@@ -10,7 +10,6 @@ their windows. Event time is the frame's own timestamp.
 from __future__ import annotations
 
 import logging
-import threading
 from collections import Counter
 from collections.abc import Mapping
 

@@ -167,7 +167,7 @@ class LogSource:
             header: list[str] | None = None
             while True:
                 try:
-                    for msg in reader_cls(feed):
+                    for msg in reader_cls(feed):  # type: ignore[arg-type]  # python-can's readers take any text file
                         if header is None:
                             header = feed.seen_before_current()
                             feed.stop_keeping()

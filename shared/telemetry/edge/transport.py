@@ -115,7 +115,7 @@ class OutboxFile:
         self.bytes = 0
 
     def publish(self, topic: str, payload: bytes) -> None:
-        line = '{"topic":%s,"payload":%s}\n' % (json.dumps(topic), payload.decode())
+        line = f'{{"topic":{json.dumps(topic)},"payload":{payload.decode()}}}\n'
         with self._lock:
             self._file.write(line)
             self._file.flush()

@@ -24,8 +24,8 @@ from typing import Any
 
 from telemetry.edge.config import VehicleConfig
 from telemetry.edge.errors import TelemetryError
-from telemetry.tools.recipes import Recipe, request_problems
 from telemetry.edge.uploader import cloud_topics
+from telemetry.tools.recipes import Recipe, request_problems
 
 LOG = logging.getLogger(__name__)
 

@@ -70,12 +70,9 @@ def inputs(folder: Path) -> dict[str, Path]:
     import threading
 
     from telemetry.edge.clock import SystemClock
-    from telemetry.edge.components import Services
+    from telemetry.edge.components import AggregatorComponent, AnomalyDetectorComponent, CanReaderComponent, Services
     from telemetry.edge.config import load_config
-    from telemetry.edge.components import CanReaderComponent
-    from telemetry.edge.components import AnomalyDetectorComponent
     from telemetry.edge.transport import InMemoryCloudTransport, InMemoryLocalTransport
-    from telemetry.edge.components import AggregatorComponent
 
     cfg = load_config(ROOT / "vehicles/sample/vehicle.toml")
     bus = InMemoryLocalTransport()

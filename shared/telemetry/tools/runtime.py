@@ -29,8 +29,8 @@ from telemetry.edge.components import LambdaAdapter, Services
 from telemetry.edge.config import VehicleConfig
 from telemetry.edge.errors import RecipeError
 from telemetry.edge.messages import Message
-from telemetry.tools.recipes import Recipe, check_recipes, import_handler, load_recipes
 from telemetry.edge.transport import CloudTransport, Handler
+from telemetry.tools.recipes import Recipe, check_recipes, import_handler, load_recipes
 
 LOG = logging.getLogger(__name__)
 

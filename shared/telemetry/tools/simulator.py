@@ -126,7 +126,7 @@ class _Car:
         self.motor_temp = 35.0 + 25.0 * (1 - np.exp(-t / 120.0)) + 0.05 * np.abs(self.motor_current)
 
     def at(self, seconds: float) -> int:
-        return min(int(round(seconds / self.dt)), len(self.t) - 1)
+        return min(round(seconds / self.dt), len(self.t) - 1)
 
 
 def _fault_temp14(s: float, normal: float) -> float:
@@ -144,6 +144,7 @@ def _fault_cell27(s: float, normal: float) -> float:
 def _frames(seconds: float, seed: int) -> Iterator[can.Message]:
     rng = np.random.default_rng(seed)
     db = cantools.database.load_file(str(DBC), strict=True)
+    assert isinstance(db, cantools.database.can.Database)
     car = _Car(seconds, rng)
     schedule: list[tuple[float, int, str, int]] = []  # (time, tie-break, message, group)
 
