@@ -2,7 +2,7 @@
 # One entry point for everything a user or CI does with this repository.
 #
 #   ./build.sh demo                 replay the bundled sample drive through all four components
-#   ./build.sh test [PYTEST ARGS]   run the whole test suite
+#   ./build.sh test [PYTEST ARGS]   ruff and mypy, then the whole test suite
 #   ./build.sh replay LOG --dbc DBC [--dbc DBC ...] [--config FILE] --out DIR [--speed X]
 #   ./build.sh simulate [--out LOG] regenerate the sample drive recording
 #   ./build.sh bench [--repeat N]   throughput of the aggregator and detector vs per-sample loops
@@ -115,6 +115,12 @@ case "$cmd" in
         setup
         test_tools
         cd "$ROOT"
+        # Static checks first: a lint or type error fails the run before the suite starts.
+        run_py -m ruff check --quiet shared lambdas tests || die "ruff found problems (see above)"
+        run_py -m mypy shared/telemetry || die "mypy found type errors (see above)"
+        for handler in lambdas/*/handler.py; do  # each its own top-level module "handler"
+            run_py -m mypy "$handler" >/dev/null || { run_py -m mypy "$handler"; die "mypy: $handler"; }
+        done
         run_py -m pytest "$@"
         ;;
     ""|-h|--help|help)
