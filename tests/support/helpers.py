@@ -8,7 +8,7 @@ import can
 import numpy as np
 
 from telemetry.edge import messages
-from telemetry.edge.messages import SignalColumns
+from telemetry.edge.messages import FlatBatch, SignalColumns
 
 
 def frame(t: float, can_id: int, data: bytes = b"", **kw) -> can.Message:
@@ -16,17 +16,16 @@ def frame(t: float, can_id: int, data: bytes = b"", **kw) -> can.Message:
     return can.Message(timestamp=t, arbitration_id=can_id, data=data, **kw)
 
 
-def columns(**signals: tuple[list[float], list[float]]) -> dict[str, SignalColumns]:
+def columns(**signals: tuple[list[float], list[float]]) -> FlatBatch:
     """columns(**{"A.x": ([t...], [v...])})"""
-    return {name: SignalColumns(np.asarray(t, float), np.asarray(v, float)) for name, (t, v) in signals.items()}
+    return FlatBatch.from_columns({name: SignalColumns(np.asarray(t, float), np.asarray(v, float))
+                                   for name, (t, v) in signals.items()})
 
 
-def signals_event(cols: dict[str, SignalColumns], seq: int = 1) -> dict:
-    """The JSON object a handler receives for a batch of these columns."""
-    present = [c for c in cols.values() if len(c)]
-    start = min(float(c.t.min()) for c in present) if present else 0.0
-    end = max(float(c.t.max()) for c in present) if present else 0.0
-    return messages.Signals("test", seq, start, end, {"read": 1}, messages.FlatBatch.from_columns(cols)).encode()
+def signals_event(batch: FlatBatch, seq: int = 1) -> dict:
+    """The JSON object a handler receives for this batch."""
+    start, end = (float(batch.t.min()), float(batch.t.max())) if len(batch) else (0.0, 0.0)
+    return messages.Signals("test", seq, start, end, {"read": 1}, batch).encode()
 
 
 def write_lines(path: Path, lines: list[str], newline_at_end: bool = True) -> Path:

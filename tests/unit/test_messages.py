@@ -11,10 +11,10 @@ import pytest
 from support.helpers import columns
 from telemetry.edge import messages
 from telemetry.edge.errors import MessageError
-from telemetry.edge.messages import Aggregates, Alert, Bundle, EndOfStream, FlatBatch, Gap, Health, Signals
+from telemetry.edge.messages import Aggregates, Alert, Bundle, EndOfStream, Gap, Health, Signals
 
 SIGNALS = Signals("drive.log", 1, 1.0, 2.0, {"read": 2, "decoded": 2},
-                  FlatBatch.from_columns(columns(**{"A.x": ([1.0, 2.0], [3.0, 4.0]), "B.y": ([1.5], [-1.0])})))
+                  columns(**{"A.x": ([1.0, 2.0], [3.0, 4.0]), "B.y": ([1.5], [-1.0])}))
 AGGREGATES = Aggregates("car", 4, "default", 10.0, 11.0, {"A.x": {"count": 2, "min": 1.0, "max": 2.0, "mean": 1.5}}, 1, 9.5)
 ALERT = Alert("car", "car/r/A.x/10.500000", "raised", "r", "limit", "A.x", "critical", 10.5, 99.0, {"max": 60})
 EXAMPLES = [

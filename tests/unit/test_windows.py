@@ -16,7 +16,7 @@ from telemetry.edge import messages
 from telemetry.edge.aggregator import Aggregation, WindowAggregator
 from telemetry.edge.components import AggregatorComponent
 from telemetry.edge.config import parse_config
-from telemetry.edge.messages import SignalColumns
+from telemetry.edge.messages import FlatBatch
 
 
 class OnTheWire:
@@ -61,7 +61,7 @@ def reference(samples: dict[str, list[tuple[float, float]]], width: float) -> di
     return out
 
 
-def run(aggregator: OnTheWire, batches: list[dict[str, SignalColumns]]) -> list[dict]:
+def run(aggregator: OnTheWire, batches: list[FlatBatch]) -> list[dict]:
     out = []
     for batch in batches:
         out += aggregator.add(batch)
@@ -140,7 +140,7 @@ def test_windows_close_as_event_time_passes_their_end():
     assert out[0]["group"] == "default" and out[0]["late"] == {"samples": 0, "oldest": None}
     assert out[0]["vehicle"] == "car" and out[0]["kind"] == "aggregates" and out[0]["v"] == 1
     # a batch's span end moves event time on even when it carries no sample of this signal
-    out = agg.add({}, watermark=13.0)
+    out = agg.add(FlatBatch.empty(), watermark=13.0)
     assert [m["window"]["start"] for m in out] == [11.0]
     assert agg.flush() == []
 

@@ -23,12 +23,12 @@ import dataclasses
 import fnmatch
 import math
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 
 import numpy as np
 
 from .config import AggregatorConfig
-from .messages import Aggregates, EndOfStream, FlatBatch, SignalColumns, Signals
+from .messages import Aggregates, EndOfStream, FlatBatch, Signals
 
 DEFAULT_GROUP = "default"
 
@@ -144,9 +144,8 @@ class WindowAggregator:
             self.names.append(name)
         return sid
 
-    def add(self, columns: Mapping[str, SignalColumns] | FlatBatch, watermark: float | None = None) -> list[Aggregates]:
+    def add(self, batch: FlatBatch, watermark: float | None = None) -> list[Aggregates]:
         """Fold a batch in; return the aggregates of the windows it closes."""
-        batch = columns if isinstance(columns, FlatBatch) else FlatBatch.from_columns(columns)
         local = np.array([self.sid(name) for name in batch.names], dtype=np.int64)
         return self.add_samples(local[batch.ids] if len(batch) else batch.ids, batch.t, batch.v, watermark)
 
@@ -261,8 +260,7 @@ class Aggregation:
             self._route[signal] = group
         return self._route[signal]
 
-    def add(self, columns: Mapping[str, SignalColumns] | FlatBatch, watermark: float) -> list[Aggregates]:
-        batch = columns if isinstance(columns, FlatBatch) else FlatBatch.from_columns(columns)
+    def add(self, batch: FlatBatch, watermark: float) -> list[Aggregates]:
         groups = list(self.groups.values())
         # per name of the batch: its group (-1: not selected) and its number in that group
         where = self._where
