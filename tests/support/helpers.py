@@ -28,6 +28,23 @@ def signals_event(batch: FlatBatch, seq: int = 1) -> dict:
     return messages.Signals("test", seq, start, end, {"read": 1}, batch).encode()
 
 
+class OnTheWire:
+    """A core under test (aggregator, detector) whose messages are read as they go on the wire:
+    their JSON objects, through the one encoder of their kind."""
+
+    def __init__(self, core):
+        self.core = core
+
+    def add(self, *args, **kwargs) -> list[dict]:
+        return [m.encode() for m in self.core.add(*args, **kwargs)]
+
+    def flush(self) -> list[dict]:
+        return [m.encode() for m in self.core.flush()]
+
+    def __getattr__(self, name):
+        return getattr(self.core, name)
+
+
 def write_lines(path: Path, lines: list[str], newline_at_end: bool = True) -> Path:
     path.write_text("\n".join(lines) + ("\n" if newline_at_end else ""))
     return path

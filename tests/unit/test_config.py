@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import re
+from dataclasses import FrozenInstanceError, fields
 from pathlib import Path
 
 import pytest
 
-from telemetry.edge.config import load_config
+from telemetry.edge.config import load_config, parse_config
 from telemetry.edge.errors import ConfigError
+from telemetry.edge.rules import RULES, BusRule, Rule
+from telemetry.edge.rules.bus import BUS_COUNTERS
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -39,6 +43,10 @@ def test_the_sample_configuration_loads_with_paths_relative_to_it():
         ('vehicle = "c"\n[[rules]]\nname = "x"\nkind = "bus"\ncounter = "lost"\nmax_per_second = 1\n', "'counter' must be one of"),
         ('vehicle = "c"\n[[rules]]\nname = "x"\nsignals = "A.*"\nmax = 1\nmin_duration = -2\n', "'min_duration' must be zero or more"),
         ('vehicle = "c"\n[[rules]]\nname = "x"\nsignals = []\nmax = 1\n', "must be a pattern or a list"),
+        ('vehicle = "c"\n[[rules]]\nsignals = "A.*"\nmax = 1\n', "needs a 'name' \\(without '/'\\)"),
+        ('vehicle = "c"\n[[rules]]\nname = "a/b"\nsignals = "A.*"\nmax = 1\n', "needs a 'name' \\(without '/'\\)"),
+        ('vehicle = "c"\n[[rules]]\nname = "x"\nmax = 1\n', "needs 'signals'"),
+        ('vehicle = "c"\n[[rules]]\nname = "x"\nkind = ["limit"]\nsignals = "A.*"\nmax = 1\n', "unknown rule kind"),
         ('vehicle = "c"\n[aggregator]\nlateness_seconds = -1\n', "lateness_seconds: must be zero or more"),
         ('vehicle = "c"\n[[aggregator.groups]]\nname = "g"\n', "needs 'name' and 'signals'"),
         ('vehicle = "c"\n[[aggregator.groups]]\nname = "default"\nsignals = "A.*"\n', "group name 'default' is taken"),
@@ -58,9 +66,64 @@ def test_every_shipped_configuration_loads():
         cfg = load_config(path)
         assert cfg.rules, path
     kinds = {r.kind for r in load_config(ROOT / "vehicles/sample/vehicle.toml").rules}
-    assert kinds == {"limit", "rate", "stale", "spread", "zscore", "bus"}  # the sample uses every kind
+    assert kinds == set(RULES)  # the sample uses every kind
 
 
 def test_missing_file(tmp_path):
     with pytest.raises(ConfigError, match="not found"):
         load_config(tmp_path / "nope.toml")
+
+
+# -- the registry is the only list of rule kinds -------------------------------------------------
+
+
+def own_keys(cls: type[Rule]) -> list[str]:
+    return sorted({f.name for f in fields(cls)} - {f.name for f in fields(Rule)})
+
+
+def test_every_registered_kind_is_a_rule_class_named_by_its_key():
+    for kind, cls in RULES.items():
+        assert issubclass(cls, Rule) and cls.kind == kind
+        with pytest.raises(FrozenInstanceError):
+            cls(name="x").name = "y"  # type: ignore[misc]
+
+
+@pytest.mark.parametrize("kind", list(RULES))
+def test_every_key_of_every_kind_is_documented(kind):
+    doc = (ROOT / "docs/CONFIG.md").read_text()
+    common = doc.split("## `[[rules]]`", 1)[1].split("\n### ", 1)[0]
+    for key in [f.name for f in fields(Rule)] + ["kind"]:
+        assert f"`{key}`" in common, key
+    section = re.search(rf"^### `{kind}`.*?(?=^#|\Z)", doc, re.DOTALL | re.MULTILINE)
+    assert section, f"docs/CONFIG.md has no section for the {kind} rule"
+    for key in own_keys(RULES[kind]):
+        assert re.search(rf"\b{key}\b", section.group()), f"{kind}: {key} is not documented"
+
+
+def test_every_bus_counter_is_documented():
+    doc = (ROOT / "docs/CONFIG.md").read_text()
+    assert all(f'"{counter}"' in doc for counter in BUS_COUNTERS)
+
+
+def test_an_unknown_kind_is_refused_naming_the_known_ones():
+    with pytest.raises(ConfigError) as err:
+        parse_config({"vehicle": "c", "rules": [{"name": "x", "kind": "magic", "signals": "A.*"}]}, source="car.toml")
+    assert str(err.value) == f"car.toml [[rules]] #1: unknown rule kind 'magic' (known: {', '.join(RULES)})"
+
+
+@pytest.mark.parametrize("kind", list(RULES))
+def test_a_stray_key_is_refused_naming_the_keys_of_the_kind(kind):
+    with pytest.raises(ConfigError, match=f"key\\(s\\) bogus do not apply to a {kind} rule") as err:
+        parse_config({"vehicle": "c", "rules": [{"name": "x", "kind": kind, "signals": "A.*", "bogus": 1}]})
+    takes = str(err.value).split("(it takes: ", 1)[1].rstrip(")").split(", ")
+    assert takes == sorted({f.name for f in fields(RULES[kind])} | {"kind"})
+
+
+def test_a_rule_table_becomes_an_instance_of_its_kind_with_the_defaults_of_that_kind():
+    rules = parse_config({"vehicle": "c", "rules": [
+        {"name": "l", "signals": "A.*", "max": 1.0},
+        {"name": "b", "kind": "bus", "counter": "error", "max_per_second": 2.0}]}).rules
+    assert [type(r) for r in rules] == [RULES["limit"], BusRule]
+    assert rules[0].signals == ("A.*",) and rules[0].severity == "warning" and rules[0].min_duration == 0.0
+    assert rules[1] == BusRule(name="b", counter="error", max_per_second=2.0)
+    assert rules[1].signals == ("bus.*",) and rules[1].window_seconds == 5.0

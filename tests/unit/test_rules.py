@@ -6,19 +6,23 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from support.helpers import columns, signals_event
 
-from telemetry.edge.config import DetectorConfig, parse_config
+from support.helpers import OnTheWire, columns, signals_event
 from telemetry.edge.components import AnomalyDetectorComponent
+from telemetry.edge.config import DetectorConfig, parse_config
 from telemetry.edge.detector import Detector, alert_id
+from telemetry.edge.errors import ConfigError
+from telemetry.edge.messages import FlatBatch
+from telemetry.edge.rules import RULES, LimitRule, RateRule, Rule
 
 
-def rule(**kw) -> object:
+def rule(**kw) -> Rule:
+    """A rule as the configuration loader builds (and checks) it."""
     kw.setdefault("name", "r")
     return parse_config({"vehicle": "car", "rules": [kw]}).rules[0]
 
 
-def run(detector: Detector, *batches) -> list[dict]:
+def run(detector: OnTheWire, *batches) -> list[dict]:
     """batches: (columns, frames or None, now or None)"""
     out = []
     for cols, frames, now in batches:
@@ -35,7 +39,7 @@ def states(out):
 
 
 def one_signal(r, t, v, *, cfg=None, chunks=1):
-    det = Detector((r,), "car", cfg or DetectorConfig(update_seconds=1e9))
+    det = OnTheWire(Detector((r,), "car", cfg or DetectorConfig(update_seconds=1e9)))
     t, v = np.asarray(t, float), np.asarray(v, float)
     out = []
     for idx in np.array_split(np.arange(len(t)), chunks):
@@ -107,10 +111,10 @@ STALE = dict(kind="stale", signals="MPPT2.*", timeout=2.0)
 
 
 def stale_run(r, batches):
-    det = Detector((r,), "car", DetectorConfig(update_seconds=1e9))
+    det = OnTheWire(Detector((r,), "car", DetectorConfig(update_seconds=1e9)))
     out = []
     for now, seen in batches:
-        cols = columns(**{"MPPT2.Vin": (seen, [1.0] * len(seen)), "MPPT2.Iin": (seen, [2.0] * len(seen))}) if seen else {}
+        cols = columns(**{"MPPT2.Vin": (seen, [1.0] * len(seen)), "MPPT2.Iin": (seen, [2.0] * len(seen))}) if seen else FlatBatch.empty()
         out += det.add(cols, None, now)
     return out
 
@@ -140,7 +144,7 @@ def test_stale_clear_duration_waits_until_the_node_is_back_for_good():
 
 def test_stale_per_signal_scope_and_hysteresis_is_harmless():
     r = rule(**STALE, scope="signal", hysteresis=0.5)
-    det = Detector((r,), "car")
+    det = OnTheWire(Detector((r,), "car"))
     det.add(columns(**{"MPPT2.Vin": ([0.0], [1.0]), "MPPT2.Iin": ([0.0], [1.0])}), None, 0.0)
     out = det.add(columns(**{"MPPT2.Vin": ([3.0], [1.0])}), None, 3.0)
     # Vin was silent from 0 s to 3 s: raised at 2 s, cleared when it came back; Iin is still silent
@@ -158,7 +162,7 @@ def cells(t, values):
 
 
 def spread_run(r, snapshots):
-    det = Detector((r,), "car", DetectorConfig(update_seconds=1e9))
+    det = OnTheWire(Detector((r,), "car", DetectorConfig(update_seconds=1e9)))
     out = []
     for t, values in snapshots:
         out += det.add(columns(**cells(t, values)), None, t)
@@ -173,7 +177,7 @@ def test_spread_raises_on_imbalance_and_names_the_cells():
 
 
 def test_spread_uses_the_latest_value_of_cells_not_in_this_batch():
-    det = Detector((rule(**SPREAD),), "car")
+    det = OnTheWire(Detector((rule(**SPREAD),), "car"))
     det.add(columns(**cells(0, [3.9, 3.9, 3.9])), None, 0)
     out = det.add(columns(**{"Cells.V2": ([1.0], [3.75])}), None, 1)  # only one cell reports
     assert states(out) == [("raised", 1.0)]
@@ -232,10 +236,10 @@ BUS = dict(kind="bus", counter="error", max_per_second=2.0, window_seconds=2.0)
 
 
 def bus_run(r, counts):
-    det = Detector((r,), "car", DetectorConfig(update_seconds=1e9))
+    det = OnTheWire(Detector((r,), "car", DetectorConfig(update_seconds=1e9)))
     out = []
     for i, n in enumerate(counts):
-        out += det.add({}, {"read": 100, "error": n}, 0.5 * (i + 1))
+        out += det.add(FlatBatch.empty(), {"read": 100, "error": n}, 0.5 * (i + 1))
     return out
 
 
@@ -264,11 +268,37 @@ def test_bus_rule_reads_the_counters_of_a_signals_message(make_services):
     assert [m["signal"] for m in services.local.messages("telemetry/out")] == ["bus.error"]
 
 
+# -- rules built by hand, through the kind classes ------------------------------------------------
+
+
+def test_a_rule_built_through_its_class_is_the_one_the_loader_builds():
+    by_hand = LimitRule(name="r", signals=("A.*",), min=0.0, max=10.0)
+    by_hand.check("here")
+    assert by_hand == rule(**LIMIT)
+    out = one_signal(by_hand, range(4), [5, 11, 9, 5])
+    assert states(out) == [("raised", 1), ("cleared", 2)] and out[0]["rule_kind"] == "limit"
+
+
+@pytest.mark.parametrize("kind", list(RULES))
+def test_check_refuses_a_hand_built_rule_without_its_required_keys(kind):
+    with pytest.raises(ConfigError, match=f"^here: a {kind} rule needs|^here: 'counter' must be one of"):
+        RULES[kind](name="r", signals=("A.*",)).check("here")
+
+
+def test_each_detector_gets_its_own_evaluator_from_the_same_rule():
+    jump = RateRule(name="jump", signals=("A.*",), max_rate=10.0)
+    first, second = OnTheWire(Detector((jump,), "car")), OnTheWire(Detector((jump,), "car"))
+    assert first.add(series("A.x", [0.0], [0.0]), None, 0.0) == []
+    # the second detector has not seen the sample at 0 s: no previous value, no rate, no alert
+    assert second.add(series("A.x", [0.1], [5.0]), None, 0.1) == []
+    assert states(first.add(series("A.x", [0.1], [5.0]), None, 0.1)) == [("raised", 0.1)]
+
+
 # -- what all alerts share -----------------------------------------------------------------------
 
 
 def test_updates_carry_the_worst_value_at_most_every_update_seconds():
-    det = Detector((rule(**LIMIT),), "car", DetectorConfig(update_seconds=5.0))
+    det = OnTheWire(Detector((rule(**LIMIT),), "car", DetectorConfig(update_seconds=5.0)))
     out = []
     for second in range(20):
         out += det.add(series("A.x", [second], [11 + second]), None, float(second))
@@ -296,6 +326,6 @@ def test_a_flapping_signal_does_not_flood_the_link():
 
 
 def test_alerts_for_several_rules_come_out_in_time_order():
-    det = Detector((rule(**LIMIT), rule(**RATE, name="jump")), "car")
+    det = OnTheWire(Detector((rule(**LIMIT), rule(**RATE, name="jump")), "car"))
     out = det.add(series("A.x", [0, 0.1, 0.2], [5, 12, 12]), None, 0.2)
     assert [(m["rule"], m["state"], m["t"]) for m in out] == [("r", "raised", 0.1), ("jump", "raised", 0.1), ("jump", "cleared", 0.2)]

@@ -11,29 +11,12 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from support.helpers import columns, signals_event
+from support.helpers import OnTheWire, columns, signals_event
 from telemetry.edge import messages
 from telemetry.edge.aggregator import Aggregation, WindowAggregator
 from telemetry.edge.components import AggregatorComponent
 from telemetry.edge.config import parse_config
 from telemetry.edge.messages import FlatBatch
-
-
-class OnTheWire:
-    """An aggregator under test whose messages are read as they go on the wire: their JSON
-    objects, through the one encoder of the aggregates kind."""
-
-    def __init__(self, core):
-        self.core = core
-
-    def add(self, *args, **kwargs) -> list[dict]:
-        return [m.encode() for m in self.core.add(*args, **kwargs)]
-
-    def flush(self) -> list[dict]:
-        return [m.encode() for m in self.core.flush()]
-
-    def __getattr__(self, name):
-        return getattr(self.core, name)
 
 
 def reference(samples: dict[str, list[tuple[float, float]]], width: float) -> dict[int, dict[str, dict]]:

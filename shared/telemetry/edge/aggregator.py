@@ -163,7 +163,11 @@ class WindowAggregator:
         while len(self.open) > self.max_open:  # bounded memory: close the oldest early
             self.stats["forced_closes"] += 1
             oldest = min(self.open)
-            out += self._close(lambda k, last=oldest: k <= last)
+
+            def forced(k: int, last: int = oldest) -> bool:
+                return k <= last
+
+            out += self._close(forced)
         return out
 
     def flush(self) -> list[Aggregates]:

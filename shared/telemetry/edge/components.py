@@ -313,10 +313,8 @@ class AnomalyDetectorComponent(MessageComponent):
         self.core = Detector(cfg.rules, cfg.vehicle, cfg.detector)
 
     def on_message(self, message: messages.Signals | messages.EndOfStream) -> None:
-        if not isinstance(message, messages.Signals):
-            return  # alerts still active at the end of a replay stay active: nothing cleared them
-        for alert in self.core.add(message.batch, message.frames, message.end):
-            self.services.local.publish(self.topic, messages.Alert.decode(alert))
+        for alert in self.core.process(message):
+            self.services.local.publish(self.topic, alert)
 
     def counters(self) -> dict[str, Any]:
         stats = self.core.stats

@@ -7,15 +7,15 @@ the environment, which beats the file, which beats the default.
 
 from __future__ import annotations
 
+import dataclasses
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
-
-SEVERITIES = ("info", "warning", "critical")
+from .rules import Rule, rule_class
 
 
 @dataclass(frozen=True)
@@ -75,45 +75,6 @@ class DetectorConfig:
     flap_hold_seconds: float = 60.0  # ...and it clears only after this long clean
 
 
-RULE_KINDS = ("limit", "rate", "stale", "spread", "zscore", "bus")
-BUS_COUNTERS = ("error", "unknown_id", "decode_error", "remote")
-COMMON_RULE_KEYS = {"name", "kind", "signals", "severity", "min_duration", "clear_duration", "hysteresis"}
-RULE_KEYS = {
-    "limit": {"min", "max"},
-    "rate": {"max_rate"},
-    "stale": {"timeout", "scope"},
-    "spread": {"max_spread"},
-    "zscore": {"threshold", "baseline", "warmup", "min_scale"},
-    "bus": {"counter", "max_per_second", "window_seconds"},
-}
-
-
-@dataclass(frozen=True)
-class Rule:
-    """One detector rule; which fields apply depends on ``kind`` (see docs/CONFIG.md)."""
-
-    name: str
-    kind: str = "limit"
-    signals: tuple[str, ...] = ()  # fnmatch patterns over "<Message>.<Signal>"
-    severity: str = "warning"
-    min_duration: float = 0.0  # debounce: the condition must hold this long before raising
-    clear_duration: float = 0.0  # the condition must be gone this long before clearing
-    hysteresis: float = 0.0  # clear only once back inside by this margin (rule's units)
-    min: float | None = None
-    max: float | None = None
-    max_rate: float | None = None  # units per second
-    timeout: float | None = None  # seconds
-    scope: str = "message"  # stale: "message" (any signal of it) or "signal"
-    max_spread: float | None = None
-    threshold: float | None = None  # robust z-score
-    baseline: int = 100  # samples in the rolling baseline
-    warmup: int = 30  # samples seen before the rule may raise
-    min_scale: float = 0.0  # floor of the robust scale (1.4826 * MAD), in signal units
-    counter: str | None = None
-    max_per_second: float | None = None
-    window_seconds: float = 5.0
-
-
 @dataclass(frozen=True)
 class VehicleConfig:
     vehicle: str
@@ -133,7 +94,7 @@ class VehicleConfig:
 def _section(cls: type, data: Any, where: str) -> Any:
     if not isinstance(data, Mapping):
         raise ConfigError(f"{where}: must be a table")
-    known = set(cls.__dataclass_fields__)
+    known = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - known)
     if unknown:
         raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)} (known: {', '.join(sorted(known))})")
@@ -169,7 +130,7 @@ def _aggregator(data: Any, where: str) -> AggregatorConfig:
     _positive(cfg.max_open_windows, f"{where} max_open_windows")
     if not isinstance(cfg.lateness_seconds, (int, float)) or cfg.lateness_seconds < 0:
         raise ConfigError(f"{where} lateness_seconds: must be zero or more")
-    groups = []
+    groups: list[WindowGroup] = []
     for i, raw in enumerate(groups_raw):
         gwhere = f"{where} groups #{i + 1}"
         if not isinstance(raw, Mapping):
@@ -187,64 +148,22 @@ def _aggregator(data: Any, where: str) -> AggregatorConfig:
     return AggregatorConfig(**{**cfg.__dict__, "groups": tuple(groups)})
 
 
-def _number(rule: Rule, key: str, where: str, *, positive: bool = True) -> None:
-    value = getattr(rule, key)
-    if value is None:
-        raise ConfigError(f"{where}: a {rule.kind} rule needs '{key}'")
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or (positive and value <= 0):
-        raise ConfigError(f"{where}: '{key}' must be a {'positive ' if positive else ''}number, not {value!r}")
-
-
 def _rule(raw: Any, where: str) -> Rule:
+    """One ``[[rules]]`` table: its kind's class says which keys it takes and checks them."""
     if not isinstance(raw, Mapping):
         raise ConfigError(f"{where}: must be a table")
     raw = dict(raw)
-    kind = raw.get("kind", "limit")
-    if kind not in RULE_KINDS:
-        raise ConfigError(f"{where}: unknown rule kind {kind!r} (known: {', '.join(RULE_KINDS)})")
-    allowed = COMMON_RULE_KEYS | RULE_KEYS[kind]
+    kind = raw.pop("kind", "limit")
+    cls = rule_class(kind, where)
+    allowed = {f.name for f in fields(cls)} | {"kind"}
     stray = sorted(set(raw) - allowed)
     if stray:
         raise ConfigError(f"{where}: key(s) {', '.join(stray)} do not apply to a {kind} rule (it takes: {', '.join(sorted(allowed))})")
-    if "name" not in raw or not isinstance(raw["name"], str) or not raw["name"] or "/" in raw["name"]:
-        raise ConfigError(f"{where}: needs a 'name' (without '/')")
-    if kind == "bus":
-        raw.setdefault("signals", ["bus.*"])
-    if "signals" not in raw:
-        raise ConfigError(f"{where}: needs 'signals' (a pattern or a list of patterns)")
-    raw["signals"] = _patterns(raw["signals"], f"{where} signals")
-    rule = _section(Rule, raw, where)
-    if rule.severity not in SEVERITIES:
-        raise ConfigError(f"{where}: severity must be one of {', '.join(SEVERITIES)}")
-    for key in ("min_duration", "clear_duration", "hysteresis"):
-        value = getattr(rule, key)
-        if not isinstance(value, (int, float)) or value < 0:
-            raise ConfigError(f"{where}: '{key}' must be zero or more")
-    if kind == "limit":
-        if rule.min is None and rule.max is None:
-            raise ConfigError(f"{where}: a limit rule needs 'min', 'max' or both")
-        if rule.min is not None and rule.max is not None and rule.min >= rule.max:
-            raise ConfigError(f"{where}: min {rule.min} is not below max {rule.max}")
-    elif kind == "rate":
-        _number(rule, "max_rate", where)
-    elif kind == "stale":
-        _number(rule, "timeout", where)
-        if rule.scope not in ("message", "signal"):
-            raise ConfigError(f"{where}: scope must be 'message' or 'signal'")
-    elif kind == "spread":
-        _number(rule, "max_spread", where)
-    elif kind == "zscore":
-        _number(rule, "threshold", where)
-        if not isinstance(rule.baseline, int) or rule.baseline < 5:
-            raise ConfigError(f"{where}: 'baseline' must be a whole number of samples, at least 5")
-        if not isinstance(rule.warmup, int) or not 2 <= rule.warmup <= rule.baseline:
-            raise ConfigError(f"{where}: 'warmup' must be a whole number of samples from 2 to baseline")
-        _number(rule, "min_scale", where, positive=False)
-    elif kind == "bus":
-        if rule.counter not in BUS_COUNTERS:
-            raise ConfigError(f"{where}: 'counter' must be one of {', '.join(BUS_COUNTERS)}")
-        _number(rule, "max_per_second", where)
-        _number(rule, "window_seconds", where)
+    raw.setdefault("name", "")  # the one key without a default: check() refuses it missing as it does empty
+    if "signals" in raw:
+        raw["signals"] = _patterns(raw["signals"], f"{where} signals")
+    rule = cls(**raw)
+    rule.check(where)
     return rule
 
 

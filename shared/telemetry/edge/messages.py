@@ -503,14 +503,3 @@ def dumps(message: Mapping[str, Any]) -> bytes:
     except ValueError as exc:
         raise MessageError(f"message is not valid JSON: {exc}") from None
 
-
-# -- transitional: what the detector still builds while its rules move (removed once they have) --
-
-
-def flat_signals(event: Mapping[str, Any]) -> FlatBatch:
-    return Signals.decode(event).batch
-
-
-def alert_message(*, vehicle: str, alert_id: str, state: str, rule: str, rule_kind: str, signal: str, severity: str,
-                  t: float, value: float | None, detail: Mapping[str, Any]) -> dict[str, Any]:
-    return Alert(vehicle, alert_id, state, rule, rule_kind, signal, severity, t, value, detail).encode()

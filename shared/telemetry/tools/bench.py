@@ -19,32 +19,36 @@ import threading
 import time
 from pathlib import Path
 
+import can
 import numpy as np
 
 from telemetry.edge import messages
-from telemetry.edge.config import Rule, parse_config
+from telemetry.edge.aggregator import Aggregation
+from telemetry.edge.config import parse_config
 from telemetry.edge.decode import DbcDecoder
+from telemetry.edge.detector import Detector
+from telemetry.edge.rules import LimitRule, RateRule
+from telemetry.edge.sources import LogSource
 from telemetry.tools.paths import SAMPLE
 from telemetry.tools.replay import resolve_config
-from telemetry.edge.detector import Detector
-from telemetry.edge.sources import LogSource
-from telemetry.edge.aggregator import Aggregation
 
 
 def signal_messages(log: Path, cfg) -> list[dict]:
     """The reader's batches of the log, as the JSON messages the components receive."""
     decoder = DbcDecoder(cfg.dbc)
-    out, frames = [], []
+    out: list[dict] = []
+    frames: list[can.Message] = []
 
     def flush() -> None:
         decoded = decoder.decode(frames)
-        message = messages.signals_message(source=log.name, seq=len(out) + 1, start=frames[0].timestamp,
-                                           end=max(f.timestamp for f in frames), frames=decoded.frames,
-                                           signals=decoded.signals)
-        out.append(json.loads(json.dumps(message)))
+        message = messages.Signals(log.name, len(out) + 1, frames[0].timestamp, max(f.timestamp for f in frames),
+                                   decoded.frames, decoded.batch)
+        out.append(json.loads(message.to_bytes()))
         frames.clear()
 
     for frame in LogSource(log).frames(threading.Event()):
+        if frame is None:
+            continue
         frames.append(frame)
         if len(frames) >= cfg.reader.batch_max_frames or frame.timestamp - frames[0].timestamp >= cfg.reader.batch_max_seconds:
             flush()
@@ -103,13 +107,13 @@ def _loop_window(k: int, width: float, signals: dict[str, list]) -> dict:
                "first": s[6], "t_min": s[9], "t_max": s[10]} for name, s in sorted(signals.items())}}
 
 
-def loop_detect(msgs: list[dict], rules: list[Rule]) -> list[dict]:
+def loop_detect(msgs: list[dict], rules: list[LimitRule | RateRule]) -> list[dict]:
     """Limit (with hysteresis) and rate rules, raise and clear, one sample at a time."""
     import fnmatch
 
     active: dict[tuple[str, str], bool] = {}
     last: dict[tuple[str, str], tuple[float, float]] = {}
-    matches: dict[str, list[Rule]] = {}
+    matches: dict[str, list[LimitRule | RateRule]] = {}
     out = []
     for message in msgs:
         for name, column in message["signals"].items():
@@ -121,7 +125,7 @@ def loop_detect(msgs: list[dict], rules: list[Rule]) -> list[dict]:
             for t, v in zip(column["t"], column["v"]):
                 for rule in rules_here:
                     key = (rule.name, name)
-                    if rule.kind == "limit":
+                    if isinstance(rule, LimitRule):
                         lo = -math.inf if rule.min is None else rule.min
                         hi = math.inf if rule.max is None else rule.max
                         x = max(v - hi, lo - v)
@@ -141,7 +145,7 @@ def loop_detect(msgs: list[dict], rules: list[Rule]) -> list[dict]:
     return out
 
 
-def run_stages(msgs: list[dict], cfg, width: float, flat, simple: list[Rule], repeat: int,
+def run_stages(msgs: list[dict], cfg, width: float, flat, simple: list[LimitRule | RateRule], repeat: int,
                configured: bool = True) -> tuple[float, float]:
     """Check that ours and the loop give the same answers, then time both; print a table."""
     samples = sum(len(c["t"]) for m in msgs for c in m["signals"].values())
@@ -150,15 +154,17 @@ def run_stages(msgs: list[dict], cfg, width: float, flat, simple: list[Rule], re
         agg = Aggregation(agg_cfg, cfg.vehicle)
         out = []
         for m in msgs:
-            out += agg.add(messages.flat_signals(m), m["span"]["end"])
-        return out + agg.flush()
+            signals = messages.Signals.decode(m)  # what the handler does with its event
+            out += agg.add(signals.batch, signals.end)
+        return [a.encode() for a in out + agg.flush()]
 
     def ours_detect(rules=tuple(simple)):
         det = Detector(rules, cfg.vehicle, cfg.detector)
         out = []
         for m in msgs:
-            out += det.add(messages.flat_signals(m), m["frames"], m["span"]["end"])
-        return out
+            signals = messages.Signals.decode(m)
+            out += det.add(signals.batch, signals.frames, signals.end)
+        return [a.encode() for a in out]
 
     # the same answers first, then the time
     ours, theirs = ours_aggregate(), loop_aggregate(msgs, width)
@@ -202,12 +208,11 @@ def spool_stage(log: Path, msgs_out: list[dict], cfg, tmp: Path) -> None:
     """Messages per second into the durable spool and out through the sender (an in-memory cloud,
     no rate limits), and the bytes on the wire against the raw size of the replayed log."""
     from telemetry.edge.clock import SystemClock
-    from telemetry.edge.components import Services
+    from telemetry.edge.components import Services, UploaderComponent
     from telemetry.edge.transport import InMemoryCloudTransport, InMemoryLocalTransport
-    from telemetry.edge.components import UploaderComponent
 
     unlimited = {"max_publishes_per_second": 1e9, "max_bytes_per_second": 1e12, "health_seconds": 1e9}
-    rows = []
+    rows: list[tuple[str, float, float, int, int]] = []
     for label, spool, compress in (("sqlite WAL, synchronous=FULL", "file", True),
                                    ("sqlite WAL, synchronous=FULL, no compression", "file", False),
                                    ("in memory (no disk), compressed", ":memory:", True)):
@@ -264,16 +269,16 @@ def main() -> int:
     width = cfg.aggregator.window_seconds
     flat = parse_config({"vehicle": cfg.vehicle, "aggregator": {"window_seconds": width}}).aggregator
 
-    simple = [r for r in cfg.rules if r.kind in ("limit", "rate") and r.min_duration == 0 and r.clear_duration == 0]
+    simple = [r for r in cfg.rules if isinstance(r, (LimitRule, RateRule)) and r.min_duration == 0 and r.clear_duration == 0]
 
     agg_s, det_s = run_stages(msgs, cfg, width, flat, simple, args.repeat)
     # the same stages on dense data: 20 signals at 1 kHz (an IMU, a fast current sensor)
     dense = dense_messages(cfg.reader.batch_max_seconds)
     print(f"\ndense synthetic data: {sum(len(c['t']) for m in dense for c in m['signals'].values())} samples, "
           f"20 signals at 1 kHz, {len(dense)} batches of {cfg.reader.batch_max_seconds} s")
-    dense_rules = [parse_config({"vehicle": "x", "rules": [
-        {"name": "imu-limit", "signals": "IMU.*", "min": -40.0, "max": 40.0},
-        {"name": "imu-jump", "kind": "rate", "signals": "IMU.*", "max_rate": 50_000.0}]}).rules[i] for i in (0, 1)]
+    dense_rules: list[LimitRule | RateRule] = [
+        LimitRule(name="imu-limit", signals=("IMU.*",), min=-40.0, max=40.0),
+        RateRule(name="imu-jump", signals=("IMU.*",), max_rate=50_000.0)]
     run_stages(dense, cfg, width, flat, dense_rules, args.repeat, configured=False)
     if args.spool:
         import tempfile

@@ -1,0 +1,179 @@
+"""What every rule kind shares: the common keys and their checks, and the evaluator machinery.
+
+A rule is a frozen dataclass built from one ``[[rules]]`` table: its fields are exactly the keys
+the table may hold, so the loader derives the allowed keys from the class. Each kind adds its own
+keys, extends ``check()`` for them, and says which evaluator watches its signals.
+
+An evaluator is the stateful half of a rule: it turns each batch into a *metric* series per key
+(a signal, a message, a group or a bus counter): event times, a margin ``x`` (positive: the
+condition is violated; how far) and the value to report. The detector's state machine does the
+rest, the same for every kind. Metrics are numpy over whole columns, never loops over samples.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Generic, TypeVar
+
+import numpy as np
+
+from ..errors import ConfigError
+from ..messages import SEVERITIES, FlatBatch
+
+
+@dataclass(frozen=True, kw_only=True)
+class Rule:
+    """One detector rule: the keys every kind takes (see docs/CONFIG.md)."""
+
+    kind: ClassVar[str]
+
+    name: str
+    signals: tuple[str, ...] = ()  # fnmatch patterns over "<Message>.<Signal>"
+    severity: str = "warning"
+    min_duration: float = 0.0  # debounce: the condition must hold this long before raising
+    clear_duration: float = 0.0  # the condition must be gone this long before clearing
+    hysteresis: float = 0.0  # clear only once back inside by this margin (rule's units)
+
+    def check(self, where: str) -> None:
+        """Refuse an inconsistent rule, naming ``where`` it came from. Kinds extend this for
+        their own keys, after the common ones."""
+        if not isinstance(self.name, str) or not self.name or "/" in self.name:
+            raise ConfigError(f"{where}: needs a 'name' (without '/')")
+        if not self.signals:
+            raise ConfigError(f"{where}: needs 'signals' (a pattern or a list of patterns)")
+        if not isinstance(self.signals, tuple) or not all(isinstance(p, str) and p for p in self.signals):
+            raise ConfigError(f"{where} signals: must be a pattern or a list of patterns")
+        if self.severity not in SEVERITIES:
+            raise ConfigError(f"{where}: severity must be one of {', '.join(SEVERITIES)}")
+        for key in ("min_duration", "clear_duration", "hysteresis"):
+            value = getattr(self, key)
+            if not isinstance(value, (int, float)) or value < 0:
+                raise ConfigError(f"{where}: '{key}' must be zero or more")
+
+    def evaluator(self) -> Evaluator[Rule]:
+        """A new evaluator for this rule: the state it keeps across batches is its own."""
+        raise NotImplementedError
+
+    def _check_number(self, key: str, where: str, *, positive: bool = True) -> None:
+        value = getattr(self, key)
+        if value is None:
+            raise ConfigError(f"{where}: a {self.kind} rule needs '{key}'")
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or (positive and value <= 0):
+            raise ConfigError(f"{where}: '{key}' must be a {'positive ' if positive else ''}number, not {value!r}")
+
+
+@dataclass
+class Metric:
+    """A rule's view of one key in one batch, sorted by time."""
+
+    key: str
+    t: np.ndarray
+    x: np.ndarray  # > 0: violated, by this much
+    value: np.ndarray  # what the alert reports at each point
+    detail: dict[str, Any] = field(default_factory=dict)
+    extra: dict[str, np.ndarray] = field(default_factory=dict)  # per-point values for the alert's detail
+
+
+@dataclass
+class Metrics:
+    """A rule's metric for every key it looked at in a batch: points sorted by (key, time)."""
+
+    keys: list[str]
+    k: np.ndarray  # key number per point
+    t: np.ndarray
+    x: np.ndarray
+    value: np.ndarray
+    detail: dict[str, Any] = field(default_factory=dict)
+    extra: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def violated_keys(self) -> set[int]:
+        return set(np.unique(self.k[self.x > 0]).tolist())
+
+    def present_keys(self) -> set[int]:
+        return set(np.unique(self.k).tolist())
+
+    def metric(self, key: int) -> Metric:
+        a, b = np.searchsorted(self.k, [key, key + 1])
+        return Metric(self.keys[key], self.t[a:b], self.x[a:b], self.value[a:b], self.detail,
+                      {name: arr[a:b] for name, arr in self.extra.items()})
+
+
+R_co = TypeVar("R_co", bound=Rule, covariant=True)
+
+
+class Evaluator(Generic[R_co]):
+    """Turns a batch into the rule's Metrics, or None when there is nothing for the state machine
+    to look at (no violation, and no key of this rule in a non-idle state)."""
+
+    def __init__(self, rule: R_co) -> None:
+        self.rule = rule
+        self._match: dict[str, bool] = {}
+        self._masks: dict[tuple[str, ...], np.ndarray] = {}
+        self._numbers: dict[tuple[str, ...], np.ndarray] = {}
+
+    def name_mask(self, names: tuple[str, ...]) -> np.ndarray:
+        """Which of a batch's signal names the rule's patterns match. Batches repeat the same
+        name tables, so the answer is kept per table (a few of them at most)."""
+        mask = self._masks.get(names)
+        if mask is None:
+            match = self._match
+            mask = np.array([match[n] if n in match else match.setdefault(n, _matches(n, self.rule.signals))
+                             for n in names], dtype=bool)
+            if len(self._masks) >= 256:
+                self._masks.clear()
+            self._masks[names] = mask
+        return mask
+
+    def per_name(self, names: tuple[str, ...], number: Callable[[str], int]) -> np.ndarray:
+        """``number(name)`` for each matching name of a batch's table (-1 for the others), kept
+        per table like ``name_mask``."""
+        out = self._numbers.get(names)
+        if out is None:
+            mask = self.name_mask(names)
+            out = np.array([number(n) if hit else -1 for n, hit in zip(names, mask.tolist())], dtype=np.int64)
+            if len(self._numbers) >= 256:
+                self._numbers.clear()
+            self._numbers[names] = out
+        return out
+
+    def select(self, batch: FlatBatch) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+        """The samples of matching signals: (name number, time, value)."""
+        hits = self.name_mask(batch.names)
+        if not hits.any():
+            return None
+        mask = hits[batch.ids]
+        return batch.ids[mask], batch.t[mask], batch.v[mask]
+
+    def metrics(self, batch: FlatBatch, frames: Mapping[str, int], now: float, hot: bool) -> Metrics | None:
+        """``frames``: the batch's frame counters; ``now``: its event time (the end of its span);
+        ``hot``: some key of this rule is not idle, so its metrics are wanted even when clean."""
+        raise NotImplementedError
+
+
+def _matches(name: str, patterns: tuple[str, ...]) -> bool:
+    return any(fnmatch.fnmatchcase(name, p) for p in patterns)
+
+
+class Index:
+    """Names numbered in the order first seen, with one float per name (NaN until set)."""
+
+    def __init__(self) -> None:
+        self.names: list[str] = []
+        self._numbers: dict[str, int] = {}
+        self.values = np.empty(0)
+
+    def number(self, name: str) -> int:
+        n = self._numbers.get(name)
+        if n is None:
+            n = self._numbers[name] = len(self.names)
+            self.names.append(name)
+            self.values = np.append(self.values, np.nan)
+        return n
+
+
+def by_key_then_time(k: np.ndarray, t: np.ndarray, *more: np.ndarray) -> tuple[np.ndarray, ...]:
+    """The points sorted by key, then time (stable: equal times keep their order)."""
+    order = np.lexsort((t, k))
+    return (k[order], t[order], *(m[order] for m in more))

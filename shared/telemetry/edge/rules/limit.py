@@ -1,0 +1,46 @@
+"""``limit``: a value outside fixed bounds (``min``, ``max`` or both; a value on a bound is inside)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..errors import ConfigError
+from ..messages import FlatBatch
+from .base import Evaluator, Metrics, Rule, by_key_then_time
+
+
+@dataclass(frozen=True, kw_only=True)
+class LimitRule(Rule):
+    kind = "limit"
+
+    min: float | None = None
+    max: float | None = None
+
+    def check(self, where: str) -> None:
+        super().check(where)
+        if self.min is None and self.max is None:
+            raise ConfigError(f"{where}: a limit rule needs 'min', 'max' or both")
+        if self.min is not None and self.max is not None and self.min >= self.max:
+            raise ConfigError(f"{where}: min {self.min} is not below max {self.max}")
+
+    def evaluator(self) -> LimitEvaluator:
+        return LimitEvaluator(self)
+
+
+class LimitEvaluator(Evaluator[LimitRule]):
+    def metrics(self, batch: FlatBatch, frames: Mapping[str, int], now: float, hot: bool) -> Metrics | None:
+        sel = self.select(batch)
+        if sel is None:
+            return None
+        ids, t, v = sel
+        lo = -math.inf if self.rule.min is None else self.rule.min
+        hi = math.inf if self.rule.max is None else self.rule.max
+        x = np.maximum(v - hi, lo - v)
+        if not hot and not (x > 0).any():
+            return None
+        ids, t, x, v = by_key_then_time(ids, t, x, v)
+        return Metrics(list(batch.names), ids, t, x, v, {"min": self.rule.min, "max": self.rule.max})
