@@ -104,7 +104,9 @@ def test_broker_stopped_mid_replay_and_restarted_loses_nothing(tmp_path, broker,
         broker.stop()  # the car drives into a tunnel
         for message in produced[third: 2 * third]:
             up.component.handle(message)
-        time.sleep(1.5)
+        # Longer than the transport waits for a reconnect (connect_wait, 2 s): a shorter outage is
+        # absorbed by that wait and never becomes a retry, which made this test flaky.
+        time.sleep(3.0)
         assert up.component.pending() > 0  # held in the spool while the broker is away
         broker.start()
         for message in produced[2 * third:]:
