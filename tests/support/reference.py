@@ -4,7 +4,7 @@ It shares no code with the package: frames come from ``can.LogReader``, each is 
 ``cantools`` directly, and windows are formed by the definition (window ``floor(t / W)``). Used by
 the tests on the sample recording and by ``.ci/run`` on the real logs in ``../shared/data``::
 
-    python tests/reference.py LOG --dbc DBC [--dbc DBC] --out DIR [--window 1.0] [--require-all-decoded]
+    python tests/support/reference.py LOG --dbc DBC [--dbc DBC] --out DIR [--window 1.0] [--require-all-decoded]
 
 compares ``DIR/cloud.jsonl`` and ``DIR/summary.json`` (written by ``./build.sh replay``) with the
 reference and exits non-zero on any difference.

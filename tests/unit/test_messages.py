@@ -87,6 +87,7 @@ def alert_event(**change):
         ({"v": 1, "kind": "signals", "span": {"start": 0, "end": 1}, "signals": {"A.x": {"t": [1], "v": []}}}, "1 times but 0 values"),
         ({"v": 1, "kind": "signals", "span": {"start": 0, "end": 1}, "signals": {"A.x": [1, 2]}}, "not an object"),
         ({"v": 1, "kind": "signals", "span": {"start": 0, "end": 1}, "signals": {"A.x": {"t": [1], "v": ["hot"]}}}, "non-numeric"),
+        ({"v": 1, "kind": "signals", "span": {"start": 0, "end": 1}, "signals": {"A.x": {"t": [1], "v": [None]}}}, "not a finite number"),
         ({"v": 1, "kind": "aggregates"}, "aggregates message without 'window'"),
         ({**AGGREGATES.encode(), "window": {"start": 5.0, "end": 5.0}}, "is not before"),
         ({**AGGREGATES.encode(), "signals": {"A.x": {"count": 1, "pad": 3}}}, "unknown statistic 'pad'"),

@@ -212,6 +212,8 @@ class Signals(Message):
             v = np.fromiter(chain.from_iterable(signals[n]["v"] for n in names), dtype=np.float64, count=total)
         except (TypeError, ValueError) as exc:
             raise MessageError(f"signals message has non-numeric data: {exc}") from None
+        if not (np.isfinite(t).all() and np.isfinite(v).all()):  # a null, or a NaN a sender let through
+            raise MessageError("signals message has a time or value that is not a finite number")
         batch = FlatBatch(names, np.repeat(np.arange(len(names)), lengths), t, v)
         frames = _counters(event.get("frames", {}), "frames")
         return cls(str(event.get("source", "")), _count(event.get("seq", 0), "seq"), start, end, frames, batch)
