@@ -5,32 +5,37 @@ after the cloud transport has confirmed it. Past ``max_bytes`` the oldest messag
 expendable kind are evicted (aggregates; alerts only when allowed), and every eviction becomes a
 ``gap`` message in the spool itself, so the cloud learns exactly which hole is a hole.
 
-``SqliteSpool`` is the device's: SQLite in WAL mode with ``synchronous=FULL``. The car's core
-device loses power when the driver switches off; with NORMAL, WAL survives a process crash but
-the last transactions before a power cut can be lost, and an accepted alert is a promise. FULL
-costs one fsync per commit, and commits are one per message at a few messages a second.
-``MemorySpool`` has the same behaviour without the disk, for tests and quick replays.
+``Spool`` owns all of that logic (priority, de-duplication, size accounting, eviction into gaps)
+over a few small storage primitives, as Powertools' ``BasePersistenceLayer`` does; a backend
+only stores, selects and deletes rows. ``SqliteSpool`` is the device's: SQLite in WAL mode with
+``synchronous=FULL``. The car's core device loses power when the driver switches off; with
+NORMAL, WAL survives a process crash but the last transactions before a power cut can be lost,
+and an accepted alert is a promise. FULL costs one fsync per commit, and commits are one per
+message at a few messages a second. ``MemorySpool`` keeps the rows in dicts, for tests, the
+local runtime and quick replays: nothing survives the process.
 """
 
 from __future__ import annotations
 
-import json
+import itertools
 import logging
+import secrets
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable
-from dataclasses import dataclass
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Protocol
 
+from . import messages
+from .clock import Clock
 from .errors import TelemetryError
 
 LOG = logging.getLogger(__name__)
 
-# Lower sends first. Gaps tell the cloud about lost data: they go with the alerts.
-PRIORITY = {"alert": 0, "gap": 0, "aggregates": 2}
-EXPENDABLE = ("aggregates",)  # evicted first; alerts only with evict_alerts
+EXPENDABLE = (messages.AGGREGATES,)  # evicted first; alerts only with evict_alerts
 
 
 class SpoolError(TelemetryError):
@@ -48,44 +53,214 @@ class Entry:
     key: str | None = None  # the message's own identity (see uploader.message_key)
 
 
-@dataclass(frozen=True)
-class Gap:
-    kind: str
-    count: int
-    bytes: int
-    t_first: float
-    t_last: float
-    first_id: int
-    last_id: int
-
-    def message(self, vehicle: str, at: float) -> dict:
-        return {"v": 1, "kind": "gap", "vehicle": vehicle, "evicted_at": at, "reason": "spool full",
-                "evicted": {"kind": self.kind, "count": self.count, "bytes": self.bytes,
-                            "t_first": self.t_first, "t_last": self.t_last,
-                            "first_id": self.first_id, "last_id": self.last_id}}
+def priority(kind: str) -> int:
+    """Spool order of a kind, from its message class: lower is sent first."""
+    cls = messages.KINDS.get(kind)
+    if cls is None or cls.priority is None:
+        raise ValueError(f"{kind!r} messages are not spooled")
+    return cls.priority
 
 
-class Spool(Protocol):
-    def put(self, kind: str, t: float, payload: bytes, key: str | None = None) -> int | None: ...
+class Spool(ABC):
+    """The spool's behaviour, over the storage primitives a backend implements.
 
-    def take(self, *, max_bytes: int, max_count: int, kinds: Iterable[str] | None = None) -> list[Entry]: ...
+    Every public method holds one lock, so the handler and the sender loop may share a spool.
+    Writes happen inside ``_transaction``: all of them or none, and the backend's own errors
+    come out of it as ``SpoolError``. Counts and bytes are kept here, updated only once a write
+    has committed, so ``depth()`` (asked on every ``put``) costs no query.
+    """
 
-    def ack(self, ids: Iterable[int]) -> None: ...
+    instance: str  # a random name for this spool: gap keys stay unique if its store is recreated
 
-    def retry(self, ids: Iterable[int]) -> None: ...
+    def __init__(self, *, clock: Clock | None = None) -> None:
+        self._lock = threading.RLock()
+        self._time = clock.time if clock is not None else time.time
+        self.instance = self._instance(secrets.token_hex(4))
+        self._count, self._bytes = self._counts()
 
-    def set_aside(self, ids: Iterable[int], reason: str) -> None: ...
+    # -- the behaviour ---------------------------------------------------------------------------
+    def put(self, kind: str, t: float, payload: bytes, key: str | None = None) -> int | None:
+        """Store a message (committed when this returns). With a ``key``, storing the same
+        message again while it waits is a no-op (None): a redelivery is not a second message."""
+        order = priority(kind)
+        with self._lock:
+            if key is not None and self._has_key(key):
+                return None
+            with self._transaction(f"cannot store a {kind} message"):
+                id_ = self._insert(kind, order, float(t), self._time(), payload, key)
+            self._count += 1
+            self._bytes += len(payload)
+            return id_
 
-    def depth(self) -> tuple[int, int]: ...
+    def take(self, *, max_bytes: int, max_count: int, kinds: Iterable[str] | None = None) -> list[Entry]:
+        """The next messages to send: highest priority first, oldest first, all of one kind,
+        up to ``max_bytes`` in all (at least one message), of ``kinds`` only if given."""
+        wanted = None if kinds is None else tuple(kinds)
+        with self._lock:
+            kind = self._first_kind(wanted)
+            if kind is None or max_count <= 0:
+                return []
+            out: list[Entry] = []
+            total = 0
+            for entry in self._select(kind, max_count):
+                if out and total + len(entry.payload) > max_bytes:
+                    break
+                out.append(entry)
+                total += len(entry.payload)
+            return out
 
-    def oldest(self) -> float | None: ...
+    def ack(self, ids: Iterable[int]) -> None:
+        """The cloud has these messages: forget them."""
+        ids = list(dict.fromkeys(ids))
+        if ids:
+            with self._lock:
+                with self._transaction("cannot delete sent messages"):
+                    removed = self._delete(ids)
+                self._forget(removed)
 
-    def evict(self, max_bytes: int, vehicle: str, evict_alerts: bool = False) -> list[Gap]: ...
+    def retry(self, ids: Iterable[int]) -> None:
+        """These messages failed to go: count one more attempt and keep them where they are."""
+        ids = list(dict.fromkeys(ids))
+        if ids:
+            with self._lock, self._transaction("cannot count an attempt"):
+                self._bump_attempts(ids)
 
-    def close(self) -> None: ...
+    def set_aside(self, ids: Iterable[int], reason: str) -> None:
+        """The broker refuses these messages for good: keep them, with why, out of the queue."""
+        ids = list(dict.fromkeys(ids))
+        if ids:
+            with self._lock:
+                with self._transaction("cannot set messages aside"):
+                    self._copy_aside(ids, reason, self._time())
+                    removed = self._delete(ids)
+                self._forget(removed)
+
+    def set_aside_count(self) -> int:
+        with self._lock:
+            return self._aside_count()
+
+    def depth(self) -> tuple[int, int]:
+        """Messages waiting, and their bytes."""
+        with self._lock:
+            return self._count, self._bytes
+
+    def depth_by_kind(self) -> dict[str, int]:
+        with self._lock:
+            return self._kind_counts()
+
+    def oldest(self) -> float | None:
+        """When the longest-waiting message was stored (None: the spool is empty)."""
+        with self._lock:
+            return self._oldest_created()
+
+    def evict(self, max_bytes: int, vehicle: str, evict_alerts: bool = False) -> list[messages.Gap]:
+        """Delete the oldest expendable messages until the spool is under ``max_bytes``; record
+        each run of evicted messages as a gap message (in the spool) and in the ledger."""
+        gaps: list[messages.Gap] = []
+        with self._lock:
+            for kind in (*EXPENDABLE, *((messages.ALERT,) if evict_alerts else ())):
+                if self._bytes <= max_bytes:
+                    break
+                excess = self._bytes - max_bytes
+                chosen: list[Entry] = []
+                freed = 0
+                for entry in self._select(kind, None):
+                    if freed >= excess:
+                        break
+                    chosen.append(entry)
+                    freed += len(entry.payload)
+                if not chosen:
+                    continue
+                gap = messages.Gap(vehicle=vehicle, evicted_at=self._time(), of=kind, count=len(chosen), bytes=freed,
+                                   t_first=min(e.t for e in chosen), t_last=max(e.t for e in chosen),
+                                   first_id=chosen[0].id, last_id=chosen[-1].id)
+                payload = gap.to_bytes()
+                # One transaction: the messages go, and the gap that says so comes, or neither.
+                with self._transaction("eviction failed"):
+                    removed = self._delete([e.id for e in chosen])
+                    self._ledger_add(gap)
+                    self._insert(gap.kind, priority(gap.kind), gap.t_first, gap.evicted_at, payload,
+                                 f"{self.instance}/{gap.first_id}-{gap.last_id}")
+                self._forget(removed)
+                self._count += 1
+                self._bytes += len(payload)
+                gaps.append(gap)
+                LOG.warning("spool over %d bytes: evicted %d %s messages (%s)", max_bytes, gap.count, kind, gap)
+        return gaps
+
+    def ledger(self) -> list[messages.Gap]:
+        """Every eviction this spool has made, oldest first."""
+        with self._lock:
+            return self._ledger_rows()
+
+    def close(self) -> None:
+        with self._lock:
+            self._close()
+
+    def _forget(self, removed: tuple[int, int]) -> None:
+        self._count -= removed[0]
+        self._bytes -= removed[1]
+
+    # -- the primitives a backend implements -----------------------------------------------------
+    @abstractmethod
+    def _instance(self, new: str) -> str:
+        """The spool's kept name, or ``new`` (kept from now on) if it has none."""
+
+    @abstractmethod
+    def _counts(self) -> tuple[int, int]:
+        """Messages stored and their bytes (once, at open)."""
+
+    @abstractmethod
+    def _transaction(self, what: str) -> AbstractContextManager[None]:
+        """The writes inside happen all or none; a failure is a ``SpoolError`` saying ``what``."""
+
+    @abstractmethod
+    def _has_key(self, key: str) -> bool: ...
+
+    @abstractmethod
+    def _insert(self, kind: str, priority: int, t: float, created: float, payload: bytes, key: str | None) -> int:
+        """Store a row; its id is greater than every id this spool has given before."""
+
+    @abstractmethod
+    def _first_kind(self, kinds: tuple[str, ...] | None) -> str | None:
+        """The kind of the first row by (priority, id), among ``kinds`` if given."""
+
+    @abstractmethod
+    def _select(self, kind: str, limit: int | None) -> Iterator[Entry]:
+        """Rows of one kind by id, lazily (the caller stops when it has enough)."""
+
+    @abstractmethod
+    def _delete(self, ids: list[int]) -> tuple[int, int]:
+        """Delete rows (unknown ids are ignored); how many went and their bytes."""
+
+    @abstractmethod
+    def _bump_attempts(self, ids: list[int]) -> None: ...
+
+    @abstractmethod
+    def _copy_aside(self, ids: list[int], reason: str, at: float) -> None: ...
+
+    @abstractmethod
+    def _aside_count(self) -> int: ...
+
+    @abstractmethod
+    def _kind_counts(self) -> dict[str, int]: ...
+
+    @abstractmethod
+    def _oldest_created(self) -> float | None: ...
+
+    @abstractmethod
+    def _ledger_add(self, gap: messages.Gap) -> None: ...
+
+    @abstractmethod
+    def _ledger_rows(self) -> list[messages.Gap]: ...
+
+    @abstractmethod
+    def _close(self) -> None: ...
 
 
-class SqliteSpool:
+class SqliteSpool(Spool):
+    """The device's spool: one SQLite file, committed with an fsync before ``put`` returns."""
+
     SCHEMA = """
     CREATE TABLE IF NOT EXISTS spool (
         id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -104,14 +279,16 @@ class SqliteSpool:
     );
     CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT);
     CREATE TABLE IF NOT EXISTS ledger (
-        at REAL, kind TEXT, count INTEGER, bytes INTEGER, t_first REAL, t_last REAL, first_id INTEGER, last_id INTEGER
+        at REAL, kind TEXT, count INTEGER, bytes INTEGER, t_first REAL, t_last REAL, first_id INTEGER, last_id INTEGER,
+        vehicle TEXT NOT NULL DEFAULT '', reason TEXT NOT NULL DEFAULT 'spool full'
     );
     """
+    # A ledger written before it kept the whole gap message lacks these columns.
+    LEDGER_ADDED = (("vehicle", "TEXT NOT NULL DEFAULT ''"), ("reason", "TEXT NOT NULL DEFAULT 'spool full'"))
+    LEDGER = "vehicle, at, kind, count, bytes, t_first, t_last, first_id, last_id, reason"  # messages.Gap's order
 
-    def __init__(self, path: str | Path, *, clock: object | None = None) -> None:
+    def __init__(self, path: str | Path, *, clock: Clock | None = None) -> None:
         self.path = str(path)
-        self._lock = threading.RLock()
-        self._time = getattr(clock, "time", time.time)
         try:
             if self.path != ":memory:":
                 Path(self.path).parent.mkdir(parents=True, exist_ok=True)
@@ -119,169 +296,173 @@ class SqliteSpool:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.executescript(self.SCHEMA)
-            row = self._db.execute("SELECT COUNT(*), COALESCE(SUM(size), 0) FROM spool").fetchone()
-            # A random name for this spool, so ids stay unique if the file is ever recreated.
-            self._db.execute("INSERT OR IGNORE INTO meta VALUES ('instance', lower(hex(randomblob(4))))")
-            self.instance = self._db.execute("SELECT value FROM meta WHERE key = 'instance'").fetchone()[0]
+            have = {row[1] for row in self._db.execute("PRAGMA table_info(ledger)")}
+            for column, decl in self.LEDGER_ADDED:
+                if column not in have:
+                    self._db.execute(f"ALTER TABLE ledger ADD COLUMN {column} {decl}")
+            super().__init__(clock=clock)
         except sqlite3.Error as exc:
             raise SpoolError(f"{self.path}: cannot open spool: {exc}") from exc
-        self._count, self._bytes = int(row[0]), int(row[1])
 
-    def put(self, kind: str, t: float, payload: bytes, key: str | None = None) -> int | None:
-        """Store a message (committed when this returns). With a ``key``, storing the same
-        message again while it waits is a no-op (None): a redelivery is not a second message."""
-        with self._lock:
-            try:
-                cur = self._db.execute(
-                    "INSERT OR IGNORE INTO spool (kind, priority, t, created, size, key, payload) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    (kind, PRIORITY.get(kind, 1), t, self._time(), len(payload), key, payload),
-                )
-            except sqlite3.Error as exc:  # "database or disk is full", I/O errors
-                raise SpoolError(f"{self.path}: cannot store a {kind} message: {exc}") from exc
-            if cur.rowcount == 0:
-                return None
-            self._count += 1
-            self._bytes += len(payload)
-            return int(cur.lastrowid)
+    def _instance(self, new: str) -> str:
+        self._db.execute("INSERT OR IGNORE INTO meta VALUES ('instance', ?)", (new,))
+        return str(self._db.execute("SELECT value FROM meta WHERE key = 'instance'").fetchone()[0])
 
-    def take(self, *, max_bytes: int, max_count: int, kinds: Iterable[str] | None = None) -> list[Entry]:
-        """The next messages to send: highest priority first, oldest first, all of one kind,
-        up to ``max_bytes`` in all (at least one message)."""
-        with self._lock:
-            first = self._db.execute(
-                "SELECT kind FROM spool" + self._kind_filter(kinds) + " ORDER BY priority, id LIMIT 1"
-            ).fetchone()
-            if first is None:
-                return []
-            rows = self._db.execute(
-                "SELECT id, kind, priority, t, payload, attempts, key FROM spool WHERE kind = ? ORDER BY id LIMIT ?",
-                (first[0], max_count),
-            )
-            out: list[Entry] = []
-            total = 0
-            for row in rows:
-                size = len(row[4])
-                if out and total + size > max_bytes:
-                    break
-                out.append(Entry(int(row[0]), row[1], int(row[2]), float(row[3]), bytes(row[4]), int(row[5]), row[6]))
-                total += size
-            return out
+    def _counts(self) -> tuple[int, int]:
+        count, size = self._db.execute("SELECT COUNT(*), COALESCE(SUM(size), 0) FROM spool").fetchone()
+        return int(count), int(size)
 
-    @staticmethod
-    def _kind_filter(kinds: Iterable[str] | None) -> str:
-        if kinds is None:
-            return ""
-        names = ",".join(f"'{k}'" for k in kinds if k.isidentifier())
-        return f" WHERE kind IN ({names})"
-
-    def ack(self, ids: Iterable[int]) -> None:
-        ids = list(ids)
-        if not ids:
-            return
-        with self._lock:
-            marks = ",".join("?" * len(ids))
-            row = self._db.execute(f"SELECT COUNT(*), COALESCE(SUM(size), 0) FROM spool WHERE id IN ({marks})", ids).fetchone()
-            self._db.execute(f"DELETE FROM spool WHERE id IN ({marks})", ids)
-            self._count -= int(row[0])
-            self._bytes -= int(row[1])
-
-    def retry(self, ids: Iterable[int]) -> None:
-        ids = list(ids)
-        with self._lock:
-            self._db.execute(f"UPDATE spool SET attempts = attempts + 1 WHERE id IN ({','.join('?' * len(ids))})", ids)
-
-    def set_aside(self, ids: Iterable[int], reason: str) -> None:
-        ids = list(ids)
-        if not ids:
-            return
-        with self._lock:
-            marks = ",".join("?" * len(ids))
+    @contextmanager
+    def _transaction(self, what: str) -> Iterator[None]:
+        try:
             self._db.execute("BEGIN IMMEDIATE")
             try:
-                self._db.execute(
-                    f"INSERT OR REPLACE INTO aside SELECT id, kind, t, ?, ?, payload FROM spool WHERE id IN ({marks})",
-                    [reason, self._time(), *ids],
-                )
+                yield
                 self._db.execute("COMMIT")
-            except sqlite3.Error:
-                self._db.execute("ROLLBACK")
-                raise
-        self.ack(ids)
-
-    def set_aside_count(self) -> int:
-        with self._lock:
-            return int(self._db.execute("SELECT COUNT(*) FROM aside").fetchone()[0])
-
-    def depth(self) -> tuple[int, int]:
-        with self._lock:
-            return self._count, self._bytes
-
-    def depth_by_kind(self) -> dict[str, int]:
-        with self._lock:
-            return {k: int(n) for k, n in self._db.execute("SELECT kind, COUNT(*) FROM spool GROUP BY kind")}
-
-    def oldest(self) -> float | None:
-        with self._lock:
-            row = self._db.execute("SELECT MIN(created) FROM spool").fetchone()
-            return None if row[0] is None else float(row[0])
-
-    def evict(self, max_bytes: int, vehicle: str, evict_alerts: bool = False) -> list[Gap]:
-        """Delete the oldest expendable messages until the spool is under ``max_bytes``; record
-        each run of evicted messages as a gap message (in the spool) and in the ledger."""
-        gaps: list[Gap] = []
-        with self._lock:
-            if self._bytes <= max_bytes:
-                return gaps
-            for kind in (*EXPENDABLE, *(("alert",) if evict_alerts else ())):
-                if self._bytes <= max_bytes:
-                    break
-                excess = self._bytes - max_bytes
-                rows = self._db.execute("SELECT id, t, size FROM spool WHERE kind = ? ORDER BY id", (kind,))
-                chosen, freed = [], 0
-                for row in rows:
-                    if freed >= excess:
-                        break
-                    chosen.append(row)
-                    freed += int(row[2])
-                if not chosen:
-                    continue
-                ids = [int(r[0]) for r in chosen]
-                gap = Gap(kind, len(ids), freed, min(float(r[1]) for r in chosen), max(float(r[1]) for r in chosen),
-                          ids[0], ids[-1])
-                now = self._time()
-                payload = json.dumps(gap.message(vehicle, now), separators=(",", ":")).encode()
-                self._db.execute("BEGIN IMMEDIATE")
-                try:
-                    marks = ",".join("?" * len(ids))
-                    self._db.execute(f"DELETE FROM spool WHERE id IN ({marks})", ids)
-                    self._db.execute("INSERT INTO ledger VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                                     (now, kind, gap.count, gap.bytes, gap.t_first, gap.t_last, gap.first_id, gap.last_id))
-                    self._db.execute(
-                        "INSERT INTO spool (kind, priority, t, created, size, key, payload) VALUES ('gap', ?, ?, ?, ?, ?, ?)",
-                        (PRIORITY["gap"], gap.t_first, now, len(payload), f"{self.instance}/{gap.first_id}-{gap.last_id}", payload),
-                    )
-                    self._db.execute("COMMIT")
-                except sqlite3.Error as exc:
+            except BaseException:
+                if self._db.in_transaction:
                     self._db.execute("ROLLBACK")
-                    raise SpoolError(f"{self.path}: eviction failed: {exc}") from exc
-                self._count += 1 - len(ids)
-                self._bytes += len(payload) - freed
-                gaps.append(gap)
-                LOG.warning("spool over %d bytes: evicted %d %s messages (%s)", max_bytes, gap.count, kind, gap)
-        return gaps
+                raise
+        except sqlite3.Error as exc:  # "database or disk is full", I/O errors
+            raise SpoolError(f"{self.path}: {what}: {exc}") from exc
 
-    def ledger(self) -> list[Gap]:
-        with self._lock:
-            rows = self._db.execute("SELECT kind, count, bytes, t_first, t_last, first_id, last_id FROM ledger ORDER BY rowid")
-            return [Gap(r[0], int(r[1]), int(r[2]), float(r[3]), float(r[4]), int(r[5]), int(r[6])) for r in rows]
+    def _has_key(self, key: str) -> bool:
+        return self._db.execute("SELECT 1 FROM spool WHERE key = ?", (key,)).fetchone() is not None
 
-    def close(self) -> None:
-        with self._lock:
-            self._db.close()
+    def _insert(self, kind: str, priority: int, t: float, created: float, payload: bytes, key: str | None) -> int:
+        cur = self._db.execute(
+            "INSERT INTO spool (kind, priority, t, created, size, key, payload) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (kind, priority, t, created, len(payload), key, payload),
+        )
+        return int(cur.lastrowid or 0)
+
+    def _first_kind(self, kinds: tuple[str, ...] | None) -> str | None:
+        where = "" if kinds is None else f" WHERE kind IN ({','.join('?' * len(kinds))})"
+        row = self._db.execute(f"SELECT kind FROM spool{where} ORDER BY priority, id LIMIT 1", kinds or ()).fetchone()
+        return None if row is None else str(row[0])
+
+    def _select(self, kind: str, limit: int | None) -> Iterator[Entry]:
+        rows = self._db.execute(
+            "SELECT id, kind, priority, t, payload, attempts, key FROM spool WHERE kind = ? ORDER BY id LIMIT ?",
+            (kind, -1 if limit is None else limit),  # -1: no limit
+        )
+        return (Entry(int(r[0]), r[1], int(r[2]), float(r[3]), bytes(r[4]), int(r[5]), r[6]) for r in rows)
+
+    def _delete(self, ids: list[int]) -> tuple[int, int]:
+        marks = ",".join("?" * len(ids))
+        query = f"SELECT COUNT(*), COALESCE(SUM(size), 0) FROM spool WHERE id IN ({marks})"
+        count, size = self._db.execute(query, ids).fetchone()
+        self._db.execute(f"DELETE FROM spool WHERE id IN ({marks})", ids)
+        return int(count), int(size)
+
+    def _bump_attempts(self, ids: list[int]) -> None:
+        self._db.execute(f"UPDATE spool SET attempts = attempts + 1 WHERE id IN ({','.join('?' * len(ids))})", ids)
+
+    def _copy_aside(self, ids: list[int], reason: str, at: float) -> None:
+        marks = ",".join("?" * len(ids))
+        self._db.execute(f"INSERT OR REPLACE INTO aside SELECT id, kind, t, ?, ?, payload FROM spool WHERE id IN ({marks})",
+                         [reason, at, *ids])
+
+    def _aside_count(self) -> int:
+        return int(self._db.execute("SELECT COUNT(*) FROM aside").fetchone()[0])
+
+    def _kind_counts(self) -> dict[str, int]:
+        return {k: int(n) for k, n in self._db.execute("SELECT kind, COUNT(*) FROM spool GROUP BY kind")}
+
+    def _oldest_created(self) -> float | None:
+        row = self._db.execute("SELECT MIN(created) FROM spool").fetchone()
+        return None if row[0] is None else float(row[0])
+
+    def _ledger_add(self, gap: messages.Gap) -> None:
+        self._db.execute(f"INSERT INTO ledger ({self.LEDGER}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                         (gap.vehicle, gap.evicted_at, gap.of, gap.count, gap.bytes, gap.t_first, gap.t_last,
+                          gap.first_id, gap.last_id, gap.reason))
+
+    def _ledger_rows(self) -> list[messages.Gap]:
+        rows = self._db.execute(f"SELECT {self.LEDGER} FROM ledger ORDER BY rowid")
+        return [messages.Gap(r[0], float(r[1]), r[2], int(r[3]), int(r[4]), float(r[5]), float(r[6]), int(r[7]),
+                             int(r[8]), r[9]) for r in rows]
+
+    def _close(self) -> None:
+        self._db.close()
 
 
-class MemorySpool(SqliteSpool):
-    """The same spool in memory: nothing survives the process (tests, quick replays)."""
+class MemorySpool(Spool):
+    """The spool in dicts: nothing survives the process (tests, the local runtime, replays).
+    Nothing here can fail half-way, so a transaction has nothing to undo."""
 
-    def __init__(self, *, clock: object | None = None) -> None:
-        super().__init__(":memory:", clock=clock)
+    def __init__(self, *, clock: Clock | None = None) -> None:
+        self._queues: dict[str, dict[int, Entry]] = {}  # kind -> id -> entry, oldest first
+        self._rows: dict[int, tuple[str, float]] = {}  # id -> (kind, created)
+        self._keys: set[str] = set()
+        self._ids = itertools.count(1)
+        self._aside: dict[int, tuple[Entry, str, float]] = {}
+        self._ledger: list[messages.Gap] = []
+        super().__init__(clock=clock)
+
+    def _instance(self, new: str) -> str:
+        return new
+
+    def _counts(self) -> tuple[int, int]:
+        return len(self._rows), sum(len(e.payload) for q in self._queues.values() for e in q.values())
+
+    def _transaction(self, what: str) -> AbstractContextManager[None]:
+        return nullcontext()
+
+    def _has_key(self, key: str) -> bool:
+        return key in self._keys
+
+    def _insert(self, kind: str, priority: int, t: float, created: float, payload: bytes, key: str | None) -> int:
+        id_ = next(self._ids)
+        self._queues.setdefault(kind, {})[id_] = Entry(id_, kind, priority, t, payload, 0, key)
+        self._rows[id_] = (kind, created)
+        if key is not None:
+            self._keys.add(key)
+        return id_
+
+    def _first_kind(self, kinds: tuple[str, ...] | None) -> str | None:
+        heads = [(e.priority, e.id, k) for k, q in self._queues.items() if q and (kinds is None or k in kinds)
+                 for e in itertools.islice(q.values(), 1)]
+        return min(heads)[2] if heads else None
+
+    def _select(self, kind: str, limit: int | None) -> Iterator[Entry]:
+        return itertools.islice(self._queues.get(kind, {}).values(), limit)
+
+    def _delete(self, ids: list[int]) -> tuple[int, int]:
+        count = size = 0
+        for id_ in ids:
+            if id_ in self._rows:
+                entry = self._queues[self._rows.pop(id_)[0]].pop(id_)
+                if entry.key is not None:
+                    self._keys.discard(entry.key)
+                count, size = count + 1, size + len(entry.payload)
+        return count, size
+
+    def _bump_attempts(self, ids: list[int]) -> None:
+        for id_ in ids:
+            if id_ in self._rows:
+                queue = self._queues[self._rows[id_][0]]
+                queue[id_] = replace(queue[id_], attempts=queue[id_].attempts + 1)
+
+    def _copy_aside(self, ids: list[int], reason: str, at: float) -> None:
+        for id_ in ids:
+            if id_ in self._rows:
+                self._aside[id_] = (self._queues[self._rows[id_][0]][id_], reason, at)
+
+    def _aside_count(self) -> int:
+        return len(self._aside)
+
+    def _kind_counts(self) -> dict[str, int]:
+        return {k: len(q) for k, q in self._queues.items() if q}
+
+    def _oldest_created(self) -> float | None:
+        return min((created for _, created in self._rows.values()), default=None)
+
+    def _ledger_add(self, gap: messages.Gap) -> None:
+        self._ledger.append(gap)
+
+    def _ledger_rows(self) -> list[messages.Gap]:
+        return list(self._ledger)
+
+    def _close(self) -> None:
+        pass
