@@ -242,6 +242,7 @@ class EndOfStream(Message):
 
 
 STATISTICS = ("count", "min", "max", "mean", "last", "std", "first", "t_min", "t_max")
+_STATISTICS = frozenset(STATISTICS)
 
 
 @dataclass(frozen=True)
@@ -289,8 +290,14 @@ class Aggregates(Message):
             stats = _table(stats, f"signal {name!r}")
             if not stats:
                 raise MessageError(f"signal {name!r} has no statistics")
+            values = stats.values()
+            # The common case in one pass: known statistics, plain numbers whose sum is finite
+            # (a NaN or an infinity anywhere makes it not). Anything else is looked at one by one.
+            if stats.keys() <= _STATISTICS and all(type(v) is float or type(v) is int for v in values) \
+                    and math.isfinite(sum(values)):
+                continue
             for stat, value in stats.items():
-                if stat not in STATISTICS:
+                if stat not in _STATISTICS:
                     raise MessageError(f"signal {name!r}: unknown statistic {stat!r}")
                 _number(value, f"signal {name!r} {stat}")
         late = _table(event.get("late", {}), "late")

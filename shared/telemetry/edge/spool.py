@@ -50,7 +50,7 @@ class Entry:
     t: float  # event time of the message (window start, alert time)
     payload: bytes
     attempts: int = 0
-    key: str | None = None  # the message's own identity (see uploader.message_key)
+    key: str | None = None  # the message's own identity (its kind's ``key``: Aggregates.key, Alert.key)
 
 
 def priority(kind: str) -> int:

@@ -32,6 +32,7 @@ from .transport import CloudTransport
 
 LOG = logging.getLogger(__name__)
 
+
 def cloud_topic(prefix: str, kind: str) -> str:
     """The IoT Core topic of a kind's messages: ``<prefix>/<the kind's cloud_topic>``."""
     suffix = messages.KINDS[kind].cloud_topic
@@ -80,9 +81,9 @@ class Sender:
     """The sender loop: spool in, bundles out, within the limits."""
 
     def __init__(self, spool: Spool, cloud: CloudTransport, cfg: UploaderConfig, *, vehicle: str, prefix: str,
-                 clock: Clock, spool_id: str) -> None:
+                 clock: Clock) -> None:
         self.spool, self.cloud, self.cfg, self.clock = spool, cloud, cfg, clock
-        self.vehicle, self.prefix, self.spool_id = vehicle, prefix, spool_id
+        self.vehicle, self.prefix = vehicle, prefix
         self.publishes = TokenBucket(cfg.max_publishes_per_second, max(1.0, cfg.max_publishes_per_second), clock)
         self.bandwidth = TokenBucket(cfg.max_bytes_per_second, max(cfg.max_bytes_per_second, cfg.max_payload_bytes), clock)
         self.sent_log: deque[tuple[float, int]] = deque()  # (monotonic time, bytes) of the last hour
@@ -180,7 +181,7 @@ class Sender:
         """Pack as many of ``entries`` as fit in max_payload_bytes (at least one)."""
         n = len(entries)
         while True:
-            payload = pack(entries[:n], vehicle=self.vehicle, spool_id=self.spool_id, compress=self.cfg.compress)
+            payload = pack(entries[:n], vehicle=self.vehicle, spool_id=self.spool.instance, compress=self.cfg.compress)
             if len(payload) <= self.cfg.max_payload_bytes or n == 1:
                 return payload, n
             n = max(1, min(n - 1, int(n * self.cfg.max_payload_bytes / len(payload) * 0.95)))
@@ -249,7 +250,7 @@ class Uploader:
         self.cfg = cfg
         self.vehicle = vehicle
         self.stats: Counter[str] = Counter()
-        self.sender = Sender(spool, cloud, cfg, vehicle=vehicle, prefix=prefix, clock=clock, spool_id=spool.instance)
+        self.sender = Sender(spool, cloud, cfg, vehicle=vehicle, prefix=prefix, clock=clock)
 
     def accept(self, message: messages.Aggregates | messages.Alert) -> None:
         payload = message.to_bytes()  # encoded once: the bundle embeds these bytes
