@@ -112,3 +112,16 @@ def test_a_broken_dbc_stops_the_start_with_the_file_named(tmp_path, short_drive)
     bad.write_text("BO_ 1 X: 8 Y\n SG_ A : 0|8@1+ (1,0) [0|1] \"\" Y\n SG_ B : oops\n")
     with pytest.raises(DbcError, match=f"{bad}: not a valid DBC file"):
         replay(short_drive, out_dir=tmp_path / "out", dbc=[bad])
+
+
+def test_a_message_is_decoded_once_for_all_its_subscribers(monkeypatch):
+    cfg = load_config(SAMPLE / "vehicle.toml")
+    runtime = LocalRuntime(ROOT / "recipes", cfg, InMemoryCloudTransport())
+    got: list = []
+    runtime.subscribe("telemetry/signals", got.append)
+    runtime.subscribe("telemetry/signals", got.append)
+    decoded = []
+    real_loads = json.loads
+    monkeypatch.setattr(json, "loads", lambda *a, **kw: decoded.append(1) or real_loads(*a, **kw))
+    runtime.deliver("telemetry/signals", b'{"v": 1, "kind": "end_of_stream", "seq": 1, "end": null}')
+    assert len(decoded) == 1 and len(got) == 2 and got[0] is got[1]

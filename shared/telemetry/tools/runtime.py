@@ -71,18 +71,18 @@ class _Runner:
 
     def _work(self) -> None:
         while True:
-            wire = self.queue.get()
+            event = self.queue.get()
             try:
-                if wire is _STOP:
+                if event is _STOP:
                     return
-                self._invoke(wire)
+                self._invoke(event)
             finally:
                 self.queue.task_done()
 
-    def _invoke(self, wire: bytes) -> None:
+    def _invoke(self, event: Any) -> None:
         started = time.monotonic()
         try:
-            self.handler(json.loads(wire), self.context)
+            self.handler(event, self.context)
         except Exception as exc:  # Greengrass would log it and restart a pinned function
             self.stats["handler_errors"] += 1
             message = f"{self.recipe.name}: handler raised {type(exc).__name__}: {exc}"
@@ -139,12 +139,19 @@ class LocalRuntime:
             taps = list(self._taps.get(topic, ()))
         if not routes and not taps:
             LOG.debug("no subscriber for %s", topic)
+            return
+        # Decoded once for every subscriber, as the handlers' JSON event (they read it, never
+        # change it); what is not JSON reaches them as text, for their decoder to refuse.
+        try:
+            event = json.loads(wire)
+        except ValueError:
+            event = wire.decode(errors="replace")
         for runner in routes:
             if runner.queue.full():
                 runner.stats["publisher_waits"] += 1
-            runner.queue.put(wire)  # blocks while the queue is full: back-pressure, not loss
+            runner.queue.put(event)  # blocks while the queue is full: back-pressure, not loss
         for tap in taps:
-            tap(json.loads(wire))
+            tap(event)
 
     def subscribe(self, topic: str, handler: Handler) -> None:
         """Watch a topic from outside the components (tests, tools); called synchronously."""
