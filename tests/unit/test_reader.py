@@ -7,12 +7,15 @@ import threading
 
 import can
 import cantools
+import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from support.helpers import frame
 from telemetry.edge.clock import ManualClock, SystemClock
 from telemetry.edge.components import CanReaderComponent
-from telemetry.edge.reader import FrameBatcher
+from telemetry.edge.reader import FrameBatcher, batch_ends
 from telemetry.edge.sources import BusSource, LogSource
 
 
@@ -138,3 +141,16 @@ def test_a_quiet_live_bus_still_closes_the_aggregators_windows(make_services, sa
     assert aggregates, "the window of the only frame never closed"
     assert aggregates[0]["signals"]["BMS_PackStatus.PackVoltage"]["count"] == 1
     assert reader.core.totals["ticks"] > 0
+
+
+@given(st.lists(st.floats(0.0, 5.0, allow_nan=False), max_size=300), st.integers(1, 40),
+       st.sampled_from([0.0, 0.05, 0.5, 2.0]), st.booleans())
+def test_columns_are_cut_into_the_same_batches_as_frame_by_frame(gaps, max_frames, max_seconds, shuffle):
+    t = np.cumsum(gaps) if not shuffle else np.asarray(gaps)  # also out-of-order timestamps
+    batcher = FrameBatcher(max_frames, max_seconds)
+    want = []
+    for i, ts in enumerate(t.tolist()):
+        if batcher.add(frame(ts, 0x100), 0.0):
+            batcher.take()
+            want.append(i + 1)
+    assert batch_ends(np.asarray(t, dtype=float), max_frames, max_seconds) == want

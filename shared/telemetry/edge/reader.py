@@ -14,11 +14,13 @@ from collections import Counter
 from collections.abc import Mapping
 
 import can
+import numpy as np
 
 from . import messages
 from .decode import Decoder
 
 LOG = logging.getLogger(__name__)
+
 
 class FrameBatcher:
     """Decides when a batch is full, by count and by event-time span."""
@@ -42,6 +44,25 @@ class FrameBatcher:
     def take(self) -> list[can.Message]:
         frames, self.frames = self.frames, []
         return frames
+
+
+def batch_ends(t: np.ndarray, max_frames: int, max_seconds: float) -> list[int]:
+    """Where ``FrameBatcher`` would flush a run of frames with event times ``t`` (in arrival
+    order, not necessarily sorted): the end index (exclusive) of each full batch. What follows the
+    last end is a batch still open. The same cut, so a replay read in chunks of columns gives
+    the same batches, and the same alerts, as one read frame by frame."""
+    ends: list[int] = []
+    start, n = 0, len(t)
+    while start < n:
+        window = t[start:start + max_frames]
+        over = np.flatnonzero(window - window[0] >= max_seconds)
+        # the frame that reaches the span closes its batch; else the count does, if reached
+        length = int(over[0]) + 1 if len(over) else max_frames
+        if start + length > n:
+            break
+        ends.append(start + length)
+        start += length
+    return ends
 
 
 class ReaderCore:
