@@ -6,11 +6,13 @@ import threading
 from pathlib import Path
 
 import can
+import numpy as np
 import pytest
 
 from support.helpers import frame, write_lines
 from telemetry.edge.clock import ManualClock
 from telemetry.edge.errors import LogFormatError
+from telemetry.edge.frames import Frames
 from telemetry.edge.sources import BusSource, LogSource
 
 FRAMES = [
@@ -158,3 +160,66 @@ def test_bus_source_reads_a_live_virtual_bus_and_reports_idle():
             assert list(it) == []
         finally:
             source.close()
+
+
+def columns_of(messages: list[can.Message]) -> list[np.ndarray]:
+    cols = Frames.from_messages(messages)
+    return [cols.t, cols.id, cols.extended, cols.error, cols.remote, cols.fd, cols.length, cols.data]
+
+
+@pytest.mark.parametrize("suffix", [".log", ".asc", ".blf", ".trc", ".csv", ".mf4"])
+def test_frame_batches_are_the_frames_of_frames_as_columns(tmp_path, suffix):
+    # GIVEN a log of any format
+    path = write_log(tmp_path / f"drive{suffix}")
+    # WHEN it is read in batches of at most 2 frames
+    batches = list(LogSource(path).frame_batches(threading.Event(), max_frames=2))
+    # THEN the batches hold exactly what frames() yields, in order
+    assert [len(b) for b in batches] == [2, 2, 1]
+    got = Frames.concat(batches)
+    want = columns_of(read_all(LogSource(path)))
+    assert all(np.array_equal(a, b) for a, b in zip(
+        [got.t, got.id, got.extended, got.error, got.remote, got.fd, got.length, got.data], want))
+
+
+@pytest.mark.parametrize("suffix", [".log", ".asc"])
+def test_frame_batches_record_the_bad_lines_frames_records(tmp_path, suffix):
+    # GIVEN a text log with a corrupt line in the middle and a last line cut without newline
+    path = write_log(tmp_path / f"drive{suffix}")
+    lines = path.read_text().splitlines()
+    frame_lines = [i for i, line in enumerate(lines) if "101" in line]
+    lines[frame_lines[0]] = lines[frame_lines[0]].replace("101", "1Z1")
+    lines = lines[:-1] if suffix == ".asc" else lines  # no "End TriggerBlock": the last line is a frame
+    lines[-1] = lines[-1][:-3]
+    write_lines(path, lines, newline_at_end=False)
+    by_frame, by_batch = LogSource(path), LogSource(path)
+    frames = read_all(by_frame)
+    batches = list(by_batch.frame_batches(threading.Event()))
+    # THEN the same frames are kept and the same records made, and nothing needed python-can's reader
+    # but the bad lines
+    assert Frames.concat(batches).id.tolist() == [m.arbitration_id for m in frames] == [0x100, 0x18FF50E5, 0x102]
+    assert by_batch.bad_records == by_frame.bad_records and len(by_frame.bad_records) >= 2
+    assert by_batch.parse_counts.slow_lines == 2
+
+
+def test_frame_batches_stop_when_asked(tmp_path):
+    path = write_log(tmp_path / "drive.log")
+    stop = threading.Event()
+    batches = LogSource(path).frame_batches(stop, max_frames=1)
+    assert len(next(batches)) == 1
+    stop.set()
+    assert list(batches) == []
+
+
+def test_crlf_log_cut_into_blocks_between_cr_and_lf(tmp_path):
+    # GIVEN a CRLF candump whose first 64 KiB end between a CR and its LF, and whose last line ends in CR
+    lines = ["(0.000000) can0 1234#0102030405"] + [f"({i / 1000:.6f}) can0 123#0102030405" for i in range(1, 2100)]
+    lines[2060] = "(2.060000) can0 1Z3#0102030405"  # a bad line after the cut: its number must be right
+    data = "\r\n".join(lines) + "\r"
+    assert data.encode()[65535:65537] == b"\r\n"
+    path = tmp_path / "crlf.log"
+    path.write_bytes(data.encode())
+    # THEN the bulk parser sees the lines python-can sees, and the last one is not truncated
+    source, reference = LogSource(path), LogSource(path)
+    got = Frames.concat(list(source.frame_batches(threading.Event(), max_frames=1000)))
+    assert got.t.tolist() == [m.timestamp for m in read_all(reference)] and len(got) == len(lines) - 1
+    assert [r.line for r in source.bad_records] == [r.line for r in reference.bad_records] == [2061]

@@ -33,7 +33,8 @@ from .config import VehicleConfig, load_config
 from .decode import DbcDecoder, Decoder
 from .detector import Detector
 from .errors import ConfigError, MessageError
-from .reader import FrameBatcher, ReaderCore
+from .frames import Frames
+from .reader import FrameBatcher, ReaderCore, batch_ends
 from .sources import BusSource, FrameSource, LogSource
 from .spool import MemorySpool, Spool, SqliteSpool
 from .transport import CloudTransport, LocalTransport
@@ -231,6 +232,32 @@ class CanReaderComponent:
             self.services.local.publish(self.topic, self.core.batch_message(frames))
 
     def run(self, stop: threading.Event) -> None:
+        if isinstance(self.source, LogSource) and self.source.speed <= 0:
+            self._replay_columns(self.source, stop)
+        else:
+            self._read_frames(stop)
+
+    def _replay_columns(self, log: LogSource, stop: threading.Event) -> None:
+        """A replay as fast as possible: the log's frames arrive as columns, in chunks, and are
+        cut into exactly the batches the frame-by-frame loop would make (``batch_ends``)."""
+        batcher = self.batcher
+        try:
+            pending = Frames.empty()
+            for chunk in log.frame_batches(stop):
+                pending = Frames.concat([pending, chunk]) if len(pending) else chunk
+                start = 0
+                for end in batch_ends(pending.t, batcher.max_frames, batcher.max_seconds):
+                    self.services.local.publish(self.topic, self.core.batch_message(pending.take(slice(start, end))))
+                    start = end
+                pending = pending.take(slice(start, None))
+            if len(pending) and not stop.is_set():
+                self.services.local.publish(self.topic, self.core.batch_message(pending))
+            extra = {"bad_records": len(log.bad_records)}
+            self.services.local.publish(self.topic, self.core.end_message(extra))
+        finally:
+            self.finished.set()
+
+    def _read_frames(self, stop: threading.Event) -> None:
         clock = self.services.clock
         max_wait = self.batcher.max_seconds
         last_publish = clock.monotonic()
@@ -262,7 +289,8 @@ class CanReaderComponent:
         return {
             "frames_read": totals["read"], "error_frames": totals["error"], "remote_frames": totals["remote"],
             "frames_decoded": totals["decoded"], "frames_unknown_id": totals["unknown_id"],
-            "decode_errors": totals["decode_error"], "bad_lines": len(bad), "bad_records": [str(r) for r in bad],
+            "decode_errors": totals["decode_error"], "fallback_frames": totals["fallback_frames"],
+            "bad_lines": len(bad), "bad_records": [str(r) for r in bad],
             "unknown_ids": {f"0x{k:X}": n for k, n in core.unknown_ids.most_common()},
             "decode_error_ids": {f"0x{k:X}": n for k, n in core.decode_error_ids.most_common()},
             "dbc_collisions": [str(c) for c in getattr(self.decoder, "collisions", [])],

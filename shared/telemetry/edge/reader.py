@@ -18,6 +18,7 @@ import numpy as np
 
 from . import messages
 from .decode import Decoder
+from .frames import Frames
 
 LOG = logging.getLogger(__name__)
 
@@ -78,16 +79,20 @@ class ReaderCore:
         self.first_time: float | None = None
         self.last_time: float | None = None
 
-    def batch_message(self, frames: list[can.Message]) -> messages.Signals:
-        decoded = self.decoder.decode(frames)
+    def batch_message(self, frames: Frames | list[can.Message]) -> messages.Signals:
+        """A batch of frames (columns, or python-can's frames from a live bus) decoded into one
+        ``signals`` message."""
+        if not isinstance(frames, Frames):
+            frames = Frames.from_messages(frames)
+        decoded = self.decoder.decode_frames(frames)
+        self.totals["fallback_frames"] += decoded.fallback
         self.totals.update(decoded.frames)
         self.totals["signal_samples"] += decoded.samples
         self.totals["non_finite_values"] += decoded.non_finite
         self.totals["batches"] += 1
         self.unknown_ids.update(decoded.unknown_ids)
         self.decode_error_ids.update(decoded.decode_errors)
-        times = [f.timestamp for f in frames]
-        start, end = min(times), max(times)
+        start, end = float(frames.t.min()), float(frames.t.max())
         self.first_time = start if self.first_time is None else min(self.first_time, start)
         self.last_time = end if self.last_time is None else max(self.last_time, end)
         self.seq += 1

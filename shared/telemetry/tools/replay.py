@@ -134,6 +134,8 @@ def format_summary(summary: dict[str, Any], alerts: list[dict[str, Any]]) -> str
     if s["unknown_ids"]:
         top = ", ".join(f"{k} x{n}" for k, n in list(s["unknown_ids"].items())[:8])
         lines.append(f"  unknown ids ({len(s['unknown_ids'])}): {top}")
+    if s.get("fallback_frames"):
+        lines.append(f"  decoded frame by frame by cantools (no vectorised plan): {s['fallback_frames']} frames")
     for collision in s["dbc_collisions"]:
         lines.append(f"  DBC collision: {collision}")
     for component, count in s["malformed_messages"].items():
