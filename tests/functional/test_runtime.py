@@ -5,14 +5,17 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections import Counter
 from pathlib import Path
+from unittest import mock
 
 import pytest
 
+from support.helpers import columns
 from support.reference import messages_of
 from telemetry.edge.config import load_config
 from telemetry.edge.errors import DbcError
-from telemetry.edge.messages import unpack
+from telemetry.edge.messages import Signals, unpack
 from telemetry.edge.transport import InMemoryCloudTransport
 from telemetry.tools.replay import replay
 from telemetry.tools.runtime import LocalRuntime
@@ -125,3 +128,27 @@ def test_a_message_is_decoded_once_for_all_its_subscribers(monkeypatch):
     monkeypatch.setattr(json, "loads", lambda *a, **kw: decoded.append(1) or real_loads(*a, **kw))
     runtime.deliver("telemetry/signals", b'{"v": 1, "kind": "end_of_stream", "seq": 1, "end": null}')
     assert len(decoded) == 1 and len(got) == 2 and got[0] is got[1]
+
+
+def test_functions_get_their_events_as_their_recipe_says(monkeypatch):
+    """The aggregator and the detector take binary (the signals batches' columns, as bytes); the
+    uploader takes JSON objects. A binary payload routed to a JSON function is counted."""
+    cfg = load_config(SAMPLE / "vehicle.toml")
+    runtime = LocalRuntime(ROOT / "recipes", cfg, InMemoryCloudTransport())
+    seen: dict[str, list] = {}
+    for recipe in runtime.recipes:
+        runner = mock.Mock()
+        runner.recipe = recipe
+        runner.stats = Counter()
+        runner.queue.full.return_value = False
+        runner.queue.put.side_effect = seen.setdefault(recipe.name, []).append
+        for topic in recipe.topics:
+            runtime._routes.setdefault(topic, []).append(runner)
+    batch = Signals("x", 1, 1.0, 2.0, {}, columns(**{"A.x": ([1.0, 2.0], [3.0, 4.0])})).to_bytes()
+    runtime.deliver("telemetry/signals", batch)
+    assert seen["telemetry.Aggregator"] == [batch] == seen["telemetry.AnomalyDetector"]
+    runtime.deliver("telemetry/alerts", b'{"v": 1, "kind": "alert"}')
+    assert seen["telemetry.Uploader"] == [{"v": 1, "kind": "alert"}]
+    runtime.deliver("telemetry/alerts", batch)
+    uploader = runtime._routes["telemetry/alerts"][0]
+    assert uploader.stats["binary_to_json_function"] == 1

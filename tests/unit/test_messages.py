@@ -29,12 +29,70 @@ EXAMPLES = [
 
 
 @pytest.mark.parametrize("message", EXAMPLES, ids=lambda m: m.kind)
-def test_every_kind_round_trips_through_json(message):
-    event = json.loads(message.to_bytes())
-    assert event["v"] == 1 and event["kind"] == message.kind
-    again = messages.decode(event)
-    assert type(again) is type(message)
-    assert again.encode() == message.encode()
+def test_every_kind_round_trips_through_its_wire_form_and_json(message):
+    wire = message.to_bytes()
+    assert messages.is_binary(wire) == message.binary == (message.kind == "signals")
+    for event in (wire, json.loads(json.dumps(message.encode()))):  # as bytes, and as a JSON object
+        again = messages.decode(event)
+        assert type(again) is type(message)
+        assert again.encode() == message.encode()
+    if not message.binary:
+        assert json.loads(wire)["kind"] == message.kind
+
+
+def test_a_binary_signals_batch_is_raw_columns_after_a_json_header():
+    wire = SIGNALS.to_bytes()
+    assert wire[:4] == b"TLMC"
+    size = int.from_bytes(wire[4:8], "little")
+    head = json.loads(wire[8:8 + size])
+    assert (8 + size) % 8 == 0  # the columns are aligned
+    assert head["names"] == ["A.x", "B.y"] and head["counts"] == [2, 1] and head["columns"] == {"t": "<f8", "v": "<f8"}
+    assert head["span"] == {"start": 1.0, "end": 2.0} and head["seq"] == 1
+    assert len(wire) == 8 + size + 3 * 16
+    batch = messages.decode(wire, "signals").batch
+    assert batch.t.tolist() == [1.0, 2.0, 1.5] and batch.v.tolist() == [3.0, 4.0, -1.0] and batch.ids.tolist() == [0, 0, 1]
+
+
+def _binary(head_changes=None, tail=b"", cut=0):
+    wire = SIGNALS.to_bytes()
+    size = int.from_bytes(wire[4:8], "little")
+    head = json.loads(wire[8:8 + size])
+    head.update(head_changes or {})
+    text = json.dumps(head).encode()
+    text += b" " * (-(len(text) + 8) % 8)
+    out = b"TLMC" + len(text).to_bytes(4, "little") + text + wire[8 + size:] + tail
+    return out[:len(out) - cut]
+
+
+@pytest.mark.parametrize(("payload", "reason"), [
+    (b"TLMC", "no TLMC header"),
+    (b"TLMC" + (10**6).to_bytes(4, "little") + b"{}", "header of 1000000 bytes in a payload of 10"),
+    (b"TLMC" + (2).to_bytes(4, "little") + b"{x", "header is not JSON"),
+    (_binary({"v": 2}), "version 2"),
+    (_binary({"columns": {"t": "<f4", "v": "<f8"}}), "columns"),
+    (_binary({"names": ["A.x", "A.x"]}), "distinct"),
+    (_binary({"counts": [2]}), "one count per name"),
+    (_binary({"counts": [2, -1]}), "whole number"),
+    (_binary({"counts": [2, 5]}), "its header says"),
+    (_binary(tail=b"\0" * 8), "its header says"),
+    (_binary(cut=1), "its header says"),
+    (_binary({"span": {"start": "x", "end": 2.0}}), "numeric 'span'"),
+    (b"\xf0\x9f not json", "neither JSON nor a binary signals payload"),
+])
+def test_a_malformed_binary_payload_is_refused_with_a_reason(payload, reason):
+    with pytest.raises(MessageError, match=reason.replace("(", r"\(")):
+        messages.decode(payload)
+
+
+def test_a_binary_batch_with_a_non_finite_value_is_refused():
+    bad = Signals("x", 1, 1.0, 2.0, {}, columns(**{"A.x": ([1.0], [float("nan")])}))
+    with pytest.raises(MessageError, match="not a finite number"):
+        messages.decode(bad.to_bytes())
+
+
+def test_a_binary_signals_batch_goes_only_where_signals_are_expected():
+    with pytest.raises(MessageError, match="unexpected message kind 'signals'"):
+        messages.decode(SIGNALS.to_bytes(), "aggregates", "alert")
 
 
 def test_signals_travel_as_columns():

@@ -13,6 +13,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from support.helpers import frame
+from telemetry.edge import messages
 from telemetry.edge.clock import ManualClock, SystemClock
 from telemetry.edge.components import CanReaderComponent
 from telemetry.edge.reader import FrameBatcher, batch_ends
@@ -129,7 +130,7 @@ def test_a_quiet_live_bus_still_closes_the_aggregators_windows(make_services, sa
     services = make_services(reader={"batch_max_frames": 1000, "batch_max_seconds": 0.05}, aggregator={"window_seconds": 0.2})
     services.clock = SystemClock()
     aggregator = AggregatorComponent(services)
-    services.local.subscribe("telemetry/out", lambda m: aggregator.handle(m) if m["kind"] == "signals" else None)
+    services.local.subscribe("telemetry/out", lambda m: aggregator.handle(m) if messages.is_binary(m) else None)
     db = cantools.database.load_file(str(sample_dbc))
     pack = db.get_message_by_name("BMS_PackStatus")
     data = pack.encode({"PackVoltage": 140.0, "PackCurrent": 10.0, "SOC": 80, "BmsState": 1})

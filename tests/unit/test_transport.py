@@ -18,8 +18,9 @@ from awsiot.greengrasscoreipc.model import (
     UnauthorizedError,
 )
 
+from support.helpers import columns
 from telemetry.edge.errors import MessageError, TransportError
-from telemetry.edge.messages import Alert, EndOfStream
+from telemetry.edge.messages import Alert, EndOfStream, Signals, decode
 from telemetry.edge.transport import (
     CloudTransport,
     InMemoryCloudTransport,
@@ -70,7 +71,16 @@ def test_ipc_local_publish_refuses_nan_before_the_sdk(client):
     client.publish_to_topic.assert_not_called()
 
 
-def test_ipc_local_subscribe_decodes_json_and_binary_events(client):
+def test_ipc_local_publish_sends_a_signals_batch_as_binary(client):
+    batch = Signals("drive.log", 4, 1.0, 2.0, {"read": 2}, columns(**{"A.x": ([1.0, 2.0], [3.0, 4.0])}))
+    IpcLocalTransport(client).publish("telemetry/signals", batch)
+    message = client.publish_to_topic.call_args.kwargs["publish_message"]
+    assert message.json_message is None and isinstance(message.binary_message, BinaryMessage)
+    assert message.binary_message.message == batch.to_bytes()
+    assert decode(message.binary_message.message).encode() == batch.encode()
+
+
+def test_ipc_local_subscribe_passes_json_objects_and_binary_bytes(client):
     got = []
     IpcLocalTransport(client).subscribe("telemetry/alerts", got.append)
     kwargs = client.subscribe_to_topic.call_args.kwargs
@@ -78,7 +88,8 @@ def test_ipc_local_subscribe_decodes_json_and_binary_events(client):
     on_event = kwargs["on_stream_event"]
     on_event(SubscriptionResponseMessage(json_message=JsonMessage(message={"a": 1})))
     on_event(SubscriptionResponseMessage(binary_message=BinaryMessage(message=b'{"b": 2}')))
-    assert got == [{"a": 1}, {"b": 2}]
+    assert got == [{"a": 1}, b'{"b": 2}']  # bytes, for the handler's decoder (JSON or binary columns)
+    assert decode(END.to_bytes()).encode() == END.encode()
 
 
 def test_ipc_cloud_publish_is_qos1_with_bytes(client):

@@ -8,7 +8,10 @@ IoT Core topic. ``docs/MESSAGES.md`` documents each kind with an example. New fi
 added to a kind without a version change; renaming or removing one needs a new ``v``.
 
 Signals travel in columns: one flat batch (names, name number per sample, times, values) per
-batch of frames, never one message per frame.
+batch of frames, never one message per frame. On the wire between components a signals batch is
+*binary* (``COLUMNS_MAGIC``, a small JSON header, then the raw little-endian float64 columns:
+see ``Signals.to_bytes``), because encoding and parsing floats as JSON text cost 10-40 times
+more (measured in docs/MESSAGES.md); every other kind is compact JSON.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from __future__ import annotations
 import base64
 import json
 import math
+import struct
 import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -101,6 +105,7 @@ class Message:
     ``cloud_topic``: the suffix of its IoT Core topic under the vehicle's prefix (None: local)."""
 
     kind: ClassVar[str]
+    binary: ClassVar[bool] = False  # published as bytes (``to_bytes``), not as a JSON object
     priority: ClassVar[int | None] = None
     cloud_topic: ClassVar[str | None] = None
 
@@ -112,7 +117,21 @@ class Message:
         raise NotImplementedError
 
     def to_bytes(self) -> bytes:
+        """The message as published: compact JSON, except for the kinds that travel as binary."""
         return dumps(self.encode())
+
+
+# The binary layout of a signals batch (docs/MESSAGES.md): the magic, the header's length
+# (uint32, little-endian), the header (UTF-8 JSON, space-padded so the columns start at a multiple
+# of 8), then each column of the header's "columns" in order, "sum(counts)" items each.
+COLUMNS_MAGIC = b"TLMC"
+_PREFIX = struct.Struct("<4sI")
+_COLUMNS = {"t": "<f8", "v": "<f8"}
+
+
+def is_binary(payload: Any) -> bool:
+    """A payload in the binary columns layout (a signals batch), as opposed to JSON."""
+    return isinstance(payload, (bytes, bytearray, memoryview)) and bytes(payload[:4]) == COLUMNS_MAGIC
 
 
 @dataclass(frozen=True)
@@ -170,6 +189,7 @@ class Signals(Message):
     """A batch of decoded signals, as columns."""
 
     kind: ClassVar[str] = SIGNALS
+    binary: ClassVar[bool] = True
 
     source: str
     seq: int
@@ -178,23 +198,67 @@ class Signals(Message):
     frames: Mapping[str, int]
     batch: FlatBatch
 
-    def encode(self) -> dict[str, Any]:
-        b = self.batch.bounds().tolist()
-        t, v = self.batch.t.tolist(), self.batch.v.tolist()
+    def _head(self) -> dict[str, Any]:
         return {
             "v": VERSION, "kind": SIGNALS, "source": self.source, "seq": self.seq,
             "span": {"start": self.start, "end": self.end},
             "frames": {key: int(self.frames.get(key, 0)) for key in FRAME_COUNTERS},
-            "signals": {name: {"t": t[b[i]:b[i + 1]], "v": v[b[i]:b[i + 1]]} for i, name in enumerate(self.batch.names)},
         }
+
+    def encode(self) -> dict[str, Any]:
+        """The JSON form (readable; what tools and tests print). Publishers send ``to_bytes()``."""
+        b = self.batch.bounds().tolist()
+        t, v = self.batch.t.tolist(), self.batch.v.tolist()
+        return {**self._head(),
+                "signals": {name: {"t": t[b[i]:b[i + 1]], "v": v[b[i]:b[i + 1]]} for i, name in enumerate(self.batch.names)}}
+
+    def to_bytes(self) -> bytes:
+        """The binary form: the columns as raw float64 buffers, the rest in a JSON header."""
+        batch = self.batch
+        head = self._head()
+        head["names"] = list(batch.names)
+        head["counts"] = np.diff(batch.bounds()).tolist()
+        head["columns"] = _COLUMNS
+        text = json.dumps(head, separators=(",", ":"), allow_nan=False).encode()
+        text += b" " * (-(len(text) + _PREFIX.size) % 8)
+        return b"".join((_PREFIX.pack(COLUMNS_MAGIC, len(text)), text,
+                         batch.t.astype("<f8", copy=False).tobytes(), batch.v.astype("<f8", copy=False).tobytes()))
+
+    @classmethod
+    def from_bytes(cls, payload: bytes | bytearray | memoryview) -> Signals:
+        """The binary form back, checked: every length is checked against the payload's own."""
+        payload = bytes(payload)
+        if len(payload) < _PREFIX.size or payload[:4] != COLUMNS_MAGIC:
+            raise MessageError("not a binary signals payload (no TLMC header)")
+        size = _PREFIX.unpack_from(payload)[1]
+        if size > len(payload) - _PREFIX.size:
+            raise MessageError(f"binary signals header of {size} bytes in a payload of {len(payload)}")
+        try:
+            head = json.loads(payload[_PREFIX.size:_PREFIX.size + size])
+        except ValueError as exc:
+            raise MessageError(f"binary signals header is not JSON: {exc}") from None
+        head = _table(head, "binary signals header")
+        if head.get("v") != VERSION or head.get("kind") != SIGNALS:
+            raise MessageError(f"binary payload of version {head.get('v')!r}, kind {head.get('kind')!r} "
+                               f"(this build reads v{VERSION} signals)")
+        if head.get("columns") != _COLUMNS:
+            raise MessageError(f"binary signals columns {head.get('columns')!r} (this build reads {_COLUMNS})")
+        names, counts = head.get("names"), head.get("counts")
+        if not isinstance(names, list) or not all(isinstance(n, str) and n for n in names) or len(set(names)) != len(names):
+            raise MessageError("binary signals 'names' must be a list of distinct non-empty strings")
+        if not isinstance(counts, list) or len(counts) != len(names):
+            raise MessageError("binary signals 'counts' must be a list with one count per name")
+        total = sum(_count(n, "counts[]") for n in counts)
+        start = _PREFIX.size + size
+        if len(payload) != start + 16 * total:
+            raise MessageError(f"binary signals payload is {len(payload)} bytes; its header says {start + 16 * total}")
+        t = np.frombuffer(payload, "<f8", total, start)
+        v = np.frombuffer(payload, "<f8", total, start + 8 * total)
+        batch = FlatBatch(tuple(names), np.repeat(np.arange(len(names)), counts), t, v)
+        return cls._checked(head, batch)
 
     @classmethod
     def decode(cls, event: Mapping[str, Any]) -> Signals:
-        span = _table(_field(event, "span"), "signals message 'span'")
-        try:
-            start, end = _number(span.get("start"), "span.start"), _number(span.get("end"), "span.end")
-        except MessageError:
-            raise MessageError("signals message without a numeric 'span' {start, end}") from None
         signals = _field(event, "signals")
         if not isinstance(signals, Mapping):
             raise MessageError("signals message without a 'signals' object")
@@ -212,9 +276,18 @@ class Signals(Message):
             v = np.fromiter(chain.from_iterable(signals[n]["v"] for n in names), dtype=np.float64, count=total)
         except (TypeError, ValueError) as exc:
             raise MessageError(f"signals message has non-numeric data: {exc}") from None
-        if not (np.isfinite(t).all() and np.isfinite(v).all()):  # a null, or a NaN a sender let through
+        return cls._checked(event, FlatBatch(names, np.repeat(np.arange(len(names)), lengths), t, v))
+
+    @classmethod
+    def _checked(cls, event: Mapping[str, Any], batch: FlatBatch) -> Signals:
+        """What both forms share: the span, the counters, finite times and values."""
+        span = _table(_field(event, "span"), "signals message 'span'")
+        try:
+            start, end = _number(span.get("start"), "span.start"), _number(span.get("end"), "span.end")
+        except MessageError:
+            raise MessageError("signals message without a numeric 'span' {start, end}") from None
+        if not (np.isfinite(batch.t).all() and np.isfinite(batch.v).all()):  # a null, or a NaN a sender let through
             raise MessageError("signals message has a time or value that is not a finite number")
-        batch = FlatBatch(names, np.repeat(np.arange(len(names)), lengths), t, v)
         frames = _counters(event.get("frames", {}), "frames")
         return cls(str(event.get("source", "")), _count(event.get("seq", 0), "seq"), start, end, frames, batch)
 
@@ -490,8 +563,19 @@ KINDS: dict[str, type[Message]] = {
 def decode(event: Any, *kinds: str) -> Message:
     """Check an incoming pub/sub event and return it as its typed message.
 
+    ``event`` is what a handler receives: the decoded JSON object (``inputPayloadEncodingType``
+    json), or the payload's bytes (binary): a binary signals batch, or JSON as bytes.
     Raises MessageError with a reason a person can act on; the caller counts it and carries on.
     """
+    if isinstance(event, (bytes, bytearray, memoryview)):
+        if is_binary(event):
+            if kinds and SIGNALS not in kinds:
+                raise MessageError(f"unexpected message kind 'signals' (expected {', '.join(kinds)})")
+            return Signals.from_bytes(event)
+        try:
+            event = json.loads(bytes(event))
+        except ValueError:
+            raise MessageError("message is neither JSON nor a binary signals payload") from None
     if not isinstance(event, Mapping):
         raise MessageError(f"message is a {type(event).__name__}, not a JSON object")
     version = event.get("v")

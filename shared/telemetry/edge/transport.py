@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 from .errors import TransportError
-from .messages import Message, dumps
+from .messages import Message, decode, dumps, is_binary
 
 Handler = Callable[[Mapping[str, Any]], None]
 CloudHandler = Callable[[str, bytes], None]
@@ -50,8 +50,11 @@ class CloudTransport(Protocol):
 class InMemoryLocalTransport:
     """Synchronous local pub/sub in one process; keeps every message for inspection.
 
-    Messages go through JSON on the way, as over IPC, so a message that would not survive the
-    real transport fails here too, and subscribers never share objects with the publisher.
+    Messages go through their wire form on the way, as over IPC (JSON, or the binary columns of
+    a signals batch, handed to subscribers as bytes as Greengrass hands them to a function whose
+    ``inputPayloadEncodingType`` is binary), so a message that would not survive the real
+    transport fails here too, and subscribers never share objects with the publisher.
+    ``published`` keeps each message's JSON form, for inspection.
     """
 
     def __init__(self) -> None:
@@ -61,11 +64,12 @@ class InMemoryLocalTransport:
 
     def publish(self, topic: str, message: Message) -> None:
         wire = message.to_bytes()
+        binary = is_binary(wire)
         with self._lock:
-            self.published.append((topic, json.loads(wire)))
+            self.published.append((topic, decode(wire).encode() if binary else json.loads(wire)))
             handlers = list(self._handlers.get(topic, ()))
         for handler in handlers:
-            handler(json.loads(wire))
+            handler(wire if binary else json.loads(wire))
 
     def subscribe(self, topic: str, handler: Handler) -> None:
         with self._lock:
@@ -145,21 +149,23 @@ class IpcLocalTransport:
         self._client = client
 
     def publish(self, topic: str, message: Message) -> None:
-        from awsiot.greengrasscoreipc.model import JsonMessage, PublishMessage
+        from awsiot.greengrasscoreipc.model import BinaryMessage, JsonMessage, PublishMessage
 
-        body = message.encode()
-        dumps(body)  # NaN and infinities are refused here, not sent as invalid JSON by the SDK
+        if message.binary:
+            publish = PublishMessage(binary_message=BinaryMessage(message=message.to_bytes()))
+        else:
+            body = message.encode()
+            dumps(body)  # NaN and infinities are refused here, not sent as invalid JSON by the SDK
+            publish = PublishMessage(json_message=JsonMessage(message=body))
         with _sdk_errors(f"publish to local topic {topic}"):
-            self._client.publish_to_topic(
-                topic=topic, publish_message=PublishMessage(json_message=JsonMessage(message=body))
-            )
+            self._client.publish_to_topic(topic=topic, publish_message=publish)
 
     def subscribe(self, topic: str, handler: Handler) -> None:
         def on_event(event: Any) -> None:
             if event.json_message is not None:
                 handler(event.json_message.message)
             elif event.binary_message is not None:
-                handler(json.loads(event.binary_message.message))
+                handler(bytes(event.binary_message.message))  # the handler's decoder reads either form
 
         with _sdk_errors(f"subscribe to local topic {topic}"):
             self._client.subscribe_to_topic(topic=topic, on_stream_event=on_event)

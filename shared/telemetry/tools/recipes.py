@@ -76,6 +76,11 @@ class Recipe:
         return float(self.params.get("timeoutInSeconds", 3))
 
     @property
+    def binary_input(self) -> bool:
+        """``inputPayloadEncodingType`` binary: the handler's event is the payload's bytes."""
+        return self.params.get("inputPayloadEncodingType", "json") == "binary"
+
+    @property
     def environment(self) -> dict[str, str]:
         return dict(self.params.get("environmentVariables", {}))
 

@@ -3,7 +3,8 @@ laptop exactly as their recipes define them.
 
 It reads ``recipes/``, checks them, starts the components in dependency order, loads each
 handler module once (as for a pinned function), and delivers every message published on a local
-topic to the components whose PUB_SUB event sources name that topic: JSON-decoded, one
+topic to the components whose PUB_SUB event sources name that topic, as the recipe's
+``inputPayloadEncodingType`` says (json: the decoded object; binary: the payload's bytes), one
 invocation at a time per component, through a bounded queue of the recipe's ``maxQueueSize``.
 A publisher facing a full queue waits, so a replay slows down instead of losing data. Components
 are stopped in reverse order.
@@ -28,7 +29,7 @@ from telemetry.edge.clock import Clock, SystemClock
 from telemetry.edge.components import LambdaAdapter, Services
 from telemetry.edge.config import VehicleConfig
 from telemetry.edge.errors import RecipeError
-from telemetry.edge.messages import Message
+from telemetry.edge.messages import Message, is_binary
 from telemetry.edge.transport import CloudTransport, Handler
 from telemetry.tools.recipes import Recipe, check_recipes, import_handler, load_recipes
 
@@ -140,18 +141,34 @@ class LocalRuntime:
         if not routes and not taps:
             LOG.debug("no subscriber for %s", topic)
             return
-        # Decoded once for every subscriber, as the handlers' JSON event (they read it, never
-        # change it); what is not JSON reaches them as text, for their decoder to refuse.
-        try:
-            event = json.loads(wire)
-        except ValueError:
-            event = wire.decode(errors="replace")
+        # JSON is decoded once for every subscriber that takes JSON (they read it, never change
+        # it); what is not JSON reaches them as text, for their decoder to refuse. A function
+        # that takes binary gets the bytes, as Greengrass gives them.
+        parsed: list[Any] = []
+
+        def as_json() -> Any:
+            if not parsed:
+                try:
+                    parsed.append(json.loads(wire))
+                except ValueError:
+                    parsed.append(wire.decode(errors="replace"))
+            return parsed[0]
+
+        binary = is_binary(wire)
         for runner in routes:
+            if runner.recipe.binary_input:
+                event = wire
+            else:
+                if binary:  # Greengrass could not hand this to a json function either
+                    runner.stats["binary_to_json_function"] += 1
+                    LOG.warning("%s: binary payload on %s, but its inputPayloadEncodingType is json",
+                                runner.recipe.name, topic)
+                event = as_json()
             if runner.queue.full():
                 runner.stats["publisher_waits"] += 1
             runner.queue.put(event)  # blocks while the queue is full: back-pressure, not loss
         for tap in taps:
-            tap(event)
+            tap(wire if binary else as_json())
 
     def subscribe(self, topic: str, handler: Handler) -> None:
         """Watch a topic from outside the components (tests, tools); called synchronously."""
