@@ -27,7 +27,8 @@ from typing import Any, Protocol, runtime_checkable
 from .errors import TransportError
 from .messages import Message, decode, dumps, is_binary
 
-Handler = Callable[[Mapping[str, Any]], None]
+# What a subscriber receives: a JSON object, or the bytes of a binary payload (a signals batch).
+Handler = Callable[[Any], None]
 CloudHandler = Callable[[str, bytes], None]
 
 
