@@ -48,7 +48,7 @@ def pack_frames(sample_dbc):
 
 def test_replay_publishes_batches_then_end_of_stream(tmp_path, make_services, pack_frames):
     log = write_candump(tmp_path / "d.log", pack_frames + [frame(102.55, 0x7E0, b"\x01")])
-    services = make_services(reader={"batch_max_frames": 10, "batch_max_seconds": 100.0})
+    services = make_services(reader={"replay_batch_frames": 10, "replay_batch_seconds": 100.0})
     reader = CanReaderComponent(services, source=LogSource(log))
     reader.run(threading.Event())
     out = services.local.messages("telemetry/out")

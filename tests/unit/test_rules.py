@@ -121,8 +121,10 @@ def stale_run(r, batches):
 
 def test_stale_message_raises_once_per_message_and_clears_on_return():
     out = stale_run(rule(**STALE), [(1.0, [0.5, 1.0]), (2.0, []), (3.5, []), (4.0, [])] + [(5.0, [4.8, 5.0])])
-    assert states(out) == [("raised", 3.5), ("cleared", 4.8)]
-    assert out[0]["signal"] == "MPPT2" and out[1]["detail"]["worst"] == pytest.approx(3.8)
+    # silent from 1.0 s: stale from 3.0 s (known once event time passed it), back at 4.8 s
+    assert states(out) == [("raised", 3.0), ("cleared", 4.8)]
+    assert out[0]["signal"] == "MPPT2" and out[0]["value"] == 2.0 and out[0]["detail"]["silent_for"] is None
+    assert out[1]["value"] == 0.0 and out[1]["detail"]["silent_for"] == pytest.approx(3.8)
 
 
 def test_stale_gap_inside_one_batch_and_clean_and_debounce():
@@ -132,14 +134,14 @@ def test_stale_gap_inside_one_batch_and_clean_and_debounce():
     debounced = rule(**STALE, min_duration=1.0)
     assert stale_run(debounced, [(0.0, [0.0]), (2.5, []), (2.9, [2.9])]) == []
     out = stale_run(debounced, [(0.0, [0.0]), (2.5, []), (3.5, []), (3.9, [3.9])])
-    assert states(out) == [("raised", 3.5), ("cleared", 3.9)]
+    assert states(out) == [("raised", 3.0), ("cleared", 3.9)]  # stale from 2.0 s, for 1.0 s more
 
 
 def test_stale_clear_duration_waits_until_the_node_is_back_for_good():
     r = rule(**STALE, clear_duration=1.0)
     out = stale_run(r, [(0.0, [0.0]), (3.0, []), (3.2, [3.2]), (5.5, []), (6.0, [6.0]), (6.5, [6.5]), (7.5, [7.5])])
     # back at 3.2 s but silent again until 6.0 s: one alert, cleared once steady for 1 s
-    assert states(out) == [("raised", 3.0), ("cleared", 7.5)]
+    assert states(out) == [("raised", 2.0), ("cleared", 7.5)]
 
 
 def test_stale_per_signal_scope_and_hysteresis_is_harmless():
@@ -149,7 +151,7 @@ def test_stale_per_signal_scope_and_hysteresis_is_harmless():
     out = det.add(columns(**{"MPPT2.Vin": ([3.0], [1.0])}), None, 3.0)
     # Vin was silent from 0 s to 3 s: raised at 2 s, cleared when it came back; Iin is still silent
     assert sorted((m["t"], m["signal"], m["state"]) for m in out) == [
-        (2.0, "MPPT2.Vin", "raised"), (3.0, "MPPT2.Iin", "raised"), (3.0, "MPPT2.Vin", "cleared")]
+        (2.0, "MPPT2.Iin", "raised"), (2.0, "MPPT2.Vin", "raised"), (3.0, "MPPT2.Vin", "cleared")]
 
 
 # -- spread --------------------------------------------------------------------------------------

@@ -206,6 +206,7 @@ class CanReaderComponent:
         self.source = source if source is not None else self._source_from(services)
         self.core = ReaderCore(self.decoder, self.source.name)
         self.batcher = FrameBatcher(cfg.batch_max_frames, cfg.batch_max_seconds)
+        self.replay_batch = (cfg.replay_batch_frames, cfg.replay_batch_seconds)
         self.live = isinstance(self.source, BusSource)
         self.stats = self.core.totals
         self.finished = threading.Event()
@@ -239,14 +240,15 @@ class CanReaderComponent:
 
     def _replay_columns(self, log: LogSource, stop: threading.Event) -> None:
         """A replay as fast as possible: the log's frames arrive as columns, in chunks, and are
-        cut into exactly the batches the frame-by-frame loop would make (``batch_ends``)."""
-        batcher = self.batcher
+        cut into batches of ``replay_batch_frames`` / ``replay_batch_seconds`` exactly as the
+        frame-by-frame loop would cut them (``batch_ends``)."""
+        max_frames, max_seconds = self.replay_batch
         try:
             pending = Frames.empty()
             for chunk in log.frame_batches(stop):
                 pending = Frames.concat([pending, chunk]) if len(pending) else chunk
                 start = 0
-                for end in batch_ends(pending.t, batcher.max_frames, batcher.max_seconds):
+                for end in batch_ends(pending.t, max_frames, max_seconds):
                     self.services.local.publish(self.topic, self.core.batch_message(pending.take(slice(start, end))))
                     start = end
                 pending = pending.take(slice(start, None))

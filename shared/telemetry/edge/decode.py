@@ -47,6 +47,7 @@ class DecodedBatch:
     decode_errors: Counter[int] = field(default_factory=Counter)
     non_finite: int = 0
     fallback: int = 0
+    event_rows: dict[str, np.ndarray] = field(default_factory=dict)  # counter -> the rows it counted
 
     @property
     def samples(self) -> int:
@@ -165,6 +166,8 @@ class DbcDecoder:
         fallback = 0
         error = frames.error
         remote = frames.remote & ~error
+        rows_of: dict[str, list[np.ndarray]] = {"error": [np.flatnonzero(error)], "remote": [np.flatnonzero(remote)],
+                                                "unknown_id": [], "decode_error": []}
         rows = np.flatnonzero(~(error | frames.remote))
         keys = frames.id[rows].astype(np.int64) | (frames.extended[rows].astype(np.int64) << 32)
         found, first, group = np.unique(keys, return_index=True, return_inverse=True)
@@ -177,6 +180,7 @@ class DbcDecoder:
             entry = self._index.get((frame_id, bool(key >> 32)))
             if entry is None:
                 unknown.setdefault(frame_id, [int(at[0]), 0])[1] += len(at)
+                rows_of["unknown_id"].append(at)
                 continue
             if entry.plan is None:
                 fallback += len(at)
@@ -188,6 +192,7 @@ class DbcDecoder:
                 counts["decoded"] += decoded_here
             if decoded_here < len(at):
                 bad = at[~ok]
+                rows_of["decode_error"].append(bad)
                 record = failed.setdefault(frame_id, [int(bad[0]), 0])
                 record[0] = min(record[0], int(bad[0]))
                 record[1] += len(bad)
@@ -200,7 +205,8 @@ class DbcDecoder:
         if failed:
             counts["decode_error"] = sum(n for _, n in failed.values())
         batch, non_finite = _flatten(blocks, frames.t)
-        return DecodedBatch(batch, counts, _in_order(unknown), _in_order(failed), non_finite, fallback)
+        events = {name: np.concatenate(rows) for name, rows in rows_of.items() if sum(len(r) for r in rows)}
+        return DecodedBatch(batch, counts, _in_order(unknown), _in_order(failed), non_finite, fallback, events)
 
     @staticmethod
     def _decode_rows(entry: _Entry, frames: Frames, rows: np.ndarray) -> tuple[np.ndarray, list[Block]]:

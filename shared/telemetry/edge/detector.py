@@ -10,14 +10,17 @@ per (rule, key) then does what all kinds share:
 * **clear delay**: clear only once the condition has been gone ``clear_duration`` seconds;
 * **flapping**: an alert raised ``flap_raises`` times within ``flap_window_seconds`` clears only
   after ``flap_hold_seconds`` clean, so one misbehaving signal cannot flood the link;
-* **updates**: while active, the alert is re-sent with the worst value seen at most every
-  ``update_seconds`` (and only when it got worse), and per key at most that often across rules.
+* **updates**: while active, the alert is re-sent at the first point at least
+  ``update_seconds`` of event time after the last message of the alert at which its worst value
+  is worse than the one last sent.
 
 An alert is raised once, updated, cleared once; its id is deterministic (vehicle, rule, key, the
 event time it was raised) so the cloud can drop duplicates. Alerts are published as soon as the
 batch that raises them is processed, never at the end of a window.
 
 The state machine loops over runs of constant state (the rare changes), never over samples.
+Every decision is taken at a point's event time, never at a batch's end, so the alerts of a
+replay do not depend on how its frames were batched (tested).
 """
 
 from __future__ import annotations
@@ -74,7 +77,6 @@ class Detector:
         self.evaluators = [(rule, rule.evaluator()) for rule in rules]
         self.states: dict[tuple[str, str], _State] = {}
         self.hot: dict[str, set[str]] = {rule.name: set() for rule in rules}  # keys not idle, per rule
-        self.last_update: dict[str, float] = {}  # per key, across rules
         self.stats: Counter[str] = Counter()
 
     @property
@@ -86,17 +88,18 @@ class Detector:
         stream nothing changes: alerts still active stay active, nothing cleared them."""
         if not isinstance(message, Signals):
             return []
-        return self.add(message.batch, message.frames, message.end)
+        return self.add(message.batch, message.frames, message.end, message.events)
 
     def add(self, batch: FlatBatch, frames: Mapping[str, int] | None = None,
-            now: float | None = None) -> list[Alert]:
-        """Evaluate a batch. ``now`` is its event time (the end of its span)."""
+            now: float | None = None, events: Mapping[str, np.ndarray] | None = None) -> list[Alert]:
+        """Evaluate a batch. ``now`` is its event time (the end of its span); ``events``: the
+        event times of the frames each counter counted (bus rules)."""
         if now is None:
             now = float(batch.t.max()) if len(batch) else 0.0
         out: list[Alert] = []
         for rule, evaluator in self.evaluators:
             hot = self.hot[rule.name]
-            metrics = evaluator.metrics(batch, frames or {}, now, bool(hot))
+            metrics = evaluator.metrics(batch, frames or {}, now, bool(hot), events or {})
             if metrics is None:
                 continue
             present = metrics.present_keys()
@@ -134,8 +137,8 @@ class Detector:
                         continue
                     self._raise(rule, m, state, a + i)
                     out.append(self._message(rule, m, state, RAISED, a + i))
-                    a += i
-                self._track_worst(m, state, a, b)
+                    a += i + 1
+                self._while_active(rule, m, state, a, b, True, out)
             else:
                 state.pending_since = None
                 if not state.active:
@@ -146,20 +149,35 @@ class Detector:
                 if state.flapping:
                     hold = max(hold, self.cfg.flap_hold_seconds)
                 i = int(np.searchsorted(t, state.clearing_since + hold, side="left"))
+                self._while_active(rule, m, state, a, a + i, False, out)
                 if i < len(t):
                     out.append(self._message(rule, m, state, CLEARED, a + i))
                     state.active = False
                     state.clearing_since = None
                     self.stats["alerts_cleared"] += 1
         state.violated = bool(h[-1])
-        if state.active and state.worst_x > state.sent_worst_x:
-            due = state.last_sent + self.cfg.update_seconds
-            if now >= due and now >= self.last_update.get(m.key, -math.inf) + self.cfg.update_seconds:
-                out.append(self._message(rule, m, state, UPDATE, len(m.t) - 1))
-                self.last_update[m.key] = now
-            else:
-                self.stats["updates_held"] += 1
         return out
+
+    def _while_active(self, rule: Rule, m: Metric, state: _State, lo: int, hi: int, violated: bool,
+                      out: list[Alert]) -> None:
+        """Points ``lo:hi`` of an active alert: track its worst (where violated), and send an
+        update at each point due (``update_seconds`` after its last message) where the worst so
+        far is worse than the one last sent."""
+        every = self.cfg.update_seconds
+        while lo < hi:
+            worst = np.full(hi - lo, state.worst_x)
+            if violated:
+                np.maximum(worst, np.maximum.accumulate(m.x[lo:hi]), out=worst)
+            due = np.flatnonzero((m.t[lo:hi] >= state.last_sent + every) & (worst > state.sent_worst_x))
+            if not len(due):
+                break
+            i = lo + int(due[0])
+            if violated:
+                self._track_worst(m, state, lo, i + 1)
+            out.append(self._message(rule, m, state, UPDATE, i))
+            lo = i + 1
+        if violated:
+            self._track_worst(m, state, lo, hi)
 
     def _raise(self, rule: Rule, m: Metric, state: _State, i: int) -> None:
         t = float(m.t[i])
@@ -185,16 +203,16 @@ class Detector:
             state.worst_x = float(m.x[i])
             state.worst_value = float(m.value[i])
             state.worst_t = float(m.t[i])
-            state.worst_detail = _point_detail(m, i)
+            state.worst_detail = m.point_detail(i)
 
     def _message(self, rule: Rule, m: Metric, state: _State, kind: str, i: int) -> Alert:
-        t = float(m.t[i]) if kind != UPDATE else float(m.t[-1])
+        t = float(m.t[i])
         if kind == UPDATE:
             state.sent_worst_x = state.worst_x
         state.last_sent = t
         self.stats[f"alert_{kind}"] += 1
         detail = dict(m.detail)
-        detail.update(_point_detail(m, i))
+        detail.update(m.point_detail(i))
         detail.update({
             "raised_t": state.raised_t,
             "worst": None if math.isnan(state.worst_value) else state.worst_value,
@@ -213,10 +231,6 @@ class Detector:
             value=_finite(float(m.value[i])),
             detail=detail,
         )
-
-
-def _point_detail(m: Metric, i: int) -> dict[str, Any]:
-    return {name: _finite(float(values[i])) for name, values in m.extra.items()}
 
 
 def _finite(value: float) -> float | None:

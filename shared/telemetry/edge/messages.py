@@ -52,6 +52,8 @@ FRAME_COUNTERS = (
     "unknown_id",
     "decode_error",
 )
+# The counters whose frames' event times a signals batch carries (bus rules count them in time).
+EVENT_COUNTERS = ("error", "remote", "unknown_id", "decode_error")
 
 
 # -- checks shared by the decoders -----------------------------------------------------------------
@@ -197,6 +199,8 @@ class Signals(Message):
     end: float
     frames: Mapping[str, int]
     batch: FlatBatch
+    # per frame counter but "read" and "decoded": the event times of the frames it counted
+    events: Mapping[str, np.ndarray] = field(default_factory=dict)
 
     def _head(self) -> dict[str, Any]:
         return {
@@ -205,12 +209,16 @@ class Signals(Message):
             "frames": {key: int(self.frames.get(key, 0)) for key in FRAME_COUNTERS},
         }
 
+    def _events(self) -> dict[str, np.ndarray]:
+        return {key: self.events[key] for key in EVENT_COUNTERS if key in self.events and len(self.events[key])}
+
     def encode(self) -> dict[str, Any]:
         """The JSON form (readable; what tools and tests print). Publishers send ``to_bytes()``."""
         b = self.batch.bounds().tolist()
         t, v = self.batch.t.tolist(), self.batch.v.tolist()
         return {**self._head(),
-                "signals": {name: {"t": t[b[i]:b[i + 1]], "v": v[b[i]:b[i + 1]]} for i, name in enumerate(self.batch.names)}}
+                "signals": {name: {"t": t[b[i]:b[i + 1]], "v": v[b[i]:b[i + 1]]} for i, name in enumerate(self.batch.names)},
+                "events": {key: times.tolist() for key, times in self._events().items()}}
 
     def to_bytes(self) -> bytes:
         """The binary form: the columns as raw float64 buffers, the rest in a JSON header."""
@@ -219,10 +227,13 @@ class Signals(Message):
         head["names"] = list(batch.names)
         head["counts"] = np.diff(batch.bounds()).tolist()
         head["columns"] = _COLUMNS
+        events = self._events()
+        head["events"] = {key: len(times) for key, times in events.items()}
         text = json.dumps(head, separators=(",", ":"), allow_nan=False).encode()
         text += b" " * (-(len(text) + _PREFIX.size) % 8)
         return b"".join((_PREFIX.pack(COLUMNS_MAGIC, len(text)), text,
-                         batch.t.astype("<f8", copy=False).tobytes(), batch.v.astype("<f8", copy=False).tobytes()))
+                         batch.t.astype("<f8", copy=False).tobytes(), batch.v.astype("<f8", copy=False).tobytes(),
+                         *(times.astype("<f8", copy=False).tobytes() for times in events.values())))
 
     @classmethod
     def from_bytes(cls, payload: bytes | bytearray | memoryview) -> Signals:
@@ -249,13 +260,22 @@ class Signals(Message):
         if not isinstance(counts, list) or len(counts) != len(names):
             raise MessageError("binary signals 'counts' must be a list with one count per name")
         total = sum(_count(n, "counts[]") for n in counts)
+        event_counts = _table(head.get("events", {}), "binary signals 'events'")
+        if not event_counts.keys() <= set(EVENT_COUNTERS):
+            raise MessageError(f"binary signals 'events' of unknown counters: {sorted(set(event_counts) - set(EVENT_COUNTERS))}")
+        n_events = sum(_count(n, f"events.{k}") for k, n in event_counts.items())
         start = _PREFIX.size + size
-        if len(payload) != start + 16 * total:
-            raise MessageError(f"binary signals payload is {len(payload)} bytes; its header says {start + 16 * total}")
+        expected = start + 16 * total + 8 * n_events
+        if len(payload) != expected:
+            raise MessageError(f"binary signals payload is {len(payload)} bytes; its header says {expected}")
         t = np.frombuffer(payload, "<f8", total, start)
         v = np.frombuffer(payload, "<f8", total, start + 8 * total)
+        events, at = {}, start + 16 * total
+        for key, n in event_counts.items():
+            events[key] = np.frombuffer(payload, "<f8", n, at)
+            at += 8 * n
         batch = FlatBatch(tuple(names), np.repeat(np.arange(len(names)), counts), t, v)
-        return cls._checked(head, batch)
+        return cls._checked(head, batch, events)
 
     @classmethod
     def decode(cls, event: Mapping[str, Any]) -> Signals:
@@ -276,10 +296,18 @@ class Signals(Message):
             v = np.fromiter(chain.from_iterable(signals[n]["v"] for n in names), dtype=np.float64, count=total)
         except (TypeError, ValueError) as exc:
             raise MessageError(f"signals message has non-numeric data: {exc}") from None
-        return cls._checked(event, FlatBatch(names, np.repeat(np.arange(len(names)), lengths), t, v))
+        events = {}
+        for key, times in _table(event.get("events", {}), "signals message 'events'").items():
+            if key not in EVENT_COUNTERS or not isinstance(times, list):
+                raise MessageError(f"signals 'events' must map counters ({', '.join(EVENT_COUNTERS)}) to arrays of times")
+            try:
+                events[key] = np.array(times, dtype=np.float64)
+            except (TypeError, ValueError):
+                raise MessageError(f"signals 'events' {key!r} has a time that is not a number") from None
+        return cls._checked(event, FlatBatch(names, np.repeat(np.arange(len(names)), lengths), t, v), events)
 
     @classmethod
-    def _checked(cls, event: Mapping[str, Any], batch: FlatBatch) -> Signals:
+    def _checked(cls, event: Mapping[str, Any], batch: FlatBatch, events: dict[str, np.ndarray]) -> Signals:
         """What both forms share: the span, the counters, finite times and values."""
         span = _table(_field(event, "span"), "signals message 'span'")
         try:
@@ -288,8 +316,10 @@ class Signals(Message):
             raise MessageError("signals message without a numeric 'span' {start, end}") from None
         if not (np.isfinite(batch.t).all() and np.isfinite(batch.v).all()):  # a null, or a NaN a sender let through
             raise MessageError("signals message has a time or value that is not a finite number")
+        if not all(np.isfinite(times).all() for times in events.values()):
+            raise MessageError("signals message has an event time that is not a finite number")
         frames = _counters(event.get("frames", {}), "frames")
-        return cls(str(event.get("source", "")), _count(event.get("seq", 0), "seq"), start, end, frames, batch)
+        return cls(str(event.get("source", "")), _count(event.get("seq", 0), "seq"), start, end, frames, batch, events)
 
 
 @dataclass(frozen=True)

@@ -96,7 +96,8 @@ class ReaderCore:
         self.first_time = start if self.first_time is None else min(self.first_time, start)
         self.last_time = end if self.last_time is None else max(self.last_time, end)
         self.seq += 1
-        return messages.Signals(self.source_name, self.seq, start, end, decoded.frames, decoded.batch)
+        events = {name: np.sort(frames.t[rows]) for name, rows in decoded.event_rows.items()}
+        return messages.Signals(self.source_name, self.seq, start, end, decoded.frames, decoded.batch, events)
 
     def tick_message(self, now: float) -> messages.Signals:
         """An empty batch: a quiet live bus still moves event time on, so windows close."""

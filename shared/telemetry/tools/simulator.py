@@ -54,8 +54,10 @@ _BATCH = 0.5  # [reader] batch_max_seconds of the sample configuration
 FAULTS = (
     # A cell's voltage tap reads 0.13 V high from 60 s to 80 s: the pack looks imbalanced.
     Fault("cell voltage imbalance", (Expect("cell-imbalance", "cell-imbalance", 60.5, 80.0, 0.2 + _BATCH),)),
-    # The bus glitches: 40 error frames in one second from 100 s (2/s over 5 s is the bound).
-    Fault("bus error burst", (Expect("bus-errors", "bus.error", 100.25, 105.725, _BATCH),)),
+    # The bus glitches: 40 error frames in one second from 100 s (2/s over 5 s is the bound):
+    # with the odd one at 97.5 s, the 11th error in 5 s is the burst's 10th, at 100.225 s; the
+    # rate is back to 2/s when the burst's 30th error leaves the window, at 105.725 s.
+    Fault("bus error burst", (Expect("bus-errors", "bus.error", 100.225, 105.725, _BATCH),)),
     # A cell heats up (a failing cell or a blocked cooling duct): Temp14 over 55 degC from 130 s,
     # back under 54.5 degC (the hysteresis) at 160.5 s. Temperatures are sent once a second.
     Fault("cell over-temperature", (Expect("cell-overtemp", "BMS_CellTemps.Temp14", 130.0, 160.5, 1.0 + _BATCH),)),

@@ -13,6 +13,7 @@ rest, the same for every kind. Metrics are numpy over whole columns, never loops
 from __future__ import annotations
 
 import fnmatch
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Generic, TypeVar
@@ -21,6 +22,8 @@ import numpy as np
 
 from ..errors import ConfigError
 from ..messages import SEVERITIES, FlatBatch
+
+NO_EVENTS: Mapping[str, np.ndarray] = {}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -74,6 +77,21 @@ class Metric:
     value: np.ndarray  # what the alert reports at each point
     detail: dict[str, Any] = field(default_factory=dict)
     extra: dict[str, np.ndarray] = field(default_factory=dict)  # per-point values for the alert's detail
+    labels: dict[str, list[str]] = field(default_factory=dict)  # an extra that numbers these names
+
+    def point_detail(self, i: int) -> dict[str, Any]:
+        """The alert's detail at point ``i``: each extra's value there (a name, for a labelled
+        one; a whole number, for an integer one; None for what is not finite)."""
+        out: dict[str, Any] = {}
+        for name, values in self.extra.items():
+            if name in self.labels:
+                out[name] = self.labels[name][int(values[i])]
+            elif values.dtype.kind in "iu":
+                out[name] = int(values[i])
+            else:
+                value = float(values[i])
+                out[name] = value if math.isfinite(value) else None
+        return out
 
 
 @dataclass
@@ -87,6 +105,7 @@ class Metrics:
     value: np.ndarray
     detail: dict[str, Any] = field(default_factory=dict)
     extra: dict[str, np.ndarray] = field(default_factory=dict)
+    labels: dict[str, list[str]] = field(default_factory=dict)
 
     def violated_keys(self) -> set[int]:
         return set(np.unique(self.k[self.x > 0]).tolist())
@@ -97,7 +116,7 @@ class Metrics:
     def metric(self, key: int) -> Metric:
         a, b = np.searchsorted(self.k, [key, key + 1])
         return Metric(self.keys[key], self.t[a:b], self.x[a:b], self.value[a:b], self.detail,
-                      {name: arr[a:b] for name, arr in self.extra.items()})
+                      {name: arr[a:b] for name, arr in self.extra.items()}, self.labels)
 
 
 R_co = TypeVar("R_co", bound=Rule, covariant=True)
@@ -146,9 +165,11 @@ class Evaluator(Generic[R_co]):
         mask = hits[batch.ids]
         return batch.ids[mask], batch.t[mask], batch.v[mask]
 
-    def metrics(self, batch: FlatBatch, frames: Mapping[str, int], now: float, hot: bool) -> Metrics | None:
+    def metrics(self, batch: FlatBatch, frames: Mapping[str, int], now: float, hot: bool,
+                events: Mapping[str, np.ndarray] = NO_EVENTS) -> Metrics | None:
         """``frames``: the batch's frame counters; ``now``: its event time (the end of its span);
-        ``hot``: some key of this rule is not idle, so its metrics are wanted even when clean."""
+        ``hot``: some key of this rule is not idle, so its metrics are wanted even when clean;
+        ``events``: per frame counter, the event times of the frames it counted."""
         raise NotImplementedError
 
 

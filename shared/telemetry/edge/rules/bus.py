@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -10,7 +9,7 @@ import numpy as np
 
 from ..errors import ConfigError
 from ..messages import FlatBatch
-from .base import Evaluator, Metrics, Rule
+from .base import NO_EVENTS, Evaluator, Metrics, Rule
 
 BUS_COUNTERS = ("error", "unknown_id", "decode_error", "remote")
 
@@ -36,26 +35,37 @@ class BusRule(Rule):
 
 
 class BusEvaluator(Evaluator[BusRule]):
-    """Frames of one kind (error, unknown id, decode error) per second over the last
-    ``window_seconds`` of event time, against ``max_per_second``."""
+    """Frames of one kind (error, unknown id, decode error, remote) per second over the last
+    ``window_seconds`` of event time, against ``max_per_second``, at each such frame and at each
+    instant one of them leaves the window: moments of the data, not of its batches, so a
+    replay's alerts do not depend on how it was batched. A batch that carries only the count
+    (no event times) counts its frames at its own event time."""
 
     def __init__(self, rule: BusRule) -> None:
         super().__init__(rule)
-        self.recent: deque[tuple[float, int]] = deque()
-        self.total = 0
+        self.times = np.empty(0)  # event times still inside some window, sorted
+        self.until = -np.inf  # the window-leave instants up to here are done
 
-    def metrics(self, batch: FlatBatch, frames: Mapping[str, int], now: float, hot: bool) -> Metrics | None:
-        count = int(frames.get(self.rule.counter or "", 0))
-        if count:
-            self.recent.append((now, count))
-            self.total += count
-        while self.recent and self.recent[0][0] <= now - self.rule.window_seconds:
-            self.total -= self.recent.popleft()[1]
-        rate = self.total / self.rule.window_seconds
+    def metrics(self, batch: FlatBatch, frames: Mapping[str, int], now: float, hot: bool,
+                events: Mapping[str, np.ndarray] = NO_EVENTS) -> Metrics | None:
+        counter = self.rule.counter or ""
+        width = self.rule.window_seconds
+        new = events.get(counter)
+        if new is None:
+            new = np.full(int(frames.get(counter, 0)), now)
+        new = np.sort(new)
+        times = self.times = np.sort(np.concatenate((self.times, new))) if len(new) else self.times
+        leave = times + width
+        leave = leave[(leave > self.until) & (leave <= now)]
+        self.until = max(self.until, now)
+        self.times = times[times > now - width]
+        if not hot and not len(new):
+            return None
+        points = np.sort(np.concatenate((new, leave)))
+        rate = (np.searchsorted(times, points, "right") - np.searchsorted(times, points - width, "right")) / width
         assert self.rule.max_per_second is not None  # check() requires it
         x = rate - self.rule.max_per_second
-        if not hot and x <= 0:
+        if not len(points) or (not hot and not (x > 0).any()):
             return None
         detail = {"max_per_second": self.rule.max_per_second, "window_seconds": self.rule.window_seconds}
-        return Metrics([f"bus.{self.rule.counter}"], np.zeros(1, dtype=np.int64), np.array([now]), np.array([x]),
-                       np.array([rate]), detail)
+        return Metrics([f"bus.{counter}"], np.zeros(len(points), dtype=np.int64), points, x, rate, detail)

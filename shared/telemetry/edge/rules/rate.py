@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..messages import FlatBatch
-from .base import Evaluator, Metrics, Rule, by_key_then_time
+from .base import NO_EVENTS, Evaluator, Metrics, Rule, by_key_then_time
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -33,7 +33,8 @@ class RateEvaluator(Evaluator[RateRule]):
         super().__init__(rule)
         self.last: dict[str, tuple[float, float]] = {}
 
-    def metrics(self, batch: FlatBatch, frames: Mapping[str, int], now: float, hot: bool) -> Metrics | None:
+    def metrics(self, batch: FlatBatch, frames: Mapping[str, int], now: float, hot: bool,
+                events: Mapping[str, np.ndarray] = NO_EVENTS) -> Metrics | None:
         sel = self.select(batch)
         if sel is None:
             return None

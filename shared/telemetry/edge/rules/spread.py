@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..messages import FlatBatch
-from .base import Evaluator, Index, Metrics, Rule
+from .base import NO_EVENTS, Evaluator, Index, Metrics, Rule
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -33,7 +33,8 @@ class SpreadEvaluator(Evaluator[SpreadRule]):
         super().__init__(rule)
         self.latest = Index()  # per signal: its latest value
 
-    def metrics(self, batch: FlatBatch, frames: Mapping[str, int], now: float, hot: bool) -> Metrics | None:
+    def metrics(self, batch: FlatBatch, frames: Mapping[str, int], now: float, hot: bool,
+                events: Mapping[str, np.ndarray] = NO_EVENTS) -> Metrics | None:
         sel = self.select(batch)
         if sel is None:
             return None
@@ -62,7 +63,8 @@ class SpreadEvaluator(Evaluator[SpreadRule]):
         x = spread - self.rule.max_spread
         if not hot and not (x > 0).any():
             return None
-        worst = int(np.argmax(spread))
-        detail = {"max_spread": self.rule.max_spread, "signals": width,
-                  "highest": self.latest.names[int(hi[worst].argmax())], "lowest": self.latest.names[int(lo[worst].argmin())]}
-        return Metrics([self.rule.name], np.zeros(len(t), dtype=np.int64), t, x, spread, detail)
+        # at each point: how many signals are known, and which are highest and lowest
+        extra = {"signals": np.sum(~np.isnan(table), axis=1), "highest": hi.argmax(axis=1), "lowest": lo.argmin(axis=1)}
+        names = list(self.latest.names)
+        return Metrics([self.rule.name], np.zeros(len(t), dtype=np.int64), t, x, spread,
+                       {"max_spread": self.rule.max_spread}, extra, {"highest": names, "lowest": names})

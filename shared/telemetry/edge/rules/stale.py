@@ -9,7 +9,7 @@ import numpy as np
 
 from ..errors import ConfigError
 from ..messages import FlatBatch
-from .base import Evaluator, Index, Metrics, Rule, by_key_then_time
+from .base import NO_EVENTS, Evaluator, Index, Metrics, Rule, by_key_then_time
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -31,20 +31,45 @@ class StaleRule(Rule):
 
 class StaleEvaluator(Evaluator[StaleRule]):
     """A message (or signal) not seen for ``timeout`` seconds of event time, and its return.
-    A key is watched from the first time it is seen."""
+    A key is watched from the first time it is seen.
+
+    The points are the data's own moments, never a batch's end, so a replay's alerts do not
+    depend on its batches: the instant a key's silence passes ``timeout`` (reported once the
+    batch's event time has passed it), the instant it has lasted ``min_duration`` more (for the
+    debounce), and its return (with ``silent_for``, the whole silence). While the rule has an
+    alert in flight, every sample of its keys is a point too, so clear delays can run out."""
+
+    EPSILON = 1e-9  # the age is past the timeout from that instant on: a margin just above zero
 
     def __init__(self, rule: StaleRule) -> None:
         super().__init__(rule)
         self.seen = Index()  # per key: when it was last seen
+        self.flagged: dict[int, float] = {}  # key -> the last-seen time whose silence was reported
 
     def key_number(self, signal: str) -> int:
         return self.seen.number(signal.split(".", 1)[0] if self.rule.scope == "message" else signal)
 
-    def metrics(self, batch: FlatBatch, frames: Mapping[str, int], now: float, hot: bool) -> Metrics | None:
+    def _silence(self, key: int, since: float, until: float, out: list[tuple[int, float, float, float]]) -> None:
+        """The points of a silence that began after ``since`` (last seen) and is known to have
+        lasted until ``until``, unless already reported."""
+        timeout, delay = self.rule.timeout or 0.0, self.rule.min_duration
+        start = since + timeout
+        if self.flagged.get(key) == since or not start < until:
+            return
+        out.append((key, start, timeout, np.nan))
+        if delay > 0:
+            if not start + delay < until:
+                return  # the debounce point is not known yet: report the silence again later
+            out.append((key, start + delay, timeout + delay, np.nan))
+        self.flagged[key] = since
+
+    def metrics(self, batch: FlatBatch, frames: Mapping[str, int], now: float, hot: bool,
+                events: Mapping[str, np.ndarray] = NO_EVENTS) -> Metrics | None:
         timeout = self.rule.timeout
         assert timeout is not None  # check() requires it
-        gap_at = gap_len = return_at = np.empty(0)
-        gap_key = np.empty(0, dtype=np.int64)
+        points: list[tuple[int, float, float, float]] = []  # key, time, age, silent_for
+        k = t = silent = np.empty(0)
+        keep = np.empty(0, bool)
         sel = self.select(batch)
         if sel is not None:
             key_of_name = self.per_name(batch.names, self.key_number)
@@ -52,21 +77,25 @@ class StaleEvaluator(Evaluator[StaleRule]):
             first = np.concatenate(([True], k[1:] != k[:-1]))
             prev = np.concatenate(([np.nan], t[:-1]))
             prev[first] = self.seen.values[k[first]]
-            gaps = t - prev
-            inside = gaps > timeout  # silences that ended inside this batch
-            gap_key, gap_at, gap_len, return_at = k[inside], prev[inside] + timeout, gaps[inside], t[inside]
+            silent = t - prev
+            ended = np.flatnonzero(silent > timeout)  # silences that ended inside this batch
+            for i in ended.tolist():
+                self._silence(int(k[i]), float(prev[i]), float(t[i]), points)
+            keep = np.zeros(len(t), bool) if not hot else np.ones(len(t), bool)
+            keep[ended] = True
             last = np.append(np.flatnonzero(first)[1:], len(k)) - 1
             self.seen.values[k[last]] = t[last]
-        last_seen = self.seen.values
-        age = now - last_seen
-        over = np.flatnonzero(age > timeout)
-        if not hot and not len(gap_key) and not len(over):
+        # silences still going on at the batch's event time
+        for key in np.flatnonzero(now - self.seen.values > timeout).tolist():
+            self._silence(key, float(self.seen.values[key]), now, points)
+        if not points and not keep.any():
             return None
-        # points: each silence inside the batch (stale from prev + timeout, back at its return),
-        # then every key's age at the end of the batch
-        known = np.flatnonzero(~np.isnan(last_seen))
-        k = np.concatenate((gap_key, gap_key, known))
-        t = np.concatenate((gap_at, return_at, np.maximum(np.full(len(known), now), last_seen[known])))
-        age_points = np.concatenate((gap_len, np.zeros(len(gap_key)), np.maximum(age[known], 0.0)))
-        k, t, age_points = by_key_then_time(k, t, age_points)
-        return Metrics(list(self.seen.names), k, t, age_points - timeout, age_points, {"timeout": timeout})
+        silent = np.where(silent > timeout, silent, np.nan)
+        pk, pt, page, psilent = (np.array(c, dtype=float) for c in zip(*points)) if points else (np.empty(0),) * 4
+        kk = np.concatenate((k[keep], pk)).astype(np.int64)
+        tt = np.concatenate((t[keep], pt))
+        age = np.concatenate((np.zeros(int(keep.sum())), page))
+        silent_for = np.concatenate((silent[keep], psilent))
+        kk, tt, age, silent_for = by_key_then_time(kk, tt, age, silent_for)
+        x = np.where(age > 0, age - timeout + self.EPSILON, age - timeout)
+        return Metrics(list(self.seen.names), kk, tt, x, age, {"timeout": timeout}, {"silent_for": silent_for})

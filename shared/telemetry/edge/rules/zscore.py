@@ -10,7 +10,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 
 from ..errors import ConfigError
 from ..messages import FlatBatch
-from .base import Evaluator, Metrics, Rule, by_key_then_time
+from .base import NO_EVENTS, Evaluator, Metrics, Rule, by_key_then_time
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -43,7 +43,8 @@ class ZScoreEvaluator(Evaluator[ZScoreRule]):
         super().__init__(rule)
         self.history: dict[str, np.ndarray] = {}
 
-    def metrics(self, batch: FlatBatch, frames: Mapping[str, int], now: float, hot: bool) -> Metrics | None:
+    def metrics(self, batch: FlatBatch, frames: Mapping[str, int], now: float, hot: bool,
+                events: Mapping[str, np.ndarray] = NO_EVENTS) -> Metrics | None:
         sel = self.select(batch)
         if sel is None:
             return None
