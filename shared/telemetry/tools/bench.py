@@ -52,7 +52,7 @@ def signal_messages(log: Path, cfg) -> list[dict]:
         decoded = decoder.decode(frames)
         message = messages.Signals(log.name, len(out) + 1, frames[0].timestamp, max(f.timestamp for f in frames),
                                    decoded.frames, decoded.batch)
-        out.append(json.loads(message.to_bytes()))
+        out.append(messages.decode(message.to_bytes()).encode())  # through the wire form, as JSON
         frames.clear()
 
     for frame in LogSource(log).frames(threading.Event()):
@@ -308,7 +308,7 @@ def pipeline_stage(log: Path, cfg, config: str | None, dbc: list[str], frames: i
     def decode() -> None:  # in the reader's batches
         for chunk in chunks:
             start = 0
-            for end in batch_ends(chunk.t, cfg.reader.batch_max_frames, cfg.reader.batch_max_seconds):
+            for end in batch_ends(chunk.t, cfg.reader.replay_batch_frames, cfg.reader.replay_batch_seconds):
                 decoder.decode_frames(chunk.take(slice(start, end)))
                 start = end
 
