@@ -21,7 +21,6 @@ ROOT = Path(__file__).resolve().parents[2]
 SAMPLE = ROOT / "vehicles" / "sample"
 DRIVE = SAMPLE / "drive.log"
 DBC = SAMPLE / "solar_car.dbc"
-BATCH_SECONDS = 0.5  # vehicles/sample/vehicle.toml [reader] batch_max_seconds
 
 
 @pytest.fixture(scope="module")

@@ -49,7 +49,7 @@ class Fault:
     alerts: tuple[Expect, ...]
 
 
-_BATCH = 0.5  # [reader] batch_max_seconds of the sample configuration
+_BATCH = 0.5  # latency allowed beyond the signal's period (a replay decides at event times: exact)
 
 FAULTS = (
     # A cell's voltage tap reads 0.13 V high from 60 s to 80 s: the pack looks imbalanced.
