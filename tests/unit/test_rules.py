@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from support.helpers import OnTheWire, columns, signals_event
 from telemetry.edge.components import AnomalyDetectorComponent
@@ -331,3 +333,65 @@ def test_alerts_for_several_rules_come_out_in_time_order():
     det = OnTheWire(Detector((rule(**LIMIT), rule(**RATE, name="jump")), "car"))
     out = det.add(series("A.x", [0, 0.1, 0.2], [5, 12, 12]), None, 0.2)
     assert [(m["rule"], m["state"], m["t"]) for m in out] == [("r", "raised", 0.1), ("jump", "raised", 0.1), ("jump", "cleared", 0.2)]
+
+
+# -- every kind together: the alerts do not depend on the batches ------------------------------------
+
+ALL_KINDS = [
+    dict(name="lim", kind="limit", signals="A.x", min=-5.0, max=5.0, hysteresis=0.5),
+    dict(name="lim-slow", kind="limit", signals="B.*", max=3.0, min_duration=0.3, clear_duration=0.2),
+    dict(name="jump", kind="rate", signals="A.*", max_rate=40.0),
+    dict(name="quiet", kind="stale", signals="B.*", timeout=0.5),
+    dict(name="quiet-sig", kind="stale", signals="A.*", timeout=0.4, scope="signal", min_duration=0.2,
+         clear_duration=0.3),
+    dict(name="spread", kind="spread", signals="A.*", max_spread=6.0),
+    dict(name="z", kind="zscore", signals="A.y", threshold=3.0, baseline=10, warmup=5),
+    dict(name="errors", kind="bus", counter="error", max_per_second=4.0, window_seconds=1.0),
+]
+
+
+@st.composite
+def streams(draw):
+    """Samples of three signals with gaps and bursts, error frames, and cut points."""
+    n = draw(st.integers(5, 120))
+    steps = draw(st.lists(st.sampled_from([0.0, 0.01, 0.05, 0.1, 0.3, 0.7]), min_size=n, max_size=n))
+    t = np.cumsum(steps) + 100.0
+    names = draw(st.lists(st.sampled_from(["A.x", "A.y", "B.z"]), min_size=n, max_size=n))
+    v = draw(st.lists(st.floats(-9, 9, allow_nan=False).map(lambda x: round(x, 2)), min_size=n, max_size=n))
+    errors = sorted(draw(st.lists(st.floats(100.0, float(t[-1])), max_size=30)))
+    cuts = sorted(set(draw(st.lists(st.integers(1, n - 1), max_size=8)))) if n > 1 else []
+    cuts = [c for c in cuts if t[c] != t[c - 1]]  # the reader never cuts inside an instant (batch_ends)
+    return t, np.array(names), np.array(v, float), np.array(errors, float), cuts
+
+
+def _batches(t, names, v, errors, cuts):
+    """The stream cut where told, each batch as the reader makes it: its samples, its error frames
+    (counted and timed) and its event time, the latest frame's."""
+    bounds = [0, *cuts, len(t)]
+    out = []
+    for a, b in zip(bounds[:-1], bounds[1:]):
+        lo = -np.inf if a == 0 else t[a]
+        hi = np.inf if b == len(t) else t[b]
+        errs = errors[(errors >= lo) & (errors < hi)]
+        cols = {n: (t[a:b][names[a:b] == n].tolist(), v[a:b][names[a:b] == n].tolist()) for n in ("A.x", "A.y", "B.z")}
+        batch = columns(**{n: c for n, c in cols.items() if c[0]})
+        now = float(max(t[b - 1], errs.max() if len(errs) else -np.inf))
+        out.append((batch, {"error": len(errs)}, now, {"error": errs}))
+    return out
+
+
+@given(streams())
+@settings(max_examples=150, deadline=None)
+def test_every_kind_decides_the_same_however_the_batches_fall(stream):
+    t, names, v, errors, cuts = stream
+    rules = tuple(rule(**r) for r in ALL_KINDS)
+
+    def alerts(cut_at):
+        det = Detector(rules, "car", DetectorConfig(update_seconds=0.5, flap_raises=3, flap_window_seconds=2.0,
+                                                    flap_hold_seconds=0.5))
+        out = []
+        for batch, frames, now, events in _batches(t, names, v, errors, cut_at):
+            out += [a.encode() for a in det.add(batch, frames, now, events)]
+        return sorted(out, key=lambda a: (a["t"], a["id"], a["state"]))
+
+    assert alerts(cuts) == alerts([])

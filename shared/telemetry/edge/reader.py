@@ -48,21 +48,28 @@ class FrameBatcher:
 
 
 def batch_ends(t: np.ndarray, max_frames: int, max_seconds: float) -> list[int]:
-    """Where ``FrameBatcher`` would flush a run of frames with event times ``t`` (in arrival
-    order, not necessarily sorted): the end index (exclusive) of each full batch. What follows the
-    last end is a batch still open. The same cut, so a replay read in chunks of columns gives
-    the same batches, and the same alerts, as one read frame by frame."""
+    """How a replay cuts a run of frames with event times ``t`` (in arrival order, not
+    necessarily sorted) into batches: where ``FrameBatcher`` would flush (by count or by
+    event-time span), moved past any frames of the same event time as the last one, so frames of
+    one instant always travel together (rules judge an instant after all of its samples). The
+    end index (exclusive) of each batch known to be complete: what follows the last end, up to
+    and including a batch that reaches the end of ``t``, is still open (more frames of the same
+    instant may follow in the next chunk)."""
     ends: list[int] = []
     start, n = 0, len(t)
     while start < n:
         window = t[start:start + max_frames]
         over = np.flatnonzero(window - window[0] >= max_seconds)
         # the frame that reaches the span closes its batch; else the count does, if reached
-        length = int(over[0]) + 1 if len(over) else max_frames
-        if start + length > n:
+        end = start + (int(over[0]) + 1 if len(over) else max_frames)
+        if end >= n:
             break
-        ends.append(start + length)
-        start += length
+        same = np.flatnonzero(t[end:] != t[end - 1])  # the instant's other frames come along
+        if not len(same):
+            break
+        end += int(same[0])
+        ends.append(end)
+        start = end
     return ends
 
 

@@ -63,8 +63,11 @@ class SpreadEvaluator(Evaluator[SpreadRule]):
         x = spread - self.rule.max_spread
         if not hot and not (x > 0).any():
             return None
-        # at each point: how many signals are known, and which are highest and lowest
-        extra = {"signals": np.sum(~np.isnan(table), axis=1), "highest": hi.argmax(axis=1), "lowest": lo.argmin(axis=1)}
+        # at each point: how many signals are known, and which are highest and lowest (of equal
+        # ones, the first by name: not by the order the batches happened to show them in)
+        by_name = np.argsort(np.array(self.latest.names))
+        extra = {"signals": np.sum(~np.isnan(table), axis=1), "highest": by_name[hi[:, by_name].argmax(axis=1)],
+                 "lowest": by_name[lo[:, by_name].argmin(axis=1)]}
         names = list(self.latest.names)
         return Metrics([self.rule.name], np.zeros(len(t), dtype=np.int64), t, x, spread,
                        {"max_spread": self.rule.max_spread}, extra, {"highest": names, "lowest": names})

@@ -37,7 +37,7 @@ class StaleEvaluator(Evaluator[StaleRule]):
     depend on its batches: the instant a key's silence passes ``timeout`` (reported once the
     batch's event time has passed it), the instant it has lasted ``min_duration`` more (for the
     debounce), and its return (with ``silent_for``, the whole silence). While the rule has an
-    alert in flight, every sample of its keys is a point too, so clear delays can run out."""
+    alert in flight, the samples of its keys are points too, so clear delays can run out."""
 
     EPSILON = 1e-9  # the age is past the timeout from that instant on: a margin just above zero
 
@@ -81,8 +81,9 @@ class StaleEvaluator(Evaluator[StaleRule]):
             ended = np.flatnonzero(silent > timeout)  # silences that ended inside this batch
             for i in ended.tolist():
                 self._silence(int(k[i]), float(prev[i]), float(t[i]), points)
-            keep = np.zeros(len(t), bool) if not hot else np.ones(len(t), bool)
-            keep[ended] = True
+            # the samples are points while an alert may be in flight: always when the rule is
+            # hot, else those of keys whose silence ended here (a clear delay runs on them)
+            keep = np.ones(len(t), bool) if hot else np.isin(k, k[ended])
             last = np.append(np.flatnonzero(first)[1:], len(k)) - 1
             self.seen.values[k[last]] = t[last]
         # silences still going on at the batch's event time
