@@ -4,11 +4,20 @@ rate limits, the data budget, retries with back-off, rejections; and a full disk
 from __future__ import annotations
 
 import json
+import random
+import types
+import zlib
 
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from telemetry.edge import uploader
 from telemetry.edge.clock import ManualClock
 from telemetry.edge.components import UploaderComponent
 from telemetry.edge.errors import DroppedError, RejectedError, TransportError
 from telemetry.edge.messages import decode, unpack
+from telemetry.edge.spool import Entry
 from telemetry.edge.transport import InMemoryCloudTransport
 
 
@@ -199,3 +208,154 @@ def test_malformed_messages_are_counted_not_spooled(make_services):
     up.handle({"v": 1, "kind": "signals"})
     up.handle("nope")
     assert up.stats["malformed"] == 2 and up.pending() == 0
+
+
+def test_a_batch_event_is_one_commit_each_message_checked_and_a_duplicate_stored_once(make_services, tmp_path):
+    up = make(make_services, spool_path=str(tmp_path / "spool.db"))
+    statements: list[str] = []
+    up.core.spool._db.set_trace_callback(statements.append)
+    up.handle([aggregate(1), aggregate(2), aggregate(1), {"v": 1, "kind": "signals"}, alert(1)])
+    assert statements.count("COMMIT") == 1  # one transaction, so one fsync, for the invocation
+    assert up.pending() == 3 and up.stats["malformed"] == 1
+    up.handle(aggregate(2))  # redelivered on its own: still once
+    up.handle([])
+    assert up.pending() == 3 and up.core.stats["spooled"] == 5
+    drain(up)
+    items = [item for _, p in up.services.cloud.sent for item in unpack(p)]
+    assert sorted(i["id"] for i in items) == sorted(f"car-01:{m['kind']}:{key(m)}" for m in (alert(1), aggregate(1), aggregate(2)))
+
+
+def test_a_full_disk_under_a_batch_keeps_what_fits_and_counts_the_rest(make_services, tmp_path):
+    up = make(make_services, spool_path=str(tmp_path / "spool.db"))
+    up.core.spool._db.execute("PRAGMA max_page_count = 12")
+    for start in range(0, 200, 10):
+        up.handle([aggregate(i, pad=3000) for i in range(start, start + 10)])
+    totals = up.totals()
+    assert totals["spooled"] + totals["lost_spool_full"] == 200
+    assert totals["spooled"] == up.pending() > 0 and totals["lost_aggregates"] == totals["lost_spool_full"] > 0
+
+
+def test_the_sender_compresses_each_message_about_once(make_services, monkeypatch):
+    fed: list[int] = []
+
+    class Counting:
+        def __init__(self, z) -> None:
+            self.z = z
+
+        def compress(self, data: bytes) -> bytes:
+            fed.append(len(data))
+            return self.z.compress(data)
+
+        def flush(self, *mode: int) -> bytes:
+            return self.z.flush(*mode)
+
+        def copy(self) -> Counting:
+            return Counting(self.z.copy())
+
+    def compress(data: bytes, level: int = -1) -> bytes:
+        fed.append(len(data))
+        return zlib.compress(data, level)
+
+    monkeypatch.setattr(uploader, "zlib", types.SimpleNamespace(
+        compressobj=lambda level: Counting(zlib.compressobj(level)), compress=compress, Z_SYNC_FLUSH=zlib.Z_SYNC_FLUSH))
+    up = make(make_services, max_payload_bytes=20_000)
+    for i in range(300):
+        up.handle(aggregate(i))
+    drain(up)
+    sent = [p for _, p in up.services.cloud.sent]
+    assert max(map(len, sent)) <= 20_000 and len(sent) >= 3
+    body = sum(len(zlib.decompress(__import__("base64").b64decode(json.loads(p)["data"]))) for p in sent)
+    assert body <= sum(fed) <= 1.1 * body
+
+
+# -- fitting a bundle under max_payload_bytes -------------------------------------------------------
+
+ALPHABET = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789+/"
+
+
+def entries_of(specs: list[tuple[str, int, int]], kind: str = "aggregates") -> list[Entry]:
+    """Spooled messages of JSON text: ``noise`` (random characters: about incompressible),
+    ``same`` (one character repeated: compresses a thousandfold) or ``words`` (in between)."""
+    out = []
+    for i, (how, size, seed) in enumerate(specs):
+        rng = random.Random(seed)
+        if how == "noise":
+            text = "".join(rng.choices(ALPHABET, k=size))
+        elif how == "same":
+            text = "x" * size
+        else:
+            text = " ".join(rng.choices(["speed", "soc", "cell", "temp", "42.5", "-0.25"], k=size // 5))
+        out.append(Entry(i + 1, kind, 2, float(i), json.dumps({"i": i, "text": text}).encode(), 0,
+                         None if seed % 5 == 0 else f"k{i}"))
+    return out
+
+
+def check_fit(entries: list[Entry], max_bytes: int, compress: bool, *, full: bool = True) -> int:
+    payload, n = uploader.fit(entries, vehicle="car", spool_id="ab12", compress=compress, max_bytes=max_bytes)
+    assert 1 <= n <= len(entries)
+    assert len(payload) <= max_bytes or n == 1
+    reference = uploader.pack(entries[:n], vehicle="car", spool_id="ab12", compress=compress)
+    if compress:  # the same envelope and items; only the zlib stream may differ
+        got, want = json.loads(payload), json.loads(reference)
+        assert {k: v for k, v in got.items() if k != "data"} == {k: v for k, v in want.items() if k != "data"}
+        assert unpack(payload) == unpack(reference)
+    else:
+        assert payload == reference
+    if full and n < len(entries):  # full: one more would not have fitted, or nearly so
+        more = len(uploader.pack(entries[:n + 1], vehicle="car", spool_id="ab12", compress=compress))
+        assert more > max_bytes if not compress else more > 0.9 * max_bytes
+    return n
+
+
+specs = st.lists(st.tuples(st.sampled_from(["noise", "same", "words"]), st.integers(1, 12_000), st.integers(0, 2**16)),
+                 min_size=1, max_size=40)
+
+
+@settings(max_examples=150, deadline=None)
+@given(specs, st.integers(1_000, 130_000), st.booleans())
+def test_a_bundle_is_as_full_as_fits_and_never_over_the_limit(spec, max_bytes, compress):
+    check_fit(entries_of(spec), max_bytes, compress)
+
+
+@settings(max_examples=50, deadline=None)
+@given(specs, st.integers(1, 1_000), st.booleans())
+def test_a_tiny_limit_holds_too(spec, max_bytes, compress):
+    """Below a kilobyte the envelope and the zlib stream's own overhead leave room for a few
+    bytes at most: bundles may be less full, never over (but for a message alone)."""
+    check_fit(entries_of(spec), max_bytes, compress, full=False)
+
+
+@pytest.mark.parametrize("how", ["noise", "same", "words"])
+@pytest.mark.parametrize("compress", [True, False])
+def test_bundles_of_one_kind_of_payload(how, compress):
+    entries = entries_of([(how, 3_000, seed) for seed in range(200)])
+    while entries:
+        entries = entries[check_fit(entries, 100_000, compress):]
+
+
+def test_a_message_alone_over_the_limit_goes_alone_and_the_next_ones_after_it():
+    entries = entries_of([("noise", 50_000, 1), ("noise", 100, 2), ("noise", 100, 3)])
+    for compress in (True, False):
+        assert check_fit(entries, 20_000, compress) == 1
+        assert check_fit(entries[1:], 20_000, compress) == 2
+
+
+def test_messages_compressing_far_worse_than_those_before_them_still_fit():
+    """The ratio so far predicts wrong: the packer overshoots, and packs again to fit."""
+    entries = entries_of([("same", 20_000, s) for s in range(1, 60)] + [("noise", 4_000, s) for s in range(1, 60)])
+    items = [uploader._item(e, "car", "ab12") for e in entries]
+    data, n = uploader._deflate_fitting(items, 30_000)
+    assert data is None and n > 59
+    assert uploader._deflate_fitting(items[:n], 30_000, guess=False)[0] is not None
+    assert check_fit(entries, 40_000, True) < n
+
+
+def test_a_batch_past_the_spool_cap_evicts_the_oldest_aggregates_and_says_so(make_services):
+    up = make(make_services, spool_max_bytes=10_000)
+    up.handle([aggregate(i) for i in range(10)])  # about 2.2 kB each
+    totals = up.totals()
+    assert totals["spooled"] == 10 and totals["gaps"] == 1 and totals["evicted_messages"] == 6
+    assert up.core.spool.depth()[1] <= 10_000
+    drain(up)
+    sent = {t.rsplit("/", 1)[1]: [i["message"] for i in unpack(p)] for t, p in up.services.cloud.sent}
+    assert sent["gaps"][0]["evicted"]["count"] == 6 and [m["seq"] for m in sent["aggregates"]] == [6, 7, 8, 9]

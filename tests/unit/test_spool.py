@@ -8,6 +8,7 @@ import re
 import sqlite3
 import subprocess
 import sys
+import threading
 
 import pytest
 from hypothesis import given
@@ -294,6 +295,51 @@ def test_depth_is_a_recount_after_every_operation(spool):
         assert_depth_is_a_recount(spool)
 
 
+def test_put_many_stores_a_batch_in_order_and_a_duplicate_key_once(spool):
+    waiting = spool.put("alert", 1.0, b"{}", "x")
+    ids = spool.put_many([("aggregates", 1.0, agg(1), "a1"), ("aggregates", 2.0, agg(2), "a1"),
+                          ("alert", 3.0, b'{"n":1}', "x"), ("alert", 4.0, b'{"n":2}', None),
+                          ("aggregates", 5.0, agg(5), "a5")])
+    assert ids[1] is None and ids[2] is None  # twice in the batch; already waiting
+    assert waiting < ids[0] < ids[3] < ids[4]
+    assert [(e.key, e.payload) for e in everything(spool, "aggregates")] == [("a1", agg(1)), ("a5", agg(5))]
+    assert [e.key for e in everything(spool, "alert")] == ["x", None]
+    assert spool.put_many([]) == [] and spool.put_many(iter([])) == []
+    assert_depth_is_a_recount(spool)
+
+
+def test_put_many_refuses_a_kind_never_spooled_before_it_stores_any(spool):
+    with pytest.raises(ValueError, match="'health' messages are not spooled"):
+        spool.put_many([("alert", 1.0, b"{}", "x"), ("health", 1.0, b"{}", "h")])
+    assert spool.depth() == (0, 0) and spool.put("alert", 1.0, b"{}", "x") is not None
+
+
+def test_eviction_under_the_cap_does_not_wait_for_a_commit_in_progress(spool):
+    """The handler evicts after every put; under the cap that must not queue behind the
+    sender, which holds the spool while it commits an acknowledgement."""
+    spool.put("aggregates", 1.0, agg(1), "a1")
+    held, release = threading.Event(), threading.Event()
+
+    def sender() -> None:
+        with spool._lock:
+            held.set()
+            release.wait(10)
+
+    holder = threading.Thread(target=sender)
+    holder.start()
+    held.wait(10)
+    try:
+        result: list = []
+        evicting = threading.Thread(target=lambda: result.append(spool.evict(10**9, "car")))
+        evicting.start()
+        evicting.join(5)
+        assert result == [[]]
+    finally:
+        release.set()
+        holder.join()
+    assert spool.evict(0, "car")[0].count == 1  # over the cap it does its work, lock and all
+
+
 # -- the SQLite spool: durability ------------------------------------------------------------------
 
 
@@ -324,6 +370,47 @@ def test_wal_and_an_fsync_per_commit(tmp_path):
     try:
         assert s._db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         assert s._db.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+    finally:
+        s.close()
+
+
+def test_a_put_is_one_statement_and_a_batch_one_commit(tmp_path):
+    """The key's UNIQUE index finds a redelivery as the row goes in (no SELECT first), and a
+    batch costs one commit, so one fsync."""
+    s = SqliteSpool(tmp_path / "spool.db")
+    statements: list[str] = []
+    try:
+        s._db.set_trace_callback(statements.append)
+        s.put("aggregates", 1.0, agg(1), "a1")
+        assert [q.split()[0] for q in statements] == ["BEGIN", "INSERT", "COMMIT"]
+        statements.clear()
+        ids = s.put_many([("aggregates", float(i), agg(i), f"a{i}") for i in range(10)])
+        assert ids[1] is None and None not in ids[2:]
+        assert statements.count("COMMIT") == 1 and not [q for q in statements if q.startswith("SELECT")]
+    finally:
+        s.close()
+
+
+def test_a_batch_that_fails_half_way_stores_none_of_it(tmp_path, monkeypatch):
+    s = SqliteSpool(tmp_path / "spool.db")
+    try:
+        s.put_many([("aggregates", float(i), agg(i), f"a{i}") for i in range(3)])
+        before = s.depth()
+        insert, calls = s._insert, []
+
+        def failing(*args):
+            calls.append(args)
+            if len(calls) == 3:
+                raise sqlite3.OperationalError("disk I/O error")
+            return insert(*args)
+
+        monkeypatch.setattr(s, "_insert", failing)
+        with pytest.raises(SpoolError, match=r"spool\.db: cannot store 4 messages: disk I/O error"):
+            s.put_many([("aggregates", float(i), agg(i), f"a{i}") for i in range(3, 7)])
+        monkeypatch.undo()
+        assert s.depth() == before and [e.key for e in everything(s, "aggregates")] == ["a0", "a1", "a2"]
+        assert_depth_is_a_recount(s)
+        assert None not in s.put_many([("aggregates", 3.0, agg(3), "a3"), ("aggregates", 4.0, agg(4), "a4")])
     finally:
         s.close()
 
@@ -412,6 +499,9 @@ operations = st.lists(
     st.one_of(
         st.tuples(st.just("put"), st.sampled_from(["aggregates", "alert"]), st.integers(0, 50),
                   st.integers(1, 300), st.one_of(st.none(), st.sampled_from([f"k{i}" for i in range(6)]))),
+        st.tuples(st.just("put_many"), st.lists(st.tuples(
+            st.sampled_from(["aggregates", "alert"]), st.integers(0, 50), st.integers(1, 300),
+            st.one_of(st.none(), st.sampled_from([f"k{i}" for i in range(6)]))), max_size=5)),
         st.tuples(st.just("take"), st.integers(1, 1500), st.integers(0, 8),
                   st.one_of(st.none(), st.lists(st.sampled_from(SPOOLED), max_size=2, unique=True).map(tuple))),
         st.tuples(st.just("ack"), ids),
@@ -439,6 +529,8 @@ def apply(spool: Spool, clock: ManualClock, op: tuple) -> object:
     if name == "put":
         kind, t, size, key = args
         return spool.put(kind, float(t), bytes([65 + t % 26]) * size, key)
+    if name == "put_many":
+        return spool.put_many([(kind, float(t), bytes([65 + t % 26]) * size, key) for kind, t, size, key in args[0]])
     if name == "take":
         max_bytes, max_count, kinds = args
         return [e.id for e in spool.take(max_bytes=max_bytes, max_count=max_count, kinds=kinds)]

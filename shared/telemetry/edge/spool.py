@@ -11,7 +11,7 @@ only stores, selects and deletes rows. ``SqliteSpool`` is the device's: SQLite i
 ``synchronous=FULL``. The car's core device loses power when the driver switches off; with
 NORMAL, WAL survives a process crash but the last transactions before a power cut can be lost,
 and an accepted alert is a promise. FULL costs one fsync per commit, and commits are one per
-message at a few messages a second. ``MemorySpool`` keeps the rows in dicts, for tests, the
+handler call (one message, or a batch with ``put_many``) at a few a second. ``MemorySpool`` keeps the rows in dicts, for tests, the
 local runtime and quick replays: nothing survives the process.
 """
 
@@ -82,15 +82,26 @@ class Spool(ABC):
     def put(self, kind: str, t: float, payload: bytes, key: str | None = None) -> int | None:
         """Store a message (committed when this returns). With a ``key``, storing the same
         message again while it waits is a no-op (None): a redelivery is not a second message."""
-        order = priority(kind)
+        return self.put_many([(kind, t, payload, key)])[0]
+
+    def put_many(self, items: Iterable[tuple[str, float, bytes, str | None]]) -> list[int | None]:
+        """Store several messages, (kind, t, payload, key) each, in one transaction: all of
+        them are committed when this returns, or (a ``SpoolError``) none is. One commit, so one
+        fsync, for all of them. Per message, its id, or None for a duplicate key (of a message
+        already waiting, or of one earlier in ``items``)."""
+        rows = [(kind, priority(kind), float(t), payload, key) for kind, t, payload, key in items]
+        if not rows:
+            return []
         with self._lock:
-            if key is not None and self._has_key(key):
-                return None
-            with self._transaction(f"cannot store a {kind} message"):
-                id_ = self._insert(kind, order, float(t), self._time(), payload, key)
-            self._count += 1
-            self._bytes += len(payload)
-            return id_
+            created = self._time()
+            with self._transaction(f"cannot store a {rows[0][0]} message" if len(rows) == 1
+                                   else f"cannot store {len(rows)} messages"):
+                ids = [self._insert(kind, order, t, created, payload, key) for kind, order, t, payload, key in rows]
+            for id_, row in zip(ids, rows):
+                if id_ is not None:
+                    self._count += 1
+                    self._bytes += len(row[3])
+            return ids
 
     def take(self, *, max_bytes: int, max_count: int, kinds: Iterable[str] | None = None) -> list[Entry]:
         """The next messages to send: highest priority first, oldest first, all of one kind,
@@ -157,6 +168,11 @@ class Spool(ABC):
         """Delete the oldest expendable messages until the spool is under ``max_bytes``; record
         each run of evicted messages as a gap message (in the spool) and in the ledger."""
         gaps: list[messages.Gap] = []
+        if self._bytes <= max_bytes:
+            # Nothing to do, and nothing to wait for: most calls (one per accepted message) end
+            # here without the lock, which a commit of the sender may hold. Reading the count
+            # unlocked is safe: only a put adds bytes, and it calls this after it has added them.
+            return gaps
         with self._lock:
             for kind in (*EXPENDABLE, *((messages.ALERT,) if evict_alerts else ())):
                 if self._bytes <= max_bytes:
@@ -215,11 +231,9 @@ class Spool(ABC):
         """The writes inside happen all or none; a failure is a ``SpoolError`` saying ``what``."""
 
     @abstractmethod
-    def _has_key(self, key: str) -> bool: ...
-
-    @abstractmethod
-    def _insert(self, kind: str, priority: int, t: float, created: float, payload: bytes, key: str | None) -> int:
-        """Store a row; its id is greater than every id this spool has given before."""
+    def _insert(self, kind: str, priority: int, t: float, created: float, payload: bytes, key: str | None) -> int | None:
+        """Store a row; its id is greater than every id this spool has given before. None (and
+        nothing stored) if a row with this key is stored already."""
 
     @abstractmethod
     def _first_kind(self, kinds: tuple[str, ...] | None) -> str | None:
@@ -326,15 +340,16 @@ class SqliteSpool(Spool):
         except sqlite3.Error as exc:  # "database or disk is full", I/O errors
             raise SpoolError(f"{self.path}: {what}: {exc}") from exc
 
-    def _has_key(self, key: str) -> bool:
-        return self._db.execute("SELECT 1 FROM spool WHERE key = ?", (key,)).fetchone() is not None
-
-    def _insert(self, kind: str, priority: int, t: float, created: float, payload: bytes, key: str | None) -> int:
+    def _insert(self, kind: str, priority: int, t: float, created: float, payload: bytes, key: str | None) -> int | None:
+        # One statement: the key's UNIQUE index finds a duplicate as the row goes in (NULL never
+        # matches). Not ON CONFLICT DO NOTHING or INSERT OR IGNORE: with AUTOINCREMENT, both
+        # use up an id on a duplicate.
         cur = self._db.execute(
-            "INSERT INTO spool (kind, priority, t, created, size, key, payload) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO spool (kind, priority, t, created, size, key, payload)"
+            " SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7 WHERE NOT EXISTS (SELECT 1 FROM spool WHERE key = ?6)",
             (kind, priority, t, created, len(payload), key, payload),
         )
-        return int(cur.lastrowid or 0)
+        return int(cur.lastrowid or 0) if cur.rowcount == 1 else None
 
     def _first_kind(self, kinds: tuple[str, ...] | None) -> str | None:
         where = "" if kinds is None else f" WHERE kind IN ({','.join('?' * len(kinds))})"
@@ -409,10 +424,9 @@ class MemorySpool(Spool):
     def _transaction(self, what: str) -> AbstractContextManager[None]:
         return nullcontext()
 
-    def _has_key(self, key: str) -> bool:
-        return key in self._keys
-
-    def _insert(self, kind: str, priority: int, t: float, created: float, payload: bytes, key: str | None) -> int:
+    def _insert(self, kind: str, priority: int, t: float, created: float, payload: bytes, key: str | None) -> int | None:
+        if key is not None and key in self._keys:
+            return None
         id_ = next(self._ids)
         self._queues.setdefault(kind, {})[id_] = Entry(id_, kind, priority, t, payload, 0, key)
         self._rows[id_] = (kind, created)

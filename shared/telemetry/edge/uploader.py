@@ -17,11 +17,16 @@ spool's size cap the oldest aggregates are evicted, and the eviction is itself u
 
 from __future__ import annotations
 
+import base64
+import json
 import logging
 import math
 import random
 import threading
+import zlib
 from collections import Counter, deque
+from collections.abc import Sequence
+from typing import Any
 
 from . import messages
 from .clock import Clock
@@ -50,8 +55,156 @@ def pack(entries: list[Entry], *, vehicle: str, spool_id: str, compress: bool) -
     """One bundle of spooled messages of one kind, each with the id the cloud de-duplicates by:
     ``<vehicle>:<kind>:<key>``, where the key is the message's own identity (so a message sent
     twice, even spooled twice, has one id). The spooled bytes are embedded as they are."""
-    items = tuple((f"{vehicle}:{e.kind}:{e.key or f'{spool_id}-{e.id}'}", e.payload) for e in entries)
+    items = tuple((_item_id(e, vehicle, spool_id), e.payload) for e in entries)
     return messages.Bundle(vehicle, entries[0].kind, items, compress).to_bytes()
+
+
+def _item_id(entry: Entry, vehicle: str, spool_id: str) -> str:
+    return f"{vehicle}:{entry.kind}:{entry.key or f'{spool_id}-{entry.id}'}"
+
+
+# The parts of messages.Bundle.to_bytes's envelope, to size and build a bundle item by item.
+# A test holds the two to the same bytes (uncompressed) and the same items (compressed).
+_ZLIB_OPEN, _ZLIB_CLOSE = b'"encoding":"zlib+base64","data":"', b'"}'
+_PLAIN_OPEN, _PLAIN_CLOSE = b'"encoding":"none","messages":[', b"]}"
+_ZLIB_TAIL = 16  # at most what "]" and the end of the stream add after a sync flush (3 + 4 bytes)
+
+
+def _head(vehicle: str, of: str, count: int) -> bytes:
+    return b'{"v":%d,"kind":"bundle","vehicle":%s,"of":%s,"count":%d,' % (
+        messages.VERSION, json.dumps(vehicle).encode(), json.dumps(of).encode(), count)
+
+
+def _item(entry: Entry, vehicle: str, spool_id: str) -> bytes:
+    return b'{"id":%s,"message":%s}' % (json.dumps(_item_id(entry, vehicle, spool_id)).encode(), entry.payload)
+
+
+def fit(entries: list[Entry], *, vehicle: str, spool_id: str, compress: bool, max_bytes: int) -> tuple[bytes, int]:
+    """The bundle of as many of ``entries`` (in order, at least one) as fit in ``max_bytes``,
+    and how many: ``pack`` of them, made in one pass. Uncompressed, sizes add up exactly;
+    compressed, each message goes through zlib once (``_deflate_fitting``)."""
+    items = [_item(e, vehicle, spool_id) for e in entries]
+    of = entries[0].kind
+    room = max_bytes - len(_head(vehicle, of, len(items)))  # the widest count
+    if not compress:
+        room -= len(_PLAIN_OPEN) + len(_PLAIN_CLOSE)
+        n, used = 0, 0
+        for item in items:
+            used += len(item) + (1 if n else 0)  # and its comma
+            if n and used > room:
+                break
+            n += 1
+        return _head(vehicle, of, n) + _PLAIN_OPEN + b",".join(items[:n]) + _PLAIN_CLOSE, n
+    zmax = (room - len(_ZLIB_OPEN) - len(_ZLIB_CLOSE)) // 4 * 3  # base64: 4 bytes per 3
+    data, n = _deflate_fitting(items, zmax)
+    if data is None and n > 1:  # the last ones compressed far worse than those before: again, measuring each
+        data, n = _deflate_fitting(items[:n], zmax, guess=False)
+    if data is None:  # the first alone is over the limit: it goes alone (and is refused, and set aside)
+        return pack(entries[:1], vehicle=vehicle, spool_id=spool_id, compress=True), 1
+    return _head(vehicle, of, n) + _ZLIB_OPEN + base64.b64encode(data) + _ZLIB_CLOSE, n
+
+
+class _Deflate:
+    """A zlib stream written piece by piece. Its size is known exactly only after a sync flush
+    (which ends a deflate block: a few bytes more each time, so used sparingly), and it can be
+    taken back to such a point (``mark``, ``undo``: a copy of the compressor's state). Pieces
+    are compressed together when the size is next needed: one zlib call for many small ones."""
+
+    def __init__(self) -> None:
+        self.z = zlib.compressobj(6)
+        self.parts: list[bytes] = []
+        self.waiting: list[bytes] = []  # fed, not yet through zlib
+        self.size = 0  # bytes out so far: the stream's size when pending is 0
+        self.fed = 0  # bytes in
+        self.pending = 0  # bytes in since the last sync flush
+
+    def feed(self, data: bytes) -> None:
+        self.waiting.append(data)
+        self.fed += len(data)
+        self.pending += len(data)
+
+    def _compress(self) -> None:
+        if self.waiting:
+            out = self.z.compress(b"".join(self.waiting))
+            self.waiting.clear()
+            if out:
+                self.parts.append(out)
+                self.size += len(out)
+
+    def sync(self) -> None:
+        if self.pending:
+            self._compress()
+            out = self.z.flush(zlib.Z_SYNC_FLUSH)
+            self.parts.append(out)
+            self.size += len(out)
+            self.pending = 0
+
+    def mark(self) -> tuple[Any, int, int, int]:
+        self.sync()
+        return self.z.copy(), len(self.parts), self.size, self.fed
+
+    def undo(self, mark: tuple[Any, int, int, int]) -> None:
+        self.z, n, self.size, self.fed = mark
+        del self.parts[n:]
+        self.waiting.clear()
+        self.pending = 0
+
+    def finish(self) -> bytes:
+        self._compress()
+        self.parts.append(self.z.flush())
+        return b"".join(self.parts)
+
+
+def _surely_fits(raw: int, zmax: int) -> bool:
+    """Whether ``raw`` bytes fit in ``zmax`` whatever deflate makes of them (stored blocks: a
+    few bytes per block more than their data)."""
+    return raw + (raw >> 10) + 64 + _ZLIB_TAIL <= zmax
+
+
+def _deflate_fitting(items: list[bytes], zmax: int, *, guess: bool = True) -> tuple[bytes | None, int]:
+    """``[item,item,...]`` zlib-compressed into at most ``zmax`` bytes, with as many items as fit
+    (at least one), each compressed once, and how many; None if the first n overshot (the
+    caller packs again).""
+
+    While even uncompressed the next item would fit, it goes in without a look. Past that, the
+    size is measured with a sync flush and the ratio so far predicts the next items; they go in
+    unmeasured while the prediction stays clear of the limit (by 1/32; never more than a quarter
+    of it, nor more than the limit uncompressed, unmeasured). Near the limit each item is tried:
+    marked, fed, measured, and taken back if it does not fit; without ``guess``, every item that
+    may not fit is (slower, never overshoots)."""
+    raw = sum(map(len, items)) + len(items) + 1
+    if _surely_fits(raw, zmax):  # all of them, however badly they compress (a bundle of a few)
+        return zlib.compress(b"[" + b",".join(items) + b"]", 6), len(items)
+    z = _Deflate()
+    z.feed(b"[")
+    n, ratio, margin = 0, 0.0, zmax // 32
+
+    def predictable(ahead: int) -> bool:  # ``ahead`` more bytes in, unmeasured, stay clear of the limit
+        out = ahead * ratio
+        return guess and ratio > 0 and z.size + out + margin <= zmax and out <= zmax / 4 and ahead <= zmax
+
+    for item in items:
+        piece = b"," + item if n else item
+        ahead = z.pending + len(piece)
+        if n and not _surely_fits(z.size + ahead, zmax) and not predictable(ahead):
+            z.sync()
+            ratio = z.size / z.fed
+            if z.size + _ZLIB_TAIL > zmax:
+                return None, n
+            if not predictable(len(piece)):  # near the limit: try it
+                mark = z.mark()
+                z.feed(piece)
+                z.sync()
+                if z.size + _ZLIB_TAIL > zmax:
+                    z.undo(mark)
+                    break
+                n += 1
+                continue
+        z.feed(piece)
+        n += 1
+    z.feed(b"]")
+    data = z.finish()
+    return (data, n) if len(data) <= zmax else (None, n)
 
 
 class TokenBucket:
@@ -179,12 +332,8 @@ class Sender:
 
     def _fit(self, entries: list[Entry]) -> tuple[bytes, int]:
         """Pack as many of ``entries`` as fit in max_payload_bytes (at least one)."""
-        n = len(entries)
-        while True:
-            payload = pack(entries[:n], vehicle=self.vehicle, spool_id=self.spool.instance, compress=self.cfg.compress)
-            if len(payload) <= self.cfg.max_payload_bytes or n == 1:
-                return payload, n
-            n = max(1, min(n - 1, int(n * self.cfg.max_payload_bytes / len(payload) * 0.95)))
+        return fit(entries, vehicle=self.vehicle, spool_id=self.spool.instance, compress=self.cfg.compress,
+                   max_bytes=self.cfg.max_payload_bytes)
 
     def _rejected(self, entries: list[Entry], exc: Exception) -> float:
         if len(entries) > 1:
@@ -253,21 +402,33 @@ class Uploader:
         self.sender = Sender(spool, cloud, cfg, vehicle=vehicle, prefix=prefix, clock=clock)
 
     def accept(self, message: messages.Aggregates | messages.Alert) -> None:
-        payload = message.to_bytes()  # encoded once: the bundle embeds these bytes
+        self.accept_many([message])
+
+    def accept_many(self, batch: Sequence[messages.Aggregates | messages.Alert]) -> None:
+        """Spool several messages in one transaction: one commit (one fsync) for all of them,
+        all committed when this returns. A redelivered message (a key already waiting, or twice
+        in ``batch``) is stored once."""
+        if not batch:
+            return
+        rows = [(m.kind, m.event_time, m.to_bytes(), m.key) for m in batch]  # encoded once: bundles embed these bytes
         try:
-            self.spool.put(message.kind, message.event_time, payload, message.key)
+            self.spool.put_many(rows)
         except SpoolError as exc:
             # A full disk: make room by evicting aggregates and try once more; if that fails too,
-            # the message is lost, and that is counted and reported (health, summary).
+            # what cannot be stored is lost, and that is counted and reported (health, summary).
             self._evict()
             try:
-                self.spool.put(message.kind, message.event_time, payload, message.key)
+                self.spool.put_many(rows)
             except SpoolError:
+                if len(batch) > 1:  # each on its own: keep all that fit, lose only the rest
+                    for message in batch:
+                        self.accept(message)
+                    return
                 self.stats["lost_spool_full"] += 1
-                self.stats[f"lost_{message.kind}"] += 1
+                self.stats[f"lost_{batch[0].kind}"] += 1
                 LOG.error("%s; message lost", exc)
                 return
-        self.stats["spooled"] += 1
+        self.stats["spooled"] += len(batch)
         self._evict()
         self.sender.wake.set()
 
