@@ -210,15 +210,15 @@ def test_malformed_messages_are_counted_not_spooled(make_services):
     assert up.stats["malformed"] == 2 and up.pending() == 0
 
 
-def test_a_batch_event_is_one_commit_each_message_checked_and_a_duplicate_stored_once(make_services, tmp_path):
+def test_accept_many_is_one_commit_and_a_duplicate_stored_once(make_services, tmp_path):
     up = make(make_services, spool_path=str(tmp_path / "spool.db"))
     statements: list[str] = []
     up.core.spool._db.set_trace_callback(statements.append)
-    up.handle([aggregate(1), aggregate(2), aggregate(1), {"v": 1, "kind": "signals"}, alert(1)])
-    assert statements.count("COMMIT") == 1  # one transaction, so one fsync, for the invocation
-    assert up.pending() == 3 and up.stats["malformed"] == 1
+    up.core.accept_many([decode(m) for m in (aggregate(1), aggregate(2), aggregate(1), alert(1))])
+    assert statements.count("COMMIT") == 1  # one transaction, so one fsync, for the call
+    assert up.pending() == 3
     up.handle(aggregate(2))  # redelivered on its own: still once
-    up.handle([])
+    up.core.accept_many([])
     assert up.pending() == 3 and up.core.stats["spooled"] == 5
     drain(up)
     items = [item for _, p in up.services.cloud.sent for item in unpack(p)]
@@ -229,7 +229,7 @@ def test_a_full_disk_under_a_batch_keeps_what_fits_and_counts_the_rest(make_serv
     up = make(make_services, spool_path=str(tmp_path / "spool.db"))
     up.core.spool._db.execute("PRAGMA max_page_count = 12")
     for start in range(0, 200, 10):
-        up.handle([aggregate(i, pad=3000) for i in range(start, start + 10)])
+        up.core.accept_many([decode(aggregate(i, pad=3000)) for i in range(start, start + 10)])
     totals = up.totals()
     assert totals["spooled"] + totals["lost_spool_full"] == 200
     assert totals["spooled"] == up.pending() > 0 and totals["lost_aggregates"] == totals["lost_spool_full"] > 0
@@ -352,7 +352,7 @@ def test_messages_compressing_far_worse_than_those_before_them_still_fit():
 
 def test_a_batch_past_the_spool_cap_evicts_the_oldest_aggregates_and_says_so(make_services):
     up = make(make_services, spool_max_bytes=10_000)
-    up.handle([aggregate(i) for i in range(10)])  # about 2.2 kB each
+    up.core.accept_many([decode(aggregate(i)) for i in range(10)])  # about 2.2 kB each
     totals = up.totals()
     assert totals["spooled"] == 10 and totals["gaps"] == 1 and totals["evicted_messages"] == 6
     assert up.core.spool.depth()[1] <= 10_000

@@ -355,13 +355,10 @@ class AnomalyDetectorComponent(MessageComponent):
 
 class UploaderComponent(MessageComponent):
     """Aggregates and alerts into the durable spool; its pinned loop is the sender
-    (``uploader.Uploader``). An event that is a JSON array of messages is one batch: each is
-    checked on its own (a malformed one is counted and dropped, as ever), and the rest are
-    committed together, in one transaction, before the handler returns."""
+    (``uploader.Uploader``)."""
 
     accepts = (messages.AGGREGATES, messages.ALERT)
     role = "worker"
-    _batch: list[messages.Aggregates | messages.Alert] | None = None  # while handling an array
 
     def __init__(self, services: Services, spool: Spool | None = None) -> None:
         super().__init__(services)
@@ -372,24 +369,8 @@ class UploaderComponent(MessageComponent):
         self.core = Uploader(spool, services.cloud, cfg, vehicle=services.config.vehicle,
                              prefix=services.config.cloud_prefix, clock=services.clock)
 
-    def handle(self, event: Any) -> None:
-        if not isinstance(event, list):
-            super().handle(event)
-            return
-        self._batch = []
-        try:
-            for item in event:
-                super().handle(item)  # decoded and checked one by one, into _batch
-            batch = self._batch
-        finally:
-            self._batch = None
-        self.core.accept_many(batch)
-
     def on_message(self, message: messages.Aggregates | messages.Alert) -> None:
-        if self._batch is not None:
-            self._batch.append(message)
-        else:
-            self.core.accept(message)
+        self.core.accept(message)
 
     def run(self, stop: threading.Event) -> None:
         self.core.run(stop)
