@@ -150,7 +150,7 @@ def test_columns_are_cut_where_the_batcher_would_never_inside_an_instant(gaps, m
     t = np.cumsum(gaps) if not shuffle else np.asarray(gaps)  # also out-of-order timestamps
     t = np.round(t, 1)  # many frames of the same instant
     batcher = FrameBatcher(max_frames, max_seconds)
-    want, start, i, n = [], 0, 0, len(t)
+    want, i, n = [], 0, len(t)
     while i < n:  # frame by frame, then past the frames of the last one's instant
         full = batcher.add(frame(float(t[i]), 0x100), 0.0)
         i += 1

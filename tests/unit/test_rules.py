@@ -4,6 +4,8 @@ no flood from a flapping signal."""
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -369,7 +371,7 @@ def _batches(t, names, v, errors, cuts):
     (counted and timed) and its event time, the latest frame's."""
     bounds = [0, *cuts, len(t)]
     out = []
-    for a, b in zip(bounds[:-1], bounds[1:]):
+    for a, b in itertools.pairwise(bounds):
         lo = -np.inf if a == 0 else t[a]
         hi = np.inf if b == len(t) else t[b]
         errs = errors[(errors >= lo) & (errors < hi)]
