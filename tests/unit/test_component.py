@@ -144,3 +144,32 @@ def test_a_bad_configuration_fails_the_start_not_later(make_services, tmp_path):
 
     with pytest.raises(DbcError):
         load(ROOT / "lambdas/can_reader/handler.py", "reader_handler_bad", services)
+
+
+def test_the_windows_one_batch_closes_travel_together_and_are_stored_in_one_commit(make_services, tmp_path):
+    """Aggregator -> uploader: several windows closed by one signals batch are one local message
+    (a ``batch``): one invocation of the uploader, one spool commit; a malformed item in it is
+    counted and the others are stored."""
+    from telemetry.edge import messages
+    from telemetry.edge.components import AggregatorComponent
+
+    services = make_services(aggregator={"window_seconds": 1.0})
+    aggregator = AggregatorComponent(services)
+    aggregator.handle(messages.Signals("x", 1, 0.5, 4.5, {}, columns(**{"A.x": ([0.5, 1.5, 2.5, 3.5, 4.5], [1, 2, 3, 4, 5])})).to_bytes())
+    out = services.local.messages("telemetry/out")
+    assert [m["kind"] for m in out] == ["batch"] and out[0]["of"] == "aggregates"
+    assert [m["window"]["start"] for m in out[0]["messages"]] == [0.0, 1.0, 2.0, 3.0]
+    aggregator.handle(messages.Signals("x", 2, 5.5, 5.5, {}, columns(**{"A.x": ([5.5], [6])})).to_bytes())
+    assert services.local.messages("telemetry/out")[-1]["kind"] == "aggregates"  # one window: on its own
+    assert aggregator.counters()["aggregates"] == 5
+
+    up = UploaderComponent(make_services(env={"TELEMETRY_SPOOL": str(tmp_path / "spool.db")}))
+    statements: list[str] = []
+    up.core.spool._db.set_trace_callback(statements.append)
+    batch = dict(out[0])
+    batch["messages"] = [*out[0]["messages"], {"v": 1, "kind": "aggregates", "vehicle": "car"}]
+    up.handle(batch)
+    assert statements.count("COMMIT") == 1 and up.pending() == 4
+    assert up.counters()["malformed"] == 1
+    assert list(up.counters()["malformed_reasons"]) == ["in a batch: aggregates message without 'window'"]
+    up.close()

@@ -11,7 +11,7 @@ import pytest
 from support.helpers import columns
 from telemetry.edge import messages
 from telemetry.edge.errors import MessageError
-from telemetry.edge.messages import Aggregates, Alert, Bundle, EndOfStream, Gap, Health, Signals
+from telemetry.edge.messages import Aggregates, Alert, Batch, Bundle, EndOfStream, Gap, Health, Signals
 
 SIGNALS = Signals("drive.log", 1, 1.0, 2.0, {"read": 2, "decoded": 2},
                   columns(**{"A.x": ([1.0, 2.0], [3.0, 4.0]), "B.y": ([1.5], [-1.0])}))
@@ -25,6 +25,7 @@ EXAMPLES = [
     Gap("car", 100.0, "aggregates", 3, 3000, 1.0, 3.0, 7, 9),
     Health("car", 100.0, {"messages": 1, "bytes": 10, "oldest_age_seconds": None, "by_kind": {}},
            {"bundles": 1, "messages": 2, "bytes": 300}, 0, {"messages": 0, "gaps": 0}, 0, {"bytes_last_hour": 0, "limit": None}),
+    Batch("aggregates", (AGGREGATES,)),
 ]
 
 
@@ -172,3 +173,18 @@ def test_a_kind_a_component_does_not_take_is_refused():
 def test_nan_is_refused_at_the_sender():
     with pytest.raises(MessageError, match="not valid JSON"):
         Alert("car", "a", "raised", "r", "limit", "A.x", "warning", 1.0, math.nan, {}).to_bytes()
+
+
+def test_a_batch_holds_messages_of_one_kind_each_checked_on_its_own():
+    good = AGGREGATES.encode()
+    batch = messages.decode({"v": 1, "kind": "batch", "of": "aggregates",
+                             "messages": [good, {"v": 1, "kind": "aggregates"}, ALERT.encode(), "x", good]})
+    assert isinstance(batch, Batch) and [m.encode() for m in batch.items] == [good, good]
+    assert batch.refused == ("in a batch: aggregates message without 'window'",
+                             "in a batch: unexpected message kind 'alert' (expected aggregates)",
+                             "in a batch: message is a str, not a JSON object")
+    for event, reason in (({"v": 1, "kind": "batch", "of": "signals", "messages": []}, "not 'signals'"),
+                          ({"v": 1, "kind": "batch", "of": "alert", "messages": {}}, "must be an array"),
+                          ({"v": 1, "kind": "batch", "messages": []}, "without 'of'")):
+        with pytest.raises(MessageError, match=reason):
+            messages.decode(event)

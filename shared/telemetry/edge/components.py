@@ -107,12 +107,17 @@ class MessageComponent:
         try:
             message = messages.decode(event, *self.accepts)
         except MessageError as exc:
-            self.stats["malformed"] += 1
-            reason = str(exc)
-            self.malformed[reason if reason in self.malformed or len(self.malformed) < self.MAX_REASONS else "other"] += 1
-            LOG.warning("%s: dropped malformed message: %s", type(self).__name__, exc)
+            self._refused(str(exc))
             return
+        if isinstance(message, messages.Batch):
+            for reason in message.refused:  # the batch's good items are handled all the same
+                self._refused(reason)
         self.on_message(message)
+
+    def _refused(self, reason: str) -> None:
+        self.stats["malformed"] += 1
+        self.malformed[reason if reason in self.malformed or len(self.malformed) < self.MAX_REASONS else "other"] += 1
+        LOG.warning("%s: dropped malformed message: %s", type(self).__name__, reason)
 
     def on_message(self, message: Any) -> None:
         raise NotImplementedError
@@ -321,8 +326,10 @@ class AggregatorComponent(MessageComponent):
 
     def on_message(self, message: messages.Signals | messages.EndOfStream) -> None:
         out = self.core.process(message)
-        for aggregate in out:
-            self.services.local.publish(self.topic, aggregate)
+        if len(out) > 1:  # the windows one batch closed travel together: one invocation, one commit
+            self.services.local.publish(self.topic, messages.Batch(messages.AGGREGATES, tuple(out)))
+        elif out:
+            self.services.local.publish(self.topic, out[0])
         self.stats["aggregates"] += len(out)
 
     def counters(self) -> dict[str, Any]:
@@ -357,7 +364,7 @@ class UploaderComponent(MessageComponent):
     """Aggregates and alerts into the durable spool; its pinned loop is the sender
     (``uploader.Uploader``)."""
 
-    accepts = (messages.AGGREGATES, messages.ALERT)
+    accepts = (messages.AGGREGATES, messages.ALERT, messages.BATCH)
     role = "worker"
 
     def __init__(self, services: Services, spool: Spool | None = None) -> None:
@@ -369,8 +376,11 @@ class UploaderComponent(MessageComponent):
         self.core = Uploader(spool, services.cloud, cfg, vehicle=services.config.vehicle,
                              prefix=services.config.cloud_prefix, clock=services.clock)
 
-    def on_message(self, message: messages.Aggregates | messages.Alert) -> None:
-        self.core.accept(message)
+    def on_message(self, message: messages.Aggregates | messages.Alert | messages.Batch) -> None:
+        if isinstance(message, messages.Batch):
+            self.core.accept_many([m for m in message.items if isinstance(m, (messages.Aggregates, messages.Alert))])
+        else:
+            self.core.accept(message)
 
     def run(self, stop: threading.Event) -> None:
         self.core.run(stop)

@@ -39,6 +39,7 @@ ALERT = "alert"
 GAP = "gap"
 HEALTH = "health"
 BUNDLE = "bundle"
+BATCH = "batch"
 
 ALERT_STATES = ("raised", "update", "cleared")
 SEVERITIES = ("info", "warning", "critical")
@@ -576,6 +577,41 @@ class Bundle(Message):
         return [{"id": i, "message": json.loads(p)} for i, p in self.items]
 
 
+@dataclass(frozen=True)
+class Batch(Message):
+    """Several messages of one kind published together on a local topic, so that their
+    receiver handles (and the uploader stores: one commit) them in one invocation; e.g. all the
+    windows one signals batch closed. Local only: never spooled, never sent to the cloud. Each
+    item is checked on its own: ``refused`` holds the reasons of the items that were not."""
+
+    kind: ClassVar[str] = BATCH
+    BATCHABLE: ClassVar[tuple[str, ...]] = (AGGREGATES, ALERT)
+
+    of: str
+    items: tuple[Message, ...]
+    refused: tuple[str, ...] = ()
+
+    def encode(self) -> dict[str, Any]:
+        return {"v": VERSION, "kind": BATCH, "of": self.of, "messages": [item.encode() for item in self.items]}
+
+    @classmethod
+    def decode(cls, event: Mapping[str, Any]) -> Batch:
+        of = _field(event, "of")
+        if of not in cls.BATCHABLE:
+            raise MessageError(f"a batch holds one of {', '.join(cls.BATCHABLE)}, not {of!r}")
+        items = _field(event, "messages")
+        if not isinstance(items, list):
+            raise MessageError("batch 'messages' must be an array")
+        good: list[Message] = []
+        refused: list[str] = []
+        for item in items:
+            try:
+                good.append(decode(item, of))
+            except MessageError as exc:
+                refused.append(f"in a batch: {exc}")
+        return cls(of, tuple(good), tuple(refused))
+
+
 def unpack(payload: bytes | str | Mapping[str, Any]) -> list[dict[str, Any]]:
     """The (id, message) items of a bundle as published, whatever its encoding: what a cloud
     consumer of ``<prefix>/aggregates``, ``/alerts`` and ``/gaps`` calls."""
@@ -586,7 +622,7 @@ def unpack(payload: bytes | str | Mapping[str, Any]) -> list[dict[str, Any]]:
 
 
 KINDS: dict[str, type[Message]] = {
-    cls.kind: cls for cls in (Signals, EndOfStream, Aggregates, Alert, Gap, Health, Bundle)
+    cls.kind: cls for cls in (Signals, EndOfStream, Aggregates, Alert, Gap, Health, Bundle, Batch)
 }
 
 
