@@ -32,7 +32,7 @@ EXAMPLES = [
 @pytest.mark.parametrize("message", EXAMPLES, ids=lambda m: m.kind)
 def test_every_kind_round_trips_through_its_wire_form_and_json(message):
     wire = message.to_bytes()
-    assert messages.is_binary(wire) == message.binary == (message.kind == "signals")
+    assert messages.is_binary(wire) == message.binary == (message.kind in ("signals", "batch"))
     for event in (wire, json.loads(json.dumps(message.encode()))):  # as bytes, and as a JSON object
         again = messages.decode(event)
         assert type(again) is type(message)
@@ -78,7 +78,8 @@ def _binary(head_changes=None, tail=b"", cut=0):
     (_binary(tail=b"\0" * 8), "its header says"),
     (_binary(cut=1), "its header says"),
     (_binary({"span": {"start": "x", "end": 2.0}}), "numeric 'span'"),
-    (b"\xf0\x9f not json", "neither JSON nor a binary signals payload"),
+    (b"\xf0\x9f not json", "neither JSON nor a binary payload"),
+    (b'{"v": 1, "kind": "alert", "value": NaN}', "neither JSON nor a binary payload"),
 ])
 def test_a_malformed_binary_payload_is_refused_with_a_reason(payload, reason):
     with pytest.raises(MessageError, match=reason.replace("(", r"\(")):
@@ -188,3 +189,31 @@ def test_a_batch_holds_messages_of_one_kind_each_checked_on_its_own():
                           ({"v": 1, "kind": "batch", "messages": []}, "without 'of'")):
         with pytest.raises(MessageError, match=reason):
             messages.decode(event)
+
+
+def test_a_binary_batch_carries_its_items_bytes_as_they_are():
+    other = Aggregates("car", 5, "default", 11.0, 12.0, {"A.x": {"count": 1, "min": 2.0, "max": 2.0, "mean": 2.0}})
+    wire = Batch("aggregates", (AGGREGATES, other)).to_bytes()
+    assert wire[:4] == b"TLMB"
+    size = int.from_bytes(wire[4:8], "little")
+    assert json.loads(wire[8:8 + size]) == {"v": 1, "kind": "batch", "of": "aggregates",
+                                              "sizes": [len(AGGREGATES.to_bytes()), len(other.to_bytes())]}
+    assert wire[8 + size:] == AGGREGATES.to_bytes() + other.to_bytes()
+    batch = messages.decode(wire, "batch")
+    assert [m.encode() for m in batch.items] == [AGGREGATES.encode(), other.encode()]
+    assert [m.to_bytes() for m in batch.items] == [AGGREGATES.to_bytes(), other.to_bytes()]  # stored as they came
+
+
+@pytest.mark.parametrize(("cut", "reason"), [(1, "its header says"), (-1, "its header says")])
+def test_a_truncated_or_padded_binary_batch_is_refused(cut, reason):
+    wire = Batch("aggregates", (AGGREGATES,)).to_bytes()
+    with pytest.raises(MessageError, match=reason):
+        messages.decode(wire[:-1] if cut == 1 else wire + b" ")
+
+
+def test_a_bad_item_in_a_binary_batch_is_refused_alone():
+    good = AGGREGATES.to_bytes()
+    bad = b'{"v":1,"kind":"aggregates","window":{"start":1,"end":2},"value":NaN}'
+    head = json.dumps({"v": 1, "kind": "batch", "of": "aggregates", "sizes": [len(good), len(bad), len(good)]}).encode()
+    batch = messages.decode(b"TLMB" + len(head).to_bytes(4, "little") + head + good + bad + good)
+    assert len(batch.items) == 2 and batch.refused == ("in a batch: message is neither JSON nor a binary payload (signals, batch)",)

@@ -31,8 +31,9 @@ def test_the_project_recipes_say_what_greengrass_leaves_ambiguous():
     for r in recipes.values():
         assert "pinned" in r.params and r.pinned, r.name  # its default is documented two ways
         assert r.function["Runtime"] == "python3.11"
-        # the signals batches are binary columns: their subscribers take bytes, the rest JSON
-        assert r.binary_input == ("telemetry/signals" in r.topics), r.name
+        # signals batches and batches of windows are binary: every subscriber takes bytes (and
+        # reads JSON from them too)
+        assert r.binary_input == bool(r.topics), r.name
         assert r.handler[0].is_file()
     reader = recipes["telemetry.CanReader"]
     assert reader.params["linuxProcessParams"]["isolationMode"] == "NoContainer"  # SocketCAN is not a /dev node

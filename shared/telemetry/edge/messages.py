@@ -120,21 +120,25 @@ class Message:
         raise NotImplementedError
 
     def to_bytes(self) -> bytes:
-        """The message as published: compact JSON, except for the kinds that travel as binary."""
-        return dumps(self.encode())
+        """The message as published: compact JSON, except for the kinds that travel as binary.
+        A message decoded from bytes gives back the bytes it was read from (not encoded again)."""
+        wire = self.__dict__.get("_wire")
+        return wire if wire is not None else dumps(self.encode())
 
 
 # The binary layout of a signals batch (docs/MESSAGES.md): the magic, the header's length
 # (uint32, little-endian), the header (UTF-8 JSON, space-padded so the columns start at a multiple
 # of 8), then each column of the header's "columns" in order, "sum(counts)" items each.
 COLUMNS_MAGIC = b"TLMC"
+BATCH_MAGIC = b"TLMB"  # a batch: its JSON header (the items' sizes), then the items' JSON bytes
 _PREFIX = struct.Struct("<4sI")
 _COLUMNS = {"t": "<f8", "v": "<f8"}
 
 
 def is_binary(payload: Any) -> bool:
-    """A payload in the binary columns layout (a signals batch), as opposed to JSON."""
-    return isinstance(payload, (bytes, bytearray, memoryview)) and bytes(payload[:4]) == COLUMNS_MAGIC
+    """A payload in one of the binary layouts (a signals batch, a batch of messages), as opposed
+    to JSON."""
+    return isinstance(payload, (bytes, bytearray, memoryview)) and bytes(payload[:4]) in (COLUMNS_MAGIC, BATCH_MAGIC)
 
 
 @dataclass(frozen=True)
@@ -585,6 +589,7 @@ class Batch(Message):
     item is checked on its own: ``refused`` holds the reasons of the items that were not."""
 
     kind: ClassVar[str] = BATCH
+    binary: ClassVar[bool] = True
     BATCHABLE: ClassVar[tuple[str, ...]] = (AGGREGATES, ALERT)
 
     of: str
@@ -592,7 +597,52 @@ class Batch(Message):
     refused: tuple[str, ...] = ()
 
     def encode(self) -> dict[str, Any]:
+        """The JSON form (readable; accepted by the decoder). Publishers send ``to_bytes()``."""
         return {"v": VERSION, "kind": BATCH, "of": self.of, "messages": [item.encode() for item in self.items]}
+
+    def to_bytes(self) -> bytes:
+        """Binary: ``TLMB``, the header's length (uint32, little-endian), the header (JSON: ``v``,
+        ``kind``, ``of``, ``sizes``), then each item's compact JSON bytes, as ``sizes`` says.
+        The receiver checks each item and can store its bytes as they came, without encoding
+        it again."""
+        wires = [item.to_bytes() for item in self.items]
+        head = dumps({"v": VERSION, "kind": BATCH, "of": self.of, "sizes": [len(w) for w in wires]})
+        return b"".join((_PREFIX.pack(BATCH_MAGIC, len(head)), head, *wires))
+
+    @classmethod
+    def from_bytes(cls, payload: bytes | bytearray | memoryview) -> Batch:
+        payload = bytes(payload)
+        if len(payload) < _PREFIX.size or payload[:4] != BATCH_MAGIC:
+            raise MessageError("not a binary batch (no TLMB header)")
+        size = _PREFIX.unpack_from(payload)[1]
+        if size > len(payload) - _PREFIX.size:
+            raise MessageError(f"binary batch header of {size} bytes in a payload of {len(payload)}")
+        try:
+            head = _table(json.loads(payload[_PREFIX.size:_PREFIX.size + size]), "binary batch header")
+        except ValueError as exc:
+            raise MessageError(f"binary batch header is not JSON: {exc}") from None
+        if head.get("v") != VERSION or head.get("kind") != BATCH:
+            raise MessageError(f"binary payload of version {head.get('v')!r}, kind {head.get('kind')!r} "
+                               f"(this build reads v{VERSION} batches)")
+        of = head.get("of")
+        if of not in cls.BATCHABLE:
+            raise MessageError(f"a batch holds one of {', '.join(cls.BATCHABLE)}, not {of!r}")
+        sizes = head.get("sizes")
+        if not isinstance(sizes, list):
+            raise MessageError("binary batch 'sizes' must be an array")
+        at = _PREFIX.size + size
+        if at + sum(_count(n, "sizes[]") for n in sizes) != len(payload):
+            raise MessageError(f"binary batch payload is {len(payload)} bytes; its header says "
+                               f"{at + sum(sizes)}")
+        good: list[Message] = []
+        refused: list[str] = []
+        for n in sizes:
+            try:
+                good.append(decode(payload[at:at + n], of))
+            except MessageError as exc:
+                refused.append(f"in a batch: {exc}")
+            at += n
+        return cls(of, tuple(good), tuple(refused))
 
     @classmethod
     def decode(cls, event: Mapping[str, Any]) -> Batch:
@@ -634,14 +684,19 @@ def decode(event: Any, *kinds: str) -> Message:
     Raises MessageError with a reason a person can act on; the caller counts it and carries on.
     """
     if isinstance(event, (bytes, bytearray, memoryview)):
-        if is_binary(event):
-            if kinds and SIGNALS not in kinds:
-                raise MessageError(f"unexpected message kind 'signals' (expected {', '.join(kinds)})")
-            return Signals.from_bytes(event)
+        wire = bytes(event)
+        if is_binary(wire):
+            cls: type[Signals] | type[Batch] = Signals if wire[:4] == COLUMNS_MAGIC else Batch
+            if kinds and cls.kind not in kinds:
+                raise MessageError(f"unexpected message kind {cls.kind!r} (expected {', '.join(kinds)})")
+            return cls.from_bytes(wire)
         try:
-            event = json.loads(bytes(event))
+            parsed = json.loads(wire, parse_constant=_no_constant)
         except ValueError:
-            raise MessageError("message is neither JSON nor a binary signals payload") from None
+            raise MessageError("message is neither JSON nor a binary payload (signals, batch)") from None
+        message = decode(parsed, *kinds)
+        object.__setattr__(message, "_wire", wire)  # what it was read from: to_bytes() gives it back
+        return message
     if not isinstance(event, Mapping):
         raise MessageError(f"message is a {type(event).__name__}, not a JSON object")
     version = event.get("v")
@@ -653,6 +708,10 @@ def decode(event: Any, *kinds: str) -> Message:
     if kinds and kind not in kinds:
         raise MessageError(f"unexpected message kind {kind!r} (expected {', '.join(kinds)})")
     return KINDS[kind].decode(event)
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")  # NaN, Infinity: Python's json would read them
 
 
 def dumps(message: Mapping[str, Any]) -> bytes:
