@@ -329,6 +329,9 @@ def pipeline_stage(log: Path, cfg, config: str | None, dbc: list[str], frames: i
     start = time.perf_counter()
     replay(path, out_dir=tmp / "replay-unlimited", config=unlimited)
     unlimited_s = time.perf_counter() - start
+    start = time.perf_counter()
+    replay(path, out_dir=tmp / "replay-processes", config=unlimited, processes=True)
+    processes_s = time.perf_counter() - start
     print(f"\nwhole pipeline: {path.name}, {n:,} frames ({summary['frames_decoded']:,} decoded, "
           f"{summary['aggregates']} aggregates, {summary['alerts']} alerts)")
     print(f"{'stage':<48}{'frames/s':>16}{'vs naive loop':>16}")
@@ -337,7 +340,8 @@ def pipeline_stage(log: Path, cfg, config: str | None, dbc: list[str], frames: i
                            ("parse: bulk, into columns (frame_batches)", columns_s),
                            ("decode: vectorised, in the reader's batches", decode_s),
                            ("whole replay, four components", replay_s),
-                           ("whole replay, the uploader's link limits lifted", unlimited_s)):
+                           ("whole replay, the uploader's link limits lifted", unlimited_s),
+                           ("  the same, each component in its own process", processes_s)):
         print(f"{label:<48}{n / seconds:>16,.0f}{naive_s / seconds:>15.2f}x")
     print(f"replay peak RSS {summary['peak_rss_mb']} MB (one process, all four components); as configured, "
           f"the uploader sends {summary['cloud_bytes']:,} bytes at most {cfg.uploader.max_bytes_per_second:,.0f} B/s")

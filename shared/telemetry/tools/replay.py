@@ -20,6 +20,7 @@ from telemetry.edge.errors import ConfigError
 from telemetry.edge.messages import unpack
 from telemetry.edge.transport import OutboxFile
 from telemetry.tools.paths import RECIPES
+from telemetry.tools.procruntime import ProcessRuntime
 from telemetry.tools.runtime import LocalRuntime
 
 LOG = logging.getLogger(__name__)
@@ -49,7 +50,10 @@ def replay(
     dbc: Sequence[str | Path] = (),
     speed: float = 0.0,
     recipes_dir: str | Path = RECIPES,
+    processes: bool = False,
 ) -> dict[str, Any]:
+    """Replay ``log``; with ``processes``, each component runs in its own process (as on a core
+    device, and on as many cores as there are), else all four in this one."""
     cfg = resolve_config(config, dbc)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -60,11 +64,14 @@ def replay(
     env = {"TELEMETRY_LOG": str(Path(log).resolve()), "TELEMETRY_REPLAY_SPEED": str(speed), "TELEMETRY_SPOOL": str(spool)}
     started = time.monotonic()
     try:
-        with LocalRuntime(recipes_dir, cfg, cloud, env=env, root=Path(recipes_dir).resolve().parent) as runtime:
+        runtime_class = ProcessRuntime if processes else LocalRuntime
+        with runtime_class(recipes_dir, cfg, cloud, env=env, root=Path(recipes_dir).resolve().parent) as runtime:
             runtime.wait_for_sources()
             runtime.drain()
             components = {name: runtime.component(name) for name in runtime.runners}
             summary = build_summary(runtime, components.values(), cfg, log)
+            if isinstance(runtime, ProcessRuntime):  # the components' memory is in their processes
+                summary["peak_rss_mb_processes"] = runtime.peak_rss_mb()
         summary["cloud_messages"] = cloud.messages
         summary["cloud_bytes"] = cloud.bytes
     finally:
@@ -75,7 +82,7 @@ def replay(
     return summary
 
 
-def build_summary(runtime: LocalRuntime, components: Any, cfg: VehicleConfig, log: str | Path) -> dict[str, Any]:
+def build_summary(runtime: LocalRuntime | ProcessRuntime, components: Any, cfg: VehicleConfig, log: str | Path) -> dict[str, Any]:
     """The run in numbers, from what each component reports of itself (``counters()``) and
     what the runtime saw on its topics; nothing here reaches into a component."""
     summary: dict[str, Any] = {"log": str(log), "dbc": list(cfg.dbc), "vehicle": cfg.vehicle}
@@ -85,7 +92,7 @@ def build_summary(runtime: LocalRuntime, components: Any, cfg: VehicleConfig, lo
         refused = counters.pop("malformed", 0)
         counters.pop("malformed_reasons", None)
         if refused:
-            malformed[type(component).__name__] = refused
+            malformed[getattr(component, "class_name", type(component).__name__)] = refused
         summary.update(counters)
     summary.update({
         "local_messages": dict(runtime.published),
@@ -127,6 +134,9 @@ def format_summary(summary: dict[str, Any], alerts: list[dict[str, Any]]) -> str
         f"({s['uploaded_messages']} messages, {s['uploaded_raw_bytes']} bytes before packing)",
         f"  wall time          {s['seconds']:>10.2f}   s (peak RSS {s['peak_rss_mb']} MB)",
     ]
+    if s.get("peak_rss_mb_processes"):
+        lines.append("  processes          " + ", ".join(f"{name} {mb} MB" for name, mb in s["peak_rss_mb_processes"].items())
+                     + " (peak RSS of each)")
     for record in s["bad_records"][:10]:
         lines.append(f"  bad line: {record}")
     if len(s["bad_records"]) > 10:

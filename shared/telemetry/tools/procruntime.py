@@ -1,0 +1,587 @@
+"""The local Greengrass runtime with each component in its own process, as on a core device.
+
+``LocalRuntime`` runs the four components as threads of one interpreter, so they share one
+interpreter lock: a replay uses about one core. ``ProcessRuntime`` has the same lifecycle and
+the same answers (``wait_for_sources``, ``drain``, ``component(name).counters()``, ``errors``,
+``published``), but it starts one child process per component and plays the nucleus itself:
+
+* A child imports its recipe's handler module, hands the adapter its services and starts the
+  pinned loop, exactly as ``LocalRuntime`` does, in dependency order; a component that fails
+  to build fails the start with its own exception (a broken DBC names the file).
+* What a component publishes locally goes, as its wire bytes, over the child's pipe to the
+  parent, which counts it and forwards the bytes to every child whose recipe subscribes to the
+  topic; the child hands them to its handler as its ``inputPayloadEncodingType`` says (json: the
+  decoded object; binary: the bytes), one invocation at a time. The parent lets at most
+  ``maxQueueSize`` events wait per child (plus the one being handled, as a ``queue.Queue`` of
+  that size and its worker): a publisher facing a full child waits. Back-pressure, never loss.
+* A cloud publish is forwarded to the parent's ``CloudTransport`` and answered: it succeeds
+  only once the parent's transport has taken it (an ``OutboxFile`` line is written), and what
+  that transport raises is raised in the child. Any transport works, the component never knows.
+
+Children are ``multiprocessing`` processes of the ``spawn`` context (the parent has threads, so
+no fork), talking over ``Pipe`` connections, each guarded by a lock per direction. Stopping
+goes in reverse start order; a child that does not stop in time is terminated, then killed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import multiprocessing
+import pickle
+import queue
+import re
+import resource
+import threading
+import time
+from collections import Counter
+from collections.abc import Mapping
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+from telemetry.edge.clock import SystemClock
+from telemetry.edge.components import LambdaAdapter, Services
+from telemetry.edge.config import VehicleConfig
+from telemetry.edge.errors import RecipeError, TransportError
+from telemetry.edge.messages import Message, is_binary
+from telemetry.edge.transport import CloudTransport, Handler
+from telemetry.tools.recipes import Recipe, check_recipes, import_handler, load_recipes
+from telemetry.tools.runtime import LambdaContext
+
+LOG = logging.getLogger(__name__)
+
+START_TIMEOUT = 120.0  # building a component: importing numpy and cantools, loading DBCs
+STOP_TIMEOUT = 30.0  # a child's own stop waits up to 10 s for its loop and 10 s for its worker
+_STOP = object()
+# What the forkserver imports before it forks a child (numpy, cantools, python-can: most of a
+# component's start-up). Measured: four components built in 1.3 s, against 5.3 s spawned.
+PRELOAD = ("telemetry.edge.components", "telemetry.tools.procruntime")
+
+
+def _portable(exc: BaseException) -> BaseException:
+    """The exception itself if it survives pickling (ours do), else one that says what it was."""
+    try:
+        pickle.loads(pickle.dumps(exc))
+        return exc
+    except Exception:
+        return RecipeError(f"{type(exc).__name__}: {exc}")
+
+
+def _as_json(wire: bytes) -> Any:
+    # As LocalRuntime: what is not JSON reaches a json function as text, for its decoder to refuse.
+    try:
+        return json.loads(wire)
+    except ValueError:
+        return wire.decode(errors="replace")
+
+
+# -- the child: one component -------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class _ChildSpec:
+    recipes_dir: str
+    root: str | None
+    name: str
+    config: VehicleConfig
+    env: Mapping[str, str]
+    log_level: int
+
+
+class _Child:
+    """A component's process: its handler, its inbox and worker, and the transports that turn
+    its publishes into messages to the parent.
+
+    Parent -> child: ("event", wire), ("start",), ("call", "counters" | "pending"),
+    ("cloud_done", None | exception), ("stop",).
+    Child -> parent: ("built", info) | ("failed", exception), ("started", info),
+    ("publish", topic, wire), ("cloud", topic, payload), ("done", seconds, error | None),
+    ("source_done", None | exception), ("reply", value), ("stopped",).
+    """
+
+    def __init__(self, conn: Connection, spec: _ChildSpec) -> None:
+        self.conn = conn
+        self.spec = spec
+        self._send_lock = threading.Lock()
+        self._cloud_lock = threading.Lock()
+        self.inbox: queue.Queue[Any] = queue.Queue()  # bounded by the parent's slots
+        self.control: queue.Queue[tuple[Any, ...]] = queue.Queue()
+        self.cloud_answers: queue.Queue[BaseException | None] = queue.Queue()
+
+    def send(self, message: tuple[Any, ...]) -> None:
+        with self._send_lock:
+            self.conn.send(message)
+
+    # the LocalTransport and the CloudTransport of the component
+    def publish(self, topic: str, message: Message) -> None:
+        self.send(("publish", topic, message.to_bytes()))
+
+    def subscribe(self, topic: str, handler: Handler) -> None:
+        raise RecipeError(f"{self.spec.name}: a component subscribes through its recipe's eventSources")
+
+    def close(self) -> None:
+        pass
+
+    def cloud_publish(self, topic: str, payload: bytes) -> None:
+        with self._cloud_lock:  # one publish in flight: the answer read next is this one's
+            self.send(("cloud", topic, bytes(payload)))
+            error = self.cloud_answers.get()
+        if error is not None:
+            raise error
+
+    def serve(self) -> None:
+        receiver = threading.Thread(target=self._receive, name="from-nucleus", daemon=True)
+        receiver.start()
+        try:
+            recipe, handler, adapter = self._build()
+        except BaseException as exc:
+            LOG.debug("%s failed to build", self.spec.name, exc_info=True)
+            self.send(("failed", _portable(exc)))
+            return
+        component = adapter.component
+        self.send(("built", {"class": type(component).__name__, "pending": hasattr(component, "pending")}))
+        worker = threading.Thread(target=self._work, args=(recipe, handler), name=f"invoke-{recipe.name}", daemon=True)
+        worker.start()
+        while True:
+            kind, *args = self.control.get()
+            if kind == "start":
+                try:
+                    if recipe.pinned:
+                        adapter.start_pinned()
+                except BaseException as exc:
+                    self.send(("failed", _portable(exc)))
+                    continue
+                source = adapter.thread is not None and getattr(component, "role", "") == "source"
+                if source:
+                    threading.Thread(target=self._watch_source, args=(adapter,), name="source-watch", daemon=True).start()
+                self.send(("started", {"source": source}))
+            elif kind == "call":
+                what = args[0]
+                if what == "counters":
+                    self.send(("reply", component.counters()))
+                elif what == "pending":
+                    self.send(("reply", component.pending()))
+                else:  # "peak_rss": this process's, in kB
+                    self.send(("reply", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss))
+            elif kind in ("stop", "eof"):
+                adapter.stop(timeout=10)
+                self.inbox.put(_STOP)
+                worker.join(10)
+                if kind == "stop":
+                    self.send(("stopped",))
+                return
+
+    def _build(self) -> tuple[Recipe, Any, LambdaAdapter]:
+        spec = self.spec
+        recipes = load_recipes(spec.recipes_dir, spec.root)
+        recipe = next(r for r in recipes if r.name == spec.name)
+        module, handler = import_handler(recipe, "_telemetry_local_" + re.sub(r"\W", "_", recipe.name))
+        adapter = getattr(module, "adapter", None)
+        if not isinstance(adapter, LambdaAdapter):
+            raise RecipeError(f"{recipe.path.name}: handler module {module.__file__} has no LambdaAdapter named 'adapter'")
+        cloud = _CloudProxy(self)
+        env = {**recipe.environment, **spec.env}
+        adapter.host(Services(self, cloud, spec.config, SystemClock(), env, recipe.name))
+        return recipe, handler, adapter
+
+    def _receive(self) -> None:
+        while True:
+            try:
+                message = self.conn.recv()
+            except (EOFError, OSError):  # the parent is gone: stop as if told to
+                self.cloud_answers.put(TransportError("the runtime's process has gone"))
+                self.control.put(("eof",))
+                return
+            kind = message[0]
+            if kind == "event":
+                self.inbox.put(message[1])
+            elif kind == "cloud_done":
+                self.cloud_answers.put(message[1])
+            else:
+                self.control.put(message)
+
+    def _work(self, recipe: Recipe, handler: Any) -> None:
+        context = LambdaContext(function_name=str(recipe.function.get("FunctionName", recipe.name)))
+        while True:
+            wire = self.inbox.get()
+            if wire is _STOP:
+                return
+            event = wire if recipe.binary_input else _as_json(wire)
+            started = time.monotonic()
+            error = None
+            try:
+                handler(event, context)
+            except Exception as exc:  # Greengrass would log it and restart a pinned function
+                error = f"{recipe.name}: handler raised {type(exc).__name__}: {exc}"
+                LOG.exception("%s", error)
+            self.send(("done", time.monotonic() - started, error))
+
+    def _watch_source(self, adapter: LambdaAdapter) -> None:
+        assert adapter.thread is not None
+        adapter.thread.join()
+        self.send(("source_done", None if adapter.error is None else _portable(adapter.error)))
+
+
+class _CloudProxy:
+    def __init__(self, child: _Child) -> None:
+        self._child = child
+
+    def publish(self, topic: str, payload: bytes) -> None:
+        self._child.cloud_publish(topic, payload)
+
+    def close(self) -> None:
+        pass
+
+
+def _child_main(conn: Connection, spec: _ChildSpec) -> None:
+    logging.basicConfig(level=spec.log_level, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        _Child(conn, spec).serve()
+    finally:
+        conn.close()
+
+
+# -- the parent: the nucleus --------------------------------------------------------------------
+
+class _Process:
+    """The parent's side of one child: its pipe, its queue slots and what it reported."""
+
+    def __init__(self, runtime: ProcessRuntime, recipe: Recipe, ctx: Any, spec: _ChildSpec) -> None:
+        self.runtime = runtime
+        self.recipe = recipe
+        self.conn, child_conn = ctx.Pipe(duplex=True)
+        self.process = ctx.Process(target=_child_main, args=(child_conn, spec), name=f"component-{recipe.name}", daemon=True)
+        self.process.start()
+        child_conn.close()
+        self._send_lock = threading.Lock()
+        self._call_lock = threading.Lock()
+        # maxQueueSize events waiting, plus the one being handled (LocalRuntime's queue and worker)
+        self._slots = threading.Semaphore(recipe.max_queue_size + 1)
+        self._idle = threading.Condition()
+        self.in_flight = 0
+        self.stats: Counter[str] = Counter()
+        self.errors: list[str] = []
+        self.info: dict[str, Any] = {}
+        self.control: queue.Queue[tuple[Any, ...]] = queue.Queue()
+        self.source_done = threading.Event()
+        self.source_error: BaseException | None = None
+        self.gone = False
+        self.stopping = False
+        self.receiver = threading.Thread(target=self._receive, name=f"from-{recipe.name}", daemon=True)
+        self.receiver.start()
+
+    @property
+    def name(self) -> str:
+        return self.recipe.name
+
+    def send(self, message: tuple[Any, ...]) -> None:
+        with self._send_lock:
+            self.conn.send(message)
+
+    def expect(self, *kinds: str, timeout: float) -> tuple[Any, ...]:
+        """The child's next control message, which must be one of ``kinds`` (or "failed")."""
+        try:
+            message = self.control.get(timeout=timeout)
+        except queue.Empty:
+            raise TimeoutError(f"{self.name}: no answer from its process in {timeout:.0f} s") from None
+        if message[0] == "failed":
+            raise message[1]
+        if message[0] == "gone":
+            raise RecipeError(f"{self.name}: its process exited (exit code {self.process.exitcode})")
+        if message[0] not in kinds:
+            raise RecipeError(f"{self.name}: unexpected {message[0]!r} from its process")
+        return message
+
+    def call(self, what: str, timeout: float = 60.0) -> Any:
+        with self._call_lock:
+            self.send(("call", what))
+            return self.expect("reply", timeout=timeout)[1]
+
+    # -- events in ---------------------------------------------------------------------------
+    def put(self, wire: bytes) -> None:
+        if not self._slots.acquire(blocking=False):
+            self.stats["publisher_waits"] += 1
+            while not self._slots.acquire(timeout=0.2):  # blocks while the queue is full
+                if self.gone:
+                    self.stats["lost_to_exit"] += 1
+                    return
+        with self._idle:
+            self.in_flight += 1
+        try:
+            self.send(("event", wire))
+        except OSError:  # it has just exited: counted, and drain() does not wait for it
+            self.stats["lost_to_exit"] += 1
+            self._slots.release()
+            with self._idle:
+                self.in_flight -= 1
+                self._idle.notify_all()
+
+    def wait_idle(self, deadline: float) -> None:
+        with self._idle:
+            while self.in_flight and not self.gone:
+                if not self._idle.wait(timeout=max(0.0, min(0.2, deadline - time.monotonic()))) and time.monotonic() > deadline:
+                    raise TimeoutError(f"{self.name}: {self.in_flight} events still being handled")
+
+    # -- messages out --------------------------------------------------------------------------
+    def _receive(self) -> None:
+        while True:
+            try:
+                message = self.conn.recv()
+            except (EOFError, OSError):
+                break
+            try:
+                self._dispatch(message)
+            except Exception as exc:  # a tap that raised, a child gone mid-answer: reported, not fatal
+                error = f"{self.name}: runtime failed on its {message[0]!r}: {type(exc).__name__}: {exc}"
+                self.errors.append(error)
+                LOG.exception("%s", error)
+        self.gone = True
+        if not self.stopping:
+            self.process.join(1)  # for its exit code
+            error = f"{self.name}: its process exited unexpectedly (exit code {self.process.exitcode})"
+            self.errors.append(error)
+            LOG.error("%s", error)
+        self.source_done.set()
+        self.control.put(("gone",))
+        with self._idle:
+            self._idle.notify_all()
+
+    def _dispatch(self, message: tuple[Any, ...]) -> None:
+        kind = message[0]
+        if kind == "publish":
+            self.runtime.deliver(message[1], message[2])
+        elif kind == "cloud":
+            self._cloud(message[1], message[2])
+        elif kind == "done":
+            self._done(message[1], message[2])
+        elif kind == "source_done":
+            self.source_error = message[1]
+            self.source_done.set()
+        else:
+            if kind == "failed":  # it exits next: not an unexpected exit
+                self.stopping = True
+            self.control.put(message)
+
+    def _cloud(self, topic: str, payload: bytes) -> None:
+        error: BaseException | None = None
+        try:
+            self.runtime.cloud.publish(topic, payload)
+        except Exception as exc:  # the component's to handle (retry, set aside), as in one process
+            error = _portable(exc)
+        self.send(("cloud_done", error))
+
+    def _done(self, seconds: float, error: str | None) -> None:
+        self.stats["invocations"] += 1
+        if error is not None:
+            self.stats["handler_errors"] += 1
+            self.errors.append(error)
+        if seconds > self.recipe.timeout:
+            self.stats["timeouts"] += 1
+            LOG.warning("%s: invocation took %.1f s, over its %.0f s timeout", self.name, seconds, self.recipe.timeout)
+        self._slots.release()
+        with self._idle:
+            self.in_flight -= 1
+            self._idle.notify_all()
+
+    # -- stopping ----------------------------------------------------------------------------
+    def stop(self, timeout: float = STOP_TIMEOUT) -> None:
+        self.stopping = True
+        if not self.gone:
+            try:
+                self.send(("stop",))
+                self.expect("stopped", timeout=timeout)
+            except Exception as exc:  # it is ended below either way
+                LOG.warning("%s: did not stop cleanly: %s", self.name, exc)
+        self.process.join(5)
+        if self.process.is_alive():
+            LOG.warning("%s: terminating its process", self.name)
+            self.process.terminate()
+            self.process.join(5)
+        if self.process.is_alive():
+            self.process.kill()
+            self.process.join(5)
+        self.conn.close()
+        self.receiver.join(5)
+
+
+class RemoteComponent:
+    """What the parent can ask of a component in a child: its ``counters()`` (and ``pending()``
+    for one that holds work of its own). ``class_name`` is the component's class name."""
+
+    def __init__(self, process: _Process) -> None:
+        self._process = process
+        self.class_name = str(process.info.get("class", process.name))
+
+    def counters(self) -> dict[str, Any]:
+        return dict(self._process.call("counters"))
+
+    def pending(self) -> int:
+        return int(self._process.call("pending"))
+
+
+class ProcessRuntime:
+    """Runs the components of ``recipes/``, each in its own process. Use as a context manager.
+
+    The configuration crosses to the children pickled, and each child has its own system clock:
+    there is no ``clock`` to hand in (a fake clock cannot be shared between processes)."""
+
+    def __init__(
+        self,
+        recipes_dir: str | Path,
+        config: VehicleConfig,
+        cloud: CloudTransport,
+        *,
+        env: Mapping[str, str] | None = None,
+        root: str | Path | None = None,
+        method: str = "forkserver",
+    ) -> None:
+        self.recipes_dir = Path(recipes_dir)
+        self.root = None if root is None else str(root)
+        self.recipes = load_recipes(recipes_dir, root)
+        self.config = config
+        self.cloud = cloud
+        self.env = {"TELEMETRY_SPOOL": ":memory:", **(env or {})}
+        self.method = method
+        self.runners: dict[str, _Process] = {}  # started, by name
+        self.order: list[Recipe] = []
+        self._processes: dict[str, _Process] = {}  # every child, started or not
+        self._routes: dict[str, list[_Process]] = {}
+        self._taps: dict[str, list[Handler]] = {}
+        self._lock = threading.Lock()
+        self.published: Counter[str] = Counter()
+        self.published_bytes: Counter[str] = Counter()
+        self.started: list[str] = []
+        self.stopped: list[str] = []
+
+    # -- routing ---------------------------------------------------------------------------------
+    def publish(self, topic: str, message: Message) -> None:
+        self.deliver(topic, message.to_bytes())
+
+    def deliver(self, topic: str, wire: bytes) -> None:
+        """Route a payload as published on ``topic`` (the children's publishes come here)."""
+        with self._lock:
+            self.published[topic] += 1
+            self.published_bytes[topic] += len(wire)
+            routes = list(self._routes.get(topic, ()))
+            taps = list(self._taps.get(topic, ()))
+        if not routes and not taps:
+            LOG.debug("no subscriber for %s", topic)
+            return
+        binary = is_binary(wire)
+        for process in routes:
+            if binary and not process.recipe.binary_input:
+                process.stats["binary_to_json_function"] += 1
+                LOG.warning("%s: binary payload on %s, but its inputPayloadEncodingType is json", process.name, topic)
+            process.put(wire)
+        if taps:
+            event = wire if binary else _as_json(wire)
+            for tap in taps:
+                tap(event)
+
+    def subscribe(self, topic: str, handler: Handler) -> None:
+        """Watch a topic from the parent (tests, tools); called synchronously."""
+        with self._lock:
+            self._taps.setdefault(topic, []).append(handler)
+
+    def close(self) -> None:
+        pass
+
+    # -- lifecycle ---------------------------------------------------------------------------------
+    def start(self) -> None:
+        self.order = check_recipes(self.recipes)
+        ctx = multiprocessing.get_context(self.method)
+        if self.method == "forkserver":
+            # The server imports the heavy modules once; each child is a fork of it, ready.
+            ctx.set_forkserver_preload(list(PRELOAD))
+        level = logging.getLogger().getEffectiveLevel()
+        try:
+            # Every child builds its component at once (imports, DBCs: the slow part, in
+            # parallel); they start in dependency order, as LocalRuntime starts them.
+            for recipe in self.order:
+                spec = _ChildSpec(str(self.recipes_dir), self.root, recipe.name, self.config, self.env, level)
+                self._processes[recipe.name] = _Process(self, recipe, ctx, spec)
+            for recipe in self.order:
+                process = self._processes[recipe.name]
+                process.info.update(process.expect("built", timeout=START_TIMEOUT)[1])
+            for recipe in self.order:
+                process = self._processes[recipe.name]
+                process.send(("start",))
+                process.info.update(process.expect("started", timeout=START_TIMEOUT)[1])
+                self.runners[recipe.name] = process
+                with self._lock:
+                    for topic in recipe.topics:
+                        self._routes.setdefault(topic, []).append(process)
+                self.started.append(recipe.name)
+                LOG.info("started %s in process %s", recipe.name, process.process.pid)
+        except BaseException:
+            self.stop()
+            raise
+
+    def component(self, name: str) -> RemoteComponent:
+        return RemoteComponent(self.runner(name))
+
+    def wait_for_sources(self, timeout: float | None = None) -> None:
+        """Wait until every source loop has ended (a replay has reached the end of its log)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        for process in self.runners.values():
+            if not process.info.get("source"):
+                continue
+            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+            if not process.source_done.wait(remaining):
+                raise TimeoutError("source still running")
+            if process.source_error is not None:
+                raise process.source_error
+            if process.gone:
+                raise RecipeError(f"{process.name}: its process exited (exit code {process.process.exitcode})")
+
+    def drain(self, timeout: float = 120.0) -> None:
+        """As ``LocalRuntime.drain``: every message published so far, and everything it caused,
+        handled, and every component holding work of its own (the uploader's spool) empty."""
+        deadline = time.monotonic() + timeout
+        while True:
+            before = sum(self.published.values())
+            for recipe in self.order:
+                self.runners[recipe.name].wait_idle(deadline)
+            holding = {name: n for name, p in self.runners.items()
+                       if p.info.get("pending") and not p.gone and (n := p.call("pending"))}
+            if not holding and sum(self.published.values()) == before:
+                return
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"components still hold messages after {timeout:.0f} s: {holding}")
+            if holding:
+                time.sleep(0.01)
+
+    def stop(self) -> None:
+        """Stop components in reverse start order (dependents before their dependencies); every
+        child process has ended when this returns."""
+        names = [r.name for r in self.order if r.name in self._processes]
+        for name in reversed(names):
+            process = self._processes[name]
+            if process.stopping:
+                continue
+            process.stop()
+            if self.runners.pop(name, None) is not None:
+                self.stopped.append(name)
+                LOG.info("stopped %s", name)
+
+    def __enter__(self) -> ProcessRuntime:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+    def runner(self, name: str) -> _Process:
+        return self._processes[name]
+
+    def peak_rss_mb(self) -> dict[str, float]:
+        """Each running component's process: its peak resident memory, in MB."""
+        return {name: round(p.call("peak_rss") / 1024, 1) for name, p in self.runners.items() if not p.gone}
+
+    def pids(self) -> list[int]:
+        return [p.process.pid for p in self._processes.values() if p.process.pid is not None]
+
+    @property
+    def errors(self) -> list[str]:
+        return [e for p in self._processes.values() for e in p.errors]

@@ -1,0 +1,170 @@
+"""A replay with each component in its own process (``ProcessRuntime``) gives what the one-process
+runtime gives: the same alerts and windows in the cloud, the same counters, the same handler
+errors and start-up errors; and it leaves no process behind."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from telemetry.edge.config import load_config
+from telemetry.edge.errors import DbcError
+from telemetry.edge.messages import unpack
+from telemetry.edge.transport import InMemoryCloudTransport
+from telemetry.tools import replay as replay_module
+from telemetry.tools.procruntime import ProcessRuntime
+from telemetry.tools.replay import messages_from_outbox, replay
+from telemetry.tools.simulator import write_drive
+
+ROOT = Path(__file__).resolve().parents[2]
+SAMPLE = ROOT / "vehicles" / "sample"
+COUNTERS = ("frames_read", "frames_decoded", "error_frames", "remote_frames", "frames_unknown_id", "decode_errors",
+            "signal_samples", "batches", "bad_lines", "unknown_ids", "event_start", "event_end", "aggregates",
+            "late_samples", "forced_window_closes", "alerts", "alerts_raised", "alerts_updated", "alerts_cleared",
+            "alerts_active_at_end", "uploaded_messages", "uploaded_raw_bytes", "spool_left", "evicted_messages",
+            "set_aside", "malformed_messages", "handler_errors")
+
+
+@pytest.fixture(scope="module")
+def short_drive(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("drive") / "short.log"
+    write_drive(path, seconds=20.0)
+    return path
+
+
+@pytest.fixture
+def runtimes(monkeypatch) -> list[ProcessRuntime]:
+    """Every ProcessRuntime a replay makes, kept for a look at its processes afterwards."""
+    made: list[ProcessRuntime] = []
+
+    class Recorded(ProcessRuntime):
+        def __init__(self, *args, **kwargs) -> None:
+            super().__init__(*args, **kwargs)
+            made.append(self)
+
+    monkeypatch.setattr(replay_module, "ProcessRuntime", Recorded)
+    return made
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return state != "Z"
+
+
+def assert_no_component_process_left(runtime: ProcessRuntime) -> None:
+    assert len(runtime.pids()) == 4
+    assert [pid for pid in runtime.pids() if alive(pid)] == []
+    assert multiprocessing.active_children() == []
+
+
+def windows_and_alerts(out: Path) -> tuple[list[dict], list[dict]]:
+    inside = messages_from_outbox(out / "cloud.jsonl")
+    alerts = sorted((m for m in inside if m["kind"] == "alert"), key=lambda m: (m["t"], m["id"], m["state"]))
+    windows = sorted((m for m in inside if m["kind"] == "aggregates"), key=lambda m: (m["group"], m["window"]["start"]))
+    return windows, alerts
+
+
+def test_the_sample_drive_in_four_processes_gives_what_one_process_gives(tmp_path, runtimes):
+    # GIVEN the demo's replay in one process and in four
+    config = SAMPLE / "vehicle.toml"
+    one = replay(SAMPLE / "drive.log", out_dir=tmp_path / "one", config=config)
+    four = replay(SAMPLE / "drive.log", out_dir=tmp_path / "four", config=config, processes=True)
+    # THEN the cloud got the same alerts and the same windows (bundled as timing made them)
+    windows_one, alerts_one = windows_and_alerts(tmp_path / "one")
+    windows_four, alerts_four = windows_and_alerts(tmp_path / "four")
+    assert alerts_four == alerts_one and len(alerts_one) == one["alerts"] > 10
+    assert len(windows_four) == len(windows_one) == one["aggregates"]
+    for ours, theirs in zip(windows_four, windows_one):
+        assert ours.keys() == theirs.keys() and ours["window"] == theirs["window"], ours["window"]
+        for name, stats in ours["signals"].items():
+            for stat, value in stats.items():
+                assert value == pytest.approx(theirs["signals"][name][stat], rel=1e-12, abs=1e-12), (name, stat)
+    # AND the summary's counters are the same; only how the work was spread may differ
+    assert {k: four[k] for k in COUNTERS} == {k: one[k] for k in COUNTERS}
+    assert four["handler_errors"] == [] and four["spool_left"] == 0
+    assert four["local_messages"] == one["local_messages"]
+    # AND every component's process has ended
+    assert len(runtimes) == 1
+    assert_no_component_process_left(runtimes[0])
+
+
+def test_each_component_runs_in_its_own_process_and_gets_its_events_as_its_recipe_says(short_drive):
+    cfg = load_config(SAMPLE / "vehicle.toml")
+    cloud = InMemoryCloudTransport()
+    with ProcessRuntime(ROOT / "recipes", cfg, cloud, env={"TELEMETRY_LOG": str(short_drive)}) as runtime:
+        pids = runtime.pids()
+        # a malformed JSON message reaches the uploader (json) as an object it refuses; a
+        # malformed signals message reaches the aggregator and the detector (binary) as bytes
+        runtime.deliver("telemetry/aggregates", b'{"hello": "world"}')
+        runtime.deliver("telemetry/signals", b'{"v": 1, "kind": "signals", "signals": "oops"}')
+        runtime.wait_for_sources(timeout=60)
+        runtime.drain()
+        malformed = {name: runtime.component(name).counters().get("malformed") for name in runtime.started}
+        aggregates = runtime.component("telemetry.Aggregator").counters()["aggregates"]
+    assert len(set(pids)) == 4 and os.getpid() not in pids
+    assert malformed == {"telemetry.Uploader": 1, "telemetry.Aggregator": 1, "telemetry.AnomalyDetector": 1,
+                         "telemetry.CanReader": None}
+    assert aggregates == 24
+    sent = [json.loads(p) for _, p in cloud.sent]
+    assert sum(1 for p in sent if p["kind"] == "bundle") > 0  # the uploader's cloud is the parent's transport
+    assert runtime.stopped == list(reversed(runtime.started)) and runtime.errors == []
+    assert [pid for pid in pids if alive(pid)] == []
+
+
+def test_full_queues_slow_the_publishers_across_processes_and_lose_nothing(tmp_path, short_drive):
+    # GIVEN recipes whose queues hold one message
+    shutil.copytree(ROOT / "recipes", tmp_path / "recipes")
+    shutil.copytree(ROOT / "lambdas", tmp_path / "lambdas")
+    for path in (tmp_path / "recipes").glob("*.json"):
+        data = json.loads(path.read_text())
+        data["lambdaFunction"]["componentLambdaParameters"]["maxQueueSize"] = 1
+        path.write_text(json.dumps(data))
+    normal = replay(short_drive, out_dir=tmp_path / "normal", config=SAMPLE / "vehicle.toml")
+    cfg = load_config(SAMPLE / "vehicle.toml")
+    cloud = InMemoryCloudTransport()
+    with ProcessRuntime(tmp_path / "recipes", cfg, cloud, env={"TELEMETRY_LOG": str(short_drive)}) as runtime:
+        runtime.wait_for_sources(timeout=60)
+        runtime.drain()
+        waits = sum(runtime.runner(n).stats["publisher_waits"] for n in runtime.started)
+    # THEN publishers waited, and the cloud got every message of the normal replay
+    assert waits > 0
+    got = [item["message"] for _, p in cloud.sent if json.loads(p)["kind"] == "bundle" for item in unpack(p)]
+    key = lambda m: json.dumps(m, sort_keys=True)  # noqa: E731
+    assert sorted(map(key, got)) == sorted(map(key, messages_from_outbox(tmp_path / "normal" / "cloud.jsonl")))
+    assert len(got) == normal["aggregates"] + normal["alerts"] and runtime.errors == []
+
+
+def test_a_handler_error_in_a_child_is_reported_as_in_one_process(tmp_path, short_drive, runtimes):
+    shutil.copytree(ROOT / "recipes", tmp_path / "recipes")
+    shutil.copytree(ROOT / "lambdas", tmp_path / "lambdas")
+    handler = tmp_path / "lambdas" / "uploader" / "handler.py"
+    handler.write_text(handler.read_text() + "\n\ndef function_handler(event, context):\n    raise RuntimeError('boom')\n")
+    kwargs = dict(config=SAMPLE / "vehicle.toml", recipes_dir=tmp_path / "recipes")
+    one = replay(short_drive, out_dir=tmp_path / "one", **kwargs)
+    four = replay(short_drive, out_dir=tmp_path / "four", processes=True, **kwargs)
+    assert four["handler_errors"] == one["handler_errors"]
+    assert len(four["handler_errors"]) == four["aggregates"] + four["alerts"] == 24 + one["alerts"]
+    assert four["handler_errors"][0] == "telemetry.Uploader: handler raised RuntimeError: boom"
+    assert four["uploaded_messages"] == 0
+    assert_no_component_process_left(runtimes[0])
+
+
+def test_a_component_that_fails_to_start_fails_the_replay_with_the_same_error(tmp_path, short_drive, runtimes):
+    bad = tmp_path / "bad.dbc"
+    bad.write_text("BO_ 1 X: 8 Y\n SG_ A : 0|8@1+ (1,0) [0|1] \"\" Y\n SG_ B : oops\n")
+    with pytest.raises(DbcError) as in_one:
+        replay(short_drive, out_dir=tmp_path / "one", dbc=[bad])
+    with pytest.raises(DbcError) as in_four:
+        replay(short_drive, out_dir=tmp_path / "four", dbc=[bad], processes=True)
+    assert str(in_four.value) == str(in_one.value)
+    assert str(in_four.value).startswith(f"{bad}: not a valid DBC file")
+    # the components that had started (the uploader, the aggregator...) were stopped, their processes ended
+    assert_no_component_process_left(runtimes[0])
