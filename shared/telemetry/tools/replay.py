@@ -25,6 +25,8 @@ from telemetry.tools.runtime import LocalRuntime
 
 LOG = logging.getLogger(__name__)
 
+UNLIMITED = 1e15  # a rate or size no replay reaches
+
 
 
 def resolve_config(config: str | Path | VehicleConfig | None, dbc: Sequence[str | Path] = ()) -> VehicleConfig:
@@ -53,8 +55,18 @@ def replay(
     processes: bool = False,
 ) -> dict[str, Any]:
     """Replay ``log``; with ``processes``, each component runs in its own process (as on a core
-    device, and on as many cores as there are), else all four in this one."""
+    device, and on as many cores as there are), else all four in this one.
+
+    As fast as possible (``speed`` 0), the uploader's pacing to the link (bytes and publishes per
+    second, the hourly budget) and its spool cap are lifted: they are wall-clock and backlog
+    limits of a car sending in real time, and a replay a hundred times faster would only wait on
+    them, or evict what the car would have sent. At a recorded pace every setting applies."""
     cfg = resolve_config(config, dbc)
+    lifted = speed <= 0
+    if lifted:
+        cfg = dataclasses.replace(cfg, uploader=dataclasses.replace(
+            cfg.uploader, max_bytes_per_second=UNLIMITED, max_publishes_per_second=UNLIMITED,
+            budget_bytes_per_hour=0, spool_max_bytes=int(UNLIMITED)))
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     cloud = OutboxFile(out / "cloud.jsonl")
@@ -72,6 +84,7 @@ def replay(
             summary = build_summary(runtime, components.values(), cfg, log)
             if isinstance(runtime, ProcessRuntime):  # the components' memory is in their processes
                 summary["peak_rss_mb_processes"] = runtime.peak_rss_mb()
+        summary["uploader_limits_lifted"] = lifted
         summary["cloud_messages"] = cloud.messages
         summary["cloud_bytes"] = cloud.bytes
     finally:
@@ -131,7 +144,8 @@ def format_summary(summary: dict[str, Any], alerts: list[dict[str, Any]]) -> str
         f"  alerts             {s['alerts']:>10}   ({s['alerts_raised']} raised, {s['alerts_updated']} updated, "
         f"{s['alerts_cleared']} cleared, {s['alerts_active_at_end']} still active at the end)",
         f"  to the cloud       {s['cloud_messages']:>10}   publishes, {s['cloud_bytes']} bytes "
-        f"({s['uploaded_messages']} messages, {s['uploaded_raw_bytes']} bytes before packing)",
+        f"({s['uploaded_messages']} messages, {s['uploaded_raw_bytes']} bytes before packing"
+        + ("; as fast as possible: no link pacing, no spool cap)" if s.get("uploader_limits_lifted") else ")"),
         f"  wall time          {s['seconds']:>10.2f}   s (peak RSS {s['peak_rss_mb']} MB)",
     ]
     if s.get("peak_rss_mb_processes"):
