@@ -1,5 +1,9 @@
 """The CAN reader: frames in, batches of decoded signal columns out.
 
+A replay as fast as possible is cut instead by ``replay_batch_frames`` / ``replay_batch_seconds``
+(``batch_ends``), never inside one event time; every batch carries the event times of its error,
+remote, unknown-id and decode-error frames (``events``, for bus rules).
+
 Frames are collected into a batch that is flushed when it holds ``batch_max_frames`` frames or
 spans ``batch_max_seconds`` of event time (a live bus also flushes on wall-clock time, so a quiet
 bus does not hold a batch back). Each batch is decoded at once and published as one ``signals``

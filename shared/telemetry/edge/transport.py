@@ -3,8 +3,9 @@
 Two small Protocols, each with an in-memory implementation used by tests and the local runtime,
 and a real one that is handed its SDK client:
 
-* ``LocalTransport`` -- Greengrass local pub/sub: a typed message in (``messages``), its JSON
-  encoding on the wire, the decoded JSON object handed to subscribers (as a Lambda's ``event``).
+* ``LocalTransport`` -- Greengrass local pub/sub: a typed message in (``messages``), its wire
+  form (compact JSON, or the binary layout of a ``signals`` or ``batch`` message) on the wire;
+  subscribers get the JSON object, or the bytes of a binary payload (as a Lambda's ``event``).
   Real: ``IpcLocalTransport`` over ``GreengrassCoreIPCClientV2.publish_to_topic``.
 * ``CloudTransport`` -- AWS IoT Core, payload bytes. Real: ``IpcCloudTransport`` over
   ``GreengrassCoreIPCClientV2.publish_to_iot_core`` at QoS 1; ``OutboxFile`` writes what would be

@@ -43,7 +43,7 @@ from telemetry.tools.replay import resolve_config
 
 
 def signal_messages(log: Path, cfg) -> list[dict]:
-    """The reader's batches of the log, as the JSON messages the components receive."""
+    """The reader's batches of the log, through their wire form, as JSON objects."""
     decoder = DbcDecoder(cfg.dbc)
     out: list[dict] = []
     frames: list[can.Message] = []

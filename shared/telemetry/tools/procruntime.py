@@ -18,8 +18,8 @@ the same answers (``wait_for_sources``, ``drain``, ``component(name).counters()`
   only once the parent's transport has taken it (an ``OutboxFile`` line is written), and what
   that transport raises is raised in the child. Any transport works, the component never knows.
 
-Children are ``multiprocessing`` processes of the ``spawn`` context (the parent has threads, so
-no fork), talking over ``Pipe`` connections, each guarded by a lock per direction. Stopping
+Children are ``multiprocessing`` processes of the ``forkserver`` context (the parent has threads,
+so no plain fork; the server imports numpy, cantools and python-can once, then forks each child), talking over ``Pipe`` connections, each guarded by a lock per direction. Stopping
 goes in reverse start order; a child that does not stop in time is terminated, then killed.
 """
 
