@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
-import shutil
 from pathlib import Path
 
 import pytest
@@ -19,7 +18,6 @@ from telemetry.edge.transport import InMemoryCloudTransport
 from telemetry.tools import replay as replay_module
 from telemetry.tools.procruntime import ProcessRuntime
 from telemetry.tools.replay import messages_from_outbox, replay
-from telemetry.tools.simulator import write_drive
 
 ROOT = Path(__file__).resolve().parents[2]
 SAMPLE = ROOT / "vehicles" / "sample"
@@ -28,13 +26,6 @@ COUNTERS = ("frames_read", "frames_decoded", "error_frames", "remote_frames", "f
             "late_samples", "forced_window_closes", "alerts", "alerts_raised", "alerts_updated", "alerts_cleared",
             "alerts_active_at_end", "uploaded_messages", "uploaded_raw_bytes", "spool_left", "evicted_messages",
             "set_aside", "malformed_messages", "handler_errors")
-
-
-@pytest.fixture(scope="module")
-def short_drive(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("drive") / "short.log"
-    write_drive(path, seconds=20.0)
-    return path
 
 
 @pytest.fixture
@@ -119,10 +110,9 @@ def test_each_component_runs_in_its_own_process_and_gets_its_events_as_its_recip
     assert [pid for pid in pids if alive(pid)] == []
 
 
-def test_full_queues_slow_the_publishers_across_processes_and_lose_nothing(tmp_path, short_drive):
+def test_full_queues_slow_the_publishers_across_processes_and_lose_nothing(project, short_drive):
     # GIVEN recipes whose queues hold one message
-    shutil.copytree(ROOT / "recipes", tmp_path / "recipes")
-    shutil.copytree(ROOT / "lambdas", tmp_path / "lambdas")
+    tmp_path = project
     for path in (tmp_path / "recipes").glob("*.json"):
         data = json.loads(path.read_text())
         data["lambdaFunction"]["componentLambdaParameters"]["maxQueueSize"] = 1
@@ -142,9 +132,8 @@ def test_full_queues_slow_the_publishers_across_processes_and_lose_nothing(tmp_p
     assert len(got) == normal["aggregates"] + normal["alerts"] and runtime.errors == []
 
 
-def test_a_handler_error_in_a_child_is_reported_as_in_one_process(tmp_path, short_drive, runtimes):
-    shutil.copytree(ROOT / "recipes", tmp_path / "recipes")
-    shutil.copytree(ROOT / "lambdas", tmp_path / "lambdas")
+def test_a_handler_error_in_a_child_is_reported_as_in_one_process(project, short_drive, runtimes):
+    tmp_path = project
     handler = tmp_path / "lambdas" / "uploader" / "handler.py"
     handler.write_text(handler.read_text() + "\n\ndef function_handler(event, context):\n    raise RuntimeError('boom')\n")
     kwargs = dict(config=SAMPLE / "vehicle.toml", recipes_dir=tmp_path / "recipes")

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import shutil
 from collections import Counter
 from pathlib import Path
 from unittest import mock
@@ -20,24 +19,9 @@ from telemetry.edge.messages import Signals, unpack
 from telemetry.edge.transport import InMemoryCloudTransport
 from telemetry.tools.replay import replay
 from telemetry.tools.runtime import LocalRuntime
-from telemetry.tools.simulator import write_drive
 
 ROOT = Path(__file__).resolve().parents[2]
 SAMPLE = ROOT / "vehicles" / "sample"
-
-
-@pytest.fixture(scope="module")
-def short_drive(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("drive") / "short.log"
-    write_drive(path, seconds=20.0)
-    return path
-
-
-@pytest.fixture
-def project(tmp_path):
-    shutil.copytree(ROOT / "recipes", tmp_path / "recipes")
-    shutil.copytree(ROOT / "lambdas", tmp_path / "lambdas")
-    return tmp_path
 
 
 def set_queue_sizes(project: Path, size: int) -> None:

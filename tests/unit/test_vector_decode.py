@@ -263,7 +263,7 @@ def test_decode_of_python_can_frames_is_decode_frames(sample_dbc):
 
 @pytest.mark.parametrize("log, dbc", [("drive.log", "solar_car.dbc")])
 def test_every_log_of_the_repository_decodes_the_same_both_ways(log, dbc):
-    from conftest import SAMPLE
+    from telemetry.tools.paths import SAMPLE  # not "from conftest": two conftest modules exist
 
     decoder = DbcDecoder([SAMPLE / dbc])
     read = [m for m in LogSource(SAMPLE / log).frames(threading.Event()) if m is not None]

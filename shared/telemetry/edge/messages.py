@@ -135,6 +135,24 @@ _PREFIX = struct.Struct("<4sI")
 _COLUMNS = {"t": "<f8", "v": "<f8"}
 
 
+def _binary_head(payload: bytes, magic: bytes, kind: str, what: str, plural: str) -> tuple[Mapping[str, Any], int]:
+    """The JSON header of a binary layout (magic, uint32 length, header), checked, and where the
+    rest of the payload starts. ``what`` names the layout in the reasons ("binary <what> ...")."""
+    if len(payload) < _PREFIX.size or payload[:4] != magic:
+        raise MessageError(f"not a binary {what} (no {magic.decode()} header)")
+    size = _PREFIX.unpack_from(payload)[1]
+    if size > len(payload) - _PREFIX.size:
+        raise MessageError(f"binary {kind} header of {size} bytes in a payload of {len(payload)}")
+    try:
+        head = _table(json.loads(payload[_PREFIX.size:_PREFIX.size + size]), f"binary {kind} header")
+    except ValueError as exc:
+        raise MessageError(f"binary {kind} header is not JSON: {exc}") from None
+    if head.get("v") != VERSION or head.get("kind") != kind:
+        raise MessageError(f"binary payload of version {head.get('v')!r}, kind {head.get('kind')!r} "
+                           f"(this build reads v{VERSION} {plural})")
+    return head, _PREFIX.size + size
+
+
 def is_binary(payload: Any) -> bool:
     """A payload in one of the binary layouts (a signals batch, a batch of messages), as opposed
     to JSON."""
@@ -244,19 +262,7 @@ class Signals(Message):
     def from_bytes(cls, payload: bytes | bytearray | memoryview) -> Signals:
         """The binary form back, checked: every length is checked against the payload's own."""
         payload = bytes(payload)
-        if len(payload) < _PREFIX.size or payload[:4] != COLUMNS_MAGIC:
-            raise MessageError("not a binary signals payload (no TLMC header)")
-        size = _PREFIX.unpack_from(payload)[1]
-        if size > len(payload) - _PREFIX.size:
-            raise MessageError(f"binary signals header of {size} bytes in a payload of {len(payload)}")
-        try:
-            head = json.loads(payload[_PREFIX.size:_PREFIX.size + size])
-        except ValueError as exc:
-            raise MessageError(f"binary signals header is not JSON: {exc}") from None
-        head = _table(head, "binary signals header")
-        if head.get("v") != VERSION or head.get("kind") != SIGNALS:
-            raise MessageError(f"binary payload of version {head.get('v')!r}, kind {head.get('kind')!r} "
-                               f"(this build reads v{VERSION} signals)")
+        head, start = _binary_head(payload, COLUMNS_MAGIC, SIGNALS, "signals payload", "signals")
         if head.get("columns") != _COLUMNS:
             raise MessageError(f"binary signals columns {head.get('columns')!r} (this build reads {_COLUMNS})")
         names, counts = head.get("names"), head.get("counts")
@@ -269,7 +275,6 @@ class Signals(Message):
         if not event_counts.keys() <= set(EVENT_COUNTERS):
             raise MessageError(f"binary signals 'events' of unknown counters: {sorted(set(event_counts) - set(EVENT_COUNTERS))}")
         n_events = sum(_count(n, f"events.{k}") for k, n in event_counts.items())
-        start = _PREFIX.size + size
         expected = start + 16 * total + 8 * n_events
         if len(payload) != expected:
             raise MessageError(f"binary signals payload is {len(payload)} bytes; its header says {expected}")
@@ -612,25 +617,13 @@ class Batch(Message):
     @classmethod
     def from_bytes(cls, payload: bytes | bytearray | memoryview) -> Batch:
         payload = bytes(payload)
-        if len(payload) < _PREFIX.size or payload[:4] != BATCH_MAGIC:
-            raise MessageError("not a binary batch (no TLMB header)")
-        size = _PREFIX.unpack_from(payload)[1]
-        if size > len(payload) - _PREFIX.size:
-            raise MessageError(f"binary batch header of {size} bytes in a payload of {len(payload)}")
-        try:
-            head = _table(json.loads(payload[_PREFIX.size:_PREFIX.size + size]), "binary batch header")
-        except ValueError as exc:
-            raise MessageError(f"binary batch header is not JSON: {exc}") from None
-        if head.get("v") != VERSION or head.get("kind") != BATCH:
-            raise MessageError(f"binary payload of version {head.get('v')!r}, kind {head.get('kind')!r} "
-                               f"(this build reads v{VERSION} batches)")
+        head, at = _binary_head(payload, BATCH_MAGIC, BATCH, "batch", "batches")
         of = head.get("of")
         if of not in cls.BATCHABLE:
             raise MessageError(f"a batch holds one of {', '.join(cls.BATCHABLE)}, not {of!r}")
         sizes = head.get("sizes")
         if not isinstance(sizes, list):
             raise MessageError("binary batch 'sizes' must be an array")
-        at = _PREFIX.size + size
         if at + sum(_count(n, "sizes[]") for n in sizes) != len(payload):
             raise MessageError(f"binary batch payload is {len(payload)} bytes; its header says "
                                f"{at + sum(sizes)}")

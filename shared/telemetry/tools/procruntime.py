@@ -25,17 +25,15 @@ goes in reverse start order; a child that does not stop in time is terminated, t
 
 from __future__ import annotations
 
-import json
 import logging
 import multiprocessing
 import pickle
 import queue
-import re
 import resource
 import threading
 import time
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -45,10 +43,10 @@ from telemetry.edge.clock import SystemClock
 from telemetry.edge.components import LambdaAdapter, Services
 from telemetry.edge.config import VehicleConfig
 from telemetry.edge.errors import RecipeError, TransportError
-from telemetry.edge.messages import Message, is_binary
+from telemetry.edge.messages import Message
 from telemetry.edge.transport import CloudTransport, Handler
-from telemetry.tools.recipes import Recipe, check_recipes, import_handler, load_recipes
-from telemetry.tools.runtime import LambdaContext
+from telemetry.tools.recipes import Recipe, check_recipes, load_recipes
+from telemetry.tools.runtime import LambdaContext, Nucleus, as_json_event, hosted_module_name, load_hosted
 
 LOG = logging.getLogger(__name__)
 
@@ -67,14 +65,6 @@ def _portable(exc: BaseException) -> BaseException:
         return exc
     except Exception:
         return RecipeError(f"{type(exc).__name__}: {exc}")
-
-
-def _as_json(wire: bytes) -> Any:
-    # As LocalRuntime: what is not JSON reaches a json function as text, for its decoder to refuse.
-    try:
-        return json.loads(wire)
-    except ValueError:
-        return wire.decode(errors="replace")
 
 
 # -- the child: one component -------------------------------------------------------------------
@@ -176,10 +166,7 @@ class _Child:
         spec = self.spec
         recipes = load_recipes(spec.recipes_dir, spec.root)
         recipe = next(r for r in recipes if r.name == spec.name)
-        module, handler = import_handler(recipe, "_telemetry_local_" + re.sub(r"\W", "_", recipe.name))
-        adapter = getattr(module, "adapter", None)
-        if not isinstance(adapter, LambdaAdapter):
-            raise RecipeError(f"{recipe.path.name}: handler module {module.__file__} has no LambdaAdapter named 'adapter'")
+        _, handler, adapter = load_hosted(recipe, hosted_module_name(recipe))
         cloud = _CloudProxy(self)
         env = {**recipe.environment, **spec.env}
         adapter.host(Services(self, cloud, spec.config, SystemClock(), env, recipe.name))
@@ -207,7 +194,7 @@ class _Child:
             wire = self.inbox.get()
             if wire is _STOP:
                 return
-            event = wire if recipe.binary_input else _as_json(wire)
+            event = wire if recipe.binary_input else as_json_event(wire)
             started = time.monotonic()
             error = None
             try:
@@ -420,7 +407,7 @@ class RemoteComponent:
         return int(self._process.call("pending"))
 
 
-class ProcessRuntime:
+class ProcessRuntime(Nucleus):
     """Runs the components of ``recipes/``, each in its own process. Use as a context manager.
 
     The configuration crosses to the children pickled, and each child has its own system clock:
@@ -436,56 +423,15 @@ class ProcessRuntime:
         root: str | Path | None = None,
         method: str = "forkserver",
     ) -> None:
+        super().__init__(recipes_dir, config, cloud, env=env, root=root)
         self.recipes_dir = Path(recipes_dir)
         self.root = None if root is None else str(root)
-        self.recipes = load_recipes(recipes_dir, root)
-        self.config = config
-        self.cloud = cloud
-        self.env = {"TELEMETRY_SPOOL": ":memory:", **(env or {})}
         self.method = method
         self.runners: dict[str, _Process] = {}  # started, by name
-        self.order: list[Recipe] = []
         self._processes: dict[str, _Process] = {}  # every child, started or not
-        self._routes: dict[str, list[_Process]] = {}
-        self._taps: dict[str, list[Handler]] = {}
-        self._lock = threading.Lock()
-        self.published: Counter[str] = Counter()
-        self.published_bytes: Counter[str] = Counter()
-        self.started: list[str] = []
-        self.stopped: list[str] = []
 
-    # -- routing ---------------------------------------------------------------------------------
-    def publish(self, topic: str, message: Message) -> None:
-        self.deliver(topic, message.to_bytes())
-
-    def deliver(self, topic: str, wire: bytes) -> None:
-        """Route a payload as published on ``topic`` (the children's publishes come here)."""
-        with self._lock:
-            self.published[topic] += 1
-            self.published_bytes[topic] += len(wire)
-            routes = list(self._routes.get(topic, ()))
-            taps = list(self._taps.get(topic, ()))
-        if not routes and not taps:
-            LOG.debug("no subscriber for %s", topic)
-            return
-        binary = is_binary(wire)
-        for process in routes:
-            if binary and not process.recipe.binary_input:
-                process.stats["binary_to_json_function"] += 1
-                LOG.warning("%s: binary payload on %s, but its inputPayloadEncodingType is json", process.name, topic)
-            process.put(wire)
-        if taps:
-            event = wire if binary else _as_json(wire)
-            for tap in taps:
-                tap(event)
-
-    def subscribe(self, topic: str, handler: Handler) -> None:
-        """Watch a topic from the parent (tests, tools); called synchronously."""
-        with self._lock:
-            self._taps.setdefault(topic, []).append(handler)
-
-    def close(self) -> None:
-        pass
+    def _hand(self, route: Any, wire: bytes, as_json: Callable[[], Any]) -> None:
+        route.put(wire)  # the child decodes it as its recipe says
 
     # -- lifecycle ---------------------------------------------------------------------------------
     def start(self) -> None:
@@ -535,22 +481,13 @@ class ProcessRuntime:
             if process.gone:
                 raise RecipeError(f"{process.name}: its process exited (exit code {process.process.exitcode})")
 
-    def drain(self, timeout: float = 120.0) -> None:
-        """As ``LocalRuntime.drain``: every message published so far, and everything it caused,
-        handled, and every component holding work of its own (the uploader's spool) empty."""
-        deadline = time.monotonic() + timeout
-        while True:
-            before = sum(self.published.values())
-            for recipe in self.order:
-                self.runners[recipe.name].wait_idle(deadline)
-            holding = {name: n for name, p in self.runners.items()
-                       if p.info.get("pending") and not p.gone and (n := p.call("pending"))}
-            if not holding and sum(self.published.values()) == before:
-                return
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"components still hold messages after {timeout:.0f} s: {holding}")
-            if holding:
-                time.sleep(0.01)
+    def _settle(self, deadline: float) -> None:
+        for recipe in self.order:
+            self.runners[recipe.name].wait_idle(deadline)
+
+    def _holding(self) -> dict[str, int]:
+        return {name: n for name, p in self.runners.items()
+                if p.info.get("pending") and not p.gone and (n := p.call("pending"))}
 
     def stop(self) -> None:
         """Stop components in reverse start order (dependents before their dependencies); every
@@ -564,13 +501,6 @@ class ProcessRuntime:
             if self.runners.pop(name, None) is not None:
                 self.stopped.append(name)
                 LOG.info("stopped %s", name)
-
-    def __enter__(self) -> ProcessRuntime:
-        self.start()
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.stop()
 
     def runner(self, name: str) -> _Process:
         return self._processes[name]

@@ -19,11 +19,11 @@ import re
 import threading
 import time
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import Any, Self
 
 from telemetry.edge.clock import Clock, SystemClock
 from telemetry.edge.components import LambdaAdapter, Services
@@ -96,33 +96,48 @@ class _Runner:
             LOG.warning("%s: invocation took %.1f s, over its %.0f s timeout", self.recipe.name, elapsed, self.recipe.timeout)
 
 
-class LocalRuntime:
-    """Runs the components of ``recipes/`` in one process. Use as a context manager."""
+def as_json_event(wire: bytes) -> Any:
+    """What a function whose recipe takes JSON receives: the decoded object; what is not JSON
+    reaches it as text, for its decoder to refuse."""
+    try:
+        return json.loads(wire)
+    except ValueError:
+        return wire.decode(errors="replace")
 
-    def __init__(
-        self,
-        recipes_dir: str | Path,
-        config: VehicleConfig,
-        cloud: CloudTransport,
-        *,
-        env: Mapping[str, str] | None = None,
-        clock: Clock | None = None,
-        root: str | Path | None = None,
-    ) -> None:
+
+def load_hosted(recipe: Recipe, module_name: str) -> tuple[ModuleType, Any, LambdaAdapter]:
+    """A recipe's handler module, its handler and its ``LambdaAdapter``, as the Lambda runtime
+    would load them (by module name from the handler string)."""
+    module, handler = import_handler(recipe, module_name)
+    adapter = getattr(module, "adapter", None)
+    if not isinstance(adapter, LambdaAdapter):
+        raise RecipeError(f"{recipe.path.name}: handler module {module.__file__} has no LambdaAdapter named 'adapter'")
+    return module, handler, adapter
+
+
+def hosted_module_name(recipe: Recipe) -> str:
+    return "_telemetry_local_" + re.sub(r"\W", "_", recipe.name)
+
+
+class Nucleus:
+    """What a local stand-in for the nucleus does whatever hosts the components: local pub/sub
+    (routes per the recipes' event sources, taps, topic counters) and the drain of a replay.
+    Subclasses say how an event reaches a route (``_hand``), when every route has handled what
+    it was given (``_settle``) and which components still hold work of their own (``_holding``)."""
+
+    def __init__(self, recipes_dir: str | Path, config: VehicleConfig, cloud: CloudTransport, *,
+                 env: Mapping[str, str] | None = None, root: str | Path | None = None) -> None:
         self.recipes = load_recipes(recipes_dir, root)
         self.config = config
         self.cloud = cloud
         # A laptop has no place for the uploader's device spool: in memory unless told otherwise.
         self.env = {"TELEMETRY_SPOOL": ":memory:", **(env or {})}
-        self.clock = clock or SystemClock()
-        self.runners: dict[str, _Runner] = {}
         self.order: list[Recipe] = []
-        self._routes: dict[str, list[_Runner]] = {}
+        self._routes: dict[str, list[Any]] = {}
         self._taps: dict[str, list[Handler]] = {}
         self._lock = threading.Lock()
         self.published: Counter[str] = Counter()
         self.published_bytes: Counter[str] = Counter()
-        self._stopped: dict[str, _Runner] = {}
         self.started: list[str] = []
         self.stopped: list[str] = []
 
@@ -141,34 +156,27 @@ class LocalRuntime:
         if not routes and not taps:
             LOG.debug("no subscriber for %s", topic)
             return
-        # JSON is decoded once for every subscriber that takes JSON (they read it, never change
-        # it); what is not JSON reaches them as text, for their decoder to refuse. A function
-        # that takes binary gets the bytes, as Greengrass gives them.
+        # JSON is decoded at most once for every subscriber that takes it here (they read it,
+        # never change it). A function that takes binary gets the bytes, as Greengrass gives them.
         parsed: list[Any] = []
 
         def as_json() -> Any:
             if not parsed:
-                try:
-                    parsed.append(json.loads(wire))
-                except ValueError:
-                    parsed.append(wire.decode(errors="replace"))
+                parsed.append(as_json_event(wire))
             return parsed[0]
 
         binary = is_binary(wire)
-        for runner in routes:
-            if runner.recipe.binary_input:
-                event = wire
-            else:
-                if binary:  # Greengrass could not hand this to a json function either
-                    runner.stats["binary_to_json_function"] += 1
-                    LOG.warning("%s: binary payload on %s, but its inputPayloadEncodingType is json",
-                                runner.recipe.name, topic)
-                event = as_json()
-            if runner.queue.full():
-                runner.stats["publisher_waits"] += 1
-            runner.queue.put(event)  # blocks while the queue is full: back-pressure, not loss
+        for route in routes:
+            if binary and not route.recipe.binary_input:  # Greengrass could not hand this over either
+                route.stats["binary_to_json_function"] += 1
+                LOG.warning("%s: binary payload on %s, but its inputPayloadEncodingType is json",
+                            route.recipe.name, topic)
+            self._hand(route, wire, as_json)
         for tap in taps:
             tap(wire if binary else as_json())
+
+    def _hand(self, route: Any, wire: bytes, as_json: Callable[[], Any]) -> None:
+        raise NotImplementedError
 
     def subscribe(self, topic: str, handler: Handler) -> None:
         """Watch a topic from outside the components (tests, tools); called synchronously."""
@@ -177,6 +185,66 @@ class LocalRuntime:
 
     def close(self) -> None:
         pass
+
+    # -- a replay's end -------------------------------------------------------------------------
+    def drain(self, timeout: float = 120.0) -> None:
+        """Wait until every message published so far, and everything it caused, is handled, and
+        every component holding work of its own (the uploader's spool) has passed it on."""
+        deadline = time.monotonic() + timeout
+        while True:
+            before = sum(self.published.values())
+            self._settle(deadline)
+            holding = self._holding()
+            if not holding and sum(self.published.values()) == before:
+                return
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"components still hold messages after {timeout:.0f} s: {holding}")
+            if holding:
+                time.sleep(0.01)
+
+    def _settle(self, deadline: float) -> None:
+        raise NotImplementedError
+
+    def _holding(self) -> dict[str, int]:
+        raise NotImplementedError
+
+    def start(self) -> None:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+
+class LocalRuntime(Nucleus):
+    """Runs the components of ``recipes/`` in one process. Use as a context manager."""
+
+    def __init__(
+        self,
+        recipes_dir: str | Path,
+        config: VehicleConfig,
+        cloud: CloudTransport,
+        *,
+        env: Mapping[str, str] | None = None,
+        clock: Clock | None = None,
+        root: str | Path | None = None,
+    ) -> None:
+        super().__init__(recipes_dir, config, cloud, env=env, root=root)
+        self.clock = clock or SystemClock()
+        self.runners: dict[str, _Runner] = {}
+        self._stopped: dict[str, _Runner] = {}
+
+    def _hand(self, route: Any, wire: bytes, as_json: Callable[[], Any]) -> None:
+        event = wire if route.recipe.binary_input else as_json()
+        if route.queue.full():
+            route.stats["publisher_waits"] += 1
+        route.queue.put(event)  # blocks while the queue is full: back-pressure, not loss
 
     # -- lifecycle ------------------------------------------------------------------------------
     def start(self) -> None:
@@ -194,11 +262,7 @@ class LocalRuntime:
     def _start(self, recipe: Recipe) -> None:
         env = {**recipe.environment, **self.env}
         services = Services(self, self.cloud, self.config, self.clock, env, recipe.name)
-        module_name = "_telemetry_local_" + re.sub(r"\W", "_", recipe.name)
-        module, handler = import_handler(recipe, module_name)
-        adapter = getattr(module, "adapter", None)
-        if not isinstance(adapter, LambdaAdapter):
-            raise RecipeError(f"{recipe.path.name}: handler module {module.__file__} has no LambdaAdapter named 'adapter'")
+        module, handler, adapter = load_hosted(recipe, hosted_module_name(recipe))
         adapter.host(services)  # builds the component: a bad configuration (a broken DBC) fails here
         if recipe.pinned:
             adapter.start_pinned()  # a pinned function's loop, if its component has one
@@ -232,22 +296,13 @@ class LocalRuntime:
             if adapter.error is not None:
                 raise adapter.error
 
-    def drain(self, timeout: float = 120.0) -> None:
-        """Wait until every message published so far, and everything it caused, is handled, and
-        every component holding work of its own (the uploader's spool) has passed it on."""
-        deadline = time.monotonic() + timeout
-        while True:
-            before = sum(self.published.values())
-            for recipe in self.order:
-                self.runners[recipe.name].queue.join()
-            holding = {name: r.component.pending() for name, r in self.runners.items()
-                       if hasattr(r.component, "pending") and r.component.pending()}
-            if not holding and sum(self.published.values()) == before:
-                return
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"components still hold messages after {timeout:.0f} s: {holding}")
-            if holding:
-                time.sleep(0.01)
+    def _settle(self, deadline: float) -> None:
+        for recipe in self.order:
+            self.runners[recipe.name].queue.join()
+
+    def _holding(self) -> dict[str, int]:
+        return {name: r.component.pending() for name, r in self.runners.items()
+                if hasattr(r.component, "pending") and r.component.pending()}
 
     def stop(self) -> None:
         """Stop components in reverse start order (dependents before their dependencies)."""
@@ -262,13 +317,6 @@ class LocalRuntime:
             self.stopped.append(recipe.name)
             LOG.info("stopped %s", recipe.name)
             self._stopped[recipe.name] = runner
-
-    def __enter__(self) -> LocalRuntime:
-        self.start()
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.stop()
 
     def runner(self, name: str) -> _Runner:
         return self.runners.get(name) or self._stopped[name]
