@@ -554,12 +554,27 @@ class Bundle(Message):
     compress: bool = True
 
     def to_bytes(self) -> bytes:
-        body = b"[" + b",".join(b'{"id":%s,"message":%s}' % (json.dumps(i).encode(), p) for i, p in self.items) + b"]"
-        head = b'{"v":%d,"kind":"bundle","vehicle":%s,"of":%s,"count":%d,' % (
-            VERSION, json.dumps(self.vehicle).encode(), json.dumps(self.of).encode(), len(self.items))
+        items = [self.item(i, p) for i, p in self.items]
+        head = self.head(self.vehicle, self.of, len(items))
         if self.compress:
-            return head + b'"encoding":"zlib+base64","data":"' + base64.b64encode(zlib.compress(body, 6)) + b'"}'
-        return head + b'"encoding":"none","messages":' + body + b"}"
+            body = b"[" + b",".join(items) + b"]"
+            return head + self.ZLIB_OPEN + base64.b64encode(zlib.compress(body, 6)) + self.ZLIB_CLOSE
+        return head + self.PLAIN_OPEN + b",".join(items) + self.PLAIN_CLOSE
+
+    # The envelope's parts, so that the uploader can size a bundle item by item (uploader.fit).
+    ZLIB_OPEN: ClassVar[bytes] = b'"encoding":"zlib+base64","data":"'
+    ZLIB_CLOSE: ClassVar[bytes] = b'"}'
+    PLAIN_OPEN: ClassVar[bytes] = b'"encoding":"none","messages":['
+    PLAIN_CLOSE: ClassVar[bytes] = b"]}"
+
+    @staticmethod
+    def head(vehicle: str, of: str, count: int) -> bytes:
+        return b'{"v":%d,"kind":"bundle","vehicle":%s,"of":%s,"count":%d,' % (
+            VERSION, json.dumps(vehicle).encode(), json.dumps(of).encode(), count)
+
+    @staticmethod
+    def item(id_: str, payload: bytes) -> bytes:
+        return b'{"id":%s,"message":%s}' % (json.dumps(id_).encode(), payload)
 
     def encode(self) -> dict[str, Any]:
         return dict(json.loads(self.to_bytes()))

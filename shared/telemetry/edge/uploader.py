@@ -18,7 +18,6 @@ spool's size cap the oldest aggregates are evicted, and the eviction is itself u
 from __future__ import annotations
 
 import base64
-import json
 import logging
 import math
 import random
@@ -63,20 +62,11 @@ def _item_id(entry: Entry, vehicle: str, spool_id: str) -> str:
     return f"{vehicle}:{entry.kind}:{entry.key or f'{spool_id}-{entry.id}'}"
 
 
-# The parts of messages.Bundle.to_bytes's envelope, to size and build a bundle item by item.
-# A test holds the two to the same bytes (uncompressed) and the same items (compressed).
-_ZLIB_OPEN, _ZLIB_CLOSE = b'"encoding":"zlib+base64","data":"', b'"}'
-_PLAIN_OPEN, _PLAIN_CLOSE = b'"encoding":"none","messages":[', b"]}"
 _ZLIB_TAIL = 16  # at most what "]" and the end of the stream add after a sync flush (3 + 4 bytes)
 
 
-def _head(vehicle: str, of: str, count: int) -> bytes:
-    return b'{"v":%d,"kind":"bundle","vehicle":%s,"of":%s,"count":%d,' % (
-        messages.VERSION, json.dumps(vehicle).encode(), json.dumps(of).encode(), count)
-
-
 def _item(entry: Entry, vehicle: str, spool_id: str) -> bytes:
-    return b'{"id":%s,"message":%s}' % (json.dumps(_item_id(entry, vehicle, spool_id)).encode(), entry.payload)
+    return messages.Bundle.item(_item_id(entry, vehicle, spool_id), entry.payload)
 
 
 def fit(entries: list[Entry], *, vehicle: str, spool_id: str, compress: bool, max_bytes: int) -> tuple[bytes, int]:
@@ -85,23 +75,23 @@ def fit(entries: list[Entry], *, vehicle: str, spool_id: str, compress: bool, ma
     compressed, each message goes through zlib once (``_deflate_fitting``)."""
     items = [_item(e, vehicle, spool_id) for e in entries]
     of = entries[0].kind
-    room = max_bytes - len(_head(vehicle, of, len(items)))  # the widest count
+    room = max_bytes - len(messages.Bundle.head(vehicle, of, len(items)))  # the widest count
     if not compress:
-        room -= len(_PLAIN_OPEN) + len(_PLAIN_CLOSE)
+        room -= len(messages.Bundle.PLAIN_OPEN) + len(messages.Bundle.PLAIN_CLOSE)
         n, used = 0, 0
         for item in items:
             used += len(item) + (1 if n else 0)  # and its comma
             if n and used > room:
                 break
             n += 1
-        return _head(vehicle, of, n) + _PLAIN_OPEN + b",".join(items[:n]) + _PLAIN_CLOSE, n
-    zmax = (room - len(_ZLIB_OPEN) - len(_ZLIB_CLOSE)) // 4 * 3  # base64: 4 bytes per 3
+        return messages.Bundle.head(vehicle, of, n) + messages.Bundle.PLAIN_OPEN + b",".join(items[:n]) + messages.Bundle.PLAIN_CLOSE, n
+    zmax = (room - len(messages.Bundle.ZLIB_OPEN) - len(messages.Bundle.ZLIB_CLOSE)) // 4 * 3  # base64: 4 bytes per 3
     data, n = _deflate_fitting(items, zmax)
     if data is None and n > 1:  # the last ones compressed far worse than those before: again, measuring each
         data, n = _deflate_fitting(items[:n], zmax, guess=False)
     if data is None:  # the first alone is over the limit: it goes alone (and is refused, and set aside)
         return pack(entries[:1], vehicle=vehicle, spool_id=spool_id, compress=True), 1
-    return _head(vehicle, of, n) + _ZLIB_OPEN + base64.b64encode(data) + _ZLIB_CLOSE, n
+    return messages.Bundle.head(vehicle, of, n) + messages.Bundle.ZLIB_OPEN + base64.b64encode(data) + messages.Bundle.ZLIB_CLOSE, n
 
 
 class _Deflate:
