@@ -3,6 +3,8 @@ side replaced), and a pinned loop that starts without blocking the module import
 
 from __future__ import annotations
 
+import json
+
 import importlib.util
 import threading
 from pathlib import Path
@@ -65,13 +67,13 @@ def test_services_on_greengrass_use_one_ipc_client_and_the_configured_vehicle(tm
 
 
 def test_a_handler_module_builds_its_component_once_on_first_invocation(make_services):
-    services = make_services(aggregator={"window_seconds": 1.0})
+    services = make_services(aggregator={"window_seconds": 1.0, "publish_seconds": 1.0})
     module = load(ROOT / "lambdas/aggregator/handler.py", "aggregator_handler_test", services)
     module.function_handler(signals_event(columns(**{"A.x": ([0.5], [1.0])})), None)
     first = module.adapter.component
     module.function_handler(signals_event(columns(**{"A.x": ([1.5], [2.0])})), None)
     assert first is module.adapter.component
-    assert [m["window"]["start"] for m in services.local.messages("telemetry/out")] == [0.0]
+    assert [w for m in services.local.messages("telemetry/out") for w in m["windows"]] == ["0.0"]
 
 
 def test_the_uploader_handler_spools_and_its_pinned_sender_delivers(make_services):
@@ -153,12 +155,12 @@ def test_the_windows_one_batch_closes_travel_together_and_are_stored_in_one_comm
     from telemetry.edge import messages
     from telemetry.edge.components import AggregatorComponent
 
-    services = make_services(aggregator={"window_seconds": 1.0})
+    services = make_services(aggregator={"window_seconds": 1.0, "publish_seconds": 1.0})
     aggregator = AggregatorComponent(services)
     aggregator.handle(messages.Signals("x", 1, 0.5, 4.5, {}, columns(**{"A.x": ([0.5, 1.5, 2.5, 3.5, 4.5], [1, 2, 3, 4, 5])})).to_bytes())
     out = services.local.messages("telemetry/out")
     assert [m["kind"] for m in out] == ["batch"] and out[0]["of"] == "aggregates"
-    assert [m["window"]["start"] for m in out[0]["messages"]] == [0.0, 1.0, 2.0, 3.0]
+    assert [m["period"]["start"] for m in out[0]["messages"]] == [0.0, 1.0, 2.0, 3.0]
     aggregator.handle(messages.Signals("x", 2, 5.5, 5.5, {}, columns(**{"A.x": ([5.5], [6])})).to_bytes())
     assert services.local.messages("telemetry/out")[-1]["kind"] == "aggregates"  # one window: on its own
     assert aggregator.counters()["aggregates"] == 5
@@ -166,10 +168,12 @@ def test_the_windows_one_batch_closes_travel_together_and_are_stored_in_one_comm
     up = UploaderComponent(make_services(env={"TELEMETRY_SPOOL": str(tmp_path / "spool.db")}))
     statements: list[str] = []
     up.core.spool._db.set_trace_callback(statements.append)
-    batch = dict(out[0])
-    batch["messages"] = [*out[0]["messages"], {"v": 1, "kind": "aggregates", "vehicle": "car"}]
-    up.handle(batch)
+    good = [messages.Aggregates.of_window(messages.Window("car", i, "default", float(i), i + 1.0, {"A.x": {"count": 1}}))
+            for i in range(4)]
+    wires = [m.to_bytes() for m in good] + [b'{"v":1,"kind":"aggregates","vehicle":"car"}']
+    head = json.dumps({"v": 1, "kind": "batch", "of": "aggregates", "sizes": [len(w) for w in wires]}).encode()
+    up.handle(b"TLMB" + len(head).to_bytes(4, "little") + head + b"".join(wires))
     assert statements.count("COMMIT") == 1 and up.pending() == 4
     assert up.counters()["malformed"] == 1
-    assert list(up.counters()["malformed_reasons"]) == ["in a batch: aggregates message without 'window'"]
+    assert list(up.counters()["malformed_reasons"]) == ["in a batch: aggregates travel binary (TLMA); this is a JSON object"]
     up.close()

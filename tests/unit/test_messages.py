@@ -11,29 +11,32 @@ import pytest
 from support.helpers import columns
 from telemetry.edge import messages
 from telemetry.edge.errors import MessageError
-from telemetry.edge.messages import Aggregates, Alert, Batch, Bundle, EndOfStream, Gap, Health, Signals
+from telemetry.edge.messages import Aggregates, Alert, Batch, Bundle, EndOfStream, Gap, Health, Signals, Window
 
 SIGNALS = Signals("drive.log", 1, 1.0, 2.0, {"read": 2, "decoded": 2},
                   columns(**{"A.x": ([1.0, 2.0], [3.0, 4.0]), "B.y": ([1.5], [-1.0])}))
-AGGREGATES = Aggregates("car", 4, "default", 10.0, 11.0, {"A.x": {"count": 2, "min": 1.0, "max": 2.0, "mean": 1.5}}, 1, 9.5)
+WINDOW = Window("car", 4, "default", 10.0, 11.0, {"A.x": {"count": 2, "min": 1.0, "max": 2.0, "mean": 1.5}}, 1, 9.5)
+AGGREGATES = Aggregates.of_window(WINDOW)
 ALERT = Alert("car", "car/r/A.x/10.500000", "raised", "r", "limit", "A.x", "critical", 10.5, 99.0, {"max": 60})
 EXAMPLES = [
     SIGNALS,
     EndOfStream("drive.log", 2, 2.0, {"read": 2}),
+    WINDOW,
     AGGREGATES,
     ALERT,
     Gap("car", 100.0, "aggregates", 3, 3000, 1.0, 3.0, 7, 9),
     Health("car", 100.0, {"messages": 1, "bytes": 10, "oldest_age_seconds": None, "by_kind": {}},
            {"bundles": 1, "messages": 2, "bytes": 300}, 0, {"messages": 0, "gaps": 0}, 0, {"bytes_last_hour": 0, "limit": None}),
-    Batch("aggregates", (AGGREGATES,)),
+    Batch("alert", (ALERT,)),
 ]
 
 
 @pytest.mark.parametrize("message", EXAMPLES, ids=lambda m: m.kind)
 def test_every_kind_round_trips_through_its_wire_form_and_json(message):
     wire = message.to_bytes()
-    assert messages.is_binary(wire) == message.binary == (message.kind in ("signals", "batch"))
-    for event in (wire, json.loads(json.dumps(message.encode()))):  # as bytes, and as a JSON object
+    assert messages.is_binary(wire) == message.binary == (message.kind in ("signals", "batch", "aggregates"))
+    forms = [wire] if message.kind == "aggregates" else [wire, json.loads(json.dumps(message.encode()))]
+    for event in forms:  # as bytes, and as a JSON object (aggregates travel binary only)
         again = messages.decode(event)
         assert type(again) is type(message)
         assert again.encode() == message.encode()
@@ -148,10 +151,13 @@ def alert_event(**change):
         ({"v": 1, "kind": "signals", "span": {"start": 0, "end": 1}, "signals": {"A.x": [1, 2]}}, "not an object"),
         ({"v": 1, "kind": "signals", "span": {"start": 0, "end": 1}, "signals": {"A.x": {"t": [1], "v": ["hot"]}}}, "non-numeric"),
         ({"v": 1, "kind": "signals", "span": {"start": 0, "end": 1}, "signals": {"A.x": {"t": [1], "v": [None]}}}, "not a finite number"),
-        ({"v": 1, "kind": "aggregates"}, "aggregates message without 'window'"),
-        ({**AGGREGATES.encode(), "window": {"start": 5.0, "end": 5.0}}, "is not before"),
-        ({**AGGREGATES.encode(), "signals": {"A.x": {"count": 1, "pad": 3}}}, "unknown statistic 'pad'"),
-        ({**AGGREGATES.encode(), "signals": {"A.x": {"mean": "x"}}}, "must be a finite number"),
+        ({"v": 1, "kind": "window"}, "window message without 'window'"),
+        ({**WINDOW.encode(), "window": {"start": 5.0, "end": 5.0}}, "is not before"),
+        ({**WINDOW.encode(), "signals": {"A.x": {"count": 1, "pad": 3}}}, "unknown statistic 'pad'"),
+        ({**WINDOW.encode(), "signals": {"A.x": {"mean": "x"}}}, "must be a finite number"),
+        ({"v": 1, "kind": "aggregates"}, "aggregates travel binary"),
+        (b"TLMA\x01\x00\x10\x00\x00\x00garbage", "does not decompress"),
+        (AGGREGATES.to_bytes()[:-3], "not one complete zlib stream"),
         ({"v": 1, "kind": "alert"}, "alert message without 'state'"),
         ({"v": 1, "kind": "alert", "id": "a", "t": 1.0}, "without 'state'"),
         (alert_event(state="burning"), "alert state must be one of"),
@@ -177,12 +183,12 @@ def test_nan_is_refused_at_the_sender():
 
 
 def test_a_batch_holds_messages_of_one_kind_each_checked_on_its_own():
-    good = AGGREGATES.encode()
-    batch = messages.decode({"v": 1, "kind": "batch", "of": "aggregates",
-                             "messages": [good, {"v": 1, "kind": "aggregates"}, ALERT.encode(), "x", good]})
+    good = ALERT.encode()
+    batch = messages.decode({"v": 1, "kind": "batch", "of": "alert",
+                             "messages": [good, {"v": 1, "kind": "alert"}, WINDOW.encode(), "x", good]})
     assert isinstance(batch, Batch) and [m.encode() for m in batch.items] == [good, good]
-    assert batch.refused == ("in a batch: aggregates message without 'window'",
-                             "in a batch: unexpected message kind 'alert' (expected aggregates)",
+    assert batch.refused == ("in a batch: alert message without 'state'",
+                             "in a batch: unexpected message kind 'window' (expected alert)",
                              "in a batch: message is a str, not a JSON object")
     for event, reason in (({"v": 1, "kind": "batch", "of": "signals", "messages": []}, "not 'signals'"),
                           ({"v": 1, "kind": "batch", "of": "alert", "messages": {}}, "must be an array"),
@@ -192,7 +198,7 @@ def test_a_batch_holds_messages_of_one_kind_each_checked_on_its_own():
 
 
 def test_a_binary_batch_carries_its_items_bytes_as_they_are():
-    other = Aggregates("car", 5, "default", 11.0, 12.0, {"A.x": {"count": 1, "min": 2.0, "max": 2.0, "mean": 2.0}})
+    other = Aggregates.of_window(Window("car", 5, "default", 11.0, 12.0, {"A.x": {"count": 1, "min": 2.0, "max": 2.0, "mean": 2.0}}))
     wire = Batch("aggregates", (AGGREGATES, other)).to_bytes()
     assert wire[:4] == b"TLMB"
     size = int.from_bytes(wire[4:8], "little")
@@ -200,7 +206,7 @@ def test_a_binary_batch_carries_its_items_bytes_as_they_are():
                                               "sizes": [len(AGGREGATES.to_bytes()), len(other.to_bytes())]}
     assert wire[8 + size:] == AGGREGATES.to_bytes() + other.to_bytes()
     batch = messages.decode(wire, "batch")
-    assert [m.encode() for m in batch.items] == [AGGREGATES.encode(), other.encode()]
+    assert [m.encode()["windows"] for m in batch.items] == [AGGREGATES.encode()["windows"], other.encode()["windows"]]
     assert [m.to_bytes() for m in batch.items] == [AGGREGATES.to_bytes(), other.to_bytes()]  # stored as they came
 
 
@@ -216,4 +222,4 @@ def test_a_bad_item_in_a_binary_batch_is_refused_alone():
     bad = b'{"v":1,"kind":"aggregates","window":{"start":1,"end":2},"value":NaN}'
     head = json.dumps({"v": 1, "kind": "batch", "of": "aggregates", "sizes": [len(good), len(bad), len(good)]}).encode()
     batch = messages.decode(b"TLMB" + len(head).to_bytes(4, "little") + head + good + bad + good)
-    assert len(batch.items) == 2 and batch.refused == ("in a batch: message is neither JSON nor a binary payload (signals, batch)",)
+    assert len(batch.items) == 2 and batch.refused == ("in a batch: message is neither JSON nor a binary payload (signals, batch, aggregates)",)

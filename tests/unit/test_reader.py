@@ -127,7 +127,7 @@ def test_a_quiet_live_bus_still_closes_the_aggregators_windows(make_services, sa
     event time on with the wall clock, so the last window does not wait forever."""
     from telemetry.edge.components import AggregatorComponent
 
-    services = make_services(reader={"batch_max_frames": 1000, "batch_max_seconds": 0.05}, aggregator={"window_seconds": 0.2})
+    services = make_services(reader={"batch_max_frames": 1000, "batch_max_seconds": 0.05}, aggregator={"window_seconds": 0.2, "publish_seconds": 0.2})
     services.clock = SystemClock()
     aggregator = AggregatorComponent(services)
     services.local.subscribe("telemetry/out", lambda m: aggregator.handle(m) if messages.is_binary(m) else None)
@@ -140,7 +140,8 @@ def test_a_quiet_live_bus_still_closes_the_aggregators_windows(make_services, sa
         wait_until(lambda: any(m["kind"] == "aggregates" for m in services.local.messages("telemetry/out")), 300)
     aggregates = [m for m in services.local.messages("telemetry/out") if m["kind"] == "aggregates"]
     assert aggregates, "the window of the only frame never closed"
-    assert aggregates[0]["signals"]["BMS_PackStatus.PackVoltage"]["count"] == 1
+    (window,) = aggregates[0]["windows"].values()
+    assert window["BMS_PackStatus.PackVoltage"]["count"] == 1
     assert reader.core.totals["ticks"] > 0
 
 

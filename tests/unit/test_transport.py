@@ -11,6 +11,7 @@ import pytest
 from awsiot.greengrasscoreipc.clientv2 import GreengrassCoreIPCClientV2
 from awsiot.greengrasscoreipc.model import (
     QOS,
+    PayloadFormat,
     BinaryMessage,
     JsonMessage,
     PublishMessage,
@@ -94,7 +95,8 @@ def test_ipc_local_subscribe_passes_json_objects_and_binary_bytes(client):
 
 def test_ipc_cloud_publish_is_qos1_with_bytes(client):
     IpcCloudTransport(client).publish("dt/car-01/alerts", b'{"v":1}')
-    client.publish_to_iot_core.assert_called_once_with(topic_name="dt/car-01/alerts", qos=QOS.AT_LEAST_ONCE, payload=b'{"v":1}')
+    client.publish_to_iot_core.assert_called_once_with(topic_name="dt/car-01/alerts", qos=QOS.AT_LEAST_ONCE, payload=b'{"v":1}',
+                                                       payload_format=PayloadFormat.UTF8, content_type="application/json")
 
 
 def test_sdk_errors_become_transport_errors(client):

@@ -121,7 +121,7 @@ def test_windows_close_as_event_time_passes_their_end():
     assert stats == {"count": 3, "min": 1.0, "max": 3.0, "mean": 2.0, "last": 3.0, "first": 1.0,
                      "std": pytest.approx(math.sqrt(2 / 3)), "t_min": 10.1, "t_max": 10.9}
     assert out[0]["group"] == "default" and out[0]["late"] == {"samples": 0, "oldest": None}
-    assert out[0]["vehicle"] == "car" and out[0]["kind"] == "aggregates" and out[0]["v"] == 1
+    assert out[0]["vehicle"] == "car" and out[0]["kind"] == "window" and out[0]["v"] == 1
     # a batch's span end moves event time on even when it carries no sample of this signal
     out = agg.add(FlatBatch.empty(), watermark=13.0)
     assert [m["window"]["start"] for m in out] == [11.0]
@@ -189,13 +189,13 @@ def test_window_groups_have_their_own_length_and_one_sequence():
 
 
 def test_component_publishes_each_closed_window_and_flushes_at_end_of_stream(make_services):
-    services = make_services(aggregator={"window_seconds": 2.0})
+    services = make_services(aggregator={"window_seconds": 2.0, "publish_seconds": 2.0})
     component = AggregatorComponent(services)
     component.handle(signals_event(columns(**{"A.x": ([0.5, 1.5], [1.0, 2.0])})))
     component.handle(signals_event(columns(**{"A.x": ([2.5], [3.0])})))
     assert len(services.local.messages("telemetry/out")) == 1
     component.handle(messages.EndOfStream("s", 3, 2.5, {}).encode())
     out = services.local.messages("telemetry/out")
-    assert [m["window"]["start"] for m in out] == [0.0, 2.0]
+    assert [w for m in out for w in m["windows"]] == ["0.0", "2.0"]
     component.handle({"v": 1, "kind": "signals"})  # malformed: counted, not raised
     assert component.stats["malformed"] == 1

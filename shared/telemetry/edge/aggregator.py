@@ -23,12 +23,13 @@ import dataclasses
 import fnmatch
 import math
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 
+from .. import wire
 from .config import AggregatorConfig
-from .messages import Aggregates, EndOfStream, FlatBatch, Signals
+from .messages import Aggregates, EndOfStream, FlatBatch, Signals, Window
 
 DEFAULT_GROUP = "default"
 
@@ -73,19 +74,39 @@ class _Window:
         a["last_t"][sid] = np.where(take, r["last_t"], a["last_t"][sid])
         a["last"][sid] = np.where(take, r["last"], a["last"][sid])
 
-    def signals(self, names: list[str]) -> dict[str, dict[str, float | int]]:
+    def cells(self, names: list[str]) -> Cells:
         a = self.a
         present = np.flatnonzero(a["count"] > 0)
-        cols = {key: a[key][present].tolist() for key in _FIELDS}
-        std = np.sqrt(np.maximum(a["m2"][present], 0.0) / a["count"][present]).tolist()
-        out = {}
-        for i, sid in enumerate(present.tolist()):
-            out[names[sid]] = {
-                "count": cols["count"][i], "min": cols["min"][i], "max": cols["max"][i], "mean": cols["mean"][i],
-                "last": cols["last"][i], "std": std[i], "first": cols["first"][i],
-                "t_min": cols["t_min"][i], "t_max": cols["t_max"][i],
-            }
-        return dict(sorted(out.items()))
+        stats = {key: a[key][present] for key in ("count", "min", "max", "mean", "last", "first", "t_min", "t_max")}
+        stats["std"] = np.sqrt(np.maximum(a["m2"][present], 0.0) / a["count"][present])
+        return Cells(names, present, stats)
+
+
+class Cells(Mapping[str, Mapping[str, float]]):
+    """The statistics of a closed window in columns (signal numbers of its group, one array per
+    statistic); read as ``{signal: {statistic: value}}`` only when someone asks (tests, tools):
+    the aggregates payload is made from the columns."""
+
+    def __init__(self, names: list[str], sid: np.ndarray, stats: dict[str, np.ndarray]) -> None:
+        self.names, self.sid, self.stats = names, sid, stats
+        self._dict: dict[str, dict[str, float]] | None = None
+
+    def _as_dict(self) -> dict[str, dict[str, float]]:
+        if self._dict is None:
+            cols = {key: self.stats[key].tolist() for key in wire.STATISTICS}
+            rows = {self.names[sid]: {key: cols[key][i] for key in wire.STATISTICS}
+                    for i, sid in enumerate(self.sid.tolist())}
+            self._dict = dict(sorted(rows.items()))
+        return self._dict
+
+    def __getitem__(self, name: str) -> Mapping[str, float]:
+        return self._as_dict()[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._as_dict())
+
+    def __len__(self) -> int:
+        return len(self.sid)
 
 
 def window_reduce(sid: np.ndarray, t: np.ndarray, v: np.ndarray, width: float) -> dict[str, np.ndarray]:
@@ -144,19 +165,19 @@ class WindowAggregator:
             self.names.append(name)
         return sid
 
-    def add(self, batch: FlatBatch, watermark: float | None = None) -> list[Aggregates]:
-        """Fold a batch in; return the aggregates of the windows it closes."""
+    def add(self, batch: FlatBatch, watermark: float | None = None) -> list[Window]:
+        """Fold a batch in; return the windows it closes."""
         local = np.array([self.sid(name) for name in batch.names], dtype=np.int64)
         return self.add_samples(local[batch.ids] if len(batch) else batch.ids, batch.t, batch.v, watermark)
 
-    def add_samples(self, sid: np.ndarray, t: np.ndarray, v: np.ndarray, watermark: float | None = None) -> list[Aggregates]:
+    def add_samples(self, sid: np.ndarray, t: np.ndarray, v: np.ndarray, watermark: float | None = None) -> list[Window]:
         """Fold in samples of this group's signals (numbered by ``sid``)."""
         if len(t):
             self._fold(sid, t, v)
         newest = float(t.max()) if len(t) else -math.inf
         return self.advance(newest if watermark is None else max(watermark, newest))
 
-    def advance(self, watermark: float) -> list[Aggregates]:
+    def advance(self, watermark: float) -> list[Window]:
         """Event time has reached ``watermark``: close what is due."""
         self.watermark = max(self.watermark, watermark)
         out = self._close(lambda k: (k + 1) * self.width + self.lateness <= self.watermark)
@@ -170,7 +191,7 @@ class WindowAggregator:
             out += self._close(forced)
         return out
 
-    def flush(self) -> list[Aggregates]:
+    def flush(self) -> list[Window]:
         """Close every open window (the source has ended)."""
         out = self._close(lambda k: True)
         if self._late and not out:
@@ -201,7 +222,7 @@ class WindowAggregator:
                 window.grow(len(self.names))
             window.merge(r["sid"][a:b], {key: r[key][a:b] for key in _FIELDS})
 
-    def _close(self, due: Callable[[int], bool]) -> list[Aggregates]:
+    def _close(self, due: Callable[[int], bool]) -> list[Window]:
         out = []
         for k in sorted(self.open):
             if not due(k):
@@ -211,13 +232,13 @@ class WindowAggregator:
             self.seq += 1
             self.stats["windows"] += 1
             out.append(
-                Aggregates(
+                Window(
                     vehicle=self.vehicle,
                     seq=self.seq,
                     group=self.group,
                     start=k * self.width,
                     end=(k + 1) * self.width,
-                    signals=window.signals(self.names),
+                    signals=window.cells(self.names),
                     late_samples=self._late,
                     late_oldest=self._late_oldest if self._late else None,
                 )
@@ -226,10 +247,103 @@ class WindowAggregator:
         return out
 
 
-class Aggregation:
-    """All window groups of a vehicle: selects signals and routes each to its group."""
+def dbc_resolutions(dbc_paths: Sequence[str]) -> dict[str, wire.Resolution]:
+    """Each signal's (scale, offset) from the DBC files, by the decoder's signal names; None for
+    a signal that is an IEEE float (sent as float64). On a shared frame id the later file wins,
+    as in the decoder."""
+    from .decode import load_dbc, signal_names  # noqa: PLC0415  (cantools: only when a DBC is read)
 
-    def __init__(self, cfg: AggregatorConfig, vehicle: str) -> None:
+    out: dict[str, wire.Resolution] = {}
+    for path in dbc_paths:
+        for message in load_dbc(path).messages:
+            names = signal_names(message)
+            for s in message.signals:
+                out[names[s.name]] = None if s.is_float else (float(s.scale), float(s.offset))
+    return out
+
+
+class Publisher:
+    """The closed windows of one group, into one aggregates payload per publish period: the
+    windows whose start is in ``[j*P, (j+1)*P)`` travel together, encoded once
+    (``telemetry.wire``), once the last of them has closed. Which windows share a payload
+    depends only on event time, so a payload's id (group and period start) names the same
+    windows in every run, however the stream was batched."""
+
+    def __init__(self, group: WindowAggregator, *, period: float, stats: tuple[str, ...], res: Mapping[str, wire.Resolution],
+                 codec: str, max_bytes: int) -> None:
+        self.group, self.stats, self.res, self.codec, self.max_bytes = group, stats, res, codec, max_bytes
+        self.period = max(float(period), group.width)
+        self.pending: list[Window] = []
+        self.j: int | None = None  # the period of the pending windows
+        self.stats_out: Counter[str] = Counter()
+
+    def _period(self, start: float) -> int:
+        return math.floor(start / self.period + 1e-9)
+
+    def add(self, windows: list[Window]) -> list[tuple[Window, ...]]:
+        """Closed windows (in order) in; the periods they complete out, each as its windows."""
+        out = []
+        for w in windows:
+            j = self._period(w.start)
+            if self.j is not None and j != self.j:
+                out.append(tuple(self.pending))
+                self.pending = []
+            self.j = j
+            self.pending.append(w)
+        if self.pending and self.j is not None:
+            # the period's last window is [k_last*W, (k_last+1)*W), k_last the last window starting in it
+            k_next = math.ceil((self.j + 1) * self.period / self.group.width - 1e-9)
+            if k_next * self.group.width + self.group.lateness <= self.group.watermark:
+                out.append(tuple(self.pending))
+                self.pending, self.j = [], None
+        return out
+
+    def flush(self) -> list[tuple[Window, ...]]:
+        out = [tuple(self.pending)] if self.pending else []
+        self.pending, self.j = [], None
+        return out
+
+    def payloads(self, windows: tuple[Window, ...], seq: int) -> list[tuple[wire.Payload, bytes]]:
+        """One period's windows, encoded: one payload, or several (cut by signal) if one would
+        be over ``max_bytes``."""
+        g = self.group
+        j = self._period(windows[0].start)
+        sids, ks, cols = [], [], {key: [] for key in self.stats}
+        for w in windows:
+            cells = w.signals
+            assert isinstance(cells, Cells)
+            sids.append(cells.sid)
+            ks.append(np.full(len(cells.sid), round(w.start / g.width), np.int64))
+            for key in self.stats:
+                cols[key].append(cells.stats[key])
+        sid = np.concatenate(sids)
+        present = np.unique(sid)
+        remap = np.zeros(len(g.names), np.int64)
+        remap[present] = np.arange(len(present))
+        table = wire.Table(tuple(g.names[i] for i in present.tolist()), np.concatenate(ks), remap[sid],
+                           {key: np.concatenate(v) for key, v in cols.items()}).sorted()
+        late = sum(w.late_samples for w in windows)
+        oldest = min((w.late_oldest for w in windows if w.late_oldest is not None), default=None)
+        payload = wire.Payload(g.vehicle, seq, g.group, g.width, j * self.period, (j + 1) * self.period, table,
+                               late, oldest, res=self.res)
+        data = wire.encode(payload, codec=self.codec)
+        parts = 1
+        while len(data) > self.max_bytes and parts < len(table.names):
+            parts = min(len(table.names), parts * 2)
+            pieces = wire.split(payload, parts)
+            encoded = [wire.encode(p, codec=self.codec) for p in pieces]
+            if max(map(len, encoded)) <= self.max_bytes or parts == len(table.names):
+                self.stats_out["payloads_split"] += 1
+                return list(zip(pieces, encoded))
+        return [(payload, data)]
+
+
+class Aggregation:
+    """All window groups of a vehicle: selects signals and routes each to its group; and (with
+    ``publish``) packs each group's closed windows into aggregates payloads per publish period."""
+
+    def __init__(self, cfg: AggregatorConfig, vehicle: str, *, res: Mapping[str, wire.Resolution] | None = None,
+                 max_bytes: int = 100_000) -> None:
         self.cfg = cfg
         def group(name: str, width: float) -> WindowAggregator:
             return WindowAggregator(width, vehicle, group=name, lateness=cfg.lateness_seconds,
@@ -237,6 +351,12 @@ class Aggregation:
 
         self.groups = {g.name: group(g.name, g.window_seconds) for g in cfg.groups}
         self.groups[DEFAULT_GROUP] = group(DEFAULT_GROUP, cfg.window_seconds)
+        settings = {g.name: (g.publish_seconds or cfg.publish_seconds, g.stats or cfg.stats) for g in cfg.groups}
+        settings[DEFAULT_GROUP] = (cfg.publish_seconds, cfg.stats)
+        self.publishers = {name: Publisher(a, period=settings[name][0], stats=settings[name][1], res=res or {},
+                                           codec=cfg.codec, max_bytes=max_bytes)
+                           for name, a in self.groups.items()}
+        self.payload_seq = 0
         self._route: dict[str, str | None] = {}
         self._where: dict[str, tuple[int, int]] = {}  # name -> (group number, signal number)
         self.stats: Counter[str] = Counter()
@@ -264,7 +384,7 @@ class Aggregation:
             self._route[signal] = group
         return self._route[signal]
 
-    def add(self, batch: FlatBatch, watermark: float) -> list[Aggregates]:
+    def add(self, batch: FlatBatch, watermark: float) -> list[Window]:
         groups = list(self.groups.values())
         # per name of the batch: its group (-1: not selected) and its number in that group
         where = self._where
@@ -289,16 +409,37 @@ class Aggregation:
                 out += aggregator.advance(watermark)
         return self._sorted(out)
 
-    def process(self, message: Signals | EndOfStream) -> list[Aggregates]:
+    def process(self, message: Signals | EndOfStream) -> list[Window]:
         """A signals or end_of_stream message in, the aggregates it completes out."""
         if isinstance(message, Signals):
             return self.add(message.batch, message.end)
         return self.flush()
 
-    def flush(self) -> list[Aggregates]:
+    def flush(self) -> list[Window]:
         return self._sorted([m for a in self.groups.values() for m in a.flush()])
 
-    def _sorted(self, out: list[Aggregates]) -> list[Aggregates]:
+    def publish(self, message: Signals | EndOfStream) -> list[Aggregates]:
+        """A signals or end_of_stream message in, the aggregates payloads it completes out (in
+        event-time order, numbered across groups)."""
+        windows = self.process(message)
+        by_group: dict[str, list[Window]] = {}
+        for w in windows:
+            by_group.setdefault(w.group, []).append(w)
+        done: list[tuple[Publisher, tuple[Window, ...]]] = []
+        for name, publisher in self.publishers.items():
+            periods = publisher.add(by_group.get(name, []))
+            if isinstance(message, EndOfStream):
+                periods += publisher.flush()
+            done += [(publisher, p) for p in periods]
+        done.sort(key=lambda d: (d[1][-1].end, d[0].group.group))
+        out = []
+        for publisher, period in done:
+            self.payload_seq += 1
+            for payload, data in publisher.payloads(period, self.payload_seq):
+                out.append(Aggregates.of(payload, data))
+        return out
+
+    def _sorted(self, out: list[Window]) -> list[Window]:
         """In event-time order, numbered across groups: (vehicle, kind, seq) is unique."""
         out.sort(key=lambda m: (m.end, m.group))
         numbered = []
@@ -311,4 +452,6 @@ class Aggregation:
         total = Counter(self.stats)
         for aggregator in self.groups.values():
             total.update(aggregator.stats)
+        for publisher in self.publishers.values():
+            total.update(publisher.stats_out)
         return total

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import messages
-from .aggregator import Aggregation
+from .aggregator import Aggregation, dbc_resolutions
 from .clock import Clock, SystemClock
 from .config import VehicleConfig, load_config
 from .decode import DbcDecoder, Decoder
@@ -322,11 +322,13 @@ class AggregatorComponent(MessageComponent):
     def __init__(self, services: Services) -> None:
         super().__init__(services)
         self.topic = services.setting("TELEMETRY_OUTPUT_TOPIC")
-        self.core = Aggregation(services.config.aggregator, services.config.vehicle)
+        cfg = services.config
+        self.core = Aggregation(cfg.aggregator, cfg.vehicle, res=dbc_resolutions(cfg.dbc),
+                                max_bytes=cfg.uploader.max_payload_bytes)
 
     def on_message(self, message: messages.Signals | messages.EndOfStream) -> None:
-        out = self.core.process(message)
-        if len(out) > 1:  # the windows one batch closed travel together: one invocation, one commit
+        out = self.core.publish(message)
+        if len(out) > 1:  # the payloads one batch completed travel together: one invocation, one commit
             self.services.local.publish(self.topic, messages.Batch(messages.AGGREGATES, tuple(out)))
         elif out:
             self.services.local.publish(self.topic, out[0])
@@ -334,8 +336,8 @@ class AggregatorComponent(MessageComponent):
 
     def counters(self) -> dict[str, Any]:
         totals = self.core.totals()
-        return {**super().counters(), "aggregates": self.stats["aggregates"], "late_samples": totals["late_samples"],
-                "forced_window_closes": totals["forced_closes"]}
+        return {**super().counters(), "aggregates": self.stats["aggregates"], "windows": totals["windows"],
+                "late_samples": totals["late_samples"], "forced_window_closes": totals["forced_closes"]}
 
 
 class AnomalyDetectorComponent(MessageComponent):
@@ -364,7 +366,7 @@ class UploaderComponent(MessageComponent):
     """Aggregates and alerts into the durable spool; its pinned loop is the sender
     (``uploader.Uploader``)."""
 
-    accepts = (messages.AGGREGATES, messages.ALERT, messages.BATCH)
+    accepts = (messages.AGGREGATES, messages.WINDOW, messages.ALERT, messages.BATCH)
     role = "worker"
 
     def __init__(self, services: Services, spool: Spool | None = None) -> None:
@@ -376,7 +378,7 @@ class UploaderComponent(MessageComponent):
         self.core = Uploader(spool, services.cloud, cfg, vehicle=services.config.vehicle,
                              prefix=services.config.cloud_prefix, clock=services.clock)
 
-    def on_message(self, message: messages.Aggregates | messages.Alert | messages.Batch) -> None:
+    def on_message(self, message: messages.Aggregates | messages.Window | messages.Alert | messages.Batch) -> None:
         if isinstance(message, messages.Batch):
             self.core.accept_many([m for m in message.items if isinstance(m, (messages.Aggregates, messages.Alert))])
         else:

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from .. import wire
 from .errors import ConfigError
 from .rules import Rule, rule_class
 
@@ -40,6 +41,8 @@ class WindowGroup:
     name: str
     signals: tuple[str, ...]
     window_seconds: float
+    stats: tuple[str, ...] = ()  # () : the aggregator's
+    publish_seconds: float = 0.0  # 0: the aggregator's
 
 
 @dataclass(frozen=True)
@@ -50,6 +53,9 @@ class AggregatorConfig:
     exclude: tuple[str, ...] = ()
     max_open_windows: int = 64  # per group; past it the oldest window is closed early
     groups: tuple[WindowGroup, ...] = ()
+    stats: tuple[str, ...] = ("count", "min", "max", "mean")  # what goes on the wire, per group
+    publish_seconds: float = 10.0  # one aggregates payload per group per this much event time
+    codec: str = "zlib"  # the payload body's compression: zlib or none
 
 
 @dataclass(frozen=True)
@@ -121,6 +127,16 @@ def _patterns(value: Any, where: str) -> tuple[str, ...]:
     return tuple(value)
 
 
+def _stats(value: Any, where: str) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(x, str) for x in value):
+        raise ConfigError(f"{where}: must be a list of statistics ({', '.join(wire.STATISTICS)})")
+    unknown = [x for x in value if x not in wire.STATISTICS]
+    if unknown:
+        raise ConfigError(f"{where}: unknown statistic(s) {', '.join(unknown)} (known: {', '.join(wire.STATISTICS)})")
+    # count always travels (a window's weight); the order is the canonical one
+    return tuple(x for x in wire.STATISTICS if x in value or x == "count")
+
+
 def _aggregator(data: Any, where: str) -> AggregatorConfig:
     if not isinstance(data, Mapping):
         raise ConfigError(f"{where}: must be a table")
@@ -129,8 +145,13 @@ def _aggregator(data: Any, where: str) -> AggregatorConfig:
     for key in ("include", "exclude"):
         if key in data:
             data[key] = () if data[key] == [] else _patterns(data[key], f"{where} {key}")
+    if "stats" in data:
+        data["stats"] = _stats(data["stats"], f"{where} stats")
     cfg = _section(AggregatorConfig, data, where)
     _positive(cfg.window_seconds, f"{where} window_seconds")
+    _positive(cfg.publish_seconds, f"{where} publish_seconds")
+    if cfg.codec not in wire.CODECS:
+        raise ConfigError(f"{where} codec: must be one of {', '.join(wire.CODECS)}, not {cfg.codec!r}")
     _positive(cfg.max_open_windows, f"{where} max_open_windows")
     if not isinstance(cfg.lateness_seconds, (int, float)) or cfg.lateness_seconds < 0:
         raise ConfigError(f"{where} lateness_seconds: must be zero or more")
@@ -144,8 +165,11 @@ def _aggregator(data: Any, where: str) -> AggregatorConfig:
         if "signals" not in raw or "name" not in raw:
             raise ConfigError(f"{gwhere}: needs 'name' and 'signals'")
         raw["signals"] = _patterns(raw["signals"], f"{gwhere} signals")
+        raw["stats"] = _stats(raw.get("stats", list(cfg.stats)), f"{gwhere} stats")
+        raw.setdefault("publish_seconds", cfg.publish_seconds)
         group = _section(WindowGroup, raw, gwhere)
         _positive(group.window_seconds, f"{gwhere} window_seconds")
+        _positive(group.publish_seconds, f"{gwhere} publish_seconds")
         if group.name in {g.name for g in groups} | {"default"}:
             raise ConfigError(f"{gwhere}: group name {group.name!r} is taken")
         groups.append(group)

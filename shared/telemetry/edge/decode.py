@@ -116,8 +116,13 @@ def _check_every_signal_loaded(path: Path, db: Any) -> None:
             current = None
 
 
+def signal_names(message: Any) -> dict[str, str]:
+    """A DBC message's signals by cantools name -> the name they travel under: ``<Message>.<Signal>``."""
+    return {s.name: f"{message.name}.{s.name}" for s in message.signals}
+
+
 def _entry(message: Any, source: str) -> _Entry:
-    names = {s.name: f"{message.name}.{s.name}" for s in message.signals}
+    names = signal_names(message)
     try:
         return _Entry(message, source, names, MessagePlan.compile(message, names))
     except Unsupported as exc:

@@ -28,6 +28,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from .. import wire
 from .errors import MessageError
 
 VERSION = 1
@@ -35,6 +36,7 @@ VERSION = 1
 SIGNALS = "signals"
 END_OF_STREAM = "end_of_stream"
 AGGREGATES = "aggregates"
+WINDOW = "window"
 ALERT = "alert"
 GAP = "gap"
 HEALTH = "health"
@@ -122,8 +124,8 @@ class Message:
     def to_bytes(self) -> bytes:
         """The message as published: compact JSON, except for the kinds that travel as binary.
         A message decoded from bytes gives back the bytes it was read from (not encoded again)."""
-        wire = self.__dict__.get("_wire")
-        return wire if wire is not None else dumps(self.encode())
+        data = self.__dict__.get("_wire")
+        return data if data is not None else dumps(self.encode())
 
 
 # The binary layout of a signals batch (docs/MESSAGES.md): the magic, the header's length
@@ -156,7 +158,7 @@ def _binary_head(payload: bytes, magic: bytes, kind: str, what: str, plural: str
 def is_binary(payload: Any) -> bool:
     """A payload in one of the binary layouts (a signals batch, a batch of messages), as opposed
     to JSON."""
-    return isinstance(payload, (bytes, bytearray, memoryview)) and bytes(payload[:4]) in (COLUMNS_MAGIC, BATCH_MAGIC)
+    return isinstance(payload, (bytes, bytearray, memoryview)) and bytes(payload[:4]) in _BINARY
 
 
 @dataclass(frozen=True)
@@ -359,12 +361,11 @@ _STATISTICS = frozenset(STATISTICS)
 
 
 @dataclass(frozen=True)
-class Aggregates(Message):
-    """Statistics of one event-time window of one window group."""
+class Window(Message):
+    """Statistics of one event-time window of one window group: what the aggregator computes,
+    in its readable form. Local: the uploader and the cloud get them as ``Aggregates``."""
 
-    kind: ClassVar[str] = AGGREGATES
-    priority: ClassVar[int | None] = 2
-    cloud_topic: ClassVar[str | None] = "aggregates"
+    kind: ClassVar[str] = WINDOW
 
     vehicle: str
     seq: int
@@ -386,19 +387,19 @@ class Aggregates(Message):
 
     def encode(self) -> dict[str, Any]:
         return {
-            "v": VERSION, "kind": AGGREGATES, "vehicle": self.vehicle, "seq": self.seq, "group": self.group,
+            "v": VERSION, "kind": WINDOW, "vehicle": self.vehicle, "seq": self.seq, "group": self.group,
             "window": {"start": self.start, "end": self.end},
             "signals": {name: dict(stats) for name, stats in self.signals.items()},
             "late": {"samples": self.late_samples, "oldest": self.late_oldest},
         }
 
     @classmethod
-    def decode(cls, event: Mapping[str, Any]) -> Aggregates:
-        window = _table(_field(event, "window"), "aggregates message 'window'")
+    def decode(cls, event: Mapping[str, Any]) -> Window:
+        window = _table(_field(event, "window"), "window message 'window'")
         start, end = _number(window.get("start"), "window.start"), _number(window.get("end"), "window.end")
         if not start < end:
             raise MessageError(f"window.start {start} is not before window.end {end}")
-        signals = _table(_field(event, "signals"), "aggregates message 'signals'")
+        signals = _table(_field(event, "signals"), "window message 'signals'")
         for name, stats in signals.items():
             stats = _table(stats, f"signal {name!r}")
             if not stats:
@@ -420,6 +421,77 @@ class Aggregates(Message):
             _count(late.get("samples", 0), "late.samples"),
             _or_none(_number(late.get("oldest"), "late.oldest", optional=True)),
         )
+
+
+@dataclass(frozen=True)
+class Aggregates(Message):
+    """The windows of one group over one publish period, in the compact columnar layout of
+    ``telemetry.wire`` (binary: ``TLMA``): what the aggregator publishes, the uploader stores and
+    IoT Core receives, as the same bytes."""
+
+    kind: ClassVar[str] = AGGREGATES
+    binary: ClassVar[bool] = True
+    priority: ClassVar[int | None] = 2
+    cloud_topic: ClassVar[str | None] = "aggregates"
+
+    payload: wire.Payload
+
+    @property
+    def key(self) -> str:
+        return self.payload.key
+
+    @property
+    def event_time(self) -> float:
+        return self.payload.start
+
+    def to_bytes(self) -> bytes:
+        wire_bytes = self.__dict__.get("_wire")
+        if wire_bytes is None:
+            raise MessageError("aggregates are made by aggregator.encode_payload (their bytes come with them)")
+        return wire_bytes
+
+    @classmethod
+    def of(cls, payload: wire.Payload, data: bytes) -> Aggregates:
+        message = cls(payload)
+        object.__setattr__(message, "_wire", data)
+        return message
+
+    @classmethod
+    def of_window(cls, window: Window, *, codec: str = "zlib") -> Aggregates:
+        """One window (e.g. a JSON ``window`` message given to the uploader) as a payload of its
+        own: every statistic it has, values as float64 (no DBC resolution is known here)."""
+        names = tuple(sorted(window.signals))
+        stats = [s for s in wire.STATISTICS if all(s in window.signals[n] for n in names)] if names else ["count"]
+        if "count" not in stats:
+            raise MessageError("a window whose signals have no 'count' cannot be sent")
+        k = round(window.start / (window.end - window.start))
+        table = wire.Table(names, np.full(len(names), k, np.int64), np.arange(len(names), dtype=np.int64),
+                           {s: np.array([window.signals[n][s] for n in names],
+                                        np.int64 if s == "count" else np.float64) for s in stats})
+        width = window.end - window.start
+        payload = wire.Payload(window.vehicle, window.seq, window.group, width, k * width, (k + 1) * width, table,
+                               window.late_samples, window.late_oldest)
+        return cls.of(payload, wire.encode(payload, codec=codec))
+
+    @classmethod
+    def from_bytes(cls, data: bytes | bytearray | memoryview) -> Aggregates:
+        data = bytes(data)
+        try:
+            return cls.of(wire.decode(data), data)
+        except wire.WireError as exc:
+            raise MessageError(str(exc)) from None
+
+    def encode(self) -> dict[str, Any]:
+        """The readable form (tools, tests): the header and every window's statistics."""
+        p = self.payload
+        return {"v": VERSION, "kind": AGGREGATES, "vehicle": p.vehicle, "seq": p.seq, "group": p.group,
+                "width": p.width, "period": {"start": p.start, "end": p.end}, "stats": list(p.stats),
+                "late": {"samples": p.late_samples, "oldest": p.late_oldest}, "part": list(p.part),
+                "thinned": p.thinned, "windows": {repr(k): v for k, v in p.windows().items()}}
+
+    @classmethod
+    def decode(cls, event: Mapping[str, Any]) -> Aggregates:
+        raise MessageError("aggregates travel binary (TLMA); this is a JSON object")
 
 
 @dataclass(frozen=True)
@@ -610,7 +682,7 @@ class Batch(Message):
 
     kind: ClassVar[str] = BATCH
     binary: ClassVar[bool] = True
-    BATCHABLE: ClassVar[tuple[str, ...]] = (AGGREGATES, ALERT)
+    BATCHABLE: ClassVar[tuple[str, ...]] = (AGGREGATES, ALERT)  # aggregates: binary items
 
     of: str
     items: tuple[Message, ...]
@@ -680,8 +752,11 @@ def unpack(payload: bytes | str | Mapping[str, Any]) -> list[dict[str, Any]]:
 
 
 KINDS: dict[str, type[Message]] = {
-    cls.kind: cls for cls in (Signals, EndOfStream, Aggregates, Alert, Gap, Health, Bundle, Batch)
+    cls.kind: cls for cls in (Signals, EndOfStream, Window, Aggregates, Alert, Gap, Health, Bundle, Batch)
 }
+
+
+_BINARY: dict[bytes, type[Message]] = {COLUMNS_MAGIC: Signals, BATCH_MAGIC: Batch, wire.MAGIC: Aggregates}
 
 
 def decode(event: Any, *kinds: str) -> Message:
@@ -692,18 +767,18 @@ def decode(event: Any, *kinds: str) -> Message:
     Raises MessageError with a reason a person can act on; the caller counts it and carries on.
     """
     if isinstance(event, (bytes, bytearray, memoryview)):
-        wire = bytes(event)
-        if is_binary(wire):
-            cls: type[Signals] | type[Batch] = Signals if wire[:4] == COLUMNS_MAGIC else Batch
+        data = bytes(event)
+        if is_binary(data):
+            cls = _BINARY[data[:4]]
             if kinds and cls.kind not in kinds:
                 raise MessageError(f"unexpected message kind {cls.kind!r} (expected {', '.join(kinds)})")
-            return cls.from_bytes(wire)
+            return cls.from_bytes(data)  # type: ignore[attr-defined, no-any-return]
         try:
-            parsed = json.loads(wire, parse_constant=_no_constant)
+            parsed = json.loads(data, parse_constant=_no_constant)
         except ValueError:
-            raise MessageError("message is neither JSON nor a binary payload (signals, batch)") from None
+            raise MessageError("message is neither JSON nor a binary payload (signals, batch, aggregates)") from None
         message = decode(parsed, *kinds)
-        object.__setattr__(message, "_wire", wire)  # what it was read from: to_bytes() gives it back
+        object.__setattr__(message, "_wire", data)  # what it was read from: to_bytes() gives it back
         return message
     if not isinstance(event, Mapping):
         raise MessageError(f"message is a {type(event).__name__}, not a JSON object")

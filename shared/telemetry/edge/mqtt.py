@@ -87,7 +87,12 @@ class Mqtt5CloudTransport:
             raise TransportError("not connected to the broker")
         if len(payload) + len(topic) + 16 > self.max_packet:
             raise RejectedError(f"publish to {topic}: {len(payload)} bytes is over the broker's maximum packet size {self.max_packet}")
-        packet = mqtt5.PublishPacket(topic=topic, payload=payload, qos=mqtt5.QoS.AT_LEAST_ONCE)
+        from .transport import content_type  # noqa: PLC0415  (transport imports this module's users)
+
+        text, ctype = content_type(payload)
+        pfi = mqtt5.PayloadFormatIndicator.AWS_MQTT5_PFI_UTF8 if text else mqtt5.PayloadFormatIndicator.AWS_MQTT5_PFI_BYTES
+        packet = mqtt5.PublishPacket(topic=topic, payload=payload, qos=mqtt5.QoS.AT_LEAST_ONCE,
+                                     payload_format_indicator=pfi, content_type=ctype)
         try:
             result = self.client.publish(packet).result(self.timeout)
         except Exception as exc:  # disconnected mid-flight, timed out, client stopping

@@ -18,6 +18,7 @@ Errors of the SDK are mapped to ``TransportError`` in exactly one place (``_sdk_
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 import threading
@@ -25,8 +26,18 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
+from .. import wire
 from .errors import TransportError
 from .messages import Message, decode, dumps, is_binary
+
+
+def content_type(payload: bytes) -> tuple[bool, str]:
+    """(is UTF-8 text, MQTT 5 content type) of a cloud payload: an aggregates payload is binary
+    (``telemetry.wire``), everything else JSON. Set on each publish so a consumer (an IoT rule, a
+    subscriber) knows which decoder to use without looking inside."""
+    if wire.is_payload(payload):
+        return False, wire.CONTENT_TYPE
+    return True, "application/json"
 
 # What a subscriber receives: a JSON object, or the bytes of a binary payload (a signals batch).
 Handler = Callable[[Any], None]
@@ -102,15 +113,24 @@ class InMemoryCloudTransport:
             self.sent.append((topic, bytes(payload)))
 
     def messages(self, topic: str | None = None) -> list[dict[str, Any]]:
+        """The JSON publishes (alerts, gaps, health bundles), parsed; aggregates payloads are binary:
+        see ``payloads``."""
         with self._lock:
-            return [json.loads(p) for t, p in self.sent if topic is None or t == topic]
+            return [json.loads(p) for t, p in self.sent if (topic is None or t == topic) and not wire.is_payload(p)]
+
+    def payloads(self, topic: str | None = None) -> list[wire.Payload]:
+        """The aggregates payloads, decoded."""
+        with self._lock:
+            return [wire.decode(p) for t, p in self.sent if (topic is None or t == topic) and wire.is_payload(p)]
 
     def close(self) -> None:
         pass
 
 
 class OutboxFile:
-    """The cloud of a replay: one line ``{"topic": ..., "payload": <message>}`` per publish."""
+    """The cloud of a replay: one line per publish, ``{"topic": ..., "payload": <message>}`` for
+    JSON, ``{"topic": ..., "content_type": ..., "payload_base64": "..."}`` for a binary
+    aggregates payload (``./build.sh decode-cloud`` reads both)."""
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
@@ -121,7 +141,12 @@ class OutboxFile:
         self.bytes = 0
 
     def publish(self, topic: str, payload: bytes) -> None:
-        line = f'{{"topic":{json.dumps(topic)},"payload":{payload.decode()}}}\n'
+        text, ctype = content_type(payload)
+        if text:
+            line = f'{{"topic":{json.dumps(topic)},"payload":{payload.decode()}}}\n'
+        else:
+            line = (f'{{"topic":{json.dumps(topic)},"content_type":"{ctype}",'
+                    f'"payload_base64":"{base64.b64encode(payload).decode()}"}}\n')
         with self._lock:
             self._file.write(line)
             self._file.flush()
@@ -183,10 +208,12 @@ class IpcCloudTransport:
         self._client = client
 
     def publish(self, topic: str, payload: bytes) -> None:
-        from awsiot.greengrasscoreipc.model import QOS
+        from awsiot.greengrasscoreipc.model import QOS, PayloadFormat
 
         with _sdk_errors(f"publish to IoT Core topic {topic}"):
-            self._client.publish_to_iot_core(topic_name=topic, qos=QOS.AT_LEAST_ONCE, payload=payload)
+            text, ctype = content_type(payload)
+            self._client.publish_to_iot_core(topic_name=topic, qos=QOS.AT_LEAST_ONCE, payload=payload,
+                                             payload_format=PayloadFormat.UTF8 if text else PayloadFormat.BYTES, content_type=ctype)
 
     def close(self) -> None:
         pass  # the IPC client is shared; whoever created it closes it

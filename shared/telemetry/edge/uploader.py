@@ -27,6 +27,7 @@ from collections import Counter, deque
 from collections.abc import Sequence
 from typing import Any
 
+from .. import wire
 from . import messages
 from .clock import Clock
 from .config import UploaderConfig
@@ -268,8 +269,15 @@ class Sender:
                 self.idle = False
                 return 1.0
             return self.cfg.poll_seconds
-        payload, n = self._fit(entries)
-        entries = entries[:n]
+        if entries[0].kind == messages.AGGREGATES:  # a payload of its own: sent as stored, or thinned
+            entries = entries[:1]
+            payload = self._thinned(entries[0].payload)
+            if payload is None:
+                self.stats["budget_waits"] += 1
+                return 1.0
+        else:
+            payload, n = self._fit(entries)
+            entries = entries[:n]
         wait = max(self.publishes.wait_time(1), self.bandwidth.wait_time(len(payload)))
         if wait > 0:
             self.stats["rate_waits"] += 1
@@ -325,6 +333,33 @@ class Sender:
         return fit(entries, vehicle=self.vehicle, spool_id=self.spool.instance, compress=self.cfg.compress,
                    max_bytes=self.cfg.max_payload_bytes)
 
+    # Budget thinning: coarser windows first (statistics merged exactly), then only count and mean.
+    THINNING: tuple[tuple[int, tuple[str, ...] | None], ...] = ((2, None), (5, None), (10, None), (10, ("count", "mean")),
+                                                                (60, ("count", "mean")))
+
+    def _thinned(self, payload: bytes) -> bytes | None:
+        """The payload as it may go under the data budget: as it is while it fits its share of
+        the budget (the hourly budget pro rata of the period it covers), else thinned down the
+        ``THINNING`` ladder until it does; None if even the thinnest would overrun the hour."""
+        budget = self.cfg.budget_bytes_per_hour
+        if not budget:
+            return payload
+        used = self.budget_used()
+        decoded = wire.decode(payload)
+        share = budget * (decoded.end - decoded.start) / 3600.0
+        if len(payload) <= share and used + len(payload) <= budget:
+            return payload
+        best = payload
+        for factor, stats in self.THINNING:
+            best = wire.encode(wire.thin(decoded, factor, stats), codec=wire.codec_of(payload))
+            if len(best) <= share:
+                break
+        if used + len(best) > budget:
+            return None
+        self.stats["thinned_payloads"] += 1
+        self.stats["thinned_bytes_saved"] += len(payload) - len(best)
+        return best
+
     def _rejected(self, entries: list[Entry], exc: Exception) -> float:
         if len(entries) > 1:
             # Which message is the problem? The next ones go one per publish until we know.
@@ -351,7 +386,8 @@ class Sender:
             retries=self.stats["retries"],
             evicted={"messages": self.stats["evicted_messages"], "gaps": self.stats["gaps"]},
             set_aside=self.stats["set_aside"],
-            budget={"bytes_last_hour": self.budget_used(), "limit": self.cfg.budget_bytes_per_hour or None},
+            budget={"bytes_last_hour": self.budget_used(), "limit": self.cfg.budget_bytes_per_hour or None,
+                    "thinned": self.stats["thinned_payloads"]},
         )
 
     def maybe_health(self) -> None:
@@ -391,15 +427,16 @@ class Uploader:
         self.stats: Counter[str] = Counter()
         self.sender = Sender(spool, cloud, cfg, vehicle=vehicle, prefix=prefix, clock=clock)
 
-    def accept(self, message: messages.Aggregates | messages.Alert) -> None:
+    def accept(self, message: messages.Aggregates | messages.Window | messages.Alert) -> None:
         self.accept_many([message])
 
-    def accept_many(self, batch: Sequence[messages.Aggregates | messages.Alert]) -> None:
+    def accept_many(self, batch: Sequence[messages.Aggregates | messages.Window | messages.Alert]) -> None:
         """Spool several messages in one transaction: one commit (one fsync) for all of them,
         all committed when this returns. A redelivered message (a key already waiting, or twice
-        in ``batch``) is stored once."""
+        in ``batch``) is stored once. A single ``window`` becomes an aggregates payload of its own."""
         if not batch:
             return
+        batch = [messages.Aggregates.of_window(m) if isinstance(m, messages.Window) else m for m in batch]
         rows = [(m.kind, m.event_time, m.to_bytes(), m.key) for m in batch]  # encoded once: bundles embed these bytes
         try:
             self.spool.put_many(rows)

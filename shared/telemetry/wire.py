@@ -1,0 +1,554 @@
+"""The compact wire format of aggregates, shared by the device (encode) and the cloud (decode).
+
+One payload carries the windows of one window group over one publish period, as columns of
+(window, signal) *cells* (docs/MESSAGES.md, "windows"). Each signal's values are integers at the
+signal's DBC resolution (``raw = (value - offset) / scale``), delta-coded along time, so a signal
+that barely moves costs a few bits per window; a cell whose statistics collapse (one sample, or
+``min == max``) carries one value; names travel once per payload; the body is compressed.
+
+Exactness: ``min``, ``max``, ``first``, ``last`` and a collapsed cell's value come back bit for
+bit (the encoder checks every one and sends a signal whose values are not on its DBC grid as
+float64 instead); ``mean`` comes back within half a step divided by the count (its sum of raw
+values is sent); ``std`` within half a step; ``t_min``/``t_max`` to the microsecond.
+
+This module needs numpy and the standard library only , so the
+cloud-side decoder runs wherever numpy does.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import struct
+import zlib
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+MAGIC = b"TLMA"
+VERSION = 1
+KIND = "aggregates"
+CONTENT_TYPE = "application/vnd.telemetry.windows"  # MQTT 5 content type of a payload
+
+STATISTICS = ("count", "min", "max", "mean", "last", "std", "first", "t_min", "t_max")
+DEFAULT_STATS = ("count", "min", "max", "mean")
+CODECS = ("zlib", "none")  # zstd measured 7 % smaller at level 19 (docs/MESSAGES.md): not worth a native wheel
+VALUE_STATS = ("min", "max", "first", "last")  # exact, and equal in a collapsed cell
+_LEN = struct.Struct("<I")
+_INTS = (np.int8, np.int16, np.int32, np.int64)
+_MAX_EXACT = 2.0**52  # raw values beyond this are sent as float64
+
+
+class WireError(ValueError):
+    """A payload that is not a valid windows payload, with the reason."""
+
+
+Resolution = tuple[float, float] | None  # (scale, offset) from the DBC; None: float64 on the wire
+
+
+@dataclass(frozen=True)
+class Table:
+    """Statistics of (window, signal) cells in columns, ordered by signal, then window."""
+
+    names: tuple[str, ...]
+    window: np.ndarray  # int64: the window's index k (it covers [k*width, (k+1)*width))
+    sid: np.ndarray  # int64: index into names
+    stats: Mapping[str, np.ndarray]  # statistic -> float64 per cell (count: int64)
+
+    def __len__(self) -> int:
+        return int(self.window.shape[0])
+
+    @classmethod
+    def empty(cls, stats: Sequence[str] = STATISTICS) -> Table:
+        return cls((), np.empty(0, np.int64), np.empty(0, np.int64),
+                   {s: np.empty(0, np.int64 if s == "count" else np.float64) for s in stats})
+
+    def sorted(self) -> Table:
+        order = np.lexsort((self.window, self.sid))
+        return Table(self.names, self.window[order], self.sid[order], {k: v[order] for k, v in self.stats.items()})
+
+    def select(self, stats: Sequence[str]) -> Table:
+        return Table(self.names, self.window, self.sid, {s: self.stats[s] for s in stats})
+
+
+@dataclass(frozen=True)
+class Payload:
+    """A decoded (or to-be-encoded) aggregates payload: its header and its cells."""
+
+    vehicle: str
+    seq: int
+    group: str
+    width: float  # window length, seconds (after thinning: the thinned length)
+    start: float  # the publish period [start, end) the windows fall in
+    end: float
+    table: Table
+    late_samples: int = 0
+    late_oldest: float | None = None
+    part: tuple[int, int] = (0, 1)  # (i, n): a period too big for one publish is split by signal
+    thinned: Mapping[str, Any] | None = None  # {"factor": f, "from_width": w, "stats": [...]} when thinned
+    res: Mapping[str, Resolution] = field(default_factory=dict)
+
+    @property
+    def key(self) -> str:
+        """The identity the cloud de-duplicates by: the same however often it is produced or sent."""
+        i, n = self.part
+        return f"{self.group}/{self.start!r}" + (f"/{i}of{n}" if n > 1 else "")
+
+    @property
+    def stats(self) -> tuple[str, ...]:
+        return tuple(self.table.stats)
+
+    def rows(self) -> Iterator[tuple[str, str, float, float, str, str, float]]:
+        """(vehicle, group, window start, window end, signal, statistic, value), one per value."""
+        t = self.table
+        starts = (t.window * self.width).tolist()
+        names = [t.names[i] for i in t.sid.tolist()]
+        cols = {s: v.tolist() for s, v in t.stats.items()}
+        for i, start in enumerate(starts):
+            for stat, values in cols.items():
+                yield self.vehicle, self.group, start, start + self.width, names[i], stat, values[i]
+
+    def windows(self) -> dict[float, dict[str, dict[str, float]]]:
+        """{window start: {signal: {statistic: value}}}: the readable form (tests, tools)."""
+        out: dict[float, dict[str, dict[str, float]]] = {}
+        for _, _, start, _, name, stat, value in self.rows():
+            out.setdefault(start, {}).setdefault(name, {})[stat] = value
+        return out
+
+
+# -- encoding ------------------------------------------------------------------------------------
+
+
+def _starts(sid: np.ndarray) -> np.ndarray:
+    """True where a new signal's run of cells begins."""
+    first = np.ones(len(sid), dtype=bool)
+    if len(sid) > 1:
+        np.not_equal(sid[1:], sid[:-1], out=first[1:])
+    return first
+
+
+def _delta(x: np.ndarray, first: np.ndarray) -> np.ndarray:
+    d = np.empty_like(x)
+    if len(x):
+        d[0] = x[0]
+        np.subtract(x[1:], x[:-1], out=d[1:])
+        d[first] = x[first]
+    return d
+
+
+def _undelta(d: np.ndarray, first: np.ndarray) -> np.ndarray:
+    if not len(d):
+        return d
+    c = np.cumsum(d)
+    starts = np.flatnonzero(first)
+    base = c[starts] - d[starts]
+    return c - base[np.cumsum(first) - 1]
+
+
+def _ints(x: np.ndarray) -> bytes:
+    """An int64 array in the narrowest integer type that holds it: a type code, then the data."""
+    code = 0
+    if len(x):
+        lo, hi = int(x.min()), int(x.max())
+        for code, dtype in enumerate(_INTS):
+            info = np.iinfo(dtype)
+            if info.min <= lo and hi <= info.max:
+                break
+    return bytes((code,)) + x.astype(np.dtype(_INTS[code]).newbyteorder("<"), copy=False).tobytes()
+
+
+class _Reader:
+    def __init__(self, body: bytes) -> None:
+        self.body, self.at = body, 0
+
+    def section(self) -> bytes:
+        if self.at + _LEN.size > len(self.body):
+            raise WireError("payload body ends early")
+        (n,) = _LEN.unpack_from(self.body, self.at)
+        self.at += _LEN.size
+        if self.at + n > len(self.body):
+            raise WireError("payload body ends early")
+        out = self.body[self.at:self.at + n]
+        self.at += n
+        return out
+
+    def ints(self, count: int) -> np.ndarray:
+        raw = self.section()
+        if not raw or raw[0] >= len(_INTS):
+            raise WireError("payload has an integer column of unknown type")
+        dtype = np.dtype(_INTS[raw[0]]).newbyteorder("<")
+        if len(raw) - 1 != count * dtype.itemsize:
+            raise WireError(f"payload integer column of {len(raw) - 1} bytes, {count} values expected")
+        return np.frombuffer(raw, dtype, count, 1).astype(np.int64)
+
+    def floats(self, count: int) -> np.ndarray:
+        raw = self.section()
+        if len(raw) != 8 * count:
+            raise WireError(f"payload float column of {len(raw)} bytes, {count} values expected")
+        return np.frombuffer(raw, "<f8", count).astype(np.float64)
+
+
+def _quantize(table: Table, res: Mapping[str, Resolution], single: np.ndarray) -> np.ndarray:
+    """Per name: its (scale, offset) if every exact statistic of it (and the mean of a cell of
+    one sample, ``single``) is on its grid, else NaN."""
+    n = len(table.names)
+    scale = np.full(n, np.nan)
+    offset = np.zeros(n)
+    for i, name in enumerate(table.names):
+        r = res.get(name)
+        if r is not None and math.isfinite(r[0]) and math.isfinite(r[1]) and r[0] != 0:
+            scale[i], offset[i] = r
+    ok = ~np.isnan(scale)
+    if len(table) and ok.any():
+        sc, off = scale[table.sid], offset[table.sid]
+        bad = np.zeros(n, dtype=bool)
+        checks = [(table.stats[s], slice(None)) for s in VALUE_STATS if s in table.stats]
+        if "mean" in table.stats:
+            checks.append((table.stats["mean"], single))
+        for x, cells in checks:
+            x, s_, o_, sid = x[cells], sc[cells], off[cells], table.sid[cells]
+            with np.errstate(invalid="ignore", over="ignore"):
+                q = np.rint((x - o_) / s_)
+                miss = ~((q * s_ + o_ == x) & (np.abs(q) < _MAX_EXACT))
+            bad[sid[miss & ok[sid]]] = True
+        scale[bad] = np.nan
+    return np.stack((scale, offset))
+
+
+_REF_ORDER = ("mean", "min", "max", "first", "last")  # the first of these present is the reference
+_OUTER = struct.Struct("<4sBBI")  # magic, version, codec, the body's uncompressed size
+
+
+def encode(p: Payload, *, codec: str = "zlib", level: int | None = None) -> bytes:
+    """The payload as bytes: ``TLMA``, version, codec, the body's size, then the compressed
+    body: the header (JSON), the signal dictionary (JSON), then the columns (docs/MESSAGES.md)."""
+    if codec not in CODECS:
+        raise ValueError(f"unknown codec {codec!r} (known: {', '.join(CODECS)})")
+    t = p.table
+    for stat in t.stats:
+        if stat not in STATISTICS:
+            raise ValueError(f"unknown statistic {stat!r}")
+    if "count" not in t.stats:
+        raise ValueError("a windows payload always carries 'count'")
+    stats = [x for x in STATISTICS if x in t.stats]
+    count = t.stats["count"].astype(np.int64)
+    qs = _quantize(t, p.res, count == 1)
+    scale, offset = qs[0], qs[1]
+    exact = ~np.isnan(scale)
+    head: dict[str, Any] = {"v": VERSION, "kind": KIND, "vehicle": p.vehicle, "seq": p.seq, "group": p.group,
+                            "width": p.width, "start": p.start, "end": p.end, "stats": stats, "cells": len(t),
+                            "signals": len(t.names), "late": {"samples": p.late_samples, "oldest": p.late_oldest}}
+    if p.part != (0, 1):
+        head["part"] = list(p.part)
+    if p.thinned:
+        head["thinned"] = dict(p.thinned)
+    dictionary = {"names": list(t.names),
+                  "res": [[float(scale[i]), float(offset[i])] if exact[i] else None for i in range(len(t.names))]}
+    sections: list[bytes] = [_json(head), _json(dictionary)]
+    sid, window = t.sid, t.window
+    first = _starts(sid)
+    k0 = int(window.min()) if len(window) else 0
+    sections.append(_ints(np.bincount(sid, minlength=len(t.names)).astype(np.int64)))
+    sections.append(_ints(np.asarray([k0], np.int64)))
+    sections.append(_ints(_delta(window - k0, first)))
+    sections.append(_ints(_delta(count, first)))
+    if "min" in t.stats and "max" in t.stats:
+        collapsed = (count == 1) | (t.stats["min"] == t.stats["max"])
+    else:
+        collapsed = count == 1
+    sections.append(np.packbits(collapsed).tobytes())
+    wide = ~collapsed
+    cell_exact = exact[sid]
+    ints, floats = wide & cell_exact, wide & ~cell_exact
+    sc = np.where(cell_exact, scale[sid], 1.0)
+    off = np.where(cell_exact, offset[sid], 0.0)
+    start = window * p.width
+    ref = next((x for x in _REF_ORDER if x in t.stats), None)
+
+    def q(values: np.ndarray, cells: np.ndarray) -> np.ndarray:
+        with np.errstate(invalid="ignore", over="ignore"):
+            r = np.rint((values[cells] - off[cells]) / sc[cells])
+        return np.where(np.isfinite(r), r, 0).astype(np.int64)
+
+    def us(values: np.ndarray, cells: np.ndarray) -> bytes:
+        with np.errstate(invalid="ignore", over="ignore"):
+            r = np.rint((values[cells] - start[cells]) * 1e6)
+        return _ints(np.where(np.isfinite(r), r, 0).astype(np.int64))
+
+    if ref is not None:
+        # a collapsed cell: one value, delta-coded along time; float64 for inexact signals
+        c_int, c_float = collapsed & cell_exact, collapsed & ~cell_exact
+        sections.append(_ints(_delta(q(t.stats[ref], c_int), _starts(sid[c_int]))))
+        sections.append(t.stats[ref][c_float].astype("<f8").tobytes())
+        # the reference statistic of the other cells along time, the rest relative to it
+        ref_q = q(t.stats[ref], ints)
+        sections.append(_ints(_delta(ref_q, _starts(sid[ints]))))
+        sections.append(t.stats[ref][floats].astype("<f8").tobytes())
+        for stat in ("mean", "min", "max", "first", "last"):
+            if stat in t.stats and stat != ref:
+                sections.append(_ints(q(t.stats[stat], ints) - ref_q))
+                sections.append(t.stats[stat][floats].astype("<f8").tobytes())
+    if "std" in t.stats:
+        with np.errstate(invalid="ignore", over="ignore"):
+            steps = np.rint(t.stats["std"][ints] / np.abs(sc[ints]))
+        sections.append(_ints(np.where(np.isfinite(steps), steps, 0).astype(np.int64)))
+        sections.append(t.stats["std"][floats].astype("<f8").tobytes())
+    if "t_min" in t.stats or "t_max" in t.stats:
+        sections.append(us(t.stats["t_min" if "t_min" in t.stats else "t_max"], collapsed))
+        for stat in ("t_min", "t_max"):
+            if stat in t.stats:
+                sections.append(us(t.stats[stat], wide))
+    body = b"".join(_LEN.pack(len(x)) + x for x in sections)
+    return _OUTER.pack(MAGIC, VERSION, CODECS.index(codec), len(body)) + _compress(body, codec, level)
+
+
+def _json(value: Any) -> bytes:
+    return json.dumps(value, separators=(",", ":"), allow_nan=False).encode()
+
+
+def _compress(body: bytes, codec: str, level: int | None) -> bytes:
+    if codec == "zlib":
+        return zlib.compress(body, 9 if level is None else level)
+    return body
+
+
+def _decompress(data: bytes, codec: str, size: int) -> bytes:
+    try:
+        if codec == "zlib":
+            z = zlib.decompressobj()
+            out = z.decompress(data, size + 1)
+            if not z.eof or z.unused_data or z.unconsumed_tail:
+                raise WireError(f"aggregates body is not one complete zlib stream of {size} bytes")
+        else:
+            out = data
+    except zlib.error as exc:
+        raise WireError(f"aggregates body does not decompress ({codec}): {exc}") from None
+    if len(out) != size:
+        raise WireError(f"aggregates body is {len(out)} bytes; its prefix says {size}")
+    return out
+
+
+MAX_BODY = 64 * 1024 * 1024
+
+
+def is_payload(data: Any) -> bool:
+    """Whether ``data`` is an aggregates payload (by its magic)."""
+    return isinstance(data, (bytes, bytearray, memoryview)) and bytes(data[:4]) == MAGIC
+
+
+def codec_of(data: bytes) -> str:
+    """The codec a payload's body was compressed with."""
+    if not is_payload(data) or len(data) < _OUTER.size or data[5] >= len(CODECS):
+        raise WireError("not an aggregates payload (no TLMA prefix)")
+    return CODECS[data[5]]
+
+
+def _check_header(head: Any) -> dict[str, Any]:
+    if not isinstance(head, dict) or head.get("v") != VERSION or head.get("kind") != KIND:
+        got = (head.get("v"), head.get("kind")) if isinstance(head, dict) else head
+        raise WireError(f"aggregates header of version/kind {got!r} (this build reads v{VERSION} {KIND})")
+    for key in ("vehicle", "group"):
+        if not isinstance(head.get(key), str) or not head[key]:
+            raise WireError(f"aggregates header without a {key}")
+    for key in ("width", "start", "end"):
+        if not _finite(head.get(key)):
+            raise WireError(f"aggregates header {key} is not a finite number")
+    if not head["width"] > 0 or not head["start"] < head["end"]:
+        raise WireError("aggregates header: width must be positive and start before end")
+    for key in ("seq", "cells", "signals"):
+        if not _count(head.get(key)):
+            raise WireError(f"aggregates header {key} is not a count")
+    stats = head.get("stats")
+    if not isinstance(stats, list) or "count" not in stats or stats != [x for x in STATISTICS if x in stats]:
+        raise WireError(f"aggregates header stats {stats!r}: 'count' and any of {', '.join(STATISTICS)}, in that order")
+    late = head.get("late", {})
+    if not isinstance(late, dict) or not _count(late.get("samples", 0)) or \
+            not (late.get("oldest") is None or _finite(late.get("oldest"))):
+        raise WireError("aggregates header late must be {samples: count, oldest: number or null}")
+    part = head.get("part", [0, 1])
+    if not (isinstance(part, list) and len(part) == 2 and all(_count(x) for x in part) and part[0] < part[1]):
+        raise WireError("aggregates header part must be [i, n] with i < n")
+    thinned = head.get("thinned")
+    if thinned is not None and not isinstance(thinned, dict):
+        raise WireError("aggregates header thinned must be an object")
+    return head
+
+
+def decode(data: bytes | bytearray | memoryview) -> Payload:
+    """A payload back, checked: every length against the payload's own; WireError if malformed."""
+    data = bytes(data)
+    if not is_payload(data) or len(data) < _OUTER.size:
+        raise WireError("not an aggregates payload (no TLMA prefix)")
+    _, version, codec_id, size = _OUTER.unpack_from(data)
+    if version != VERSION:
+        raise WireError(f"aggregates payload of version {version} (this build reads v{VERSION})")
+    if codec_id >= len(CODECS):
+        raise WireError(f"aggregates payload of unknown codec {codec_id}")
+    if size > MAX_BODY:
+        raise WireError(f"aggregates body of {size} bytes is over {MAX_BODY}")
+    r = _Reader(_decompress(data[_OUTER.size:], CODECS[codec_id], size))
+    try:
+        head = _check_header(json.loads(r.section(), parse_constant=_no_constant))
+        dictionary = json.loads(r.section(), parse_constant=_no_constant)
+    except ValueError as exc:
+        if isinstance(exc, WireError):
+            raise
+        raise WireError(f"aggregates header or dictionary is not JSON: {exc}") from None
+    names = dictionary.get("names") if isinstance(dictionary, dict) else None
+    res = dictionary.get("res") if isinstance(dictionary, dict) else None
+    n_sig = head["signals"]
+    if not (isinstance(names, list) and isinstance(res, list) and len(names) == len(res) == n_sig
+            and all(isinstance(x, str) and x for x in names) and len(set(names)) == n_sig):
+        raise WireError("aggregates dictionary: names must be distinct strings, one resolution each")
+    scale = np.full(n_sig, np.nan)
+    offset = np.zeros(n_sig)
+    for i, x in enumerate(res):
+        if x is not None:
+            if not (isinstance(x, list) and len(x) == 2 and all(_finite(v) for v in x) and x[0] != 0):
+                raise WireError(f"aggregates dictionary: resolution of {names[i]!r} is not [scale, offset]")
+            scale[i], offset[i] = x
+    cells = head["cells"]
+    per_signal = r.ints(n_sig)
+    if (per_signal < 0).any() or int(per_signal.sum()) != cells:
+        raise WireError("aggregates payload: cells per signal do not add up")
+    sid = np.repeat(np.arange(n_sig, dtype=np.int64), per_signal)
+    first = _starts(sid)
+    k0 = int(r.ints(1)[0])
+    window = _undelta(r.ints(cells), first) + k0
+    count = _undelta(r.ints(cells), first)
+    if len(count) and (count < 1).any():
+        raise WireError("aggregates payload has a cell with no samples")
+    flags = r.section()
+    if len(flags) != (cells + 7) // 8:
+        raise WireError("aggregates payload: collapse flags of the wrong length")
+    collapsed = np.unpackbits(np.frombuffer(flags, np.uint8), count=cells).astype(bool)
+    wide = ~collapsed
+    cell_exact = ~np.isnan(scale)[sid]
+    ints, floats = wide & cell_exact, wide & ~cell_exact
+    sc = np.where(cell_exact, scale[sid], 1.0)
+    off = np.where(cell_exact, offset[sid], 0.0)
+    start = window * float(head["width"])
+    stats: list[str] = head["stats"]
+    ref = next((x for x in _REF_ORDER if x in stats), None)
+    cols: dict[str, np.ndarray] = {"count": count}
+
+    def values(q: np.ndarray, cells_mask: np.ndarray, out: np.ndarray) -> None:
+        out[cells_mask] = q.astype(np.float64) * sc[cells_mask] + off[cells_mask]
+
+    if ref is not None:
+        c_int, c_float = collapsed & cell_exact, collapsed & ~cell_exact
+        one = np.zeros(cells)
+        values(_undelta(r.ints(int(c_int.sum())), _starts(sid[c_int])), c_int, one)
+        one[c_float] = r.floats(int(c_float.sum()))
+        ref_q = _undelta(r.ints(int(ints.sum())), _starts(sid[ints]))
+        for stat in ("mean", "min", "max", "first", "last"):
+            if stat not in stats:
+                continue
+            x = one.copy()
+            values(ref_q if stat == ref else ref_q + r.ints(int(ints.sum())), ints, x)
+            x[floats] = r.floats(int(floats.sum()))
+            cols[stat] = x
+    if "std" in stats:
+        x = np.zeros(cells)
+        x[ints] = r.ints(int(ints.sum())) * np.abs(sc[ints])
+        x[floats] = r.floats(int(floats.sum()))
+        cols["std"] = x
+    if "t_min" in stats or "t_max" in stats:
+        one_t = np.zeros(cells)
+        one_t[collapsed] = start[collapsed] + r.ints(int(collapsed.sum())) / 1e6
+        for stat in ("t_min", "t_max"):
+            if stat in stats:
+                x = one_t.copy()
+                x[wide] = start[wide] + r.ints(int(wide.sum())) / 1e6
+                cols[stat] = x
+    if r.at != len(r.body):
+        raise WireError(f"aggregates body has {len(r.body) - r.at} bytes after its last column")
+    table = Table(tuple(names), window, sid, {x: cols[x] for x in stats})
+    late = head.get("late", {})
+    exact = ~np.isnan(scale)
+    return Payload(head["vehicle"], head["seq"], head["group"], float(head["width"]), float(head["start"]),
+                   float(head["end"]), table, late.get("samples", 0), late.get("oldest"),
+                   (int(head.get("part", (0, 1))[0]), int(head.get("part", (0, 1))[1])), head.get("thinned"),
+                   {n: (float(scale[i]), float(offset[i])) if exact[i] else None for i, n in enumerate(names)})
+
+
+def _finite(x: Any) -> bool:
+    return type(x) in (int, float) and math.isfinite(x)
+
+
+def _count(x: Any) -> bool:
+    return type(x) is int and x >= 0
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+# -- thinning ------------------------------------------------------------------------------------
+
+
+def thin(p: Payload, factor: int, stats: Sequence[str] | None = None) -> Payload:
+    """Fewer bytes for the same period: windows merged ``factor`` to one (exactly, from the
+    statistics that are there), and/or fewer statistics. Says so in ``thinned``."""
+    t = p.table
+    keep = tuple(s for s in (stats or t.stats) if s in t.stats)
+    if "count" not in keep:
+        keep = ("count", *keep)
+    if factor > 1 and len(t):
+        k = t.window // factor
+        order = np.lexsort((t.window, k, t.sid))
+        sid, kk = t.sid[order], k[order]
+        s = {name: v[order] for name, v in t.stats.items()}
+        new = _starts(sid) | np.concatenate(([True], kk[1:] != kk[:-1]))
+        b = np.flatnonzero(new)
+        e = np.append(b[1:], len(sid))
+        n = s["count"].astype(np.float64)
+        total = np.add.reduceat(n, b)
+        out: dict[str, np.ndarray] = {"count": np.add.reduceat(s["count"], b)}
+        if "mean" in s:
+            mean = np.add.reduceat(n * s["mean"], b) / total
+            out["mean"] = mean
+            if "std" in s:
+                dev = s["mean"] - np.repeat(mean, e - b)
+                out["std"] = np.sqrt(np.maximum(np.add.reduceat(n * (s["std"] ** 2 + dev * dev), b) / total, 0.0))
+        if "min" in s:
+            out["min"] = np.minimum.reduceat(s["min"], b)
+        if "max" in s:
+            out["max"] = np.maximum.reduceat(s["max"], b)
+        if "first" in s:
+            out["first"] = s["first"][b]
+        if "last" in s:
+            out["last"] = s["last"][e - 1]
+        for ext, t_ext in (("min", "t_min"), ("max", "t_max")):
+            if t_ext in s and ext in s:
+                at = np.where(s[ext] == np.repeat(out[ext], e - b), s[t_ext], np.inf)
+                out[t_ext] = np.minimum.reduceat(at, b)
+        keep = tuple(x for x in keep if x in out)
+        t = Table(t.names, kk[b], sid[b], {x: out[x] for x in keep})
+    else:
+        factor = 1
+        t = t.select(keep)
+    previous = dict(p.thinned or {})
+    thinned = {"factor": factor * int(previous.get("factor", 1)), "from_width": previous.get("from_width", p.width),
+               "stats": list(keep)}
+    return Payload(p.vehicle, p.seq, p.group, p.width * factor, p.start, p.end, t, p.late_samples, p.late_oldest,
+                   p.part, thinned, p.res)
+
+
+def split(p: Payload, parts: int) -> list[Payload]:
+    """The payload cut by signal into ``parts`` payloads of about equal cells (for the size cap)."""
+    t = p.table
+    bounds = np.searchsorted(t.sid, np.linspace(0, len(t.names), parts + 1).round().astype(np.int64))
+    out = []
+    for i in range(parts):
+        a, b = int(bounds[i]), int(bounds[i + 1])
+        ids = np.unique(t.sid[a:b])
+        remap = np.full(len(t.names), -1, np.int64)
+        remap[ids] = np.arange(len(ids))
+        names = tuple(t.names[j] for j in ids.tolist())
+        sub = Table(names, t.window[a:b], remap[t.sid[a:b]], {s: v[a:b] for s, v in t.stats.items()})
+        out.append(Payload(p.vehicle, p.seq, p.group, p.width, p.start, p.end, sub, p.late_samples, p.late_oldest,
+                           (i, parts), p.thinned, p.res))
+    return out
