@@ -5,6 +5,7 @@
 #   ./build.sh test [PYTEST ARGS]   ruff and mypy, then the whole test suite
 #   ./build.sh replay LOG --dbc DBC [--dbc DBC ...] [--config FILE] --out DIR [--speed X]
 #   ./build.sh simulate [--out LOG] regenerate the sample drive recording
+#   ./build.sh decode-cloud cloud.jsonl|DIR [--to csv|jsonl|parquet] [--out FILE]   aggregates to rows
 #   ./build.sh bench [--repeat N]   throughput of the aggregator and detector vs per-sample loops
 #   ./build.sh memory               peak memory of each component (what the recipes' limits rest on)
 #   ./build.sh package [--arch x86_64|aarch64] [--out build/]   one deployment zip per function
@@ -93,6 +94,10 @@ case "$cmd" in
         setup
         run_py -m telemetry simulate "$@"
         ;;
+    decode-cloud)
+        setup
+        run_py -m telemetry decode-cloud "$@"
+        ;;
     package)
         setup
         cd "$ROOT"
@@ -124,7 +129,7 @@ case "$cmd" in
         run_py -m pytest "$@"
         ;;
     ""|-h|--help|help)
-        sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'
+        sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'
         ;;
     *)
         die "unknown command '$cmd' (try ./build.sh help)"

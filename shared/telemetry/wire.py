@@ -17,6 +17,7 @@ cloud-side decoder runs wherever numpy does.
 
 from __future__ import annotations
 
+import base64
 import json
 import math
 import struct
@@ -109,6 +110,16 @@ class Payload:
         for i, start in enumerate(starts):
             for stat, values in cols.items():
                 yield self.vehicle, self.group, start, start + self.width, names[i], stat, values[i]
+
+    def window_messages(self) -> list[dict[str, Any]]:
+        """Each window as a ``window`` message (messages.Window's JSON form: ``window``,
+        ``signals``; the payload's ``seq`` and ``late`` on each): what tools and
+        tests compare."""
+        late = {"samples": self.late_samples, "oldest": self.late_oldest}
+        return [{"v": VERSION, "kind": "window", "vehicle": self.vehicle, "seq": self.seq, "group": self.group,
+                 "window": {"start": start, "end": start + self.width}, "signals": dict(sorted(signals.items())),
+                 "late": late}
+                for start, signals in sorted(self.windows().items())]
 
     def windows(self) -> dict[float, dict[str, dict[str, float]]]:
         """{window start: {signal: {statistic: value}}}: the readable form (tests, tools)."""
@@ -282,9 +293,19 @@ def encode(p: Payload, *, codec: str = "zlib", level: int | None = None) -> byte
         c_int, c_float = collapsed & cell_exact, collapsed & ~cell_exact
         sections.append(_ints(_delta(q(t.stats[ref], c_int), _starts(sid[c_int]))))
         sections.append(t.stats[ref][c_float].astype("<f8").tobytes())
-        # the reference statistic of the other cells along time, the rest relative to it
-        ref_q = q(t.stats[ref], ints)
-        sections.append(_ints(_delta(ref_q, _starts(sid[ints]))))
+        # the reference statistic of the other cells along time, the rest relative to it. The
+        # mean as the exact sum of raw values S: floor(S / count) is the reference, S mod count
+        # travels too (so the mean is exact, and the same however the samples were batched)
+        if ref == "mean":
+            with np.errstate(invalid="ignore", over="ignore"):
+                total = np.rint(count[ints] * ((t.stats["mean"][ints] - off[ints]) / sc[ints]))
+            total = np.where(np.isfinite(total), total, 0).astype(np.int64)
+            ref_q = np.floor_divide(total, count[ints])
+            sections.append(_ints(_delta(ref_q, _starts(sid[ints]))))
+            sections.append(_ints(total - ref_q * count[ints]))
+        else:
+            ref_q = q(t.stats[ref], ints)
+            sections.append(_ints(_delta(ref_q, _starts(sid[ints]))))
         sections.append(t.stats[ref][floats].astype("<f8").tobytes())
         for stat in ("mean", "min", "max", "first", "last"):
             if stat in t.stats and stat != ref:
@@ -331,6 +352,15 @@ def _decompress(data: bytes, codec: str, size: int) -> bytes:
 
 
 MAX_BODY = 64 * 1024 * 1024
+
+
+def from_outbox_line(line: Mapping[str, Any]) -> Payload | None:
+    """The aggregates payload of one line of a replay's cloud.jsonl (``payload_base64``), or
+    None for a JSON publish."""
+    data = line.get("payload_base64")
+    if data is None:
+        return None
+    return decode(base64.b64decode(data))
 
 
 def is_payload(data: Any) -> bool:
@@ -443,11 +473,15 @@ def decode(data: bytes | bytearray | memoryview) -> Payload:
         values(_undelta(r.ints(int(c_int.sum())), _starts(sid[c_int])), c_int, one)
         one[c_float] = r.floats(int(c_float.sum()))
         ref_q = _undelta(r.ints(int(ints.sum())), _starts(sid[ints]))
+        rem = r.ints(int(ints.sum())) if ref == "mean" else None
         for stat in ("mean", "min", "max", "first", "last"):
             if stat not in stats:
                 continue
             x = one.copy()
-            values(ref_q if stat == ref else ref_q + r.ints(int(ints.sum())), ints, x)
+            if stat == "mean" and rem is not None:
+                x[ints] = (ref_q + rem / count[ints]) * sc[ints] + off[ints]
+            else:
+                values(ref_q if stat == ref else ref_q + r.ints(int(ints.sum())), ints, x)
             x[floats] = r.floats(int(floats.sum()))
             cols[stat] = x
     if "std" in stats:

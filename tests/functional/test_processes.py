@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from telemetry import wire
 from telemetry.edge.config import load_config
 from telemetry.edge.errors import DbcError
 from telemetry.edge.messages import unpack
@@ -59,7 +60,7 @@ def assert_no_component_process_left(runtime: ProcessRuntime) -> None:
 def windows_and_alerts(out: Path) -> tuple[list[dict], list[dict]]:
     inside = messages_from_outbox(out / "cloud.jsonl")
     alerts = sorted((m for m in inside if m["kind"] == "alert"), key=lambda m: (m["t"], m["id"], m["state"]))
-    windows = sorted((m for m in inside if m["kind"] == "aggregates"), key=lambda m: (m["group"], m["window"]["start"]))
+    windows = sorted((m for m in inside if m["kind"] == "window"), key=lambda m: (m["group"], m["window"]["start"]))
     return windows, alerts
 
 
@@ -72,7 +73,7 @@ def test_the_sample_drive_in_four_processes_gives_what_one_process_gives(tmp_pat
     windows_one, alerts_one = windows_and_alerts(tmp_path / "one")
     windows_four, alerts_four = windows_and_alerts(tmp_path / "four")
     assert alerts_four == alerts_one and len(alerts_one) == one["alerts"] > 10
-    assert len(windows_four) == len(windows_one) == one["aggregates"]
+    assert len(windows_four) == len(windows_one) == one["windows"]
     for ours, theirs in zip(windows_four, windows_one):
         assert ours.keys() == theirs.keys() and ours["window"] == theirs["window"], ours["window"]
         for name, stats in ours["signals"].items():
@@ -99,12 +100,12 @@ def test_each_component_runs_in_its_own_process_and_gets_its_events_as_its_recip
         runtime.wait_for_sources(timeout=60)
         runtime.drain()
         malformed = {name: runtime.component(name).counters().get("malformed") for name in runtime.started}
-        aggregates = runtime.component("telemetry.Aggregator").counters()["aggregates"]
+        aggregates = runtime.component("telemetry.Aggregator").counters()["windows"]
     assert len(set(pids)) == 4 and os.getpid() not in pids
     assert malformed == {"telemetry.Uploader": 1, "telemetry.Aggregator": 1, "telemetry.AnomalyDetector": 1,
                          "telemetry.CanReader": None}
     assert aggregates == 24
-    sent = [json.loads(p) for _, p in cloud.sent]
+    sent = [json.loads(p) for _, p in cloud.sent if not wire.is_payload(p)]
     assert sum(1 for p in sent if p["kind"] == "bundle") > 0  # the uploader's cloud is the parent's transport
     assert runtime.stopped == list(reversed(runtime.started)) and runtime.errors == []
     assert [pid for pid in pids if alive(pid)] == []
@@ -126,10 +127,13 @@ def test_full_queues_slow_the_publishers_across_processes_and_lose_nothing(proje
         waits = sum(runtime.runner(n).stats["publisher_waits"] for n in runtime.started)
     # THEN publishers waited, and the cloud got every message of the normal replay
     assert waits > 0
-    got = [item["message"] for _, p in cloud.sent if json.loads(p)["kind"] == "bundle" for item in unpack(p)]
+    got = [item["message"] for _, p in cloud.sent if not wire.is_payload(p) and json.loads(p)["kind"] == "bundle" for item in unpack(p)]
+    windows = [m for p in cloud.payloads() for m in p.window_messages()]
+    assert len(windows) == normal["windows"]
+    got += windows
     key = lambda m: json.dumps(m, sort_keys=True)  # noqa: E731
     assert sorted(map(key, got)) == sorted(map(key, messages_from_outbox(tmp_path / "normal" / "cloud.jsonl")))
-    assert len(got) == normal["aggregates"] + normal["alerts"] and runtime.errors == []
+    assert len(got) == normal["windows"] + normal["alerts"] and runtime.errors == []
 
 
 def test_a_handler_error_in_a_child_is_reported_as_in_one_process(project, short_drive, runtimes):
@@ -142,7 +146,7 @@ def test_a_handler_error_in_a_child_is_reported_as_in_one_process(project, short
     assert four["handler_errors"] == one["handler_errors"]
     # every invocation failed: one per local message (the windows of one batch travel together)
     invocations = sum(four["local_messages"].get(t, 0) for t in ("telemetry/aggregates", "telemetry/alerts"))
-    assert len(four["handler_errors"]) == invocations > 0 and four["aggregates"] == 24
+    assert len(four["handler_errors"]) == invocations > 0 and four["windows"] == 24
     assert four["handler_errors"][0] == "telemetry.Uploader: handler raised RuntimeError: boom"
     assert four["uploaded_messages"] == 0
     assert_no_component_process_left(runtimes[0])

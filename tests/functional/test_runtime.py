@@ -13,6 +13,7 @@ import pytest
 
 from support.helpers import columns
 from support.reference import messages_of
+from telemetry import wire
 from telemetry.edge.config import load_config
 from telemetry.edge.errors import DbcError
 from telemetry.edge.messages import Signals, unpack
@@ -62,10 +63,11 @@ def test_a_full_queue_slows_the_reader_down_and_loses_nothing(project, short_dri
     # (bundled differently: how many go in one publish depends on timing)
     assert waits > 0
     expected = messages_of(cloud_lines(tmp_path / "normal"))
-    got = [item["message"] for _, payload in cloud.sent if json.loads(payload)["kind"] == "bundle" for item in unpack(payload)]
+    got = [item["message"] for _, payload in cloud.sent if not wire.is_payload(payload) and json.loads(payload)["kind"] == "bundle"
+           for item in unpack(payload)] + [m for p in cloud.payloads() for m in p.window_messages()]
     key = lambda m: json.dumps(m, sort_keys=True)  # noqa: E731
     assert sorted(map(key, got)) == sorted(map(key, expected))
-    assert len(got) == normal["aggregates"] + normal["alerts"]
+    assert len(got) == normal["windows"] + normal["alerts"]
 
 
 def test_malformed_local_messages_are_counted_and_the_stream_goes_on(short_drive):
@@ -79,9 +81,8 @@ def test_malformed_local_messages_are_counted_and_the_stream_goes_on(short_drive
         assert runtime.component("telemetry.Aggregator").stats["malformed"] == 1
         assert runtime.component("telemetry.AnomalyDetector").stats["malformed"] == 1
         assert runtime.component("telemetry.Uploader").stats["malformed"] == 1
-    aggregates = [item for _, p in cloud.sent if json.loads(p)["kind"] == "bundle" for item in unpack(p)
-                  if item["message"]["kind"] == "aggregates"]
-    assert len(aggregates) == 20 + 4  # 1 s windows, and 5 s ones for temperatures
+    windows = [m for p in cloud.payloads() for m in p.window_messages()]
+    assert len(windows) == 20 + 4  # 1 s windows, and 5 s ones for temperatures
     assert runtime.errors == []
 
 
@@ -89,7 +90,7 @@ def test_a_handler_that_raises_is_reported_and_the_others_go_on(project, short_d
     handler = project / "lambdas" / "uploader" / "handler.py"
     handler.write_text(handler.read_text() + "\n\ndef function_handler(event, context):\n    raise RuntimeError('boom')\n")
     summary = replay(short_drive, out_dir=tmp_path / "out", config=SAMPLE / "vehicle.toml", recipes_dir=project / "recipes")
-    assert summary["aggregates"] == 24  # the aggregator kept going
+    assert summary["windows"] == 24  # the aggregator kept going
     assert summary["uploaded_messages"] == 0
     # every invocation failed: one per local message (several windows travel as one batch)
     assert len(summary["handler_errors"]) == sum(summary["local_messages"].get(t, 0) for t in ("telemetry/aggregates", "telemetry/alerts")) > 0

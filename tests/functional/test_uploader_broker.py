@@ -66,8 +66,11 @@ def identity(message: dict) -> str:
 
 
 def received_items(observer: Observer) -> list[dict]:
-    """(id, message) items of every bundle the broker delivered."""
-    return [item for payload in observer.payloads() if payload.get("kind") == "bundle" for item in unpack(payload)]
+    """(id, message) items of every bundle the broker delivered, and each window of every
+    aggregates payload (as a ``window`` message, with its payload's id)."""
+    items = [item for payload in observer.payloads() if payload.get("kind") == "bundle" for item in unpack(payload)]
+    return items + [{"id": f"{p.vehicle}:aggregates:{p.key}", "message": m}
+                    for p in observer.aggregates() for m in p.window_messages()]
 
 
 class InProcessUploader:
@@ -184,9 +187,9 @@ def test_twenty_sigkills_of_the_uploader_lose_nothing(tmp_path, broker, observer
 
 
 def test_spool_cap_smaller_than_the_outage_evicts_the_oldest_aggregates_and_says_so(tmp_path, broker, observer, produced):
-    aggregates = [m for m in produced if m["kind"] == "aggregates"]
+    aggregates = [m for m in produced if m["kind"] == "window"]
     alerts = [m for m in produced if m["kind"] == "alert"]
-    cap = 400_000  # the drive's aggregates need about 2.7 MB
+    cap = 60_000  # the drive's windows, each its own aggregates payload here, need about 350 kB
     broker.stop()  # offline from the start
     up = InProcessUploader(broker, config(tmp_path, spool_max_bytes=cap), tmp_path / "spool.db")
     try:
@@ -203,7 +206,7 @@ def test_spool_cap_smaller_than_the_outage_evicts_the_oldest_aggregates_and_says
         up.close()
     assert observer.wait_for(lambda: {identity(a) for a in alerts} <= {identity(i["message"]) for i in received_items(observer)}, 30)
     items = received_items(observer)
-    got = [i["message"] for i in items if i["message"]["kind"] == "aggregates"]
+    got = [i["message"] for i in items if i["message"]["kind"] == "window"]
     gaps = [i["message"] for i in items if i["message"]["kind"] == "gap"]
     # every alert arrived
     assert {identity(a) for a in alerts} <= {identity(i["message"]) for i in items}
@@ -222,7 +225,7 @@ def test_spool_cap_smaller_than_the_outage_evicts_the_oldest_aggregates_and_says
 def test_a_message_the_broker_rejects_for_good_is_set_aside_and_the_rest_go_on(tmp_path, broker, observer, produced):
     # the broker's ACL lets this device publish under dt/ but not to dt/locked/alerts
     cfg = parse_config({"vehicle": "sunrace-01", "uploader": {**FAST, "topic_prefix": "dt/locked"}})
-    subset = [m for m in produced if m["kind"] == "aggregates"][:20] + [m for m in produced if m["kind"] == "alert"][:5]
+    subset = [m for m in produced if m["kind"] == "window"][:20] + [m for m in produced if m["kind"] == "alert"][:5]
     up = InProcessUploader(broker, cfg, tmp_path / "spool.db")
     try:
         for message in subset:
@@ -235,4 +238,4 @@ def test_a_message_the_broker_rejects_for_good_is_set_aside_and_the_rest_go_on(t
     assert stats["set_aside"] == aside == 5  # each alert tried, refused (NOT_AUTHORIZED), set aside once
     assert observer.wait_for(lambda: len(received_items(observer)) >= 20, 20)
     assert sorted(message_key(i["message"]) for i in received_items(observer)) == sorted(
-        message_key(m) for m in subset if m["kind"] == "aggregates")
+        message_key(m) for m in subset if m["kind"] == "window")

@@ -26,7 +26,7 @@ def run(log: str, cfg: Any, frames: int, seconds: float, out: Path) -> tuple[int
     summary = replay(log, out_dir=out, config=dataclasses.replace(cfg, reader=reader))
     inside = messages_from_outbox(out / "cloud.jsonl")
     alerts = sorted((m for m in inside if m["kind"] == "alert"), key=lambda m: (m["t"], m["id"], m["state"]))
-    windows = sorted((m for m in inside if m["kind"] == "aggregates"), key=lambda m: (m["group"], m["window"]["start"]))
+    windows = sorted((m for m in inside if m["kind"] == "window"), key=lambda m: (m["group"], m["window"]["start"]))
     for m in windows:
         m.pop("seq")
     return summary["batches"], alerts, windows

@@ -19,6 +19,8 @@ import pytest
 
 MOSQUITTO = shutil.which("mosquitto") or next((p for p in ("/usr/sbin/mosquitto",) if os.path.exists(p)), None)
 
+from telemetry import wire
+
 
 def require_mosquitto() -> str:
     if MOSQUITTO is None:
@@ -162,8 +164,14 @@ class Observer:
             self.received.append((data.publish_packet.topic, bytes(data.publish_packet.payload)))
 
     def payloads(self, suffix: str | None = None) -> list[dict]:
+        """The JSON payloads received (bundles, health); see ``aggregates`` for the binary ones."""
         with self._lock:
-            return [json.loads(p) for t, p in self.received if suffix is None or t.endswith(suffix)]
+            return [json.loads(p) for t, p in self.received if (suffix is None or t.endswith(suffix)) and not wire.is_payload(p)]
+
+    def aggregates(self) -> list[wire.Payload]:
+        """The binary aggregates payloads received, decoded."""
+        with self._lock:
+            return [wire.decode(p) for _, p in self.received if wire.is_payload(p)]
 
     def wait_for(self, predicate, timeout: float = 60.0) -> bool:
         deadline = time.monotonic() + timeout

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from telemetry import wire
 from telemetry.edge.config import VehicleConfig, load_config
 from telemetry.edge.errors import ConfigError
 from telemetry.edge.messages import unpack
@@ -117,11 +118,17 @@ def build_summary(runtime: LocalRuntime | ProcessRuntime, components: Any, cfg: 
 
 
 def messages_from_outbox(path: str | Path, kind: str | None = None) -> list[dict[str, Any]]:
-    """The messages inside the bundles of a replay's cloud.jsonl, in the order sent."""
-    out = []
+    """The messages inside the bundles of a replay's cloud.jsonl, in the order sent; an
+    aggregates payload as its windows (``wire.Payload.window_messages``)."""
+    out: list[dict[str, Any]] = []
     with Path(path).open() as f:
         for line in f:
-            payload = json.loads(line)["payload"]
+            record = json.loads(line)
+            aggregates = wire.from_outbox_line(record)
+            if aggregates is not None:
+                out += aggregates.window_messages() if kind in (None, "aggregates") else []
+                continue
+            payload = record["payload"]
             if payload.get("kind") != "bundle":
                 continue
             out += [item["message"] for item in unpack(payload) if kind is None or item["message"].get("kind") == kind]
