@@ -18,6 +18,7 @@ cloud-side decoder runs wherever numpy does.
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import math
 import struct
@@ -47,6 +48,49 @@ class WireError(ValueError):
 
 
 Resolution = tuple[float, float] | None  # (scale, offset) from the DBC; None: float64 on the wire
+
+
+@dataclass(frozen=True)
+class Schema:
+    """Every signal of a vehicle's DBC files, sorted, with its resolution: a payload names its
+    signals by their number in it instead of by name (a 200-signal dictionary costs a kilobyte
+    per payload). Both ends build it from the same DBC files (``aggregator.dbc_resolutions``);
+    its ``id``, a hash of the list, says whether they did. Signals outside it travel by name."""
+
+    names: tuple[str, ...]
+    res: tuple[Resolution, ...]
+
+    @classmethod
+    def of(cls, res: Mapping[str, Resolution]) -> Schema:
+        names = tuple(sorted(res))
+        return cls(names, tuple(res[n] for n in names))
+
+    @property
+    def id(self) -> str:
+        cached = self.__dict__.get("_id")
+        if cached is None:
+            text = json.dumps([list(self.names), [list(r) if r else None for r in self.res]], separators=(",", ":"))
+            cached = hashlib.sha256(text.encode()).hexdigest()[:16]
+            object.__setattr__(self, "_id", cached)
+        return cached
+
+    @property
+    def index(self) -> dict[str, int]:
+        cached = self.__dict__.get("_index")
+        if cached is None:
+            cached = {n: i for i, n in enumerate(self.names)}
+            object.__setattr__(self, "_index", cached)
+        return cached
+
+
+_SCHEMAS: dict[str, Schema] = {}
+
+
+def register(schema: Schema) -> Schema:
+    """Make ``schema`` known to ``decode`` in this process (a component or a tool that has the
+    vehicle's DBC files registers theirs)."""
+    _SCHEMAS[schema.id] = schema
+    return schema
 
 
 @dataclass(frozen=True)
@@ -90,6 +134,7 @@ class Payload:
     part: tuple[int, int] = (0, 1)  # (i, n): a period too big for one publish is split by signal
     thinned: Mapping[str, Any] | None = None  # {"factor": f, "from_width": w, "stats": [...]} when thinned
     res: Mapping[str, Resolution] = field(default_factory=dict)
+    schema: str | None = None  # the id of the schema its signals were numbered in (decoded payloads)
 
     @property
     def key(self) -> str:
@@ -170,6 +215,17 @@ def _ints(x: np.ndarray) -> bytes:
     return bytes((code,)) + x.astype(np.dtype(_INTS[code]).newbyteorder("<"), copy=False).tobytes()
 
 
+def _floats(x: np.ndarray) -> bytes:
+    """Float values: float32 when every one of them is one (IEEE float signals of 32 bits are
+    the common case), else float64; a type byte (4 or 8) first."""
+    x = np.asarray(x, np.float64)
+    with np.errstate(over="ignore", invalid="ignore"):
+        narrow = x.astype("<f4")
+    if np.array_equal(narrow.astype(np.float64), x, equal_nan=True):
+        return b"\x04" + narrow.tobytes()
+    return b"\x08" + x.astype("<f8").tobytes()
+
+
 class _Reader:
     def __init__(self, body: bytes) -> None:
         self.body, self.at = body, 0
@@ -196,9 +252,9 @@ class _Reader:
 
     def floats(self, count: int) -> np.ndarray:
         raw = self.section()
-        if len(raw) != 8 * count:
+        if not raw or raw[0] not in (4, 8) or len(raw) - 1 != raw[0] * count:
             raise WireError(f"payload float column of {len(raw)} bytes, {count} values expected")
-        return np.frombuffer(raw, "<f8", count).astype(np.float64)
+        return np.frombuffer(raw, "<f4" if raw[0] == 4 else "<f8", count, 1).astype(np.float64)
 
 
 def _quantize(table: Table, res: Mapping[str, Resolution], single: np.ndarray) -> np.ndarray:
@@ -232,12 +288,21 @@ _REF_ORDER = ("mean", "min", "max", "first", "last")  # the first of these prese
 _OUTER = struct.Struct("<4sBBI")  # magic, version, codec, the body's uncompressed size
 
 
-def encode(p: Payload, *, codec: str = "zlib", level: int | None = None) -> bytes:
+def encode(p: Payload, *, codec: str = "zlib", level: int | None = None, schema: Schema | None = None) -> bytes:
     """The payload as bytes: ``TLMA``, version, codec, the body's size, then the compressed
     body: the header (JSON), the signal dictionary (JSON), then the columns (docs/MESSAGES.md)."""
     if codec not in CODECS:
         raise ValueError(f"unknown codec {codec!r} (known: {', '.join(CODECS)})")
+    if schema is None and p.schema is not None:
+        schema = _SCHEMAS.get(p.schema)
     t = p.table
+    if schema is not None:  # signals in the schema's order (so a bitmap says which), the others after
+        rank = np.array([schema.index.get(n, len(schema.names) + i) for i, n in enumerate(t.names)], np.int64)
+        if len(rank) and (np.diff(rank) < 0).any():
+            order = np.argsort(rank, kind="stable")
+            inverse = np.empty_like(order)
+            inverse[order] = np.arange(len(order))
+            t = Table(tuple(t.names[i] for i in order.tolist()), t.window, inverse[t.sid], t.stats).sorted()
     for stat in t.stats:
         if stat not in STATISTICS:
             raise ValueError(f"unknown statistic {stat!r}")
@@ -255,9 +320,20 @@ def encode(p: Payload, *, codec: str = "zlib", level: int | None = None) -> byte
         head["part"] = list(p.part)
     if p.thinned:
         head["thinned"] = dict(p.thinned)
-    dictionary = {"names": list(t.names),
-                  "res": [[float(scale[i]), float(offset[i])] if exact[i] else None for i in range(len(t.names))]}
-    sections: list[bytes] = [_json(head), _json(dictionary)]
+    res_json = [[float(scale[i]), float(offset[i])] if exact[i] else None for i in range(len(t.names))]
+    if schema is None:
+        sections: list[bytes] = [_json(head), _json({"names": list(t.names), "res": res_json})]
+    else:
+        # names by their number in the schema; the few it does not have, by name; and which
+        # signals go as float64 in this payload although the schema gives them a resolution
+        index = np.array([schema.index.get(n, -1) for n in t.names], np.int64)
+        extra = np.flatnonzero(index < 0)
+        present = np.zeros(len(schema.names), dtype=bool)
+        present[index[index >= 0]] = True
+        as_float = [i for i in range(len(t.names)) if index[i] >= 0 and not exact[i] and schema.res[index[i]] is not None]
+        dictionary = {"schema": schema.id, "as_float": as_float,
+                      "extra": {"names": [t.names[i] for i in extra.tolist()], "res": [res_json[i] for i in extra.tolist()]}}
+        sections = [_json(head), _json(dictionary), np.packbits(present).tobytes()]
     sid, window = t.sid, t.window
     first = _starts(sid)
     k0 = int(window.min()) if len(window) else 0
@@ -292,7 +368,7 @@ def encode(p: Payload, *, codec: str = "zlib", level: int | None = None) -> byte
         # a collapsed cell: one value, delta-coded along time; float64 for inexact signals
         c_int, c_float = collapsed & cell_exact, collapsed & ~cell_exact
         sections.append(_ints(_delta(q(t.stats[ref], c_int), _starts(sid[c_int]))))
-        sections.append(t.stats[ref][c_float].astype("<f8").tobytes())
+        sections.append(_floats(t.stats[ref][c_float]))
         # the reference statistic of the other cells along time, the rest relative to it. The
         # mean as the exact sum of raw values S: floor(S / count) is the reference, S mod count
         # travels too (so the mean is exact, and the same however the samples were batched)
@@ -306,16 +382,16 @@ def encode(p: Payload, *, codec: str = "zlib", level: int | None = None) -> byte
         else:
             ref_q = q(t.stats[ref], ints)
             sections.append(_ints(_delta(ref_q, _starts(sid[ints]))))
-        sections.append(t.stats[ref][floats].astype("<f8").tobytes())
+        sections.append(_floats(t.stats[ref][floats]))
         for stat in ("mean", "min", "max", "first", "last"):
             if stat in t.stats and stat != ref:
                 sections.append(_ints(q(t.stats[stat], ints) - ref_q))
-                sections.append(t.stats[stat][floats].astype("<f8").tobytes())
+                sections.append(_floats(t.stats[stat][floats]))
     if "std" in t.stats:
         with np.errstate(invalid="ignore", over="ignore"):
             steps = np.rint(t.stats["std"][ints] / np.abs(sc[ints]))
         sections.append(_ints(np.where(np.isfinite(steps), steps, 0).astype(np.int64)))
-        sections.append(t.stats["std"][floats].astype("<f8").tobytes())
+        sections.append(_floats(t.stats["std"][floats]))
     if "t_min" in t.stats or "t_max" in t.stats:
         sections.append(us(t.stats["t_min" if "t_min" in t.stats else "t_max"], collapsed))
         for stat in ("t_min", "t_max"):
@@ -406,8 +482,9 @@ def _check_header(head: Any) -> dict[str, Any]:
     return head
 
 
-def decode(data: bytes | bytearray | memoryview) -> Payload:
-    """A payload back, checked: every length against the payload's own; WireError if malformed."""
+def decode(data: bytes | bytearray | memoryview, schema: Schema | None = None) -> Payload:
+    """A payload back, checked: every length against the payload's own; WireError if malformed.
+    A payload that names its signals by a schema needs that schema: given, or registered."""
     data = bytes(data)
     if not is_payload(data) or len(data) < _OUTER.size:
         raise WireError("not an aggregates payload (no TLMA prefix)")
@@ -426,9 +503,12 @@ def decode(data: bytes | bytearray | memoryview) -> Payload:
         if isinstance(exc, WireError):
             raise
         raise WireError(f"aggregates header or dictionary is not JSON: {exc}") from None
-    names = dictionary.get("names") if isinstance(dictionary, dict) else None
-    res = dictionary.get("res") if isinstance(dictionary, dict) else None
     n_sig = head["signals"]
+    if isinstance(dictionary, dict) and "schema" in dictionary:
+        names, res = _by_schema(dictionary, r, schema)
+    else:
+        names = dictionary.get("names") if isinstance(dictionary, dict) else None
+        res = dictionary.get("res") if isinstance(dictionary, dict) else None
     if not (isinstance(names, list) and isinstance(res, list) and len(names) == len(res) == n_sig
             and all(isinstance(x, str) and x for x in names) and len(set(names)) == n_sig):
         raise WireError("aggregates dictionary: names must be distinct strings, one resolution each")
@@ -505,7 +585,36 @@ def decode(data: bytes | bytearray | memoryview) -> Payload:
     return Payload(head["vehicle"], head["seq"], head["group"], float(head["width"]), float(head["start"]),
                    float(head["end"]), table, late.get("samples", 0), late.get("oldest"),
                    (int(head.get("part", (0, 1))[0]), int(head.get("part", (0, 1))[1])), head.get("thinned"),
-                   {n: (float(scale[i]), float(offset[i])) if exact[i] else None for i, n in enumerate(names)})
+                   {n: (float(scale[i]), float(offset[i])) if exact[i] else None for i, n in enumerate(names)},
+                   dictionary.get("schema") if isinstance(dictionary, dict) else None)
+
+
+def _by_schema(dictionary: dict[str, Any], r: _Reader, schema: Schema | None) -> tuple[list[str], list[Any]]:
+    """Names and resolutions of a payload that numbers its signals in a schema."""
+    wanted = dictionary.get("schema")
+    if schema is None or schema.id != wanted:
+        schema = _SCHEMAS.get(str(wanted))
+    if schema is None:
+        raise WireError(f"aggregates payload names its signals by schema {wanted!r}, which this decoder does not have: "
+                        "give it the vehicle's DBC files (decode-cloud --dbc, or the configuration)")
+    extra, as_float = dictionary.get("extra"), dictionary.get("as_float")
+    if not (isinstance(extra, dict) and isinstance(extra.get("names"), list) and isinstance(extra.get("res"), list)
+            and len(extra["names"]) == len(extra["res"]) and isinstance(as_float, list)):
+        raise WireError("aggregates dictionary: a schema payload needs 'extra' {names, res} and 'as_float'")
+    n_schema = len(schema.names)
+    bits = r.section()
+    if len(bits) != (n_schema + 7) // 8:
+        raise WireError(f"aggregates payload: a presence bitmap of {len(bits)} bytes for a schema of {n_schema} signals")
+    present = np.unpackbits(np.frombuffer(bits, np.uint8), count=n_schema).astype(bool)
+    index = np.concatenate((np.flatnonzero(present), n_schema + np.arange(len(extra["names"]))))
+    names = [schema.names[i] if i < n_schema else extra["names"][i - n_schema] for i in index.tolist()]
+    res: list[Any] = [list(schema.res[i]) if i < n_schema and schema.res[i] is not None else
+                      (None if i < n_schema else extra["res"][i - n_schema]) for i in index.tolist()]
+    for i in as_float:
+        if not _count(i) or i >= len(res):
+            raise WireError("aggregates dictionary: 'as_float' must list signal positions")
+        res[i] = None
+    return names, res
 
 
 def _finite(x: Any) -> bool:
@@ -568,7 +677,7 @@ def thin(p: Payload, factor: int, stats: Sequence[str] | None = None) -> Payload
     thinned = {"factor": factor * int(previous.get("factor", 1)), "from_width": previous.get("from_width", p.width),
                "stats": list(keep)}
     return Payload(p.vehicle, p.seq, p.group, p.width * factor, p.start, p.end, t, p.late_samples, p.late_oldest,
-                   p.part, thinned, p.res)
+                   p.part, thinned, p.res, p.schema)
 
 
 def split(p: Payload, parts: int) -> list[Payload]:
@@ -584,5 +693,5 @@ def split(p: Payload, parts: int) -> list[Payload]:
         names = tuple(t.names[j] for j in ids.tolist())
         sub = Table(names, t.window[a:b], remap[t.sid[a:b]], {s: v[a:b] for s, v in t.stats.items()})
         out.append(Payload(p.vehicle, p.seq, p.group, p.width, p.start, p.end, sub, p.late_samples, p.late_oldest,
-                           (i, parts), p.thinned, p.res))
+                           (i, parts), p.thinned, p.res, p.schema))
     return out

@@ -104,7 +104,7 @@ def test_each_component_runs_in_its_own_process_and_gets_its_events_as_its_recip
     assert len(set(pids)) == 4 and os.getpid() not in pids
     assert malformed == {"telemetry.Uploader": 1, "telemetry.Aggregator": 1, "telemetry.AnomalyDetector": 1,
                          "telemetry.CanReader": None}
-    assert aggregates == 24
+    assert aggregates == 26  # the short drive (20 s): 5 s windows (4), 10 s for temperatures (2), 1 s for the drive group (20)
     sent = [json.loads(p) for _, p in cloud.sent if not wire.is_payload(p)]
     assert sum(1 for p in sent if p["kind"] == "bundle") > 0  # the uploader's cloud is the parent's transport
     assert runtime.stopped == list(reversed(runtime.started)) and runtime.errors == []
@@ -146,7 +146,7 @@ def test_a_handler_error_in_a_child_is_reported_as_in_one_process(project, short
     assert four["handler_errors"] == one["handler_errors"]
     # every invocation failed: one per local message (the windows of one batch travel together)
     invocations = sum(four["local_messages"].get(t, 0) for t in ("telemetry/aggregates", "telemetry/alerts"))
-    assert len(four["handler_errors"]) == invocations > 0 and four["windows"] == 24
+    assert len(four["handler_errors"]) == invocations > 0 and four["windows"] == 26
     assert four["handler_errors"][0] == "telemetry.Uploader: handler raised RuntimeError: boom"
     assert four["uploaded_messages"] == 0
     assert_no_component_process_left(runtimes[0])

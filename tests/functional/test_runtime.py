@@ -82,7 +82,7 @@ def test_malformed_local_messages_are_counted_and_the_stream_goes_on(short_drive
         assert runtime.component("telemetry.AnomalyDetector").stats["malformed"] == 1
         assert runtime.component("telemetry.Uploader").stats["malformed"] == 1
     windows = [m for p in cloud.payloads() for m in p.window_messages()]
-    assert len(windows) == 20 + 4  # 1 s windows, and 5 s ones for temperatures
+    assert len(windows) == 26  # the short drive (20 s): 5 s windows (4), 10 s for temperatures (2), 1 s for the drive group (20)
     assert runtime.errors == []
 
 
@@ -90,7 +90,7 @@ def test_a_handler_that_raises_is_reported_and_the_others_go_on(project, short_d
     handler = project / "lambdas" / "uploader" / "handler.py"
     handler.write_text(handler.read_text() + "\n\ndef function_handler(event, context):\n    raise RuntimeError('boom')\n")
     summary = replay(short_drive, out_dir=tmp_path / "out", config=SAMPLE / "vehicle.toml", recipes_dir=project / "recipes")
-    assert summary["windows"] == 24  # the aggregator kept going
+    assert summary["windows"] == 26  # the aggregator kept going
     assert summary["uploaded_messages"] == 0
     # every invocation failed: one per local message (several windows travel as one batch)
     assert len(summary["handler_errors"]) == sum(summary["local_messages"].get(t, 0) for t in ("telemetry/aggregates", "telemetry/alerts")) > 0

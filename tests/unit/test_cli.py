@@ -23,6 +23,7 @@ OPTIONS = {
     "deploy": ["--thing-group", "--thing", "--bucket", "--role-arn", "--region", "--account", "--arch", "--config",
                "--out", "--legacy", "--dry-run"],
     "simulate": ["--out", "--seconds", "--seed"],
+    "decode-cloud": ["source", "--to", "--out", "--dbc", "--config"],
 }
 
 
@@ -33,7 +34,7 @@ def _subcommands(p: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParse
 
 def test_every_command_module_is_registered_under_its_own_name():
     assert set(_subcommands(parser())) == set(OPTIONS)
-    assert [m.__name__.rsplit(".", 1)[1] for m in COMMANDS] == list(_subcommands(parser()))
+    assert [m.__name__.rsplit(".", 1)[1].replace("_", "-") for m in COMMANDS] == list(_subcommands(parser()))
     for module in COMMANDS:
         assert module.__doc__ and callable(module.add_subparser)
 

@@ -270,8 +270,9 @@ class Publisher:
     windows in every run, however the stream was batched."""
 
     def __init__(self, group: WindowAggregator, *, period: float, stats: tuple[str, ...], res: Mapping[str, wire.Resolution],
-                 codec: str, max_bytes: int) -> None:
+                 codec: str, max_bytes: int, schema: wire.Schema | None = None) -> None:
         self.group, self.stats, self.res, self.codec, self.max_bytes = group, stats, res, codec, max_bytes
+        self.schema = schema
         self.period = max(float(period), group.width)
         self.pending: list[Window] = []
         self.j: int | None = None  # the period of the pending windows
@@ -326,12 +327,12 @@ class Publisher:
         oldest = min((w.late_oldest for w in windows if w.late_oldest is not None), default=None)
         payload = wire.Payload(g.vehicle, seq, g.group, g.width, j * self.period, (j + 1) * self.period, table,
                                late, oldest, res=self.res)
-        data = wire.encode(payload, codec=self.codec)
+        data = wire.encode(payload, codec=self.codec, schema=self.schema)
         parts = 1
         while len(data) > self.max_bytes and parts < len(table.names):
             parts = min(len(table.names), parts * 2)
             pieces = wire.split(payload, parts)
-            encoded = [wire.encode(p, codec=self.codec) for p in pieces]
+            encoded = [wire.encode(p, codec=self.codec, schema=self.schema) for p in pieces]
             if max(map(len, encoded)) <= self.max_bytes or parts == len(table.names):
                 self.stats_out["payloads_split"] += 1
                 return list(zip(pieces, encoded))
@@ -353,8 +354,10 @@ class Aggregation:
         self.groups[DEFAULT_GROUP] = group(DEFAULT_GROUP, cfg.window_seconds)
         settings = {g.name: (g.publish_seconds or cfg.publish_seconds, g.stats or cfg.stats) for g in cfg.groups}
         settings[DEFAULT_GROUP] = (cfg.publish_seconds, cfg.stats)
+        # with the DBC's resolutions, payloads number their signals in the DBC's schema
+        self.schema = wire.register(wire.Schema.of(res)) if res else None
         self.publishers = {name: Publisher(a, period=settings[name][0], stats=settings[name][1], res=res or {},
-                                           codec=cfg.codec, max_bytes=max_bytes)
+                                           codec=cfg.codec, max_bytes=max_bytes, schema=self.schema)
                            for name, a in self.groups.items()}
         self.payload_seq = 0
         self._route: dict[str, str | None] = {}

@@ -26,6 +26,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from .. import wire
 from . import messages
 from .aggregator import Aggregation, dbc_resolutions
 from .clock import Clock, SystemClock
@@ -375,6 +376,8 @@ class UploaderComponent(MessageComponent):
         if spool is None:
             path = services.env.get("TELEMETRY_SPOOL") or cfg.spool_path
             spool = MemorySpool(clock=services.clock) if path == ":memory:" else SqliteSpool(path, clock=services.clock)
+        if services.config.dbc:  # the aggregator's payloads number their signals in the DBC's schema
+            wire.register(wire.Schema.of(dbc_resolutions(services.config.dbc)))
         self.core = Uploader(spool, services.cloud, cfg, vehicle=services.config.vehicle,
                              prefix=services.config.cloud_prefix, clock=services.clock)
 

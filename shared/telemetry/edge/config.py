@@ -54,7 +54,7 @@ class AggregatorConfig:
     max_open_windows: int = 64  # per group; past it the oldest window is closed early
     groups: tuple[WindowGroup, ...] = ()
     stats: tuple[str, ...] = ("count", "min", "max", "mean")  # what goes on the wire, per group
-    publish_seconds: float = 10.0  # one aggregates payload per group per this much event time
+    publish_seconds: float = 60.0  # one aggregates payload per group per this much event time
     codec: str = "zlib"  # the payload body's compression: zlib or none
 
 

@@ -18,6 +18,7 @@ import numpy as np
 
 from telemetry import wire
 from telemetry.edge.errors import TelemetryError
+from telemetry.tools.paths import SAMPLE
 
 COLUMNS = ("vehicle", "group", "window_start", "window_end", "signal", "statistic", "value")
 
@@ -59,6 +60,17 @@ def _decoded(data: bytes, where: str) -> wire.Payload:
         return wire.decode(data)
     except wire.WireError as exc:
         raise CloudError(f"{where}: {exc}") from None
+
+
+def register_schema(config: str | Path | None, dbc: list[str]) -> wire.Schema:
+    """The schema of the vehicle's DBC files (``--dbc``, else the configuration's), registered
+    so that payloads numbering their signals in it decode."""
+    from telemetry.edge.aggregator import dbc_resolutions  # noqa: PLC0415
+    from telemetry.tools.replay import resolve_config  # noqa: PLC0415
+
+    if not dbc:
+        dbc = list(resolve_config(config or SAMPLE / "vehicle.toml").dbc)
+    return wire.register(wire.Schema.of(dbc_resolutions(dbc)))
 
 
 def columns(payload: wire.Payload) -> dict[str, np.ndarray]:

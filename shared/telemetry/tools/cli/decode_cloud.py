@@ -9,8 +9,9 @@ from typing import Any
 
 
 def _do_decode(args: argparse.Namespace) -> int:
-    from telemetry.tools.cloud import convert
+    from telemetry.tools.cloud import convert, register_schema
 
+    register_schema(args.config, args.dbc)
     source = Path(args.source)
     out = Path(args.out) if args.out else (source if source.is_dir() else source.parent) / f"aggregates.{args.to}"
     start = time.perf_counter()
@@ -26,4 +27,7 @@ def add_subparser(subparsers: Any) -> None:
     s.add_argument("source", help="a cloud.jsonl, or a folder of them or of captured payload files")
     s.add_argument("--to", choices=("csv", "jsonl", "parquet"), default="csv")
     s.add_argument("--out", help="the file to write (default: aggregates.<to> beside the source)")
+    s.add_argument("--dbc", action="append", default=[],
+                   help="the vehicle's DBC file(s): payloads name signals by the DBC's schema (default: the configuration's)")
+    s.add_argument("--config", help="the vehicle configuration (its DBC files); default: the sample car's")
     s.set_defaults(func=_do_decode)
