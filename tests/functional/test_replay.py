@@ -4,8 +4,8 @@ corrupt logs and broken DBCs are reported, not fatal or cryptic."""
 
 from __future__ import annotations
 
-import dataclasses
 import base64
+import dataclasses
 import json
 import subprocess
 import sys

@@ -17,9 +17,10 @@ from pathlib import Path
 
 import pytest
 
+from telemetry import wire
+
 MOSQUITTO = shutil.which("mosquitto") or next((p for p in ("/usr/sbin/mosquitto",) if os.path.exists(p)), None)
 
-from telemetry import wire
 
 
 def require_mosquitto() -> str:

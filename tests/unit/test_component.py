@@ -3,9 +3,8 @@ side replaced), and a pinned loop that starts without blocking the module import
 
 from __future__ import annotations
 
-import json
-
 import importlib.util
+import json
 import threading
 from pathlib import Path
 from unittest import mock

@@ -11,9 +11,9 @@ import pytest
 from awsiot.greengrasscoreipc.clientv2 import GreengrassCoreIPCClientV2
 from awsiot.greengrasscoreipc.model import (
     QOS,
-    PayloadFormat,
     BinaryMessage,
     JsonMessage,
+    PayloadFormat,
     PublishMessage,
     SubscriptionResponseMessage,
     UnauthorizedError,

@@ -251,7 +251,7 @@ def dbc_resolutions(dbc_paths: Sequence[str]) -> dict[str, wire.Resolution]:
     """Each signal's (scale, offset) from the DBC files, by the decoder's signal names; None for
     a signal that is an IEEE float (sent as float64). On a shared frame id the later file wins,
     as in the decoder."""
-    from .decode import load_dbc, signal_names  # noqa: PLC0415  (cantools: only when a DBC is read)
+    from .decode import load_dbc, signal_names
 
     out: dict[str, wire.Resolution] = {}
     for path in dbc_paths:
@@ -309,7 +309,9 @@ class Publisher:
         be over ``max_bytes``."""
         g = self.group
         j = self._period(windows[0].start)
-        sids, ks, cols = [], [], {key: [] for key in self.stats}
+        sids: list[np.ndarray] = []
+        ks: list[np.ndarray] = []
+        cols: dict[str, list[np.ndarray]] = {key: [] for key in self.stats}
         for w in windows:
             cells = w.signals
             assert isinstance(cells, Cells)

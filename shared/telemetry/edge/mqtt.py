@@ -87,7 +87,7 @@ class Mqtt5CloudTransport:
             raise TransportError("not connected to the broker")
         if len(payload) + len(topic) + 16 > self.max_packet:
             raise RejectedError(f"publish to {topic}: {len(payload)} bytes is over the broker's maximum packet size {self.max_packet}")
-        from .transport import content_type  # noqa: PLC0415  (transport imports this module's users)
+        from .transport import content_type
 
         text, ctype = content_type(payload)
         pfi = mqtt5.PayloadFormatIndicator.AWS_MQTT5_PFI_UTF8 if text else mqtt5.PayloadFormatIndicator.AWS_MQTT5_PFI_BYTES

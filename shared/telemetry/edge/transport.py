@@ -139,6 +139,7 @@ class OutboxFile:
         self._lock = threading.Lock()
         self.messages = 0
         self.bytes = 0
+        self.bytes_by_topic: dict[str, int] = {}
 
     def publish(self, topic: str, payload: bytes) -> None:
         text, ctype = content_type(payload)
@@ -152,6 +153,7 @@ class OutboxFile:
             self._file.flush()
             self.messages += 1
             self.bytes += len(payload)
+            self.bytes_by_topic[topic] = self.bytes_by_topic.get(topic, 0) + len(payload)
 
     def close(self) -> None:
         with self._lock:

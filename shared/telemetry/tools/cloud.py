@@ -65,8 +65,8 @@ def _decoded(data: bytes, where: str) -> wire.Payload:
 def register_schema(config: str | Path | None, dbc: list[str]) -> wire.Schema:
     """The schema of the vehicle's DBC files (``--dbc``, else the configuration's), registered
     so that payloads numbering their signals in it decode."""
-    from telemetry.edge.aggregator import dbc_resolutions  # noqa: PLC0415
-    from telemetry.tools.replay import resolve_config  # noqa: PLC0415
+    from telemetry.edge.aggregator import dbc_resolutions
+    from telemetry.tools.replay import resolve_config
 
     if not dbc:
         dbc = list(resolve_config(config or SAMPLE / "vehicle.toml").dbc)
@@ -97,8 +97,8 @@ def convert(source: str | Path, out: str | Path, to: str) -> dict[str, Any]:
     n_payloads = n_rows = 0
     if to == "parquet":
         try:
-            import pyarrow as pa  # noqa: PLC0415
-            import pyarrow.parquet as pq  # noqa: PLC0415
+            import pyarrow as pa
+            import pyarrow.parquet as pq
         except ImportError:
             raise CloudError("--to parquet needs pyarrow (pip install pyarrow; ./build.sh setup installs it)") from None
         schema = pa.schema([("vehicle", pa.string()), ("group", pa.string()), ("window_start", pa.float64()),

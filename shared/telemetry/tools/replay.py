@@ -88,6 +88,10 @@ def replay(
         summary["uploader_limits_lifted"] = lifted
         summary["cloud_messages"] = cloud.messages
         summary["cloud_bytes"] = cloud.bytes
+        summary["cloud_bytes_by_topic"] = dict(sorted(cloud.bytes_by_topic.items()))
+        summary["log_bytes"] = Path(log).stat().st_size
+        # the link's figure of merit: what goes out against what the bus logged
+        summary["cloud_to_log_ratio"] = round(cloud.bytes / summary["log_bytes"], 5) if summary["log_bytes"] else None
     finally:
         cloud.close()
     summary["seconds"] = round(time.monotonic() - started, 3)
@@ -126,7 +130,7 @@ def messages_from_outbox(path: str | Path, kind: str | None = None) -> list[dict
             record = json.loads(line)
             aggregates = wire.from_outbox_line(record)
             if aggregates is not None:
-                out += aggregates.window_messages() if kind in (None, "aggregates") else []
+                out += aggregates.window_messages() if kind in (None, "aggregates", "window") else []
                 continue
             payload = record["payload"]
             if payload.get("kind") != "bundle":
@@ -147,11 +151,13 @@ def format_summary(summary: dict[str, Any], alerts: list[dict[str, Any]]) -> str
         f"{s['remote_frames']} remote, {s['frames_unknown_id']} unknown id, {s['decode_errors']} decode errors)",
         f"  bad log lines      {s['bad_lines']:>10}",
         f"  signal samples     {s['signal_samples']:>10}   in {s['batches']} batches",
-        f"  aggregates         {s['aggregates']:>10}   windows ({s['late_samples']} late samples)",
+        f"  aggregates         {s['aggregates']:>10}   payloads of {s.get('windows', 0)} windows ({s['late_samples']} late samples)",
         f"  alerts             {s['alerts']:>10}   ({s['alerts_raised']} raised, {s['alerts_updated']} updated, "
         f"{s['alerts_cleared']} cleared, {s['alerts_active_at_end']} still active at the end)",
-        f"  to the cloud       {s['cloud_messages']:>10}   publishes, {s['cloud_bytes']} bytes "
-        f"({s['uploaded_messages']} messages, {s['uploaded_raw_bytes']} bytes before packing"
+        f"  to the cloud       {s['cloud_messages']:>10}   publishes, {s['cloud_bytes']} bytes"
+        + (f" = 1/{1 / s['cloud_to_log_ratio']:.1f} of the log's {s['log_bytes']} bytes" if s.get("cloud_to_log_ratio") else "")
+        + (" (" + ", ".join(f"{t.rsplit('/', 1)[-1]} {b}" for t, b in s.get("cloud_bytes_by_topic", {}).items()) + ")"),
+        f"                                  ({s['uploaded_messages']} messages, {s['uploaded_raw_bytes']} bytes before packing"
         + ("; as fast as possible: no link pacing, no spool cap)" if s.get("uploader_limits_lifted") else ")"),
         f"  wall time          {s['seconds']:>10.2f}   s (peak RSS {s['peak_rss_mb']} MB)",
     ]

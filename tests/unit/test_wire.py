@@ -1,0 +1,258 @@
+"""The aggregates wire format (telemetry.wire): decode(encode(x)) equals x at the DBC's resolution
+for generated windows of generated signals; malformed payloads are refused with a reason;
+thinning and splitting keep what they say they keep."""
+
+from __future__ import annotations
+
+import math
+import struct
+import zlib
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from telemetry import wire
+
+SCALES = (1.0, 0.1, 0.01, 0.001, 0.0001, 0.5, 0.25, 0.05, 1e-7, 2.0, -0.1)
+OFFSETS = (0.0, -40.0, 273.15, -1000.0, 0.5)
+
+
+@st.composite
+def tables(draw):
+    """Windows of signals: each signal integer raw values on its DBC grid (or IEEE floats), each
+    (window, signal) cell made of real samples, so its statistics are consistent."""
+    n_signals = draw(st.integers(1, 6))
+    width = draw(st.sampled_from((0.1, 1.0, 5.0, 10.0)))
+    k0 = draw(st.integers(0, 2_000_000_000))
+    n_windows = draw(st.integers(1, 12))
+    res, rows = {}, []
+    for s in range(n_signals):
+        name = f"M{s}.S{s}"
+        is_float = draw(st.booleans()) and s % 3 == 2
+        scale, offset = draw(st.sampled_from(SCALES)), draw(st.sampled_from(OFFSETS))
+        res[name] = None if is_float else (scale, offset)
+        bits = draw(st.sampled_from((1, 8, 12, 16, 32)))
+        signed = draw(st.booleans())
+        lo, hi = (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if signed and bits > 1 else (0, 2**bits - 1)
+        constant = draw(st.booleans())
+        for k in range(k0, k0 + n_windows):
+            if draw(st.integers(0, 4)) == 0:
+                continue  # a window without this signal
+            n = draw(st.integers(1, 6))
+            if is_float:
+                v = np.array(draw(st.lists(st.floats(-1e6, 1e6, width=32), min_size=n, max_size=n)), np.float64)
+            else:
+                raw = np.array(draw(st.lists(st.integers(lo, hi), min_size=n, max_size=n)), np.int64)
+                if constant:
+                    raw[:] = raw[0]
+                v = raw * scale + offset  # what cantools decodes
+            t = k * width + np.sort(np.array(draw(st.lists(st.integers(0, 999_999), min_size=n, max_size=n)))) / 1e6 * width
+            rows.append((k, name, v, t))
+    return width, res, rows
+
+
+def table_of(rows, names):
+    sid = {n: i for i, n in enumerate(names)}
+    stats = {s: [] for s in wire.STATISTICS}
+    ks, ids = [], []
+    for k, name, v, t in rows:
+        ks.append(k)
+        ids.append(sid[name])
+        stats["count"].append(len(v))
+        stats["min"].append(v.min())
+        stats["max"].append(v.max())
+        stats["mean"].append(v.mean())
+        stats["last"].append(v[-1])
+        stats["std"].append(v.std())
+        stats["first"].append(v[0])
+        stats["t_min"].append(t[np.argmin(v)])
+        stats["t_max"].append(t[np.argmax(v)])
+    return wire.Table(tuple(names), np.array(ks, np.int64), np.array(ids, np.int64),
+                      {s: np.array(x, np.int64 if s == "count" else np.float64) for s, x in stats.items()}).sorted()
+
+
+def check_equal(table: wire.Table, got: wire.Table, res: dict, width: float) -> None:
+    assert got.names == table.names or sorted(got.names) == sorted(table.names)
+    order = {n: i for i, n in enumerate(got.names)}
+    back = np.array([order[n] for n in table.names], np.int64)
+    rank = np.lexsort((got.window, got.sid))
+    mine = np.lexsort((table.window, back[table.sid]))
+    assert np.array_equal(got.window[rank], table.window[mine])
+    for stat, values in table.stats.items():
+        if stat not in got.stats:
+            continue
+        x, y = values[mine], got.stats[stat][rank]
+        names = [table.names[i] for i in table.sid[mine].tolist()]
+        for name, a, b in zip(names, x.tolist(), y.tolist()):
+            r = res.get(name)
+            if stat in ("count", "min", "max", "first", "last"):
+                assert a == b, (name, stat, a, b)  # exact
+            elif stat == "mean":
+                assert b == pytest.approx(a, rel=1e-12, abs=1e-9 * (abs(r[0]) if r else 1)), (name, stat)
+            elif stat == "std":
+                assert abs(a - b) <= (abs(r[0]) / 2 if r else 0) + 1e-9 * max(1.0, abs(a)), (name, stat, a, b)
+            else:  # t_min, t_max: to the microsecond
+                assert abs(a - b) <= 5e-7 + 1e-15 * abs(a), (name, stat, a, b)
+
+
+@settings(max_examples=150, deadline=None)
+@given(tables(), st.sampled_from([wire.STATISTICS, wire.DEFAULT_STATS, ("count",), ("count", "mean"),
+                                  ("count", "min", "t_min"), ("count", "last", "std")]),
+       st.booleans(), st.sampled_from(wire.CODECS))
+def test_decode_of_encode_is_the_same_windows_at_the_dbc_resolution(data, stats, by_schema, codec):
+    width, res, rows = data
+    names = sorted({name for _, name, _, _ in rows})
+    if not names:
+        return
+    table = table_of(rows, names).select(stats)
+    payload = wire.Payload("car", 7, "default", width, min(table.window) * width, (max(table.window) + 1) * width,
+                           table, 3, 12.5, res=res)
+    schema = wire.Schema.of(res) if by_schema else None
+    data_bytes = wire.encode(payload, codec=codec, schema=schema)
+    got = wire.decode(data_bytes, schema)
+    assert (got.vehicle, got.seq, got.group, got.width, got.start, got.end) == ("car", 7, "default", width,
+                                                                                payload.start, payload.end)
+    assert (got.late_samples, got.late_oldest, got.stats) == (3, 12.5, tuple(stats))
+    check_equal(table, got.table, res, width)
+
+
+def test_signals_on_their_grid_travel_as_small_integers():
+    names = tuple(f"BMS.Cell{i:02d}" for i in range(40))
+    k = np.repeat(np.arange(60), 40)
+    sid = np.tile(np.arange(40), 60)
+    rng = np.random.default_rng(1)
+    raw = 40_000 + np.round(np.sin(k / 10.0) * 100) + rng.integers(-3, 4, len(k))  # 0.1 mV steps, a little noise
+    lo, hi = raw - rng.integers(0, 4, len(k)), raw + rng.integers(0, 4, len(k))
+    stats = {"count": np.full(len(k), 10), "min": lo * 0.0001, "max": hi * 0.0001, "mean": raw * 0.0001}
+    table = wire.Table(names, k, sid, stats).sorted()
+    payload = wire.Payload("car", 1, "cells", 1.0, 0.0, 60.0, table, res={n: (0.0001, 0.0) for n in names})
+    schema = wire.Schema.of(payload.res)
+    small = wire.encode(payload, schema=schema)
+    as_floats = wire.encode(wire.Payload("car", 1, "cells", 1.0, 0.0, 60.0, table), schema=None)
+    assert len(small) * 2 < len(as_floats)  # integers at the resolution beat float64
+    assert len(small) < 2400 * 3  # 2,400 cells, three values each besides a constant count: under a byte a value
+
+
+def test_a_value_off_its_grid_makes_its_signal_travel_as_float():
+    table = wire.Table(("A.x",), np.array([0, 1]), np.array([0, 0]),
+                       {"count": np.array([1, 1]), "min": np.array([1.0, 1.05]), "max": np.array([1.0, 1.05]),
+                        "mean": np.array([1.0, 1.05])})
+    p = wire.Payload("car", 1, "g", 1.0, 0.0, 2.0, table, res={"A.x": (0.1, 0.0)})
+    got = wire.decode(wire.encode(p))
+    assert got.res["A.x"] is None and got.table.stats["min"].tolist() == [1.0, 1.05]  # exact, as float
+
+
+def good_payload() -> bytes:
+    table = wire.Table(("A.x", "B.y"), np.array([5, 5, 6]), np.array([0, 1, 1]),
+                       {"count": np.array([2, 1, 3]), "min": np.array([1.0, 2.0, 3.0]), "max": np.array([1.5, 2.0, 4.0]),
+                        "mean": np.array([1.25, 2.0, 3.5])})
+    return wire.encode(wire.Payload("car", 1, "g", 1.0, 0.0, 10.0, table.sorted(), res={"A.x": (0.5, 0.0)}))
+
+
+def rebuilt(head_change=None, body=None) -> bytes:
+    """The good payload with its header changed, or its body replaced."""
+    data = good_payload()
+    raw = zlib.decompress(data[10:])
+    (n,) = struct.unpack_from("<I", raw)
+    head = __import__("json").loads(raw[4:4 + n])
+    head.update(head_change or {})
+    text = __import__("json").dumps(head).encode()
+    raw = struct.pack("<I", len(text)) + text + raw[4 + n:] if body is None else body
+    return data[:6] + struct.pack("<I", len(raw)) + zlib.compress(raw)
+
+
+@pytest.mark.parametrize(("data", "reason"), [
+    (b"TLMA", "no TLMA prefix"),
+    (b"XXXX\x01\x00\x00\x00\x00\x00", "no TLMA prefix"),
+    (b"TLMA\x02\x00\x00\x00\x00\x00", "version 2"),
+    (b"TLMA\x01\x07\x00\x00\x00\x00", "unknown codec"),
+    (b"TLMA\x01\x00\xff\xff\xff\xff", "over"),
+    (b"TLMA\x01\x00\x10\x00\x00\x00" + zlib.compress(b"x" * 15), "its prefix says 16"),
+    (b"TLMA\x01\x00\x10\x00\x00\x00garbage", "does not decompress"),
+    (None, "not one complete zlib stream"),
+    ("head:v", "version/kind"),
+    ("head:width", "width must be positive"),
+    ("head:start", "is not a finite number"),
+    ("head:stats", "in that order"),
+    ("head:cells", "not a count"),
+    ("head:signals", "names must be distinct strings"),
+    ("body:tail", "bytes after its last column"),
+    ("body:short", "ends early"),
+])
+def test_a_malformed_payload_is_refused_with_its_reason(data, reason):
+    if data is None:
+        data = good_payload()[:-2]
+    elif isinstance(data, str):
+        where, what = data.split(":")
+        if where == "head":
+            change = {"v": {"v": 9}, "width": {"width": 0}, "start": {"start": "x"},
+                      "stats": {"stats": ["min", "count"]}, "cells": {"cells": -1}, "signals": {"signals": 5}}[what]
+            data = rebuilt(change)
+        else:
+            raw = zlib.decompress(good_payload()[10:])
+            data = rebuilt(body=raw + b"\x00" if what == "tail" else raw[:-3])
+    with pytest.raises(wire.WireError, match=reason):
+        wire.decode(data)
+
+
+def test_a_payload_by_an_unknown_schema_says_what_the_decoder_needs():
+    res = {"Z.unknown_to_anyone_else": (0.5, 0.0)}
+    table = wire.Table(tuple(res), np.array([1]), np.array([0]), {"count": np.array([1]), "mean": np.array([2.0])})
+    data = wire.encode(wire.Payload("car", 1, "g", 1.0, 0.0, 10.0, table, res=res), schema=wire.Schema(tuple(res), (None,)))
+    with pytest.raises(wire.WireError, match=r"schema '[0-9a-f]{16}'.*give it the vehicle's DBC files"):
+        wire.decode(data)
+    schema = wire.register(wire.Schema(tuple(res), (None,)))
+    assert wire.decode(data).table.names == tuple(res) and wire.decode(data, schema).table.stats["mean"].tolist() == [2.0]
+
+
+def test_signals_outside_the_schema_travel_by_name():
+    schema = wire.Schema.of({"A.x": (1.0, 0.0), "C.z": (0.1, 0.0)})
+    res = {"A.x": (1.0, 0.0), "B.extra": (0.5, 0.0)}
+    table = wire.Table(("B.extra", "A.x"), np.array([0, 0]), np.array([0, 1]),
+                       {"count": np.array([1, 2]), "min": np.array([1.5, 3.0]), "max": np.array([1.5, 4.0])})
+    got = wire.decode(wire.encode(wire.Payload("car", 1, "g", 1.0, 0.0, 1.0, table, res=res), schema=schema), schema)
+    assert got.windows() == {0.0: {"A.x": {"count": 2, "min": 3.0, "max": 4.0}, "B.extra": {"count": 1, "min": 1.5, "max": 1.5}}}
+
+
+def test_thinning_merges_windows_exactly_and_says_so():
+    rng = np.random.default_rng(5)
+    rows = []
+    for k in range(20):
+        v = rng.integers(0, 100, 7) * 0.5
+        rows.append((k, "A.x", v, k + np.linspace(0, 0.9, 7)))
+    table = table_of(rows, ["A.x"])
+    p = wire.Payload("car", 1, "g", 1.0, 0.0, 20.0, table, res={"A.x": (0.5, 0.0)})
+    thin = wire.thin(p, 5)
+    assert thin.width == 5.0 and thin.thinned == {"factor": 5, "from_width": 1.0, "stats": list(wire.STATISTICS)}
+    for j in range(4):
+        v = np.concatenate([r[2] for r in rows[5 * j:5 * j + 5]])
+        i = int(np.flatnonzero(thin.table.window == j)[0])
+        s = {name: col[i] for name, col in thin.table.stats.items()}
+        assert (s["count"], s["min"], s["max"], s["first"], s["last"]) == (35, v.min(), v.max(), v[0], v[-1])
+        assert s["mean"] == pytest.approx(v.mean()) and s["std"] == pytest.approx(v.std())
+    fewer = wire.decode(wire.encode(wire.thin(p, 1, ("count", "mean"))))
+    assert fewer.stats == ("count", "mean") and fewer.thinned == {"factor": 1, "from_width": 1.0, "stats": ["count", "mean"]}
+    assert len(wire.encode(wire.thin(p, 10, ("count", "mean")))) < len(wire.encode(p)) / 2
+
+
+def test_a_split_payload_holds_every_cell_once_with_its_own_id():
+    names = tuple(f"S.{i}" for i in range(10))
+    table = wire.Table(names, np.repeat(np.arange(3), 10), np.tile(np.arange(10), 3),
+                       {"count": np.ones(30, np.int64), "mean": np.arange(30.0)}).sorted()
+    p = wire.Payload("car", 1, "g", 1.0, 0.0, 3.0, table)
+    parts = wire.split(p, 3)
+    assert [q.key for q in parts] == ["g/0.0/0of3", "g/0.0/1of3", "g/0.0/2of3"]
+    cells = sorted((q.table.names[s], int(k), m) for q in parts for s, k, m in
+                   zip(q.table.sid.tolist(), q.table.window.tolist(), q.table.stats["mean"].tolist()))
+    assert cells == sorted((names[s], int(k), m) for s, k, m in zip(table.sid.tolist(), table.window.tolist(),
+                                                                   table.stats["mean"].tolist()))
+    assert all(wire.decode(wire.encode(q)).part == q.part for q in parts)
+
+
+def test_every_statistic_survives_a_payload_without_a_resolution():
+    rows = [(k, "F.v", np.array([math.pi * k, -1e150, 1e-300]), k + np.array([0.1, 0.2, 0.3])) for k in range(3)]
+    table = table_of(rows, ["F.v"])
+    got = wire.decode(wire.encode(wire.Payload("car", 1, "g", 1.0, 0.0, 3.0, table)))
+    check_equal(table, got.table, {}, 1.0)
