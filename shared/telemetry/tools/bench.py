@@ -213,7 +213,23 @@ def dense_messages(batch_seconds: float, seconds: float = 30.0) -> list[dict]:
     return out
 
 
-def spool_stage(log: Path, msgs_out: list[dict], cfg, tmp: Path) -> None:
+def wire_messages(outbox: Path) -> list[bytes | dict]:
+    """What the uploader received in a replay, from what it sent: each aggregates payload's bytes
+    (sent as received) and each alert (from the bundles), in order."""
+    from telemetry import wire
+
+    out: list[bytes | dict] = []
+    for line in outbox.read_text().splitlines():
+        record = json.loads(line)
+        if "payload_base64" in record:
+            out.append(__import__("base64").b64decode(record["payload_base64"]))
+        elif record["payload"].get("kind") == "bundle" and record["payload"].get("of") == "alert":
+            out += [item["message"] for item in messages.unpack(record["payload"])]
+    assert all(isinstance(m, dict) or wire.is_payload(m) for m in out)
+    return out
+
+
+def spool_stage(log: Path, msgs_out: list[bytes | dict], cfg, tmp: Path) -> None:
     """Messages per second into the durable spool and out through the sender (an in-memory cloud,
     no rate limits), and the bytes on the wire against the raw size of the replayed log."""
     from telemetry.edge.clock import SystemClock
@@ -244,12 +260,79 @@ def spool_stage(log: Path, msgs_out: list[dict], cfg, tmp: Path) -> None:
         rows.append((label, len(msgs_out) / put_s, len(msgs_out) / send_s, wire, len(cloud.sent)))
         up.close()
     raw_log = log.stat().st_size
-    raw_messages = sum(len(json.dumps(m, separators=(",", ":"))) for m in msgs_out)
-    print(f"\nspool: {len(msgs_out)} aggregates and alerts of the drive ({raw_messages:,} bytes of JSON); "
+    raw_messages = sum(len(m) if isinstance(m, bytes) else len(json.dumps(m, separators=(",", ":"))) for m in msgs_out)
+    print(f"\nspool: {len(msgs_out)} aggregates payloads and alerts of the drive ({raw_messages:,} bytes as received); "
           f"the raw log is {raw_log:,} bytes")
     print(f"{'spool':<48}{'in (msg/s)':>12}{'out (msg/s)':>13}{'on the wire':>14}{'publishes':>11}{'wire/log':>10}")
     for label, put_rate, send_rate, wire, publishes in rows:
         print(f"{label:<48}{put_rate:>12,.0f}{send_rate:>13,.0f}{wire:>14,}{publishes:>11}{wire / raw_log:>9.1%}")
+
+
+def encoding_stage(log: Path, msgs: list[dict], cfg) -> None:
+    """Bytes on the wire of the log's aggregates, per (window, signal) cell, for each encoding:
+    the JSON bundles this format replaced, and the binary payloads with and without the DBC's
+    schema, for all nine statistics and the default four, at 10 s and 60 s publishes. The
+    windows are the configuration's (its groups and window lengths); only the encoding changes."""
+    from telemetry import wire
+    from telemetry.edge import uploader
+    from telemetry.edge.aggregator import dbc_resolutions
+    from telemetry.edge.spool import Entry
+
+    res = dbc_resolutions(cfg.dbc)
+    signals = [messages.decode(m) for m in msgs]
+    end = messages.EndOfStream(log.name, len(msgs) + 1, None, {})
+
+    def windows_of() -> list[messages.Window]:
+        a = Aggregation(cfg.aggregator, cfg.vehicle)
+        return [w for m in [*signals, end] for w in a.process(m)]
+
+    windows = windows_of()
+    cells = sum(len(w.signals) for w in windows)
+    raw_log = log.stat().st_size
+    rows: list[tuple[str, int, int]] = []
+    # before: one JSON message per window, nine statistics, zlib+base64 bundles of up to 100 kB
+    entries = [Entry(i, "window", 2, w.start, w.to_bytes(), 0, f"{w.group}/{w.start!r}") for i, w in enumerate(windows)]
+    total, publishes = 0, 0
+    while entries:
+        payload, n = uploader.fit(entries, vehicle=cfg.vehicle, spool_id="bench", compress=True, max_bytes=100_000)
+        total, publishes, entries = total + len(payload), publishes + 1, entries[n:]
+    rows.append(("JSON per window, 9 statistics, zlib+base64 bundles", total, publishes))
+    for label, stats, period, schema in (
+            ("binary, 9 statistics, names in each payload, 10 s", wire.STATISTICS, 10.0, False),
+            ("binary, 9 statistics, DBC schema, 10 s", wire.STATISTICS, 10.0, True),
+            ("binary, count/min/max/mean, DBC schema, 10 s", wire.DEFAULT_STATS, 10.0, True),
+            ("binary, count/min/max/mean, DBC schema, 60 s", wire.DEFAULT_STATS, 60.0, True),
+            ("binary, as configured", None, None, True)):
+        agg_cfg = cfg.aggregator
+        if stats is not None:
+            agg_cfg = dataclasses.replace(agg_cfg, stats=stats, publish_seconds=period, groups=tuple(
+                dataclasses.replace(g, stats=stats, publish_seconds=period) for g in agg_cfg.groups))
+        a = Aggregation(agg_cfg, cfg.vehicle, res=res if schema else None, max_bytes=cfg.uploader.max_payload_bytes)
+        if not schema:
+            for publisher in a.publishers.values():
+                publisher.schema = None
+                publisher.res = res
+        out = [p for m in [*signals, end] for p in a.publish(m)]
+        rows.append((label, sum(len(p.to_bytes()) for p in out), len(out)))
+    print(f"\naggregates on the wire: {log.name} ({raw_log:,} bytes), {len(windows)} windows, {cells:,} (window, signal) cells")
+    print(f"{'encoding':<56}{'bytes':>10}{'publishes':>11}{'per cell':>10}{'log / wire':>12}")
+    for label, size, publishes in rows:
+        print(f"{label:<56}{size:>10,}{publishes:>11}{size / max(cells, 1):>10.2f}{raw_log / size:>11.1f}x")
+    # the cloud side: a day of payloads (the drive's, repeated) decoded back to rows
+    a = Aggregation(cfg.aggregator, cfg.vehicle, res=res)
+    payloads = [p.to_bytes() for m in [*signals, end] for p in a.publish(m)]
+    span = (msgs[-1]["span"]["end"] - msgs[0]["span"]["start"]) if msgs else 0.0
+    if payloads and span > 0:
+        repeat = max(1, round(10 * 3600 / span))
+        start = time.perf_counter()
+        values = 0
+        for _ in range(repeat):
+            for data in payloads:
+                p = wire.decode(data)
+                values += len(p.table) * len(p.stats)
+        seconds = time.perf_counter() - start
+        print(f"decoding 10 hours of payloads ({repeat} x the drive: {repeat * len(payloads):,} payloads, "
+              f"{values:,} values): {seconds:.1f} s")
 
 
 def long_log(log: Path, frames: int, out: Path) -> tuple[Path, int]:
@@ -381,14 +464,15 @@ def main() -> int:
         LimitRule(name="imu-limit", signals=("IMU.*",), min=-40.0, max=40.0),
         RateRule(name="imu-jump", signals=("IMU.*",), max_rate=50_000.0)]
     run_stages(dense, cfg, width, flat, dense_rules, args.repeat, configured=False)
+    encoding_stage(Path(args.log), msgs, cfg)
     if args.spool:
         import tempfile
 
-        from telemetry.tools.replay import messages_from_outbox, replay
+        from telemetry.tools.replay import replay
 
         with tempfile.TemporaryDirectory() as tmp:
             replay(args.log, out_dir=tmp, config=config, dbc=args.dbc)
-            spool_stage(Path(args.log), messages_from_outbox(Path(tmp) / "cloud.jsonl"), cfg, Path(tmp))
+            spool_stage(Path(args.log), wire_messages(Path(tmp) / "cloud.jsonl"), cfg, Path(tmp))
     if args.frames:
         import tempfile
 
