@@ -34,6 +34,7 @@ VERSION = 1
 KIND = "aggregates"
 CONTENT_TYPE = "application/vnd.telemetry.windows"  # MQTT 5 content type of a payload
 
+ROW_COLUMNS = ("vehicle", "group", "window_start", "window_end", "signal", "statistic", "value")
 STATISTICS = ("count", "min", "max", "mean", "last", "std", "first", "t_min", "t_max")
 DEFAULT_STATS = ("count", "min", "max", "mean")
 CODECS = ("zlib", "none")  # zstd measured 7 % smaller at level 19 (docs/MESSAGES.md): not worth a native wheel
@@ -65,6 +66,19 @@ class Schema:
     def of(cls, res: Mapping[str, Resolution]) -> Schema:
         names = tuple(sorted(res))
         return cls(names, tuple(res[n] for n in names))
+
+    def to_json(self) -> str:
+        """The schema as a file (what the cloud decoder is deployed with, instead of the DBC)."""
+        return json.dumps({"id": self.id, "names": list(self.names), "res": [list(r) if r else None for r in self.res]},
+                          separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, text: str) -> Schema:
+        data = json.loads(text)
+        schema = cls(tuple(data["names"]), tuple((float(r[0]), float(r[1])) if r else None for r in data["res"]))
+        if data.get("id") not in (None, schema.id):
+            raise WireError(f"schema file says id {data.get('id')!r} but its signals make {schema.id!r}")
+        return schema
 
     @property
     def id(self) -> str:
@@ -156,6 +170,24 @@ class Payload:
         for i, start in enumerate(starts):
             for stat, values in cols.items():
                 yield self.vehicle, self.group, start, start + self.width, names[i], stat, values[i]
+
+    def columns(self) -> dict[str, np.ndarray]:
+        """Its rows as columns (``ROW_COLUMNS``: one row per window, signal and statistic),
+        without a Python object per value: what CSV, Parquet and the cloud decoder write."""
+        t = self.table
+        stats = list(t.stats)
+        n, m = len(t), len(stats)
+        start = t.window * self.width
+        names = np.asarray(t.names, dtype=object)
+        return {
+            "vehicle": np.full(n * m, self.vehicle, dtype=object),
+            "group": np.full(n * m, self.group, dtype=object),
+            "window_start": np.repeat(start, m),
+            "window_end": np.repeat(start + self.width, m),
+            "signal": np.repeat(names[t.sid] if n else np.empty(0, object), m),
+            "statistic": np.tile(np.asarray(stats, dtype=object), n),
+            "value": np.stack([t.stats[s].astype(np.float64) for s in stats], axis=1).ravel() if n else np.empty(0),
+        }
 
     def window_messages(self) -> list[dict[str, Any]]:
         """Each window as a ``window`` message (messages.Window's JSON form: ``window``,

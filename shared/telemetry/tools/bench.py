@@ -279,7 +279,7 @@ def encoding_stage(log: Path, msgs: list[dict], cfg) -> None:
     from telemetry.edge.spool import Entry
 
     res = dbc_resolutions(cfg.dbc)
-    signals = [messages.decode(m) for m in msgs]
+    signals: list[messages.Signals | messages.EndOfStream] = [messages.Signals.decode(m) for m in msgs]
     end = messages.EndOfStream(log.name, len(msgs) + 1, None, {})
 
     def windows_of() -> list[messages.Window]:

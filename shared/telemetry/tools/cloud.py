@@ -14,13 +14,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from telemetry import wire
 from telemetry.edge.errors import TelemetryError
 from telemetry.tools.paths import SAMPLE
 
-COLUMNS = ("vehicle", "group", "window_start", "window_end", "signal", "statistic", "value")
+COLUMNS = wire.ROW_COLUMNS
 
 
 class CloudError(TelemetryError):
@@ -73,23 +71,6 @@ def register_schema(config: str | Path | None, dbc: list[str]) -> wire.Schema:
     return wire.register(wire.Schema.of(dbc_resolutions(dbc)))
 
 
-def columns(payload: wire.Payload) -> dict[str, np.ndarray]:
-    """One payload's rows as columns (numpy), without a Python object per value."""
-    t = payload.table
-    stats = list(t.stats)
-    n = len(t)
-    start = t.window * payload.width
-    return {
-        "vehicle": np.full(n * len(stats), payload.vehicle, dtype=object),
-        "group": np.full(n * len(stats), payload.group, dtype=object),
-        "window_start": np.repeat(start, len(stats)),
-        "window_end": np.repeat(start + payload.width, len(stats)),
-        "signal": np.repeat(np.asarray(t.names, dtype=object)[t.sid] if n else np.empty(0, object), len(stats)),
-        "statistic": np.tile(np.asarray(stats, dtype=object), n),
-        "value": np.stack([t.stats[s].astype(np.float64) for s in stats], axis=1).ravel() if n else np.empty(0),
-    }
-
-
 def convert(source: str | Path, out: str | Path, to: str) -> dict[str, Any]:
     """Write every row of every payload under ``source`` to ``out``; returns counts."""
     out = Path(out)
@@ -106,7 +87,7 @@ def convert(source: str | Path, out: str | Path, to: str) -> dict[str, Any]:
                             ("value", pa.float64())])
         with pq.ParquetWriter(str(out), schema) as writer:
             for _, payload in payloads(source):
-                cols = columns(payload)
+                cols = payload.columns()
                 writer.write_table(pa.table({k: cols[k] for k in COLUMNS}, schema=schema))
                 n_payloads += 1
                 n_rows += len(cols["value"])
@@ -116,7 +97,7 @@ def convert(source: str | Path, out: str | Path, to: str) -> dict[str, Any]:
             if w is not None:
                 w.writerow(COLUMNS)
             for _, payload in payloads(source):
-                cols = columns(payload)
+                cols = payload.columns()
                 rows = zip(*(cols[k].tolist() for k in COLUMNS))
                 if w is not None:
                     w.writerows(rows)

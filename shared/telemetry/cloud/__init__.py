@@ -1,0 +1,1 @@
+"""The team's AWS account side: what reads the aggregates payloads the vehicles send."""
