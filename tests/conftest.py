@@ -24,6 +24,16 @@ from telemetry.edge.config import VehicleConfig, parse_config  # noqa: E402
 from telemetry.edge.transport import InMemoryCloudTransport, InMemoryLocalTransport  # noqa: E402
 
 
+@pytest.fixture(autouse=True, scope="session")
+def sample_schema():
+    """The sample car's schema, known to this process as it is to a cloud decoder given the
+    car's DBC: payloads made in other processes (the multi-process runtime) decode here."""
+    from telemetry import wire
+    from telemetry.edge.aggregator import dbc_resolutions
+
+    return wire.register(wire.Schema.of(dbc_resolutions([SAMPLE / "solar_car.dbc"])))
+
+
 @pytest.fixture
 def sample_dbc() -> Path:
     return SAMPLE / "solar_car.dbc"
