@@ -46,7 +46,7 @@ def plan(cfg: VehicleConfig, *, region: str, account: str, bucket: str, role_arn
     schema = wire.Schema.of(dbc_resolutions(cfg.dbc))
     function_arn = f"arn:aws:lambda:{region}:{account}:function:{FUNCTION}"
     zip_key = f"{prefix}{FUNCTION}-{schema.id}.zip"
-    create = {
+    create: dict[str, Any] = {
         "FunctionName": FUNCTION, "Runtime": "python3.11", "Handler": "telemetry.cloud.decoder.function_handler",
         "Role": role_arn, "Code": {"S3Bucket": bucket, "S3Key": zip_key}, "Timeout": 60, "MemorySize": 512,
         "Architectures": ["x86_64"], "Layers": [PANDAS_LAYER.format(region=region, version=layer_version)],
@@ -59,7 +59,7 @@ def plan(cfg: VehicleConfig, *, region: str, account: str, bucket: str, role_arn
         "Principal": "iot.amazonaws.com", "SourceArn": f"arn:aws:iot:{region}:{account}:rule/{RULE}",
         "SourceAccount": account,
     }
-    rule = {
+    rule: dict[str, Any] = {
         "ruleName": RULE,
         "topicRulePayload": {
             # binary payloads reach a Lambda action base64-encoded; topic() says which vehicle sent it
@@ -73,7 +73,7 @@ def plan(cfg: VehicleConfig, *, region: str, account: str, bucket: str, role_arn
                                    "key": f"{prefix}errors/${{topic()}}/${{timestamp()}}-${{newuuid()}}"}},
         },
     }
-    requests = [("s3", "PutObject", {"Bucket": bucket, "Key": zip_key, "Body": f"<{FUNCTION}.zip>"}),
+    requests: list[tuple[str, str, dict[str, Any]]] = [("s3", "PutObject", {"Bucket": bucket, "Key": zip_key, "Body": f"<{FUNCTION}.zip>"}),
                 ("lambda", "CreateFunction", create), ("lambda", "AddPermission", permission),
                 ("iot", "CreateTopicRule", rule)]
     return CloudPlan(bucket, prefix, zip_key, schema, requests, athena_ddl(bucket, prefix))
