@@ -151,6 +151,9 @@ def test_the_hourly_budget_holds_back_aggregates_but_not_alerts(make_services):
     sent_before = up.core.sender.stats["bytes_sent"]
     assert 8_000 <= sent_before <= 10_000  # stops at the budget, never over it
     assert up.core.sender.stats["thinned_payloads"] > 0  # each over its share of the hour: thinned first
+    thinned = [wire.decode(p) for _, p in up.services.cloud.sent if wire.is_payload(p)]
+    assert thinned and all(p.thinned and p.thinned["stats"] for p in thinned)  # each says how it was thinned
+    assert up.core.sender.health().budget["thinned"] == up.core.sender.stats["thinned_payloads"]
     up.handle(alert(1))
     for _ in range(5):
         up.services.clock.advance(up.core.sender.step())
