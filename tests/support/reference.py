@@ -105,6 +105,14 @@ def compare(ref: dict[str, Any], cloud_lines: list[dict[str, Any]], window: floa
     return problems
 
 
+def register_dbc(dbcs: list[str | Path]) -> None:
+    """Know the schema of these DBC files, as a cloud decoder given them does (aggregates payloads
+    name their signals by it)."""
+    from telemetry.edge.aggregator import dbc_resolutions
+
+    wire.register(wire.Schema.of(dbc_resolutions([str(p) for p in dbcs])))
+
+
 def messages_of(cloud_lines: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The messages inside the uploader's bundles (zlib+base64 or plain), read by the format's
     documentation, not by the package's code."""
@@ -152,6 +160,7 @@ def main() -> int:
     args = p.parse_args()
     out = Path(args.out)
     ref = reference(args.log, args.dbc, args.window)
+    register_dbc(args.dbc)
     summary = json.loads((out / "summary.json").read_text())
     lines = [json.loads(line) for line in (out / "cloud.jsonl").read_text().splitlines()]
     problems = compare_counts(ref, summary) + compare(ref, lines, args.window)
