@@ -457,14 +457,15 @@ class SqliteSpool(Spool):
         it cannot be used as it is."""
         self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
         try:
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=FULL")
+            # Checked before anything is written, so a file moved aside is kept as it was found.
             check = [row[0] for row in self._db.execute("PRAGMA quick_check")]
             if check != ["ok"]:
                 raise _Damaged(f"database disk image is malformed: {'; '.join(check[:3])}")
             version = int(self._db.execute("PRAGMA user_version").fetchone()[0])
             if version > self.SCHEMA_VERSION:
                 raise _Damaged(f"spool schema {version} is newer than this version's {self.SCHEMA_VERSION}")
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
             if version < self.SCHEMA_VERSION:
                 self._migrate(version)
         except sqlite3.Error as exc:
