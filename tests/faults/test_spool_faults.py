@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import random
-import shutil
 import sqlite3
 import threading
 from dataclasses import replace
@@ -289,7 +288,7 @@ def malformed(path: Path) -> None:
     data = bytearray(path.read_bytes())
     rng = random.Random(11)
     for page in (3, 7, 20):
-        for j in range(200):
+        for _ in range(200):
             data[page * 4096 + rng.randrange(4096)] = rng.randrange(256)
     path.write_bytes(bytes(data))
 

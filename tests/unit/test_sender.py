@@ -234,7 +234,7 @@ def test_a_full_disk_under_a_batch_keeps_what_fits_and_counts_the_rest(make_serv
     totals = up.totals()
     assert totals["spooled"] == 200 and totals["not_stored"] == 0
     assert totals["evicted_aggregates"] == 200 - (up.pending() - 1) > 0  # and one gap says so
-    with pytest.raises(SpoolError, match="1 of 2 messages not stored: .*database or disk is full"):
+    with pytest.raises(SpoolError, match=r"1 of 2 messages not stored: .*database or disk is full"):
         up.core.accept_many([decode(aggregate(300, pad=3000)), decode(aggregate(301, pad=60000))])  # over the file
     assert up.totals()["not_stored"] == 1 and up.totals()["spooled"] == 201
 

@@ -186,7 +186,7 @@ def tls_diagnosis(endpoint: str, port: int, cert: str, key: str, ca: str | None,
                 tls.settimeout(min(timeout, 1.0))
                 try:
                     tls.recv(1)
-                except (TimeoutError, socket.timeout):
+                except TimeoutError:
                     return None
                 return None
     except ssl.SSLCertVerificationError as exc:

@@ -465,7 +465,7 @@ class Uploader:
         self._evict()
         self.sender.wake.set()
 
-    def _store(self, rows: list[tuple[str, float, bytes, str | None]]) -> None:
+    def _store(self, rows: Sequence[tuple[str, float, bytes, str | None]]) -> None:
         """Commit the rows, or raise. A full disk: evict the oldest aggregates (a gap says so;
         alerts only with ``evict_alerts``) until they fit, or nothing is left to evict."""
         need = sum(len(row[2]) for row in rows)

@@ -6,7 +6,6 @@ import argparse
 import sys
 from typing import Any
 
-
 MAX_NAMED = 100  # bad lines named one by one on stderr; past that only counted
 
 
@@ -71,6 +70,9 @@ def _do_uploader(args: argparse.Namespace) -> int:
             continue
         except MessageError as exc:
             refuse(n, str(exc))
+            continue
+        if not isinstance(message, (messages.Aggregates, messages.Alert, messages.Batch)):
+            refuse(n, f"{message.kind} messages are not uploaded")
             continue
         for reason in getattr(message, "refused", ()):  # a batch's bad items: its good ones are stored
             print(f"bad line {n}: batch item refused: {reason}", file=sys.stderr)
