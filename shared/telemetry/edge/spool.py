@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import itertools
 import logging
-import os
 import secrets
 import sqlite3
 import threading
@@ -504,14 +503,15 @@ class SqliteSpool(Spool):
         stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(at))
         kept = f"{self.path}.damaged-{stamp}"
         n = 1
-        while os.path.exists(kept):
+        while Path(kept).exists():
             n += 1
             kept = f"{self.path}.damaged-{stamp}-{n}"
-        size = os.path.getsize(self.path) if os.path.exists(self.path) else 0
-        mtime = os.path.getmtime(self.path) if os.path.exists(self.path) else at
+        found = Path(self.path).stat() if Path(self.path).exists() else None
+        size = found.st_size if found is not None else 0
+        mtime = found.st_mtime if found is not None else at
         for suffix in ("-wal", "-shm", ""):  # the database last: a crash in between leaves it found again
-            if os.path.exists(self.path + suffix):
-                os.replace(self.path + suffix, kept + suffix)
+            if Path(self.path + suffix).exists():
+                Path(self.path + suffix).replace(kept + suffix)
         damage = Damage(at=at, path=self.path, kept=kept, reason=reason, bytes=size, t_first=None, t_last=mtime)
         try:
             ro = sqlite3.connect(f"file:{kept}?mode=ro", uri=True)
