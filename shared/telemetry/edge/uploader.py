@@ -9,9 +9,12 @@ so), publishes it at QoS 1 and deletes its messages only once the transport has 
 It stays within AWS IoT Core's per-connection limits (publishes and bytes per second) and the
 vehicle's data budget (bytes per hour on cellular; alerts may go over it). A failed publish is
 retried with exponential backoff; a bundle the broker rejects for good (not authorised, too
-large, invalid) is split and its messages set aside, reported, never retried forever. Past the
-spool's size cap the oldest aggregates are evicted, and the eviction is itself uploaded as a
-``gap`` message. Health (spool depth, oldest message, bytes sent, retries, evictions) goes to
+large, invalid) is split and its messages set aside, reported, never retried forever; so is a
+message too large for any publish (over ``max_payload_bytes`` or IoT Core's 128 KB), before it is
+sent. Past the spool's size cap, or on a full disk, the oldest aggregates are evicted, and each
+run of evictions is itself uploaded as one ``gap`` message; a message that cannot be stored at
+all fails the handler (acknowledged means stored). The sender outlives a spool error (a full
+disk): it backs off and goes on. Health (spool depth, oldest message, bytes sent, retries, evictions) goes to
 ``<prefix>/health`` at a fixed interval.
 """
 
@@ -478,7 +481,13 @@ class Uploader:
                     raise
 
     def _evict(self) -> None:
-        self.spool.evict(self.cfg.spool_max_bytes, self.vehicle, self.cfg.evict_alerts)
+        """Keep the spool under its cap (and report a damaged file found). Its failure does not
+        fail the handler: the message is stored already, and the next call tries again."""
+        try:
+            self.spool.evict(self.cfg.spool_max_bytes, self.vehicle, self.cfg.evict_alerts)
+        except SpoolError as exc:
+            self.stats["evict_failed"] += 1
+            LOG.error("%s; will try again", exc)
 
     def run(self, stop: threading.Event) -> None:
         self.sender.run(stop)
