@@ -275,23 +275,16 @@ class Sender:
                 return 1.0
             return self.cfg.poll_seconds
         payload, n = self._fit(entries)
-        limit = self.publish_limit()
-        while len(payload) > limit and n > 1:  # never sent over the limit, whatever packed it
-            payload, n = self._fit(entries[:n // 2])
         entries = entries[:n]
-        if len(payload) > limit:
-            # One message too large for any publish: set aside (kept in the spool file), never sent.
-            reason = (f"too large to publish: {len(payload)} bytes in one publish, over the limit of {limit} "
-                      f"([uploader] max_payload_bytes {self.cfg.max_payload_bytes}; AWS IoT Core takes {IOT_CORE_MAX_PAYLOAD})")
-            self.spool.set_aside([entries[0].id], reason)
-            self.stats["set_aside"] += 1
-            self.stats["too_large"] += 1
-            LOG.error("message %s set aside: %s", entries[0].id, reason)
-            return 0.0
         wait = max(self.publishes.wait_time(1), self.bandwidth.wait_time(len(payload)))
         if wait > 0:
             self.stats["rate_waits"] += 1
             return wait
+        if len(payload) > self.publish_limit():  # never sent over the limit, whatever packed it
+            fitted = self._within_limit(entries, payload)
+            if fitted is None:
+                return 0.0
+            payload, entries = fitted
         self.publishes.take(1)
         self.bandwidth.take(len(payload))
         topic = cloud_topic(self.prefix, entries[0].kind)
@@ -356,6 +349,25 @@ class Sender:
         """The most bytes one publish may carry: ``max_payload_bytes``, and never more than AWS
         IoT Core takes, whatever the broker advertises."""
         return min(self.cfg.max_payload_bytes, IOT_CORE_MAX_PAYLOAD)
+
+    def _within_limit(self, entries: list[Entry], payload: bytes) -> tuple[bytes, list[Entry]] | None:
+        """A publish of ``entries`` is over the limit: fewer of them, halving until it fits.
+        One message too large for any publish is set aside (kept in the spool file, with the
+        reason), never sent: None."""
+        limit = self.publish_limit()
+        while len(payload) > limit and len(entries) > 1:
+            payload, n = self._fit(entries[:len(entries) // 2])
+            entries = entries[:n]
+        if len(payload) <= limit:
+            return payload, entries
+        reason = (f"too large to publish: {len(payload)} bytes in one publish, over the limit of {limit} "
+                  f"([uploader] max_payload_bytes {self.cfg.max_payload_bytes}; AWS IoT Core takes {IOT_CORE_MAX_PAYLOAD})")
+        self.spool.set_aside([entries[0].id], reason)
+        self.singles = max(0, self.singles - 1)
+        self.stats["set_aside"] += 1
+        self.stats["too_large"] += 1
+        LOG.error("message %s set aside: %s", entries[0].id, reason)
+        return None
 
     def _fit(self, entries: list[Entry]) -> tuple[bytes, int]:
         """Pack as many of ``entries`` as fit in max_payload_bytes (at least one)."""
