@@ -18,7 +18,7 @@ from telemetry.edge.clock import ManualClock
 from telemetry.edge.components import UploaderComponent
 from telemetry.edge.errors import DroppedError, RejectedError, TransportError
 from telemetry.edge.messages import decode, unpack
-from telemetry.edge.spool import Entry
+from telemetry.edge.spool import Entry, SpoolError
 from telemetry.edge.transport import InMemoryCloudTransport
 
 
@@ -221,10 +221,11 @@ def test_a_full_disk_evicts_to_make_room_and_counts_what_it_cannot_keep(make_ser
     up = make(make_services, spool_path=str(tmp_path / "spool.db"))
     up.core.spool._db.execute("PRAGMA max_page_count = 12")
     for i in range(200):
-        up.handle(aggregate(i, pad=3000))
+        up.handle(aggregate(i, pad=3000))  # each stored: the oldest aggregates make room
     totals = up.totals()
-    assert totals["spooled"] + totals["lost_spool_full"] == 200
-    assert totals["spooled"] > 0
+    assert totals["spooled"] == 200 and totals["not_stored"] == 0
+    [gap] = up.core.spool.ledger()  # one run of evictions, one gap
+    assert gap.reason == "disk full" and gap.count == totals["evicted_aggregates"] == 200 - up.pending() + 1
 
 
 def test_malformed_messages_are_counted_not_spooled(make_services):
@@ -256,8 +257,11 @@ def test_a_full_disk_under_a_batch_keeps_what_fits_and_counts_the_rest(make_serv
     for start in range(0, 200, 10):
         up.core.accept_many([decode(aggregate(i, pad=3000)) for i in range(start, start + 10)])
     totals = up.totals()
-    assert totals["spooled"] + totals["lost_spool_full"] == 200
-    assert totals["spooled"] == up.pending() > 0 and totals["lost_aggregates"] == totals["lost_spool_full"] > 0
+    assert totals["spooled"] == 200 and totals["not_stored"] == 0
+    assert totals["evicted_aggregates"] == 200 - (up.pending() - 1) > 0  # and one gap says so
+    with pytest.raises(SpoolError, match=r"1 of 2 messages not stored: .*database or disk is full"):
+        up.core.accept_many([decode(aggregate(300, pad=3000)), decode(aggregate(301, pad=60000))])  # over the file
+    assert up.totals()["not_stored"] == 1 and up.totals()["spooled"] == 201
 
 
 def test_the_sender_compresses_each_message_about_once(make_services, monkeypatch):

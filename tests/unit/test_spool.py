@@ -116,15 +116,15 @@ def test_kinds_filter(spool):
 
 
 def test_alerts_and_gaps_share_the_first_priority_in_the_order_they_came(spool):
-    for i in range(3):
+    for i in range(6):
         spool.put("aggregates", float(i), agg(i), f"a{i}")
-    [gap] = spool.evict(len(agg(0)) * 2, "car")
+    [gap] = spool.evict(len(agg(0)) * 2 + 400, "car")  # two aggregates and the gap (its bytes count) fit
     spool.put("alert", 6.0, b"{}", "x")
     order = []
     while batch := spool.take(max_bytes=ALL, max_count=ALL):
         order.append([e.kind for e in batch])
         spool.ack(e.id for e in batch)
-    assert order == [["gap"], ["alert"], ["aggregates", "aggregates"]]
+    assert order[:2] == [["gap"], ["alert"]] and order[2:] == [["aggregates"] * (6 - gap.count)] and gap.count < 6
     assert gap.priority == messages.Alert.priority < messages.Aggregates.priority
 
 
@@ -222,18 +222,23 @@ def test_eviction_takes_the_oldest_aggregates_records_a_gap_and_spares_alerts(ma
     size = len(agg(0))
     count, total = spool.depth()
     clock.advance(5)
-    gaps = spool.evict(max_bytes=4 * size + 600, vehicle="car")
-    # exactly as many of the oldest as the excess needs
-    evicted_n = math.ceil((total - (4 * size + 600)) / size)
+    cap = 4 * size + 600
+    gaps = spool.evict(max_bytes=cap, vehicle="car")
+    # exactly as many of the oldest as the excess needs, the gap message's own bytes included
+    evicted_n = gaps[0].count
+    gap_bytes = len(everything(spool, "gap")[0].payload)
+    assert total - evicted_n * size + gap_bytes <= cap < total - (evicted_n - 1) * size + gap_bytes
+    assert evicted_n > math.ceil((total - cap) / size)  # more than without counting the gap
+    last_id = evicted_n + (evicted_n > 6)  # the alert took id 7
     assert gaps == [messages.Gap(vehicle="car", evicted_at=2005.0, of="aggregates", count=evicted_n,
                                  bytes=evicted_n * size, t_first=100.0, t_last=100.0 + evicted_n - 1,
-                                 first_id=1, last_id=evicted_n)]
+                                 first_id=1, last_id=last_id)]
     left = [e.key for e in everything(spool, "aggregates")]
     assert left == [f"a{i}" for i in range(evicted_n, 10)]
     assert [e.key for e in everything(spool, "alert")] == ["x"]
     # the gap message is in the spool, with the alerts, and says the same as the ledger
     [entry] = everything(spool, "gap")
-    assert entry.key == f"{spool.instance}/1-{evicted_n}" and entry.t == 100.0 and entry.priority == 0
+    assert entry.key == f"{spool.instance}/1-{last_id}" and entry.t == 100.0 and entry.priority == 0
     assert messages.decode(json.loads(entry.payload), "gap") == gaps[0]
     assert json.loads(entry.payload)["v"] == messages.VERSION
     assert spool.depth() == (count - evicted_n + 1, total - evicted_n * size + len(entry.payload))
@@ -254,12 +259,15 @@ def test_eviction_under_the_cap_does_nothing_and_never_evicts_gaps(spool):
 
 
 def test_alerts_are_evicted_only_when_allowed(spool):
-    for i in range(5):
+    for i in range(10):
         spool.put("alert", float(i), b"x" * 100, f"x{i}")
     assert spool.evict(max_bytes=100, vehicle="car") == []
-    assert spool.depth()[0] == 5
-    gaps = spool.evict(max_bytes=250, vehicle="car", evict_alerts=True)
-    assert gaps and gaps[0].of == "alert" and gaps[0].count == 3 and gaps[0].bytes == 300
+    assert spool.depth()[0] == 10
+    gaps = spool.evict(max_bytes=700, vehicle="car", evict_alerts=True)
+    # 300 over, and the gap message's bytes: more than three go, in one gap
+    [gap] = gaps
+    assert gap.of == "alert" and gap.count > 3 and gap.bytes == 100 * gap.count
+    assert spool.depth()[1] <= 700 < spool.depth()[1] + 100
 
 
 def test_aggregates_go_before_alerts_one_gap_each_in_the_ledger(spool):
@@ -419,10 +427,10 @@ def test_instance_ids_ledger_and_set_aside_survive_a_reopen(tmp_path):
     path = tmp_path / "spool.db"
     s = SqliteSpool(path, clock=ManualClock(10.0))
     for i in range(3):
-        s.put("aggregates", float(i), b"y" * 100, f"a{i}")
+        s.put("aggregates", float(i), b"y" * 1000, f"a{i}")
     s.put("alert", 1.0, b"{}", "x")
     s.set_aside([4], "refused")
-    gaps = s.evict(150, "car")
+    gaps = s.evict(2500, "car")
     instance, depth, last = s.instance, s.depth(), s.put("alert", 2.0, b"{}", "x2")
     s.ack([last])
     s.close()

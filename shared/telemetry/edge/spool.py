@@ -13,17 +13,27 @@ NORMAL, WAL survives a process crash but the last transactions before a power cu
 and an accepted alert is a promise. FULL costs one fsync per commit, and commits are one per
 handler call (one message, or a batch with ``put_many``) at a few a second. ``MemorySpool`` keeps the rows in dicts, for tests, the
 local runtime and quick replays: nothing survives the process.
+
+Acknowledged means stored: ``put`` returns only once its rows are committed, and raises a
+``SpoolError`` otherwise (``full`` when the disk or the file's limit is reached, so the caller can
+make room with ``make_room`` and try again). Evictions in a row of one kind (nothing of the spool
+sent in between) make one gap message, rewritten as the run grows, and its bytes count toward the
+cap. The file carries its schema version (``PRAGMA user_version``) and is migrated from every
+earlier layout; a file SQLite finds damaged (not a database, malformed) is moved aside, kept, and a
+fresh spool started, and the next ``evict`` reports what it may have held as a gap.
 """
 
 from __future__ import annotations
 
 import itertools
+import json
 import logging
 import secrets
 import sqlite3
 import threading
 import time
 from abc import ABC, abstractmethod
+from collections import Counter
 from collections.abc import Iterable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, replace
@@ -39,7 +49,29 @@ EXPENDABLE = (messages.AGGREGATES,)  # evicted first; alerts only with evict_ale
 
 
 class SpoolError(TelemetryError):
-    """The spool cannot store a message (a full disk, a broken file)."""
+    """The spool cannot store a message (a full disk, a broken file). ``full``: the disk (or the
+    file's size limit) is full, and deleting something would make room."""
+
+    def __init__(self, message: str, *, full: bool = False) -> None:
+        super().__init__(message)
+        self.full = full
+
+
+@dataclass(frozen=True)
+class Damage:
+    """A spool file found damaged and moved aside (kept at ``kept``), and what it may have held
+    (counted from the damaged file where SQLite could still read it; 0 where it could not)."""
+
+    at: float
+    path: str
+    kept: str
+    reason: str
+    count: int = 0
+    bytes: int = 0
+    t_first: float | None = None
+    t_last: float | None = None
+    first_id: int = 0
+    last_id: int = 0
 
 
 @dataclass(frozen=True)
@@ -77,6 +109,12 @@ class Spool(ABC):
         self._time = clock.time if clock is not None else time.time
         self.instance = self._instance(secrets.token_hex(4))
         self._count, self._bytes = self._counts()
+        self.stats: Counter[str] = Counter()  # evicted_messages, evicted_<kind>, gaps, damaged
+        self.damaged: list[Damage] = []  # every damaged file this spool moved aside
+        self._unreported: list[Damage] = []  # ... not yet reported by a gap message
+        # The gap message of the eviction run going on, per kind: (its row id, its ledger row,
+        # the gap). The next eviction of the kind extends it, until anything is sent.
+        self._runs: dict[str, tuple[int, int, messages.Gap]] = {}
 
     # -- the behaviour ---------------------------------------------------------------------------
     def put(self, kind: str, t: float, payload: bytes, key: str | None = None) -> int | None:
@@ -107,7 +145,7 @@ class Spool(ABC):
         """The next messages to send: highest priority first, oldest first, all of one kind,
         up to ``max_bytes`` in all (at least one message), of ``kinds`` only if given."""
         wanted = None if kinds is None else tuple(kinds)
-        with self._lock:
+        with self._lock, self._reading("cannot read the spool"):
             kind = self._first_kind(wanted)
             if kind is None or max_count <= 0:
                 return []
@@ -128,6 +166,7 @@ class Spool(ABC):
                 with self._transaction("cannot delete sent messages"):
                     removed = self._delete(ids)
                 self._forget(removed)
+                self._runs.clear()  # something went: the next eviction is a new hole
 
     def retry(self, ids: Iterable[int]) -> None:
         """These messages failed to go: count one more attempt and keep them where they are."""
@@ -145,9 +184,10 @@ class Spool(ABC):
                     self._copy_aside(ids, reason, self._time())
                     removed = self._delete(ids)
                 self._forget(removed)
+                self._runs.clear()
 
     def set_aside_count(self) -> int:
-        with self._lock:
+        with self._lock, self._reading("cannot read the spool"):
             return self._aside_count()
 
     def depth(self) -> tuple[int, int]:
@@ -156,57 +196,122 @@ class Spool(ABC):
             return self._count, self._bytes
 
     def depth_by_kind(self) -> dict[str, int]:
-        with self._lock:
+        with self._lock, self._reading("cannot read the spool"):
             return self._kind_counts()
 
     def oldest(self) -> float | None:
         """When the longest-waiting message was stored (None: the spool is empty)."""
-        with self._lock:
+        with self._lock, self._reading("cannot read the spool"):
             return self._oldest_created()
 
     def evict(self, max_bytes: int, vehicle: str, evict_alerts: bool = False) -> list[messages.Gap]:
-        """Delete the oldest expendable messages until the spool is under ``max_bytes``; record
-        each run of evicted messages as a gap message (in the spool) and in the ledger."""
-        gaps: list[messages.Gap] = []
+        """Delete the oldest expendable messages until the spool, gap messages included, is
+        under ``max_bytes``; record each run of evicted messages as one gap message (in the
+        spool) and in the ledger. Also reports a damaged file moved aside (``Damage``) as a gap.
+        Returns the gap messages made or extended, as they now stand."""
+        gaps: list[messages.Gap] = self._report_damage(vehicle) if self._unreported else []
         if self._bytes <= max_bytes:
             # Nothing to do, and nothing to wait for: most calls (one per accepted message) end
             # here without the lock, which a commit of the sender may hold. Reading the count
             # unlocked is safe: only a put adds bytes, and it calls this after it has added them.
             return gaps
+        made: dict[str, messages.Gap] = {}
         with self._lock:
             for kind in (*EXPENDABLE, *((messages.ALERT,) if evict_alerts else ())):
-                if self._bytes <= max_bytes:
-                    break
-                excess = self._bytes - max_bytes
-                chosen: list[Entry] = []
-                freed = 0
-                for entry in self._select(kind, None):
-                    if freed >= excess:
+                while self._bytes > max_bytes:
+                    gap = self._evict_oldest(kind, self._bytes - max_bytes, vehicle, "spool full")
+                    if gap is None:
                         break
-                    chosen.append(entry)
-                    freed += len(entry.payload)
-                if not chosen:
-                    continue
-                gap = messages.Gap(vehicle=vehicle, evicted_at=self._time(), of=kind, count=len(chosen), bytes=freed,
-                                   t_first=min(e.t for e in chosen), t_last=max(e.t for e in chosen),
-                                   first_id=chosen[0].id, last_id=chosen[-1].id)
+                    made[kind] = gap
+                    LOG.warning("spool over %d bytes: evicted %s messages (%s)", max_bytes, kind, gap)
+        return gaps + list(made.values())
+
+    def make_room(self, nbytes: int, vehicle: str, evict_alerts: bool = False) -> messages.Gap | None:
+        """The disk is full: evict the oldest expendable messages (aggregates; alerts only with
+        ``evict_alerts``) of at least ``nbytes``, recorded as a gap (reason ``disk full``). None
+        if there is nothing left to evict."""
+        with self._lock:
+            for kind in (*EXPENDABLE, *((messages.ALERT,) if evict_alerts else ())):
+                gap = self._evict_oldest(kind, nbytes + self.GAP_ROOM, vehicle, "disk full")
+                if gap is not None:
+                    LOG.warning("disk full: evicted %s messages to make room (%s)", kind, gap)
+                    return gap
+        return None
+
+    GAP_ROOM = 16384  # a gap message's bytes and whole pages more: small rows free space scattered over pages
+
+    def _evict_oldest(self, kind: str, excess: int, vehicle: str, reason: str) -> messages.Gap | None:
+        """Evict the oldest messages of ``kind`` of at least ``excess`` bytes in one transaction
+        with the gap message: a new one, or the run's gap extended (rewritten under a new id and
+        key: the first is then never sent). Its bytes count: ``evict`` goes on while over."""
+        run = self._runs.get(kind)
+        if run is not None and run[2].reason != reason:
+            run = None
+        need = excess
+        chosen: list[Entry] = []
+        freed = 0
+        with self._reading("cannot read the spool"):
+            for entry in self._select(kind, None):
+                if freed >= need:
+                    break
+                chosen.append(entry)
+                freed += len(entry.payload)
+        if not chosen:
+            return None
+        now = self._time()
+        gap = messages.Gap(vehicle=vehicle, evicted_at=now, of=kind, count=len(chosen), bytes=freed,
+                           t_first=min(e.t for e in chosen), t_last=max(e.t for e in chosen),
+                           first_id=chosen[0].id, last_id=chosen[-1].id, reason=reason)
+        if run is not None:
+            old = run[2]
+            gap = replace(gap, count=old.count + gap.count, bytes=old.bytes + gap.bytes,
+                          t_first=min(old.t_first, gap.t_first), t_last=max(old.t_last, gap.t_last),
+                          first_id=old.first_id)
+        payload = gap.to_bytes()
+        # One transaction: the messages go, and the gap that says so comes, or neither.
+        with self._transaction("eviction failed"):
+            removed = self._delete([e.id for e in chosen] + ([run[0]] if run is not None else []))
+            if run is None:
+                ledger_row = self._ledger_add(gap)
+            else:
+                ledger_row = run[1]
+                self._ledger_set(ledger_row, gap)
+            gap_id = self._insert(gap.kind, priority(gap.kind), gap.t_first, now, payload,
+                                  f"{self.instance}/{gap.first_id}-{gap.last_id}")
+        self._forget(removed)
+        self._count += 1
+        self._bytes += len(payload)
+        self._runs[kind] = (int(gap_id or 0), ledger_row, gap)
+        self.stats["evicted_messages"] += len(chosen)
+        self.stats[f"evicted_{kind}"] += len(chosen)
+        self.stats["gaps"] += run is None
+        return gap
+
+    def _report_damage(self, vehicle: str) -> list[messages.Gap]:
+        """A gap message for each damaged file moved aside and not reported yet."""
+        gaps = []
+        with self._lock:
+            while self._unreported:
+                d = self._unreported[0]
+                t_first = d.t_first if d.t_first is not None else d.at
+                gap = messages.Gap(vehicle=vehicle, evicted_at=d.at, of="*", count=d.count, bytes=d.bytes,
+                                   t_first=t_first, t_last=d.t_last if d.t_last is not None else t_first,
+                                   first_id=d.first_id, last_id=d.last_id,
+                                   reason=f"spool damaged ({d.reason}); the file is kept at {d.kept}")
                 payload = gap.to_bytes()
-                # One transaction: the messages go, and the gap that says so comes, or neither.
-                with self._transaction("eviction failed"):
-                    removed = self._delete([e.id for e in chosen])
+                with self._transaction("cannot record a damaged spool"):
                     self._ledger_add(gap)
-                    self._insert(gap.kind, priority(gap.kind), gap.t_first, gap.evicted_at, payload,
-                                 f"{self.instance}/{gap.first_id}-{gap.last_id}")
-                self._forget(removed)
+                    self._insert(gap.kind, priority(gap.kind), gap.t_first, d.at, payload,
+                                 f"{self.instance}/damaged-{int(d.at * 1000)}")
                 self._count += 1
                 self._bytes += len(payload)
+                self._unreported.pop(0)
                 gaps.append(gap)
-                LOG.warning("spool over %d bytes: evicted %d %s messages (%s)", max_bytes, gap.count, kind, gap)
         return gaps
 
     def ledger(self) -> list[messages.Gap]:
         """Every eviction this spool has made, oldest first."""
-        with self._lock:
+        with self._lock, self._reading("cannot read the ledger"):
             return self._ledger_rows()
 
     def close(self) -> None:
@@ -229,6 +334,10 @@ class Spool(ABC):
     @abstractmethod
     def _transaction(self, what: str) -> AbstractContextManager[None]:
         """The writes inside happen all or none; a failure is a ``SpoolError`` saying ``what``."""
+
+    def _reading(self, what: str) -> AbstractContextManager[None]:
+        """Reads inside: the backend's errors come out as a ``SpoolError`` saying ``what``."""
+        return nullcontext()
 
     @abstractmethod
     def _insert(self, kind: str, priority: int, t: float, created: float, payload: bytes, key: str | None) -> int | None:
@@ -263,7 +372,12 @@ class Spool(ABC):
     def _oldest_created(self) -> float | None: ...
 
     @abstractmethod
-    def _ledger_add(self, gap: messages.Gap) -> None: ...
+    def _ledger_add(self, gap: messages.Gap) -> int:
+        """Add a gap to the ledger; a handle for ``_ledger_set``."""
+
+    @abstractmethod
+    def _ledger_set(self, row: int, gap: messages.Gap) -> None:
+        """Replace a ledger row (a gap extended), in its place."""
 
     @abstractmethod
     def _ledger_rows(self) -> list[messages.Gap]: ...
@@ -272,9 +386,27 @@ class Spool(ABC):
     def _close(self) -> None: ...
 
 
+class _Damaged(Exception):
+    """The spool file cannot be used as it is: moved aside and started afresh."""
+
+
+def _damaged(exc: sqlite3.Error) -> bool:
+    """SQLite says the file is not a database, or a damaged one."""
+    code = getattr(exc, "sqlite_errorcode", 0) & 0xFF
+    return code in (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB)
+
+
+def _full(exc: sqlite3.Error) -> bool:
+    """SQLite says the disk (or the file's ``max_page_count``) is full."""
+    return getattr(exc, "sqlite_errorcode", 0) & 0xFF == sqlite3.SQLITE_FULL
+
+
 class SqliteSpool(Spool):
     """The device's spool: one SQLite file, committed with an fsync before ``put`` returns."""
 
+    # PRAGMA user_version; 0: a file of before there was one (three layouts); 1: aggregates
+    # stored as JSON, one message per window; 2: aggregates stored as binary payloads (TLMA)
+    SCHEMA_VERSION = 2
     SCHEMA = """
     CREATE TABLE IF NOT EXISTS spool (
         id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -295,28 +427,151 @@ class SqliteSpool(Spool):
     CREATE TABLE IF NOT EXISTS ledger (
         at REAL, kind TEXT, count INTEGER, bytes INTEGER, t_first REAL, t_last REAL, first_id INTEGER, last_id INTEGER,
         vehicle TEXT NOT NULL DEFAULT '', reason TEXT NOT NULL DEFAULT 'spool full'
-    );
+    )
     """
-    # A ledger written before it kept the whole gap message lacks these columns.
-    LEDGER_ADDED = (("vehicle", "TEXT NOT NULL DEFAULT ''"), ("reason", "TEXT NOT NULL DEFAULT 'spool full'"))
+    # Columns the earlier layouts of schema 0 lack: a spool of before messages had keys (its
+    # UNIQUE comes as an index: ALTER TABLE cannot add it), a ledger of before it kept the whole
+    # gap message.
+    ADDED = (("spool", "key", "TEXT"), ("ledger", "vehicle", "TEXT NOT NULL DEFAULT ''"),
+             ("ledger", "reason", "TEXT NOT NULL DEFAULT 'spool full'"))
     LEDGER = "vehicle, at, kind, count, bytes, t_first, t_last, first_id, last_id, reason"  # messages.Gap's order
 
     def __init__(self, path: str | Path, *, clock: Clock | None = None) -> None:
         self.path = str(path)
+        found: Damage | None = None
+        now = clock.time if clock is not None else time.time
         try:
             if self.path != ":memory:":
                 Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-            self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+            try:
+                self._open()
+            except _Damaged as exc:
+                found = self._move_aside(str(exc), now())
+                self._open()
+            super().__init__(clock=clock)
+        except (sqlite3.Error, _Damaged, OSError) as exc:
+            raise SpoolError(f"{self.path}: cannot open spool: {exc}") from exc
+        if found is not None:
+            self._found(found)
+
+    def _open(self) -> None:
+        """Connect, check the file and bring its schema to ``SCHEMA_VERSION``; ``_Damaged`` if
+        it cannot be used as it is."""
+        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        try:
+            # Checked before anything is written, so a file moved aside is kept as it was found.
+            check = [row[0] for row in self._db.execute("PRAGMA quick_check")]
+            if check != ["ok"]:
+                raise _Damaged(f"database disk image is malformed: {'; '.join(check[:3])}")
+            version = int(self._db.execute("PRAGMA user_version").fetchone()[0])
+            if version > self.SCHEMA_VERSION:
+                raise _Damaged(f"spool schema {version} is newer than this version's {self.SCHEMA_VERSION}")
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
-            self._db.executescript(self.SCHEMA)
-            have = {row[1] for row in self._db.execute("PRAGMA table_info(ledger)")}
-            for column, decl in self.LEDGER_ADDED:
-                if column not in have:
-                    self._db.execute(f"ALTER TABLE ledger ADD COLUMN {column} {decl}")
-            super().__init__(clock=clock)
+            if version < self.SCHEMA_VERSION:
+                self._migrate(version)
         except sqlite3.Error as exc:
-            raise SpoolError(f"{self.path}: cannot open spool: {exc}") from exc
+            self._db.close()
+            if _damaged(exc):
+                raise _Damaged(str(exc)) from exc
+            raise
+        except _Damaged:
+            self._db.close()
+            raise
+
+    def _migrate(self, version: int) -> None:
+        """From schema ``version`` to ``SCHEMA_VERSION``, in one transaction."""
+        db = self._db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            if version == 0:  # one of three layouts, or a new file: what it lacks is added
+                for statement in self.SCHEMA.split(";"):
+                    db.execute(statement)
+                for table, column, decl in self.ADDED:
+                    if column not in {row[1] for row in db.execute(f"PRAGMA table_info({table})")}:
+                        db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {decl}")
+                db.execute("CREATE UNIQUE INDEX IF NOT EXISTS spool_key ON spool (key)")
+            if version < 2:
+                self._aggregates_to_payloads(db)
+            db.execute(f"PRAGMA user_version = {self.SCHEMA_VERSION}")
+            db.execute("COMMIT")
+        except BaseException:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise
+
+    @staticmethod
+    def _aggregates_to_payloads(db: sqlite3.Connection) -> None:
+        """Schema 2: each waiting aggregates row of before (one window as JSON) becomes the
+        aggregates payload of that window, with the same key; one that does not convert is set
+        aside with the reason, never dropped."""
+        rows = db.execute("SELECT id, kind, t, payload FROM spool WHERE kind = ?", (messages.AGGREGATES,)).fetchall()
+        for id_, kind, t, payload in rows:
+            if bytes(payload[:4]) == b"TLMA":
+                continue
+            try:
+                event = json.loads(payload)
+                event["kind"] = messages.WINDOW
+                window = messages.Window.decode(event)
+                data = messages.Aggregates.of_window(window).to_bytes()
+            except (ValueError, TypeError, messages.MessageError) as exc:
+                db.execute("INSERT INTO aside (id, kind, t, reason, at, payload) VALUES (?,?,?,?,?,?)",
+                           (id_, kind, t, f"could not be converted to an aggregates payload: {exc}", time.time(), payload))
+                db.execute("DELETE FROM spool WHERE id = ?", (id_,))
+                continue
+            db.execute("UPDATE spool SET payload = ?, size = ? WHERE id = ?", (data, len(data), id_))
+
+    def _move_aside(self, reason: str, at: float) -> Damage:
+        """Rename the damaged file (and its WAL) out of the way, never deleting it, and count
+        what it may have held where SQLite can still read that."""
+        if self.path == ":memory:":
+            raise _Damaged(reason)
+        stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(at))
+        kept = f"{self.path}.damaged-{stamp}"
+        n = 1
+        while Path(kept).exists():
+            n += 1
+            kept = f"{self.path}.damaged-{stamp}-{n}"
+        found = Path(self.path).stat() if Path(self.path).exists() else None
+        size = found.st_size if found is not None else 0
+        mtime = found.st_mtime if found is not None else at
+        for suffix in ("-wal", "-shm", ""):  # the database last: a crash in between leaves it found again
+            if Path(self.path + suffix).exists():
+                Path(self.path + suffix).replace(kept + suffix)
+        damage = Damage(at=at, path=self.path, kept=kept, reason=reason, bytes=size, t_first=None, t_last=mtime)
+        try:
+            ro = sqlite3.connect(f"file:{kept}?mode=ro", uri=True)
+            try:
+                count, total, t_first, t_last, first_id, last_id = ro.execute(
+                    "SELECT COUNT(*), SUM(size), MIN(t), MAX(t), MIN(id), MAX(id) FROM spool").fetchone()
+            finally:
+                ro.close()
+            if count:
+                damage = replace(damage, count=int(count), bytes=int(total), t_first=float(t_first),
+                                 t_last=float(t_last), first_id=int(first_id), last_id=int(last_id))
+        except sqlite3.Error:
+            pass  # unreadable: what it held is unknown (count 0, bytes: the file's size)
+        LOG.error("%s: spool damaged (%s): moved aside to %s, a fresh spool started", self.path, reason, kept)
+        return damage
+
+    def _found(self, damage: Damage) -> None:
+        self.damaged.append(damage)
+        self._unreported.append(damage)
+        self.stats["damaged"] += 1
+
+    def _recover(self, exc: sqlite3.Error) -> None:
+        """Damage found while running: the file goes aside and a fresh spool takes its place.
+        What was waiting in the damaged file is reported as a gap (by the next ``evict``)."""
+        try:
+            self._db.close()
+        except sqlite3.Error:
+            pass
+        damage = self._move_aside(str(exc), self._time())
+        self._open()
+        self.instance = self._instance(secrets.token_hex(4))
+        self._count, self._bytes = self._counts()
+        self._runs.clear()
+        self._found(damage)
 
     def _instance(self, new: str) -> str:
         self._db.execute("INSERT OR IGNORE INTO meta VALUES ('instance', ?)", (new,))
@@ -328,17 +583,31 @@ class SqliteSpool(Spool):
 
     @contextmanager
     def _transaction(self, what: str) -> Iterator[None]:
-        try:
+        with self._reading(what):
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 yield
                 self._db.execute("COMMIT")
             except BaseException:
                 if self._db.in_transaction:
-                    self._db.execute("ROLLBACK")
+                    try:
+                        self._db.execute("ROLLBACK")
+                    except sqlite3.Error:
+                        pass  # SQLite has rolled back already (after an I/O error, a full disk)
                 raise
-        except sqlite3.Error as exc:  # "database or disk is full", I/O errors
-            raise SpoolError(f"{self.path}: {what}: {exc}") from exc
+
+    @contextmanager
+    def _reading(self, what: str) -> Iterator[None]:
+        try:
+            yield
+        except sqlite3.Error as exc:  # "database or disk is full", I/O errors, a damaged file
+            if _damaged(exc):
+                try:
+                    self._recover(exc)
+                except (sqlite3.Error, OSError, _Damaged) as again:
+                    raise SpoolError(f"{self.path}: {what}: {exc}; and cannot start afresh: {again}") from exc
+                raise SpoolError(f"{self.path}: {what}: {exc} (moved aside, a fresh spool started)") from exc
+            raise SpoolError(f"{self.path}: {what}: {exc}", full=_full(exc)) from exc
 
     def _insert(self, kind: str, priority: int, t: float, created: float, payload: bytes, key: str | None) -> int | None:
         # One statement: the key's UNIQUE index finds a duplicate as the row goes in (NULL never
@@ -388,10 +657,17 @@ class SqliteSpool(Spool):
         row = self._db.execute("SELECT MIN(created) FROM spool").fetchone()
         return None if row[0] is None else float(row[0])
 
-    def _ledger_add(self, gap: messages.Gap) -> None:
-        self._db.execute(f"INSERT INTO ledger ({self.LEDGER}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+    def _ledger_add(self, gap: messages.Gap) -> int:
+        cur = self._db.execute(f"INSERT INTO ledger ({self.LEDGER}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                               (gap.vehicle, gap.evicted_at, gap.of, gap.count, gap.bytes, gap.t_first, gap.t_last,
+                                gap.first_id, gap.last_id, gap.reason))
+        return int(cur.lastrowid or 0)
+
+    def _ledger_set(self, row: int, gap: messages.Gap) -> None:
+        columns = ", ".join(f"{c.strip()} = ?" for c in self.LEDGER.split(","))
+        self._db.execute(f"UPDATE ledger SET {columns} WHERE rowid = ?",
                          (gap.vehicle, gap.evicted_at, gap.of, gap.count, gap.bytes, gap.t_first, gap.t_last,
-                          gap.first_id, gap.last_id, gap.reason))
+                          gap.first_id, gap.last_id, gap.reason, row))
 
     def _ledger_rows(self) -> list[messages.Gap]:
         rows = self._db.execute(f"SELECT {self.LEDGER} FROM ledger ORDER BY rowid")
@@ -472,8 +748,12 @@ class MemorySpool(Spool):
     def _oldest_created(self) -> float | None:
         return min((created for _, created in self._rows.values()), default=None)
 
-    def _ledger_add(self, gap: messages.Gap) -> None:
+    def _ledger_add(self, gap: messages.Gap) -> int:
         self._ledger.append(gap)
+        return len(self._ledger) - 1
+
+    def _ledger_set(self, row: int, gap: messages.Gap) -> None:
+        self._ledger[row] = gap
 
     def _ledger_rows(self) -> list[messages.Gap]:
         return list(self._ledger)

@@ -9,9 +9,12 @@ so), publishes it at QoS 1 and deletes its messages only once the transport has 
 It stays within AWS IoT Core's per-connection limits (publishes and bytes per second) and the
 vehicle's data budget (bytes per hour on cellular; alerts may go over it). A failed publish is
 retried with exponential backoff; a bundle the broker rejects for good (not authorised, too
-large, invalid) is split and its messages set aside, reported, never retried forever. Past the
-spool's size cap the oldest aggregates are evicted, and the eviction is itself uploaded as a
-``gap`` message. Health (spool depth, oldest message, bytes sent, retries, evictions) goes to
+large, invalid) is split and its messages set aside, reported, never retried forever; so is a
+message too large for any publish (over ``max_payload_bytes`` or IoT Core's 128 KB), before it is
+sent. Past the spool's size cap, or on a full disk, the oldest aggregates are evicted, and each
+run of evictions is itself uploaded as one ``gap`` message; a message that cannot be stored at
+all fails the handler (acknowledged means stored). The sender outlives a spool error (a full
+disk): it backs off and goes on. Health (spool depth, oldest message, bytes sent, retries, evictions) goes to
 ``<prefix>/health`` at a fixed interval.
 """
 
@@ -62,6 +65,8 @@ def pack(entries: list[Entry], *, vehicle: str, spool_id: str, compress: bool) -
 def _item_id(entry: Entry, vehicle: str, spool_id: str) -> str:
     return f"{vehicle}:{entry.kind}:{entry.key or f'{spool_id}-{entry.id}'}"
 
+
+IOT_CORE_MAX_PAYLOAD = 131_072  # AWS IoT Core: 128 KB per MQTT payload
 
 _ZLIB_TAIL = 16  # at most what "]" and the end of the stream add after a sync flush (3 + 4 bytes)
 
@@ -240,6 +245,7 @@ class Sender:
         self.idle = False
         self.drops: dict[int, int] = {}  # spool id -> times the line dropped with it in flight
         self.singles = 0  # after a refused bundle: how many messages to send one at a time
+        self._last_spool_error = ""
 
     # -- the budget ------------------------------------------------------------------------------
     def budget_used(self) -> int:
@@ -282,6 +288,11 @@ class Sender:
         if wait > 0:
             self.stats["rate_waits"] += 1
             return wait
+        if len(payload) > self.publish_limit():  # never sent over the limit, whatever packed it
+            fitted = self._within_limit(entries, payload)
+            if fitted is None:
+                return 0.0
+            payload, entries = fitted
         self.publishes.take(1)
         self.bandwidth.take(len(payload))
         topic = cloud_topic(self.prefix, entries[0].kind)
@@ -305,6 +316,7 @@ class Sender:
         except TransportError as exc:
             return self._backoff(ids, topic, exc)
         self.failures = 0
+        self._last_spool_error = ""
         self.singles = max(0, self.singles - len(ids))
         for i in ids:
             self.drops.pop(i, None)
@@ -318,6 +330,19 @@ class Sender:
         self.stats["raw_bytes_sent"] += sum(len(e.payload) for e in entries)
         return 0.0
 
+    def _spool_failed(self, exc: SpoolError) -> float:
+        """The spool cannot be read or written (a full disk, an I/O error): the sender does not
+        stop; it says so (once per kind of failure) and tries again after a back-off. Sent
+        messages it could not delete are sent again later, under the same ids."""
+        self.stats["spool_errors"] += 1
+        self.failures += 1
+        reason = str(exc)
+        if reason != self._last_spool_error:
+            LOG.error("sender: %s; trying again", reason)
+            self._last_spool_error = reason
+        self.idle = False
+        return min(self.cfg.retry_max_seconds, self.cfg.retry_min_seconds * 2 ** (self.failures - 1))
+
     def _backoff(self, ids: list[int], topic: str, exc: Exception) -> float:
         """A failure worth another try: exponential back-off with jitter."""
         self.spool.retry(ids)
@@ -327,6 +352,30 @@ class Sender:
         delay *= 0.5 + self.rng.random() / 2  # jitter
         LOG.info("publish to %s failed (%s); retry in %.1f s", topic, exc, delay)
         return delay
+
+    def publish_limit(self) -> int:
+        """The most bytes one publish may carry: ``max_payload_bytes``, and never more than AWS
+        IoT Core takes, whatever the broker advertises."""
+        return min(self.cfg.max_payload_bytes, IOT_CORE_MAX_PAYLOAD)
+
+    def _within_limit(self, entries: list[Entry], payload: bytes) -> tuple[bytes, list[Entry]] | None:
+        """A publish of ``entries`` is over the limit: fewer of them, halving until it fits.
+        One message too large for any publish is set aside (kept in the spool file, with the
+        reason), never sent: None."""
+        limit = self.publish_limit()
+        while len(payload) > limit and len(entries) > 1:
+            payload, n = self._fit(entries[:len(entries) // 2])
+            entries = entries[:n]
+        if len(payload) <= limit:
+            return payload, entries
+        reason = (f"too large to publish: {len(payload)} bytes in one publish, over the limit of {limit} "
+                  f"([uploader] max_payload_bytes {self.cfg.max_payload_bytes}; AWS IoT Core takes {IOT_CORE_MAX_PAYLOAD})")
+        self.spool.set_aside([entries[0].id], reason)
+        self.singles = max(0, self.singles - 1)
+        self.stats["set_aside"] += 1
+        self.stats["too_large"] += 1
+        LOG.error("message %s set aside: %s", entries[0].id, reason)
+        return None
 
     def _fit(self, entries: list[Entry]) -> tuple[bytes, int]:
         """Pack as many of ``entries`` as fit in max_payload_bytes (at least one)."""
@@ -380,11 +429,14 @@ class Sender:
             vehicle=self.vehicle, t=self.clock.time(),
             spool={"messages": count, "bytes": size,
                    "oldest_age_seconds": None if oldest is None else max(0.0, self.clock.time() - oldest),
-                   "by_kind": self.spool.depth_by_kind()},
+                   "by_kind": self.spool.depth_by_kind(),
+                   # damaged spool files moved aside (kept, each reported by a gap message)
+                   "damaged": [{"at": d.at, "kept": d.kept, "reason": d.reason} for d in self.spool.damaged[-5:]],
+                   "errors": self.stats["spool_errors"]},
             sent={"bundles": self.stats["bundles_sent"], "messages": self.stats["messages_sent"],
                   "bytes": self.stats["bytes_sent"]},
             retries=self.stats["retries"],
-            evicted={"messages": self.stats["evicted_messages"], "gaps": self.stats["gaps"]},
+            evicted={"messages": self.spool.stats["evicted_messages"], "gaps": self.spool.stats["gaps"]},
             set_aside=self.stats["set_aside"],
             budget={"bytes_last_hour": self.budget_used(), "limit": self.cfg.budget_bytes_per_hour or None,
                     "thinned": self.stats["thinned_payloads"]},
@@ -398,14 +450,17 @@ class Sender:
         try:
             self.cloud.publish(cloud_topic(self.prefix, messages.HEALTH), self.health().to_bytes())
             self.stats["health_sent"] += 1
-        except TransportError:  # health is best effort: the next one will say the same, newer
+        except (TransportError, SpoolError):  # health is best effort: the next one will say the same, newer
             self.stats["health_failed"] += 1
 
     def run(self, stop: threading.Event) -> None:
         while not stop.is_set():
             self.maybe_health()
             self.wake.clear()  # before looking: a message spooled from now on wakes the wait below
-            delay = self.step()
+            try:
+                delay = self.step()
+            except SpoolError as exc:
+                delay = self._spool_failed(exc)
             if delay <= 0:
                 continue
             if self.idle:
@@ -426,6 +481,7 @@ class Uploader:
         self.vehicle = vehicle
         self.stats: Counter[str] = Counter()
         self.sender = Sender(spool, cloud, cfg, vehicle=vehicle, prefix=prefix, clock=clock)
+        self._evict()  # a damaged spool file found at open is reported (a gap) at once
 
     def accept(self, message: messages.Aggregates | messages.Window | messages.Alert) -> None:
         self.accept_many([message])
@@ -439,31 +495,48 @@ class Uploader:
         batch = [messages.Aggregates.of_window(m) if isinstance(m, messages.Window) else m for m in batch]
         rows = [(m.kind, m.event_time, m.to_bytes(), m.key) for m in batch]  # encoded once: bundles embed these bytes
         try:
-            self.spool.put_many(rows)
+            self._store(rows)
         except SpoolError as exc:
-            # A full disk: make room by evicting aggregates and try once more; if that fails too,
-            # what cannot be stored is lost, and that is counted and reported (health, summary).
-            self._evict()
-            try:
-                self.spool.put_many(rows)
-            except SpoolError:
-                if len(batch) > 1:  # each on its own: keep all that fit, lose only the rest
-                    for message in batch:
-                        self.accept(message)
-                    return
-                self.stats["lost_spool_full"] += 1
-                self.stats[f"lost_{batch[0].kind}"] += 1
-                LOG.error("%s; message lost", exc)
-                return
+            if len(batch) == 1:
+                self.stats["not_stored"] += 1
+                self.stats[f"not_stored_{batch[0].kind}"] += 1
+                LOG.error("%s; the message is not stored", exc)
+                raise
+            # Each on its own: keep all that can be kept; the handler still fails for the rest.
+            failed: list[SpoolError] = []
+            for message in batch:
+                try:
+                    self.accept(message)
+                except SpoolError as one:
+                    failed.append(one)
+            if failed:
+                raise SpoolError(f"{len(failed)} of {len(batch)} messages not stored: {failed[0]}",
+                                 full=failed[0].full) from exc
+            return
         self.stats["spooled"] += len(batch)
         self._evict()
         self.sender.wake.set()
 
+    def _store(self, rows: Sequence[tuple[str, float, bytes, str | None]]) -> None:
+        """Commit the rows, or raise. A full disk: evict the oldest aggregates (a gap says so;
+        alerts only with ``evict_alerts``) until they fit, or nothing is left to evict."""
+        need = sum(len(row[2]) for row in rows)
+        while True:
+            try:
+                self.spool.put_many(rows)
+                return
+            except SpoolError as exc:
+                if not exc.full or self.spool.make_room(need, self.vehicle, self.cfg.evict_alerts) is None:
+                    raise
+
     def _evict(self) -> None:
-        for gap in self.spool.evict(self.cfg.spool_max_bytes, self.vehicle, self.cfg.evict_alerts):
-            self.sender.stats["evicted_messages"] += gap.count
-            self.sender.stats["gaps"] += 1
-            self.sender.stats[f"evicted_{gap.of}"] += gap.count
+        """Keep the spool under its cap (and report a damaged file found). Its failure does not
+        fail the handler: the message is stored already, and the next call tries again."""
+        try:
+            self.spool.evict(self.cfg.spool_max_bytes, self.vehicle, self.cfg.evict_alerts)
+        except SpoolError as exc:
+            self.stats["evict_failed"] += 1
+            LOG.error("%s; will try again", exc)
 
     def run(self, stop: threading.Event) -> None:
         self.sender.run(stop)
@@ -474,6 +547,7 @@ class Uploader:
     def totals(self) -> Counter[str]:
         total = Counter(self.stats)
         total.update(self.sender.stats)
+        total.update(self.spool.stats)
         return total
 
     def close(self) -> None:
