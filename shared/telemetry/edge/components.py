@@ -209,7 +209,7 @@ class CanReaderComponent:
         # The DBCs first: a bad one is reported before a bus is opened.
         self.decoder = decoder if decoder is not None else DbcDecoder(services.config.dbc)
         self.source = source if source is not None else self._source_from(services)
-        self.core = ReaderCore(self.decoder, self.source.name)
+        self.core = ReaderCore(self.decoder, self.source.name, ClockGuard(cfg.clock_skew_seconds, cfg.clock_confirm_frames))
         self.batcher = FrameBatcher(cfg.batch_max_frames, cfg.batch_max_seconds)
         self.replay_batch = (cfg.replay_batch_frames, cfg.replay_batch_seconds)
         self.live = isinstance(self.source, BusSource)
@@ -303,6 +303,7 @@ class CanReaderComponent:
             "dbc_collisions": [str(c) for c in getattr(self.decoder, "collisions", [])],
             "signal_samples": totals["signal_samples"], "non_finite_values": totals["non_finite_values"],
             "batches": totals["batches"], "event_start": core.first_time, "event_end": core.last_time,
+            "dbc_renamed": list(getattr(self.decoder, "renamed", [])), **core.faults(),
         }
 
     def handle(self, event: Any) -> None:

@@ -9,7 +9,8 @@ decodes a whole batch that way and is the reference the vectorised path is teste
 
 Values are cantools' scaled numbers (``decode_choices=False``). Signals are named
 ``<Message>.<Signal>``. Error frames, remote frames, ids no DBC knows and frames that fail to
-decode are counted, never fatal.
+decode are counted, never fatal; so are values that are not finite or beyond ``MAX_MAGNITUDE``
+(left out, counted per signal).
 """
 
 from __future__ import annotations
@@ -33,6 +34,10 @@ from .messages import FlatBatch
 from .plan import Block, MessagePlan, Unsupported
 
 LOG = logging.getLogger(__name__)
+
+# A value beyond this is no measurement (a float signal's garbage bits): it is left out and
+# counted, as NaN and infinities are, so that no sum or square of a window's values can overflow.
+MAX_MAGNITUDE = 1e100
 
 
 @dataclass
@@ -311,7 +316,7 @@ class DbcDecoder:
             for rank, (signal, value) in enumerate(decoded.items()):
                 column = found.setdefault(signal, [None, [], []])
                 value = float(value)
-                if column[0] is None and math.isfinite(value):
+                if column[0] is None and abs(value) <= MAX_MAGNITUDE:
                     column[0] = rank
                 column[1].append(i)
                 column[2].append(value)
@@ -364,7 +369,7 @@ class DbcDecoder:
             for signal, value in decoded.items():
                 value = float(value)
                 name = entry.names[signal]
-                if not math.isfinite(value):
+                if not abs(value) <= MAX_MAGNITUDE:
                     non_finite[name] += 1
                     continue
                 number = numbers.get(name)
@@ -405,7 +410,8 @@ def _flatten(blocks: list[Block], times: np.ndarray) -> tuple[FlatBatch, Counter
 
     for block in blocks:
         t = times[block.rows]
-        finite = np.isfinite(block.values)
+        with np.errstate(invalid="ignore"):
+            finite = np.abs(block.values) <= MAX_MAGNITUDE  # NaN: False
         if finite.all():
             for j, name in enumerate(block.names):
                 add(name, block.ranks[j], block.rows, t, block.values[:, j])
