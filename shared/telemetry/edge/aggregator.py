@@ -31,6 +31,7 @@ from .config import AggregatorConfig
 from .messages import Aggregates, EndOfStream, FlatBatch, Signals
 
 DEFAULT_GROUP = "default"
+MAX_MAGNITUDE = 1e100  # as decode.MAX_MAGNITUDE: a value beyond it is no measurement
 
 
 _FIELDS = ("count", "mean", "m2", "min", "t_min", "max", "t_max", "first_t", "first", "last_t", "last")
@@ -151,6 +152,11 @@ class WindowAggregator:
 
     def add_samples(self, sid: np.ndarray, t: np.ndarray, v: np.ndarray, watermark: float | None = None) -> list[Aggregates]:
         """Fold in samples of this group's signals (numbered by ``sid``)."""
+        with np.errstate(invalid="ignore"):
+            sound = (np.abs(v) <= MAX_MAGNITUDE) & np.isfinite(t)  # NaN: False
+        if not sound.all():  # no sum or square of a window may overflow (the reader drops these first)
+            self.stats["dropped_samples"] += int(len(sound) - sound.sum())
+            sid, t, v = sid[sound], t[sound], v[sound]
         if len(t):
             self._fold(sid, t, v)
         newest = float(t.max()) if len(t) else -math.inf

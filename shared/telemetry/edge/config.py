@@ -12,7 +12,7 @@ import math
 import string
 import tomllib
 import typing
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -161,7 +161,7 @@ MAX_TOPIC_SLASHES = 7
 _FORBIDDEN = ("+", "#", "*", "\0")
 
 
-def check_vehicle(vehicle: Any, where: str) -> None:
+def check_vehicle(vehicle: Any, where: str) -> str:
     """A vehicle id is one level of an MQTT topic and of an IoT policy's resource."""
     if not isinstance(vehicle, str) or not vehicle:
         raise ConfigError(f"{where}: 'vehicle' must be a non-empty name")
@@ -169,6 +169,7 @@ def check_vehicle(vehicle: Any, where: str) -> None:
     if bad or vehicle.startswith("$") or len(vehicle.encode()) > 128:
         raise ConfigError(f"{where}: 'vehicle' must be a name of at most 128 bytes without '/', '+', '#', '*', "
                           f"braces, spaces or control characters, not starting with '$' (not {vehicle!r})")
+    return vehicle
 
 
 def check_topic_prefix(prefix: str, vehicle: str, where: str) -> None:
@@ -264,8 +265,7 @@ def parse_config(data: Mapping[str, Any], *, base: Path | None = None, source: s
     unknown = sorted(set(data) - top_known)
     if unknown:
         raise ConfigError(f"{source}: unknown key(s) {', '.join(unknown)}")
-    vehicle = data.get("vehicle")
-    check_vehicle(vehicle, source)
+    vehicle = check_vehicle(data.get("vehicle"), source)
     dbc = data.get("dbc", [])
     if isinstance(dbc, str):
         dbc = [dbc]
@@ -319,6 +319,18 @@ def parse_config(data: Mapping[str, Any], *, base: Path | None = None, source: s
         rules=tuple(rules),
         path=source,
     )
+
+
+def rules_matching_nothing(rules: Sequence[Rule], matches: Callable[[str], bool]) -> list[str]:
+    """The rules none of whose signal patterns matches a signal of the DBC files (``matches``
+    answers for one pattern): a misspelt pattern would watch nothing, forever, in silence."""
+    out = []
+    for rule in rules:
+        if rule.kind == "bus":
+            continue  # its key is a bus counter, not a signal
+        if not any(matches(pattern) for pattern in rule.signals):
+            out.append(f"rule {rule.name!r}: signals {', '.join(rule.signals)} match no signal of the DBC files")
+    return out
 
 
 def load_config(path: str | Path) -> VehicleConfig:

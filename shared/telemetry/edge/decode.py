@@ -15,8 +15,8 @@ decode are counted, never fatal; so are values that are not finite or beyond ``M
 
 from __future__ import annotations
 
+import fnmatch
 import logging
-import math
 import re
 from collections import Counter
 from collections.abc import Sequence
@@ -218,6 +218,14 @@ class DbcDecoder:
         }
         for name, reason in self.fallback_messages.items():
             LOG.info("%s is decoded frame by frame by cantools: %s", name, reason)
+
+    def matches(self, pattern: str) -> bool:
+        """Whether an fnmatch pattern matches the name of any signal this decoder can produce."""
+        if any(fnmatch.fnmatchcase(name, pattern) for e in self._index.values() for name in e.names.values()):
+            return True
+        addresses = range(256) if "@" in pattern else (0,)
+        return any(fnmatch.fnmatchcase(f"{message.name}@sa{sa:02X}.{signal.name}", pattern)
+                   for message, _ in self._pgns.values() for signal in message.signals for sa in addresses)
 
     def decode(self, frames: Sequence[can.Message]) -> DecodedBatch:
         """python-can's frames, converted to columns once and decoded by ``decode_frames``."""
