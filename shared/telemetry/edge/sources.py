@@ -233,7 +233,7 @@ class LogSource:
                         if header is None:
                             header = feed.seen_before_current()
                             feed.stop_keeping()
-                        problem = frame_problem(msg)
+                        problem = frame_problem(msg) or column_problem(msg)
                         if problem:
                             self._bad(feed.lineno, problem, feed.current)
                             continue
@@ -259,7 +259,7 @@ class LogSource:
         reader = self._open_binary()
         try:
             for msg in reader:
-                problem = frame_problem(msg)
+                problem = frame_problem(msg) or column_problem(msg)
                 if problem:
                     self._bad(None, f"frame {count + 1}: {problem}")
                     continue
