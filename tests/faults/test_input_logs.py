@@ -27,6 +27,7 @@ SAMPLE = ROOT / "vehicles" / "sample"
 DRIVE_LINES = (SAMPLE / "drive.log").read_text().splitlines()[:40]
 ASC_HEADER = ["date Thu Nov 26 09:15:12.123 pm 2026", "base hex  timestamps absolute", "internal events logged",
               "Begin Triggerblock Thu Nov 26 09:15:12.123 pm 2026", "   0.000000 Start of measurement"]
+ASC_DEC = [f"   {i / 100:.6f} 1  256             Rx   d 8 {i} 57 144 253 164 1 0 10" for i in range(1, 41)]
 ASC_FRAMES = [f"   {i / 100:.6f} 1  100             Rx   d 8 0{i % 10} 39 90 FD A4 01 00 00" for i in range(1, 41)]
 
 
@@ -77,26 +78,25 @@ def test_every_garbage_line_of_an_asc_log_is_counted(tmp_path):
     assert bulk == each
     assert bulk[0] == len(ASC_FRAMES)
     assert bulk[1] == ["not a line of an ASC log"] * len(garbage)
-
-
-def test_vector_event_lines_of_an_asc_log_are_not_counted_as_garbage(tmp_path):
+    # AND Vector's event lines, which carry no frame, are no garbage
     events = ["   1.000000 1  Statistic: D 0 R 0 XD 0 XR 0 E 0 O 0 B 0.00%", "   1.100000 CAN 1 Status:chip status error active",
               "// a comment", "   1.200000 1  J1939TP FEEBp 6 0 0 - Rx d 23 00 01 02"]
-    path = tmp_path / "events.asc"
-    path.write_text("\n".join(ASC_HEADER + ASC_FRAMES[:5] + events + ["End TriggerBlock"]) + "\n")
-    bulk, each = both_ways(path)
-    assert bulk == each == (5, [])
+    path.write_text("\n".join(ASC_HEADER + ASC_FRAMES[:5] + events + garbage[:1] + ["End TriggerBlock"]) + "\n")
+    assert both_ways(path) == ((5, ["not a line of an ASC log"]),) * 2
 
 
 @pytest.mark.parametrize("suffix", [".log", ".asc"])
 def test_a_utf8_byte_order_mark_does_not_cost_the_first_frame(tmp_path, suffix):
-    lines = DRIVE_LINES if suffix == ".log" else ASC_HEADER + ASC_FRAMES
+    # (an ASC log in decimal: read as hex, as it would be without its header, its frames differ)
+    lines = DRIVE_LINES if suffix == ".log" else [line.replace("hex", "dec") for line in ASC_HEADER] + ASC_DEC
     plain, marked = tmp_path / f"plain{suffix}", tmp_path / f"marked{suffix}"
     plain.write_text("\n".join(lines) + "\n")
     marked.write_text("\n".join(lines) + "\n", encoding="utf-8-sig")
     want = both_ways(plain)
-    assert want[0][1] == [] and want[0][0] == (40)
+    assert want[0][1] == [] and want[0][0] == 40
     assert both_ways(marked) == want
+    frames = [Frames.concat(list(LogSource(p).frame_batches(threading.Event()))) for p in (plain, marked)]
+    assert frames[0].id.tolist() == frames[1].id.tolist() and frames[0].data.tolist() == frames[1].data.tolist()
 
 
 # -- 9: impossible frames -----------------------------------------------------------------------------------
