@@ -209,6 +209,8 @@ def _aggregator(data: Any, where: str) -> AggregatorConfig:
         raise ConfigError(f"{where}: must be a table")
     data = dict(data)
     groups_raw = data.pop("groups", [])
+    if not isinstance(groups_raw, list):
+        raise ConfigError(f"{where} groups: must be a list of [[aggregator.groups]] tables")
     for key in ("include", "exclude"):
         if key in data:
             data[key] = () if data[key] == [] else _patterns(data[key], f"{where} {key}")
@@ -303,7 +305,10 @@ def parse_config(data: Mapping[str, Any], *, base: Path | None = None, source: s
         _positive(getattr(detector, key), f"{source} [detector] {key}")
     rules = []
     names = set()
-    for i, raw in enumerate(data.get("rules", [])):
+    rules_raw = data.get("rules", [])
+    if not isinstance(rules_raw, list):
+        raise ConfigError(f"{source}: 'rules' must be a list of [[rules]] tables")
+    for i, raw in enumerate(rules_raw):
         rule = _rule(raw, f"{source} [[rules]] #{i + 1}")
         if rule.name in names:
             raise ConfigError(f"{source} [[rules]] #{i + 1}: duplicate rule name {rule.name!r}")
