@@ -113,7 +113,7 @@ def test_a_gap_in_the_recording_is_no_fault(drive, clean):
     # GIVEN the drive with a 10-minute silence half way (the logger paused)
     t = drive.t.copy()
     t[len(t) // 2:] += 600.0
-    core, totals, _, _ = replay(with_time(drive, t))
+    core, _, _, _ = replay(with_time(drive, t))
     # THEN every frame is decoded at its own time: a gap, not a fault
     faults = core.faults()
     assert faults["frames_quarantined"] == 0 and faults["clock_epochs"] == [] and faults["clock_gaps"] == 1
