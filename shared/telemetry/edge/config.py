@@ -151,9 +151,9 @@ def _positive(value: Any, where: str) -> None:
         raise ConfigError(f"{where}: must be a positive number, not {value!r}")
 
 
-# The most frames one batch may hold: with at most 64 signals a frame, a batch stays within a few
-# hundred thousand samples, which every component processes within its recipe's memory.
-MAX_BATCH_FRAMES = 65_536
+# The most frames one batch may hold: at the 8 signals a frame of a typical DBC, some 130,000
+# samples, which every component processes in a few tens of MB (docs/CONFIG.md, "Bounded batches").
+MAX_BATCH_FRAMES = 16_384
 # AWS IoT Core: a topic is at most 256 bytes of UTF-8 with at most 7 slashes; '+' and '#' are
 # MQTT wildcards, '*' a policy wildcard, and topics starting with '$' are reserved ($aws/...).
 MAX_TOPIC_BYTES = 256
