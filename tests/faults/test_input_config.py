@@ -127,3 +127,20 @@ def test_the_sample_and_example_configurations_still_load():
     load_config(ROOT / "vehicles" / "sample" / "vehicle.toml")
     load_config(ROOT / "vehicles" / "examples" / "ubc-brightside.toml")
     assert rule_class("limit", "x").kind == "limit"
+
+
+@pytest.mark.parametrize("content", [None, b'vehicle = "\xff\xfe"\n'], ids=["a folder", "not UTF-8"])
+def test_an_unreadable_configuration_file_is_one_config_error(tmp_path, content):
+    path = tmp_path / "car.toml"
+    if content is None:
+        path.mkdir()
+    else:
+        path.write_bytes(content)
+    with pytest.raises(ConfigError, match=f"^{path}: "):
+        load_config(path)
+
+
+def test_a_configuration_saved_with_a_byte_order_mark_loads(tmp_path):
+    path = tmp_path / "car.toml"
+    path.write_text('vehicle = "car-01"\n', encoding="utf-8-sig")
+    assert load_config(path).vehicle == "car-01"
