@@ -67,7 +67,7 @@ def candump_logs(draw: st.DrawFn) -> list[str]:
 
 
 @given(candump_logs())
-@FUZZ
+@settings(FUZZ, max_examples=200)
 def test_fuzzed_candump_lines_are_each_a_frame_or_a_counted_bad_record(scratch, lines):
     path = scratch / "fuzz.log"
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
@@ -105,7 +105,7 @@ def asc_logs(draw: st.DrawFn) -> tuple[list[str], int]:
 
 
 @given(asc_logs())
-@FUZZ
+@settings(FUZZ, max_examples=150)
 def test_fuzzed_asc_logs_count_every_garbage_line(scratch, log):
     lines, garbage = log
     path = scratch / "fuzz.asc"
@@ -146,7 +146,7 @@ SOME_FRAMES = next(LogSource(SAMPLE / "drive.log").frame_batches(threading.Event
 
 
 @given(dbc_texts())
-@settings(FUZZ, max_examples=120)
+@settings(FUZZ, max_examples=80)
 def test_fuzzed_dbc_files_load_or_are_refused_in_one_line(scratch, text):
     path = scratch / "fuzz.dbc"
     path.write_text(text)

@@ -38,7 +38,7 @@ def big_batch(n: int) -> FlatBatch:
     return FlatBatch(names, ids, t, v)
 
 
-@pytest.mark.parametrize("n", [200_000])
+@pytest.mark.parametrize("n", [100_000])
 def test_the_detector_works_on_a_big_batch_in_memory_linear_in_it(n):
     batch = big_batch(n)
     detector = Detector(CONFIG.rules, CONFIG.vehicle, CONFIG.detector)
