@@ -343,7 +343,9 @@ def encode(p: Payload, *, codec: str = "zlib", level: int | None = None, schema:
         raise ValueError("a windows payload always carries 'count'")
     stats = [x for x in STATISTICS if x in t.stats]
     count = t.stats["count"].astype(np.int64)
-    res = p.res if schema is None else {**p.res, **{n: schema.res[schema.index[n]] for n in t.names if n in schema.index}}
+    # each name's resolution: the schema's if it has the name, else what the payload's ``res`` says
+    # (its ``get`` may know names no schema lists: a J1939 signal's, whatever its source address)
+    res = {n: schema.res[schema.index[n]] if schema is not None and n in schema.index else p.res.get(n) for n in t.names}
     qs = _quantize(t, res, count == 1)
     scale, offset = qs[0], qs[1]
     exact = ~np.isnan(scale)

@@ -32,6 +32,7 @@ from .config import AggregatorConfig
 from .messages import Aggregates, EndOfStream, FlatBatch, Signals, Window
 
 DEFAULT_GROUP = "default"
+MAX_MAGNITUDE = 1e100  # as decode.MAX_MAGNITUDE: a value beyond it is no measurement
 
 
 _FIELDS = ("count", "mean", "m2", "min", "t_min", "max", "t_max", "first_t", "first", "last_t", "last")
@@ -172,6 +173,11 @@ class WindowAggregator:
 
     def add_samples(self, sid: np.ndarray, t: np.ndarray, v: np.ndarray, watermark: float | None = None) -> list[Window]:
         """Fold in samples of this group's signals (numbered by ``sid``)."""
+        with np.errstate(invalid="ignore"):
+            sound = (np.abs(v) <= MAX_MAGNITUDE) & np.isfinite(t)  # NaN: False
+        if not sound.all():  # no sum or square of a window may overflow (the reader drops these first)
+            self.stats["dropped_samples"] += int(len(sound) - sound.sum())
+            sid, t, v = sid[sound], t[sound], v[sound]
         if len(t):
             self._fold(sid, t, v)
         newest = float(t.max()) if len(t) else -math.inf
@@ -247,19 +253,32 @@ class WindowAggregator:
         return out
 
 
-def dbc_resolutions(dbc_paths: Sequence[str]) -> dict[str, wire.Resolution]:
-    """Each signal's (scale, offset) from the DBC files, by the decoder's signal names; None for
-    a signal that is an IEEE float (sent as float64). On a shared frame id the later file wins,
-    as in the decoder."""
-    from .decode import load_dbc, signal_names
+class Resolutions(dict[str, wire.Resolution]):
+    """Signal name -> DBC (scale, offset), by the decoder's names. Its keys are the fixed names
+    (the schema's); a J1939 signal, ``<Message>@sa<SA>.<Signal>``, finds its resolution by its
+    message and signal whatever the source address (and travels by name, outside the schema)."""
 
-    out: dict[str, wire.Resolution] = {}
-    for path in dbc_paths:
-        for message in load_dbc(path).messages:
-            names = signal_names(message)
-            for s in message.signals:
-                out[names[s.name]] = None if s.is_float else (float(s.scale), float(s.offset))
-    return out
+    def get(self, name: str, default: wire.Resolution = None) -> wire.Resolution:  # type: ignore[override]
+        if name in self:
+            return self[name]
+        head, sep, tail = name.partition("@sa")
+        if sep and "." in tail:
+            return self.j1939.get(f"{head}@sa*.{tail.split('.', 1)[1]}", default)
+        return default
+
+    def __init__(self, fixed: Mapping[str, wire.Resolution], j1939: Mapping[str, wire.Resolution]) -> None:
+        super().__init__(fixed)
+        self.j1939 = dict(j1939)
+
+
+def dbc_resolutions(dbc_paths: Sequence[str]) -> Resolutions:
+    """Each signal's (scale, offset) from the DBC files, by the decoder's own signal names (a
+    renamed message's, a J1939 source address's); None for an IEEE float signal (sent as float)."""
+    from .decode import DbcDecoder
+
+    every = DbcDecoder(dbc_paths).resolutions()
+    return Resolutions({k: v for k, v in every.items() if "@sa*." not in k},
+                       {k: v for k, v in every.items() if "@sa*." in k})
 
 
 class Publisher:

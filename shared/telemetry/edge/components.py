@@ -30,12 +30,12 @@ from .. import wire
 from . import messages
 from .aggregator import Aggregation, dbc_resolutions
 from .clock import Clock, SystemClock
-from .config import VehicleConfig, load_config
+from .config import VehicleConfig, load_config, rules_matching_nothing
 from .decode import DbcDecoder, Decoder
 from .detector import Detector
 from .errors import ConfigError, MessageError
 from .frames import Frames
-from .reader import FrameBatcher, ReaderCore, batch_ends
+from .reader import ClockGuard, FrameBatcher, ReaderCore, batch_ends
 from .sources import BusSource, FrameSource, LogSource
 from .spool import MemorySpool, Spool, SqliteSpool
 from .transport import CloudTransport, LocalTransport
@@ -209,8 +209,12 @@ class CanReaderComponent:
         self.topic = services.setting("TELEMETRY_OUTPUT_TOPIC")
         # The DBCs first: a bad one is reported before a bus is opened.
         self.decoder = decoder if decoder is not None else DbcDecoder(services.config.dbc)
+        matches = getattr(self.decoder, "matches", None)
+        self.idle_rules = rules_matching_nothing(services.config.rules, matches) if matches is not None else []
+        for problem in self.idle_rules:
+            LOG.warning("%s: %s", services.config.path or "configuration", problem)
         self.source = source if source is not None else self._source_from(services)
-        self.core = ReaderCore(self.decoder, self.source.name)
+        self.core = ReaderCore(self.decoder, self.source.name, ClockGuard(cfg.clock_skew_seconds, cfg.clock_confirm_frames))
         self.batcher = FrameBatcher(cfg.batch_max_frames, cfg.batch_max_seconds)
         self.replay_batch = (cfg.replay_batch_frames, cfg.replay_batch_seconds)
         self.live = isinstance(self.source, BusSource)
@@ -304,6 +308,8 @@ class CanReaderComponent:
             "dbc_collisions": [str(c) for c in getattr(self.decoder, "collisions", [])],
             "signal_samples": totals["signal_samples"], "non_finite_values": totals["non_finite_values"],
             "batches": totals["batches"], "event_start": core.first_time, "event_end": core.last_time,
+            "dbc_renamed": list(getattr(self.decoder, "renamed", [])), "rules_matching_nothing": self.idle_rules,
+            **core.faults(),
         }
 
     def handle(self, event: Any) -> None:
@@ -324,7 +330,7 @@ class AggregatorComponent(MessageComponent):
         super().__init__(services)
         self.topic = services.setting("TELEMETRY_OUTPUT_TOPIC")
         cfg = services.config
-        self.core = Aggregation(cfg.aggregator, cfg.vehicle, res=dbc_resolutions(cfg.dbc),
+        self.core = Aggregation(cfg.aggregator, cfg.vehicle, res=dbc_resolutions(cfg.dbc) if cfg.dbc else None,
                                 max_bytes=cfg.uploader.max_payload_bytes)
 
     def on_message(self, message: messages.Signals | messages.EndOfStream) -> None:

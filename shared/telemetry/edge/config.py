@@ -8,13 +8,17 @@ the environment, which beats the file, which beats the default.
 from __future__ import annotations
 
 import dataclasses
+import math
+import string
 import tomllib
-from collections.abc import Mapping
+import typing
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from .. import wire
+from . import messages
 from .errors import ConfigError
 from .rules import Rule, rule_class
 
@@ -27,6 +31,11 @@ class ReaderConfig:
     # alerts and windows of a replay do not depend on its batches (tested).
     replay_batch_frames: int = 8192
     replay_batch_seconds: float = 10.0
+    # Event time (docs/CONFIG.md): a frame further than this from the stream's event time is
+    # held, and admitted only if this many frames in a row agree with it (a gap, or a clock
+    # reset: a new epoch); else it is quarantined.
+    clock_skew_seconds: float = 5.0
+    clock_confirm_frames: int = 16
     log: str | None = None  # replay this log instead of reading a live bus
     replay_speed: float = 0.0  # 0: as fast as possible; 1: recorded pace
     interface: str = "socketcan"
@@ -109,14 +118,88 @@ def _section(cls: type, data: Any, where: str) -> Any:
     if unknown:
         raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)} (known: {', '.join(sorted(known))})")
     try:
-        return cls(**data)
+        section = cls(**data)
     except TypeError as exc:
         raise ConfigError(f"{where}: {exc}") from None
+    check_types(section, where)
+    return section
+
+
+def check_types(section: Any, where: str) -> None:
+    """Every key of a section (a dataclass) holds a value of its declared type: a boolean is
+    ``true`` or ``false`` (not "no", not 0), a whole number is a whole number, and no number is
+    NaN or infinite (TOML writes them ``nan`` and ``inf``)."""
+    hints = typing.get_type_hints(type(section))
+    for f in dataclasses.fields(section):
+        value = getattr(section, f.name)
+        if typing.get_origin(hints[f.name]) is tuple:
+            continue  # patterns and groups: checked where they are read
+        allowed = set(typing.get_args(hints[f.name])) or {hints[f.name]}
+        if value is None and type(None) in allowed:
+            continue
+        if bool in allowed:
+            if not isinstance(value, bool):
+                raise ConfigError(f"{where} {f.name}: must be true or false, not {value!r}")
+        elif float in allowed:
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ConfigError(f"{where} {f.name}: must be a number, not {value!r}")
+            if not math.isfinite(value):
+                raise ConfigError(f"{where} {f.name}: must be a finite number, not {value!r}")
+        elif int in allowed:
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ConfigError(f"{where} {f.name}: must be a whole number, not {value!r}")
+        elif str in allowed and not isinstance(value, str):
+            raise ConfigError(f"{where} {f.name}: must be a string, not {value!r}")
 
 
 def _positive(value: Any, where: str) -> None:
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0:
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 < value < math.inf:
         raise ConfigError(f"{where}: must be a positive number, not {value!r}")
+
+
+# The most frames one batch may hold: at the 8 signals a frame of a typical DBC, some 130,000
+# samples, which every component processes in a few tens of MB (docs/CONFIG.md, "Bounded batches").
+MAX_BATCH_FRAMES = 16_384
+# AWS IoT Core: a topic is at most 256 bytes of UTF-8 with at most 7 slashes; '+' and '#' are
+# MQTT wildcards, '*' a policy wildcard, and topics starting with '$' are reserved ($aws/...).
+MAX_TOPIC_BYTES = 256
+MAX_TOPIC_SLASHES = 7
+_FORBIDDEN = ("+", "#", "*", "\0")
+
+
+def check_vehicle(vehicle: Any, where: str) -> str:
+    """A vehicle id is one level of an MQTT topic and of an IoT policy's resource."""
+    if not isinstance(vehicle, str) or not vehicle:
+        raise ConfigError(f"{where}: 'vehicle' must be a non-empty name")
+    bad = [c for c in vehicle if c in "/+#*{}\0" or not c.isprintable() or c.isspace()]
+    if bad or vehicle.startswith("$") or len(vehicle.encode()) > 128:
+        raise ConfigError(f"{where}: 'vehicle' must be a name of at most 128 bytes without '/', '+', '#', '*', "
+                          f"braces, spaces or control characters, not starting with '$' (not {vehicle!r})")
+    return vehicle
+
+
+def check_topic_prefix(prefix: str, vehicle: str, where: str) -> None:
+    """The uploader's topics under ``prefix`` are valid IoT Core topics, none of them a wildcard."""
+    try:
+        fields_used = [(name, spec, conv) for _, name, spec, conv in string.Formatter().parse(prefix) if name is not None]
+    except ValueError as exc:
+        raise ConfigError(f"{where}: {prefix!r} is not a valid template: {exc}") from None
+    for name, spec, conv in fields_used:
+        if name != "vehicle" or spec or conv:
+            raise ConfigError(f"{where}: {prefix!r}: the only field it may hold is {{vehicle}}")
+    topic_root = prefix.format(vehicle=vehicle).rstrip("/")
+    for c in _FORBIDDEN:
+        if c in topic_root:
+            raise ConfigError(f"{where}: {topic_root!r} holds {c!r}: a wildcard or NUL cannot be in a topic")
+    if not topic_root or topic_root.startswith("$") or topic_root.startswith("/") or "//" in topic_root:
+        raise ConfigError(f"{where}: {topic_root!r} must not be empty, start with '$' (reserved: $aws/...) or '/', "
+                          "or have an empty level")
+    for kind in messages.KINDS.values():
+        if kind.cloud_topic:
+            topic = f"{topic_root}/{kind.cloud_topic}"
+            if len(topic.encode()) > MAX_TOPIC_BYTES or topic.count("/") > MAX_TOPIC_SLASHES:
+                raise ConfigError(f"{where}: topic {topic!r} is over AWS IoT Core's limits ({MAX_TOPIC_BYTES} bytes, "
+                                  f"{MAX_TOPIC_SLASHES} slashes)")
 
 
 def _patterns(value: Any, where: str) -> tuple[str, ...]:
@@ -142,6 +225,8 @@ def _aggregator(data: Any, where: str) -> AggregatorConfig:
         raise ConfigError(f"{where}: must be a table")
     data = dict(data)
     groups_raw = data.pop("groups", [])
+    if not isinstance(groups_raw, list):
+        raise ConfigError(f"{where} groups: must be a list of [[aggregator.groups]] tables")
     for key in ("include", "exclude"):
         if key in data:
             data[key] = () if data[key] == [] else _patterns(data[key], f"{where} {key}")
@@ -190,7 +275,11 @@ def _rule(raw: Any, where: str) -> Rule:
     raw.setdefault("name", "")  # the one key without a default: check() refuses it missing as it does empty
     if "signals" in raw:
         raw["signals"] = _patterns(raw["signals"], f"{where} signals")
-    rule = cls(**raw)
+    try:
+        rule = cls(**raw)
+    except TypeError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+    check_types(rule, where)
     rule.check(where)
     return rule
 
@@ -202,9 +291,7 @@ def parse_config(data: Mapping[str, Any], *, base: Path | None = None, source: s
     unknown = sorted(set(data) - top_known)
     if unknown:
         raise ConfigError(f"{source}: unknown key(s) {', '.join(unknown)}")
-    vehicle = data.get("vehicle")
-    if not isinstance(vehicle, str) or not vehicle or any(c in vehicle for c in "/#+"):
-        raise ConfigError(f"{source}: 'vehicle' must be a non-empty name without '/', '#' or '+'")
+    vehicle = check_vehicle(data.get("vehicle"), source)
     dbc = data.get("dbc", [])
     if isinstance(dbc, str):
         dbc = [dbc]
@@ -217,6 +304,13 @@ def parse_config(data: Mapping[str, Any], *, base: Path | None = None, source: s
     _positive(reader.batch_max_seconds, f"{source} [reader] batch_max_seconds")
     _positive(reader.replay_batch_frames, f"{source} [reader] replay_batch_frames")
     _positive(reader.replay_batch_seconds, f"{source} [reader] replay_batch_seconds")
+    _positive(reader.clock_skew_seconds, f"{source} [reader] clock_skew_seconds")
+    _positive(reader.clock_confirm_frames, f"{source} [reader] clock_confirm_frames")
+    _positive(reader.replay_speed + 1, f"{source} [reader] replay_speed")  # zero or more
+    for key in ("batch_max_frames", "replay_batch_frames"):
+        if getattr(reader, key) > MAX_BATCH_FRAMES:
+            raise ConfigError(f"{source} [reader] {key}: at most {MAX_BATCH_FRAMES} frames a batch (the components' "
+                              f"memory limits rest on it; docs/CONFIG.md)")
     aggregator = _aggregator(data.get("aggregator", {}), f"{source} [aggregator]")
     uploader = _section(UploaderConfig, data.get("uploader", {}), f"{source} [uploader]")
     if uploader.spool_path != ":memory:" and not Path(uploader.spool_path).is_absolute():
@@ -226,10 +320,19 @@ def parse_config(data: Mapping[str, Any], *, base: Path | None = None, source: s
         _positive(getattr(uploader, key), f"{source} [uploader] {key}")
     if uploader.max_payload_bytes > 131_072:
         raise ConfigError(f"{source} [uploader] max_payload_bytes: AWS IoT Core takes at most 131072 bytes a message")
+    check_topic_prefix(uploader.topic_prefix, vehicle, f"{source} [uploader] topic_prefix")
+    if uploader.budget_bytes_per_hour < 0:
+        raise ConfigError(f"{source} [uploader] budget_bytes_per_hour: must be zero (no budget) or more")
+    _positive(uploader.max_drops, f"{source} [uploader] max_drops")
     detector = _section(DetectorConfig, data.get("detector", {}), f"{source} [detector]")
+    for key in ("update_seconds", "flap_raises", "flap_window_seconds", "flap_hold_seconds"):
+        _positive(getattr(detector, key), f"{source} [detector] {key}")
     rules = []
     names = set()
-    for i, raw in enumerate(data.get("rules", [])):
+    rules_raw = data.get("rules", [])
+    if not isinstance(rules_raw, list):
+        raise ConfigError(f"{source}: 'rules' must be a list of [[rules]] tables")
+    for i, raw in enumerate(rules_raw):
         rule = _rule(raw, f"{source} [[rules]] #{i + 1}")
         if rule.name in names:
             raise ConfigError(f"{source} [[rules]] #{i + 1}: duplicate rule name {rule.name!r}")
@@ -247,13 +350,29 @@ def parse_config(data: Mapping[str, Any], *, base: Path | None = None, source: s
     )
 
 
+def rules_matching_nothing(rules: Sequence[Rule], matches: Callable[[str], bool]) -> list[str]:
+    """The rules none of whose signal patterns matches a signal of the DBC files (``matches``
+    answers for one pattern): a misspelt pattern would watch nothing, forever, in silence."""
+    out = []
+    for rule in rules:
+        if rule.kind == "bus":
+            continue  # its key is a bus counter, not a signal
+        if not any(matches(pattern) for pattern in rule.signals):
+            out.append(f"rule {rule.name!r}: signals {', '.join(rule.signals)} match no signal of the DBC files")
+    return out
+
+
 def load_config(path: str | Path) -> VehicleConfig:
     path = Path(path)
     try:
-        with path.open("rb") as f:
-            data = tomllib.load(f)
+        text = path.read_bytes().decode("utf-8-sig")  # an editor's byte-order mark is no part of it
+        data = tomllib.loads(text)
     except FileNotFoundError:
         raise ConfigError(f"{path}: configuration file not found") from None
+    except OSError as exc:  # a folder, no permission, ...
+        raise ConfigError(f"{path}: cannot read the configuration file: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: not UTF-8 text (byte {exc.start})") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
     return parse_config(data, base=path.parent, source=str(path))

@@ -9,13 +9,14 @@ decodes a whole batch that way and is the reference the vectorised path is teste
 
 Values are cantools' scaled numbers (``decode_choices=False``). Signals are named
 ``<Message>.<Signal>``. Error frames, remote frames, ids no DBC knows and frames that fail to
-decode are counted, never fatal.
+decode are counted, never fatal; so are values that are not finite or beyond ``MAX_MAGNITUDE``
+(left out, counted per signal).
 """
 
 from __future__ import annotations
 
+import fnmatch
 import logging
-import math
 import re
 from collections import Counter
 from collections.abc import Sequence
@@ -34,6 +35,10 @@ from .plan import Block, MessagePlan, Unsupported
 
 LOG = logging.getLogger(__name__)
 
+# A value beyond this is no measurement (a float signal's garbage bits): it is left out and
+# counted, as NaN and infinities are, so that no sum or square of a window's values can overflow.
+MAX_MAGNITUDE = 1e100
+
 
 @dataclass
 class DecodedBatch:
@@ -48,6 +53,9 @@ class DecodedBatch:
     non_finite: int = 0
     fallback: int = 0
     event_rows: dict[str, np.ndarray] = field(default_factory=dict)  # counter -> the rows it counted
+    non_finite_signals: Counter[str] = field(default_factory=Counter)  # signal -> values left out
+    length_mismatch: Counter[int] = field(default_factory=Counter)  # id -> frames not of the DBC's length
+    length_reasons: dict[int, str] = field(default_factory=dict)  # id -> what the lengths were
 
     @property
     def samples(self) -> int:
@@ -100,29 +108,69 @@ def load_dbc(path: str | Path) -> Any:
 
 _BO = re.compile(r"^BO_\s+(\d+)\s+(\w+)\s*:")
 _SG = re.compile(r"^\s+SG_\s+(\w+)")
+_LONG_SIGNAL = re.compile(r'^BA_\s+"SystemSignalLongSymbol"\s+SG_\s+(\d+)\s+(\w+)\s+"([^"]*)"')
+# Vector CANdb++ keeps signals that belong to no message in this pseudo-message; cantools skips it.
+INDEPENDENT = "VECTOR__INDEPENDENT_SIG_MSG"
 
 
 def _check_every_signal_loaded(path: Path, db: Any) -> None:
     """cantools skips a signal line it cannot parse (a DBC cut short, a typo) without a word;
-    a signal that silently never decodes is worse than a refused file."""
+    a signal that silently never decodes is worse than a refused file. What cantools leaves out
+    by design is not refused: the signals of Vector's ``VECTOR__INDEPENDENT_SIG_MSG``, and a
+    short name its ``SystemSignalLongSymbol`` attribute replaces with the long one. The same
+    signal name twice in one message is refused: only one of them could ever decode."""
     loaded = {m.frame_id | (0x80000000 if m.is_extended_frame else 0): {s.name for s in m.signals} for m in db.messages}
+    lines = path.read_text(errors="replace").splitlines()
+    for line in lines:  # long names: the SG_ line has the short one
+        if long := _LONG_SIGNAL.match(line):
+            names = loaded.get(int(long.group(1)))
+            if names is not None and long.group(3) in names:
+                names.add(long.group(2))
     current: set[str] | None = None
-    for number, line in enumerate(path.read_text(errors="replace").splitlines(), 1):
+    message = ""
+    seen: dict[str, int] = {}
+    for number, line in enumerate(lines, 1):
         if bo := _BO.match(line):
-            current = loaded.get(int(bo.group(1)), set())
-        elif (sg := _SG.match(line)) and current is not None and sg.group(1) not in current:
-            raise DbcError(f"{path}: not a valid DBC file: line {number}: signal not understood: {line.strip()[:80]}")
+            message = bo.group(2)
+            current = None if message == INDEPENDENT else loaded.get(int(bo.group(1)), set())
+            seen = {}
+        elif (sg := _SG.match(line)) and current is not None:
+            if sg.group(1) not in current:
+                raise DbcError(f"{path}: not a valid DBC file: line {number}: signal not understood: {line.strip()[:80]}")
+            if sg.group(1) in seen:
+                raise DbcError(f"{path}: line {number}: message {message} defines signal {sg.group(1)} twice "
+                               f"(first on line {seen[sg.group(1)]}): only one of them could be decoded")
+            seen[sg.group(1)] = number
         elif line.strip() and not line[0].isspace():
             current = None
 
 
-def signal_names(message: Any) -> dict[str, str]:
-    """A DBC message's signals by cantools name -> the name they travel under: ``<Message>.<Signal>``."""
-    return {s.name: f"{message.name}.{s.name}" for s in message.signals}
+def is_j1939(db: Any, message: Any) -> bool:
+    """A message of a J1939 network: ``VFrameFormat`` J1939PG, or the database's
+    ``ProtocolType`` "J1939" (for an extended frame)."""
+    if getattr(message, "protocol", None) == "j1939":
+        return True
+    attributes = getattr(getattr(db, "dbc", None), "attributes", None) or {}
+    protocol = attributes.get("ProtocolType")
+    return bool(message.is_extended_frame) and protocol is not None and str(protocol.value).upper() == "J1939"
 
 
-def _entry(message: Any, source: str) -> _Entry:
-    names = signal_names(message)
+def pgn_of(frame_id: int) -> int:
+    """A J1939 frame's parameter group number: bits 8-25 of its id, less the destination address
+    of a PDU1 frame (PDU format below 240)."""
+    pgn = (frame_id >> 8) & 0x3FFFF
+    return pgn & 0x3FF00 if (pgn >> 8) & 0xFF < 240 else pgn
+
+
+def signal_names(message: Any, prefix: str | None = None) -> dict[str, str]:
+    """A DBC message's signals by cantools name -> the name they travel under: ``<Message>.<Signal>``
+    (``prefix`` instead of the message's name: a renamed message, a J1939 source address)."""
+    prefix = message.name if prefix is None else prefix
+    return {s.name: f"{prefix}.{s.name}" for s in message.signals}
+
+
+def _entry(message: Any, source: str, prefix: str | None = None) -> _Entry:
+    names = signal_names(message, prefix)
     try:
         return _Entry(message, source, names, MessagePlan.compile(message, names))
     except Unsupported as exc:
@@ -131,19 +179,39 @@ def _entry(message: Any, source: str) -> _Entry:
 
 class DbcDecoder:
     """Decodes frames with one or more DBC files; with two that define the same frame id, the
-    one given later wins and the collision is reported once, at load."""
+    one given later wins and the collision is reported once, at load.
+
+    Two messages of the same name (in one DBC or across DBCs) would feed one column from two
+    different signals: each of them is renamed ``<Message>@0x<ID>`` and the renaming reported
+    (``renamed``). A J1939 message (see ``is_j1939``) matches every frame of its PGN, whatever its
+    priority and source address; its signals are named ``<Message>@sa<SA>.<Signal>``, the source
+    address (two hex digits) being part of the name."""
 
     def __init__(self, dbc_paths: Sequence[str | Path]) -> None:
         if not dbc_paths:
             raise DbcError("no DBC file given")
         self.files = [str(p) for p in dbc_paths]
         self.collisions: list[Collision] = []
+        self.renamed: list[str] = []
         self._index: dict[tuple[int, bool], _Entry] = {}
-        for path in dbc_paths:
-            db = load_dbc(path)
+        self._pgns: dict[int, tuple[Any, str]] = {}  # J1939 PGN -> (message, source)
+        self._by_sa: dict[int, _Entry] = {}  # (PGN << 8 | source address) -> its entry
+        loaded: list[tuple[Path, Any]] = [(Path(path), load_dbc(path)) for path in dbc_paths]
+        names = Counter(m.name for _, db in loaded for m in db.messages)
+        for path, db in loaded:
             for message in db.messages:
+                source = f"{path.name}:{message.name}"
+                if is_j1939(db, message):
+                    self._pgns[pgn_of(message.frame_id)] = (message, source)
+                    continue
                 key = (message.frame_id, bool(message.is_extended_frame))
-                entry = _entry(message, f"{Path(path).name}:{message.name}")
+                prefix = message.name
+                if names[message.name] > 1:
+                    prefix = f"{message.name}@0x{message.frame_id:X}"
+                    self.renamed.append(f"{source} (0x{message.frame_id:X}) is named {prefix}: "
+                                        f"{names[message.name]} messages are named {message.name}")
+                    LOG.warning("DBC message renamed: %s", self.renamed[-1])
+                entry = _entry(message, source, prefix)
                 previous = self._index.get(key)
                 if previous is not None:
                     collision = Collision(key[0], key[1], entry.source, previous.source)
@@ -157,6 +225,26 @@ class DbcDecoder:
         for name, reason in self.fallback_messages.items():
             LOG.info("%s is decoded frame by frame by cantools: %s", name, reason)
 
+    def resolutions(self) -> dict[str, tuple[float, float] | None]:
+        """Each signal's DBC (scale, offset) by the name it travels under (None: an IEEE float);
+        a J1939 signal under ``<Message>@sa*.<Signal>`` (the source address varies)."""
+        out: dict[str, tuple[float, float] | None] = {}
+        for entry in self._index.values():
+            for s in entry.message.signals:
+                out[entry.names[s.name]] = None if s.is_float else (float(s.scale), float(s.offset))
+        for message, _ in self._pgns.values():
+            for s in message.signals:
+                out[f"{message.name}@sa*.{s.name}"] = None if s.is_float else (float(s.scale), float(s.offset))
+        return out
+
+    def matches(self, pattern: str) -> bool:
+        """Whether an fnmatch pattern matches the name of any signal this decoder can produce."""
+        if any(fnmatch.fnmatchcase(name, pattern) for e in self._index.values() for name in e.names.values()):
+            return True
+        addresses = range(256) if "@" in pattern else (0,)
+        return any(fnmatch.fnmatchcase(f"{message.name}@sa{sa:02X}.{signal.name}", pattern)
+                   for message, _ in self._pgns.values() for signal in message.signals for sa in addresses)
+
     def decode(self, frames: Sequence[can.Message]) -> DecodedBatch:
         """python-can's frames, converted to columns once and decoded by ``decode_frames``."""
         return self.decode_frames(Frames.from_messages(frames))
@@ -169,6 +257,8 @@ class DbcDecoder:
         failed: dict[int, list[int]] = {}
         blocks: list[Block] = []
         fallback = 0
+        mismatch: Counter[int] = Counter()
+        reasons: dict[int, str] = {}
         error = frames.error
         remote = frames.remote & ~error
         rows_of: dict[str, list[np.ndarray]] = {"error": [np.flatnonzero(error)], "remote": [np.flatnonzero(remote)],
@@ -183,10 +273,18 @@ class DbcDecoder:
             frame_id = key & 0xFFFFFFFF
             at = rows[order[bounds[i]:bounds[i + 1]]]  # the id's frames, in batch order
             entry = self._index.get((frame_id, bool(key >> 32)))
+            if entry is None and key >> 32 and self._pgns:
+                entry = self._j1939(frame_id)
             if entry is None:
                 unknown.setdefault(frame_id, [int(at[0]), 0])[1] += len(at)
                 rows_of["unknown_id"].append(at)
                 continue
+            lengths = frames.length[at]
+            if (odd := lengths != entry.message.length).any():
+                mismatch[frame_id] += int(odd.sum())
+                if frame_id not in reasons:
+                    seen = ", ".join(str(n) for n in np.unique(lengths[odd]).tolist())
+                    reasons[frame_id] = f"{entry.message.name}: {seen} data bytes, the DBC says {entry.message.length}"
             if entry.plan is None:
                 fallback += len(at)
                 ok, decoded = self._decode_rows(entry, frames, at)
@@ -211,7 +309,21 @@ class DbcDecoder:
             counts["decode_error"] = sum(n for _, n in failed.values())
         batch, non_finite = _flatten(blocks, frames.t)
         events = {name: np.concatenate(rows) for name, rows in rows_of.items() if sum(len(r) for r in rows)}
-        return DecodedBatch(batch, counts, _in_order(unknown), _in_order(failed), non_finite, fallback, events)
+        return DecodedBatch(batch, counts, _in_order(unknown), _in_order(failed), sum(non_finite.values()), fallback,
+                            events, non_finite, mismatch, reasons)
+
+    def _j1939(self, frame_id: int) -> _Entry | None:
+        """The entry of a J1939 frame, by its PGN; one per (PGN, source address), named by both."""
+        pgn = pgn_of(frame_id)
+        found = self._pgns.get(pgn)
+        if found is None:
+            return None
+        sa = frame_id & 0xFF
+        entry = self._by_sa.get(pgn << 8 | sa)
+        if entry is None:
+            message, source = found
+            entry = self._by_sa[pgn << 8 | sa] = _entry(message, source, f"{message.name}@sa{sa:02X}")
+        return entry
 
     @staticmethod
     def _decode_rows(entry: _Entry, frames: Frames, rows: np.ndarray) -> tuple[np.ndarray, list[Block]]:
@@ -230,7 +342,7 @@ class DbcDecoder:
             for rank, (signal, value) in enumerate(decoded.items()):
                 column = found.setdefault(signal, [None, [], []])
                 value = float(value)
-                if column[0] is None and math.isfinite(value):
+                if column[0] is None and abs(value) <= MAX_MAGNITUDE:
                     column[0] = rank
                 column[1].append(i)
                 column[2].append(value)
@@ -248,7 +360,8 @@ class DbcDecoder:
         counts: Counter[str] = Counter(read=len(frames))
         unknown: Counter[int] = Counter()
         failed: Counter[int] = Counter()
-        non_finite = 0
+        non_finite: Counter[str] = Counter()
+        mismatch: Counter[int] = Counter()
         handed = 0
         index = self._index
         columns = zip(frames.t.tolist(), frames.id.tolist(), frames.extended.tolist(), frames.error.tolist(),
@@ -261,11 +374,15 @@ class DbcDecoder:
                 counts["remote"] += 1
                 continue
             entry = index.get((frame_id, extended))
+            if entry is None and extended and self._pgns:
+                entry = self._j1939(frame_id)
             if entry is None:
                 counts["unknown_id"] += 1
                 unknown[frame_id] += 1
                 continue
             handed += 1
+            if length != entry.message.length:
+                mismatch[frame_id] += 1
             try:
                 decoded = entry.message.decode(data[:length].tobytes(), decode_choices=False)
             except Exception as exc:  # cantools.DecodeError, or struct errors on odd lengths
@@ -277,10 +394,10 @@ class DbcDecoder:
             counts["decoded"] += 1
             for signal, value in decoded.items():
                 value = float(value)
-                if not math.isfinite(value):
-                    non_finite += 1
-                    continue
                 name = entry.names[signal]
+                if not abs(value) <= MAX_MAGNITUDE:
+                    non_finite[name] += 1
+                    continue
                 number = numbers.get(name)
                 if number is None:
                     number = numbers[name] = len(numbers)
@@ -291,7 +408,8 @@ class DbcDecoder:
         order = np.argsort(id_array, kind="stable")
         batch = FlatBatch(tuple(numbers), id_array[order], np.array(times, dtype=np.float64)[order],
                           np.array(values, dtype=np.float64)[order])
-        return DecodedBatch(batch, counts, unknown, failed, non_finite, handed)
+        return DecodedBatch(batch, counts, unknown, failed, sum(non_finite.values()), handed,
+                            non_finite_signals=non_finite, length_mismatch=mismatch)
 
 
 def _in_order(counts: dict[int, list[int]]) -> Counter[int]:
@@ -299,11 +417,11 @@ def _in_order(counts: dict[int, list[int]]) -> Counter[int]:
     return Counter({key: n for key, (_, n) in sorted(counts.items(), key=lambda item: item[1][0])})
 
 
-def _flatten(blocks: list[Block], times: np.ndarray) -> tuple[FlatBatch, int]:
+def _flatten(blocks: list[Block], times: np.ndarray) -> tuple[FlatBatch, Counter[str]]:
     """The blocks as one FlatBatch, as decoding frame by frame builds it: a name is numbered
     when its first finite value comes (batch order, then the signal's place in its frame), and
     each name's samples are contiguous, in batch order. Non-finite values are counted, left out."""
-    non_finite = 0
+    non_finite: Counter[str] = Counter()
     pieces: dict[str, list[tuple[np.ndarray, np.ndarray, np.ndarray]]] = {}  # name -> (rows, times, values)
     first: dict[str, tuple[int, int]] = {}  # name -> (row, rank) of its first finite value
 
@@ -318,14 +436,16 @@ def _flatten(blocks: list[Block], times: np.ndarray) -> tuple[FlatBatch, int]:
 
     for block in blocks:
         t = times[block.rows]
-        finite = np.isfinite(block.values)
+        with np.errstate(invalid="ignore"):
+            finite = np.abs(block.values) <= MAX_MAGNITUDE  # NaN: False
         if finite.all():
             for j, name in enumerate(block.names):
                 add(name, block.ranks[j], block.rows, t, block.values[:, j])
             continue
-        non_finite += int(finite.size - finite.sum())
         for j, name in enumerate(block.names):
             keep = finite[:, j]
+            if dropped := int(len(keep) - keep.sum()):
+                non_finite[name] += dropped
             if keep.any():
                 add(name, block.ranks[j], block.rows[keep], t[keep], block.values[keep, j])
     if not pieces:

@@ -54,6 +54,8 @@ _EXACT = 2**53  # every integer up to here is a float64
 _WIDEST_DECIMAL = 17  # "d.ddd" of at most 16 digits (and 2**53 has 16)
 _NAME_WIDTH = 32  # a longer CAN FD symbolic name (or brs) is left to python-can
 _DLC_TO_LEN = np.array([0, 1, 2, 3, 4, 5, 6, 7, 8, 12, 16, 20, 24, 32, 48, 64], np.int64)
+_FD_LENGTH = np.zeros(FD + 2, bool)
+_FD_LENGTH[_DLC_TO_LEN] = True
 
 
 @dataclass(frozen=True)
@@ -86,7 +88,41 @@ def frame_problem(msg: can.Message) -> str | None:
         return None
     if len(msg.data) != msg.dlc:
         return f"DLC {msg.dlc} but {len(msg.data)} data bytes (truncated line?)"
+    if len(msg.data) > FD:
+        return None  # no row of Frames holds it: column_problem says so
+    return length_problem(len(msg.data), bool(msg.is_fd))
+
+
+_FD_LENGTHS = frozenset(_DLC_TO_LEN.tolist())
+
+
+def length_problem(length: int, fd: bool) -> str | None:
+    """Why a frame of ``length`` data bytes cannot have come from its bus, or None: a classic
+    frame carries at most 8 bytes, a CAN FD frame one of 0-8, 12, 16, 20, 24, 32, 48, 64."""
+    if not fd and length > CLASSIC:
+        return f"classic CAN frame with {length} data bytes (at most {CLASSIC})"
+    if fd and length not in _FD_LENGTHS:
+        return f"CAN FD frame with {length} data bytes (not a CAN FD length)"
     return None
+
+
+_ASC_TIMESTAMPED = re.compile(r"\d+\.\d+(\s|$)")
+_ASC_STRUCTURE = re.compile(r"(//|begin\s+triggerblock|end\s+triggerblock|date\s|base\s|(no\s+)?internal\s+events)",
+                            re.IGNORECASE)
+
+
+class _NotALine(Exception):
+    """A line that is no line of its log's format at all."""
+
+
+def asc_line_problem(text: str) -> str | None:
+    """Why a line of an ASC log's body that gives no frame is not a line of an ASC log at all
+    (None for blank lines, comments, triggers, header keywords, and every line that starts with a
+    timestamp: Vector's events, statistics, J1939 transport lines ... that carry no CAN frame)."""
+    line = text.strip()
+    if not line or _ASC_TIMESTAMPED.match(line) or _ASC_STRUCTURE.match(line):
+        return None
+    return "not a line of an ASC log"
 
 
 def column_problem(msg: can.Message) -> str | None:
@@ -141,11 +177,15 @@ class _LineReader:
         self._pos = 0
         self._eof = False
         self._cr = False  # a block ended on \r: it may be the first half of \r\n
+        self._start = True  # a UTF-8 byte-order mark at the very start is no part of the first line
 
     def _fill(self) -> bool:
         if self._eof:
             return False
         data = self._file.read(self._size)
+        if self._start:
+            self._start = False
+            data = data.removeprefix(b"\xef\xbb\xbf")
         if not data:
             self._eof = True
             if not self._cr:
@@ -458,6 +498,9 @@ class _Parser:
         good: list[can.Message] = []
         try:
             messages = self.line(text)
+        except _NotALine as exc:
+            self.bad(lineno, str(exc), text)
+            return good
         except Exception as exc:  # python-can raises ValueError, IndexError, ... per line
             self.bad(lineno, f"{type(exc).__name__}: {exc}", text)
             return good
@@ -521,7 +564,8 @@ class _Candump(_Parser):
         ok &= ~remote | (size == 1) | ((size == 2) & ((b.at(data_start + 1) - np.uint8(48)) < 10))
         # An odd number of hex digits is a cut line (python-can makes one byte of the last digit,
         # and the DLC disagrees); more than 64 bytes is no CAN frame: both for python-can to read.
-        ok &= remote | ((size % 2 == 0) & (size <= 2 * FD))
+        ok &= remote | ((size % 2 == 0) & (size <= 2 * np.where(fd, FD, CLASSIC)))
+        ok &= ~fd | remote | _FD_LENGTH[np.minimum(size // 2, FD + 1)]  # other lengths: python-can's, then refused
         pairs = np.where(ok & ~remote, size // 2, 0)
         data, good_data = _hex_payload(b, data_start, pairs)
         ok &= good_data
@@ -604,7 +648,12 @@ class _Asc(_Parser):
 
     def line(self, text: str) -> list[can.Message]:
         if not ASC_MESSAGE_REGEX.match(text.strip()):
-            return []  # comments, triggers, statistics, ...: python-can skips every such line
+            # comments, triggers, statistics, ...: python-can skips every such line, and so does
+            # it skip garbage; that is counted
+            problem = asc_line_problem(text)
+            if problem:
+                raise _NotALine(problem)
+            return []
         self.counts.slow_lines += 1
         # A blank first line ends python-can's header parsing; the header's base is passed in.
         return list(ASCReader(io.StringIO("\n" + text), base=self.base))
@@ -665,4 +714,6 @@ def _asc_header(path: Path, lines: _LineReader, bad_records: list[BadRecord]) ->
             continue
         if feed.unterminated and feed.current.strip():
             _record(bad_records, path, feed.lineno, "truncated last line (no newline, no frame)", feed.current)
+        elif feed.from_file and (problem := asc_line_problem(feed.current)):
+            _record(bad_records, path, feed.lineno, problem, feed.current)  # the line that ended the header
         return reader.base, feed.lineno

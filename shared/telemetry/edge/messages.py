@@ -786,7 +786,7 @@ def decode(event: Any, *kinds: str) -> Message:
     kind = event.get("kind")
     if version != VERSION:
         raise MessageError(f"unsupported message version {version!r} (this build reads v{VERSION})")
-    if kind not in KINDS:
+    if not isinstance(kind, str) or kind not in KINDS:
         raise MessageError(f"unknown message kind {kind!r}")
     if kinds and kind not in kinds:
         raise MessageError(f"unexpected message kind {kind!r} (expected {', '.join(kinds)})")

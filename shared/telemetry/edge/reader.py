@@ -13,9 +13,12 @@ their windows. Event time is the frame's own timestamp.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import math
 from collections import Counter
 from collections.abc import Mapping
+from typing import Any
 
 import can
 import numpy as np
@@ -77,24 +80,122 @@ def batch_ends(t: np.ndarray, max_frames: int, max_seconds: float) -> list[int]:
     return ends
 
 
+class ClockGuard:
+    """Keeps one bad timestamp from moving the stream's event time (docs/CONFIG.md, "Event time").
+
+    The event clock is the latest admitted frame's time. A frame within ``skew`` seconds of it
+    (either way) is admitted. A frame further away is held: if ``confirm`` frames in a row agree
+    with it (within ``skew`` of each other) before a frame near the clock comes, the clock has
+    jumped and they are admitted. A jump forward is a gap (a quiet bus; a clock set right). A
+    jump back is a logger's clock reset: a new *epoch*, whose frames are shifted to start at the
+    clock, so event time never runs backwards (no late samples, no alert storm); a later jump
+    forward past the clock ends the shift. A held frame that is not confirmed is quarantined:
+    counted, never decoded. The first frames of a stream are judged against the median of the
+    first ``confirm`` of them, so a bad first timestamp does not set the clock either."""
+
+    def __init__(self, skew: float = 5.0, confirm: int = 16) -> None:
+        self.skew = float(skew)
+        self.confirm = int(confirm)
+        self.clock: float | None = None  # the latest admitted event time (shifted)
+        self.offset = 0.0  # added to every frame's own time in this epoch
+        self.held: Frames | None = None  # frames waiting for confirmation
+        self.quarantined = 0
+        self.gaps = 0
+        self.epochs: list[dict[str, float]] = []  # each backward jump: at (event time), jump (s)
+
+    def admit(self, frames: Frames) -> Frames:
+        """The frames to decode, their times shifted into the current epoch."""
+        if self.held is not None:
+            frames, self.held = Frames.concat([self.held, frames]), None
+        if not len(frames):
+            return frames
+        t = frames.t + self.offset if self.offset else frames.t
+        if self.clock is not None:
+            before = np.maximum.accumulate(np.concatenate(([self.clock], t)))[:-1]
+            if (np.abs(t - before) <= self.skew).all():  # the common case: one comparison a frame
+                self.clock = max(self.clock, float(t.max()))
+                return frames if t is frames.t else dataclasses.replace(frames, t=t)
+        return self._judge(frames)
+
+    def _judge(self, frames: Frames) -> Frames:
+        raw = frames.t.tolist()
+        if self.clock is None:  # the start of the stream: the median of its first frames
+            first = [x for x in raw[:self.confirm] if math.isfinite(x)]
+            if not first:
+                self.quarantined += len(raw)
+                return frames.take(np.zeros(len(raw), bool))
+            self.clock = float(np.median(first))
+        clock, offset, skew = self.clock, self.offset, self.skew
+        keep = np.zeros(len(raw), bool)
+        shifted = np.zeros(len(raw))
+        held: list[int] = []
+        low = high = 0.0
+        for i, x in enumerate(raw):
+            s = x + offset
+            if abs(s - clock) <= skew:
+                keep[i], shifted[i] = True, s
+                clock = max(clock, s)
+                self.quarantined += len(held)
+                held = []
+                continue
+            if not math.isfinite(x):
+                self.quarantined += 1
+                continue
+            if held and max(high, x) - min(low, x) <= skew:
+                held.append(i)
+                low, high = min(low, x), max(high, x)
+            else:
+                self.quarantined += len(held)
+                held, low, high = [i], x, x
+            if len(held) >= self.confirm:
+                if low + offset < clock:  # back in time: a new epoch, starting at the clock
+                    self.epochs.append({"at": clock, "jump": clock - (low + offset)})
+                    offset = clock - low
+                else:  # forward: a gap; a clock back at (or past) the real time needs no shift
+                    self.gaps += 1
+                    if low >= clock:
+                        offset = 0.0
+                for j in held:
+                    keep[j], shifted[j] = True, raw[j] + offset
+                clock = max(clock, float(shifted[held].max()))
+                held = []
+        self.clock, self.offset = clock, offset
+        if held:
+            self.held = frames.take(np.array(held))
+        admitted = frames.take(keep)
+        return dataclasses.replace(admitted, t=shifted[keep])
+
+    def finish(self) -> None:
+        """The end of the stream: frames still held were never confirmed."""
+        if self.held is not None:
+            self.quarantined += len(self.held)
+            self.held = None
+
+
 class ReaderCore:
     """Pure core of the reader: decode a batch of frames, keep totals, build the messages."""
 
-    def __init__(self, decoder: Decoder, source_name: str) -> None:
+    def __init__(self, decoder: Decoder, source_name: str, guard: ClockGuard | None = None) -> None:
         self.decoder = decoder
         self.source_name = source_name
+        self.guard = guard if guard is not None else ClockGuard()
         self.totals: Counter[str] = Counter()
         self.unknown_ids: Counter[int] = Counter()
         self.decode_error_ids: Counter[int] = Counter()
+        self.dropped_values: Counter[str] = Counter()  # signal -> values left out (NaN, inf, beyond 1e100)
+        self.length_mismatch: Counter[int] = Counter()  # id -> frames whose length is not the DBC's
+        self.length_reasons: dict[int, str] = {}
         self.seq = 0
         self.first_time: float | None = None
         self.last_time: float | None = None
 
     def batch_message(self, frames: Frames | list[can.Message]) -> messages.Signals:
         """A batch of frames (columns, or python-can's frames from a live bus) decoded into one
-        ``signals`` message."""
+        ``signals`` message; frames whose timestamps the clock guard does not admit are left out
+        (counted)."""
         if not isinstance(frames, Frames):
             frames = Frames.from_messages(frames)
+        frames = self.guard.admit(frames)
         decoded = self.decoder.decode_frames(frames)
         self.totals["fallback_frames"] += decoded.fallback
         self.totals.update(decoded.frames)
@@ -103,6 +204,14 @@ class ReaderCore:
         self.totals["batches"] += 1
         self.unknown_ids.update(decoded.unknown_ids)
         self.decode_error_ids.update(decoded.decode_errors)
+        self.dropped_values.update(decoded.non_finite_signals)
+        self.length_mismatch.update(decoded.length_mismatch)
+        for key, reason in decoded.length_reasons.items():
+            self.length_reasons.setdefault(key, reason)
+        if not len(frames):
+            now = self.guard.clock if self.guard.clock is not None else 0.0
+            self.seq += 1
+            return messages.Signals(self.source_name, self.seq, now, now, decoded.frames, decoded.batch, {})
         start, end = float(frames.t.min()), float(frames.t.max())
         self.first_time = start if self.first_time is None else min(self.first_time, start)
         self.last_time = end if self.last_time is None else max(self.last_time, end)
@@ -112,11 +221,24 @@ class ReaderCore:
 
     def tick_message(self, now: float) -> messages.Signals:
         """An empty batch: a quiet live bus still moves event time on, so windows close."""
+        now += self.guard.offset  # in the current epoch
         self.seq += 1
         self.totals["ticks"] += 1
         return messages.Signals(self.source_name, self.seq, now, now, {}, messages.FlatBatch.empty())
 
+    def faults(self) -> dict[str, Any]:
+        """What the reader left out or found odd, for the summary and the health message."""
+        guard = self.guard
+        return {
+            "frames_quarantined": guard.quarantined + (len(guard.held) if guard.held is not None else 0),
+            "clock_epochs": list(guard.epochs), "clock_gaps": guard.gaps,
+            "dropped_values": dict(self.dropped_values.most_common()),
+            "length_mismatch_ids": {f"0x{k:X}": {"frames": n, "reason": self.length_reasons.get(k, "")}
+                                    for k, n in self.length_mismatch.most_common()},
+        }
+
     def end_message(self, extra: Mapping[str, int] | None = None) -> messages.EndOfStream:
+        self.guard.finish()
         self.seq += 1
         totals = {key: int(self.totals.get(key, 0)) for key in messages.FRAME_COUNTERS}
         totals["signal_samples"] = int(self.totals["signal_samples"])

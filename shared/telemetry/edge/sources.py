@@ -17,22 +17,24 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Generator, Iterator
+from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
 from typing import Any, Protocol, TextIO
 
 import can
+from can.io.asc import ASC_MESSAGE_REGEX, ASCReader
 from can.io.player import MESSAGE_READERS
 
 from .clock import Clock, SystemClock
 from .errors import LogFormatError, SourceError
 from .frames import Frames
-from .logparse import CHUNK_FRAMES, PARSERS, BadRecord, ParseCounts, column_problem, frame_problem
+from .logparse import CHUNK_FRAMES, PARSERS, BadRecord, ParseCounts, asc_line_problem, column_problem, frame_problem
 
 LOG = logging.getLogger(__name__)
 
 TEXT_FORMATS = frozenset({".log", ".asc", ".trc", ".csv"})
 SUPPORTED_FORMATS = tuple(sorted(set(MESSAGE_READERS) - {".db"}))
+MAX_BUS_RECORDS = 1000  # a live bus runs for months: its bad frames are counted, the first ones kept
 
 
 class FrameSource(Protocol):
@@ -51,8 +53,11 @@ class _LineFeed:
     """A text file as python-can's readers consume it (iteration, ``readline``), which keeps the
     number and text of the line last handed out, and can first replay saved header lines."""
 
-    def __init__(self, file: TextIO, lineno: int = 0, prefix: list[str] | None = None) -> None:
+    def __init__(self, file: TextIO, lineno: int = 0, prefix: list[str] | None = None,
+                 check: Callable[[int, str], None] | None = None) -> None:
         self._file = file
+        self.check = check  # called with each body line read from the file (ASC: garbage is counted)
+        self.body = False  # set once the reader has read the header
         self._prefix = list(prefix or ())
         self.lineno = lineno  # number of the last line read from the file
         self.current = ""
@@ -82,6 +87,8 @@ class _LineFeed:
             self.new_lines += 1
             self.from_file = True
             self.unterminated = not line.endswith("\n")
+            if self.body and self.check is not None:
+                self.check(self.lineno, line)
         self.current = line
         if self._keep is not None:
             self._keep.append(line)
@@ -97,6 +104,19 @@ class _LineFeed:
         pass  # the file belongs to LogSource
 
     closed = False
+
+
+class _CountingASCReader(ASCReader):
+    """python-can's ASC reader, which tells its feed where the header ends (garbage after it
+    is counted, not skipped in silence)."""
+
+    def _extract_header(self) -> None:
+        super()._extract_header()
+        feed = self.file
+        if isinstance(feed, _LineFeed):
+            feed.body = True
+            if feed.from_file and feed.check is not None:
+                feed.check(feed.lineno, feed.current)  # the line that ended the header
 
 
 class LogSource:
@@ -118,6 +138,17 @@ class LogSource:
             raise LogFormatError(f"{self.path}: no such file")
         self._suffix = suffix
         self.parse_counts = ParseCounts()  # filled by frame_batches for the logs it parses in bulk
+        if suffix not in TEXT_FORMATS:
+            self._open_binary().stop()  # an empty or foreign file is refused now, in one line
+
+    def _open_binary(self) -> Any:
+        if self.path.stat().st_size == 0:
+            raise LogFormatError(f"{self.path}: empty file, not a {self._suffix} log")
+        try:
+            return can.LogReader(self.path)
+        except Exception as exc:  # struct.error, BLFParseError, MdfException, ...
+            reason = " ".join(str(exc).split())[:200]
+            raise LogFormatError(f"{self.path}: not a readable {self._suffix} log: {type(exc).__name__}: {reason}") from None
 
     def frames(self, stop: threading.Event) -> Iterator[can.Message | None]:
         messages = self._read_text() if self._suffix in TEXT_FORMATS else self._read_binary()
@@ -185,10 +216,16 @@ class LogSource:
         LOG.info("skipped %s", record)
         self.bad_records.append(record)
 
+    def _check_asc_line(self, lineno: int, line: str) -> None:
+        if not ASC_MESSAGE_REGEX.match(line.strip()) and (problem := asc_line_problem(line)):
+            self._bad(lineno, problem, line)
+
     def _read_text(self) -> Iterator[can.Message]:
-        reader_cls = MESSAGE_READERS[self._suffix]
-        with self.path.open("r", encoding="utf-8", errors="replace") as file:
-            feed = _LineFeed(file)
+        reader_cls = _CountingASCReader if self._suffix == ".asc" else MESSAGE_READERS[self._suffix]
+        check = self._check_asc_line if self._suffix == ".asc" else None
+        # utf-8-sig: a byte-order mark is no part of the first line
+        with self.path.open("r", encoding="utf-8-sig", errors="replace") as file:
+            feed = _LineFeed(file, check=check)
             header: list[str] | None = None
             while True:
                 try:
@@ -196,7 +233,7 @@ class LogSource:
                         if header is None:
                             header = feed.seen_before_current()
                             feed.stop_keeping()
-                        problem = frame_problem(msg)
+                        problem = frame_problem(msg) or column_problem(msg)
                         if problem:
                             self._bad(feed.lineno, problem, feed.current)
                             continue
@@ -210,20 +247,19 @@ class LogSource:
                         return
                     self._bad(feed.lineno, f"{type(exc).__name__}: {exc}", feed.current)
                     prefix = header if header is not None else feed.seen_before_current()
-                    feed = _LineFeed(file, feed.lineno, prefix)
-            if feed.unterminated and feed.current.strip():
+                    feed = _LineFeed(file, feed.lineno, prefix, check)
+            recorded = bool(self.bad_records) and self.bad_records[-1].line == feed.lineno \
+                and self.bad_records[-1].reason == asc_line_problem("?")  # garbage, already counted
+            if feed.unterminated and feed.current.strip() and not recorded:
                 # A last line without newline that gave no frame: a logger that lost power.
                 self._bad(feed.lineno, "truncated last line (no newline, no frame)", feed.current)
 
     def _read_binary(self) -> Iterator[can.Message]:
         count = 0
-        try:
-            reader = can.LogReader(self.path)
-        except Exception as exc:
-            raise LogFormatError(f"{self.path}: cannot open: {type(exc).__name__}: {exc}") from exc
+        reader = self._open_binary()
         try:
             for msg in reader:
-                problem = frame_problem(msg)
+                problem = frame_problem(msg) or column_problem(msg)
                 if problem:
                     self._bad(None, f"frame {count + 1}: {problem}")
                     continue
@@ -254,11 +290,22 @@ class BusSource:
             raise SourceError(f"cannot open CAN bus {bus_kwargs}: {type(exc).__name__}: {exc}") from exc
         self.name = f"{self.bus.channel_info}"
         self.idle_timeout = idle_timeout
-        self.bad_records: list[BadRecord] = []
+        self.bad_records: list[BadRecord] = []  # the first MAX_BUS_RECORDS of them; ``refused`` counts all
+        self.refused = 0
 
     def frames(self, stop: threading.Event) -> Iterator[can.Message | None]:
+        count = 0
         while not stop.is_set():
-            yield self.bus.recv(timeout=self.idle_timeout)
+            msg = self.bus.recv(timeout=self.idle_timeout)
+            if msg is not None:
+                count += 1
+                problem = frame_problem(msg) or column_problem(msg)
+                if problem:  # a driver or a gateway can hand over anything
+                    if len(self.bad_records) < MAX_BUS_RECORDS:
+                        self.bad_records.append(BadRecord(self.name, None, f"frame {count}: {problem}"))
+                    self.refused += 1
+                    continue
+            yield msg
 
     def close(self) -> None:
         if self._owns_bus:

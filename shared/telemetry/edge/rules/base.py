@@ -24,6 +24,9 @@ from ..errors import ConfigError
 from ..messages import SEVERITIES, FlatBatch
 
 NO_EVENTS: Mapping[str, np.ndarray] = {}
+# A rule that works on a table of (samples x signals) or (samples x baseline) builds it this many
+# cells at a time (2 MB of floats): its memory is linear in the batch, with a small constant.
+CELLS_AT_ONCE = 1 << 18
 
 
 @dataclass(frozen=True, kw_only=True)

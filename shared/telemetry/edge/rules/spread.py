@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..messages import FlatBatch
-from .base import NO_EVENTS, Evaluator, Index, Metrics, Rule
+from .base import CELLS_AT_ONCE, NO_EVENTS, Evaluator, Index, Metrics, Rule
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -42,32 +42,44 @@ class SpreadEvaluator(Evaluator[SpreadRule]):
         order = np.argsort(sel[1], kind="stable")
         col, t, v = cols_of_name[sel[0][order]], sel[1][order], sel[2][order]
         n, width = len(t), len(self.latest.names)
-        table = np.full((n + 1, width), np.nan)
-        table[0] = self.latest.values
-        table[np.arange(1, n + 1), col] = v
-        # carry each signal's latest value down the rows (forward fill)
-        row = np.where(np.isnan(table), 0, np.arange(n + 1)[:, None])
-        np.maximum.accumulate(row, axis=0, out=row)
-        table = table[row, np.arange(width)]
-        self.latest.values = table[-1].copy()
-        table = table[1:]
         # samples stamped at the same moment are simultaneous: judge the state after all of them
-        known = np.sum(~np.isnan(table), axis=1) >= 2
-        known &= np.concatenate((t[1:] != t[:-1], [True]))
-        if not known.any():
+        last_of_instant = np.concatenate((t[1:] != t[:-1], [True]))
+        by_name = np.argsort(np.array(self.latest.names))
+        # A table of every signal's latest value at each sample, a block of rows at a time: memory
+        # stays a few MB, however many samples a batch holds.
+        rows_at_once = max(1, CELLS_AT_ONCE // max(width, 1))
+        parts: list[tuple[np.ndarray, ...]] = []
+        latest = self.latest.values
+        for a in range(0, n, rows_at_once):
+            b = min(n, a + rows_at_once)
+            table = np.full((b - a + 1, width), np.nan)
+            table[0] = latest
+            table[np.arange(1, b - a + 1), col[a:b]] = v[a:b]
+            # carry each signal's latest value down the rows (forward fill)
+            row = np.where(np.isnan(table), 0, np.arange(b - a + 1)[:, None])
+            np.maximum.accumulate(row, axis=0, out=row)
+            table = table[row, np.arange(width)]
+            latest = table[-1].copy()
+            table = table[1:]
+            counted = np.sum(~np.isnan(table), axis=1)
+            known = (counted >= 2) & last_of_instant[a:b]
+            if not known.any():
+                continue
+            table = table[known]
+            hi = np.where(np.isnan(table), -np.inf, table)
+            lo = np.where(np.isnan(table), np.inf, table)
+            # at each point: how many signals are known, and which are highest and lowest (of
+            # equal ones, the first by name: not by the order the batches happened to show them in)
+            parts.append((t[a:b][known], hi.max(axis=1) - lo.min(axis=1), counted[known],
+                          by_name[hi[:, by_name].argmax(axis=1)], by_name[lo[:, by_name].argmin(axis=1)]))
+        self.latest.values = latest
+        if not parts:
             return None
-        table, t = table[known], t[known]
-        hi = np.where(np.isnan(table), -np.inf, table)
-        lo = np.where(np.isnan(table), np.inf, table)
-        spread = hi.max(axis=1) - lo.min(axis=1)
+        t, spread, signals, highest, lowest = (np.concatenate(c) for c in zip(*parts))
         x = spread - self.rule.max_spread
         if not hot and not (x > 0).any():
             return None
-        # at each point: how many signals are known, and which are highest and lowest (of equal
-        # ones, the first by name: not by the order the batches happened to show them in)
-        by_name = np.argsort(np.array(self.latest.names))
-        extra = {"signals": np.sum(~np.isnan(table), axis=1), "highest": by_name[hi[:, by_name].argmax(axis=1)],
-                 "lowest": by_name[lo[:, by_name].argmin(axis=1)]}
+        extra = {"signals": signals, "highest": highest, "lowest": lowest}
         names = list(self.latest.names)
         return Metrics([self.rule.name], np.zeros(len(t), dtype=np.int64), t, x, spread,
                        {"max_spread": self.rule.max_spread}, extra, {"highest": names, "lowest": names})

@@ -10,7 +10,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 
 from ..errors import ConfigError
 from ..messages import FlatBatch
-from .base import NO_EVENTS, Evaluator, Metrics, Rule, by_key_then_time
+from .base import CELLS_AT_ONCE, NO_EVENTS, Evaluator, Metrics, Rule, by_key_then_time
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -57,20 +57,25 @@ class ZScoreEvaluator(Evaluator[ZScoreRule]):
             name = batch.names[ids[a]]
             history = self.history.get(name, np.empty(0))
             padded = np.concatenate((np.full(size - len(history), np.nan), history, v[a:b]))
-            windows = sliding_window_view(padded, size)[: b - a]
-            ready = np.sum(~np.isnan(windows), axis=1) >= self.rule.warmup
-            if ready.any():
+            every = sliding_window_view(padded, size)[: b - a]
+            step = max(1, CELLS_AT_ONCE // size)  # a block of baselines at a time: bounded memory
+            for c in range(0, b - a, step):
+                windows = every[c:c + step]
+                ready = np.sum(~np.isnan(windows), axis=1) >= self.rule.warmup
+                if not ready.any():
+                    continue
                 w = windows[ready]
                 # a full baseline has no gaps: the plain median is much faster than nanmedian
-                median_of = np.median if len(history) >= size else np.nanmedian
+                median_of = np.median if len(history) + c >= size else np.nanmedian
                 median = median_of(w, axis=1)
                 mad = median_of(np.abs(w - median[:, None]), axis=1)
                 scale = np.maximum(1.4826 * mad, self.rule.min_scale)
-                dev = v[a:b][ready] - median
+                here = slice(a + c, a + c + len(windows))
+                dev = v[here][ready] - median
                 with np.errstate(divide="ignore", invalid="ignore"):
                     zz = np.where(scale > 0, dev / np.where(scale > 0, scale, 1.0), np.where(dev == 0, 0.0, np.inf))
-                z[a:b][ready] = zz
-                x[a:b][ready] = np.abs(zz) - self.rule.threshold
+                z[here][ready] = zz
+                x[here][ready] = np.abs(zz) - self.rule.threshold
             self.history[name] = padded[~np.isnan(padded)][-size:]
         if not hot and not (x > 0).any():
             return None
