@@ -61,10 +61,28 @@ def fake_ipc(out: str, fail_local: int = 0) -> object:
     return client
 
 
+def inject(target: str, after: int, message: str) -> None:
+    """A fault: ``module.Class.method`` raises RuntimeError(message) from its call ``after + 1`` on."""
+    module_name, class_name, attribute = target.rsplit(".", 2)
+    cls = getattr(importlib.import_module(module_name), class_name)
+    original = getattr(cls, attribute)
+    calls = [0]
+
+    def failing(*args, **kwargs):
+        calls[0] += 1
+        if calls[0] > after:
+            raise RuntimeError(message)
+        return original(*args, **kwargs)
+
+    setattr(cls, attribute, failing)
+
+
 def main() -> None:
     spec = json.loads(open(sys.argv[1], encoding="utf-8").read())
     sys.path.insert(0, spec["code"])
     fake_ipc(spec["out"], spec.get("fail_local", 0))
+    if spec.get("inject"):
+        inject(**spec["inject"])
     module_name, _, function = spec["handler"].rpartition(".")
     module = importlib.import_module(module_name)  # what the Lambda runtime does with the handler string
     handler = getattr(module, function)
