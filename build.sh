@@ -4,6 +4,8 @@
 #   ./build.sh demo                 replay the bundled sample drive through all four components
 #   ./build.sh test [PYTEST ARGS]   ruff and mypy, then the whole test suite
 #   ./build.sh replay LOG --dbc DBC [--dbc DBC ...] [--config FILE] --out DIR [--speed X]
+#   ./build.sh run --interface IF --channel CH [--bitrate N] [--config FILE] [--out DIR] [--endpoint HOST --cert --key --ca]
+#                                   the four components live on a python-can bus (a USB adapter); Ctrl-C stops
 #   ./build.sh simulate [--out LOG] regenerate the sample drive recording
 #   ./build.sh bench [--repeat N]   throughput of the aggregator and detector vs per-sample loops
 #   ./build.sh memory               peak memory of each component (what the recipes' limits rest on)
@@ -93,6 +95,10 @@ case "$cmd" in
         setup
         run_py -m telemetry simulate "$@"
         ;;
+    run)
+        setup
+        exec "$VENV/bin/python" -m telemetry run "$@"  # exec: Ctrl-C reaches Python, which flushes and exits 0
+        ;;
     package)
         setup
         cd "$ROOT"
@@ -124,7 +130,7 @@ case "$cmd" in
         run_py -m pytest "$@"
         ;;
     ""|-h|--help|help)
-        sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'
+        sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'
         ;;
     *)
         die "unknown command '$cmd' (try ./build.sh help)"

@@ -12,10 +12,10 @@ import logging
 import sys
 
 from telemetry.edge.errors import TelemetryError
-from telemetry.tools.cli import demo, deploy, package, replay, simulate, uploader
+from telemetry.tools.cli import demo, deploy, package, replay, run, simulate, uploader
 
 # The commands, in the order ``--help`` lists them.
-COMMANDS = (replay, demo, uploader, package, deploy, simulate)
+COMMANDS = (replay, demo, run, uploader, package, deploy, simulate)
 
 
 def parser() -> argparse.ArgumentParser:
