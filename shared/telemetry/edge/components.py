@@ -241,7 +241,7 @@ class Services:
 
             cloud = LegacyCloudTransport(greengrasssdk.client("iot-data"))
         return cls(IpcLocalTransport(client), cloud, config, SystemClock(), env,
-                   name or env.get("AWS_LAMBDA_FUNCTION_NAME", ""))
+                   env.get("AWS_LAMBDA_FUNCTION_NAME") or name)
 
 
 def on_greengrass(env: Mapping[str, str] | None = None) -> bool:
