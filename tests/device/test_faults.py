@@ -337,3 +337,14 @@ def test_the_first_message_after_a_start_is_not_counted_as_lost(make_services):
     c.handle(signals_event(columns(**{"A.x": ([1.0], [1.0])}), seq=40))  # we restarted, not the reader
     c.handle(signals_event(columns(**{"A.x": ([2.0], [1.0])}), seq=41))
     assert (c.seq.missed, c.seq.unseen_at_start) == (0, 39) and statuses(services) == []
+
+
+# -- 9: TELEMETRY_LOG_LEVEL ---------------------------------------------------------------------------
+
+def test_the_log_level_comes_from_the_recipes_environment(caplog):
+    from telemetry.edge.components import log_level
+
+    assert log_level({"TELEMETRY_LOG_LEVEL": "debug"}) == logging.DEBUG
+    assert log_level({}) == logging.INFO
+    assert log_level({"TELEMETRY_LOG_LEVEL": "LOUD"}) == logging.INFO  # a typo must not stop the car's telemetry
+    assert "TELEMETRY_LOG_LEVEL='LOUD' is not one of" in caplog.text
