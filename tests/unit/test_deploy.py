@@ -332,8 +332,9 @@ def test_the_dry_run_shows_the_diff_against_the_current_deployment_with_read_onl
     with Stubber(s3) as s3s, Stubber(gg) as ggs:
         s3s.add_response("get_bucket_location", {"LocationConstraint": REGION}, {"Bucket": "fleet-artifacts"})
         stub_current(ggs, CURRENT)
-        assert dry_run(p, (REGION, s3, lam, gg)) == 0
+        assert dry_run(p, (REGION, s3, lam, gg), tmp_path) == 0
         ggs.assert_no_pending_responses()
+    assert json.loads((tmp_path / "merged-CreateDeployment.json").read_text()) == merged_with_current(p)
     out = capsys.readouterr().out
     assert "against its current deployment" in out and "dry run: nothing was created or changed" in out
     assert "  = com.team.PitRadio 1.4.0 (kept)" in out and "  + telemetry.CanReader 1.0.0" in out

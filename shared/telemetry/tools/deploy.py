@@ -393,6 +393,9 @@ class Deployer:
             resolve_versions(self.greengrass, merged, p.version_ranges, p.region, current)
         except ClientError as exc:
             raise _client_error(exc, f"reading the current deployment of {target}") from exc
+        problems = request_problems("greengrassv2", "CreateDeployment", merged)
+        if problems:
+            raise DeployError(f"the merged deployment for {target} would be refused:\n  " + "\n  ".join(problems))
         return current, merged
 
     def deploy(self, p: Plan) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 from typing import Any
 
@@ -75,7 +76,7 @@ def _do_deploy(args: argparse.Namespace) -> int:
         print(f"note: {note}")
     print(f"{len(written)} requests written to {Path(args.out) / 'requests'}; all pass botocore's validation")
     if args.dry_run:
-        return dry_run(the_plan, aws)
+        return dry_run(the_plan, aws, Path(args.out) / "requests")
     assert aws is not None
     _, s3, lambda_, greengrass = aws
     deployer = Deployer(s3, lambda_, greengrass)
@@ -84,7 +85,7 @@ def _do_deploy(args: argparse.Namespace) -> int:
     return 0
 
 
-def dry_run(the_plan: Any, aws: tuple[Any, Any, Any, Any] | None) -> int:
+def dry_run(the_plan: Any, aws: tuple[Any, Any, Any, Any] | None, folder: Path | None = None) -> int:
     """What a deploy would change: the bucket's Region checked and the merged deployment's diff
     against the target's current one, with read-only calls (GetBucketLocation, ListDeployments,
     GetDeployment, ListComponentVersions); nothing is created or changed."""
@@ -104,6 +105,10 @@ def dry_run(the_plan: Any, aws: tuple[Any, Any, Any, Any] | None) -> int:
             print(f"note: the current deployment of {target} could not be read ({exc})")
         for line in deployer.log:
             print(line)
+    if folder is not None:
+        path = folder / "merged-CreateDeployment.json"
+        path.write_text(json.dumps(merged, indent=2, sort_keys=True, default=str) + "\n")
+        print(f"the deployment as it would be created (merged): {path}")
     where = "its current deployment" if current else "no current deployment (a first deployment)"
     print(f"deployment for {target}, against {where}:")
     for line in deployment_diff(current, merged):
