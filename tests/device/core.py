@@ -12,7 +12,8 @@ whose ``publish_to_topic`` / ``publish_to_iot_core`` append to a JSON-lines file
 writing to the nucleus's domain socket.
 
 The driver then imports the handler module by name (``handler`` of ``handler.function_handler``),
-calls ``function_handler(event, context)`` once per event (bytes for a binary-input recipe, the
+waits for its events file (written by the test once the functions upstream are done), calls
+``function_handler(event, context)`` once per event (bytes for a binary-input recipe, the
 JSON object otherwise), prints ``idle`` when the function has nothing left to do and waits for
 the SIGTERM with which the nucleus stops a component: the function's own handler must flush
 and end the process with status 0.
@@ -23,6 +24,7 @@ from __future__ import annotations
 import base64
 import importlib
 import json
+import os
 import sys
 import threading
 import time
@@ -88,7 +90,11 @@ def main() -> None:
     handler = getattr(module, function)
     print(f"imported {module_name} from {module.__file__}", flush=True)
     context = types.SimpleNamespace(function_name=spec["function"], function_version="1")
-    for line in open(spec["events"], encoding="utf-8") if spec.get("events") else ():
+    events = spec.get("events")
+    if events:  # written (atomically) once the functions upstream have published everything
+        while not os.path.exists(events):
+            time.sleep(0.02)
+    for line in open(events, encoding="utf-8") if events else ():
         event = json.loads(line)
         if "binary" in event:
             payload = base64.b64decode(event["binary"])

@@ -6,10 +6,11 @@ from __future__ import annotations
 import base64
 import json
 import os
-import selectors
+import queue
 import signal
 import subprocess
 import sys
+import threading
 import time
 import zipfile
 from dataclasses import dataclass, field
@@ -48,6 +49,7 @@ class Function:
     proc: subprocess.Popen[str] | None = None
     lines: list[str] = field(default_factory=list)
     stderr: str = ""
+    log: Path | None = None
 
     def start(self, events: Path | None = None, **extra: Any) -> None:
         spec = {"code": str(self.code), "handler": self.recipe.function["Handler"], "out": str(self.out),
@@ -56,25 +58,38 @@ class Function:
         spec_path = self.work.parent / f"{self.recipe.name}.spec.json"
         spec_path.write_text(json.dumps(spec))
         # -I -S: the interpreter of the core, without this machine's site-packages
-        self.proc = subprocess.Popen([sys.executable, "-I", "-S", str(DRIVER), str(spec_path)], cwd=self.work,
-                                     env=self.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        # stderr (the function's log) to a file: a pipe nobody reads while it runs could fill and block it
+        self.log = self.work.parent / f"{self.recipe.name}.stderr"
+        with self.log.open("w") as log:
+            self.proc = subprocess.Popen([sys.executable, "-I", "-S", str(DRIVER), str(spec_path)], cwd=self.work,
+                                         env=self.env, stdout=subprocess.PIPE, stderr=log, text=True)
+        self._out = queue.Queue()
+        self._pumping = threading.Thread(target=self._pump, name=f"stdout-{self.recipe.name}")
+        self._pumping.start()
+
+    def _pump(self) -> None:
+        """The process's output, line by line, into ``self._out`` (a thread: no select on a
+        buffered pipe, which can hold a line select does not see)."""
+        assert self.proc is not None and self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self._out.put(line.rstrip("\n"))
+        self._out.put(None)
 
     def wait_for(self, word: str, timeout: float = 120.0) -> None:
-        """Read the process's output until a line says ``word``; fail with its stderr if it ends first."""
-        assert self.proc is not None and self.proc.stdout is not None
-        selector = selectors.DefaultSelector()
-        selector.register(self.proc.stdout, selectors.EVENT_READ)
+        """Read the process's output until a line says ``word``; fail with its log if it ends first."""
+        assert self.proc is not None
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if selector.select(timeout=1.0):
-                line = self.proc.stdout.readline()
-                if not line:
-                    break
-                self.lines.append(line.rstrip())
-                if line.strip() == word:
-                    return
-        self.proc.kill()
-        _, self.stderr = self.proc.communicate()
+        while True:
+            try:
+                line = self._out.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                line = None
+            if line is None:
+                break
+            self.lines.append(line)
+            if line.strip() == word:
+                return
+        self.kill()
         raise AssertionError(f"{self.recipe.name} never said {word!r} (exit status {self.proc.returncode}):\n"
                              + "\n".join(self.lines) + "\n" + self.stderr[-3000:])
 
@@ -82,28 +97,32 @@ class Function:
         """SIGTERM, as the nucleus stops a component; the exit status."""
         assert self.proc is not None
         self.proc.send_signal(signal.SIGTERM)
-        try:
-            _, self.stderr = self.proc.communicate(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            _, self.stderr = self.proc.communicate()
-            raise AssertionError(f"{self.recipe.name} did not end within {timeout} s of SIGTERM") from None
-        return self.proc.returncode
+        return self.wait_exit(timeout, f"did not end within {timeout} s of SIGTERM")
 
-    def wait_exit(self, timeout: float = 60.0) -> int:
+    def wait_exit(self, timeout: float = 60.0, failure: str = "still running") -> int:
         assert self.proc is not None
         try:
-            _, self.stderr = self.proc.communicate(timeout=timeout)
+            self.proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
-            self.proc.kill()
-            _, self.stderr = self.proc.communicate()
-            raise AssertionError(f"{self.recipe.name} still running after {timeout} s") from None
+            self.kill()
+            raise AssertionError(f"{self.recipe.name} {failure}") from None
+        finally:
+            self._finish()
         return self.proc.returncode
 
     def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.communicate()
+        if self.proc is not None:
+            if self.proc.poll() is None:
+                self.proc.kill()
+                self.proc.wait()
+            self._finish()
+
+    def _finish(self) -> None:
+        self._pumping.join(10)
+        if self.proc is not None and self.proc.stdout is not None:
+            self.proc.stdout.close()
+        if self.log is not None:
+            self.stderr = self.log.read_text()
 
     def published(self, to: str = "local") -> list[dict[str, Any]]:
         if not self.out.exists():
@@ -138,9 +157,11 @@ class Core:
 
 def events_file(path: Path, entries: list[dict[str, Any]]) -> Path:
     """What the nucleus delivers to a function: the local publishes on its event sources, in order."""
-    with path.open("w") as out:
+    partial = path.with_name(path.name + ".partial")
+    with partial.open("w") as out:
         for e in entries:
             out.write(json.dumps({k: v for k, v in e.items() if k in ("binary", "json")}) + "\n")
+    partial.rename(path)  # at once: a function waiting for it never reads half of it
     return path
 
 

@@ -41,17 +41,21 @@ def test_the_four_zips_run_a_replay_on_a_core_and_stop_cleanly(x86_64_zips, core
     log = SAMPLE / "drive.log"
     reader.env["TELEMETRY_LOG"] = str(log)  # a replay instead of can0; the configuration stays relative
 
-    # The reader: imported at start, its loop reads the log in a thread.
+    # All four start together, as the nucleus starts them; the reader's loop reads the log in a thread.
+    inbox = {f.recipe.name: f.work.parent / f"{f.recipe.name}.events" for f in (aggregator, detector, uploader)}
     reader.start()
+    for f in (aggregator, detector, uploader):
+        f.start(inbox[f.recipe.name])
     reader.wait_for("idle")
     signals = local_on([reader], "telemetry/signals")
     # The aggregator and the detector get what the reader published on their event source.
     for function in (aggregator, detector):
-        function.start(events_file(function.work.parent / f"{function.recipe.name}.events", signals))
+        events_file(inbox[function.recipe.name], signals)
+    for function in (aggregator, detector):
         function.wait_for("idle")
     # The uploader gets both outputs; its pinned sender publishes to IoT Core.
     upstream = local_on([aggregator], "telemetry/aggregates") + local_on([detector], "telemetry/alerts")
-    uploader.start(events_file(uploader.work.parent / "uploader.events", upstream))
+    events_file(inbox[uploader.recipe.name], upstream)
     uploader.wait_for("idle")
 
     statuses = {name: f.terminate() for name, f in fn.items()}
