@@ -105,9 +105,10 @@ class Backoff:
 class SeqWatch:
     """Counts messages lost between processes: each producer numbers what it publishes 1, 2, 3, ...
     from its start (``seq``), so a jump is messages that never arrived (on a core, the nucleus
-    drops a message whose topic has no subscriber yet, and a publish does not wait). A number
-    that does not go up is the producer restarting: counted, and its new run's first numbers
-    that did not arrive are missed too. Before the first message seen from a producer nothing is
+    drops a message whose topic has no subscriber yet, and a publish does not wait). The same
+    number again is not a loss (a redelivery, or one message split in parts); a number that goes
+    down is the producer restarting: counted, and its new run's first numbers that did not
+    arrive are missed too. Before the first message seen from a producer nothing is
     known: a first ``seq`` above 1 is counted apart (``unseen_at_start``), as this process may be
     the one that restarted."""
 
@@ -130,7 +131,9 @@ class SeqWatch:
         if last is None:
             self.unseen_at_start += seq - 1
             return 0
-        if seq <= last:
+        if seq == last:  # the same number again: a redelivery, or one message split in parts
+            return 0
+        if seq < last:
             self.restarts += 1
             missed = seq - 1
         else:
