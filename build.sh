@@ -4,6 +4,8 @@
 #   ./build.sh demo                 replay the bundled sample drive through all four components
 #   ./build.sh test [PYTEST ARGS]   ruff and mypy, then the whole test suite
 #   ./build.sh replay LOG --dbc DBC [--dbc DBC ...] [--config FILE] --out DIR [--speed X]
+#   ./build.sh run --interface IF --channel CH [--bitrate N] [--config FILE] [--out DIR] [--endpoint HOST --cert --key --ca]
+#                                   the four components live on a python-can bus (a USB adapter); Ctrl-C stops
 #   ./build.sh simulate [--out LOG] regenerate the sample drive recording
 #   ./build.sh decode-cloud cloud.jsonl|DIR [--to csv|jsonl|parquet] [--out FILE]   aggregates to rows
 #   ./build.sh bench [--repeat N]   throughput of the aggregator and detector vs per-sample loops
@@ -98,6 +100,10 @@ case "$cmd" in
         setup
         run_py -m telemetry decode-cloud "$@"
         ;;
+    run)
+        setup
+        exec "$VENV/bin/python" -m telemetry run "$@"  # exec: Ctrl-C reaches Python, which flushes and exits 0
+        ;;
     package)
         setup
         cd "$ROOT"
@@ -129,7 +135,7 @@ case "$cmd" in
         run_py -m pytest "$@"
         ;;
     ""|-h|--help|help)
-        sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'
+        sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'
         ;;
     *)
         die "unknown command '$cmd' (try ./build.sh help)"

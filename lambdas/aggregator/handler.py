@@ -2,5 +2,6 @@
 
 from telemetry.edge.components import AggregatorComponent, LambdaAdapter
 
-adapter = LambdaAdapter(AggregatorComponent)
+adapter = LambdaAdapter(AggregatorComponent, __file__)
+adapter.serve()  # on a core: built now, SIGTERM flushes its open windows
 function_handler = adapter.handle

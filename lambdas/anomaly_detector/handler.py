@@ -2,5 +2,6 @@
 
 from telemetry.edge.components import AnomalyDetectorComponent, LambdaAdapter
 
-adapter = LambdaAdapter(AnomalyDetectorComponent)
+adapter = LambdaAdapter(AnomalyDetectorComponent, __file__)
+adapter.serve()  # on a core: built now, SIGTERM flushes its open windows
 function_handler = adapter.handle

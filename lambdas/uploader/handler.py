@@ -3,6 +3,6 @@ here without blocking the import, forwards them to AWS IoT Core."""
 
 from telemetry.edge.components import LambdaAdapter, UploaderComponent
 
-adapter = LambdaAdapter(UploaderComponent)
-adapter.start_pinned()
+adapter = LambdaAdapter(UploaderComponent, __file__)
+adapter.serve()
 function_handler = adapter.handle

@@ -18,6 +18,7 @@ DBC = ROOT / "vehicles/sample/solar_car.dbc"
 OPTIONS = {
     "replay": ["log", "--dbc", "--config", "--out", "--speed"],
     "demo": ["--out", "--speed"],
+    "run": ["--interface", "--channel", "--bitrate", "--config", "--out", "--endpoint", "--drain"],
     "uploader": ["--config", "--spool", "--endpoint", "--port", "--cert", "--key", "--ca", "--client-id", "--drain"],
     "package": ["--arch", "--out", "--config"],
     "deploy": ["--thing-group", "--thing", "--bucket", "--role-arn", "--region", "--account", "--arch", "--config",

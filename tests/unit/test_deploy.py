@@ -43,7 +43,7 @@ def make_plan(recipes, cfg, tmp_path, **kw):
         zips[r.name] = path
     return plan(recipes, cfg, zips, region=REGION, account=ACCOUNT, bucket="fleet-artifacts",
                 role_arn=f"arn:aws:iam::{ACCOUNT}:role/telemetry-lambda",
-                target_arn=target_arn(REGION, ACCOUNT, thing_group="racecars"), arch="aarch64", **kw)
+                target_arn=target_arn(REGION, ACCOUNT, thing_group="racecars"), **{"arch": "aarch64", **kw})
 
 
 def test_every_request_passes_botocore_validation(recipes, cfg, tmp_path):
@@ -69,11 +69,13 @@ def test_access_control_names_exactly_the_topics_each_component_publishes_to(rec
     by_name = {r.name: r for r in recipes}
     assert access_control(by_name["telemetry.CanReader"], cfg) == {"aws.greengrass.ipc.pubsub": {
         "telemetry.CanReader:pubsub:1": {"policyDescription": ANY, "operations": ["aws.greengrass#PublishToTopic"],
-                                         "resources": ["telemetry/signals"]}}}
+                                         "resources": ["telemetry/signals"]}}, "aws.greengrass.ipc.mqttproxy": {
+        "telemetry.CanReader:mqttproxy:1": {"policyDescription": ANY, "operations": ["aws.greengrass#PublishToIoTCore"],
+                                            "resources": ["dt/sunrace-01/health"]}}}
     assert access_control(by_name["telemetry.Aggregator"], cfg)["aws.greengrass.ipc.pubsub"][
         "telemetry.Aggregator:pubsub:1"]["resources"] == ["telemetry/aggregates"]
     uploader = access_control(by_name["telemetry.Uploader"], cfg)
-    assert set(uploader) == {"aws.greengrass.ipc.mqttproxy"}
+    assert set(uploader) == {"aws.greengrass.ipc.mqttproxy"}  # no local output
     proxy = uploader["aws.greengrass.ipc.mqttproxy"]["telemetry.Uploader:mqttproxy:1"]
     assert proxy["operations"] == ["aws.greengrass#PublishToIoTCore"]
     assert proxy["resources"] == ["dt/sunrace-01/aggregates", "dt/sunrace-01/alerts", "dt/sunrace-01/gaps", "dt/sunrace-01/health"]
@@ -82,7 +84,12 @@ def test_access_control_names_exactly_the_topics_each_component_publishes_to(rec
     merges = [json.loads(c["configurationUpdate"]["merge"]) for c in p.deployment["components"].values()]
     resources = [r for m in merges for service in m["accessControl"].values() for policy in service.values()
                  for r in policy["resources"]]
-    assert len(resources) == 3 + 4 and not any(c in r for r in resources for c in "#+*")
+    assert len(resources) == 3 + 4 + 3 and not any(c in r for r in resources for c in "#+*")
+    # the others may publish their status on the health topic, and nothing else in the cloud
+    for name in ("telemetry.CanReader", "telemetry.Aggregator", "telemetry.AnomalyDetector"):
+        merge = json.loads(p.deployment["components"][name]["configurationUpdate"]["merge"])
+        assert merge["accessControl"]["aws.greengrass.ipc.mqttproxy"][f"{name}:mqttproxy:1"]["resources"] == [
+            "dt/sunrace-01/health"]
 
 
 def test_the_legacy_path_adds_the_subscription_router(recipes, cfg, tmp_path):
@@ -118,8 +125,33 @@ def not_found(stub, name):
                           expected_params={"FunctionName": name})
 
 
-def stub_deploy(p, s3s, lams, ggs, *, existing=(), component_state=None, expired_at=None):
+CURRENT = {  # the group's current deployment: the Greengrass CLI and a team's own component
+    "targetArn": f"arn:aws:iot:{REGION}:{ACCOUNT}:thinggroup/racecars", "deploymentId": "d-0001", "revisionId": "3",
+    "deploymentName": "racecars-fleet", "deploymentStatus": "ACTIVE", "isLatestForTarget": True,
+    "components": {
+        "aws.greengrass.Cli": {"componentVersion": "2.12.6"},
+        "com.team.PitRadio": {"componentVersion": "1.4.0",
+                              "configurationUpdate": {"merge": "{\"channel\": 7}", "reset": ["/volume"]},
+                              "runWith": {"systemResourceLimits": {"memory": 20480}}},
+        "telemetry.Aggregator": {"componentVersion": "0.9.0"},
+    },
+    "deploymentPolicies": {"failureHandlingPolicy": "ROLLBACK"},
+}
+
+
+def stub_current(ggs, current=None):
+    target = f"arn:aws:iot:{REGION}:{ACCOUNT}:thinggroup/racecars"
+    listed = [] if current is None else [{k: current[k] for k in ("targetArn", "deploymentId", "revisionId",
+                                                                     "deploymentName", "deploymentStatus", "isLatestForTarget")}]
+    ggs.add_response("list_deployments", {"deployments": listed}, {"targetArn": target, "historyFilter": "LATEST_ONLY"})
+    if current is not None:
+        ggs.add_response("get_deployment", current, {"deploymentId": current["deploymentId"]})
+
+
+def stub_deploy(p, s3s, lams, ggs, *, existing=(), component_state=None, expired_at=None, current=None,
+                router_versions=None, expect=None):
     """Queue the exact calls of a deploy, in order, on each client's Stubber."""
+    s3s.add_response("get_bucket_location", {"LocationConstraint": REGION}, {"Bucket": "fleet-artifacts"})
     for f in p.functions:
         name = f.create["FunctionName"]
         s3s.add_response("put_object", {}, {"Bucket": "fleet-artifacts", "Key": f.s3_key, "Body": ANY})
@@ -162,7 +194,14 @@ def stub_deploy(p, s3s, lams, ggs, *, existing=(), component_state=None, expired
         ggs.add_response("describe_component", {"arn": arn, "status": status}, {"arn": arn})
         if state == "FAILED":
             return
-    ggs.add_response("create_deployment", {"deploymentId": "d-1234", "iotJobId": "job-1"}, p.deployment)
+    stub_current(ggs, current)
+    if router_versions is not None:
+        ggs.add_response("list_component_versions",
+                         {"componentVersions": [{"componentName": "aws.greengrass.LegacySubscriptionRouter",
+                                                 "componentVersion": v, "arn": f"arn:{v}"} for v in router_versions]},
+                         {"arn": f"arn:aws:greengrass:{REGION}:aws:components:aws.greengrass.LegacySubscriptionRouter"})
+    ggs.add_response("create_deployment", {"deploymentId": "d-1234", "iotJobId": "job-1"},
+                     expect if expect is not None else p.deployment)
 
 
 def test_a_full_deploy_makes_the_exact_requests_in_order(recipes, cfg, tmp_path):
@@ -188,6 +227,10 @@ def test_a_full_deploy_makes_the_exact_requests_in_order(recipes, cfg, tmp_path)
         "component telemetry.Aggregator 1.0.0 is deployable",
         "component telemetry.AnomalyDetector 1.0.0 is deployable",
         "component telemetry.CanReader 1.0.0 is deployable",
+        "deployment: + telemetry.Aggregator 1.0.0",
+        "deployment: + telemetry.AnomalyDetector 1.0.0",
+        "deployment: + telemetry.CanReader 1.0.0",
+        "deployment: + telemetry.Uploader 1.0.0",
         f"deployment d-1234 created for arn:aws:iot:{REGION}:{ACCOUNT}:thinggroup/racecars",
     ]
 
@@ -221,6 +264,7 @@ def test_an_existing_component_version_asks_for_a_version_bump(recipes, cfg, tmp
     s3, lam, gg = clients()
     with Stubber(s3) as s3s, Stubber(lam) as lams, Stubber(gg) as ggs:
         f = p.functions[0]
+        s3s.add_response("get_bucket_location", {"LocationConstraint": REGION}, {"Bucket": "fleet-artifacts"})
         s3s.add_response("put_object", {}, {"Bucket": "fleet-artifacts", "Key": f.s3_key, "Body": ANY})
         not_found(lams, f.create["FunctionName"])
         lams.add_response("create_function", {"FunctionName": "x", "Version": "1"}, f.create)
@@ -236,6 +280,7 @@ def test_a_function_that_fails_to_activate_is_reported(recipes, cfg, tmp_path):
     s3, lam, gg = clients()
     f = p.functions[0]
     with Stubber(s3) as s3s, Stubber(lam) as lams:
+        s3s.add_response("get_bucket_location", {"LocationConstraint": REGION}, {"Bucket": "fleet-artifacts"})
         s3s.add_response("put_object", {}, {"Bucket": "fleet-artifacts", "Key": f.s3_key, "Body": ANY})
         not_found(lams, f.create["FunctionName"])
         lams.add_response("create_function", {"FunctionName": "x", "Version": "1"}, f.create)
@@ -244,6 +289,148 @@ def test_a_function_that_fails_to_activate_is_reported(recipes, cfg, tmp_path):
                           {"FunctionName": f.create["FunctionName"], "Qualifier": "1"})
         with pytest.raises(DeployError, match="failed: The role cannot be assumed"):
             Deployer(s3, lam, gg, poll_seconds=0, sleep=lambda s: None).deploy(p)
+
+
+# -- a deployment merges into the target's current one --------------------------------------------
+
+
+def merged_with_current(p):
+    from telemetry.tools.deploy import merge_deployment
+
+    return merge_deployment(p.deployment, CURRENT)
+
+
+def test_a_deploy_keeps_the_groups_other_components_and_their_configuration(recipes, cfg, tmp_path):
+    p = make_plan(recipes, cfg, tmp_path)
+    expected = merged_with_current(p)
+    s3, lam, gg = clients()
+    with Stubber(s3) as s3s, Stubber(lam) as lams, Stubber(gg) as ggs:
+        stub_deploy(p, s3s, lams, ggs, current=CURRENT, expect=expected)  # the create_deployment params, exactly
+        deployer = Deployer(s3, lam, gg, poll_seconds=0, sleep=lambda s: None)
+        assert deployer.deploy(p) == "d-1234"
+        ggs.assert_no_pending_responses()
+    kept = expected["components"]
+    assert kept["aws.greengrass.Cli"] == {"componentVersion": "2.12.6"}
+    assert kept["com.team.PitRadio"] == CURRENT["components"]["com.team.PitRadio"]  # config, reset, limits as they were
+    assert kept["telemetry.Aggregator"] == p.deployment["components"]["telemetry.Aggregator"]  # ours replaces its own
+    assert expected["deploymentName"] == "racecars-fleet" and len(kept) == 6
+    assert [line for line in deployer.log if line.startswith("deployment: ")] == [
+        "deployment: = aws.greengrass.Cli 2.12.6 (kept)",
+        "deployment: = com.team.PitRadio 1.4.0 (kept)",
+        "deployment: ~ telemetry.Aggregator 1.0.0 (0.9.0 -> 1.0.0, configuration, runWith)",
+        "deployment: + telemetry.AnomalyDetector 1.0.0",
+        "deployment: + telemetry.CanReader 1.0.0",
+        "deployment: + telemetry.Uploader 1.0.0",
+    ]
+
+
+def test_the_dry_run_shows_the_diff_against_the_current_deployment_with_read_only_calls(recipes, cfg, tmp_path, capsys):
+    from telemetry.tools.cli.deploy import dry_run
+
+    p = make_plan(recipes, cfg, tmp_path)
+    s3, lam, gg = clients()
+    with Stubber(s3) as s3s, Stubber(gg) as ggs:
+        s3s.add_response("get_bucket_location", {"LocationConstraint": REGION}, {"Bucket": "fleet-artifacts"})
+        stub_current(ggs, CURRENT)
+        assert dry_run(p, (REGION, s3, lam, gg), tmp_path) == 0
+        ggs.assert_no_pending_responses()
+    assert json.loads((tmp_path / "merged-CreateDeployment.json").read_text()) == merged_with_current(p)
+    out = capsys.readouterr().out
+    assert "against its current deployment" in out and "dry run: nothing was created or changed" in out
+    assert "  = com.team.PitRadio 1.4.0 (kept)" in out and "  + telemetry.CanReader 1.0.0" in out
+
+
+def test_a_bucket_in_another_region_stops_the_deploy_before_any_upload(recipes, cfg, tmp_path):
+    p = make_plan(recipes, cfg, tmp_path)
+    s3, lam, gg = clients()
+    with Stubber(s3) as s3s, Stubber(lam), Stubber(gg):
+        s3s.add_response("get_bucket_location", {"LocationConstraint": "us-west-2"}, {"Bucket": "fleet-artifacts"})
+        with pytest.raises(DeployError, match="bucket fleet-artifacts is in us-west-2, the functions in eu-west-1"):
+            Deployer(s3, lam, gg, poll_seconds=0, sleep=lambda s: None).deploy(p)
+        s3s.assert_no_pending_responses()
+    # us-east-1 has no LocationConstraint; a location that cannot be read is said, not held against it
+    from telemetry.tools.deploy import bucket_region
+
+    with Stubber(s3) as s3s:
+        s3s.add_response("get_bucket_location", {}, {"Bucket": "b"})
+        assert bucket_region(s3, "b") == "us-east-1"
+    with Stubber(s3) as s3s:
+        s3s.add_client_error("get_bucket_location", "AccessDenied", "denied", 403)
+        deployer = Deployer(s3, lam, gg)
+        deployer.check_bucket(p)
+        assert deployer.log == ["note: the Region of bucket fleet-artifacts is not known (AccessDenied); it must be eu-west-1"]
+
+
+def test_legacy_takes_the_newest_router_in_range_or_keeps_the_targets_own(recipes, cfg, tmp_path):
+    p = make_plan(recipes, cfg, tmp_path, legacy=True)
+    uploader = next(c for c in p.components if c["lambdaFunction"]["componentName"] == "telemetry.Uploader")
+    assert uploader["lambdaFunction"]["componentDependencies"]["aws.greengrass.LegacySubscriptionRouter"] == {
+        "versionRequirement": ">=2.1.0 <3.0.0", "dependencyType": "SOFT"}
+    expected = json.loads(json.dumps(p.deployment))
+    expected["components"]["aws.greengrass.LegacySubscriptionRouter"]["componentVersion"] = "2.1.17"
+    s3, lam, gg = clients()
+    with Stubber(s3) as s3s, Stubber(lam) as lams, Stubber(gg) as ggs:
+        stub_deploy(p, s3s, lams, ggs, router_versions=["2.0.9", "2.1.15", "2.1.17", "3.0.0"], expect=expected)
+        Deployer(s3, lam, gg, poll_seconds=0, sleep=lambda s: None).deploy(p)
+        ggs.assert_no_pending_responses()
+    # a group that runs the router already, at a version in range, keeps it (no ListComponentVersions)
+    current = json.loads(json.dumps(CURRENT))
+    current["components"]["aws.greengrass.LegacySubscriptionRouter"] = {"componentVersion": "2.1.10"}
+    from telemetry.tools.deploy import merge_deployment, resolve_versions, satisfies
+
+    merged = merge_deployment(p.deployment, current)
+    resolve_versions(None, merged, p.version_ranges, REGION, current)
+    assert merged["components"]["aws.greengrass.LegacySubscriptionRouter"]["componentVersion"] == "2.1.10"
+    assert satisfies("2.1.15", ">=2.1.0 <3.0.0") and not satisfies("3.0.0", ">=2.1.0 <3.0.0")
+
+
+def test_components_name_the_zips_architecture_and_get_resource_limits(recipes, cfg, tmp_path):
+    for arch, spelled in (("aarch64", "aarch64"), ("x86_64", "amd64")):
+        p = make_plan(recipes, cfg, tmp_path, arch=arch)
+        for c in p.components:
+            assert [pl["attributes"] for pl in c["lambdaFunction"]["componentPlatforms"]] == [
+                {"os": "linux", "architecture": spelled}]
+        assert validate(p) == []
+    for r in recipes:
+        limits = p.deployment["components"][r.name]["runWith"]["systemResourceLimits"]
+        memory = r.params["linuxProcessParams"]["containerParams"]["memorySizeInKB"]
+        assert limits == {"memory": memory, "cpus": r.cpus} and 0 < r.cpus <= 1
+
+
+# -- the deployer's IAM policy in the README covers every call a deploy makes -----------------------
+
+
+def readme_policy_actions() -> set[str]:
+    text = (ROOT / "README.md").read_text()
+    start = text.index("The deployer (your CLI credentials):")
+    block = text[text.index("```json", start) + len("```json"):text.index("```", text.index("```json", start) + 7)]
+    statements = json.loads(block)["Statement"]
+    return {a for s in statements for a in ([s["Action"]] if isinstance(s["Action"], str) else s["Action"])}
+
+
+def test_the_readme_policy_allows_every_action_a_deploy_calls(recipes, cfg, tmp_path):
+    seen: set[str] = set()
+
+    def record(model, **_):
+        prefix = model.service_model.signing_name or model.service_model.endpoint_prefix
+        seen.add(f"{prefix}:{model.name}")
+
+    s3, lam, gg = clients()
+    for client in (s3, lam, gg):
+        client.meta.events.register("before-parameter-build.*.*", record)
+    # every path: functions new and existing, the legacy router resolved, a group with a current deployment
+    p = make_plan(recipes, cfg, tmp_path, legacy=True)
+    from telemetry.tools.deploy import merge_deployment
+
+    expected = merge_deployment(p.deployment, CURRENT)
+    expected["components"]["aws.greengrass.LegacySubscriptionRouter"]["componentVersion"] = "2.1.17"
+    with Stubber(s3) as s3s, Stubber(lam) as lams, Stubber(gg) as ggs:
+        stub_deploy(p, s3s, lams, ggs, existing={"telemetry-aggregator"}, current=CURRENT,
+                    router_versions=["2.1.17"], expect=expected)
+        Deployer(s3, lam, gg, poll_seconds=0, sleep=lambda s: None).deploy(p)
+    assert {"lambda:UpdateFunctionConfiguration", "greengrass:GetDeployment", "s3:GetBucketLocation"} <= seen
+    missing = seen - readme_policy_actions()
+    assert not missing, f"the README's deployer policy lacks {sorted(missing)}"
 
 
 # -- the legacy V1 transport, through greengrasssdk's own code ----------------------------------

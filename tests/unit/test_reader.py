@@ -116,8 +116,10 @@ def test_live_interface_from_configuration(make_services):
     services = make_services(reader={"interface": "virtual", "channel": "cfg-bus"})
     reader = CanReaderComponent(services)
     try:
-        assert isinstance(reader.source, BusSource)
-        assert reader.live
+        assert reader.source is None and reader.live  # opened by the reading loop, not at import
+        bus = reader._open_bus()
+        assert isinstance(bus, BusSource) and bus.bus.channel_info.endswith("cfg-bus")
+        bus.close()
     finally:
         reader.close()
 

@@ -121,3 +121,20 @@ def test_start_order_is_stable_and_dependencies_first(project):
     recipes = load_recipes(project / "recipes")
     names = [r.name for r in start_order(reversed(recipes))]
     assert names == [r.name for r in start_order(recipes)]
+
+
+def test_every_recipe_sets_its_log_level_and_cpu_share():
+    for r in load_recipes(ROOT / "recipes"):
+        assert r.environment["TELEMETRY_LOG_LEVEL"] == "INFO", r.name  # read by the adapter on a core
+        assert r.cpus is not None and 0 < r.cpus <= 1, r.name
+
+
+@pytest.mark.parametrize("deployment, message", [
+    ({"cpus": 0}, "deployment cpus must be a number above 0"),
+    ({"cpus": "half"}, "deployment cpus must be a number above 0"),
+    ({"cpus": 1, "memory": 5}, "'deployment' takes only 'cpus'"),
+])
+def test_a_deployment_section_is_checked(project, deployment, message):
+    edit(project, "aggregator", lambda d: d.update(deployment=deployment))
+    with pytest.raises(RecipeError, match=message):
+        load_recipes(project / "recipes")

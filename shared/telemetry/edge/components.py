@@ -19,12 +19,18 @@ importing a handler module off Greengrass does nothing at all.
 from __future__ import annotations
 
 import logging
+import math
 import os
+import signal
+import sys
 import threading
 from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
+
+import can
 
 from .. import wire
 from . import messages
@@ -33,7 +39,7 @@ from .clock import Clock, SystemClock
 from .config import VehicleConfig, load_config, rules_matching_nothing
 from .decode import DbcDecoder, Decoder
 from .detector import Detector
-from .errors import ConfigError, MessageError
+from .errors import ConfigError, MessageError, SourceError, TransportError
 from .frames import Frames
 from .reader import ClockGuard, FrameBatcher, ReaderCore, batch_ends
 from .sources import BusSource, FrameSource, LogSource
@@ -45,6 +51,159 @@ LOG = logging.getLogger(__name__)
 
 # Set by the Greengrass nucleus for every component that may use IPC.
 GREENGRASS_ENV = ("AWS_GG_NUCLEUS_DOMAIN_SOCKET_FILEPATH_FOR_COMPONENT", "SVCUID")
+# What a running loop retries (with back-off) instead of dying: a bus that is down or bus-off
+# (python-can raises OSError or a CanError), a bus that cannot be opened yet.
+READ_ERRORS: tuple[type[BaseException], ...] = (OSError, can.CanError, SourceError)
+RETRY_MIN_SECONDS = 0.5
+RETRY_MAX_SECONDS = 30.0
+STOP_SECONDS = 5.0  # what a stop (SIGTERM) gives a loop to flush; Greengrass allows a component more
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+def bundled(path: str, base: Path | None) -> str:
+    """A file the package carries (``vehicle.toml``, a log): an absolute path is used as it is, a
+    relative one is found beside the handler module (``base``), never in the working directory
+    (Greengrass starts a component in ``/greengrass/v2/work/<component>``, its code is elsewhere)."""
+    if base is None or Path(path).is_absolute():
+        return path
+    return str(base / path)
+
+
+def log_level(env: Mapping[str, str]) -> int:
+    """``TELEMETRY_LOG_LEVEL`` (the recipes set it), INFO when unset; a wrong name is reported
+    and INFO used (a typo in a level must not stop a car's telemetry)."""
+    name = (env.get("TELEMETRY_LOG_LEVEL") or "INFO").strip().upper()
+    if name not in LOG_LEVELS:
+        LOG.warning("TELEMETRY_LOG_LEVEL=%r is not one of %s; using INFO", name, ", ".join(LOG_LEVELS))
+        return logging.INFO
+    return int(getattr(logging, name))
+
+
+def configure_logging(env: Mapping[str, str]) -> None:
+    """The package's log level from the environment; a handler on stderr (which Greengrass writes
+    to the component's log file) if the process has none."""
+    root = logging.getLogger()
+    if not root.handlers:
+        logging.basicConfig(stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("telemetry").setLevel(log_level(env))
+
+
+class Backoff:
+    """Waits that double from ``first`` up to ``most``; ``reset`` after a success."""
+
+    def __init__(self, first: float = RETRY_MIN_SECONDS, most: float = RETRY_MAX_SECONDS) -> None:
+        self.first, self.most = first, most
+        self.delay = first
+
+    def next(self) -> float:
+        delay, self.delay = self.delay, min(self.delay * 2, self.most)
+        return delay
+
+    def reset(self) -> None:
+        self.delay = self.first
+
+
+class SeqWatch:
+    """Counts messages lost between processes: each producer numbers what it publishes 1, 2, 3, ...
+    from its start (``seq``), so a jump is messages that never arrived (on a core, the nucleus
+    drops a message whose topic has no subscriber yet, and a publish does not wait). The same
+    number again is not a loss (a redelivery, or one message split in parts); a number that goes
+    down is the producer restarting: counted, and its new run's first numbers that did not
+    arrive are missed too. Before the first message seen from a producer nothing is
+    known: a first ``seq`` above 1 is counted apart (``unseen_at_start``), as this process may be
+    the one that restarted."""
+
+    MAX_SOURCES = 32
+
+    def __init__(self) -> None:
+        self.last: dict[str, int] = {}
+        self.missed = 0
+        self.restarts = 0
+        self.unseen_at_start = 0
+
+    def see(self, source: str, seq: int) -> int:
+        """Note a message; the number of messages found missing by it."""
+        if seq <= 0:  # a producer that does not number its messages
+            return 0
+        if source not in self.last and len(self.last) >= self.MAX_SOURCES:
+            source = "other"
+        last = self.last.get(source)
+        self.last[source] = seq
+        if last is None:
+            self.unseen_at_start += seq - 1
+            return 0
+        if seq == last:  # the same number again: a redelivery, or one message split in parts
+            return 0
+        if seq < last:
+            self.restarts += 1
+            missed = seq - 1
+        else:
+            missed = seq - last - 1
+        self.missed += missed
+        return missed
+
+
+class StatusReporter:
+    """A component's ``Status`` on the health topic (``<prefix>/health``, over its cloud
+    transport): at once when its state changes, else at most every ``interval`` seconds while
+    something new is to be said (``dirty``). Best effort: a failed publish is counted, and the
+    next report says the same, newer."""
+
+    def __init__(self, services: Services, component: str, interval: float | None = None) -> None:
+        self.services = services
+        self.component = component or "component"
+        self.interval = services.config.uploader.health_seconds if interval is None else interval
+        self.topic = f"{services.config.cloud_prefix}/{messages.Health.cloud_topic}"
+        self.state = "running"
+        self.dirty = False
+        self.last_sent = -math.inf
+        self.sent = 0
+        self.failed = 0
+
+    def report(self, state: str, counters: Mapping[str, int], detail: str = "", *, force: bool = False) -> bool:
+        clock = self.services.clock
+        now = clock.monotonic()
+        changed = state != self.state
+        self.state = state
+        self.dirty = True
+        if not (changed or force) and now - self.last_sent < self.interval:
+            return False
+        status = messages.Status(self.services.config.vehicle, self.component, clock.time(), state,
+                                 {k: int(v) for k, v in counters.items()}, detail[:500])
+        try:
+            self.services.cloud.publish(self.topic, status.to_bytes())
+        except TransportError as exc:
+            self.failed += 1
+            LOG.warning("%s: status not sent: %s", self.component, exc)
+            return False
+        self.sent += 1
+        self.dirty = False
+        self.last_sent = now
+        return True
+
+
+def publish_retrying(services: Services, topic: str, message: messages.Message, faults: Counter[str],
+                     stop: threading.Event, *, attempts: int | None = None, backoff: Backoff | None = None) -> bool:
+    """Publish on local pub/sub; a failing publish (the IPC connection) is retried with back-off,
+    ``attempts`` times at most (None: until it works or ``stop`` is set, then three more tries).
+    What is given up on is counted (``publish_lost``) and logged."""
+    backoff = backoff or Backoff()
+    tried = 0
+    while True:
+        try:
+            services.local.publish(topic, message)
+            return True
+        except TransportError as exc:
+            tried += 1
+            faults["publish_retries"] += 1
+            if (attempts is not None and tried >= attempts) or (stop.is_set() and tried >= 3):
+                faults["publish_lost"] += 1
+                LOG.error("%s: gave up publishing a %s message to %s after %d tries: %s",
+                          services.name, message.kind, topic, tried, exc)
+                return False
+            delay = backoff.next()
+            LOG.warning("%s: publish to %s failed (%s); retrying in %.1f s", services.name, topic, exc, delay)
+            services.clock.wait(stop, delay)
 
 
 @dataclass
@@ -66,14 +225,17 @@ class Services:
         return value
 
     @classmethod
-    def greengrass(cls, env: Mapping[str, str] | None = None) -> Services:
-        """Services of a component running on a Greengrass core device."""
+    def greengrass(cls, env: Mapping[str, str] | None = None, base: Path | None = None, name: str = "") -> Services:
+        """Services of a component running on a Greengrass core device. ``base``: the handler's
+        own folder, where the package's bundled files are (see ``bundled``)."""
         from awsiot.greengrasscoreipc.clientv2 import GreengrassCoreIPCClientV2
 
         from .transport import IpcCloudTransport, IpcLocalTransport
 
         env = dict(os.environ if env is None else env)
-        config = load_config(env.get("TELEMETRY_CONFIG", "vehicle.toml"))
+        if env.get("TELEMETRY_LOG"):
+            env["TELEMETRY_LOG"] = bundled(env["TELEMETRY_LOG"], base)
+        config = load_config(bundled(env.get("TELEMETRY_CONFIG") or "vehicle.toml", base))
         client = GreengrassCoreIPCClientV2()
         cloud: CloudTransport = IpcCloudTransport(client)
         if env.get("TELEMETRY_CLOUD") == "legacy":
@@ -82,7 +244,8 @@ class Services:
             from .transport import LegacyCloudTransport
 
             cloud = LegacyCloudTransport(greengrasssdk.client("iot-data"))
-        return cls(IpcLocalTransport(client), cloud, config, SystemClock(), env)
+        return cls(IpcLocalTransport(client), cloud, config, SystemClock(), env,
+                   env.get("AWS_LAMBDA_FUNCTION_NAME") or name)
 
 
 def on_greengrass(env: Mapping[str, str] | None = None) -> bool:
@@ -99,10 +262,16 @@ class MessageComponent:
     accepts: tuple[str, ...] = ()
     MAX_REASONS = 32  # distinct reasons counted; hostile input must not grow memory
 
+    PUBLISH_ATTEMPTS = 3  # an invocation has a timeout: a failing publish is retried this often
+
     def __init__(self, services: Services) -> None:
         self.services = services
         self.stats: Counter[str] = Counter()
         self.malformed: Counter[str] = Counter()  # reason -> messages refused for it
+        self.faults: Counter[str] = Counter()  # publish_retries, publish_lost
+        self.seq = SeqWatch()  # gaps in the numbers of what this component receives
+        self.status = StatusReporter(services, services.name or type(self).__name__)
+        self._never = threading.Event()
 
     def handle(self, event: Any) -> None:
         try:
@@ -113,7 +282,25 @@ class MessageComponent:
         if isinstance(message, messages.Batch):
             for reason in message.refused:  # the batch's good items are handled all the same
                 self._refused(reason)
+        missed = sum(self.seq.see(*key) for key in self.numbered(message))
+        if missed:
+            LOG.warning("%s: %d message(s) missing before this one (lost between processes)", type(self).__name__, missed)
         self.on_message(message)
+        if missed or self.status.dirty:
+            self.status.report("running", self.lost_counters())
+
+    def numbered(self, message: Any) -> list[tuple[str, int]]:
+        """(producer, seq) of each message this one carries, for ``SeqWatch``."""
+        return []
+
+    def publish(self, topic: str, message: messages.Message) -> bool:
+        return publish_retrying(self.services, topic, message, self.faults, self._never, attempts=self.PUBLISH_ATTEMPTS,
+                                backoff=Backoff(0.1, 1.0))
+
+    def lost_counters(self) -> dict[str, int]:
+        return {"missed": self.seq.missed, "producer_restarts": self.seq.restarts,
+                "unseen_at_start": self.seq.unseen_at_start, "publish_retries": self.faults["publish_retries"],
+                "publish_lost": self.faults["publish_lost"], "malformed": self.stats["malformed"]}
 
     def _refused(self, reason: str) -> None:
         self.stats["malformed"] += 1
@@ -125,42 +312,75 @@ class MessageComponent:
 
     def counters(self) -> dict[str, Any]:
         """What this component reports of itself: its totals and the reasons it refused messages."""
-        return {"malformed": self.stats["malformed"], "malformed_reasons": dict(self.malformed)}
+        return {"malformed": self.stats["malformed"], "malformed_reasons": dict(self.malformed),
+                "missed_messages": self.seq.missed, "publish_lost": self.faults["publish_lost"]}
 
     def close(self) -> None:
-        pass
+        if self.status.dirty:  # the last word on what was lost
+            self.status.report(self.status.state, self.lost_counters(), force=True)
 
 
 class LambdaAdapter:
-    """Turns a component class into a Lambda handler, and runs a pinned function's loop."""
+    """Turns a component class into a Lambda handler, and runs a pinned function's loop.
 
-    def __init__(self, factory: Callable[[Services], Any]) -> None:
+    On a core device (``serve``) it also owns the process's life: a loop that dies ends the
+    process with status 1 so the nucleus restarts the component (a dead loop in a live process
+    would show RUNNING while no data flows), and SIGTERM stops the loop, flushes what the
+    component holds and exits 0 within ``STOP_SECONDS``."""
+
+    def __init__(self, factory: Callable[[Services], Any], handler_file: str | None = None, *,
+                 exit: Callable[[int], Any] = os._exit) -> None:
         self._factory = factory
+        self.base = Path(handler_file).resolve().parent if handler_file else None
         self._services: Services | None = None
         self._component: Any = None
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
         self._stop = threading.Event()
+        self._exit = exit
+        self.exit_on_failure = False  # set on a core (serve): a dead loop ends the process
         self.thread: threading.Thread | None = None
         self.error: BaseException | None = None
+        self._previous_sigterm: Any = None
+        self._closed = False
 
-    def host(self, services: Services) -> None:
+    @property
+    def name(self) -> str:
+        return getattr(self._factory, "__name__", "component")
+
+    def host(self, services: Services, *, exit_on_failure: bool = False) -> None:
         """Run with these services instead of Greengrass's (the local runtime, tests). The
         component is built here, so a bad configuration fails the start, visibly."""
         with self._lock:
             self._services = services
             self._component = None
+            self.exit_on_failure = exit_on_failure
         _ = self.component
 
     @property
     def component(self) -> Any:
         with self._lock:
             if self._component is None:
-                services = self._services if self._services is not None else Services.greengrass()
-                self._component = self._factory(services)
+                if self._services is None:
+                    self._services = Services.greengrass(base=self.base, name=self.name)
+                self._component = self._factory(self._services)
             return self._component
 
     def handle(self, event: Any, context: Any = None) -> None:
         self.component.handle(event)
+
+    def serve(self, env: Mapping[str, str] | None = None) -> bool:
+        """What a handler module calls at import. On a core device (the nucleus's environment):
+        the log level, the component built now (a bad configuration fails the start, in the
+        log), SIGTERM handled, and a pinned function's loop started in a thread. Anywhere else
+        it does nothing: whoever imports the module hosts it (``host``)."""
+        env = os.environ if env is None else env
+        if self._services is not None or not on_greengrass(env):
+            return False
+        configure_logging(env)
+        self.exit_on_failure = True
+        _ = self.component
+        self.handle_sigterm()
+        return self.start_pinned()
 
     def start_pinned(self) -> bool:
         """Start the component's ``run`` loop in a thread and return at once, as Greengrass
@@ -173,28 +393,72 @@ class LambdaAdapter:
             return False
         if self.thread is not None:
             return True
-        self.thread = threading.Thread(target=self._run, name=f"pinned-{getattr(self._factory, '__name__', 'fn')}", daemon=True)
+        self.thread = threading.Thread(target=self._run, name=f"pinned-{self.name}", daemon=True)
         self.thread.start()
         return True
 
     def _run(self) -> None:
         try:
             self.component.run(self._stop)
-        except BaseException as exc:  # reported to whoever joins; Greengrass would restart us
-            LOG.exception("pinned loop of %s failed", self._factory)
+        except BaseException as exc:  # what the loop does not retry: the process must not live on without it
+            LOG.exception("pinned loop of %s failed", self.name)
             self.error = exc
+            report = getattr(self.component, "report_failure", None)
+            if report is not None:
+                try:
+                    report(exc)
+                except Exception:  # the status is best effort; ending the process is not
+                    LOG.exception("%s: could not report the failure", self.name)
+            if self.exit_on_failure:
+                LOG.critical("%s: exiting with status 1 so that Greengrass restarts the component", self.name)
+                logging.shutdown()
+                self._exit(1)
+
+    def handle_sigterm(self) -> bool:
+        """Stop and flush on SIGTERM (how the nucleus stops a component), then exit 0, or hand
+        over to a handler installed before ours. Only the main thread may install one."""
+        try:
+            self._previous_sigterm = signal.signal(signal.SIGTERM, self._on_sigterm)
+        except ValueError:  # not the main thread: the Lambda runtime imported us elsewhere
+            LOG.warning("%s: SIGTERM handler not installed (not imported in the main thread)", self.name)
+            return False
+        return True
+
+    def _on_sigterm(self, signum: int, frame: Any) -> None:
+        LOG.info("%s: SIGTERM: flushing and stopping", self.name)
+        try:
+            self.stop(timeout=STOP_SECONDS)
+        finally:
+            previous = self._previous_sigterm
+            if callable(previous):
+                previous(signum, frame)
+            else:
+                logging.shutdown()
+                self._exit(0)
 
     def stop(self, timeout: float | None = None) -> None:
+        """Stop the loop (a reader flushes its open batch and says end of stream), then close the
+        component (an aggregator publishes its open windows, the uploader closes its spool)."""
+        self.exit_on_failure = False  # stopping: the loop's end is no failure
         self._stop.set()
-        if self.thread is not None:
+        if self.thread is not None and self.thread is not threading.current_thread():
             self.thread.join(timeout)
-        if self._component is not None:
-            self._component.close()
+        with self._lock:
+            component, closing = self._component, not self._closed
+            self._closed = True
+        if component is not None and closing:
+            component.close()
 
 
 class CanReaderComponent:
     """The pinned CAN reader function: a loop started in a thread, reading frames from a source,
-    batching them and publishing what the core (``reader.ReaderCore``) makes of each batch."""
+    batching them and publishing what the core (``reader.ReaderCore``) makes of each batch.
+
+    A live bus is opened in that thread, not at import (a ``can0`` that is not up yet must not
+    stop the function from starting): while it cannot be opened, or when it fails while reading
+    (``READ_ERRORS``: the interface went down, bus-off), the loop reports it (log, a ``status`` on
+    the health topic), waits with back-off and opens it again. A local publish that fails is
+    retried the same way. Anything else ends the loop, and on a core the process with it."""
 
     role = "source"  # its loop ends when a replayed log does
 
@@ -203,6 +467,7 @@ class CanReaderComponent:
         services: Services,
         source: FrameSource | None = None,
         decoder: Decoder | None = None,
+        open_bus: Callable[[], FrameSource] | None = None,
     ) -> None:
         self.services = services
         cfg = services.config.reader
@@ -213,21 +478,31 @@ class CanReaderComponent:
         self.idle_rules = rules_matching_nothing(services.config.rules, matches) if matches is not None else []
         for problem in self.idle_rules:
             LOG.warning("%s: %s", services.config.path or "configuration", problem)
-        self.source = source if source is not None else self._source_from(services)
-        self.core = ReaderCore(self.decoder, self.source.name, ClockGuard(cfg.clock_skew_seconds, cfg.clock_confirm_frames))
+        self.source: FrameSource | None = source
+        self._open_bus = open_bus
+        name = source.name if source is not None else ""
+        if source is None and open_bus is None:
+            self.source, self._open_bus, name = self._source_from(services)
+        self.core = ReaderCore(self.decoder, name or "can", ClockGuard(cfg.clock_skew_seconds, cfg.clock_confirm_frames))
         self.batcher = FrameBatcher(cfg.batch_max_frames, cfg.batch_max_seconds)
         self.replay_batch = (cfg.replay_batch_frames, cfg.replay_batch_seconds)
-        self.live = isinstance(self.source, BusSource)
+        self.live = self._open_bus is not None or isinstance(self.source, BusSource)
         self.stats = self.core.totals
+        self.faults: Counter[str] = Counter()  # bus_open_failures, bus_read_errors, publish_retries, publish_lost
+        self.bus_state = "closed"
+        self.status = StatusReporter(services, services.name or type(self).__name__)
         self.finished = threading.Event()
+        self._stop = threading.Event()
 
     @staticmethod
-    def _source_from(services: Services) -> FrameSource:
+    def _source_from(services: Services) -> tuple[FrameSource | None, Callable[[], FrameSource] | None, str]:
+        """A log to replay (opened now), or how to open the live bus (later, in the loop)."""
         cfg = services.config.reader
         log = services.env.get("TELEMETRY_LOG") or cfg.log
         if log:
             speed = float(services.env.get("TELEMETRY_REPLAY_SPEED", cfg.replay_speed))
-            return LogSource(log, speed=speed, clock=services.clock)
+            source = LogSource(log, speed=speed, clock=services.clock)
+            return source, None, source.name
         kwargs: dict[str, Any] = {
             "interface": services.env.get("TELEMETRY_CAN_INTERFACE", cfg.interface),
             "channel": services.env.get("TELEMETRY_CAN_CHANNEL", cfg.channel),
@@ -235,69 +510,126 @@ class CanReaderComponent:
         bitrate = services.env.get("TELEMETRY_CAN_BITRATE") or cfg.bitrate
         if bitrate:
             kwargs["bitrate"] = int(bitrate)
-        return BusSource(idle_timeout=min(0.25, cfg.batch_max_seconds), **kwargs)
+        idle = min(0.25, cfg.batch_max_seconds)
+        return None, lambda: BusSource(idle_timeout=idle, **kwargs), f"{kwargs['interface']}:{kwargs['channel']}"
+
+    def _publish(self, message: messages.Message) -> None:
+        publish_retrying(self.services, self.topic, message, self.faults, self._stop)
 
     def _flush(self) -> None:
         frames = self.batcher.take()
         if frames:
-            self.services.local.publish(self.topic, self.core.batch_message(frames))
+            self._publish(self.core.batch_message(frames))
 
     def run(self, stop: threading.Event) -> None:
-        if isinstance(self.source, LogSource) and self.source.speed <= 0:
-            self._replay_columns(self.source, stop)
-        else:
-            self._read_frames(stop)
+        self._stop = stop
+        try:
+            if isinstance(self.source, LogSource) and self.source.speed <= 0:
+                self._replay_columns(self.source, stop)
+            elif self.live:
+                self._read_live(stop)
+            else:
+                assert self.source is not None
+                self._read_frames(self.source, stop)
+                self._end()
+        finally:
+            self.finished.set()
+
+    def _end(self) -> None:
+        self._flush()
+        extra = {"bad_records": len(self.source.bad_records) if self.source is not None else 0}
+        self._publish(self.core.end_message(extra))
 
     def _replay_columns(self, log: LogSource, stop: threading.Event) -> None:
         """A replay as fast as possible: the log's frames arrive as columns, in chunks, and are
         cut into batches of ``replay_batch_frames`` / ``replay_batch_seconds`` exactly as the
         frame-by-frame loop would cut them (``batch_ends``)."""
         max_frames, max_seconds = self.replay_batch
-        try:
-            pending = Frames.empty()
-            for chunk in log.frame_batches(stop):
-                pending = Frames.concat([pending, chunk]) if len(pending) else chunk
-                start = 0
-                for end in batch_ends(pending.t, max_frames, max_seconds):
-                    self.services.local.publish(self.topic, self.core.batch_message(pending.take(slice(start, end))))
-                    start = end
-                pending = pending.take(slice(start, None))
-            if len(pending) and not stop.is_set():
-                self.services.local.publish(self.topic, self.core.batch_message(pending))
-            extra = {"bad_records": len(log.bad_records)}
-            self.services.local.publish(self.topic, self.core.end_message(extra))
-        finally:
-            self.finished.set()
+        pending = Frames.empty()
+        for chunk in log.frame_batches(stop):
+            pending = Frames.concat([pending, chunk]) if len(pending) else chunk
+            start = 0
+            for end in batch_ends(pending.t, max_frames, max_seconds):
+                self._publish(self.core.batch_message(pending.take(slice(start, end))))
+                start = end
+            pending = pending.take(slice(start, None))
+        if len(pending) and not stop.is_set():
+            self._publish(self.core.batch_message(pending))
+        extra = {"bad_records": len(log.bad_records)}
+        self._publish(self.core.end_message(extra))
 
-    def _read_frames(self, stop: threading.Event) -> None:
+    def _read_live(self, stop: threading.Event) -> None:
+        """The live loop: (re)open the bus, read until stopped; a bus that fails is reported and
+        opened again after a back-off. On stop: the open batch and an end of stream go out."""
+        backoff = Backoff()
+        while not stop.is_set():
+            try:
+                if self.source is None:
+                    assert self._open_bus is not None
+                    self.source = self._open_bus()
+                    self._bus_changed("up", "")
+                    backoff.reset()
+                self._read_frames(self.source, stop)
+            except READ_ERRORS as exc:
+                opening = self.source is None
+                self.faults["bus_open_failures" if opening else "bus_read_errors"] += 1
+                delay = backoff.next()
+                LOG.warning("CAN bus %s: %s: %s; trying again in %.1f s",
+                            "cannot be opened" if opening else "failed", type(exc).__name__, exc, delay)
+                self._flush()  # what was read before the failure is not held back
+                if not opening and self._open_bus is not None:
+                    self._close_source()
+                self._bus_changed("bus_down", f"{type(exc).__name__}: {exc}")
+                self.services.clock.wait(stop, delay)
+        self._end()
+
+    def _bus_changed(self, state: str, detail: str) -> None:
+        if state != self.bus_state:
+            LOG.info("CAN bus %s: %s %s", self.core.source_name, state, detail)
+        self.bus_state = state
+        self.status.report("running" if state == "up" else state, self.fault_counters(), detail)
+
+    def fault_counters(self) -> dict[str, int]:
+        return {"bus_open_failures": self.faults["bus_open_failures"], "bus_read_errors": self.faults["bus_read_errors"],
+                "publish_retries": self.faults["publish_retries"], "publish_lost": self.faults["publish_lost"],
+                "frames_read": self.core.totals["read"], "batches": self.core.totals["batches"]}
+
+    def report_failure(self, exc: BaseException) -> None:
+        """The loop died (the adapter ends the process next): the last status says why."""
+        self.status.report("failed", self.fault_counters(), f"{type(exc).__name__}: {exc}", force=True)
+
+    def _close_source(self) -> None:
+        source, self.source = self.source, None
+        if source is not None:
+            try:
+                source.close()
+            except Exception as exc:  # a bus that failed may fail to shut down too
+                LOG.warning("CAN bus: closing it failed: %s: %s", type(exc).__name__, exc)
+
+    def _read_frames(self, source: FrameSource, stop: threading.Event) -> None:
         clock = self.services.clock
         max_wait = self.batcher.max_seconds
         last_publish = clock.monotonic()
-        try:
-            for frame in self.source.frames(stop):
-                now = clock.monotonic()
-                if frame is None:
-                    if self.batcher.frames and now - self.batcher.opened_at >= max_wait:
-                        self._flush()
-                        last_publish = now
-                    elif not self.batcher.frames and now - last_publish >= max_wait:
-                        # Live frames carry wall-clock timestamps, so wall-clock time is event time.
-                        self.services.local.publish(self.topic, self.core.tick_message(clock.time()))
-                        last_publish = now
-                    continue
-                full = self.batcher.add(frame, now)
-                if full or (self.live and now - self.batcher.opened_at >= max_wait):
+        for frame in source.frames(stop):
+            now = clock.monotonic()
+            if frame is None:
+                if self.batcher.frames and now - self.batcher.opened_at >= max_wait:
                     self._flush()
                     last_publish = now
-            self._flush()
-            extra = {"bad_records": len(self.source.bad_records)}
-            self.services.local.publish(self.topic, self.core.end_message(extra))
-        finally:
-            self.finished.set()
+                elif not self.batcher.frames and now - last_publish >= max_wait:
+                    # Live frames carry wall-clock timestamps, so wall-clock time is event time.
+                    self._publish(self.core.tick_message(clock.time()))
+                    last_publish = now
+                continue
+            full = self.batcher.add(frame, now)
+            if full or (self.live and now - self.batcher.opened_at >= max_wait):
+                self._flush()
+                last_publish = now
 
     def counters(self) -> dict[str, Any]:
         """What was read and decoded, in totals and by CAN id."""
-        core, totals, bad = self.core, self.core.totals, self.source.bad_records
+        core, totals = self.core, self.core.totals
+        bad = self.source.bad_records if self.source is not None else []
         return {
             "frames_read": totals["read"], "error_frames": totals["error"], "remote_frames": totals["remote"],
             "frames_decoded": totals["decoded"], "frames_unknown_id": totals["unknown_id"],
@@ -310,6 +642,7 @@ class CanReaderComponent:
             "batches": totals["batches"], "event_start": core.first_time, "event_end": core.last_time,
             "dbc_renamed": list(getattr(self.decoder, "renamed", [])), "rules_matching_nothing": self.idle_rules,
             **core.faults(),
+            **{k: v for k, v in self.faults.items() if v},
         }
 
     def handle(self, event: Any) -> None:
@@ -318,7 +651,8 @@ class CanReaderComponent:
         return None
 
     def close(self) -> None:
-        self.source.close()
+        if self.source is not None:
+            self.source.close()
 
 
 class AggregatorComponent(MessageComponent):
@@ -333,13 +667,27 @@ class AggregatorComponent(MessageComponent):
         self.core = Aggregation(cfg.aggregator, cfg.vehicle, res=dbc_resolutions(cfg.dbc) if cfg.dbc else None,
                                 max_bytes=cfg.uploader.max_payload_bytes)
 
+    def numbered(self, message: Any) -> list[tuple[str, int]]:
+        return [(message.source, message.seq)]
+
     def on_message(self, message: messages.Signals | messages.EndOfStream) -> None:
-        out = self.core.publish(message)
+        self._send(self.core.publish(message))
+
+    def _send(self, out: list[messages.Aggregates]) -> None:
         if len(out) > 1:  # the payloads one batch completed travel together: one invocation, one commit
-            self.services.local.publish(self.topic, messages.Batch(messages.AGGREGATES, tuple(out)))
+            self.publish(self.topic, messages.Batch(messages.AGGREGATES, tuple(out)))
         elif out:
-            self.services.local.publish(self.topic, out[0])
+            self.publish(self.topic, out[0])
         self.stats["aggregates"] += len(out)
+
+    def close(self) -> None:
+        """Stopping (SIGTERM): the windows still open, and the publish periods they are in, go out
+        as they are, not lost with the process."""
+        out = self.core.publish(messages.EndOfStream("stopping", 0, None, {}))
+        if out:
+            LOG.info("%s: stopping: %d aggregates payload(s) flushed", type(self).__name__, len(out))
+            self._send(out)
+        super().close()
 
     def counters(self) -> dict[str, Any]:
         totals = self.core.totals()
@@ -358,9 +706,12 @@ class AnomalyDetectorComponent(MessageComponent):
         cfg = services.config
         self.core = Detector(cfg.rules, cfg.vehicle, cfg.detector)
 
+    def numbered(self, message: Any) -> list[tuple[str, int]]:
+        return [(message.source, message.seq)]
+
     def on_message(self, message: messages.Signals | messages.EndOfStream) -> None:
         for alert in self.core.process(message):
-            self.services.local.publish(self.topic, alert)
+            self.publish(self.topic, alert)
 
     def counters(self) -> dict[str, Any]:
         stats = self.core.stats
@@ -386,6 +737,12 @@ class UploaderComponent(MessageComponent):
             wire.register(wire.Schema.of(dbc_resolutions(services.config.dbc)))
         self.core = Uploader(spool, services.cloud, cfg, vehicle=services.config.vehicle,
                              prefix=services.config.cloud_prefix, clock=services.clock)
+
+    def numbered(self, message: Any) -> list[tuple[str, int]]:
+        """The aggregator numbers its aggregates payloads (the parts of a split period share one;
+        alerts carry no number: their loss is not seen)."""
+        items = message.items if isinstance(message, messages.Batch) else (message,)
+        return [(f"{m.payload.vehicle}/aggregates", m.payload.seq) for m in items if isinstance(m, messages.Aggregates)]
 
     def on_message(self, message: messages.Aggregates | messages.Window | messages.Alert | messages.Batch) -> None:
         if isinstance(message, messages.Batch):
@@ -413,4 +770,5 @@ class UploaderComponent(MessageComponent):
                 "set_aside": totals["set_aside"], "retries": totals["retries"]}
 
     def close(self) -> None:
+        super().close()
         self.core.close()

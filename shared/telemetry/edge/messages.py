@@ -40,6 +40,7 @@ WINDOW = "window"
 ALERT = "alert"
 GAP = "gap"
 HEALTH = "health"
+STATUS = "status"
 BUNDLE = "bundle"
 BATCH = "batch"
 
@@ -609,6 +610,36 @@ class Health(Message):
                    _count(_field(event, "set_aside"), "set_aside"), _table(_field(event, "budget"), "budget"))
 
 
+@dataclass(frozen=True)
+class Status(Message):
+    """What one component reports of itself on the health topic (``<prefix>/health``) when it
+    changes: a CAN bus that went down or came back, messages found missing between processes
+    (gaps in ``seq``), a loop that died. Best effort, never spooled; the counters are totals since
+    the component started."""
+
+    kind: ClassVar[str] = STATUS
+
+    vehicle: str
+    component: str
+    t: float
+    state: str
+    counters: Mapping[str, int]
+    detail: str = ""
+
+    def encode(self) -> dict[str, Any]:
+        return {"v": VERSION, "kind": STATUS, "vehicle": self.vehicle, "component": self.component, "t": self.t,
+                "state": self.state, "counters": dict(self.counters), "detail": self.detail}
+
+    @classmethod
+    def decode(cls, event: Mapping[str, Any]) -> Status:
+        detail = event.get("detail", "")
+        if not isinstance(detail, str):
+            raise MessageError(f"status 'detail' must be a string, not {detail!r}")
+        return cls(_text(_field(event, "vehicle"), "vehicle"), _text(_field(event, "component"), "component"),
+                   _number(_field(event, "t"), "t"), _text(_field(event, "state"), "state"),
+                   _counters(_field(event, "counters"), "counters"), detail)
+
+
 BUNDLE_ENCODINGS = ("zlib+base64", "none")
 
 
@@ -752,7 +783,7 @@ def unpack(payload: bytes | str | Mapping[str, Any]) -> list[dict[str, Any]]:
 
 
 KINDS: dict[str, type[Message]] = {
-    cls.kind: cls for cls in (Signals, EndOfStream, Window, Aggregates, Alert, Gap, Health, Bundle, Batch)
+    cls.kind: cls for cls in (Signals, EndOfStream, Window, Aggregates, Alert, Gap, Health, Status, Bundle, Batch)
 }
 
 

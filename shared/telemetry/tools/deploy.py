@@ -7,15 +7,23 @@ Greengrass core device.
 component's configuration merge with least-privilege IPC ``accessControl`` (exactly the local
 topics a component publishes to, exactly the IoT Core topics the uploader publishes to).
 ``validate()`` checks them all against botocore's service models, offline. ``Deployer`` runs
-them with boto3 clients it is handed: upload, create or update each function and publish a
-version, create the component versions and wait until they are deployable, create the
-deployment, and return its id.
+them with boto3 clients it is handed: check the bucket is in the functions' Region, upload,
+create or update each function and publish a version, create the component versions and wait
+until they are deployable, read the target's current deployment and merge ours into it (a
+deployment replaces the previous one: components it does not list are removed from the
+devices), create the deployment, and return its id.
+
+Each component's deployment entry carries ``runWith.systemResourceLimits`` (memory: the
+recipe's ``memorySizeInKB``, which ``memorySizeInKB`` itself does not enforce for NoContainer
+functions; CPU share: the recipe's ``deployment.cpus``), and each component's platform names the
+zip's architecture.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -30,8 +38,11 @@ from telemetry.tools.recipes import Recipe, request_problems
 LOG = logging.getLogger(__name__)
 
 LEGACY_ROUTER = "aws.greengrass.LegacySubscriptionRouter"
-LEGACY_ROUTER_VERSION = "2.1.15"
+LEGACY_ROUTER_RANGE = ">=2.1.0 <3.0.0"  # resolved at deploy time to the newest version AWS has in it
 FUNCTION_ARN = "arn:aws:lambda:{region}:{account}:function:{name}"
+PUBLIC_COMPONENT_ARN = "arn:aws:greengrass:{region}:aws:components:{name}"
+# The recipe reference's spelling of the zip's architecture (componentPlatforms attributes).
+PLATFORM_ARCHITECTURE = {"aarch64": "aarch64", "x86_64": "amd64"}
 
 
 class DeployError(TelemetryError):
@@ -54,8 +65,10 @@ class Plan:
     bucket: str
     functions: list[FunctionPlan]
     components: list[dict[str, Any]]  # CreateComponentVersion, lambdaArn without its version yet
-    deployment: dict[str, Any]
+    deployment: dict[str, Any]  # ours alone: merged into the target's current deployment at deploy time
     notes: list[str] = field(default_factory=list)
+    region: str = ""
+    version_ranges: dict[str, str] = field(default_factory=dict)  # public components resolved at deploy time
 
     def requests(self, version: str = "<version>") -> list[tuple[str, str, dict[str, Any]]]:
         """(service, operation, params) of every request, in the order a deploy makes them."""
@@ -83,8 +96,8 @@ class Plan:
 
 
 def access_control(recipe: Recipe, cfg: VehicleConfig) -> dict[str, Any]:
-    """Least privilege: the exact topics this component publishes to. (Its PUB_SUB event
-    sources are subscribed for it by the Lambda launcher, from the recipe.)"""
+    """Least privilege: the exact topics this component publishes to, locally and to IoT Core.
+    (Its PUB_SUB event sources are subscribed for it by the Lambda launcher, from the recipe.)"""
     acl: dict[str, Any] = {}
     output = recipe.environment.get("TELEMETRY_OUTPUT_TOPIC")
     if output:
@@ -97,13 +110,17 @@ def access_control(recipe: Recipe, cfg: VehicleConfig) -> dict[str, Any]:
         }
     if "TELEMETRY_SPOOL" in recipe.environment:  # the uploader: the cloud topics of its bundles
         topics = cloud_topics(cfg.cloud_prefix)
-        acl["aws.greengrass.ipc.mqttproxy"] = {
-            f"{recipe.name}:mqttproxy:1": {
-                "policyDescription": f"{recipe.name} publishes to AWS IoT Core under {cfg.cloud_prefix}",
-                "operations": ["aws.greengrass#PublishToIoTCore"],
-                "resources": topics,
-            }
+        description = f"{recipe.name} publishes to AWS IoT Core under {cfg.cloud_prefix}"
+    else:  # the others: their status (bus down, messages lost) on the health topic only
+        topics = [f"{cfg.cloud_prefix}/health"]
+        description = f"{recipe.name} reports its status on {topics[0]}"
+    acl["aws.greengrass.ipc.mqttproxy"] = {
+        f"{recipe.name}:mqttproxy:1": {
+            "policyDescription": description,
+            "operations": ["aws.greengrass#PublishToIoTCore"],
+            "resources": topics,
         }
+    }
     return acl
 
 
@@ -137,16 +154,21 @@ def plan(
         arn = FUNCTION_ARN.format(region=region, account=account, name=name)
         functions.append(FunctionPlan(recipe, zip_path, key, create, configure, update, arn))
         lambda_function = json.loads(json.dumps(dict(recipe.lambda_function)))
+        lambda_function["componentPlatforms"] = platforms(lambda_function.get("componentPlatforms"), arch)
         if legacy and recipe.name.endswith("Uploader"):
             env = lambda_function["componentLambdaParameters"].setdefault("environmentVariables", {})
             env["TELEMETRY_CLOUD"] = "legacy"
+            lambda_function.setdefault("componentDependencies", {})[LEGACY_ROUTER] = {
+                "versionRequirement": LEGACY_ROUTER_RANGE, "dependencyType": "SOFT"}
         components.append({"lambdaFunction": {"lambdaArn": arn, **lambda_function}})
         merge = {"accessControl": access_control(recipe, cfg)}
         deployment_components[recipe.name] = {
             "componentVersion": recipe.version,
             "configurationUpdate": {"merge": json.dumps(merge, sort_keys=True)},
+            "runWith": {"systemResourceLimits": resource_limits(recipe)},
         }
     notes = []
+    ranges = {}
     if legacy:
         uploader = next(r for r in recipes if r.name.endswith("Uploader"))
         subscription = f"{uploader.name.replace('.', '-')}-to-cloud"
@@ -154,10 +176,12 @@ def plan(
             "id": subscription, "source": f"component:{uploader.name}", "subject": f"{cfg.cloud_prefix}/#", "target": "cloud",
         }}}
         deployment_components[LEGACY_ROUTER] = {
-            "componentVersion": LEGACY_ROUTER_VERSION,
+            "componentVersion": LEGACY_ROUTER_RANGE,  # replaced by a version at deploy time (resolve_versions)
             "configurationUpdate": {"merge": json.dumps(router, sort_keys=True)},
         }
-        notes.append(f"legacy publish path: {LEGACY_ROUTER} {LEGACY_ROUTER_VERSION} routes {cfg.cloud_prefix}/# to the cloud")
+        ranges[LEGACY_ROUTER] = LEGACY_ROUTER_RANGE
+        notes.append(f"legacy publish path: {LEGACY_ROUTER} ({LEGACY_ROUTER_RANGE}, the newest at deploy time, or the "
+                     f"target's own if in range) routes {cfg.cloud_prefix}/# to the cloud")
     deployment = {
         "targetArn": target_arn,
         "deploymentName": deployment_name or f"telemetry-{cfg.vehicle}",
@@ -167,7 +191,134 @@ def plan(
             "componentUpdatePolicy": {"timeoutInSeconds": 60, "action": "NOTIFY_COMPONENTS"},
         },
     }
-    return Plan(bucket, functions, components, deployment, notes)
+    return Plan(bucket, functions, components, deployment, notes, region, ranges)
+
+
+def platforms(declared: list[dict[str, Any]] | None, arch: str) -> list[dict[str, Any]]:
+    """The recipe's platforms, each naming the zip's architecture: a core of another
+    architecture in the same group is never sent wheels it cannot load."""
+    if arch not in PLATFORM_ARCHITECTURE:
+        raise DeployError(f"unknown architecture {arch!r} (known: {', '.join(PLATFORM_ARCHITECTURE)})")
+    out = []
+    for platform in declared or [{"name": "Linux", "attributes": {"os": "linux"}}]:
+        attributes = {**platform.get("attributes", {}), "architecture": PLATFORM_ARCHITECTURE[arch]}
+        out.append({**platform, "name": f"{platform.get('name', 'Linux')} {arch}", "attributes": attributes})
+    return out
+
+
+def resource_limits(recipe: Recipe) -> dict[str, Any]:
+    """``runWith.systemResourceLimits`` of a component: what limits a NoContainer function
+    (``memorySizeInKB`` is discarded for those). Memory: the recipe's ``memorySizeInKB`` (from
+    ``./build.sh memory``, with headroom); CPU: the recipe's ``deployment.cpus``."""
+    container = recipe.params.get("linuxProcessParams", {}).get("containerParams", {})
+    limits: dict[str, Any] = {"memory": int(container.get("memorySizeInKB", 0))}
+    if recipe.cpus:
+        limits["cpus"] = recipe.cpus
+    if limits["memory"] <= 0:
+        raise DeployError(f"{recipe.path.name}: no memorySizeInKB to set the component's memory limit from")
+    return limits
+
+
+# -- the target's current deployment ---------------------------------------------------------------
+
+
+def current_deployment(greengrass: Any, target: str) -> dict[str, Any] | None:
+    """The target's latest deployment (GetDeployment), or None when it has none."""
+    listed = greengrass.list_deployments(targetArn=target, historyFilter="LATEST_ONLY").get("deployments", [])
+    latest = [d for d in listed if d.get("targetArn", target) == target and d.get("isLatestForTarget", True)]
+    if not latest:
+        return None
+    return dict(greengrass.get_deployment(deploymentId=latest[0]["deploymentId"]))
+
+
+def merge_deployment(ours: dict[str, Any], current: dict[str, Any] | None) -> dict[str, Any]:
+    """Ours revised into the target's current deployment: its other components stay, with their
+    versions, configuration updates and runWith; ours are added or replaced; its name and job
+    configuration are kept."""
+    merged = json.loads(json.dumps(ours))
+    if not current:
+        return merged
+    kept = {name: {k: v for k, v in spec.items() if k in ("componentVersion", "configurationUpdate", "runWith")}
+            for name, spec in (current.get("components") or {}).items() if name not in ours["components"]}
+    merged["components"] = dict(sorted({**kept, **merged["components"]}.items()))
+    if current.get("deploymentName"):
+        merged["deploymentName"] = current["deploymentName"]
+    if current.get("iotJobConfiguration") and "iotJobConfiguration" not in merged:
+        merged["iotJobConfiguration"] = current["iotJobConfiguration"]
+    return merged
+
+
+def deployment_diff(current: dict[str, Any] | None, merged: dict[str, Any]) -> list[str]:
+    """What the new deployment changes, component by component: ``+`` added, ``~`` changed
+    (version, configuration or limits), ``=`` kept as it is, ``-`` removed (never, by design)."""
+    before = (current or {}).get("components") or {}
+    after = merged.get("components") or {}
+    lines = []
+    for name in sorted(set(before) | set(after)):
+        old, new = before.get(name), after.get(name)
+        if old is None and new is not None:
+            lines.append(f"+ {name} {new.get('componentVersion')}")
+        elif new is None and old is not None:
+            lines.append(f"- {name} {old.get('componentVersion')}")
+        elif old is not None and new is not None:
+            changes = []
+            if old.get("componentVersion") != new.get("componentVersion"):
+                changes.append(f"{old.get('componentVersion')} -> {new.get('componentVersion')}")
+            if (old.get("configurationUpdate") or {}) != (new.get("configurationUpdate") or {}):
+                changes.append("configuration")
+            if (old.get("runWith") or {}) != (new.get("runWith") or {}):
+                changes.append("runWith")
+            lines.append(f"~ {name} {new.get('componentVersion')} ({', '.join(changes)})" if changes
+                         else f"= {name} {new.get('componentVersion')} (kept)")
+    return lines
+
+
+def _version(text: str) -> tuple[int, int, int] | None:
+    match = re.fullmatch(r"(\d+)\.(\d+)\.(\d+)", text.strip())
+    return (int(match[1]), int(match[2]), int(match[3])) if match else None
+
+
+def satisfies(version: str, requirement: str) -> bool:
+    """Whether ``version`` is in an npm-style range of comparisons (``>=2.1.0 <3.0.0``)."""
+    v = _version(version)
+    if v is None:
+        return False
+    checks = {">=": v.__ge__, ">": v.__gt__, "<=": v.__le__, "<": v.__lt__, "=": v.__eq__}
+    for term in requirement.split():
+        match = re.fullmatch(r"(>=|<=|>|<|=)?(.+)", term)
+        bound = _version(match[2]) if match is not None else None
+        if match is None or bound is None:
+            raise DeployError(f"cannot read the version range {requirement!r}")
+        if not checks[match[1] or "="](bound):
+            return False
+    return True
+
+
+def resolve_versions(greengrass: Any, deployment: dict[str, Any], ranges: dict[str, str], region: str,
+                     current: dict[str, Any] | None) -> None:
+    """Each public component given as a range gets a version: the target's own if it is in the
+    range (a team's choice is not upgraded unasked), else the newest AWS publishes in it."""
+    for name, requirement in ranges.items():
+        theirs = ((current or {}).get("components") or {}).get(name, {}).get("componentVersion")
+        if theirs and satisfies(theirs, requirement):
+            deployment["components"][name]["componentVersion"] = theirs
+            continue
+        arn = PUBLIC_COMPONENT_ARN.format(region=region, name=name)
+        found: list[tuple[int, int, int]] = []
+        for page in greengrass.get_paginator("list_component_versions").paginate(arn=arn):
+            for item in page.get("componentVersions", []):
+                v = _version(item.get("componentVersion", ""))
+                if v is not None and satisfies(item["componentVersion"], requirement):
+                    found.append(v)
+        if not found:
+            raise DeployError(f"{name}: no version in {requirement} is published in {region}")
+        deployment["components"][name]["componentVersion"] = ".".join(map(str, max(found)))
+
+
+def bucket_region(s3: Any, bucket: str) -> str:
+    """The Region of a bucket, as GetBucketLocation tells it (None is us-east-1, EU eu-west-1)."""
+    location = s3.get_bucket_location(Bucket=bucket).get("LocationConstraint")
+    return {None: "us-east-1", "": "us-east-1", "EU": "eu-west-1"}.get(location, location)
 
 
 def validate(p: Plan) -> list[str]:
@@ -214,9 +365,43 @@ class Deployer:
         LOG.info("%s", line)
         self.log.append(line)
 
+    def check_bucket(self, p: Plan) -> None:
+        """Lambda takes code only from a bucket in the function's Region: refuse another at once.
+        A location that cannot be read (no s3:GetBucketLocation) is said and not held against it."""
+        from botocore.exceptions import ClientError
+
+        if not p.region:
+            return
+        try:
+            where = bucket_region(self.s3, p.bucket)
+        except ClientError as exc:
+            self._say(f"note: the Region of bucket {p.bucket} is not known ({exc.response['Error'].get('Code')}); "
+                      f"it must be {p.region}")
+            return
+        if where != p.region:
+            raise DeployError(f"bucket {p.bucket} is in {where}, the functions in {p.region}: Lambda takes code only "
+                              f"from a bucket in its own Region (use a bucket in {p.region}, or --region {where})")
+
+    def merged_deployment(self, p: Plan) -> tuple[dict[str, Any] | None, dict[str, Any]]:
+        """(the target's current deployment, ours merged into it), public components' versions resolved."""
+        from botocore.exceptions import ClientError
+
+        target = p.deployment["targetArn"]
+        try:
+            current = current_deployment(self.greengrass, target)
+            merged = merge_deployment(p.deployment, current)
+            resolve_versions(self.greengrass, merged, p.version_ranges, p.region, current)
+        except ClientError as exc:
+            raise _client_error(exc, f"reading the current deployment of {target}") from exc
+        problems = request_problems("greengrassv2", "CreateDeployment", merged)
+        if problems:
+            raise DeployError(f"the merged deployment for {target} would be refused:\n  " + "\n  ".join(problems))
+        return current, merged
+
     def deploy(self, p: Plan) -> str:
         from botocore.exceptions import ClientError
 
+        self.check_bucket(p)
         versions: dict[str, str] = {}
         for f in p.functions:
             name = f.create["FunctionName"]
@@ -253,8 +438,11 @@ class Deployer:
             except ClientError as exc:
                 raise _client_error(exc, f"component {name}") from exc
             self._say(f"component {name} {params['lambdaFunction']['componentVersion']} is deployable")
+        current, merged = self.merged_deployment(p)
+        for line in deployment_diff(current, merged):
+            self._say(f"deployment: {line}")
         try:
-            deployment_id = self.greengrass.create_deployment(**p.deployment)["deploymentId"]
+            deployment_id = self.greengrass.create_deployment(**merged)["deploymentId"]
         except ClientError as exc:
             raise _client_error(exc, "deployment") from exc
         self._say(f"deployment {deployment_id} created for {p.deployment['targetArn']}")

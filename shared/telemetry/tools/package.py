@@ -4,8 +4,8 @@ Each zip holds the function's handler (at the root, as its recipe's ``Handler`` 
 ``telemetry`` package, the vehicle configuration with its DBC files, and the runtime
 dependencies of ``requirements-lambda.txt`` unpacked from wheels built for the target
 (``pip download --platform ... --only-binary=:all:``). No tests, caches, compiled bytecode or
-dev tools. The same inputs give the same bytes: entries are sorted, dated 1980-01-01 and given
-fixed permissions.
+dev tools. The same inputs give the same bytes: entries are sorted (the dependencies, then the
+function's own files), dated 1980-01-01 and given fixed permissions.
 """
 
 from __future__ import annotations
@@ -126,12 +126,21 @@ def package(arch: str = "x86_64", out: str | Path = "build", config: str | Path 
     recipes = check_recipes(load_recipes(recipes_dir, recipes_dir.resolve().parent))
     wheels = download_wheels(arch, Path(cache or REPO / "build" / "wheels"), REQUIREMENTS_LAMBDA)
     dependencies = _files_of_wheels(wheels)
+    ours = {recipe.name: _project_files(recipe, config_path) for recipe in recipes}
+    # The dependencies, the bulk of every zip and the same in each, are compressed once; each
+    # function's own files are then appended (both parts sorted). A project file wins over a
+    # dependency of the same name, as it would unpacked.
+    shadowed = {name for files in ours.values() for name in files}
+    base = io.BytesIO()
+    with zipfile.ZipFile(base, "w") as zf:
+        for name in sorted(set(dependencies) - shadowed):
+            _add(zf, name, dependencies[name])
     out.mkdir(parents=True, exist_ok=True)
     made = []
     for recipe in recipes:
-        files = {**dependencies, **_project_files(recipe, config_path)}
-        buffer = io.BytesIO()
-        with zipfile.ZipFile(buffer, "w") as zf:
+        files = ours[recipe.name]
+        buffer = io.BytesIO(base.getvalue())
+        with zipfile.ZipFile(buffer, "a") as zf:
             for name in sorted(files):
                 _add(zf, name, files[name])
         data = buffer.getvalue()

@@ -7,7 +7,9 @@ One JSON file per component in ``recipes/``:
   ``Role`` and ``Code``;
 * ``lambdaFunction``: the Greengrass V2 ``CreateComponentVersion`` ``lambdaFunction`` input minus
   ``lambdaArn`` (name, version, dependencies, event sources, pinned, timeouts, queue, environment,
-  isolation, memory).
+  isolation, memory);
+* ``deployment`` (optional): what the deployment sets for the component, today ``cpus``, its CPU
+  share in ``runWith.systemResourceLimits`` (the memory limit there is ``memorySizeInKB``).
 
 The local runtime, the packaging and the deployment all read these files, so what is tested on a
 laptop is what is deployed. ``check_recipes`` refuses what Greengrass or Lambda would refuse (the
@@ -23,7 +25,7 @@ import json
 import re
 import sys
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
 from types import ModuleType
@@ -41,6 +43,13 @@ class Recipe:
     code: Path
     function: Mapping[str, Any]
     lambda_function: Mapping[str, Any]
+    deployment: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def cpus(self) -> float | None:
+        """The CPU share the deployment gives the component (``runWith.systemResourceLimits``)."""
+        value = self.deployment.get("cpus")
+        return None if value is None else float(value)
 
     @property
     def name(self) -> str:
@@ -105,10 +114,16 @@ def load_recipe(path: Path, root: Path) -> Recipe:
     missing = [key for key in ("code", "function", "lambdaFunction") if key not in data]
     if missing:
         raise RecipeError(f"{path}: missing {', '.join(missing)}")
-    unknown = sorted(set(data) - {"code", "function", "lambdaFunction"})
+    unknown = sorted(set(data) - {"code", "function", "lambdaFunction", "deployment"})
     if unknown:
         raise RecipeError(f"{path}: unknown key(s) {', '.join(unknown)}")
-    return Recipe(path, (root / data["code"]).resolve(), data["function"], data["lambdaFunction"])
+    deployment = data.get("deployment", {})
+    if not isinstance(deployment, dict) or set(deployment) - {"cpus"}:
+        raise RecipeError(f"{path}: 'deployment' takes only 'cpus'")
+    cpus = deployment.get("cpus")
+    if cpus is not None and (isinstance(cpus, bool) or not isinstance(cpus, (int, float)) or not 0 < cpus <= 64):
+        raise RecipeError(f"{path}: deployment cpus must be a number above 0 (a share of the cores), not {cpus!r}")
+    return Recipe(path, (root / data["code"]).resolve(), data["function"], data["lambdaFunction"], deployment)
 
 
 def load_recipes(directory: str | Path, root: str | Path | None = None) -> list[Recipe]:

@@ -12,10 +12,10 @@ import logging
 import sys
 
 from telemetry.edge.errors import TelemetryError
-from telemetry.tools.cli import decode_cloud, demo, deploy, package, replay, simulate, uploader
+from telemetry.tools.cli import decode_cloud, demo, deploy, package, replay, run, simulate, uploader
 
 # The commands, in the order ``--help`` lists them.
-COMMANDS = (replay, demo, uploader, decode_cloud, package, deploy, simulate)
+COMMANDS = (replay, demo, run, uploader, decode_cloud, package, deploy, simulate)
 
 
 def parser() -> argparse.ArgumentParser:

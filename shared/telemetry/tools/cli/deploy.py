@@ -3,15 +3,42 @@
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 from typing import Any
 
 from telemetry.tools.paths import RECIPES, SAMPLE
 
 
+def clients(region: str | None) -> tuple[Any, Any, Any, Any]:
+    """(session region, s3, lambda, greengrassv2 clients) of the caller's credentials (boto3)."""
+    import boto3
+
+    session = boto3.session.Session(region_name=region)
+    if not session.region_name:
+        from telemetry.tools.deploy import DeployError
+
+        raise DeployError("no AWS region: give --region or set AWS_REGION")
+    return session.region_name, session.client("s3"), session.client("lambda"), session.client("greengrassv2")
+
+
+def account_of(region: str) -> str:
+    import boto3
+
+    return str(boto3.session.Session(region_name=region).client("sts").get_caller_identity()["Account"])
+
+
 def _do_deploy(args: argparse.Namespace) -> int:
+    from botocore.exceptions import BotoCoreError, ClientError
+
     from telemetry.edge.config import load_config
-    from telemetry.tools.deploy import Deployer, DeployError, plan, target_arn, validate
+    from telemetry.tools.deploy import (
+        Deployer,
+        DeployError,
+        plan,
+        target_arn,
+        validate,
+    )
     from telemetry.tools.package import package
     from telemetry.tools.recipes import check_recipes, load_recipes
 
@@ -20,20 +47,16 @@ def _do_deploy(args: argparse.Namespace) -> int:
     recipes_dir = Path(args.recipes)
     recipes = check_recipes(load_recipes(recipes_dir, recipes_dir.resolve().parent))  # refused here, before any request
     region, account = args.region, args.account
-    if not args.dry_run:
-        import boto3
-
-        session = boto3.session.Session(region_name=region)
-        region = session.region_name
-        if not region:
-            raise DeployError("no AWS region: give --region or set AWS_REGION")
-        if not account:
-            from botocore.exceptions import BotoCoreError, ClientError
-
-            try:
-                account = session.client("sts").get_caller_identity()["Account"]
-            except (BotoCoreError, ClientError) as exc:
-                raise DeployError(f"cannot tell the AWS account ({exc}); check your credentials") from exc
+    aws: tuple[Any, Any, Any, Any] | None = None
+    try:
+        aws = clients(region)
+        region = aws[0]
+        account = account or account_of(region)
+    except (BotoCoreError, ClientError, DeployError) as exc:
+        if not args.dry_run:
+            raise DeployError(f"cannot reach AWS ({exc}); check your credentials and --region") from exc
+        print(f"note: AWS not reachable ({exc}): the plan is built with placeholders and no current deployment")
+        aws = None
     region = region or "us-east-1"
     account = account or "123456789012"
     made = {p.recipe.name: p.path for p in package(args.arch, out=args.out, config=config, recipes_dir=recipes_dir)}
@@ -53,13 +76,44 @@ def _do_deploy(args: argparse.Namespace) -> int:
         print(f"note: {note}")
     print(f"{len(written)} requests written to {Path(args.out) / 'requests'}; all pass botocore's validation")
     if args.dry_run:
-        return 0
-    import boto3
-
-    session = boto3.session.Session(region_name=region)
-    deployer = Deployer(session.client("s3"), session.client("lambda"), session.client("greengrassv2"))
+        return dry_run(the_plan, aws, Path(args.out) / "requests")
+    assert aws is not None
+    _, s3, lambda_, greengrass = aws
+    deployer = Deployer(s3, lambda_, greengrass)
     deployment_id = deployer.deploy(the_plan)
     print(f"deployment id: {deployment_id}")
+    return 0
+
+
+def dry_run(the_plan: Any, aws: tuple[Any, Any, Any, Any] | None, folder: Path | None = None) -> int:
+    """What a deploy would change: the bucket's Region checked and the merged deployment's diff
+    against the target's current one, with read-only calls (GetBucketLocation, ListDeployments,
+    GetDeployment, ListComponentVersions); nothing is created or changed."""
+    from botocore.exceptions import BotoCoreError
+
+    from telemetry.tools.deploy import Deployer, DeployError, deployment_diff, merge_deployment
+
+    target = the_plan.deployment["targetArn"]
+    current, merged = None, merge_deployment(the_plan.deployment, None)
+    if aws is not None:
+        _, s3, _, greengrass = aws
+        deployer = Deployer(s3, None, greengrass)
+        deployer.check_bucket(the_plan)
+        try:
+            current, merged = deployer.merged_deployment(the_plan)
+        except (BotoCoreError, DeployError) as exc:
+            print(f"note: the current deployment of {target} could not be read ({exc})")
+        for line in deployer.log:
+            print(line)
+    if folder is not None:
+        path = folder / "merged-CreateDeployment.json"
+        path.write_text(json.dumps(merged, indent=2, sort_keys=True, default=str) + "\n")
+        print(f"the deployment as it would be created (merged): {path}")
+    where = "its current deployment" if current else "no current deployment (a first deployment)"
+    print(f"deployment for {target}, against {where}:")
+    for line in deployment_diff(current, merged):
+        print(f"  {line}")
+    print("dry run: nothing was created or changed")
     return 0
 
 
@@ -76,6 +130,8 @@ def add_subparser(subparsers: Any) -> None:
     y.add_argument("--config", help="vehicle configuration (default: the sample car's)")
     y.add_argument("--out", default="build")
     y.add_argument("--legacy", action="store_true", help="publish with greengrasssdk through the LegacySubscriptionRouter")
-    y.add_argument("--dry-run", action="store_true", help="print the plan and write the requests; call no AWS API")
+    y.add_argument("--dry-run", action="store_true",
+                   help="print the plan, write the requests and show the deployment's diff against the target's "
+                        "current one (read-only AWS calls); create or change nothing")
     y.add_argument("--recipes", default=str(RECIPES), help=argparse.SUPPRESS)
     y.set_defaults(func=_do_deploy)
