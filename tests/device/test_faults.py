@@ -127,8 +127,11 @@ def seen(reader: CanReaderComponent) -> int:
 
 
 def windows(services) -> list[dict]:
+    """The windows the aggregator published, each as {"window": {"start": ...}}, from its
+    aggregates payloads (alone or in a batch)."""
     out = services.local.messages("telemetry/out")
-    return [w for m in out for w in (m["messages"] if m["kind"] == "batch" else [m])]
+    payloads = [p for m in out for p in (m["messages"] if m["kind"] == "batch" else [m]) if p["kind"] == "aggregates"]
+    return [{"window": {"start": float(start)}} for p in payloads for start in p["windows"]]
 
 
 def read_frames(services) -> int:
@@ -270,7 +273,7 @@ def test_sigterm_flushes_the_readers_open_batch_and_exits_0(make_services):
 
 
 def test_sigterm_publishes_the_aggregators_open_windows(make_services):
-    services = make_services(aggregator={"window_seconds": 1.0})
+    services = make_services(aggregator={"window_seconds": 1.0, "publish_seconds": 1.0})
     codes: list[int] = []
     adapter = LambdaAdapter(AggregatorComponent, exit=codes.append)
     adapter.host(services, exit_on_failure=True)
@@ -321,8 +324,8 @@ def test_the_aggregator_and_detector_count_gaps_in_the_readers_seq(make_services
 def test_the_uploader_counts_gaps_in_the_aggregators_seq(make_services, tmp_path):
     services = make_services(env={"TELEMETRY_SPOOL": ":memory:"})
     uploader = UploaderComponent(services)
-    windows = [messages.Aggregates("car-01", seq, "default", float(seq), seq + 1.0, {"A.x": {"count": 1, "mean": 1.0}})
-               for seq in (1, 2, 4, 5, 8)]
+    windows = [messages.Aggregates.of_window(messages.Window("car-01", seq, "default", float(seq), seq + 1.0,
+                                                             {"A.x": {"count": 1, "mean": 1.0}})) for seq in (1, 2, 4, 5, 8)]
     uploader.handle(messages.Batch(messages.AGGREGATES, tuple(windows[:2])).to_bytes())
     for w in windows[2:]:
         uploader.handle(w.to_bytes())

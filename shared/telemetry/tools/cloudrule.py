@@ -107,3 +107,53 @@ def decoder_zip(p: CloudPlan, out: Path) -> Path:
             z.write(package / rel, f"telemetry/{rel}")
         z.writestr(f"telemetry/cloud/schema-{p.schema.id}.json", p.schema.to_json())
     return out
+
+
+def write(p: CloudPlan, folder: Path) -> list[Path]:
+    """The cloud side's requests (one JSON file each), the decoder's zip and the Athena DDL."""
+    import json
+
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i, (service, operation, params) in enumerate(p.requests, 1):
+        path = folder / f"{i:02d}-{service}-{operation}.json"
+        path.write_text(json.dumps(params, indent=2, sort_keys=True) + "\n")
+        paths.append(path)
+    paths.append(decoder_zip(p, folder / f"{FUNCTION}.zip"))
+    ddl = folder / "athena-create-table.sql"
+    ddl.write_text(p.athena_ddl)
+    paths.append(ddl)
+    return paths
+
+
+def deploy(p: CloudPlan, s3: Any, lambda_: Any, iot: Any, code: Path) -> list[str]:
+    """Run the cloud side's requests with the clients given: upload the decoder, create it (or
+    update its code and configuration), let the rule invoke it, create (or replace) the rule.
+    Returns what was done, one line each."""
+    done = []
+    _, _, put = p.requests[0]
+    s3.put_object(Bucket=put["Bucket"], Key=put["Key"], Body=code.read_bytes())
+    done.append(f"uploaded s3://{put['Bucket']}/{put['Key']}")
+    create = p.requests[1][2]
+    try:
+        lambda_.create_function(**create)
+        done.append(f"created function {FUNCTION}")
+    except lambda_.exceptions.ResourceConflictException:
+        lambda_.update_function_code(FunctionName=FUNCTION, S3Bucket=create["Code"]["S3Bucket"],
+                                     S3Key=create["Code"]["S3Key"])
+        lambda_.get_waiter("function_updated_v2").wait(FunctionName=FUNCTION)
+        lambda_.update_function_configuration(**{k: v for k, v in create.items() if k not in ("Code", "Architectures")})
+        done.append(f"updated function {FUNCTION}")
+    try:
+        lambda_.add_permission(**p.requests[2][2])
+        done.append(f"allowed the rule {RULE} to invoke {FUNCTION}")
+    except lambda_.exceptions.ResourceConflictException:
+        done.append(f"the rule {RULE} may already invoke {FUNCTION}")
+    rule = p.requests[3][2]
+    try:
+        iot.create_topic_rule(**rule)
+        done.append(f"created topic rule {RULE}")
+    except iot.exceptions.ResourceAlreadyExistsException:
+        iot.replace_topic_rule(**rule)
+        done.append(f"replaced topic rule {RULE}")
+    return done

@@ -103,7 +103,7 @@ def _project_files(recipe: Recipe, config_path: Path) -> dict[str, bytes]:
     # Only the car's wing: the package's root module and telemetry.edge. The tools (local
     # runtime, replay, packaging, deployment, CLI) never run on the core device.
     package = REPO / "shared" / "telemetry"
-    for path in [package / "__init__.py", *sorted((package / "edge").rglob("*.py"))]:
+    for path in [package / "__init__.py", package / "wire.py", *sorted((package / "edge").rglob("*.py"))]:
         rel = path.relative_to(package.parent).as_posix()
         if not _skip(rel):
             files[rel] = path.read_bytes()
