@@ -1,7 +1,9 @@
 """Replaying a recorded CAN log through all four components on the local runtime.
 
-Writes ``<out>/cloud.jsonl`` (one line per message handed to the cloud transport) and
-``<out>/summary.json``, and returns the summary.
+Writes ``<out>/cloud.jsonl`` (one line per message handed to the cloud transport),
+``<out>/summary.json`` and ``<out>/report.html`` (``report.py``), and returns the summary. The
+report's windows and alerts are what the components published on their local topics, heard by
+taps (``taps.py``), not read back from ``cloud.jsonl``.
 """
 
 from __future__ import annotations
@@ -21,13 +23,15 @@ from telemetry.edge.messages import unpack
 from telemetry.edge.transport import OutboxFile
 from telemetry.tools.paths import RECIPES
 from telemetry.tools.procruntime import ProcessRuntime
+from telemetry.tools.report import report_data, write_report
 from telemetry.tools.runtime import LocalRuntime
+from telemetry.tools.signals import check_rules_match, decode_error_reasons
+from telemetry.tools.taps import MeteredCloud, ReplayTaps
 
 LOG = logging.getLogger(__name__)
 
 UNLIMITED = 1e15  # a rate or size no replay reaches
-
-
+DECODED_AT_LEAST = 0.5  # under this share of data frames decoded, the replay warns
 
 def resolve_config(config: str | Path | VehicleConfig | None, dbc: Sequence[str | Path] = ()) -> VehicleConfig:
     """The configuration of a replay: a file (or none), with ``--dbc`` files taking precedence."""
@@ -53,6 +57,8 @@ def replay(
     speed: float = 0.0,
     recipes_dir: str | Path = RECIPES,
     processes: bool = False,
+    taps: ReplayTaps | None = None,
+    report: bool = True,
 ) -> dict[str, Any]:
     """Replay ``log``; with ``processes``, each component runs in its own process (as on a core
     device, and on as many cores as there are), else all four in this one.
@@ -60,8 +66,13 @@ def replay(
     As fast as possible (``speed`` 0), the uploader's pacing to the link (bytes and publishes per
     second, the hourly budget) and its spool cap are lifted: they are wall-clock and backlog
     limits of a car sending in real time, and a replay a hundred times faster would only wait on
-    them, or evict what the car would have sent. At a recorded pace every setting applies."""
+    them, or evict what the car would have sent. At a recorded pace every setting applies.
+
+    ``taps`` (made here if not given) hears what the components publish; the report is drawn
+    from it. A rule whose patterns match no signal of the DBCs is refused before anything runs."""
     cfg = resolve_config(config, dbc)
+    check_rules_match(cfg)
+    taps = taps or ReplayTaps()
     lifted = speed <= 0
     if lifted:
         cfg = dataclasses.replace(cfg, uploader=dataclasses.replace(
@@ -70,6 +81,7 @@ def replay(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     cloud = OutboxFile(out / "cloud.jsonl")
+    metered = MeteredCloud(cloud, lambda: taps.latest)
     spool = out / "spool.db"
     for stale in (spool, Path(f"{spool}-wal"), Path(f"{spool}-shm")):
         stale.unlink(missing_ok=True)  # a replay starts with an empty spool
@@ -77,7 +89,9 @@ def replay(
     started = time.monotonic()
     try:
         runtime_class = ProcessRuntime if processes else LocalRuntime
-        with runtime_class(recipes_dir, cfg, cloud, env=env, root=Path(recipes_dir).resolve().parent) as runtime:
+        runtime = runtime_class(recipes_dir, cfg, metered, env=env, root=Path(recipes_dir).resolve().parent)
+        taps.attach(runtime)
+        with runtime:
             runtime.wait_for_sources()
             runtime.drain()
             components = {name: runtime.component(name) for name in runtime.runners}
@@ -91,8 +105,35 @@ def replay(
         cloud.close()
     summary["seconds"] = round(time.monotonic() - started, 3)
     summary["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+    summary["warnings"] = warnings(summary)
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    if report:
+        # the reader counts the frames that fail per id; why they fail is asked of cantools
+        # here, on each id's first failing frame (a second read of the log, only if any failed)
+        reasons = decode_error_reasons(log, cfg.dbc, summary["decode_error_ids"]) if summary["decode_error_ids"] else {}
+        data = report_data(summary, taps.windows, taps.alerts, metered.publishes, taps.uplink, cfg.dbc, reasons,
+                           summary_text=format_summary(summary, [a.encode() for a in taps.alerts]),
+                           rules={rule.name: rule.signals for rule in cfg.rules})
+        write_report(out / "report.html", data)
     return summary
+
+
+def warnings(summary: dict[str, Any]) -> list[str]:
+    """What makes a replay's results doubtful, in sentences (``--strict`` fails on any)."""
+    out = []
+    data_frames = summary["frames_read"] - summary["error_frames"] - summary["remote_frames"]
+    decoded = summary["frames_decoded"]
+    if data_frames and decoded < DECODED_AT_LEAST * data_frames:
+        top = ", ".join(f"{k} ({n} frames)" for k, n in list(summary["unknown_ids"].items())[:5])
+        out.append(f"only {decoded} of {data_frames} data frames decoded ({100 * decoded / data_frames:.0f} %): "
+                   f"is this the right DBC for this log?"
+                   + (f" Most frequent unknown ids: {top}." if top else "")
+                   + (f" {summary['decode_errors']} frames of known ids failed to decode." if summary["decode_errors"] else ""))
+    elif not data_frames:
+        out.append("the log holds no data frames")
+    if summary["handler_errors"]:
+        out.append(f"{len(summary['handler_errors'])} handler errors (listed below)")
+    return out
 
 
 def build_summary(runtime: LocalRuntime | ProcessRuntime, components: Any, cfg: VehicleConfig, log: str | Path) -> dict[str, Any]:
@@ -134,7 +175,8 @@ def alerts_from_outbox(path: str | Path) -> list[dict[str, Any]]:
 
 def format_summary(summary: dict[str, Any], alerts: list[dict[str, Any]]) -> str:
     s = summary
-    lines = [
+    lines = [f"WARNING: {w}" for w in s.get("warnings", ())]
+    lines += [
         f"Replayed {s['log']}",
         f"  frames read        {s['frames_read']:>10}   ({s['frames_decoded']} decoded, {s['error_frames']} error, "
         f"{s['remote_frames']} remote, {s['frames_unknown_id']} unknown id, {s['decode_errors']} decode errors)",
