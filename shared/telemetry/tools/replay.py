@@ -19,11 +19,12 @@ from typing import Any
 
 from telemetry.edge.config import VehicleConfig, load_config
 from telemetry.edge.errors import ConfigError
-from telemetry.edge.messages import unpack
+from telemetry.edge.messages import Alert, unpack
 from telemetry.edge.transport import OutboxFile
+from telemetry.tools.export import FORMATS, ExportError, SignalsWriter, write_aggregates
 from telemetry.tools.paths import RECIPES
 from telemetry.tools.procruntime import ProcessRuntime
-from telemetry.tools.report import report_data, write_report
+from telemetry.tools.report import alert_intervals, report_data, signal_units, write_report
 from telemetry.tools.runtime import LocalRuntime
 from telemetry.tools.signals import check_rules_match, decode_error_reasons
 from telemetry.tools.taps import MeteredCloud, ReplayTaps
@@ -59,6 +60,7 @@ def replay(
     processes: bool = False,
     taps: ReplayTaps | None = None,
     report: bool = True,
+    export: tuple[str, str | Path] | None = None,
 ) -> dict[str, Any]:
     """Replay ``log``; with ``processes``, each component runs in its own process (as on a core
     device, and on as many cores as there are), else all four in this one.
@@ -69,10 +71,17 @@ def replay(
     them, or evict what the car would have sent. At a recorded pace every setting applies.
 
     ``taps`` (made here if not given) hears what the components publish; the report is drawn
-    from it. A rule whose patterns match no signal of the DBCs is refused before anything runs."""
+    from it. A rule whose patterns match no signal of the DBCs is refused before anything runs.
+    ``export`` (format, folder) writes the decoded signals and the windows there (``export.py``)."""
     cfg = resolve_config(config, dbc)
     check_rules_match(cfg)
+    if export is not None and export[0] not in FORMATS:
+        raise ExportError(f"unknown export format {export[0]!r} (known: {', '.join(FORMATS)})")
     taps = taps or ReplayTaps()
+    writer = None
+    if export is not None:
+        writer = SignalsWriter(export[1], export[0], signal_units(cfg.dbc))
+        taps.on_signals = writer.take
     lifted = speed <= 0
     if lifted:
         cfg = dataclasses.replace(cfg, uploader=dataclasses.replace(
@@ -103,6 +112,11 @@ def replay(
         summary["cloud_bytes"] = cloud.bytes
     finally:
         cloud.close()
+        if writer is not None:
+            writer.close()
+    if export is not None and writer is not None:
+        rows = write_aggregates(export[1], export[0], taps.windows, writer.units)
+        summary["exports"] = {"dir": str(export[1]), "format": export[0], "signal_rows": writer.rows, "aggregate_rows": rows}
     summary["seconds"] = round(time.monotonic() - started, 3)
     summary["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
     summary["warnings"] = warnings(summary)
@@ -112,7 +126,7 @@ def replay(
         # here, on each id's first failing frame (a second read of the log, only if any failed)
         reasons = decode_error_reasons(log, cfg.dbc, summary["decode_error_ids"]) if summary["decode_error_ids"] else {}
         data = report_data(summary, taps.windows, taps.alerts, metered.publishes, taps.uplink, cfg.dbc, reasons,
-                           summary_text=format_summary(summary, [a.encode() for a in taps.alerts]),
+                           summary_text=format_summary(summary, taps.alerts),
                            rules={rule.name: rule.signals for rule in cfg.rules})
         write_report(out / "report.html", data)
     return summary
@@ -173,11 +187,13 @@ def alerts_from_outbox(path: str | Path) -> list[dict[str, Any]]:
     return sorted(messages_from_outbox(path, "alert"), key=lambda a: a["t"])
 
 
-def format_summary(summary: dict[str, Any], alerts: list[dict[str, Any]]) -> str:
+def format_summary(summary: dict[str, Any], alerts: Sequence[Alert], *, verbose: bool = False) -> str:
+    """The replay in a screenful: warnings first, the counts, then the alerts condensed per
+    rule (every raised, updated and cleared message with ``verbose``)."""
     s = summary
     lines = [f"WARNING: {w}" for w in s.get("warnings", ())]
     lines += [
-        f"Replayed {s['log']}",
+        f"Replayed {s['log']}" + (f" (time base: {s['time_base']})" if s.get("time_base") else ""),
         f"  frames read        {s['frames_read']:>10}   ({s['frames_decoded']} decoded, {s['error_frames']} error, "
         f"{s['remote_frames']} remote, {s['frames_unknown_id']} unknown id, {s['decode_errors']} decode errors)",
         f"  bad log lines      {s['bad_lines']:>10}",
@@ -200,6 +216,9 @@ def format_summary(summary: dict[str, Any], alerts: list[dict[str, Any]]) -> str
     if s["unknown_ids"]:
         top = ", ".join(f"{k} x{n}" for k, n in list(s["unknown_ids"].items())[:8])
         lines.append(f"  unknown ids ({len(s['unknown_ids'])}): {top}")
+    if s.get("decode_error_ids"):
+        top = ", ".join(f"{k} x{n}" for k, n in list(s["decode_error_ids"].items())[:8])
+        lines.append(f"  decode errors by id ({len(s['decode_error_ids'])}): {top} (report.html gives the reasons)")
     if s.get("fallback_frames"):
         lines.append(f"  decoded frame by frame by cantools (no vectorised plan): {s['fallback_frames']} frames")
     for collision in s["dbc_collisions"]:
@@ -209,15 +228,37 @@ def format_summary(summary: dict[str, Any], alerts: list[dict[str, Any]]) -> str
     for error in s["handler_errors"]:
         lines.append(f"  HANDLER ERROR: {error}")
     if alerts:
-        t0 = s["event_start"] or 0.0
-        lines.append("Alerts (t: seconds from the first frame of the log):")
-        for a in alerts:
-            worst = a["detail"].get("worst")
-            lines.append(
-                f"  t={a['t'] - t0:8.3f}  {a['state']:<7} {a['severity']:<8} {a['rule']:<22} {a['signal']:<32} "
-                f"value={_num(a['value'])}" + (f" worst={_num(worst)}" if a["state"] != "raised" else "")
-            )
+        lines += format_alerts(alerts, s.get("event_start") or 0.0, s.get("event_end"), verbose=verbose)
     return "\n".join(lines)
+
+
+def alert_line(a: Alert, t0: float) -> str:
+    """One alert message as it happened."""
+    worst = a.detail.get("worst")
+    return (f"  t={a.t - t0:8.3f}  {a.state:<7} {a.severity:<8} {a.rule:<22} {a.signal:<32} "
+            f"value={_num(a.value)}" + (f" worst={_num(worst)}" if a.state != "raised" else ""))
+
+
+def format_alerts(alerts: Sequence[Alert], t0: float, t_end: float | None, *, verbose: bool = False) -> list[str]:
+    """Per rule, one line per alert: when raised and cleared (or still active), its worst value
+    and how many updates it sent; ``verbose``: every message."""
+    if verbose:
+        return ["Alerts (t: seconds from the first frame of the log):",
+                *(alert_line(a, t0) for a in sorted(alerts, key=lambda a: a.t))]
+    lines = ["Alerts per rule (t: seconds from the first frame of the log; --verbose lists every update):"]
+    records = alert_intervals(alerts, t_end)
+    for rule in dict.fromkeys(r["rule"] for r in records):
+        mine = [r for r in records if r["rule"] == rule]
+        updates = sum(r["updates"] for r in mine)
+        lines.append(f"  {rule} ({mine[0]['severity']}): {len(mine)} alert{'s' if len(mine) != 1 else ''}"
+                     + (f", {updates} updates" if updates else ""))
+        for r in mine[:20]:
+            end = (f"cleared t={r['cleared'] - t0:.1f}" if r["cleared"] is not None else "still active at the end")
+            lines.append(f"    t={r['raised'] - t0:8.1f}  {r['signal']:<32} {end} ({r['duration']:.1f} s), "
+                         f"worst {_num(r['worst'])}" + (", flapping" if r["flapping"] else ""))
+        if len(mine) > 20:
+            lines.append(f"    ... and {len(mine) - 20} more (report.html shows them all)")
+    return lines
 
 
 def _num(value: float | None) -> str:

@@ -30,6 +30,7 @@ from telemetry.edge.frames import Frames
 from telemetry.edge.messages import EVENT_COUNTERS, Alert
 from telemetry.edge.rules.bus import BusRule
 from telemetry.edge.sources import LogSource
+from telemetry.tools.report import alert_intervals
 
 PERCENTILES = (1, 50, 99)
 
@@ -256,13 +257,12 @@ def format_rules(cfg: VehicleConfig, names: Sequence[str], scan: LogScan | None 
             lines.append(f"  {rule.name} ({rule.kind}, {' '.join(rule.signals)}): "
                          + (f"{len(matched)} signals: {shown}" if matched else "MATCHES NO SIGNAL"))
         if scan is not None:
-            mine = [a for a in scan.alerts if a.rule == rule.name]
-            raised = [a for a in mine if a.state == "raised"]
-            if raised:
-                worst = max((abs(a.detail.get("worst") or 0), a.detail.get("worst")) for a in mine)[1]
-                signals = sorted({a.signal for a in raised})
-                lines.append(f"    would raise {len(raised)} alerts on this log (first at t={raised[0].t - scan.start:.1f} s, "
-                             f"worst {_num(worst)}) on {', '.join(signals[:4])}" + (" ..." if len(signals) > 4 else ""))
+            mine = alert_intervals([a for a in scan.alerts if a.rule == rule.name], None)
+            if mine:
+                signals = sorted({r["signal"] for r in mine})
+                lines.append(f"    would raise {len(mine)} alert{'s' if len(mine) != 1 else ''} on this log (first at "
+                             f"t={mine[0]['raised'] - scan.start:.1f} s, worst {_num(mine[0]['worst'])}) on "
+                             f"{', '.join(signals[:4])}" + (" ..." if len(signals) > 4 else ""))
             else:
                 lines.append("    would raise no alert on this log")
     return "\n".join(lines)

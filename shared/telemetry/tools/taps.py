@@ -32,17 +32,21 @@ class CloudPublish:
 class ReplayTaps:
     """Listens on the output topics of a runtime's components (call ``attach`` before it starts).
 
-    ``on_alert`` is called with each alert as it is heard (live output at ``--speed 1``)."""
+    ``on_alert`` is called with each alert as it is heard (live output at ``--speed 1``),
+    ``on_signals`` with each signals batch of the reader (exports)."""
 
-    def __init__(self, on_alert: Callable[[Alert], None] | None = None) -> None:
+    def __init__(self, on_alert: Callable[[Alert], None] | None = None,
+                 on_signals: Callable[[Signals], None] | None = None) -> None:
         self.windows: list[Aggregates] = []
         self.alerts: list[Alert] = []
         self.uplink: list[tuple[float, int]] = []  # (event time, bytes) of each window and alert
         self.frames_read = 0
         self.refused = 0  # payloads on the topics that did not decode (the components count theirs too)
         self.latest: float | None = None  # the newest event time heard
+        self.first: float | None = None  # the first frame's time
         self.ended = False
         self.on_alert = on_alert
+        self.on_signals = on_signals
         self._lock = threading.Lock()
 
     def attach(self, runtime: Any) -> list[str]:
@@ -74,8 +78,11 @@ class ReplayTaps:
                     self.frames_read += int(item.frames.get("read", 0))
                     if len(item.batch) or item.frames:
                         self._advance(item.end)
+                        self.first = item.start if self.first is None else min(self.first, item.start)
                 elif isinstance(item, EndOfStream):
                     self.ended = True
+        if self.on_signals is not None and isinstance(message, Signals):
+            self.on_signals(message)
         if self.on_alert is not None:
             for item in items:
                 if isinstance(item, Alert):
