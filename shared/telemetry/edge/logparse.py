@@ -18,7 +18,8 @@ before the chunk that would have held its frame is yielded.
 
 ASC timestamps are those of python-can's ``ASCReader`` with its defaults (as ``LogSource`` and
 ``can.LogReader`` use it: ``relative_timestamp=True``): the number written on the line, the ``date``
-and ``Begin Triggerblock`` headers do not move them. The header (``date``, ``base hex|dec``,
+and ``Begin Triggerblock`` headers do not move them (``LogSource`` adds the header's date, read by
+``asc_start_time``, to both its paths). The header (``date``, ``base hex|dec``,
 comments, ``internal events logged``) is read by python-can's own header parser.
 """
 
@@ -122,6 +123,27 @@ def parse_asc(path: str | Path, bad_records: list[BadRecord], *, chunk_frames: i
 
 
 PARSERS: dict[str, Callable[..., Generator[Frames, None, None]]] = {".log": parse_candump, ".asc": parse_asc}
+
+_ASC_DATE = re.compile(r"date\s+\w+\s+(?P<datetime_string>.+)", re.IGNORECASE)  # python-can's header rule
+
+
+def asc_start_time(path: str | Path, max_lines: int = 100) -> tuple[float, str] | None:
+    """The absolute start of a Vector ASC log and the header text it comes from: the ``date``
+    line read as python-can's ``ASCReader(relative_timestamp=False)`` reads it (in this computer's
+    time zone: the header names none). None when the header has no date python-can understands.
+    The parsers above give times from 0; ``LogSource`` adds this to them."""
+    with open(path, "rb") as file:
+        for line in itertools.islice(file, max_lines):
+            text = line.decode("utf-8", "replace").lstrip("\ufeff").strip()
+            if match := _ASC_DATE.match(text):
+                date = match.group("datetime_string")
+                try:
+                    return ASCReader._datetime_to_timestamp(date), date
+                except ValueError:
+                    return None
+            if text.lower().startswith("begin triggerblock") or ASC_MESSAGE_REGEX.match(text):
+                return None
+    return None
 
 
 def _record(bad_records: list[BadRecord], path: Path, line: int | None, reason: str, text: str = "") -> None:

@@ -19,6 +19,7 @@ from typing import Any
 
 from telemetry.edge.config import VehicleConfig, load_config
 from telemetry.edge.errors import ConfigError
+from telemetry.edge.logparse import asc_start_time
 from telemetry.edge.messages import Alert, unpack
 from telemetry.edge.transport import OutboxFile
 from telemetry.tools.export import FORMATS, ExportError, SignalsWriter, write_aggregates
@@ -32,6 +33,7 @@ from telemetry.tools.taps import MeteredCloud, ReplayTaps
 LOG = logging.getLogger(__name__)
 
 UNLIMITED = 1e15  # a rate or size no replay reaches
+ABSOLUTE_AFTER = 3e8  # a first frame after 1979 is on a wall clock, not seconds from the start
 DECODED_AT_LEAST = 0.5  # under this share of data frames decoded, the replay warns
 
 def resolve_config(config: str | Path | VehicleConfig | None, dbc: Sequence[str | Path] = ()) -> VehicleConfig:
@@ -119,6 +121,7 @@ def replay(
         summary["exports"] = {"dir": str(export[1]), "format": export[0], "signal_rows": writer.rows, "aggregate_rows": rows}
     summary["seconds"] = round(time.monotonic() - started, 3)
     summary["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+    summary["time_base"] = time_base(log, summary.get("event_start"))
     summary["warnings"] = warnings(summary)
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     if report:
@@ -130,6 +133,19 @@ def replay(
                            rules={rule.name: rule.signals for rule in cfg.rules})
         write_report(out / "report.html", data)
     return summary
+
+
+def time_base(log: str | Path, first: float | None) -> str:
+    """Which clock the log's times are on, in words (the summary and the report say it)."""
+    if Path(log).suffix.lower() == ".asc":
+        start = asc_start_time(log)
+        if start is not None:
+            return (f"absolute, from the .asc header's date ({start[1]}, read in this computer's time zone "
+                    "as python-can reads it) plus each frame's offset")
+        return "relative: seconds from the start of the log (its .asc header has no date)"
+    if first is not None and first > ABSOLUTE_AFTER:
+        return "absolute: the log's own timestamps (seconds since 1970, UTC)"
+    return "relative: the log's timestamps start near 0 (it carries no date)"
 
 
 def warnings(summary: dict[str, Any]) -> list[str]:
@@ -193,7 +209,7 @@ def format_summary(summary: dict[str, Any], alerts: Sequence[Alert], *, verbose:
     s = summary
     lines = [f"WARNING: {w}" for w in s.get("warnings", ())]
     lines += [
-        f"Replayed {s['log']}" + (f" (time base: {s['time_base']})" if s.get("time_base") else ""),
+        f"Replayed {s['log']}",
         f"  frames read        {s['frames_read']:>10}   ({s['frames_decoded']} decoded, {s['error_frames']} error, "
         f"{s['remote_frames']} remote, {s['frames_unknown_id']} unknown id, {s['decode_errors']} decode errors)",
         f"  bad log lines      {s['bad_lines']:>10}",
@@ -206,6 +222,8 @@ def format_summary(summary: dict[str, Any], alerts: Sequence[Alert], *, verbose:
         + ("; as fast as possible: no link pacing, no spool cap)" if s.get("uploader_limits_lifted") else ")"),
         f"  wall time          {s['seconds']:>10.2f}   s (peak RSS {s['peak_rss_mb']} MB)",
     ]
+    if s.get("time_base"):
+        lines.append(f"  time base          {s['time_base']}")
     if s.get("peak_rss_mb_processes"):
         lines.append("  processes          " + ", ".join(f"{name} {mb} MB" for name, mb in s["peak_rss_mb_processes"].items())
                      + " (peak RSS of each)")
