@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 
 import pytest
+
 from support.browser import open_report
 
 
@@ -100,6 +101,8 @@ def test_frames_unknown_ids_and_cloud_bytes_are_shown(page, sample_replay):
     p = page.page
     unknown = p.eval_on_selector_all("#unknown-table tr", "rs => rs.slice(1).map(r => [r.cells[0].textContent, +r.cells[1].textContent])")
     assert unknown == [list(kv) for kv in sample_replay.summary["unknown_ids"].items()]
+    first = p.eval_on_selector_all("#frames-table tr", "rs => [...rs[1].cells].map(c => c.textContent)")
+    assert first == ["0x300", "MC_Drive", "4800"] or first == ["0x301", "MC_Velocity", "4800"]
     assert p.locator("#frames-table tr").count() == 1 + 10  # the sample car's ten messages
     d = p.get_attribute(".cloud-line.given", "d")
     assert d and d.count("V") > 100  # a step per window and alert

@@ -47,6 +47,19 @@ def signal_units(dbc_paths: Iterable[str | Path]) -> dict[str, str]:
     return units
 
 
+def message_ids(dbc_paths: Iterable[str | Path]) -> dict[str, str]:
+    """Message name -> its CAN id (``0x1A2``; extended ids with an ``x`` after), from the DBC files."""
+    ids: dict[str, str] = {}
+    for path in dbc_paths:
+        try:
+            db = load_dbc(path)
+        except DbcError:
+            continue
+        for m in db.messages:
+            ids[m.name] = f"0x{m.frame_id:X}" + ("x" if m.is_extended_frame else "")
+    return ids
+
+
 def _r(x: float) -> float | None:
     """A number for the page: 6 significant digits keep the JSON small; NaN becomes null."""
     return None if not math.isfinite(x) else float(f"{x:.6g}")
@@ -182,6 +195,7 @@ def report_data(summary: Mapping[str, Any], windows: Sequence[Aggregates], alert
         "alerts": alert_intervals(alerts, t_end, list(series), rules),
         "cloud": cloud_series(publishes, uplink, t0),
         "frames_by_message": frames_by_message(series),
+        "message_ids": message_ids(dbc),
         "unknown_ids": dict(summary.get("unknown_ids", {})),
         "decode_errors": [{"id": k, "frames": n, "reason": reasons.get(k, "")}
                           for k, n in dict(summary.get("decode_error_ids", {})).items()],

@@ -106,7 +106,7 @@ def check_rules_match(cfg: VehicleConfig) -> None:
         if matched:
             continue
         patterns = next(r.signals for r in cfg.rules if r.name == rule)
-        near = sorted({m for p in patterns for m in difflib.get_close_matches(p, names, n=3, cutoff=0.5)})
+        near = list(dict.fromkeys(m for p in patterns for m in difflib.get_close_matches(p, names, n=3, cutoff=0.5)))
         problems.append(f"rule {rule!r}: its signals {', '.join(map(repr, patterns))} match no signal of "
                         f"{', '.join(Path(d).name for d in cfg.dbc)}"
                         + (f" (did you mean {', '.join(near)}?)" if near else " (./build.sh signals --dbc DBC lists them)"))

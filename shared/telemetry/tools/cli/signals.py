@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from typing import Any
 
 
@@ -10,7 +11,7 @@ def _do_signals(args: argparse.Namespace) -> int:
     from telemetry.edge.config import load_config
     from telemetry.edge.errors import ConfigError
     from telemetry.tools.replay import resolve_config
-    from telemetry.tools.signals import catalogue, format_catalogue, format_rules, scan_log
+    from telemetry.tools.signals import catalogue, format_catalogue, format_rules, rule_matches, scan_log
 
     cfg = resolve_config(args.config, args.dbc) if args.config or args.dbc else None
     if cfg is None:
@@ -21,8 +22,14 @@ def _do_signals(args: argparse.Namespace) -> int:
     scan = scan_log(args.log, cfg.dbc, cfg if args.config else None) if args.log else None
     print(format_catalogue(infos, scan))
     if args.config:
+        names = [s.name for s in infos]
         print()
-        print(format_rules(cfg, [s.name for s in infos], scan))
+        print(format_rules(cfg, names, scan))
+        unmatched = [rule for rule, matched in rule_matches(cfg, names).items() if not matched]
+        if unmatched:
+            print(f"error: {len(unmatched)} rules match no signal ({', '.join(unmatched)}): replay refuses this "
+                  "configuration", file=sys.stderr)
+            return 1
     return 0
 
 
