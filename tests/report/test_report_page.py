@@ -93,6 +93,11 @@ def test_the_search_box_filters_by_name_or_pattern(page):
     visible = p.eval_on_selector_all(".plot", "ps => ps.filter(p => p.offsetParent).map(p => p.dataset.signal)")
     assert visible == [f"MPPT{i}_Status.Temperature" for i in (1, 2, 3)]
     assert p.text_content("#shown").startswith("3 of ")
+    p.fill("#search", "*Cell2[!0-5]")
+    visible = p.eval_on_selector_all(".plot", "ps => ps.filter(p => p.offsetParent).map(p => p.dataset.signal)")
+    assert visible == [f"BMS_CellVoltages.Cell2{i}" for i in (6, 7, 8, 9)]
+    p.fill("#search", "Cell[")
+    assert page.errors == [] and p.text_content("#shown").startswith("0 of ")
     p.fill("#search", "")
     assert p.eval_on_selector_all(".plot", "ps => ps.filter(p => p.offsetParent).length") > 90
 
