@@ -3,13 +3,14 @@ signals it matches and the alerts it would raise (the same as a replay raises)."
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
 
 from telemetry.edge.config import load_config
 from telemetry.tools.cli import main
-from telemetry.tools.signals import catalogue, scan_log
+from telemetry.tools.signals import LogScan, SignalStats, catalogue, format_catalogue, outside, scan_log
 
 ROOT = Path(__file__).resolve().parents[2]
 SAMPLE = ROOT / "vehicles" / "sample"
@@ -78,3 +79,16 @@ def test_a_rule_typo_is_shown_in_the_rule_list_and_fails_the_command(tmp_path, c
 def test_a_dbc_is_required(capsys):
     assert main(["signals"]) == 2
     assert capsys.readouterr().err.startswith("error: give --dbc DBC")
+
+
+def test_values_outside_the_declared_range_are_marked_and_an_inverted_range_declares_nothing():
+    infos = {s.name: s for s in catalogue([DBC])}
+    temp = infos["MC_Drive.MotorTemp"]  # declared -40..200
+    inside, above = SignalStats(3, 1.0, 20.0, 200.0, (20.0, 50.0, 200.0)), SignalStats(3, 1.0, 20.0, 210.0, (20.0, 50.0, 210.0))
+    assert not outside(temp, inside) and outside(temp, above)
+    inverted = dataclasses.replace(temp, minimum=4294967295.0, maximum=127.0)  # a DBC's -1 read as unsigned
+    assert not outside(inverted, above)
+    scan = LogScan({"MC_Drive.MotorTemp": above}, frames=3, span=3.0, start=0.0, alerts=[])
+    text = format_catalogue([temp, inverted], scan)
+    assert text.splitlines()[1].endswith("!") and text.splitlines()[2].split()[4:6] == ["4.29497e+09..127", "(inverted)"]
+    assert text.endswith("1 signals went outside the range their DBC declares (marked !): MC_Drive.MotorTemp")

@@ -269,7 +269,7 @@ def format_alerts(alerts: Sequence[Alert], t0: float, t_end: float | None, *, ve
         mine = [r for r in records if r["rule"] == rule]
         updates = sum(r["updates"] for r in mine)
         lines.append(f"  {rule} ({mine[0]['severity']}): {len(mine)} alert{'s' if len(mine) != 1 else ''}"
-                     + (f", {updates} updates" if updates else ""))
+                     + (f", {updates} update{'s' if updates != 1 else ''}" if updates else ""))
         for r in mine[:20]:
             end = (f"cleared t={r['cleared'] - t0:.1f}" if r["cleared"] is not None else "still active at the end")
             lines.append(f"    t={r['raised'] - t0:8.1f}  {r['signal']:<32} {end} ({r['duration']:.1f} s), "

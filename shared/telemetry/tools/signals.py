@@ -222,18 +222,30 @@ def _num(x: float | None) -> str:
     return "" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.6g}"
 
 
+def outside(info: SignalInfo, stats: SignalStats) -> bool:
+    """Whether the log's values left the range the DBC declares (a glitch, or a wrong scale); a
+    declared range whose minimum is above its maximum declares nothing."""
+    if info.minimum is not None and info.maximum is not None and info.minimum > info.maximum:
+        return False
+    return ((info.minimum is not None and stats.minimum < info.minimum)
+            or (info.maximum is not None and stats.maximum > info.maximum))
+
+
 def format_catalogue(infos: Sequence[SignalInfo], scan: LogScan | None = None) -> str:
     head = ["signal", "unit", "scale", "offset", "DBC range", "raw range"]
     if scan is not None:
-        head += ["count", "rate/s", "min", "max", *(f"p{p}" for p in PERCENTILES)]
+        head += ["count", "rate/s", "min", "max", *(f"p{p}" for p in PERCENTILES), ""]
     rows = [head]
     for s in infos:
         declared = f"{_num(s.minimum)}..{_num(s.maximum)}" if s.minimum is not None or s.maximum is not None else ""
+        if s.minimum is not None and s.maximum is not None and s.minimum > s.maximum:
+            declared += " (inverted)"
         row = [s.name, s.unit, _num(s.scale), _num(s.offset), declared, f"{_num(s.raw_minimum)}..{_num(s.raw_maximum)}"]
         if scan is not None:
             st = scan.stats.get(s.name)
-            row += ([str(st.count), f"{st.rate:.1f}", _num(st.minimum), _num(st.maximum), *map(_num, st.percentiles)]
-                    if st else ["0", "", "", "", *([""] * len(PERCENTILES))])
+            row += ([str(st.count), f"{st.rate:.1f}", _num(st.minimum), _num(st.maximum), *map(_num, st.percentiles),
+                     "!" if outside(s, st) else ""]
+                    if st else ["0", "", "", "", *([""] * len(PERCENTILES)), ""])
         rows.append(row)
     widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
     text = "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
@@ -242,6 +254,10 @@ def format_catalogue(infos: Sequence[SignalInfo], scan: LogScan | None = None) -
     if scan is not None:
         silent = sum(1 for s in infos if s.name not in scan.stats)
         text += f"; the log: {scan.frames} frames over {scan.span:.1f} s, {len(infos) - silent} signals seen, {silent} never"
+        out = [s.name for s in infos if s.name in scan.stats and outside(s, scan.stats[s.name])]
+        if out:
+            text += (f"\n{len(out)} signals went outside the range their DBC declares (marked !): "
+                     + ", ".join(out[:8]) + (", ..." if len(out) > 8 else ""))
     return text
 
 
