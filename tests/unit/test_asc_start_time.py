@@ -8,6 +8,7 @@ from pathlib import Path
 
 import can
 import numpy as np
+import pytest
 
 from telemetry.edge.frames import Frames
 from telemetry.edge.logparse import asc_start_time
@@ -24,8 +25,8 @@ End TriggerBlock
 """
 
 
-def write(tmp_path: Path, text: str) -> Path:
-    path = tmp_path / "drive.asc"
+def write(tmp_path: Path, text: str, name: str = "drive.asc") -> Path:
+    path = tmp_path / name
     path.write_text(text)
     return path
 
@@ -55,3 +56,18 @@ def test_a_date_python_can_does_not_understand_is_not_guessed(tmp_path):
     path = write(tmp_path, ASC.replace("Sat Jun 22 09:44:02 pm 2024", "Sat sometime in June"))
     assert asc_start_time(path) is None
     assert LogSource(path).time_offset == 0.0
+
+
+@pytest.mark.parametrize("events", [True, False])
+def test_a_trigger_block_date_replaces_the_header_date_where_python_can_reads_it(tmp_path, events):
+    # python-can's own writer: the header's date is when the file was written, the trigger
+    # block's (after "internal events logged") is the first frame's time. Without that line,
+    # python-can's header parser swallows the trigger block line: the header's date stays.
+    header_end = "internal events logged\n" if events else ""
+    text = ASC.replace("Begin Triggerblock\n", f"{header_end}Begin Triggerblock Sat Jun 22 10:00:00.5 pm 2024\n")
+    path = write(tmp_path, text)
+    want = [m.timestamp for m in can.ASCReader(str(path), relative_timestamp=False)]
+    assert Frames.concat(list(LogSource(path).frame_batches(threading.Event()))).t.tolist() == want
+    header_only = asc_start_time(write(tmp_path, ASC, "header_only.asc"))[0]
+    assert asc_start_time(path)[1] == ("Jun 22 10:00:00.5 pm 2024" if events else "Jun 22 09:44:02 pm 2024")
+    assert want[0] - header_only == pytest.approx((15 * 60 + 58.5 if events else 0) + 0.332004112)

@@ -36,7 +36,7 @@ from typing import BinaryIO
 
 import can
 import numpy as np
-from can.io.asc import ASC_MESSAGE_REGEX, ASCReader
+from can.io.asc import ASC_MESSAGE_REGEX, ASC_TRIGGER_REGEX, ASCReader
 from can.io.canutils import CanutilsLogReader
 
 from .frames import CLASSIC, FD, Frames
@@ -124,26 +124,41 @@ def parse_asc(path: str | Path, bad_records: list[BadRecord], *, chunk_frames: i
 
 PARSERS: dict[str, Callable[..., Generator[Frames, None, None]]] = {".log": parse_candump, ".asc": parse_asc}
 
-_ASC_DATE = re.compile(r"date\s+\w+\s+(?P<datetime_string>.+)", re.IGNORECASE)  # python-can's header rule
+# python-can's header rules (ASCReader._extract_header): lines it reads on past, and its last line
+_ASC_DATE = re.compile(r"date\s+\w+\s+(?P<datetime_string>.+)", re.IGNORECASE)
+_ASC_HEADER_MORE = re.compile(r"base\s+(hex|dec)|//", re.IGNORECASE)
 
 
 def asc_start_time(path: str | Path, max_lines: int = 100) -> tuple[float, str] | None:
-    """The absolute start of a Vector ASC log and the header text it comes from: the ``date``
-    line read as python-can's ``ASCReader(relative_timestamp=False)`` reads it (in this computer's
-    time zone: the header names none). None when the header has no date python-can understands.
-    The parsers above give times from 0; ``LogSource`` adds this to them."""
+    """The absolute start of a Vector ASC log's first frame and the date text it comes from, as
+    python-can's ``ASCReader(relative_timestamp=False)`` reads it: the header's ``date``, replaced
+    by the date of a ``Begin Triggerblock <date>`` line after the header (python-can's own writer
+    puts the first frame's time there; python-can's header parser swallows the line after a
+    header that does not end in ``internal events logged``, so it is not read there either), in
+    this computer's time zone (the file names none). None when there is no date python-can
+    understands. A trigger block's date after the first frame is not applied. The parsers above
+    give times from 0; ``LogSource`` adds this to them."""
+    found: tuple[float, str] | None = None
+
+    def read(date: str) -> tuple[float, str] | None:
+        try:
+            return ASCReader._datetime_to_timestamp(date), date
+        except ValueError:
+            return None  # python-can would fail on it: no date is better than a guess
+
     with open(path, "rb") as file:
-        for line in itertools.islice(file, max_lines):
-            text = line.decode("utf-8", "replace").lstrip("\ufeff").strip()
+        lines = (line.decode("utf-8", "replace").lstrip("\ufeff").strip() for line in itertools.islice(file, max_lines))
+        for text in lines:  # the header, as python-can reads it
             if match := _ASC_DATE.match(text):
-                date = match.group("datetime_string")
-                try:
-                    return ASCReader._datetime_to_timestamp(date), date
-                except ValueError:
-                    return None
-            if text.lower().startswith("begin triggerblock") or ASC_MESSAGE_REGEX.match(text):
-                return None
-    return None
+                found = read(match.group("datetime_string"))
+            elif not _ASC_HEADER_MORE.match(text):
+                break  # this line is consumed with the header, whatever it is
+        for text in lines:  # the body, up to the first frame
+            if match := ASC_TRIGGER_REGEX.match(text):
+                found = read(match.group("datetime_string"))
+            elif ASC_MESSAGE_REGEX.match(text):
+                break
+    return found
 
 
 def _record(bad_records: list[BadRecord], path: Path, line: int | None, reason: str, text: str = "") -> None:
