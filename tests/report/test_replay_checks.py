@@ -107,3 +107,14 @@ def test_the_cli_reports_a_rule_typo_as_one_line(tmp_path, log, capsys):
     assert main(["replay", str(log), "--config", str(config), "--out", str(tmp_path / "out")]) == 2
     (line,) = capsys.readouterr().err.splitlines()
     assert line.startswith("error: rule 'motor-overtemp': its signals 'MC_Driv.MotorTemp' match no signal")
+
+
+def test_decode_errors_are_counted_per_id_with_the_reason_in_the_report(tmp_path):
+    log = tmp_path / "short.log"
+    log.write_text("(1000.000000) can0 300#00\n(1000.010000) can0 300#0000000000000000\n(1000.020000) can0 300#0011\n")
+    summary = replay(log, out_dir=tmp_path / "out", dbc=[SAMPLE / "solar_car.dbc"])
+    assert summary["decode_error_ids"] == {"0x300": 2}
+    page = (tmp_path / "out" / "report.html").read_text()
+    blob = json.loads(page.split('<script id="data" type="application/json">', 1)[1].split("</script>", 1)[0])
+    assert blob["decode_errors"] == [{"id": "0x300", "frames": 2, "reason": "Wrong data size: 1 instead of 8 bytes"}]
+    assert summary["time_base"] == "relative: the log's timestamps start near 0 (it carries no date)"

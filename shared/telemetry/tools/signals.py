@@ -205,7 +205,7 @@ def decode_error_reasons(log: str | Path, dbc_paths: Sequence[str | Path], ids: 
                     message.decode(frames.data[row, :n].tobytes(), decode_choices=False)
                 except Exception as exc:  # cantools.DecodeError, struct errors on odd lengths
                     text = " ".join(str(exc).split())
-                    if n != message.length:
+                    if n != message.length and "size" not in text.lower():
                         text = f"wrong data size: {n} instead of {message.length} bytes ({text})"
                     reasons[key] = text
             if len(reasons) == len(wanted):
