@@ -1,21 +1,31 @@
 #!/usr/bin/env bash
 # One entry point for everything a user or CI does with this repository.
 #
-#   ./build.sh demo                 replay the bundled sample drive through all four components
-#   ./build.sh test [PYTEST ARGS]   ruff and mypy, then the whole test suite
-#   ./build.sh replay LOG --dbc DBC [--dbc DBC ...] [--config FILE] --out DIR [--speed X]
-#   ./build.sh run --interface IF --channel CH [--bitrate N] [--config FILE] [--out DIR] [--endpoint HOST --cert --key --ca]
-#                                   the four components live on a python-can bus (a USB adapter); Ctrl-C stops
-#   ./build.sh simulate [--out LOG] regenerate the sample drive recording
-#   ./build.sh decode-cloud cloud.jsonl|DIR [--to csv|jsonl|parquet] [--out FILE]   aggregates to rows
-#   ./build.sh bench [--repeat N]   throughput of the aggregator and detector vs per-sample loops
-#   ./build.sh memory               peak memory of each component (what the recipes' limits rest on)
-#   ./build.sh package [--arch x86_64|aarch64] [--out build/]   one deployment zip per function
-#   ./build.sh deploy --thing-group NAME|--thing NAME --bucket BUCKET [--dry-run]
-#   ./build.sh setup                only create/refresh .venv
+#   ./build.sh demo [--speed 1]     Replays the bundled sample drive through all four components and
+#                                   writes out/demo/report.html, a page to open in any browser.
+#   ./build.sh replay LOG --dbc DBC [--config FILE] --out DIR [--strict] [--export csv|parquet DIR]
+#                                   Replays a recorded CAN log; writes DIR/report.html, summary.json
+#                                   and cloud.jsonl. --strict exits with status 3 on any warning.
+#   ./build.sh signals --dbc DBC [--log LOG] [--config FILE]
+#                                   Lists every signal of the DBC files; with a log, what each did;
+#                                   with a configuration, the signals each rule watches.
+#   ./build.sh test [PYTEST ARGS]   Runs ruff, mypy and the whole test suite (it installs the Debian
+#                                   packages mosquitto, openssl and chromium first if they are missing).
+#   ./build.sh run --interface IF --channel CH [--bitrate N] [--config FILE] [--out DIR]
+#                                   Runs the four components live on a python-can bus (a USB adapter,
+#                                   SocketCAN); Ctrl-C flushes and stops them.
+#   ./build.sh decode-cloud cloud.jsonl|DIR [--to csv|jsonl|parquet] [--dbc DBC] [--out FILE]
+#                                   Turns aggregates payloads back into rows (the cloud side).
+#   ./build.sh simulate [--out LOG] Regenerates the sample drive recording.
+#   ./build.sh bench [--repeat N]   Measures the aggregator and detector against per-sample loops.
+#   ./build.sh memory               Measures the peak memory of each component (the recipes' limits).
+#   ./build.sh package [--arch x86_64|aarch64] [--out build/]   Builds one deployment zip per function.
+#   ./build.sh deploy --thing-group NAME|--thing NAME --bucket BUCKET [--dry-run]   Deploys to a core device.
+#   ./build.sh setup                Only creates or refreshes .venv.
 #
-# The first call creates .venv from requirements.txt; later calls reuse it and reinstall only
-# when requirements.txt has changed, so every command is safe to repeat.
+# Every command takes --help for its options; demo, replay, signals, package and deploy also take
+# --debug to show tracebacks. The first call creates .venv from requirements.txt; later calls reuse
+# it and reinstall only when requirements.txt has changed, so every command is safe to repeat.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -63,11 +73,13 @@ setup() {
 
 run_py() { "$VENV/bin/python" "$@"; }
 
-# The uploader's tests run a real MQTT broker (mosquitto) with certificates made by openssl.
+# The uploader's tests run a real MQTT broker (mosquitto) with certificates made by openssl; the
+# report's tests open report.html in Debian's chromium (driven by Playwright, no browser download).
 test_tools() {
     local missing=()
     command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || missing+=(mosquitto)
     command -v openssl >/dev/null 2>&1 || missing+=(openssl)
+    [ -x /usr/bin/chromium ] || missing+=(chromium)
     [ ${#missing[@]} -eq 0 ] && return 0
     if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null 2>&1; then
         echo "build.sh: installing ${missing[*]} (Debian packages) for the tests" >&2
@@ -91,6 +103,10 @@ case "$cmd" in
     replay)
         setup
         run_py -m telemetry replay "$@"
+        ;;
+    signals)
+        setup
+        run_py -m telemetry signals "$@"
         ;;
     simulate)
         setup
@@ -135,7 +151,7 @@ case "$cmd" in
         run_py -m pytest "$@"
         ;;
     ""|-h|--help|help)
-        sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'
+        sed -n '2,/^set -euo/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'
         ;;
     *)
         die "unknown command '$cmd' (try ./build.sh help)"

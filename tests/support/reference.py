@@ -38,7 +38,9 @@ def reference(log: str | Path, dbcs: list[str | Path], window: float) -> dict[st
                 steps[f"{message.name}.{s.name}"] = 0.0 if s.is_float else abs(float(s.scale))
     counts = defaultdict(int)
     samples: dict[tuple[int, str], list[tuple[float, float]]] = defaultdict(list)
-    for frame in can.LogReader(str(log)):
+    # an ASC log's frames carry its header's date, as the package's replay gives them
+    absolute = {"relative_timestamp": False} if Path(log).suffix.lower() == ".asc" else {}
+    for frame in can.LogReader(str(log), **absolute):
         counts["read"] += 1
         if frame.is_error_frame:
             counts["error"] += 1

@@ -16,8 +16,9 @@ DBC = ROOT / "vehicles/sample/solar_car.dbc"
 
 # Each command and options its --help must mention.
 OPTIONS = {
-    "replay": ["log", "--dbc", "--config", "--out", "--speed"],
-    "demo": ["--out", "--speed"],
+    "replay": ["log", "--dbc", "--config", "--out", "--speed", "--strict", "--verbose", "--export", "--debug"],
+    "demo": ["--out", "--speed", "--strict", "--verbose", "--export"],
+    "signals": ["--dbc", "--log", "--config"],
     "run": ["--interface", "--channel", "--bitrate", "--config", "--out", "--endpoint", "--drain"],
     "uploader": ["--config", "--spool", "--endpoint", "--port", "--cert", "--key", "--ca", "--client-id", "--drain"],
     "package": ["--arch", "--out", "--config"],
@@ -91,3 +92,11 @@ def test_debug_re_raises_the_error(tmp_path):
     missing = tmp_path / "missing.log"
     with pytest.raises(LogFormatError, match="no such file"):
         main(["--debug", "replay", str(missing), "--dbc", str(DBC), "--out", str(tmp_path / "out")])
+
+
+def test_debug_is_also_taken_after_the_command(tmp_path):
+    missing = tmp_path / "missing.log"
+    with pytest.raises(LogFormatError, match="no such file"):
+        main(["replay", str(missing), "--dbc", str(DBC), "--out", str(tmp_path / "out"), "--debug"])
+    assert parser().parse_args(["demo"]).debug is False
+    assert parser().parse_args(["simulate", "--debug"]).debug is True

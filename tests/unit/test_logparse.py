@@ -29,6 +29,7 @@ def python_can(path: Path) -> tuple[Frames, list]:
     """What LogSource.frames (python-can's reader, line by line) makes of the log, as columns
     (a frame no row of Frames can hold is a bad record there too)."""
     source = LogSource(path)
+    source.time_offset = 0.0  # the bulk parsers give an ASC log's times from 0, as python-can's defaults do
     messages = [m for m in source.frames(threading.Event()) if m is not None]
     return Frames.from_messages(messages), source.bad_records
 

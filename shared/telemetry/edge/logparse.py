@@ -18,7 +18,8 @@ before the chunk that would have held its frame is yielded.
 
 ASC timestamps are those of python-can's ``ASCReader`` with its defaults (as ``LogSource`` and
 ``can.LogReader`` use it: ``relative_timestamp=True``): the number written on the line, the ``date``
-and ``Begin Triggerblock`` headers do not move them. The header (``date``, ``base hex|dec``,
+and ``Begin Triggerblock`` headers do not move them (``LogSource`` adds the header's date, read by
+``asc_start_time``, to both its paths). The header (``date``, ``base hex|dec``,
 comments, ``internal events logged``) is read by python-can's own header parser.
 """
 
@@ -35,7 +36,7 @@ from typing import BinaryIO
 
 import can
 import numpy as np
-from can.io.asc import ASC_MESSAGE_REGEX, ASCReader
+from can.io.asc import ASC_MESSAGE_REGEX, ASC_TRIGGER_REGEX, ASCReader
 from can.io.canutils import CanutilsLogReader
 
 from .frames import CLASSIC, FD, Frames
@@ -158,6 +159,42 @@ def parse_asc(path: str | Path, bad_records: list[BadRecord], *, chunk_frames: i
 
 
 PARSERS: dict[str, Callable[..., Generator[Frames, None, None]]] = {".log": parse_candump, ".asc": parse_asc}
+
+# python-can's header rules (ASCReader._extract_header): lines it reads on past, and its last line
+_ASC_DATE = re.compile(r"date\s+\w+\s+(?P<datetime_string>.+)", re.IGNORECASE)
+_ASC_HEADER_MORE = re.compile(r"base\s+(hex|dec)|//", re.IGNORECASE)
+
+
+def asc_start_time(path: str | Path, max_lines: int = 100) -> tuple[float, str] | None:
+    """The absolute start of a Vector ASC log's first frame and the date text it comes from, as
+    python-can's ``ASCReader(relative_timestamp=False)`` reads it: the header's ``date``, replaced
+    by the date of a ``Begin Triggerblock <date>`` line after the header (python-can's own writer
+    puts the first frame's time there; python-can's header parser swallows the line after a
+    header that does not end in ``internal events logged``, so it is not read there either), in
+    this computer's time zone (the file names none). None when there is no date python-can
+    understands. A trigger block's date after the first frame is not applied. The parsers above
+    give times from 0; ``LogSource`` adds this to them."""
+    found: tuple[float, str] | None = None
+
+    def read(date: str) -> tuple[float, str] | None:
+        try:
+            return ASCReader._datetime_to_timestamp(date), date
+        except ValueError:
+            return None  # python-can would fail on it: no date is better than a guess
+
+    with open(path, "rb") as file:
+        lines = (line.decode("utf-8", "replace").lstrip("\ufeff").strip() for line in itertools.islice(file, max_lines))
+        for text in lines:  # the header, as python-can reads it
+            if match := _ASC_DATE.match(text):
+                found = read(match.group("datetime_string"))
+            elif not _ASC_HEADER_MORE.match(text):
+                break  # this line is consumed with the header, whatever it is
+        for text in lines:  # the body, up to the first frame
+            if match := ASC_TRIGGER_REGEX.match(text):
+                found = read(match.group("datetime_string"))
+            elif ASC_MESSAGE_REGEX.match(text):
+                break
+    return found
 
 
 def _record(bad_records: list[BadRecord], path: Path, line: int | None, reason: str, text: str = "") -> None:

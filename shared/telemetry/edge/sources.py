@@ -15,6 +15,7 @@ the reader above, converted in chunks.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 from collections.abc import Callable, Generator, Iterator
@@ -28,7 +29,16 @@ from can.io.player import MESSAGE_READERS
 from .clock import Clock, SystemClock
 from .errors import LogFormatError, SourceError
 from .frames import Frames
-from .logparse import CHUNK_FRAMES, PARSERS, BadRecord, ParseCounts, asc_line_problem, column_problem, frame_problem
+from .logparse import (
+    CHUNK_FRAMES,
+    PARSERS,
+    BadRecord,
+    ParseCounts,
+    asc_line_problem,
+    asc_start_time,
+    column_problem,
+    frame_problem,
+)
 
 LOG = logging.getLogger(__name__)
 
@@ -140,6 +150,11 @@ class LogSource:
         self.parse_counts = ParseCounts()  # filled by frame_batches for the logs it parses in bulk
         if suffix not in TEXT_FORMATS:
             self._open_binary().stop()  # an empty or foreign file is refused now, in one line
+        # An ASC log's times count from its header's date: added here, so every frame (and every
+        # message downstream) carries real time, not seconds from 1970.
+        start = asc_start_time(self.path) if suffix == ".asc" else None
+        self.time_offset: float = start[0] if start is not None else 0.0
+        self.start_date: str | None = start[1] if start is not None else None
 
     def _open_binary(self) -> Any:
         if self.path.stat().st_size == 0:
@@ -152,6 +167,8 @@ class LogSource:
 
     def frames(self, stop: threading.Event) -> Iterator[can.Message | None]:
         messages = self._read_text() if self._suffix in TEXT_FORMATS else self._read_binary()
+        if self.time_offset:
+            messages = self._shifted(messages)
         if self.speed <= 0:
             for msg in messages:
                 if stop.is_set():
@@ -168,6 +185,11 @@ class LogSource:
             due = start_wall + (msg.timestamp - start_t) / self.speed
             if self.clock.wait(stop, due - self.clock.monotonic()):
                 return
+            yield msg
+
+    def _shifted(self, messages: Iterator[can.Message]) -> Iterator[can.Message]:
+        for msg in messages:
+            msg.timestamp += self.time_offset
             yield msg
 
     def frame_batches(self, stop: threading.Event, max_frames: int = CHUNK_FRAMES) -> Iterator[Frames]:
@@ -189,7 +211,7 @@ class LogSource:
             for batch in batches:
                 if stop.is_set():
                     return
-                yield batch
+                yield dataclasses.replace(batch, t=batch.t + self.time_offset) if self.time_offset else batch
         finally:
             batches.close()  # closes the file now, not when the generator is collected
         if parse is not None:

@@ -12,10 +12,10 @@ import logging
 import sys
 
 from telemetry.edge.errors import TelemetryError
-from telemetry.tools.cli import decode_cloud, demo, deploy, package, replay, run, simulate, uploader
+from telemetry.tools.cli import decode_cloud, demo, deploy, package, replay, run, signals, simulate, uploader
 
 # The commands, in the order ``--help`` lists them.
-COMMANDS = (replay, demo, run, uploader, decode_cloud, package, deploy, simulate)
+COMMANDS = (replay, demo, run, signals, uploader, decode_cloud, package, deploy, simulate)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -24,6 +24,9 @@ def parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     for command in COMMANDS:
         command.add_subparser(sub)
+    for sub_parser in sub.choices.values():  # --debug is also taken after the command
+        sub_parser.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                                help="show tracebacks and debug logging")
     return p
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from telemetry.tools.cli.replay import _do_replay
+from telemetry.tools.cli.replay import _do_replay, add_common
 from telemetry.tools.paths import SAMPLE
 
 
@@ -19,6 +19,6 @@ def _do_demo(args: argparse.Namespace) -> int:
 
 def add_subparser(subparsers: Any) -> None:
     d = subparsers.add_parser("demo", help="replay the bundled sample drive")
-    d.add_argument("--out", default="out/demo")
-    d.add_argument("--speed", type=float, default=0.0)
+    d.add_argument("--out", default="out/demo", help="output folder for report.html, summary.json and cloud.jsonl")
+    add_common(d)
     d.set_defaults(func=_do_demo)

@@ -1,0 +1,216 @@
+"""The report of a replay: ``DIR/report.html``, one self-contained file to open in a browser.
+
+It shows the summary (warnings first), frames per CAN id (decoded messages, unknown ids, decode
+errors with their reason), the log's bad lines, a time plot of every aggregated signal (the
+windows' min/max band and mean line, grouped by message, with a search box) with the intervals
+of the alerts drawn on the plots of their signals, an alert timeline per rule, and the bytes sent
+to the cloud over event time.
+
+The plots are drawn by a few dozen lines of JavaScript into inline SVG, from the data embedded in
+the page as JSON: no library, no network, and hundreds of signals render in well under a second
+because each series is cut to at most ``MAX_POINTS`` buckets here (min of the mins, max of the
+maxes, count-weighted mean). A laptop tool: nothing here goes into the Lambda zips.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import html
+import json
+import math
+from collections import defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from telemetry.edge.decode import load_dbc
+from telemetry.edge.errors import DbcError
+from telemetry.edge.messages import Alert, Window
+from telemetry.tools.taps import CloudPublish
+
+MAX_POINTS = 400  # buckets per plotted signal: a plot is a few hundred pixels wide
+
+
+def signal_units(dbc_paths: Iterable[str | Path]) -> dict[str, str]:
+    """``<Message>.<Signal>`` -> unit, from the DBC files (a later file wins, as in decoding)."""
+    units: dict[str, str] = {}
+    for path in dbc_paths:
+        try:
+            db = load_dbc(path)
+        except DbcError:
+            continue  # the replay itself has said so
+        for message in db.messages:
+            for signal in message.signals:
+                units[f"{message.name}.{signal.name}"] = signal.unit or ""
+    return units
+
+
+def message_ids(dbc_paths: Iterable[str | Path]) -> dict[str, str]:
+    """Message name -> its CAN id (``0x1A2``; extended ids with an ``x`` after), from the DBC files."""
+    ids: dict[str, str] = {}
+    for path in dbc_paths:
+        try:
+            db = load_dbc(path)
+        except DbcError:
+            continue
+        for m in db.messages:
+            ids[m.name] = f"0x{m.frame_id:X}" + ("x" if m.is_extended_frame else "")
+    return ids
+
+
+def _r(x: float) -> float | None:
+    """A number for the page: 6 significant digits keep the JSON small; NaN becomes null."""
+    return None if not math.isfinite(x) else float(f"{x:.6g}")
+
+
+def _t(x: float) -> float:
+    """A time for the page: milliseconds are enough (absolute times need all their digits)."""
+    return round(x, 3)
+
+
+def signal_series(windows: Sequence[Window], max_points: int = MAX_POINTS) -> dict[str, dict[str, list[Any]]]:
+    """Per signal, its windows in time order (``t0``, ``t1``, ``min``, ``max``, ``mean``,
+    ``n``), merged into at most ``max_points`` buckets of consecutive windows."""
+    rows: dict[str, list[tuple[float, float, float, float, float, float]]] = defaultdict(list)
+    for w in windows:
+        for name, stats in w.signals.items():
+            mean = stats.get("mean", stats.get("last", math.nan))
+            lo, hi = stats.get("min", mean), stats.get("max", mean)
+            rows[name].append((w.start, w.end, float(lo), float(hi), float(mean), float(stats.get("count", 1))))
+    out: dict[str, dict[str, list[Any]]] = {}
+    for name in sorted(rows):
+        a = np.array(sorted(rows[name]), dtype=np.float64)
+        if len(a) > max_points:
+            starts = np.linspace(0, len(a), max_points, endpoint=False).astype(np.int64)
+            n = np.add.reduceat(a[:, 5], starts)
+            weighted = np.add.reduceat(a[:, 4] * a[:, 5], starts)
+            ends = np.append(starts[1:], len(a)) - 1
+            a = np.column_stack([a[starts, 0], a[ends, 1], np.minimum.reduceat(a[:, 2], starts),
+                                 np.maximum.reduceat(a[:, 3], starts), np.where(n > 0, weighted / np.maximum(n, 1), a[starts, 4]), n])
+        out[name] = {key: [(_t if key[0] == "t" else _r)(x) for x in a[:, i].tolist()]
+                     for i, key in enumerate(("t0", "t1", "min", "max", "mean", "n"))}
+    return out
+
+
+def alert_intervals(alerts: Sequence[Alert], t_end: float | None, plotted: Sequence[str] = (),
+                    rules: Mapping[str, Sequence[str]] | None = None) -> list[dict[str, Any]]:
+    """One record per alert (its id): raised, updates, cleared (None: still active at the end),
+    worst value and when, severity, and ``on``: the plotted signals its interval is drawn on
+    (its signal; for a key that is a message, as stale rules have, the message's signals; for a
+    key that is no signal, as a spread rule's, the signals its rule's patterns match).
+    Sorted by rule, then time raised."""
+    by_id: dict[str, dict[str, Any]] = {}
+    for a in sorted(alerts, key=lambda a: a.t):
+        worst = a.detail.get("worst")
+        rec = by_id.get(a.id)
+        if rec is None:
+            rec = by_id[a.id] = {"id": a.id, "rule": a.rule, "rule_kind": a.rule_kind, "signal": a.signal,
+                                 "severity": a.severity, "raised": a.t, "cleared": None, "updates": 0,
+                                 "worst": a.value, "worst_t": a.t, "flapping": False}
+        if a.state == "update":
+            rec["updates"] += 1
+        elif a.state == "cleared":
+            rec["cleared"] = a.t
+        if isinstance(worst, (int, float)) and math.isfinite(worst):
+            rec["worst"] = worst
+            rec["worst_t"] = a.detail.get("worst_t", rec["worst_t"])
+        rec["flapping"] = rec["flapping"] or bool(a.detail.get("flapping"))
+        if a.state == "raised":
+            rec["raised"] = a.t
+    out = list(by_id.values())
+    for rec in out:
+        end = rec["cleared"] if rec["cleared"] is not None else t_end
+        rec["end"] = end if end is not None else rec["raised"]
+        rec["duration"] = rec["end"] - rec["raised"]
+        rec["on"] = _drawn_on(rec["signal"], (rules or {}).get(rec["rule"], ()), plotted)
+    return sorted(out, key=lambda r: (r["rule"], r["raised"]))
+
+
+def _drawn_on(key: str, patterns: Sequence[str], plotted: Sequence[str]) -> list[str]:
+    if key in plotted:
+        return [key]
+    of_message = [name for name in plotted if name.startswith(key + ".")]
+    if of_message:
+        return of_message
+    if key.startswith("bus."):
+        return []
+    return [name for name in plotted if any(fnmatch.fnmatchcase(name, p) for p in patterns)]
+
+
+def cloud_series(publishes: Sequence[CloudPublish], uplink: Sequence[tuple[float, int]], t0: float) -> dict[str, Any]:
+    """Cumulative bytes against event time: of the windows and alerts handed to the uploader
+    (``uplink``: their event time and size as published locally), and of the cloud publishes
+    (packed; at the event time the replay had reached when each was sent: a replay as fast as
+    possible sends much of it at the end)."""
+    out: dict[str, Any] = {"t": [], "bytes": [], "sent_t": [], "sent_bytes": []}
+    total = 0
+    for t, n in sorted(uplink):
+        total += n
+        out["t"].append(_t(t))
+        out["bytes"].append(total)
+    at, total = t0, 0
+    for p in publishes:
+        at = max(at, p.t) if p.t is not None else at
+        total += p.bytes
+        out["sent_t"].append(_t(at))
+        out["sent_bytes"].append(total)
+    return out
+
+
+def frames_by_message(series: Mapping[str, Mapping[str, list[Any]]]) -> dict[str, int]:
+    """Decoded frames per message, as its most frequent signal's sample count (exact unless the
+    message is multiplexed, where it is the frames of its most frequent multiplexer value)."""
+    out: dict[str, int] = {}
+    for name, s in series.items():
+        message = name.split(".", 1)[0]
+        out[message] = max(out.get(message, 0), int(sum(n or 0 for n in s["n"])))
+    return dict(sorted(out.items(), key=lambda kv: -kv[1]))
+
+
+def report_data(summary: Mapping[str, Any], windows: Sequence[Window], alerts: Sequence[Alert],
+                publishes: Sequence[CloudPublish], uplink: Sequence[tuple[float, int]], dbc: Sequence[str | Path],
+                decode_error_reasons: Mapping[str, str] | None = None, summary_text: str = "",
+                rules: Mapping[str, Sequence[str]] | None = None) -> dict[str, Any]:
+    """Everything the page shows, JSON-ready."""
+    series = signal_series(windows)
+    units = signal_units(dbc)
+    t0 = summary.get("event_start")
+    t_end = summary.get("event_end")
+    if t0 is None:
+        starts = [w.start for w in windows] + [a.t for a in alerts]
+        t0 = min(starts) if starts else 0.0
+    reasons = decode_error_reasons or {}
+    return {
+        "title": f"Replay of {Path(str(summary.get('log', ''))).name}",
+        "summary": dict(summary),
+        "summary_text": summary_text,
+        "warnings": list(summary.get("warnings", [])),
+        "t0": t0,
+        "t_end": t_end,
+        "time_base": summary.get("time_base", ""),
+        "units": {name: units.get(name, "") for name in series},
+        "series": series,
+        "alerts": alert_intervals(alerts, t_end, list(series), rules),
+        "cloud": cloud_series(publishes, uplink, t0),
+        "frames_by_message": frames_by_message(series),
+        "message_ids": message_ids(dbc),
+        "unknown_ids": dict(summary.get("unknown_ids", {})),
+        "decode_errors": [{"id": k, "frames": n, "reason": reasons.get(k, "")}
+                          for k, n in dict(summary.get("decode_error_ids", {})).items()],
+        "bad_records": list(summary.get("bad_records", [])),
+    }
+
+
+def write_report(path: str | Path, data: Mapping[str, Any]) -> Path:
+    """Write the page: the template with the data embedded (``</`` escaped so that no value can
+    end the script element)."""
+    blob = json.dumps(data, separators=(",", ":"), allow_nan=False).replace("</", "<\\/")
+    template = Path(__file__).with_name("report_template.html").read_text(encoding="utf-8")
+    head, tail = template.split("__DATA__")
+    page = head.replace("__TITLE__", html.escape(str(data.get("title", "Replay report"))), 1) + blob + tail
+    path = Path(path)
+    path.write_text(page, encoding="utf-8")
+    return path
+
