@@ -9,15 +9,15 @@ import math
 
 import pytest
 
-from telemetry.edge.messages import Aggregates, Alert
+from telemetry.edge.messages import Alert, Window
 from telemetry.tools.progress import Progress, estimate_frames
 from telemetry.tools.replay import format_alerts
 from telemetry.tools.report import _drawn_on, alert_intervals, signal_series, write_report
 from telemetry.tools.taps import ReplayTaps
 
 
-def window(start: float, stats: dict) -> Aggregates:
-    return Aggregates("car", int(start), "default", start, start + 1.0, stats)
+def window(start: float, stats: dict) -> Window:
+    return Window("car", int(start), "default", start, start + 1.0, stats)
 
 
 def alert(state: str, t: float, *, id_: str = "a1", worst: float | None = None, signal: str = "M.S",
