@@ -351,3 +351,22 @@ def test_the_log_level_comes_from_the_recipes_environment(caplog):
     assert log_level({}) == logging.INFO
     assert log_level({"TELEMETRY_LOG_LEVEL": "LOUD"}) == logging.INFO  # a typo must not stop the car's telemetry
     assert "TELEMETRY_LOG_LEVEL='LOUD' is not one of" in caplog.text
+
+
+def test_the_uploader_counts_alerts_the_detector_numbered_that_never_arrived(make_services):
+    services = make_services(env={"TELEMETRY_SPOOL": ":memory:"})
+    uploader = UploaderComponent(services)
+    for seq in (1, 2, 5):  # 3 and 4 lost between the processes
+        uploader.handle(messages.Alert("car-01", f"a{seq}", "raised", "r", "limit", "A.x", "warning", float(seq), 1.0,
+                                       seq=seq).to_bytes())
+    assert uploader.seq.missed == 2 and uploader.pending() == 3
+    uploader.close()
+
+
+def test_the_detector_numbers_its_alerts_as_it_publishes_them(make_services):
+    services = make_services(rules=[{"name": "hot", "kind": "limit", "signals": "A.x", "max": 1.0}])
+    detector = AnomalyDetectorComponent(services)
+    detector.handle(signals_event(columns(**{"A.x": ([1.0, 2.0, 3.0, 4.0], [5.0, 0.0, 5.0, 0.0])}), seq=1))
+    alerts = [m for m in services.local.messages("telemetry/out") if m["kind"] == "alert"]
+    assert [a["state"] for a in alerts] == ["raised", "cleared", "raised", "cleared"]
+    assert [a["seq"] for a in alerts] == [1, 2, 3, 4]

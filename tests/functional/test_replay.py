@@ -173,8 +173,8 @@ def test_the_alerts_and_windows_of_a_replay_do_not_depend_on_its_batches(tmp_pat
         inside = messages_of([json.loads(line) for line in (out / "cloud.jsonl").read_text().splitlines()])
         alerts = sorted((m for m in inside if m["kind"] == "alert"), key=lambda m: (m["t"], m["id"], m["state"]))
         windows = sorted((m for m in inside if m["kind"] == "window"), key=lambda m: (m["group"], m["window"]["start"]))
-        for m in windows:
-            m.pop("seq")  # numbered as published
+        for m in windows + alerts:
+            m.pop("seq", None)  # numbered as published
         runs[frames] = (summary["batches"], alerts, windows)
     batches = [b for b, _, _ in runs.values()]
     assert batches == sorted(batches, reverse=True) and batches[0] > 900 and batches[-1] == 1

@@ -27,8 +27,8 @@ def run(log: str, cfg: Any, frames: int, seconds: float, out: Path) -> tuple[int
     inside = messages_from_outbox(out / "cloud.jsonl")
     alerts = sorted((m for m in inside if m["kind"] == "alert"), key=lambda m: (m["t"], m["id"], m["state"]))
     windows = sorted((m for m in inside if m["kind"] == "window"), key=lambda m: (m["group"], m["window"]["start"]))
-    for m in windows:
-        m.pop("seq")
+    for m in windows + alerts:
+        m.pop("seq", None)  # numbered as published
     return summary["batches"], alerts, windows
 
 

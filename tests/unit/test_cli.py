@@ -23,7 +23,7 @@ OPTIONS = {
     "uploader": ["--config", "--spool", "--endpoint", "--port", "--cert", "--key", "--ca", "--client-id", "--drain"],
     "package": ["--arch", "--out", "--config"],
     "deploy": ["--thing-group", "--thing", "--bucket", "--role-arn", "--region", "--account", "--arch", "--config",
-               "--out", "--legacy", "--dry-run"],
+               "--out", "--legacy", "--dry-run", "--cloud-decoder", "--decoder-role-arn"],
     "simulate": ["--out", "--seconds", "--seed"],
     "decode-cloud": ["source", "--to", "--out", "--dbc", "--config"],
 }

@@ -10,6 +10,7 @@ import json
 import subprocess
 import sys
 import zipfile
+from pathlib import Path
 
 import boto3
 import pyarrow.parquet as pq
@@ -125,3 +126,48 @@ def test_a_schema_file_says_the_same_schema(sample_schema):
     with pytest.raises(wire.WireError, match="says id"):
         wire.Schema.from_json(json.dumps(data))
     assert list(sample_schema.names) == sorted(sample_schema.names) and len(sample_schema.names) > 60
+
+
+def test_the_cloud_side_deploys_with_the_sdks_clients_and_again_over_itself(cfg, tmp_path):
+    """Every call checked against botocore's models by the Stubber: a first deploy creates, a
+    second updates the function and replaces the rule; the README's policy allows each call."""
+    region, account = "eu-west-1", "123456789012"
+    p = cloudrule.plan(cfg, region=region, account=account, bucket="team-telemetry",
+                       role_arn=f"arn:aws:iam::{account}:role/telemetry-decoder")
+    code = cloudrule.decoder_zip(p, tmp_path / "decoder.zip")
+    kw = {"region_name": region, "aws_access_key_id": "x", "aws_secret_access_key": "y"}
+    s3, lambda_, iot = boto3.client("s3", **kw), boto3.client("lambda", **kw), boto3.client("iot", **kw)
+    calls: list[str] = []
+    for client, prefix in ((s3, "s3"), (lambda_, "lambda"), (iot, "iot")):
+        client.meta.events.register("before-call.*.*", lambda model, prefix=prefix, **_: calls.append(f"{prefix}:{model.name}"))
+    function = {"FunctionName": cloudrule.FUNCTION, "FunctionArn": f"arn:aws:lambda:{region}:{account}:function:{cloudrule.FUNCTION}",
+                "State": "Active", "LastUpdateStatus": "Successful"}
+    with Stubber(s3) as s, Stubber(lambda_) as lam, Stubber(iot) as i:
+        s.add_response("put_object", {}, {"Bucket": "team-telemetry", "Key": p.zip_key, "Body": ANY})
+        lam.add_response("create_function", function, p.requests[1][2])
+        lam.add_response("add_permission", {"Statement": "{}"}, p.requests[2][2])
+        i.add_response("create_topic_rule", {}, p.requests[3][2])
+        assert cloudrule.deploy(p, s3, lambda_, iot, code)[-1] == f"created topic rule {cloudrule.RULE}"
+        # again: everything exists
+        s.add_response("put_object", {}, {"Bucket": "team-telemetry", "Key": p.zip_key, "Body": ANY})
+        lam.add_client_error("create_function", "ResourceConflictException", http_status_code=409)
+        lam.add_response("update_function_code", function, {"FunctionName": cloudrule.FUNCTION,
+                                                             "S3Bucket": "team-telemetry", "S3Key": p.zip_key})
+        lam.add_response("get_function", {"Configuration": function}, {"FunctionName": cloudrule.FUNCTION})
+        lam.add_response("update_function_configuration", function,
+                         {k: v for k, v in p.requests[1][2].items() if k not in ("Code", "Architectures")})
+        lam.add_client_error("add_permission", "ResourceConflictException", http_status_code=409)
+        i.add_client_error("create_topic_rule", "ResourceAlreadyExistsException", http_status_code=409)
+        i.add_response("replace_topic_rule", {}, {"ruleName": cloudrule.RULE,
+                                                  "topicRulePayload": p.requests[3][2]["topicRulePayload"]})
+        done = cloudrule.deploy(p, s3, lambda_, iot, code)
+        assert done[1] == f"updated function {cloudrule.FUNCTION}" and done[-1] == f"replaced topic rule {cloudrule.RULE}"
+        for stub in (s, lam, i):
+            stub.assert_no_pending_responses()
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    policy = readme[readme.index("The cloud side's deployer"):]
+    policy = policy[:policy.index("```\n", policy.index("```json") + 7)]
+    wanted = {f"{service}:{name}" for service, name in (c.split(":") for c in calls)}
+    missing = sorted(a for a in wanted if f'"{a}"' not in policy)
+    assert not missing, f"the README's cloud-side policy lacks {missing}"
+    assert "iam:PassRole" in policy

@@ -18,6 +18,7 @@ importing a handler module off Greengrass does nothing at all.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import os
@@ -705,13 +706,15 @@ class AnomalyDetectorComponent(MessageComponent):
         self.topic = services.setting("TELEMETRY_OUTPUT_TOPIC")
         cfg = services.config
         self.core = Detector(cfg.rules, cfg.vehicle, cfg.detector)
+        self.alert_seq = 0
 
     def numbered(self, message: Any) -> list[tuple[str, int]]:
         return [(message.source, message.seq)]
 
     def on_message(self, message: messages.Signals | messages.EndOfStream) -> None:
         for alert in self.core.process(message):
-            self.publish(self.topic, alert)
+            self.alert_seq += 1  # numbered as published: the uploader counts what never arrived
+            self.publish(self.topic, dataclasses.replace(alert, seq=self.alert_seq))
 
     def counters(self) -> dict[str, Any]:
         stats = self.core.stats
@@ -739,10 +742,11 @@ class UploaderComponent(MessageComponent):
                              prefix=services.config.cloud_prefix, clock=services.clock)
 
     def numbered(self, message: Any) -> list[tuple[str, int]]:
-        """The aggregator numbers its aggregates payloads (the parts of a split period share one;
-        alerts carry no number: their loss is not seen)."""
+        """The aggregator numbers its aggregates payloads (the parts of a split period share one),
+        the detector its alerts."""
         items = message.items if isinstance(message, messages.Batch) else (message,)
-        return [(f"{m.payload.vehicle}/aggregates", m.payload.seq) for m in items if isinstance(m, messages.Aggregates)]
+        return [(f"{m.payload.vehicle}/aggregates", m.payload.seq) if isinstance(m, messages.Aggregates)
+                else (f"{m.vehicle}/alerts", m.seq) for m in items if isinstance(m, (messages.Aggregates, messages.Alert))]
 
     def on_message(self, message: messages.Aggregates | messages.Window | messages.Alert | messages.Batch) -> None:
         if isinstance(message, messages.Batch):

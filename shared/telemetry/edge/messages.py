@@ -513,6 +513,7 @@ class Alert(Message):
     t: float
     value: float | None
     detail: Mapping[str, Any] = field(default_factory=dict)
+    seq: int = 0  # 1, 2, 3, ... as the detector published them (0: not numbered), so a loss is seen
 
     @property
     def key(self) -> str:
@@ -526,7 +527,7 @@ class Alert(Message):
         return {
             "v": VERSION, "kind": ALERT, "vehicle": self.vehicle, "id": self.id, "state": self.state,
             "rule": self.rule, "rule_kind": self.rule_kind, "signal": self.signal, "severity": self.severity,
-            "t": self.t, "value": self.value, "detail": dict(self.detail),
+            "t": self.t, "value": self.value, "detail": dict(self.detail), **({"seq": self.seq} if self.seq else {}),
         }
 
     @classmethod
@@ -542,7 +543,7 @@ class Alert(Message):
             _text(_field(event, "rule"), "rule"), _text(_field(event, "rule_kind"), "rule_kind"),
             _text(_field(event, "signal"), "signal"), severity, _number(_field(event, "t"), "t"),
             _or_none(_number(_field(event, "value"), "value", optional=True)),
-            _table(event.get("detail", {}), "detail"),
+            _table(event.get("detail", {}), "detail"), _count(event.get("seq", 0), "seq"),
         )
 
 

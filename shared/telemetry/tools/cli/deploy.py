@@ -75,6 +75,7 @@ def _do_deploy(args: argparse.Namespace) -> int:
     for note in the_plan.notes:
         print(f"note: {note}")
     print(f"{len(written)} requests written to {Path(args.out) / 'requests'}; all pass botocore's validation")
+    cloud = cloud_side(args, cfg, region, account) if args.cloud_decoder else None
     if args.dry_run:
         return dry_run(the_plan, aws, Path(args.out) / "requests")
     assert aws is not None
@@ -82,7 +83,38 @@ def _do_deploy(args: argparse.Namespace) -> int:
     deployer = Deployer(s3, lambda_, greengrass)
     deployment_id = deployer.deploy(the_plan)
     print(f"deployment id: {deployment_id}")
+    if cloud is not None:
+        import boto3
+
+        from telemetry.tools import cloudrule
+
+        p, code = cloud
+        for line in cloudrule.deploy(p, s3, lambda_, boto3.session.Session(region_name=region).client("iot"), code):
+            print(line)
     return 0
+
+
+def cloud_side(args: argparse.Namespace, cfg: Any, region: str, account: str) -> tuple[Any, Path]:
+    """The cloud side's plan, its requests checked against botocore's models and written (with
+    the decoder's zip and the Athena DDL) under ``<out>/requests/cloud``."""
+    from telemetry.tools import cloudrule
+    from telemetry.tools.deploy import DeployError
+    from telemetry.tools.recipes import request_problems
+
+    role = args.decoder_role_arn or f"arn:aws:iam::{account}:role/telemetry-decoder"
+    p = cloudrule.plan(cfg, region=region, account=account, bucket=args.bucket, role_arn=role)
+    problems = [f"{op}: {problem}" for service, op, params in p.requests if service != "s3"
+                for problem in request_problems(service, op, params)]
+    if problems:
+        raise DeployError("the cloud side's requests would be refused:\n  " + "\n  ".join(problems))
+    folder = Path(args.out) / "requests" / "cloud"
+    written = cloudrule.write(p, folder)
+    for service, operation, params in p.requests:
+        target = params.get("FunctionName") or params.get("ruleName") or params.get("Key")
+        print(f"{service:<13} {operation:<23} {target}")
+    print(f"cloud side: {len(written)} files written to {folder} (requests, the decoder's zip, the Athena table); "
+          f"its rule reads {cloudrule.topic_filter(cfg)}")
+    return p, folder / f"{cloudrule.FUNCTION}.zip"
 
 
 def dry_run(the_plan: Any, aws: tuple[Any, Any, Any, Any] | None, folder: Path | None = None) -> int:
@@ -133,5 +165,10 @@ def add_subparser(subparsers: Any) -> None:
     y.add_argument("--dry-run", action="store_true",
                    help="print the plan, write the requests and show the deployment's diff against the target's "
                         "current one (read-only AWS calls); create or change nothing")
+    y.add_argument("--cloud-decoder", action="store_true",
+                   help="also the cloud side: the IoT topic rule on the fleet's aggregates topic, the decoder "
+                        "function writing Parquet to the bucket, and the Athena table (README)")
+    y.add_argument("--decoder-role-arn", help="the decoder function's execution role, also used by the rule's "
+                                               "error action (default: role/telemetry-decoder)")
     y.add_argument("--recipes", default=str(RECIPES), help=argparse.SUPPRESS)
     y.set_defaults(func=_do_deploy)
