@@ -15,12 +15,11 @@ from pathlib import Path
 
 import pytest
 
-from telemetry import wire
 from telemetry.edge import messages
 from telemetry.edge.clock import ManualClock, SystemClock
 from telemetry.edge.config import parse_config
 from telemetry.edge.errors import RejectedError, TransportError
-from telemetry.edge.messages import decode, unpack
+from telemetry.edge.messages import decode
 from telemetry.edge.spool import SpoolError, SqliteSpool
 from telemetry.edge.transport import InMemoryCloudTransport
 from telemetry.edge.uploader import Uploader
@@ -64,13 +63,7 @@ def make_uploader(spool, cloud, clock, **uploader) -> Uploader:
 def delivered(cloud: InMemoryCloudTransport) -> list[dict]:
     """Every message that reached the cloud: the items of the JSON bundles, and the windows of
     the aggregates payloads (binary), as ``window`` messages."""
-    out = []
-    for _, payload in cloud.sent:
-        if wire.is_payload(payload):
-            out += wire.decode(payload).window_messages()
-        elif json.loads(payload).get("kind") == "bundle":
-            out += [item["message"] for item in unpack(json.loads(payload))]
-    return out
+    return cloud.delivered()
 
 
 def drain(up: Uploader, clock: ManualClock, steps: int = 5000) -> None:

@@ -11,10 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from telemetry import wire
+from support.helpers import set_queue_sizes
 from telemetry.edge.config import load_config
 from telemetry.edge.errors import DbcError
-from telemetry.edge.messages import unpack
 from telemetry.edge.transport import InMemoryCloudTransport
 from telemetry.tools import replay as replay_module
 from telemetry.tools.procruntime import ProcessRuntime
@@ -113,10 +112,7 @@ def test_each_component_runs_in_its_own_process_and_gets_its_events_as_its_recip
 def test_full_queues_slow_the_publishers_across_processes_and_lose_nothing(project, short_drive):
     # GIVEN recipes whose queues hold one message
     tmp_path = project
-    for path in (tmp_path / "recipes").glob("*.json"):
-        data = json.loads(path.read_text())
-        data["lambdaFunction"]["componentLambdaParameters"]["maxQueueSize"] = 1
-        path.write_text(json.dumps(data))
+    set_queue_sizes(project, 1)
     normal = replay(short_drive, out_dir=tmp_path / "normal", config=SAMPLE / "vehicle.toml")
     cfg = load_config(SAMPLE / "vehicle.toml")
     cloud = InMemoryCloudTransport()
@@ -126,10 +122,8 @@ def test_full_queues_slow_the_publishers_across_processes_and_lose_nothing(proje
         waits = sum(runtime.runner(n).stats["publisher_waits"] for n in runtime.started)
     # THEN publishers waited, and the cloud got every message of the normal replay
     assert waits > 0
-    got = [item["message"] for _, p in cloud.sent if not wire.is_payload(p) and json.loads(p)["kind"] == "bundle" for item in unpack(p)]
-    windows = [m for p in cloud.payloads() for m in p.window_messages()]
-    assert len(windows) == normal["windows"]
-    got += windows
+    got = cloud.delivered()
+    assert sum(1 for m in got if m["kind"] == "window") == normal["windows"]
     key = lambda m: json.dumps(m, sort_keys=True)  # noqa: E731
     assert sorted(map(key, got)) == sorted(map(key, messages_from_outbox(tmp_path / "normal" / "cloud.jsonl")))
     assert len(got) == normal["windows"] + normal["alerts"] and runtime.errors == []

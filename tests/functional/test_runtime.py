@@ -11,25 +11,17 @@ from unittest import mock
 
 import pytest
 
-from support.helpers import columns
+from support.helpers import columns, set_queue_sizes
 from support.reference import messages_of
-from telemetry import wire
 from telemetry.edge.config import load_config
 from telemetry.edge.errors import DbcError
-from telemetry.edge.messages import Signals, unpack
+from telemetry.edge.messages import Signals
 from telemetry.edge.transport import InMemoryCloudTransport
 from telemetry.tools.replay import replay
 from telemetry.tools.runtime import LocalRuntime
 
 ROOT = Path(__file__).resolve().parents[2]
 SAMPLE = ROOT / "vehicles" / "sample"
-
-
-def set_queue_sizes(project: Path, size: int) -> None:
-    for path in (project / "recipes").glob("*.json"):
-        data = json.loads(path.read_text())
-        data["lambdaFunction"]["componentLambdaParameters"]["maxQueueSize"] = size
-        path.write_text(json.dumps(data))
 
 
 def cloud_lines(out: Path) -> list[dict]:
@@ -63,8 +55,7 @@ def test_a_full_queue_slows_the_reader_down_and_loses_nothing(project, short_dri
     # (bundled differently: how many go in one publish depends on timing)
     assert waits > 0
     expected = messages_of(cloud_lines(tmp_path / "normal"))
-    got = [item["message"] for _, payload in cloud.sent if not wire.is_payload(payload) and json.loads(payload)["kind"] == "bundle"
-           for item in unpack(payload)] + [m for p in cloud.payloads() for m in p.window_messages()]
+    got = cloud.delivered()
     key = lambda m: json.dumps(m, sort_keys=True)  # noqa: E731
     assert sorted(map(key, got)) == sorted(map(key, expected))
     assert len(got) == normal["windows"] + normal["alerts"]

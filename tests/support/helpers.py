@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import can
@@ -48,3 +49,11 @@ class OnTheWire:
 def write_lines(path: Path, lines: list[str], newline_at_end: bool = True) -> Path:
     path.write_text("\n".join(lines) + ("\n" if newline_at_end else ""))
     return path
+
+
+def set_queue_sizes(project: Path, size: int) -> None:
+    """Every recipe of the project copy with a local queue of ``size`` messages."""
+    for path in (project / "recipes").glob("*.json"):
+        data = json.loads(path.read_text())
+        data["lambdaFunction"]["componentLambdaParameters"]["maxQueueSize"] = size
+        path.write_text(json.dumps(data))

@@ -112,6 +112,7 @@ class Message:
 
     kind: ClassVar[str]
     binary: ClassVar[bool] = False  # published as bytes (``to_bytes``), not as a JSON object
+    bundled: ClassVar[bool] = True  # sent to IoT Core in bundles of several; False: each publish alone
     priority: ClassVar[int | None] = None
     cloud_topic: ClassVar[str | None] = None
 
@@ -432,6 +433,7 @@ class Aggregates(Message):
 
     kind: ClassVar[str] = AGGREGATES
     binary: ClassVar[bool] = True
+    bundled: ClassVar[bool] = False  # a payload already holds a publish period: it goes alone
     priority: ClassVar[int | None] = 2
     cloud_topic: ClassVar[str | None] = "aggregates"
 
@@ -781,6 +783,15 @@ def unpack(payload: bytes | str | Mapping[str, Any]) -> list[dict[str, Any]]:
     if not isinstance(envelope, Mapping) or envelope.get("kind") != BUNDLE:
         raise MessageError(f"not a bundle: {envelope.get('kind') if isinstance(envelope, Mapping) else envelope!r}")
     return Bundle.decode(envelope).messages()
+
+
+def delivered(payload: bytes) -> list[dict[str, Any]]:
+    """The messages one IoT Core publish delivers: a bundle's items, or an aggregates payload's
+    windows (as ``window`` messages); none for a state report (health, status)."""
+    if wire.is_payload(payload):
+        return wire.decode(payload).window_messages()
+    envelope = json.loads(payload)
+    return [item["message"] for item in unpack(envelope)] if envelope.get("kind") == BUNDLE else []
 
 
 KINDS: dict[str, type[Message]] = {

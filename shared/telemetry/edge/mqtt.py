@@ -21,6 +21,7 @@ import time
 from typing import Any
 
 from .errors import DroppedError, RejectedError, TransportError
+from .transport import content_type
 
 LOG = logging.getLogger(__name__)
 
@@ -139,8 +140,6 @@ class Mqtt5CloudTransport:
             raise TransportError("not connected to the broker" + (f": {self.failure}" if self.failure else ""))
         if len(payload) + len(topic) + 16 > self.max_packet:
             raise RejectedError(f"publish to {topic}: {len(payload)} bytes is over the broker's maximum packet size {self.max_packet}")
-        from .transport import content_type
-
         text, ctype = content_type(payload)
         pfi = mqtt5.PayloadFormatIndicator.AWS_MQTT5_PFI_UTF8 if text else mqtt5.PayloadFormatIndicator.AWS_MQTT5_PFI_BYTES
         packet = mqtt5.PublishPacket(topic=topic, payload=payload, qos=mqtt5.QoS.AT_LEAST_ONCE,

@@ -141,14 +141,18 @@ class Spool(ABC):
                     self._bytes += len(row[3])
             return ids
 
-    def take(self, *, max_bytes: int, max_count: int, kinds: Iterable[str] | None = None) -> list[Entry]:
+    def take(self, *, max_bytes: int, max_count: int, kinds: Iterable[str] | None = None,
+             alone: Iterable[str] = ()) -> list[Entry]:
         """The next messages to send: highest priority first, oldest first, all of one kind,
-        up to ``max_bytes`` in all (at least one message), of ``kinds`` only if given."""
+        up to ``max_bytes`` in all (at least one message), of ``kinds`` only if given; one only
+        if that kind is one of ``alone`` (sent one per publish: no more is read)."""
         wanted = None if kinds is None else tuple(kinds)
         with self._lock, self._reading("cannot read the spool"):
             kind = self._first_kind(wanted)
             if kind is None or max_count <= 0:
                 return []
+            if kind in alone:
+                max_count = 1
             out: list[Entry] = []
             total = 0
             for entry in self._select(kind, max_count):

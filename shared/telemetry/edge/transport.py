@@ -28,7 +28,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from .. import wire
 from .errors import TransportError
-from .messages import Message, decode, dumps, is_binary
+from .messages import Message, decode, delivered, dumps, is_binary
 
 
 def content_type(payload: bytes) -> tuple[bool, str]:
@@ -117,6 +117,11 @@ class InMemoryCloudTransport:
         see ``payloads``."""
         with self._lock:
             return [json.loads(p) for t, p in self.sent if (topic is None or t == topic) and not wire.is_payload(p)]
+
+    def delivered(self) -> list[dict[str, Any]]:
+        """Every message the publishes delivered, in order (``messages.delivered``)."""
+        with self._lock:
+            return [m for _, p in self.sent for m in delivered(p)]
 
     def payloads(self, topic: str | None = None) -> list[wire.Payload]:
         """The aggregates payloads, decoded."""

@@ -41,6 +41,9 @@ from .transport import CloudTransport
 LOG = logging.getLogger(__name__)
 
 
+_ALONE = tuple(kind for kind, cls in messages.KINDS.items() if not cls.bundled)  # aggregates
+
+
 def cloud_topic(prefix: str, kind: str) -> str:
     """The IoT Core topic of a kind's messages: ``<prefix>/<the kind's cloud_topic>``."""
     suffix = messages.KINDS[kind].cloud_topic
@@ -267,7 +270,7 @@ class Sender:
                 return 1.0
             kinds = (messages.ALERT, messages.GAP)
         raw_limit = self.cfg.max_payload_bytes * (8 if self.cfg.compress else 1)
-        entries = self.spool.take(max_bytes=raw_limit, max_count=1 if self.singles else 1000, kinds=kinds)
+        entries = self.spool.take(max_bytes=raw_limit, max_count=1 if self.singles else 1000, kinds=kinds, alone=_ALONE)
         self.idle = not entries
         if not entries:
             if kinds is not None and self.spool.depth()[0]:
@@ -275,8 +278,7 @@ class Sender:
                 self.idle = False
                 return 1.0
             return self.cfg.poll_seconds
-        if entries[0].kind == messages.AGGREGATES:  # a payload of its own: sent as stored, or thinned
-            entries = entries[:1]
+        if entries[0].kind in _ALONE:  # a payload of its own: sent as stored, or thinned
             payload = self._thinned(entries[0].payload)
             if payload is None:
                 self.stats["budget_waits"] += 1

@@ -8,6 +8,7 @@ taps (``taps.py``), not read back from ``cloud.jsonl``.
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import json
 import logging
@@ -17,11 +18,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from telemetry import wire
 from telemetry.edge.config import VehicleConfig, load_config
 from telemetry.edge.errors import ConfigError
 from telemetry.edge.logparse import asc_start_time
-from telemetry.edge.messages import Alert, unpack
+from telemetry.edge.messages import Alert, delivered, dumps
 from telemetry.edge.transport import OutboxFile
 from telemetry.tools.export import FORMATS, ExportError, SignalsWriter, write_aggregates
 from telemetry.tools.paths import RECIPES
@@ -195,18 +195,13 @@ def build_summary(runtime: LocalRuntime | ProcessRuntime, components: Any, cfg: 
 def messages_from_outbox(path: str | Path, kind: str | None = None) -> list[dict[str, Any]]:
     """The messages inside the bundles of a replay's cloud.jsonl, in the order sent; an
     aggregates payload as its windows (``wire.Payload.window_messages``)."""
+    wanted = "window" if kind == "aggregates" else kind
     out: list[dict[str, Any]] = []
     with Path(path).open() as f:
         for line in f:
             record = json.loads(line)
-            aggregates = wire.from_outbox_line(record)
-            if aggregates is not None:
-                out += aggregates.window_messages() if kind in (None, "aggregates", "window") else []
-                continue
-            payload = record["payload"]
-            if payload.get("kind") != "bundle":
-                continue
-            out += [item["message"] for item in unpack(payload) if kind is None or item["message"].get("kind") == kind]
+            data = base64.b64decode(record["payload_base64"]) if "payload_base64" in record else dumps(record["payload"])
+            out += [m for m in delivered(data) if wanted is None or m.get("kind") == wanted]
     return out
 
 
