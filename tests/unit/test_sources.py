@@ -163,6 +163,65 @@ def test_bus_source_reads_a_live_virtual_bus_and_reports_idle():
             source.close()
 
 
+class CountingBus(can.BusABC):
+    """A python-can bus over a list of frames that counts how the reader asks for them."""
+
+    def __init__(self, frames: list[can.Message], arrive_with_first: int) -> None:
+        super().__init__(channel="counting")
+        self.queue = list(frames)
+        self.available = arrive_with_first  # frames there when the first one is read
+        self.blocking = self.polls = 0
+
+    def _recv_internal(self, timeout: float | None) -> tuple[can.Message | None, bool]:
+        if timeout:
+            self.blocking += 1
+            self.available = max(self.available, 1)
+        else:
+            self.polls += 1
+        if self.queue and self.available:
+            self.available -= 1
+            return self.queue.pop(0), False
+        return None, False
+
+    def send(self, msg: can.Message, timeout: float | None = None) -> None:
+        raise NotImplementedError
+
+
+def test_bus_source_reads_in_bursts_not_a_wake_up_a_frame():
+    # GIVEN 10 frames that all arrive while the reader waits for the first
+    frames = [can.Message(timestamp=i / 1000, arbitration_id=0x100, data=bytes([i])) for i in range(10)]
+    bus = CountingBus(frames, arrive_with_first=10)
+    source = BusSource(bus, idle_timeout=0.01, poll_seconds=0.001)
+    it = source.frames(threading.Event())
+    # WHEN they are read
+    got = [next(it) for _ in range(11)]
+    # THEN one blocking wait, then the rest drained without waiting, then a pause (None)
+    assert [m.data[0] for m in got[:10]] == list(range(10)) and got[10] is None
+    assert bus.blocking == 1 and bus.polls == 10  # the 10th poll finds the bus empty
+    bus.shutdown()
+
+
+def test_bus_source_bounds_a_burst_on_a_bus_faster_than_it_is_read():
+    frames = [can.Message(timestamp=i / 1000, arbitration_id=0x100, data=bytes([i])) for i in range(10)]
+    source = BusSource(CountingBus(frames, arrive_with_first=10), idle_timeout=0.01, poll_seconds=0.0, max_burst=4)
+    it = source.frames(threading.Event())
+    got = [next(it) for _ in range(12)]
+    # a pause after every 4 frames: the reader checks its clock (flushes on time) even then
+    assert [m is None for m in got] == [False] * 4 + [True] + [False] * 4 + [True] + [False, False]
+    source.bus.shutdown()
+
+
+def test_bus_source_counts_and_skips_a_frame_it_cannot_use_in_a_burst():
+    good = can.Message(timestamp=1.0, arbitration_id=0x100, data=b"\x01")
+    bad = can.Message(timestamp=1.0, arbitration_id=0x100, data=bytes(9))  # a classic frame of 9 bytes
+    source = BusSource(CountingBus([good, bad, good], arrive_with_first=3), idle_timeout=0.01, poll_seconds=0.0)
+    it = source.frames(threading.Event())
+    got = [next(it) for _ in range(3)]
+    assert [m is None for m in got] == [False, False, True]
+    assert source.refused == 1 and "frame 2" in str(source.bad_records[0])
+    source.bus.shutdown()
+
+
 def columns_of(messages: list[can.Message]) -> list[np.ndarray]:
     cols = Frames.from_messages(messages)
     return [cols.t, cols.id, cols.extended, cols.error, cols.remote, cols.fd, cols.length, cols.data]

@@ -46,14 +46,12 @@ class Frames:
     def from_messages(cls, messages: Sequence[can.Message]) -> Frames:
         """python-can's frames (a live bus, a binary log) as columns."""
         n = len(messages)
-        width = FD if any(len(m.data) > CLASSIC for m in messages) else CLASSIC
-        data = np.zeros((n, width), np.uint8)
-        length = np.zeros(n, np.uint8)
-        for i, m in enumerate(messages):
-            payload = m.data
-            if payload:
-                length[i] = len(payload)
-                data[i, :len(payload)] = np.frombuffer(bytes(payload), np.uint8)
+        length = np.fromiter((len(m.data) if m.data else 0 for m in messages), np.uint8, n)
+        width = FD if n and int(length.max()) > CLASSIC else CLASSIC
+        # every payload padded to the width, joined once: one copy, no numpy call per frame
+        pad = bytes(width)
+        blob = b"".join(bytes(m.data or b"")[:width] + pad[len(m.data or b""):] for m in messages)
+        data = np.frombuffer(blob, np.uint8).reshape(n, width).copy() if n else np.zeros((0, width), np.uint8)
         return cls(
             np.fromiter((m.timestamp for m in messages), np.float64, n),
             np.fromiter((m.arbitration_id for m in messages), np.uint32, n),

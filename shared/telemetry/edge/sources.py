@@ -302,9 +302,18 @@ class LogSource:
 
 
 class BusSource:
-    """Frames from a live python-can bus (SocketCAN, or any interface python-can knows)."""
+    """Frames from a live python-can bus (SocketCAN, or any interface python-can knows).
 
-    def __init__(self, bus: can.BusABC | None = None, *, idle_timeout: float = 0.25, **bus_kwargs: Any) -> None:
+    The bus is read in bursts, not woken once a frame: a blocking ``recv`` waits for the first
+    frame, then the reader lets ``poll_seconds`` of frames queue up (in the kernel's socket buffer
+    on SocketCAN; timestamps are taken on arrival, not when read) and drains them without waiting.
+    At 8,000 frames/s that is about 100 wake-ups a second instead of 8,000: each wake-up costs more
+    CPU than reading a frame (measured: ``./build.sh bench``, live CPU). A frame reaches the batch
+    at most ``poll_seconds`` after it arrived. Each burst is followed by a ``None``, as an idle
+    timeout is, so the reader looks at the clock (flush on time) after every burst."""
+
+    def __init__(self, bus: can.BusABC | None = None, *, idle_timeout: float = 0.25, poll_seconds: float = 0.01,
+                 max_burst: int = 4096, **bus_kwargs: Any) -> None:
         self._owns_bus = bus is None
         try:
             self.bus = bus if bus is not None else can.Bus(**bus_kwargs)
@@ -312,22 +321,40 @@ class BusSource:
             raise SourceError(f"cannot open CAN bus {bus_kwargs}: {type(exc).__name__}: {exc}") from exc
         self.name = f"{self.bus.channel_info}"
         self.idle_timeout = idle_timeout
+        self.poll_seconds = poll_seconds
+        self.max_burst = max_burst
         self.bad_records: list[BadRecord] = []  # the first MAX_BUS_RECORDS of them; ``refused`` counts all
         self.refused = 0
+        self.count = 0
 
     def frames(self, stop: threading.Event) -> Iterator[can.Message | None]:
-        count = 0
+        recv = self.bus.recv
         while not stop.is_set():
-            msg = self.bus.recv(timeout=self.idle_timeout)
-            if msg is not None:
-                count += 1
-                problem = frame_problem(msg) or column_problem(msg)
-                if problem:  # a driver or a gateway can hand over anything
-                    if len(self.bad_records) < MAX_BUS_RECORDS:
-                        self.bad_records.append(BadRecord(self.name, None, f"frame {count}: {problem}"))
-                    self.refused += 1
-                    continue
-            yield msg
+            msg = recv(timeout=self.idle_timeout)
+            if msg is None:
+                yield None
+                continue
+            if self.poll_seconds > 0:
+                stop.wait(self.poll_seconds)
+            burst = 1
+            while msg is not None:
+                if self._sound(msg):
+                    yield msg
+                if burst >= self.max_burst:  # a bus faster than we drain: hand over what we have
+                    break
+                msg = recv(timeout=0)
+                burst += 1
+            yield None
+
+    def _sound(self, msg: can.Message) -> bool:
+        self.count += 1
+        problem = frame_problem(msg) or column_problem(msg)
+        if problem:  # a driver or a gateway can hand over anything
+            if len(self.bad_records) < MAX_BUS_RECORDS:
+                self.bad_records.append(BadRecord(self.name, None, f"frame {self.count}: {problem}"))
+            self.refused += 1
+            return False
+        return True
 
     def close(self) -> None:
         if self._owns_bus:
