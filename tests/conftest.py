@@ -25,6 +25,21 @@ from telemetry.edge.transport import InMemoryCloudTransport, InMemoryLocalTransp
 
 
 @pytest.fixture(autouse=True, scope="session")
+def own_cache(tmp_path_factory):
+    """A cache of this run's own (the recipes' service-model check remembers sound recipes
+    there): no test passes on what an earlier run, or the user's replays, remembered."""
+    import os
+
+    old = os.environ.get("XDG_CACHE_HOME")
+    os.environ["XDG_CACHE_HOME"] = str(tmp_path_factory.mktemp("cache"))
+    yield
+    if old is None:
+        os.environ.pop("XDG_CACHE_HOME", None)
+    else:
+        os.environ["XDG_CACHE_HOME"] = old
+
+
+@pytest.fixture(autouse=True, scope="session")
 def sample_schema():
     """The sample car's schema, known to this process as it is to a cloud decoder given the
     car's DBC: payloads made in other processes (the multi-process runtime) decode here."""

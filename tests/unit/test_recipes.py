@@ -112,9 +112,34 @@ def test_values_the_api_would_refuse(project):
     assert "runtime must be python3.11" in text
 
 
-def test_service_model_check_accepts_the_real_recipes():
+def test_service_model_check_accepts_the_real_recipes(tmp_path):
     for recipe in load_recipes(ROOT / "recipes"):
-        assert service_model_problems(recipe) == []
+        assert service_model_problems(recipe, cache=tmp_path / "empty") == []
+
+
+def test_a_sound_recipe_is_remembered_and_a_changed_one_checked_again(tmp_path, monkeypatch, project):
+    from telemetry.tools import recipes as module
+
+    cache = tmp_path / "cache"
+    recipe = next(r for r in load_recipes(project / "recipes") if r.name.endswith("Uploader"))
+    assert service_model_problems(recipe, cache=cache) == []
+    assert len(list(cache.iterdir())) == 1
+
+    def no_models(service):
+        raise AssertionError(f"the model of {service} was loaded")
+
+    monkeypatch.setattr(module, "_model", no_models)
+    assert service_model_problems(recipe, cache=cache) == []  # remembered: no model loaded
+    edit(project, "uploader", lambda d: d["lambdaFunction"]["componentLambdaParameters"].update(maxQueueSize=7))
+    changed = next(r for r in load_recipes(project / "recipes") if r.name.endswith("Uploader"))
+    with pytest.raises(AssertionError, match="was loaded"):
+        service_model_problems(changed, cache=cache)
+    monkeypatch.undo()
+    # a recipe with problems is never remembered: it is refused every time
+    edit(project, "uploader", lambda d: d["lambdaFunction"]["componentLambdaParameters"].update(inputPayloadEncodingType="xml"))
+    bad = next(r for r in load_recipes(project / "recipes") if r.name.endswith("Uploader"))
+    assert service_model_problems(bad, cache=cache) and service_model_problems(bad, cache=cache)
+    assert len(list(cache.iterdir())) == 1
 
 
 def test_start_order_is_stable_and_dependencies_first(project):

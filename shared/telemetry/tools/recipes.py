@@ -20,8 +20,10 @@ that do not import).
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
+import os
 import re
 import sys
 from collections.abc import Iterable, Mapping
@@ -243,14 +245,47 @@ def request_problems(service: str, operation: str, params: Mapping[str, Any]) ->
     return problems + _shape_problems(shape, params, "")
 
 
-def service_model_problems(recipe: Recipe) -> list[str]:
+def service_model_problems(recipe: Recipe, *, cache: Path | None = None) -> list[str]:
     """Check the recipe's two halves against the real request models of CreateComponentVersion
-    and Lambda CreateFunction, as the AWS API would, offline."""
+    and Lambda CreateFunction, as the AWS API would, offline.
+
+    Loading botocore and its two models takes about a second, every replay. A recipe found sound
+    is remembered in ``cache`` (default ``$XDG_CACHE_HOME/telemetry``, or ``~/.cache/telemetry``)
+    by a hash of the two requests and botocore's version: the same requests against the same
+    models pass again, so they are not checked again. A changed recipe, or another botocore, is.
+    A cache that cannot be read or written is no cache."""
     checks = [
         ("greengrassv2", "CreateComponentVersion", recipe.create_component_version_input(PLACEHOLDER_ARN), "lambdaFunction"),
         ("lambda", "CreateFunction", recipe.create_function_input(PLACEHOLDER_ROLE, {"ZipFile": b"zip"}), "function"),
     ]
-    return [f"{label}: {p}" for service, op, params, label in checks for p in request_problems(service, op, params)]
+    folder = cache if cache is not None else _cache_folder()
+    key = hashlib.sha256(json.dumps([_botocore_version(), checks], sort_keys=True, default=repr).encode()).hexdigest()
+    sound = folder / f"recipe-{key[:32]}.ok"
+    if sound.is_file():
+        return []
+    problems = [f"{label}: {p}" for service, op, params, label in checks for p in request_problems(service, op, params)]
+    if not problems:
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            sound.write_text(f"{recipe.name}: sound against botocore {_botocore_version()}\n")
+        except OSError:
+            pass
+    return problems
+
+
+def _cache_folder() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "telemetry"
+
+
+@cache
+def _botocore_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("botocore")
+    except PackageNotFoundError:
+        return "?"
 
 
 def recipe_problems(recipe: Recipe, *, import_handlers: bool = True) -> list[str]:
