@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import contextlib
+import itertools
 import threading
+from pathlib import Path
 
 import can
 import cantools
 import numpy as np
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from support.helpers import frame
@@ -167,3 +169,107 @@ def test_columns_are_cut_where_the_batcher_would_never_inside_an_instant(gaps, m
     ends = batch_ends(np.asarray(t, dtype=float), max_frames, max_seconds)
     assert ends == want
     assert all(t[e] != t[e - 1] for e in ends)
+
+
+def pack_frame(db, t: float, current: float) -> can.Message:
+    pack = db.get_message_by_name("BMS_PackStatus")
+    return frame(t, pack.frame_id, pack.encode({"PackVoltage": 140.0, "PackCurrent": current, "SOC": 80, "BmsState": 1}))
+
+
+def test_live_bus_publishes_long_batches_and_at_once_when_a_signal_crosses_a_limit(make_services, sample_dbc):
+    # GIVEN a live reader with long batches and a limit rule on the pack current
+    db = cantools.database.load_file(str(sample_dbc))
+    rules = [{"name": "overcurrent", "kind": "limit", "signals": "BMS_PackStatus.PackCurrent", "max": 100.0}]
+    services = make_services(reader={"batch_max_frames": 1000, "batch_max_seconds": 60.0, "limit_check_seconds": 0.02},
+                             rules=rules)
+    services.clock = SystemClock()
+    out = lambda: [m for m in services.local.messages("telemetry/out") if m["kind"] == "signals"]  # noqa: E731
+    waiter = threading.Event()
+    with live_reader(services, "reader-limit") as (car, reader):
+        for i in range(3):  # inside the limit: the batch stays open
+            car.send(pack_frame(db, 100.0 + i, 10.0))
+        waiter.wait(0.3)
+        assert out() == []
+        # WHEN a frame takes the current across the limit
+        car.send(pack_frame(db, 104.0, 150.0))
+        wait_until(lambda: out(), 300)
+        # THEN the batch goes out at once, with every frame read so far
+        assert [m["frames"]["read"] for m in out()] == [4]
+        assert reader.counters()["limit_flushes"] == 1
+        # a signal that stays across does not cut the next batch short ...
+        car.send(pack_frame(db, 105.0, 160.0))
+        waiter.wait(0.3)
+        assert len(out()) == 1
+        # ... one that comes back, then crosses again, does
+        car.send(pack_frame(db, 106.0, 20.0))
+        car.send(pack_frame(db, 107.0, 170.0))
+        wait_until(lambda: len(out()) == 2, 300)
+        assert [m["frames"]["read"] for m in out()] == [4, 3]
+        assert reader.counters()["limit_flushes"] == 2
+    # what a batch carries is what one batch of all its frames gives
+    assert out()[1]["signals"]["BMS_PackStatus.PackCurrent"]["v"] == [160.0, 20.0, 170.0]
+
+
+def test_limit_check_says_when_a_crossing_starts():
+    from telemetry.edge.config import parse_config
+    from telemetry.edge.reader import LimitCheck
+
+    cfg = parse_config({"vehicle": "v", "dbc": [str(SAMPLE_DBC)], "rules": [
+        {"name": "hot", "kind": "limit", "signals": "M.T*", "max": 50.0},
+        {"name": "band", "kind": "limit", "signals": "M.V", "min": 3.0, "max": 4.2},
+        {"name": "stale", "kind": "stale", "signals": "M.*", "timeout": 1.0}]}, base=Path("/"))
+    check = LimitCheck(cfg.rules)
+    assert len(check.evaluators) == 2  # only limit rules
+
+    def batch(**signals):
+        return messages.FlatBatch.from_columns(
+            {f"M.{name}": messages.SignalColumns(np.arange(len(v), dtype=float), np.array(v, float))
+             for name, v in signals.items()})
+
+    assert not check.crossed(batch(T1=[20, 30], V=[3.5]))
+    assert check.crossed(batch(T1=[40, 60]))  # starts
+    assert not check.crossed(batch(T1=[70]))  # stays across
+    assert check.crossed(batch(T2=[55]))  # another signal of the rule starts
+    assert not check.crossed(batch(V=[3.9]))  # the others say nothing of T1 and T2: they stay across
+    assert check.crossed(batch(T1=[20, 60, 20]))  # back, across again: a spike inside one check counts
+    assert check.crossed(batch(V=[2.0]))  # below a minimum
+    assert not check.crossed(batch(X=[1e9]))  # no rule watches it
+    assert not check.crossed(messages.FlatBatch.empty())
+    assert check.crossings == 4
+
+
+SAMPLE = Path(__file__).resolve().parents[2] / "vehicles" / "sample"
+SAMPLE_DBC = SAMPLE / "solar_car.dbc"
+
+
+@pytest.fixture(scope="module")
+def sample_drive_frames():
+    """The first 3,000 frames of the sample drive (unknown ids and error frames among them)."""
+    chunk = next(iter(LogSource(SAMPLE / "drive.log").frame_batches(threading.Event(), 8192)))
+    return chunk.take(slice(0, 3000))
+
+
+@pytest.fixture(scope="module")
+def decoder():
+    from telemetry.edge.decode import DbcDecoder
+
+    return DbcDecoder([SAMPLE_DBC])
+
+
+@settings(max_examples=40)
+@given(cuts=st.lists(st.integers(min_value=1, max_value=2999), max_size=6, unique=True))
+def test_a_batch_decoded_in_parts_is_the_batch_decoded_at_once(sample_drive_frames, decoder, cuts):
+    from telemetry.edge.reader import ReaderCore
+
+    frames = sample_drive_frames
+    whole = ReaderCore(decoder, "can").batch_message(frames)
+    core = ReaderCore(decoder, "can")
+    bounds = [0, *sorted(cuts), len(frames)]
+    parted = core.message_of([core.decode_part(frames.take(slice(a, b))) for a, b in itertools.pairwise(bounds)])
+    assert parted.batch.names == whole.batch.names
+    for key in ("ids", "t", "v"):
+        assert np.array_equal(getattr(parted.batch, key), getattr(whole.batch, key))
+    assert dict(parted.frames) == dict(whole.frames)
+    assert (parted.start, parted.end) == (whole.start, whole.end)
+    assert parted.events.keys() == whole.events.keys()
+    assert all(np.array_equal(parted.events[k], whole.events[k]) for k in whole.events)

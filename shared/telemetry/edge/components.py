@@ -42,7 +42,7 @@ from .decode import DbcDecoder, Decoder
 from .detector import Detector
 from .errors import ConfigError, MessageError, SourceError, TransportError
 from .frames import Frames
-from .reader import ClockGuard, FrameBatcher, ReaderCore, batch_ends
+from .reader import ClockGuard, FrameBatcher, LimitCheck, Part, ReaderCore, batch_ends
 from .sources import BusSource, FrameSource, LogSource
 from .spool import MemorySpool, Spool, SqliteSpool
 from .transport import CloudTransport, LocalTransport
@@ -486,6 +486,9 @@ class CanReaderComponent:
             self.source, self._open_bus, name = self._source_from(services)
         self.core = ReaderCore(self.decoder, name or "can", ClockGuard(cfg.clock_skew_seconds, cfg.clock_confirm_frames))
         self.batcher = FrameBatcher(cfg.batch_max_frames, cfg.batch_max_seconds)
+        self.parts: list[Part] = []  # decoded frames of the open batch (a live bus, a paced replay)
+        self.limits = LimitCheck(services.config.rules)
+        self.check_seconds = cfg.limit_check_seconds
         self.replay_batch = (cfg.replay_batch_frames, cfg.replay_batch_seconds)
         self.live = self._open_bus is not None or isinstance(self.source, BusSource)
         self.stats = self.core.totals
@@ -517,10 +520,21 @@ class CanReaderComponent:
     def _publish(self, message: messages.Message) -> None:
         publish_retrying(self.services, self.topic, message, self.faults, self._stop)
 
+    def _decode_pending(self) -> Part | None:
+        frames = self.batcher.take_pending()
+        if not frames:
+            return None
+        part = self.core.decode_part(frames)
+        self.parts.append(part)
+        return part
+
     def _flush(self) -> None:
-        frames = self.batcher.take()
-        if frames:
-            self._publish(self.core.batch_message(frames))
+        """The open batch goes out: the parts decoded so far and the frames not yet decoded."""
+        self._decode_pending()
+        self.batcher.take()
+        parts, self.parts = self.parts, []
+        if parts:
+            self._publish(self.core.message_of(parts))
 
     def run(self, stop: threading.Event) -> None:
         self._stop = stop
@@ -608,24 +622,39 @@ class CanReaderComponent:
                 LOG.warning("CAN bus: closing it failed: %s: %s", type(exc).__name__, exc)
 
     def _read_frames(self, source: FrameSource, stop: threading.Event) -> None:
+        """Frames one by one (a live bus, a paced replay) into batches. The open batch is decoded
+        as it fills, every ``limit_check_seconds``, and published when it is full, when it has
+        been open ``batch_max_seconds`` (a live bus), or at once when what was just decoded takes
+        a signal across a limit rule (``LimitCheck``): long batches, which cost every component
+        less, and limit alerts that do not wait for them."""
         clock = self.services.clock
-        max_wait = self.batcher.max_seconds
+        batcher = self.batcher
+        max_wait = batcher.max_seconds
+        check_every = self.check_seconds if self.limits.evaluators else math.inf
         last_publish = clock.monotonic()
         for frame in source.frames(stop):
             now = clock.monotonic()
-            if frame is None:
-                if self.batcher.frames and now - self.batcher.opened_at >= max_wait:
+            if frame is None:  # the bus was idle, or a burst has been read
+                if batcher.count and now - batcher.opened_at >= max_wait:
                     self._flush()
                     last_publish = now
-                elif not self.batcher.frames and now - last_publish >= max_wait:
+                    continue
+                if not batcher.count and now - last_publish >= max_wait:
                     # Live frames carry wall-clock timestamps, so wall-clock time is event time.
                     self._publish(self.core.tick_message(clock.time()))
                     last_publish = now
-                continue
-            full = self.batcher.add(frame, now)
-            if full or (self.live and now - self.batcher.opened_at >= max_wait):
-                self._flush()
-                last_publish = now
+                    continue
+            else:
+                full = batcher.add(frame, now)
+                if full or (self.live and now - batcher.opened_at >= max_wait):
+                    self._flush()
+                    last_publish = now
+                    continue
+            if batcher.frames and now - batcher.pending_since >= check_every:
+                part = self._decode_pending()
+                if part is not None and self.limits.crossed(part.decoded.batch):
+                    self._flush()
+                    last_publish = now
 
     def counters(self) -> dict[str, Any]:
         """What was read and decoded, in totals and by CAN id."""
@@ -635,6 +664,7 @@ class CanReaderComponent:
             "frames_read": totals["read"], "error_frames": totals["error"], "remote_frames": totals["remote"],
             "frames_decoded": totals["decoded"], "frames_unknown_id": totals["unknown_id"],
             "decode_errors": totals["decode_error"], "fallback_frames": totals["fallback_frames"],
+            "limit_flushes": self.limits.crossings,
             "bad_lines": len(bad), "bad_records": [str(r) for r in bad],
             "unknown_ids": {f"0x{k:X}": n for k, n in core.unknown_ids.most_common()},
             "decode_error_ids": {f"0x{k:X}": n for k, n in core.decode_error_ids.most_common()},

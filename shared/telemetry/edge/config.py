@@ -25,8 +25,11 @@ from .rules import Rule, rule_class
 
 @dataclass(frozen=True)
 class ReaderConfig:
-    batch_max_frames: int = 2000
-    batch_max_seconds: float = 0.5
+    batch_max_frames: int = 8192
+    batch_max_seconds: float = 1.0
+    # A live bus: the open batch is decoded this often and published at once when a signal
+    # crosses a limit rule (the alert's latency), else when full (the CPU per frame).
+    limit_check_seconds: float = 0.1
     # A replay as fast as possible batches by these instead: batches that carry real work. The
     # alerts and windows of a replay do not depend on its batches (tested).
     replay_batch_frames: int = 8192
@@ -302,6 +305,7 @@ def parse_config(data: Mapping[str, Any], *, base: Path | None = None, source: s
         reader = ReaderConfig(**{**reader.__dict__, "log": str(base / reader.log)})
     _positive(reader.batch_max_frames, f"{source} [reader] batch_max_frames")
     _positive(reader.batch_max_seconds, f"{source} [reader] batch_max_seconds")
+    _positive(reader.limit_check_seconds, f"{source} [reader] limit_check_seconds")
     _positive(reader.replay_batch_frames, f"{source} [reader] replay_batch_frames")
     _positive(reader.replay_batch_seconds, f"{source} [reader] replay_batch_seconds")
     _positive(reader.clock_skew_seconds, f"{source} [reader] clock_skew_seconds")

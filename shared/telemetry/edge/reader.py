@@ -17,41 +17,53 @@ import dataclasses
 import logging
 import math
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import can
 import numpy as np
 
 from . import messages
-from .decode import Decoder
+from .decode import DecodedBatch, Decoder
 from .frames import Frames
+from .rules import LimitRule, Rule
 
 LOG = logging.getLogger(__name__)
 
 
 class FrameBatcher:
-    """Decides when a batch is full, by count and by event-time span."""
+    """Decides when a batch is full, by count and by event-time span. A live reader decodes the
+    frames of its open batch as it goes (``take_pending``), every ``limit_check_seconds``, and
+    publishes them all when the batch is full (``take``)."""
 
     def __init__(self, max_frames: int, max_seconds: float) -> None:
         self.max_frames = max_frames
         self.max_seconds = max_seconds
-        self.frames: list[can.Message] = []
+        self.frames: list[can.Message] = []  # read, not yet decoded
+        self.count = 0  # frames of the open batch, decoded or not
+        self.first_time = 0.0  # event time of its first frame
         self.opened_at = 0.0  # wall-clock (monotonic) time the first frame arrived
+        self.pending_since = 0.0  # ... and the first frame not yet decoded
 
     def add(self, frame: can.Message, now: float) -> bool:
         """Add a frame; True when the batch should be flushed now."""
+        if not self.count:
+            self.opened_at, self.first_time = now, frame.timestamp
         if not self.frames:
-            self.opened_at = now
+            self.pending_since = now
         self.frames.append(frame)
-        return (
-            len(self.frames) >= self.max_frames
-            or frame.timestamp - self.frames[0].timestamp >= self.max_seconds
-        )
+        self.count += 1
+        return self.count >= self.max_frames or frame.timestamp - self.first_time >= self.max_seconds
 
-    def take(self) -> list[can.Message]:
+    def take_pending(self) -> list[can.Message]:
+        """The frames not yet decoded; the batch stays open."""
         frames, self.frames = self.frames, []
         return frames
+
+    def take(self) -> list[can.Message]:
+        """The frames not yet decoded; the batch is closed."""
+        self.count = 0
+        return self.take_pending()
 
 
 def batch_ends(t: np.ndarray, max_frames: int, max_seconds: float) -> list[int]:
@@ -172,6 +184,60 @@ class ClockGuard:
             self.held = None
 
 
+@dataclasses.dataclass(frozen=True)
+class Part:
+    """Frames decoded, not yet published: their admitted event times and what decoding gave."""
+
+    t: np.ndarray
+    decoded: DecodedBatch
+
+
+class LimitCheck:
+    """Whether freshly decoded samples take a signal across a ``limit`` rule, so that a live
+    reader, which publishes long batches (cheap for every component), publishes at once then and
+    the alert does not wait for the batch to fill. Only a hint: the detector judges every sample
+    as always. A batch is cut short when a (rule, signal) starts being across its limit, not
+    again while it stays there (a signal parked beyond a limit must not cut every batch short).
+    A few numpy calls a rule, on samples decoded anyway."""
+
+    def __init__(self, rules: Sequence[Rule]) -> None:
+        self.evaluators = [r.evaluator() for r in rules if isinstance(r, LimitRule)]
+        self._across: set[tuple[int, str]] = set()  # (rule, signal) last seen across its limit
+        self.crossings = 0
+
+    def crossed(self, batch: messages.FlatBatch) -> bool:
+        """True when a sample of ``batch`` starts a crossing: it is across its rule's limit, and
+        the signal's sample before it (in this batch, or the last one checked) was not."""
+        new = False
+        names = batch.names
+        for i, evaluator in enumerate(self.evaluators):
+            rule = evaluator.rule
+            mask = evaluator.name_mask(names)
+            if not len(batch) or not mask.any():
+                continue
+            mine = mask[batch.ids]
+            ids, v = batch.ids[mine], batch.v[mine]  # each signal's samples contiguous, in order
+            lo = -math.inf if rule.min is None else rule.min
+            hi = math.inf if rule.max is None else rule.max
+            over = (v < lo) | (v > hi)
+            first = np.ones(len(ids), dtype=bool)
+            first[1:] = ids[1:] != ids[:-1]
+            before = np.empty(len(ids), dtype=bool)
+            before[1:] = over[:-1]
+            before[first] = [(i, names[k]) in self._across for k in ids[first].tolist()]
+            if (over & ~before).any():
+                new = True
+            last = np.append(first[1:], True)  # each signal's latest sample: where it is now
+            for k, now in zip(ids[last].tolist(), over[last].tolist()):
+                if now:
+                    self._across.add((i, names[k]))
+                else:
+                    self._across.discard((i, names[k]))
+        if new:
+            self.crossings += 1
+        return new
+
+
 class ReaderCore:
     """Pure core of the reader: decode a batch of frames, keep totals, build the messages."""
 
@@ -193,6 +259,12 @@ class ReaderCore:
         """A batch of frames (columns, or python-can's frames from a live bus) decoded into one
         ``signals`` message; frames whose timestamps the clock guard does not admit are left out
         (counted)."""
+        return self.message_of([self.decode_part(frames)])
+
+    def decode_part(self, frames: Frames | list[can.Message]) -> Part:
+        """Frames decoded and counted, to be published in a batch (``message_of``) now or with
+        the parts that follow them: a live reader decodes often (and checks limits) but publishes
+        seldom."""
         if not isinstance(frames, Frames):
             frames = Frames.from_messages(frames)
         frames = self.guard.admit(frames)
@@ -201,23 +273,36 @@ class ReaderCore:
         self.totals.update(decoded.frames)
         self.totals["signal_samples"] += decoded.samples
         self.totals["non_finite_values"] += decoded.non_finite
-        self.totals["batches"] += 1
         self.unknown_ids.update(decoded.unknown_ids)
         self.decode_error_ids.update(decoded.decode_errors)
         self.dropped_values.update(decoded.non_finite_signals)
         self.length_mismatch.update(decoded.length_mismatch)
         for key, reason in decoded.length_reasons.items():
             self.length_reasons.setdefault(key, reason)
-        if not len(frames):
+        return Part(frames.t, decoded)
+
+    def message_of(self, parts: Sequence[Part]) -> messages.Signals:
+        """The ``signals`` message of consecutive decoded parts: the same message one batch of all
+        their frames gives."""
+        self.totals["batches"] += 1
+        self.seq += 1
+        counts: Counter[str] = Counter()
+        for part in parts:
+            counts.update(part.decoded.frames)
+        times = [part.t for part in parts if len(part.t)]
+        batch = messages.FlatBatch.concat([part.decoded.batch for part in parts])
+        if not times:
             now = self.guard.clock if self.guard.clock is not None else 0.0
-            self.seq += 1
-            return messages.Signals(self.source_name, self.seq, now, now, decoded.frames, decoded.batch, {})
-        start, end = float(frames.t.min()), float(frames.t.max())
+            return messages.Signals(self.source_name, self.seq, now, now, counts, batch, {})
+        start, end = min(float(t.min()) for t in times), max(float(t.max()) for t in times)
         self.first_time = start if self.first_time is None else min(self.first_time, start)
         self.last_time = end if self.last_time is None else max(self.last_time, end)
-        self.seq += 1
-        events = {name: np.sort(frames.t[rows]) for name, rows in decoded.event_rows.items()}
-        return messages.Signals(self.source_name, self.seq, start, end, decoded.frames, decoded.batch, events)
+        events: dict[str, list[np.ndarray]] = {}
+        for part in parts:
+            for name, rows in part.decoded.event_rows.items():
+                events.setdefault(name, []).append(part.t[rows])
+        sorted_events = {name: np.sort(np.concatenate(ts)) for name, ts in events.items()}
+        return messages.Signals(self.source_name, self.seq, start, end, counts, batch, sorted_events)
 
     def tick_message(self, now: float) -> messages.Signals:
         """An empty batch: a quiet live bus still moves event time on, so windows close."""
