@@ -199,3 +199,24 @@ def test_component_publishes_each_closed_window_and_flushes_at_end_of_stream(mak
     assert [w for m in out for w in m["windows"]] == ["0.0", "2.0"]
     component.handle({"v": 1, "kind": "signals"})  # malformed: counted, not raised
     assert component.stats["malformed"] == 1
+
+
+@given(st.data(), st.sampled_from([0.25, 1.0, 2.5]))
+def test_window_reduce_needs_no_sort_for_a_batch_in_signal_then_time_order(data, width):
+    """A batch as the reader makes it (each signal's samples together, in time order) is reduced
+    without sorting its samples; the result is the one the sorting path gives, exactly."""
+    from telemetry.edge.aggregator import window_reduce
+
+    counts = data.draw(st.lists(st.integers(min_value=1, max_value=40), min_size=1, max_size=5))
+    sid = np.repeat(np.array(data.draw(st.permutations(range(len(counts))))), counts)
+    t = np.concatenate([np.sort(np.array(data.draw(st.lists(st.floats(min_value=-20, max_value=20), min_size=n, max_size=n,
+                                                                  unique=True)))) for n in counts])
+    v = np.array(data.draw(st.lists(sample_values, min_size=len(t), max_size=len(t))))
+    grouped = window_reduce(sid, t, v, width)
+    shuffle = np.array(data.draw(st.permutations(range(len(t)))))
+    sorted_path = window_reduce(sid[shuffle], t[shuffle], v[shuffle], width)
+    assert grouped.keys() == sorted_path.keys()
+    for key in grouped:
+        assert np.array_equal(grouped[key], sorted_path[key]), key
+    pairs = list(zip(grouped["window"].tolist(), grouped["sid"].tolist()))
+    assert pairs == sorted(pairs) and len(set(pairs)) == len(pairs)  # (window, signal) order, each once

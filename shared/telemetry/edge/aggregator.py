@@ -38,14 +38,23 @@ MAX_MAGNITUDE = 1e100  # as decode.MAX_MAGNITUDE: a value beyond it is no measur
 _FIELDS = ("count", "mean", "m2", "min", "t_min", "max", "t_max", "first_t", "first", "last_t", "last")
 _EMPTY = {"count": 0, "mean": 0.0, "m2": 0.0, "min": np.inf, "t_min": np.inf, "max": -np.inf, "t_max": np.inf,
           "first_t": np.inf, "first": np.nan, "last_t": -np.inf, "last": np.nan}
+_FLOATS = _FIELDS[1:]
+_EMPTY_FLOATS = np.array([_EMPTY[key] for key in _FLOATS])[:, None]
 
 
 class _Window:
     """Running statistics of every signal of a group in one window: one array per statistic,
     indexed by the group's signal number."""
 
-    def __init__(self, size: int) -> None:
-        self.a = {key: np.full(size, _EMPTY[key], dtype=np.int64 if key == "count" else np.float64) for key in _FIELDS}
+    def __init__(self, size: int, sid: np.ndarray | None = None, r: Mapping[str, np.ndarray] | None = None) -> None:
+        """Empty, or holding the partial statistics ``r`` of signals ``sid`` (a window a batch opens)."""
+        floats = np.empty((len(_FLOATS), size))  # one allocation for every float statistic
+        floats[:] = _EMPTY_FLOATS
+        self.a = dict(zip(_FLOATS, floats))
+        self.a["count"] = np.zeros(size, dtype=np.int64)
+        if sid is not None and r is not None:
+            for key in _FIELDS:
+                self.a[key][sid] = r[key]
 
     def grow(self, size: int) -> None:
         have = len(self.a["count"])
@@ -111,11 +120,19 @@ class Cells(Mapping[str, Mapping[str, float]]):
 
 
 def window_reduce(sid: np.ndarray, t: np.ndarray, v: np.ndarray, width: float) -> dict[str, np.ndarray]:
-    """Statistics per (window, signal) of a batch, all with numpy: one sort, then reduceat.
-    Returns arrays, one entry per (window, signal) pair present, ordered by window."""
+    """Statistics per (window, signal) of a batch, all with numpy: runs of (window, signal), then
+    reduceat. Returns arrays, one entry per (window, signal) pair present, ordered by window then
+    signal. The samples are sorted first unless each signal's are together and in time order."""
     k = np.floor(t / width).astype(np.int64)
-    order = np.lexsort((t, sid, k))  # by window, signal, then time (stable for equal times)
-    k, sid, t, v = k[order], sid[order], t[order], v[order]
+    same = sid[1:] == sid[:-1]
+    if bool(np.all(~same | (t[1:] >= t[:-1]))) and len(np.unique(sid[np.append(True, ~same)])) == int((~same).sum()) + 1:
+        # each signal's samples together and in time order (a batch as the reader makes it): the
+        # runs of (signal, window) are already there, no sort of the samples is needed; the pairs
+        # are put in (window, signal) order after the reduction, a few per signal
+        order = None
+    else:
+        order = np.lexsort((t, sid, k))  # by window, signal, then time (stable for equal times)
+        k, sid, t, v = k[order], sid[order], t[order], v[order]
     new = np.empty(len(k), dtype=bool)
     new[0] = True
     np.not_equal(k[1:], k[:-1], out=new[1:])
@@ -127,7 +144,7 @@ def window_reduce(sid: np.ndarray, t: np.ndarray, v: np.ndarray, width: float) -
     dev = v - np.repeat(mean, counts)
     vmin = np.minimum.reduceat(v, starts)
     vmax = np.maximum.reduceat(v, starts)
-    return {
+    out = {
         "window": k[starts], "sid": sid[starts], "count": counts, "mean": mean,
         "m2": np.add.reduceat(dev * dev, starts), "min": vmin, "max": vmax,
         # the earliest time at which each pair's min (max) occurs
@@ -135,6 +152,10 @@ def window_reduce(sid: np.ndarray, t: np.ndarray, v: np.ndarray, width: float) -
         "t_max": np.minimum.reduceat(np.where(v == np.repeat(vmax, counts), t, np.inf), starts),
         "first_t": t[starts], "first": v[starts], "last_t": t[ends - 1], "last": v[ends - 1],
     }
+    if order is None:  # pairs in (signal, window) order: into (window, signal) order
+        pairs = np.lexsort((out["sid"], out["window"]))
+        out = {key: value[pairs] for key, value in out.items()}
+    return out
 
 
 class WindowAggregator:
@@ -221,12 +242,13 @@ class WindowAggregator:
         bounds = np.flatnonzero(np.diff(windows)) + 1
         for a, b in zip([0, *bounds.tolist()], [*bounds.tolist(), len(windows)]):
             k = int(windows[a])
+            part = {key: r[key][a:b] for key in _FIELDS}
             window = self.open.get(k)
-            if window is None:
-                window = self.open[k] = _Window(len(self.names))
+            if window is None:  # a window this batch opens: its statistics are the batch's
+                self.open[k] = _Window(len(self.names), r["sid"][a:b], part)
             else:
                 window.grow(len(self.names))
-            window.merge(r["sid"][a:b], {key: r[key][a:b] for key in _FIELDS})
+                window.merge(r["sid"][a:b], part)
 
     def _close(self, due: Callable[[int], bool]) -> list[Window]:
         out = []
