@@ -150,6 +150,46 @@ def test_vectorised_equals_cantools_per_frame(tmp_path_factory, data):
     assert_same(decoder.decode_frames(frames), decoder.decode_each(frames))
 
 
+@st.composite
+def alike_branches(draw) -> Message:
+    """A multiplexed message whose branches read the same bits the same way under other names
+    (module 1's cells 1-3 and module 2's cells 4-6), which the plan reads in one pass; now and
+    then a branch that differs (another scale, a float), which it may not."""
+    length = 8
+    mux = Signal("Module", start=0, length=4, is_multiplexer=True, byte_order="little_endian")
+    layout = []
+    start = 8
+    for _ in range(draw(st.integers(1, 3))):
+        size = draw(st.integers(1, 16))
+        if start + size > 8 * length:
+            break
+        layout.append((start, size, draw(st.booleans()), draw(scales), draw(offsets)))
+        start += size
+    signals = [mux]
+    for branch in range(draw(st.integers(2, 6))):
+        odd = draw(st.integers(0, 4)) == 0
+        for j, (first, size, signed, scale, offset) in enumerate(layout):
+            if odd and j == 0:
+                scale = scale * 2 if draw(st.booleans()) else scale
+            signals.append(Signal(f"B{branch}S{j}", start=first, length=size, is_signed=signed,
+                                  byte_order="little_endian", multiplexer_ids=[branch], multiplexer_signal="Module",
+                                  conversion=BaseConversion.factory(scale, offset, None, False)))
+    return Message(0x101, "Cells", length, signals, strict=True)
+
+
+@settings(max_examples=60, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_branches_of_one_layout_read_in_one_pass_equal_cantools(tmp_path_factory, data):
+    message = data.draw(alike_branches())
+    decoder = decoder_for(tmp_path_factory, [message])
+    n = data.draw(st.integers(1, 60))
+    frames = [can.Message(timestamp=i * 0.01, arbitration_id=0x101, is_extended_id=False,
+                          data=bytes([data.draw(st.integers(0, 8))]) + data.draw(st.binary(min_size=7, max_size=7)))
+              for i in range(n)]  # module numbers of every branch, and some no branch has
+    columns = Frames.from_messages(frames)
+    assert_same(decoder.decode_frames(columns), decoder.decode_each(columns))
+
+
 @settings(max_examples=120)
 @given(data=st.data())
 def test_plan_answers_as_cantools_frame_by_frame(data):

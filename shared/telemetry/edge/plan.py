@@ -32,6 +32,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -332,6 +333,27 @@ class _Node:
     muxes: tuple[tuple[_Single, dict[int, _Node]], ...]
     fits: bool  # False: cantools' formats are longer than the message; every frame here fails
 
+    @cached_property
+    def layout(self) -> tuple[Any, ...] | None:
+        """Where and how this node's values are read, when that is all it does (windows only: no
+        float, multiplexer or spilling signal, no deeper level): two branches of a multiplexer
+        with the same layout (cells 1-3 of module 1 and cells 4-6 of module 2, say) are read in
+        one pass. None otherwise."""
+        if not self.fits or self.singles or self.muxes or not self.names:
+            return None
+        return (len(self.names), *((w.intel, w.byte, w.columns.tobytes(), w.shifts.tobytes(), w.masks.tobytes(),
+                                    None if w.unused is None else w.unused.tobytes(), w.scales.tobytes(),
+                                    w.offsets.tobytes()) for w in self.windows))
+
+    def values(self, payload: _Payload, rows: int) -> np.ndarray:
+        """The values of its windows' signals: ``[rows, names]`` (singles' columns left to fill)."""
+        if len(self.windows) == 1 and not self.singles:
+            return self.windows[0].values(payload)  # the common case: one window has every column, in order
+        values = np.empty((rows, len(self.names)))
+        for window in self.windows:
+            values[:, window.columns] = window.values(payload)
+        return values
+
 
 def _window(intel: bool, byte: int, members: list[tuple[int, Any, _Bits, tuple[float, float]]]) -> _Window:
     columns, signals, bits, linear = zip(*members)
@@ -436,12 +458,7 @@ class MessagePlan:
         if not node.fits:
             failed[rows] = True
             return
-        if len(node.windows) == 1 and not node.singles:
-            values = node.windows[0].values(payload)  # the common case: one window has every column, in order
-        else:
-            values = np.empty((len(rows), len(node.names)))
-            for window in node.windows:
-                values[:, window.columns] = window.values(payload)
+        values = node.values(payload, len(rows))
         selectors = {}
         for single in node.singles:
             selectors[single.column] = converted = single.values(payload)
@@ -467,12 +484,26 @@ class MessagePlan:
         else:
             order = np.argsort(group, kind="stable")
             bounds = np.searchsorted(group[order], np.arange(len(found) + 1))
+        alike: dict[Any, list[tuple[_Node, np.ndarray]]] = {}  # branches read in one pass, by layout
         for i, key in enumerate(found.tolist()):
             chosen = positions[order[bounds[i]:bounds[i + 1]]]
             branch = branches.get(int(key))
             if branch is None:  # cantools: "expected multiplexer id ..., but got ..."
                 failed[rows[chosen]] = True
+            elif (layout := branch.layout) is not None and len(chosen) < len(rows):
+                alike.setdefault(layout, []).append((branch, chosen))
             elif len(chosen) == len(rows):
                 self._run(branch, rows, payload, failed, out)
             else:
                 self._run(branch, rows[chosen], payload.take(chosen), failed, out)
+        for members in alike.values():
+            if len(members) == 1:
+                branch, chosen = members[0]
+                self._run(branch, rows[chosen], payload.take(chosen), failed, out)
+                continue
+            every = np.concatenate([chosen for _, chosen in members])
+            values = members[0][0].values(payload.take(every), len(every))  # the same arithmetic, row by row
+            at = 0
+            for branch, chosen in members:
+                out.append(Block(branch.names, branch.ranks, rows[chosen], values[at:at + len(chosen)]))
+                at += len(chosen)
