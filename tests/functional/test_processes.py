@@ -4,6 +4,7 @@ errors and start-up errors; and it leaves no process behind."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import multiprocessing
 import os
@@ -113,8 +114,10 @@ def test_full_queues_slow_the_publishers_across_processes_and_lose_nothing(proje
     # GIVEN recipes whose queues hold one message
     tmp_path = project
     set_queue_sizes(project, 1)
-    normal = replay(short_drive, out_dir=tmp_path / "normal", config=SAMPLE / "vehicle.toml")
     cfg = load_config(SAMPLE / "vehicle.toml")
+    # batches of 2 s: the 20 s drive makes enough messages to fill the queues
+    cfg = dataclasses.replace(cfg, reader=dataclasses.replace(cfg.reader, replay_batch_seconds=2.0))
+    normal = replay(short_drive, out_dir=tmp_path / "normal", config=cfg)
     cloud = InMemoryCloudTransport()
     with ProcessRuntime(tmp_path / "recipes", cfg, cloud, env={"TELEMETRY_LOG": str(short_drive)}) as runtime:
         runtime.wait_for_sources(timeout=60)

@@ -99,3 +99,34 @@ def test_progress_writes_nothing_for_a_short_replay():
     progress = Progress(ReplayTaps(), __file__, stream, delay=60.0).start()
     progress.stop()
     assert stream.getvalue() == ""
+
+
+@pytest.mark.parametrize("max_points", [400, 7])
+def test_series_from_the_payloads_columns_equal_the_series_of_their_windows(max_points):
+    """The report draws from the aggregates payloads' columns (no object per window and signal):
+    the same series as from the windows read back from them, with buckets or without."""
+    import threading
+    from pathlib import Path
+
+    from telemetry.edge.aggregator import Aggregation, dbc_resolutions
+    from telemetry.edge.config import load_config
+    from telemetry.edge.decode import DbcDecoder
+    from telemetry.edge.messages import EndOfStream
+    from telemetry.edge.reader import ReaderCore
+    from telemetry.edge.sources import LogSource
+    from telemetry.tools.report import payload_series
+
+    sample = Path(__file__).resolve().parents[2] / "vehicles" / "sample"
+    cfg = load_config(sample / "vehicle.toml")
+    core = ReaderCore(DbcDecoder(cfg.dbc), "can")
+    aggregation = Aggregation(cfg.aggregator, cfg.vehicle, res=dbc_resolutions(cfg.dbc), max_bytes=cfg.uploader.max_payload_bytes)
+    payloads = []
+    for chunk in LogSource(sample / "drive.log").frame_batches(threading.Event(), 4096):
+        payloads += [a.payload for a in aggregation.publish(core.batch_message(chunk))]
+    payloads += [a.payload for a in aggregation.publish(EndOfStream("can", 0, None, {}))]
+    assert len(payloads) > 10 and len({p.group for p in payloads}) >= 3
+    windows = [Window.decode(w) for p in payloads for w in p.window_messages()]
+    want = signal_series(windows, max_points=max_points)
+    got = payload_series(payloads[::-1], max_points=max_points)  # in whatever order they were heard
+    assert list(got) == list(want) and len(got) > 50
+    assert got == want

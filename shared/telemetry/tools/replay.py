@@ -133,7 +133,7 @@ def replay(
         # the reader counts the frames that fail per id; why they fail is asked of cantools
         # here, on each id's first failing frame (a second read of the log, only if any failed)
         reasons = decode_error_reasons(log, cfg.dbc, summary["decode_error_ids"]) if summary["decode_error_ids"] else {}
-        data = report_data(summary, taps.windows, taps.alerts, metered.publishes, taps.uplink, cfg.dbc, reasons,
+        data = report_data(summary, taps.payloads, taps.alerts, metered.publishes, taps.uplink, cfg.dbc, reasons,
                            summary_text=format_summary(summary, taps.alerts),
                            rules={rule.name: rule.signals for rule in cfg.rules})
         write_report(out / "report.html", data)

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from telemetry import wire
 from telemetry.edge import messages
 from telemetry.edge.errors import MessageError
 from telemetry.edge.messages import Aggregates, Alert, Batch, EndOfStream, Signals, Window
@@ -37,7 +38,9 @@ class ReplayTaps:
 
     def __init__(self, on_alert: Callable[[Alert], None] | None = None,
                  on_signals: Callable[[Signals], None] | None = None) -> None:
-        self.windows: list[Window] = []
+        self.payloads: list[wire.Payload] = []  # the aggregates payloads: their windows, in columns
+        self._windows: list[Window] = []  # the payloads read back as windows, when asked (``windows``)
+        self._windows_of = 0  # how many payloads ``_windows`` holds
         self.alerts: list[Alert] = []
         self.uplink: list[tuple[float, int]] = []  # (event time, bytes) of each window and alert
         self.frames_read = 0
@@ -48,6 +51,16 @@ class ReplayTaps:
         self.on_alert = on_alert
         self.on_signals = on_signals
         self._lock = threading.Lock()
+
+    @property
+    def windows(self) -> list[Window]:
+        """Every window heard, as ``Window`` messages, read back from the payloads the first time
+        someone asks (exports, tests): the report draws from the columns (``payload_series``)."""
+        with self._lock:
+            for payload in self.payloads[self._windows_of:]:
+                self._windows += [Window.decode(w) for w in payload.window_messages()]
+            self._windows_of = len(self.payloads)
+            return list(self._windows)
 
     def attach(self, runtime: Any) -> list[str]:
         """Subscribe to the output topic of every component of ``runtime``; the topics."""
@@ -66,12 +79,12 @@ class ReplayTaps:
         items = message.items if isinstance(message, Batch) else (message,)
         with self._lock:
             for item in items:
-                if isinstance(item, Aggregates):  # a publish period's payload: its windows, as Window
-                    windows = [Window.decode(w) for w in item.payload.window_messages()]
-                    self.windows += windows
+                if isinstance(item, Aggregates):  # a publish period's windows, kept in columns
+                    payload = item.payload
+                    self.payloads.append(payload)
                     self.uplink.append((item.event_time, len(item.to_bytes())))
-                    if windows:
-                        self._advance(max(w.end for w in windows))
+                    if len(payload.table):
+                        self._advance(float(payload.table.window.max() * payload.width + payload.width))  # its last end
                 elif isinstance(item, Alert):
                     self.alerts.append(item)
                     self.uplink.append((item.event_time, len(item.to_bytes())))
