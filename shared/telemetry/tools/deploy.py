@@ -25,11 +25,13 @@ import json
 import logging
 import re
 import time
+import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from telemetry.edge.component_config import CONFIG_KEY
 from telemetry.edge.config import VehicleConfig
 from telemetry.edge.errors import TelemetryError
 from telemetry.edge.uploader import cloud_topics
@@ -124,6 +126,34 @@ def access_control(recipe: Recipe, cfg: VehicleConfig) -> dict[str, Any]:
     return acl
 
 
+def vehicle_configuration(path: Path) -> dict[str, Any]:
+    """The vehicle configuration file as the components read it from their Greengrass
+    configuration (key ``vehicle``): its tables as JSON, checked first as the file is (a value the
+    components would refuse is refused here, before any request). Paths in it (DBC files) stay
+    as written, relative to the file, which the zip holds beside them."""
+    from telemetry.edge.config import load_config
+
+    load_config(path)
+    data = tomllib.loads(path.read_bytes().decode("utf-8-sig"))
+    try:
+        return dict(json.loads(json.dumps(data, allow_nan=False)))
+    except (TypeError, ValueError) as exc:  # a TOML date, which no key takes (load_config refused NaN)
+        raise DeployError(f"{path}: cannot be written as component configuration: {exc}") from None
+
+
+def configuration_update(recipe: Recipe, cfg: VehicleConfig, vehicle: dict[str, Any] | None) -> dict[str, Any]:
+    """A component's ``configurationUpdate``: its IPC ``accessControl`` and, given one, the vehicle
+    configuration under ``vehicle``. ``reset`` of ``/vehicle`` first, so that a key removed from
+    the file is removed on the device too (a merge alone would keep the old value). Reading its
+    own configuration needs no IPC authorisation (the nucleus authorises pub/sub, IoT Core,
+    shadows, secrets, ... by policy, not a component's own configuration)."""
+    merge: dict[str, Any] = {"accessControl": access_control(recipe, cfg)}
+    if vehicle is None:
+        return {"merge": json.dumps(merge, sort_keys=True)}
+    merge[CONFIG_KEY] = vehicle
+    return {"merge": json.dumps(merge, sort_keys=True), "reset": [f"/{CONFIG_KEY}"]}
+
+
 def plan(
     recipes: list[Recipe],
     cfg: VehicleConfig,
@@ -137,7 +167,10 @@ def plan(
     arch: str = "aarch64",
     deployment_name: str | None = None,
     legacy: bool = False,
+    vehicle: dict[str, Any] | None = None,
 ) -> Plan:
+    """Every request of a deploy. ``vehicle``: the vehicle configuration as JSON
+    (``vehicle_configuration``), written into each component's configuration."""
     lambda_arch = {"x86_64": "x86_64", "aarch64": "arm64"}[arch]
     functions = []
     components = []
@@ -161,10 +194,9 @@ def plan(
             lambda_function.setdefault("componentDependencies", {})[LEGACY_ROUTER] = {
                 "versionRequirement": LEGACY_ROUTER_RANGE, "dependencyType": "SOFT"}
         components.append({"lambdaFunction": {"lambdaArn": arn, **lambda_function}})
-        merge = {"accessControl": access_control(recipe, cfg)}
         deployment_components[recipe.name] = {
             "componentVersion": recipe.version,
-            "configurationUpdate": {"merge": json.dumps(merge, sort_keys=True)},
+            "configurationUpdate": configuration_update(recipe, cfg, vehicle),
             "runWith": {"systemResourceLimits": resource_limits(recipe)},
         }
     notes = []
