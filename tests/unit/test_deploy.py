@@ -179,10 +179,10 @@ def stub_inspect(p, lams, ggs, *, existing=(), tags=None, cloud_versions=None):
 
 
 def stub_deploy(p, s3s, lams, ggs, *, existing=(), component_state=None, expired_at=None, current=None,
-                router_versions=None, expect=None, cloud_versions=None):
+                router_versions=None, expect=None, cloud_versions=None, tags=None):
     """Queue the exact calls of a deploy, in order, on each client's Stubber."""
     s3s.add_response("get_bucket_location", {"LocationConstraint": REGION}, {"Bucket": "fleet-artifacts"})
-    stub_inspect(p, lams, ggs, existing=existing, cloud_versions=cloud_versions)
+    stub_inspect(p, lams, ggs, existing=existing, cloud_versions=cloud_versions, tags=tags)
     versions = {}
     for f in p.functions:
         name = f.create["FunctionName"]
@@ -309,7 +309,7 @@ def test_a_component_version_taken_meanwhile_says_to_run_again(recipes, cfg, tmp
                           {"FunctionName": f.create["FunctionName"], "Qualifier": "1"})
         lams.add_response("tag_resource", {}, {"Resource": f.function_arn, "Tags": ANY})
         ggs.add_client_error("create_component_version", "ConflictException", "Component version already exists", 409)
-        with pytest.raises(DeployError, match="created meanwhile .* run the deploy again"):
+        with pytest.raises(DeployError, match=r"created meanwhile .* run the deploy again"):
             Deployer(s3, lam, gg, poll_seconds=0, sleep=lambda s: None).deploy(p)
 
 
@@ -372,7 +372,7 @@ def test_a_threshold_change_is_one_deployment_with_no_upload_and_no_new_version(
 
 def test_new_code_gets_the_next_patch_version_the_cloud_does_not_have(recipes, cfg, tmp_path):
     before = make_plan(recipes, cfg, tmp_path)
-    tags = tags_after_a_deploy(before, component_version="1.0.4")
+    tags = tags_after_a_deploy(before, function_version="6", component_version="1.0.4")
     for f in before.functions:  # the code changed
         make_zip(f.zip_path, {"handler.py": b"# new code of " + f.recipe.name.encode()})
     p = make_plan(recipes, cfg, tmp_path)
@@ -381,10 +381,9 @@ def test_new_code_gets_the_next_patch_version_the_cloud_does_not_have(recipes, c
         spec["componentVersion"] = "1.0.5"
     s3, lam, gg = clients()
     with Stubber(s3) as s3s, Stubber(lam) as lams, Stubber(gg) as ggs:
-        # the stale tags say version 7 holds other code: everything is uploaded and made anew
-        stub_deploy(p, s3s, lams, ggs, existing={f.create["FunctionName"] for f in p.functions},
+        # the tags say version 7 holds the old code: everything is uploaded and made anew
+        stub_deploy(p, s3s, lams, ggs, existing={f.create["FunctionName"] for f in p.functions}, tags=tags,
                     cloud_versions={r.name: ["1.0.0", "1.0.3", "1.0.4", "2.0.0"] for r in recipes}, expect=expected)
-        assert tags  # (stub_inspect of stub_deploy answers without them; a digest mismatch is the same path)
         deployer = Deployer(s3, lam, gg, poll_seconds=0, sleep=lambda s: None)
         deployer.deploy(p)
         ggs.assert_no_pending_responses()
@@ -455,18 +454,36 @@ def test_a_deploy_keeps_the_groups_other_components_and_their_configuration(reci
 
 def test_the_dry_run_shows_the_diff_against_the_current_deployment_with_read_only_calls(recipes, cfg, tmp_path, capsys):
     from telemetry.tools.cli.deploy import dry_run
+    from telemetry.tools.deploy import vehicle_configuration
 
-    p = make_plan(recipes, cfg, tmp_path)
+    before = make_plan(recipes, cfg, tmp_path)
+    p = make_plan(recipes, cfg, tmp_path, vehicle=vehicle_configuration(ROOT / "vehicles/sample/vehicle.toml"))
+    tags = tags_after_a_deploy(before, component_version="1.0.2")
+    tags["telemetry-uploader"]["telemetry:function-sha256"] = "other code"
     s3, lam, gg = clients()
-    with Stubber(s3) as s3s, Stubber(gg) as ggs:
+    with Stubber(s3) as s3s, Stubber(lam) as lams, Stubber(gg) as ggs:
         s3s.add_response("get_bucket_location", {"LocationConstraint": REGION}, {"Bucket": "fleet-artifacts"})
+        stub_inspect(p, lams, ggs, existing={f.create["FunctionName"] for f in p.functions}, tags=tags,
+                     cloud_versions={r.name: ["1.0.0", "1.0.1", "1.0.2"] for r in recipes})
         stub_current(ggs, CURRENT)
         assert dry_run(p, (REGION, s3, lam, gg), tmp_path) == 0
         ggs.assert_no_pending_responses()
-    assert json.loads((tmp_path / "merged-CreateDeployment.json").read_text()) == merged_with_current(p)
+        lams.assert_no_pending_responses()
+    expected = merged_with_current(p)
+    for name in ("telemetry.Aggregator", "telemetry.AnomalyDetector", "telemetry.CanReader"):
+        expected["components"][name]["componentVersion"] = "1.0.2"  # unchanged: kept
+    expected["components"]["telemetry.Uploader"]["componentVersion"] = "1.0.3"  # new code: the next patch
+    assert json.loads((tmp_path / "merged-CreateDeployment.json").read_text()) == expected
     out = capsys.readouterr().out
     assert "against its current deployment" in out and "dry run: nothing was created or changed" in out
-    assert "  = com.team.PitRadio 1.4.0 (kept)" in out and "  + telemetry.CanReader 1.0.0" in out
+    assert "  = com.team.PitRadio 1.4.0 (kept)" in out and "  + telemetry.CanReader 1.0.2" in out
+    assert "telemetry-aggregator: unchanged, version 7 kept (nothing uploaded)" in out
+    assert "telemetry-uploader: new code or settings: the zip is uploaded, a version published" in out
+    assert "component telemetry.Uploader: a new version, 1.0.3" in out
+    # the merge: the vehicle configuration once, and each component's grants
+    assert "configuration update of every component: reset /vehicle, then merge" in out
+    assert '"max": 55.0' in out and "telemetry.CanReader accessControl: PublishToIoTCore dt/sunrace-01/health; " \
+        "PublishToTopic telemetry/signals" in out
 
 
 def test_a_bucket_in_another_region_stops_the_deploy_before_any_upload(recipes, cfg, tmp_path):
