@@ -196,10 +196,18 @@ def test_every_live_key_is_a_key_its_component_uses_and_docs_config_lists_them()
         "uploader.topic_prefix",)
     for component, keys in LIVE.items():
         assert all(component_config._matches(k, USES[component]) for k in keys)
-    # docs/CONFIG.md's table of live keys is the code's
+    # docs/CONFIG.md's table says the same as the code, component by component
     text = (ROOT / "docs/CONFIG.md").read_text()
-    section = text[text.index("## Tuning a deployed car"):]
-    documented = set(re.findall(r"`((?:uploader|detector|rules)\.[a-z_]*)`", section.split("\n## ")[0]))
-    code = {k.rstrip(".") if k.endswith(".") else k for keys in LIVE.values() for k in keys} | set(
-        component_config.LIVE_EVERYWHERE)
-    assert {k.rstrip(".") for k in documented} >= code
+    section = text[text.index("## Tuning a deployed car"):].split("\n## ")[0]
+    rows = {"anomaly detector": "AnomalyDetectorComponent", "uploader": "UploaderComponent",
+            "aggregator": "AggregatorComponent", "CAN reader": "CanReaderComponent"}
+    for label, component in rows.items():
+        row = next(line for line in section.splitlines() if line.startswith(f"| {label} |"))
+        live_cell = row.split("|")[2]
+        documented = {k.removesuffix("*") for k in re.findall(r"`([a-z_]+\.[a-z_*]+)`", live_cell)}
+        assert documented == set(LIVE.get(component, ())), label
+        # and what the table says needs a restart does need one
+        for key in re.findall(r"`([a-z_]+\.[a-z_]+)`", row.split("|")[3]):
+            assert classify(component, [key]).restart == (key,), (label, key)
+    every = next(line for line in section.splitlines() if line.startswith("| every component |"))
+    assert set(re.findall(r"`([a-z_]+\.[a-z_]+)`", every)) == set(component_config.LIVE_EVERYWHERE)
