@@ -345,6 +345,7 @@ def test_a_threshold_change_is_one_deployment_with_no_upload_and_no_new_version(
         make_zip(f.zip_path, {"handler.py": b"# " + f.recipe.name.encode(), "vehicle.toml": toml.encode()})
     after = make_plan(recipes, load_config(folder / "vehicle.toml"), tmp_path, vehicle=vehicle_configuration(folder / "vehicle.toml"))
     assert [f.digest for f in after.functions] == [f.digest for f in before.functions]
+    assert validate(after) == []  # the reset and the merge too, against botocore's model
     expected = json.loads(json.dumps(after.deployment))
     for spec in expected["components"].values():
         spec["componentVersion"] = "1.0.4"
