@@ -607,3 +607,16 @@ def test_legacy_transport_publishes_through_greengrasssdk_to_the_router(monkeypa
     assert (function_arn, payload, invocation) == ("arn:router", b'{"v":1}', "Event")
     assert json.loads(base64.b64decode(context)) == {
         "custom": {"source": "arn:uploader", "subject": "dt/car-01/alerts", "queueFullPolicy": "AllOrError"}}
+
+
+def test_the_code_digest_leaves_out_the_bundled_configuration_only(tmp_path):
+    from telemetry.tools.deploy import code_digest
+
+    base = {"handler.py": b"code", "solar_car.dbc": b"BO_ 1", "vehicle.toml": b"max = 55.0"}
+    a = code_digest(make_zip(tmp_path / "a.zip", base))
+    assert code_digest(make_zip(tmp_path / "b.zip", {**base, "vehicle.toml": b"max = 50.0"})) == a
+    assert code_digest(make_zip(tmp_path / "c.zip", {**base, "solar_car.dbc": b"BO_ 2"})) != a  # a DBC is code
+    assert code_digest(make_zip(tmp_path / "d.zip", {**base, "handler.py": b"code 2"})) != a
+    (tmp_path / "e.zip").write_bytes(b"not a zip")
+    with pytest.raises(DeployError, match="not a zip file"):
+        code_digest(tmp_path / "e.zip")

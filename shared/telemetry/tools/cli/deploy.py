@@ -144,6 +144,9 @@ def dry_run(the_plan: Any, aws: tuple[Any, Any, Any, Any] | None, folder: Path |
             print(f"note: the current deployment of {target} could not be read ({exc})")
         for line in deployer.log:
             print(line)
+    else:
+        print("note: without AWS it is not known which code changed: a deploy uploads only the zips whose code or "
+              "settings changed, and creates only the component versions that changed")
     show_configuration(the_plan)
     if folder is not None:
         path = folder / "merged-CreateDeployment.json"
