@@ -211,3 +211,28 @@ def test_every_live_key_is_a_key_its_component_uses_and_docs_config_lists_them()
             assert classify(component, [key]).restart == (key,), (label, key)
     every = next(line for line in section.splitlines() if line.startswith("| every component |"))
     assert set(re.findall(r"`([a-z_]+\.[a-z_]+)`", every)) == set(component_config.LIVE_EVERYWHERE)
+
+
+def test_serve_on_a_core_reads_and_follows_the_configuration(nucleus, monkeypatch):
+    import logging
+    import signal
+
+    env = nucleus.component("telemetry.AnomalyDetector", deployed("telemetry.AnomalyDetector", with_rule(
+        sample(), "cell-overtemp", max=45.0)), token="svcuid-detector")
+    recipe = next(r for r in load_recipes(ROOT / "recipes") if r.name == "telemetry.AnomalyDetector")
+    for key, value in {**env, **recipe.environment}.items():
+        monkeypatch.setenv(key, value)
+    adapter = LambdaAdapter(AnomalyDetectorComponent, str(SAMPLE / "handler.py"))  # vehicle.toml beside it
+    previous, level = signal.getsignal(signal.SIGTERM), logging.getLogger("telemetry").level
+    try:
+        assert adapter.serve() is False  # built, SIGTERM handled, following its configuration; no loop to start
+        nucleus.drain()
+        assert next(r for r in adapter._services.config.rules if r.name == "cell-overtemp").max == 45.0
+        assert [(name, path) for _, name, path in nucleus.subscriptions] == [("telemetry.AnomalyDetector", ["vehicle"])]
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        logging.getLogger("telemetry").setLevel(level)
+        adapter.stop(timeout=5)
+        adapter._services.ipc.close()
+    nucleus.drain()
+    assert nucleus.subscriptions == []  # stopping closed the stream
