@@ -14,6 +14,9 @@ its event-loop thread):
 * ``aws.greengrass#SubscribeToConfigurationUpdate``: a response, then a
   ``ConfigurationUpdateEvents`` for every key that a later ``update`` changes under ``keyPath``,
   one event per changed key, as the nucleus sends them;
+* ``aws.greengrass#SubscribeToValidateConfigurationUpdates`` and
+  ``aws.greengrass#SendConfigurationValidityReport``: ``deploy`` sends the proposed configuration
+  to the validators, and applies it only if none rejects it;
 * ``aws.greengrass#PublishToTopic``, ``aws.greengrass#PublishToIoTCore``: recorded if the component's ``accessControl`` grants the
   exact topic (``UnauthorizedError`` otherwise, as the nucleus refuses it);
 * anything else: ``ServiceError``.
@@ -66,6 +69,17 @@ def merge(into: dict[str, Any], update: dict[str, Any]) -> None:
             into[key] = copy.deepcopy(value)
 
 
+def _apply(config: dict[str, Any], update: dict[str, Any]) -> None:
+    """A ``configurationUpdate``: its ``reset`` JSON pointers removed, then its ``merge`` merged."""
+    for pointer in update.get("reset", []):
+        *parents, last = pointer.strip("/").split("/")
+        node = config
+        for key in parents:
+            node = node.get(key, {})
+        node.pop(last, None)
+    merge(config, json.loads(update.get("merge", "{}")))
+
+
 class Continuation:
     """One stream (awscrt's ``ClientContinuation``)."""
 
@@ -99,6 +113,7 @@ class Continuation:
         if not self.closed:
             self.closed = True
             self.nucleus.subscriptions = [s for s in self.nucleus.subscriptions if s[0] is not self]
+            self.nucleus.validators = [v for v in self.nucleus.validators if v[0] is not self]
             self.handler.on_continuation_closed()
 
 
@@ -143,6 +158,9 @@ class Nucleus:
         self.requests: list[tuple[str, str, dict[str, Any]]] = []  # (component, operation, request payload)
         self.published: list[tuple[str, str, bytes]] = []  # (component, topic, payload) sent to AWS IoT Core
         self.local: list[tuple[str, str, dict[str, Any]]] = []  # (component, topic, publishMessage) on local pub/sub
+        self.validators: list[tuple[Continuation, str]] = []  # SubscribeToValidateConfigurationUpdates
+        self.reports: list[tuple[str, dict[str, Any]]] = []  # (component, configurationValidityReport)
+        self._validating: dict[str, threading.Event] = {}
         self.loop: queue.Queue = queue.Queue()
         self._thread = threading.Thread(target=self._run, name="nucleus-event-loop", daemon=True)
         self._patch = mock.patch.object(ClientConnection, "connect", self.connect)
@@ -201,6 +219,16 @@ class Nucleus:
         elif operation == "aws.greengrass#SubscribeToConfigurationUpdate":
             self.subscriptions.append((stream, body.get("componentName") or me, list(body.get("keyPath") or [])))
             stream.reply("aws.greengrass#SubscribeToConfigurationUpdateResponse", {})
+        elif operation == "aws.greengrass#SubscribeToValidateConfigurationUpdates":
+            self.validators.append((stream, me))
+            stream.reply("aws.greengrass#SubscribeToValidateConfigurationUpdatesResponse", {})
+        elif operation == "aws.greengrass#SendConfigurationValidityReport":
+            report = body.get("configurationValidityReport") or {}
+            self.reports.append((me, report))
+            stream.reply("aws.greengrass#SendConfigurationValidityReportResponse", {}, terminate=True)
+            waiting = self._validating.get(str(report.get("deploymentId")))
+            if waiting is not None:
+                waiting.set()
         elif operation == "aws.greengrass#PublishToTopic":
             topic = body.get("topic", "")
             if not self.authorised(me, "aws.greengrass.ipc.pubsub", "aws.greengrass#PublishToTopic", topic, stream):
@@ -227,19 +255,38 @@ class Nucleus:
                      f"{service}:{operation} on resource {resource}"}, error=True, terminate=True)
         return False
 
+    def deploy(self, component: str, update: dict[str, Any], deployment_id: str, timeout: float = 10.0) -> str:
+        """A deployment as the nucleus runs it for one component: the proposed configuration is
+        sent to the component's validators first (``ValidateConfigurationUpdateEvents``); a
+        REJECTED report fails the deployment and nothing is applied; else (accepted, no
+        validator, or no report within ``timeout``: the nucleus proceeds) the update is applied.
+        Returns SUCCEEDED or FAILED: <the component's message>."""
+        validators = [v for v in self.validators if v[1] == component and not v[0].closed]
+        if validators:
+            proposed = copy.deepcopy(self.configurations[component])
+            _apply(proposed, update)
+            done = self._validating[deployment_id] = threading.Event()
+            event = {"validateConfigurationUpdateEvent": {"configuration": proposed, "deploymentId": deployment_id}}
+
+            def send() -> None:
+                for stream, _ in validators:
+                    stream.reply("aws.greengrass#ValidateConfigurationUpdateEvents", event)
+            self.loop.put(send)
+            done.wait(timeout)
+            report = next((r for who, r in self.reports if who == component and r.get("deploymentId") == deployment_id),
+                          {})
+            if report.get("status") == "REJECTED":
+                return f"FAILED: {report.get('message', '')}"
+        self.update(component, update)
+        return "SUCCEEDED"
+
     def update(self, component: str, update: dict[str, Any]) -> None:
         """A deployment's ``configurationUpdate`` for ``component`` (its ``reset`` JSON pointers
         first, then its ``merge`` JSON text), then an event per changed key."""
         def apply() -> None:
             config = self.configurations[component]
             old = copy.deepcopy(config)
-            for pointer in update.get("reset", []):
-                *parents, last = pointer.strip("/").split("/")
-                node = config
-                for key in parents:
-                    node = node.get(key, {})
-                node.pop(last, None)
-            merge(config, json.loads(update.get("merge", "{}")))
+            _apply(config, update)
             for path in changed_paths(old, config):
                 for stream, name, prefix in list(self.subscriptions):
                     if name == component and list(path[:len(prefix)]) == prefix:

@@ -86,10 +86,14 @@ def core(monkeypatch, tmp_path, nucleus):
         adapter._services.ipc.close()
 
 
-def update(nucleus: Nucleus, adapter: LambdaAdapter, component: str, vehicle: dict) -> None:
-    """A deploy of ``vehicle`` to the running component; returns once the component has handled it."""
+def update(nucleus: Nucleus, adapter: LambdaAdapter, component: str, vehicle: dict, *, validated: bool = True) -> None:
+    """A deploy of ``vehicle`` to the running component (validated by it first, or written past
+    the validation); returns once the component has handled the update."""
     adapter.watcher.handled.clear()
-    nucleus.update(component, configuration_update_of(component, vehicle))
+    if validated:
+        assert nucleus.deploy(component, configuration_update_of(component, vehicle), "d-2") == "SUCCEEDED"
+    else:
+        nucleus.update(component, configuration_update_of(component, vehicle))
     nucleus.drain()
     assert adapter.watcher.handled.wait(10), "the component did not handle the configuration update"
 
@@ -111,6 +115,7 @@ def test_the_deployments_configuration_wins_over_the_bundled_file_and_dbcs_come_
     # what the component asked of the nucleus: its own whole configuration, then its updates
     assert [(who, op.split("#")[1], body) for who, op, body in nucleus.requests] == [
         ("telemetry.AnomalyDetector", "GetConfiguration", {"keyPath": []}),
+        ("telemetry.AnomalyDetector", "SubscribeToValidateConfigurationUpdates", {}),
         ("telemetry.AnomalyDetector", "SubscribeToConfigurationUpdate", {"keyPath": ["vehicle"]})]
 
 
@@ -147,13 +152,31 @@ def test_a_threshold_change_applies_live_and_active_alerts_carry_on(nucleus, cor
         ("raised", 11.0, 50), ("cleared", 12.0, 60)]
 
 
-def test_a_configuration_that_does_not_check_is_refused_and_the_old_one_stays(nucleus, core, caplog):
+def test_a_deployment_whose_configuration_does_not_check_is_rejected_before_anything_changes(nucleus, core, caplog):
+    adapter = core("telemetry.AnomalyDetector", sample())
+    before = json.loads(json.dumps(nucleus.configurations["telemetry.AnomalyDetector"]))
+    bad = configuration_update_of("telemetry.AnomalyDetector", with_rule(sample(), "cell-overtemp", max="hot"))
+    result = nucleus.deploy("telemetry.AnomalyDetector", bad, "d-bad")
+    # the deployment fails with the component's reason (Greengrass rolls it back), nothing was applied
+    assert result == "FAILED: component configuration 'vehicle' [[rules]] #1 max: must be a number, not 'hot'"
+    assert nucleus.configurations["telemetry.AnomalyDetector"] == before
+    nucleus.drain()
+    assert adapter.watcher.counts["config_rejected"] == 1 and adapter.watcher.counts["config_updates"] == 0
+    assert "deployment d-bad rejected" in caplog.text
+    # a good one is accepted, and applied
+    update(nucleus, adapter, "telemetry.AnomalyDetector", with_rule(sample(), "cell-overtemp", max=50.0))
+    assert [r["status"] for _, r in nucleus.reports] == ["REJECTED", "ACCEPTED"]
+    assert adapter.watcher.counts["config_applied"] == 1
+
+
+def test_a_configuration_written_past_the_validation_is_refused_and_the_old_one_stays(nucleus, core, caplog):
     adapter = core("telemetry.AnomalyDetector", sample())
     before = adapter._services.config
-    update(nucleus, adapter, "telemetry.AnomalyDetector", with_rule(sample(), "cell-overtemp", max="hot"))
+    update(nucleus, adapter, "telemetry.AnomalyDetector", with_rule(sample(), "cell-overtemp", max="hot"),
+           validated=False)  # the validation timed out, or a hand-made local change
     assert adapter._services.config is before
     assert adapter.watcher.counts == {"config_updates": 1, "config_applied": 0, "config_refused": 1,
-                                      "config_restart_needed": 0}
+                                      "config_restart_needed": 0, "config_rejected": 0}
     assert "configuration update refused, the previous one stays in effect" in caplog.text
     assert adapter.watcher.last_error == "component configuration 'vehicle' [[rules]] #1 max: must be a number, not 'hot'"
     statuses = [json.loads(p) for _, t, p in nucleus.published if t.endswith("/health")]
@@ -235,4 +258,4 @@ def test_serve_on_a_core_reads_and_follows_the_configuration(nucleus, monkeypatc
         adapter.stop(timeout=5)
         adapter._services.ipc.close()
     nucleus.drain()
-    assert nucleus.subscriptions == []  # stopping closed the stream
+    assert nucleus.subscriptions == [] and nucleus.validators == []  # stopping closed the streams

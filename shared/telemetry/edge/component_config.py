@@ -196,11 +196,14 @@ def retune_uploader(uploader: Uploader, cfg: UploaderConfig) -> None:
 
 
 class ConfigurationWatcher:
-    """Follows the component's configuration on a core (IPC ``subscribe_to_configuration_update``):
-    on an update of the ``vehicle`` key it reads the configuration again, checks it as a file is
-    checked, and applies what ``classify`` says is live. A configuration that does not check is
-    refused: the old one stays in effect, the refusal is counted and logged with its reason, and
-    the status says so. Keys that need a restart are logged and named in the status
+    """Follows the component's configuration on a core. A deployment's proposed configuration is
+    validated first (IPC ``subscribe_to_validate_configuration_updates``): one that does not check
+    is REJECTED with its reason, so the deployment fails and nothing changes. Then, on an update
+    of the ``vehicle`` key (``subscribe_to_configuration_update``), it reads the configuration
+    again, checks it as a file is checked, and applies what ``classify`` says is live. A
+    configuration that still does not check (one written past the validation: its timeout, a
+    local change) is refused: the old one stays in effect, the refusal is counted and logged
+    with its reason, and the status says so. Keys that need a restart are logged and named in the status
     (``restart_needed``), never silently ignored.
 
     A deployment changes many keys at once, and the nucleus sends an event per key: events that
@@ -210,7 +213,8 @@ class ConfigurationWatcher:
         self.client, self.component, self.services, self.base = client, component, services, base
         self.name = type(component).__name__
         self.settle = settle_seconds
-        self.counts = {"config_updates": 0, "config_applied": 0, "config_refused": 0, "config_restart_needed": 0}
+        self.counts = {"config_updates": 0, "config_applied": 0, "config_refused": 0, "config_restart_needed": 0,
+                       "config_rejected": 0}
         self.restart_needed: tuple[str, ...] = ()
         self.received: VehicleConfig = services.config  # the last configuration read that checked
         self.last_error = ""
@@ -219,10 +223,17 @@ class ConfigurationWatcher:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self.operation: Any = None
+        self.validation: Any = None
 
     def start(self) -> bool:
-        """Subscribe; False (logged) when the nucleus refuses it: the component runs on with the
-        configuration it started with."""
+        """Subscribe to the updates, and to the validation of a deployment's configuration before
+        the nucleus applies it; False (logged) when the nucleus refuses the updates: the
+        component runs on with the configuration it started with."""
+        try:
+            _, self.validation = self.client.subscribe_to_validate_configuration_updates(
+                on_stream_event=self.on_validate, on_stream_error=self.on_error)
+        except Exception as exc:  # the SDK's own errors: updates are still checked when they come
+            LOG.warning("%s: deployments' configurations not validated (%s: %s)", self.name, type(exc).__name__, exc)
         try:
             _, self.operation = self.client.subscribe_to_configuration_update(
                 key_path=[CONFIG_KEY], on_stream_event=self.on_event, on_stream_error=self.on_error)
@@ -234,11 +245,37 @@ class ConfigurationWatcher:
 
     def close(self) -> None:
         self._stop.set()
-        if self.operation is not None:
+        for stream in (self.validation, self.operation):
+            if stream is not None:
+                try:
+                    stream.close()
+                except Exception as exc:  # closing a stream the nucleus already closed
+                    LOG.debug("closing a configuration stream: %s", exc)
+
+    def on_validate(self, event: Any) -> None:
+        """A deployment proposes a configuration: its ``vehicle`` is checked as a file is, and the
+        nucleus told ACCEPTED or REJECTED with the reason (a rejected deployment fails, and rolls
+        back, before anything changes on the device)."""
+        from awsiot.greengrasscoreipc.model import ConfigurationValidityReport, ConfigurationValidityStatus
+
+        proposed = getattr(event, "validate_configuration_update_event", None)
+        configuration = getattr(proposed, "configuration", None) or {}
+        value = configuration.get(CONFIG_KEY) if isinstance(configuration, dict) else None
+        status, message = ConfigurationValidityStatus.ACCEPTED, ""
+        if value is not None:
             try:
-                self.operation.close()
-            except Exception as exc:  # closing a stream the nucleus already closed
-                LOG.debug("closing the configuration stream: %s", exc)
+                if not isinstance(value, dict) or not value:
+                    raise ConfigError(f"component configuration '{CONFIG_KEY}' must be a non-empty object")
+                parse_config(from_json(value), base=self.base, source=f"component configuration '{CONFIG_KEY}'")
+            except ConfigError as exc:
+                status, message = ConfigurationValidityStatus.REJECTED, str(exc)[:1000]
+                self.counts["config_rejected"] += 1
+                LOG.error("%s: deployment %s rejected: %s", self.name, getattr(proposed, "deployment_id", "?"), exc)
+        try:
+            self.client.send_configuration_validity_report(configuration_validity_report=ConfigurationValidityReport(
+                status=status, deployment_id=getattr(proposed, "deployment_id", None), message=message or None))
+        except Exception as exc:  # the nucleus proceeds after its validation timeout; the update is checked again
+            LOG.warning("%s: validity report not sent: %s: %s", self.name, type(exc).__name__, exc)
 
     def on_error(self, error: Exception) -> bool:
         LOG.warning("%s: configuration update stream: %s: %s", self.name, type(error).__name__, error)

@@ -227,6 +227,8 @@ def plan(
         "deploymentPolicies": {
             "failureHandlingPolicy": "ROLLBACK",
             "componentUpdatePolicy": {"timeoutInSeconds": 60, "action": "NOTIFY_COMPONENTS"},
+            # how long each component has to check a new configuration (and reject it with its reason)
+            "configurationValidationPolicy": {"timeoutInSeconds": 30},
         },
     }
     return Plan(bucket, functions, components, deployment, notes, region, ranges, account)
