@@ -163,9 +163,15 @@ def test_a_deployment_whose_configuration_does_not_check_is_rejected_before_anyt
     nucleus.drain()
     assert adapter.watcher.counts["config_rejected"] == 1 and adapter.watcher.counts["config_updates"] == 0
     assert "deployment d-bad rejected" in caplog.text
+    # a DBC the zip does not carry is rejected too (a new DBC is new code: the deploy uploads it)
+    other = sample()
+    other["dbc"] = ["solar_car.dbc", "other_car.dbc"]
+    result = nucleus.deploy("telemetry.AnomalyDetector", configuration_update_of("telemetry.AnomalyDetector", other),
+                            "d-dbc")
+    assert result == "FAILED: component configuration 'vehicle': DBC file(s) other_car.dbc not in the component's artefact"
     # a good one is accepted, and applied
     update(nucleus, adapter, "telemetry.AnomalyDetector", with_rule(sample(), "cell-overtemp", max=50.0))
-    assert [r["status"] for _, r in nucleus.reports] == ["REJECTED", "ACCEPTED"]
+    assert [r["status"] for _, r in nucleus.reports] == ["REJECTED", "REJECTED", "ACCEPTED"]
     assert adapter.watcher.counts["config_applied"] == 1
 
 

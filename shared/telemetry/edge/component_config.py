@@ -266,7 +266,11 @@ class ConfigurationWatcher:
             try:
                 if not isinstance(value, dict) or not value:
                     raise ConfigError(f"component configuration '{CONFIG_KEY}' must be a non-empty object")
-                parse_config(from_json(value), base=self.base, source=f"component configuration '{CONFIG_KEY}'")
+                cfg = parse_config(from_json(value), base=self.base, source=f"component configuration '{CONFIG_KEY}'")
+                missing = [p for p in cfg.dbc if not Path(p).is_file()]
+                if missing:  # DBC files travel in the zip: a new one is new code, deployed with it
+                    raise ConfigError(f"component configuration '{CONFIG_KEY}': DBC file(s) "
+                                      f"{', '.join(Path(p).name for p in missing)} not in the component's artefact")
             except ConfigError as exc:
                 status, message = ConfigurationValidityStatus.REJECTED, str(exc)[:1000]
                 self.counts["config_rejected"] += 1
