@@ -20,7 +20,9 @@
 #   ./build.sh bench [--repeat N]   Measures the aggregator and detector against per-sample loops.
 #   ./build.sh memory               Measures the peak memory of each component (the recipes' limits).
 #   ./build.sh package [--arch x86_64|aarch64] [--out build/]   Builds one deployment zip per function.
-#   ./build.sh deploy --thing-group NAME|--thing NAME --bucket BUCKET [--dry-run]   Deploys to a core device.
+#   ./build.sh deploy --thing-group NAME|--thing NAME --bucket BUCKET [--config FILE] [--dry-run]
+#                                   Deploys to a core device; a change of the configuration alone
+#                                   uploads no zip and creates no component version.
 #   ./build.sh setup                Only creates or refreshes .venv.
 #
 # Every command takes --help for its options; demo, replay, signals, package and deploy also take

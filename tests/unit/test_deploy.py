@@ -10,6 +10,7 @@ import datetime
 import json
 import sys
 import types
+import zipfile
 from pathlib import Path
 from unittest import mock
 
@@ -18,7 +19,7 @@ import pytest
 from botocore.stub import ANY, Stubber
 
 from telemetry.edge.config import load_config
-from telemetry.tools.deploy import Deployer, DeployError, access_control, plan, target_arn, validate
+from telemetry.tools.deploy import Deployer, DeployError, access_control, next_version, plan, target_arn, validate
 from telemetry.tools.recipes import check_recipes, load_recipes
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -35,12 +36,19 @@ def cfg():
     return load_config(ROOT / "vehicles/sample/vehicle.toml")
 
 
+def make_zip(path: Path, files: dict[str, bytes]) -> Path:
+    with zipfile.ZipFile(path, "w") as zf:
+        for name, data in files.items():
+            zf.writestr(name, data)
+    return path
+
+
 def make_plan(recipes, cfg, tmp_path, **kw):
     zips = {}
-    for r in recipes:
+    for r in recipes:  # made once: a test may rewrite one to change its code
         path = tmp_path / f"{r.function['FunctionName']}.zip"
-        path.write_bytes(b"PK fake zip of " + r.name.encode())
-        zips[r.name] = path
+        zips[r.name] = path if path.exists() else make_zip(
+            path, {"handler.py": b"# " + r.name.encode(), "vehicle.toml": b"vehicle = 'x'"})
     return plan(recipes, cfg, zips, region=REGION, account=ACCOUNT, bucket="fleet-artifacts",
                 role_arn=f"arn:aws:iam::{ACCOUNT}:role/telemetry-lambda",
                 target_arn=target_arn(REGION, ACCOUNT, thing_group="racecars"), **{"arch": "aarch64", **kw})
@@ -148,15 +156,39 @@ def stub_current(ggs, current=None):
         ggs.add_response("get_deployment", current, {"deploymentId": current["deploymentId"]})
 
 
+def component_arn(name):
+    return f"arn:aws:greengrass:{REGION}:{ACCOUNT}:components:{name}"
+
+
+def stub_inspect(p, lams, ggs, *, existing=(), tags=None, cloud_versions=None):
+    """The read-only calls a deploy starts with: each function (with its tags), each component's versions."""
+    for f in p.functions:
+        name = f.create["FunctionName"]
+        if name in existing:
+            lams.add_response("get_function", {"Configuration": {"FunctionName": name},
+                                               "Tags": (tags or {}).get(name, {})}, {"FunctionName": name})
+        else:
+            not_found(lams, name)
+        versions = (cloud_versions or {}).get(f.recipe.name)
+        if versions is None:
+            ggs.add_client_error("list_component_versions", "ResourceNotFoundException", "no such component", 404,
+                                 expected_params={"arn": component_arn(f.recipe.name)})
+        else:
+            ggs.add_response("list_component_versions", {"componentVersions": [
+                {"componentName": f.recipe.name, "componentVersion": v, "arn": f"{component_arn(f.recipe.name)}:versions:{v}"}
+                for v in versions]}, {"arn": component_arn(f.recipe.name)})
+
+
 def stub_deploy(p, s3s, lams, ggs, *, existing=(), component_state=None, expired_at=None, current=None,
-                router_versions=None, expect=None):
+                router_versions=None, expect=None, cloud_versions=None, tags=None):
     """Queue the exact calls of a deploy, in order, on each client's Stubber."""
     s3s.add_response("get_bucket_location", {"LocationConstraint": REGION}, {"Bucket": "fleet-artifacts"})
+    stub_inspect(p, lams, ggs, existing=existing, cloud_versions=cloud_versions, tags=tags)
+    versions = {}
     for f in p.functions:
         name = f.create["FunctionName"]
         s3s.add_response("put_object", {}, {"Bucket": "fleet-artifacts", "Key": f.s3_key, "Body": ANY})
         if name in existing:
-            lams.add_response("get_function", {"Configuration": {"FunctionName": name}}, {"FunctionName": name})
             if expired_at == name:
                 lams.add_client_error("update_function_configuration", "ExpiredTokenException",
                                       "The security token included in the request is expired", 403)
@@ -167,7 +199,6 @@ def stub_deploy(p, s3s, lams, ggs, *, existing=(), component_state=None, expired
             lams.add_response("update_function_code", {"FunctionName": name, "Version": "7"}, f.update)
             version = "7"
         else:
-            not_found(lams, name)
             if expired_at == name:
                 lams.add_client_error("create_function", "ExpiredTokenException", "The security token included in the request is expired", 403)
                 return
@@ -177,13 +208,18 @@ def stub_deploy(p, s3s, lams, ggs, *, existing=(), component_state=None, expired
                           {"FunctionName": name, "Qualifier": version})
         lams.add_response("get_function_configuration", function_config(name, version),
                           {"FunctionName": name, "Qualifier": version})
-    for c in p.components:
+        lams.add_response("tag_resource", {}, {"Resource": f.function_arn, "Tags": {
+            "telemetry:function-sha256": f.digest, "telemetry:function-version": version}})
+        versions[f.recipe.name] = version
+    for c, f in zip(p.components, p.functions):
         name = c["lambdaFunction"]["componentName"]
-        version = "7" if any(f.recipe.name == name and f.create["FunctionName"] in existing for f in p.functions) else "1"
         expected = json.loads(json.dumps(c))
-        expected["lambdaFunction"]["lambdaArn"] += f":{version}"
-        arn = f"arn:aws:greengrass:{REGION}:{ACCOUNT}:components:{name}:versions:1.0.0"
-        ggs.add_response("create_component_version", {"arn": arn, "componentName": name, "componentVersion": "1.0.0",
+        expected["lambdaFunction"]["lambdaArn"] += f":{versions[name]}"
+        taken = set((cloud_versions or {}).get(name, []))
+        component_version = next_version(expected["lambdaFunction"]["componentVersion"], taken)
+        expected["lambdaFunction"]["componentVersion"] = component_version
+        arn = f"{component_arn(name)}:versions:{component_version}"
+        ggs.add_response("create_component_version", {"arn": arn, "componentName": name, "componentVersion": component_version,
                                                       "creationTimestamp": datetime.datetime(2026, 11, 26),
                                                       "status": {"componentState": "REQUESTED"}}, expected)
         ggs.add_response("describe_component", {"arn": arn, "status": {"componentState": "INITIATED"}}, {"arn": arn})
@@ -194,6 +230,8 @@ def stub_deploy(p, s3s, lams, ggs, *, existing=(), component_state=None, expired
         ggs.add_response("describe_component", {"arn": arn, "status": status}, {"arn": arn})
         if state == "FAILED":
             return
+        lams.add_response("tag_resource", {}, {"Resource": f.function_arn, "Tags": {
+            "telemetry:component-sha256": ANY, "telemetry:component-version": component_version}})
     stub_current(ggs, current)
     if router_versions is not None:
         ggs.add_response("list_component_versions",
@@ -258,31 +296,122 @@ def test_expired_credentials_are_one_clear_message(recipes, cfg, tmp_path):
         lams.assert_no_pending_responses()
 
 
-def test_an_existing_component_version_asks_for_a_version_bump(recipes, cfg, tmp_path):
+def test_a_component_version_taken_meanwhile_says_to_run_again(recipes, cfg, tmp_path):
     p = make_plan(recipes, cfg, tmp_path)
     p.functions, p.components = p.functions[:1], p.components[:1]
     s3, lam, gg = clients()
     with Stubber(s3) as s3s, Stubber(lam) as lams, Stubber(gg) as ggs:
         f = p.functions[0]
         s3s.add_response("get_bucket_location", {"LocationConstraint": REGION}, {"Bucket": "fleet-artifacts"})
+        stub_inspect(p, lams, ggs)
         s3s.add_response("put_object", {}, {"Bucket": "fleet-artifacts", "Key": f.s3_key, "Body": ANY})
-        not_found(lams, f.create["FunctionName"])
         lams.add_response("create_function", {"FunctionName": "x", "Version": "1"}, f.create)
         lams.add_response("get_function_configuration", function_config("x", "1"),
                           {"FunctionName": f.create["FunctionName"], "Qualifier": "1"})
+        lams.add_response("tag_resource", {}, {"Resource": f.function_arn, "Tags": ANY})
         ggs.add_client_error("create_component_version", "ConflictException", "Component version already exists", 409)
-        with pytest.raises(DeployError, match="bump componentVersion in its recipe"):
+        with pytest.raises(DeployError, match=r"created meanwhile .* run the deploy again"):
             Deployer(s3, lam, gg, poll_seconds=0, sleep=lambda s: None).deploy(p)
+
+
+# -- a configuration change is a deployment alone; versions bump themselves ------------------------
+
+
+def tags_after_a_deploy(p, function_version="7", component_version="1.0.4"):
+    """The tags a deploy of plan ``p`` left on each function."""
+    from telemetry.tools.deploy import component_digest
+
+    tags = {}
+    for c, f in zip(p.components, p.functions):
+        params = json.loads(json.dumps(c))
+        params["lambdaFunction"]["lambdaArn"] += f":{function_version}"
+        tags[f.create["FunctionName"]] = {"telemetry:function-sha256": f.digest, "telemetry:function-version": function_version,
+                                          "telemetry:component-sha256": component_digest(params),
+                                          "telemetry:component-version": component_version}
+    return tags
+
+
+def test_a_threshold_change_is_one_deployment_with_no_upload_and_no_new_version(recipes, cfg, tmp_path):
+    from telemetry.tools.deploy import vehicle_configuration
+
+    before = make_plan(recipes, cfg, tmp_path, vehicle=vehicle_configuration(ROOT / "vehicles/sample/vehicle.toml"))
+    # the threshold changed in vehicle.toml: the zips, rebuilt, differ only in their bundled vehicle.toml
+    toml = (ROOT / "vehicles/sample/vehicle.toml").read_text().replace("max = 55.0", "max = 50.0", 1)
+    folder = tmp_path / "car"
+    folder.mkdir()
+    (folder / "vehicle.toml").write_text(toml)
+    (folder / "solar_car.dbc").write_bytes((ROOT / "vehicles/sample/solar_car.dbc").read_bytes())
+    for f in before.functions:
+        make_zip(f.zip_path, {"handler.py": b"# " + f.recipe.name.encode(), "vehicle.toml": toml.encode()})
+    after = make_plan(recipes, load_config(folder / "vehicle.toml"), tmp_path, vehicle=vehicle_configuration(folder / "vehicle.toml"))
+    assert [f.digest for f in after.functions] == [f.digest for f in before.functions]
+    assert validate(after) == []  # the reset and the merge too, against botocore's model
+    expected = json.loads(json.dumps(after.deployment))
+    for spec in expected["components"].values():
+        spec["componentVersion"] = "1.0.4"
+    s3, lam, gg = clients()
+    with Stubber(s3) as s3s, Stubber(lam) as lams, Stubber(gg) as ggs:
+        s3s.add_response("get_bucket_location", {"LocationConstraint": REGION}, {"Bucket": "fleet-artifacts"})
+        stub_inspect(after, lams, ggs, existing={f.create["FunctionName"] for f in after.functions},
+                     tags=tags_after_a_deploy(before), cloud_versions={r.name: ["1.0.0", "1.0.4"] for r in recipes})
+        stub_current(ggs, None)
+        ggs.add_response("create_deployment", {"deploymentId": "d-2"}, expected)  # nothing else: no put_object, no version
+        deployer = Deployer(s3, lam, gg, poll_seconds=0, sleep=lambda s: None)
+        assert deployer.deploy(after) == "d-2"
+        s3s.assert_no_pending_responses()
+        lams.assert_no_pending_responses()
+        ggs.assert_no_pending_responses()
+    assert "telemetry-aggregator: code and settings unchanged, version 7 kept (nothing uploaded)" in deployer.log
+    assert "component telemetry.Aggregator 1.0.4: unchanged, kept" in deployer.log
+    # each component is given the new threshold under "vehicle", and a reset so removed keys go too
+    update = expected["components"]["telemetry.AnomalyDetector"]["configurationUpdate"]
+    merge = json.loads(update["merge"])
+    assert update["reset"] == ["/vehicle"] and set(merge) == {"accessControl", "vehicle"}
+    assert next(r for r in merge["vehicle"]["rules"] if r["name"] == "cell-overtemp")["max"] == 50.0
+    assert merge["vehicle"]["dbc"] == ["solar_car.dbc"]  # named relative to the artefact
+
+
+def test_new_code_gets_the_next_patch_version_the_cloud_does_not_have(recipes, cfg, tmp_path):
+    before = make_plan(recipes, cfg, tmp_path)
+    tags = tags_after_a_deploy(before, function_version="6", component_version="1.0.4")
+    for f in before.functions:  # the code changed
+        make_zip(f.zip_path, {"handler.py": b"# new code of " + f.recipe.name.encode()})
+    p = make_plan(recipes, cfg, tmp_path)
+    expected = json.loads(json.dumps(p.deployment))
+    for spec in expected["components"].values():
+        spec["componentVersion"] = "1.0.5"
+    s3, lam, gg = clients()
+    with Stubber(s3) as s3s, Stubber(lam) as lams, Stubber(gg) as ggs:
+        # the tags say version 7 holds the old code: everything is uploaded and made anew
+        stub_deploy(p, s3s, lams, ggs, existing={f.create["FunctionName"] for f in p.functions}, tags=tags,
+                    cloud_versions={r.name: ["1.0.0", "1.0.3", "1.0.4", "2.0.0"] for r in recipes}, expect=expected)
+        deployer = Deployer(s3, lam, gg, poll_seconds=0, sleep=lambda s: None)
+        deployer.deploy(p)
+        ggs.assert_no_pending_responses()
+        lams.assert_no_pending_responses()
+    assert "component telemetry.Uploader 1.0.5 is deployable" in deployer.log
+    assert next_version("1.0.0", set()) == "1.0.0"
+    assert next_version("1.0.0", {"1.0.0", "1.0.9", "1.1.0"}) == "1.0.10"
+    assert next_version("1.1.0", {"1.0.0", "1.0.9"}) == "1.1.0"
+
+
+def test_a_dependency_range_that_misses_the_chosen_version_is_refused(recipes, cfg, tmp_path):
+    from telemetry.tools.deploy import with_versions
+
+    p = make_plan(recipes, cfg, tmp_path)
+    with pytest.raises(DeployError, match=r"needs telemetry.Uploader >=1.0.0 <2.0.0, but telemetry.Uploader is at 2.0.0"):
+        with_versions(p, {"telemetry.Uploader": "2.0.0"})
 
 
 def test_a_function_that_fails_to_activate_is_reported(recipes, cfg, tmp_path):
     p = make_plan(recipes, cfg, tmp_path)
     s3, lam, gg = clients()
+    p.functions, p.components = p.functions[:1], p.components[:1]
     f = p.functions[0]
-    with Stubber(s3) as s3s, Stubber(lam) as lams:
+    with Stubber(s3) as s3s, Stubber(lam) as lams, Stubber(gg) as ggs:
         s3s.add_response("get_bucket_location", {"LocationConstraint": REGION}, {"Bucket": "fleet-artifacts"})
+        stub_inspect(p, lams, ggs)
         s3s.add_response("put_object", {}, {"Bucket": "fleet-artifacts", "Key": f.s3_key, "Body": ANY})
-        not_found(lams, f.create["FunctionName"])
         lams.add_response("create_function", {"FunctionName": "x", "Version": "1"}, f.create)
         lams.add_response("get_function_configuration", {**function_config("x", "1", "Failed", "Failed"),
                                                          "StateReason": "The role cannot be assumed"},
@@ -326,18 +455,36 @@ def test_a_deploy_keeps_the_groups_other_components_and_their_configuration(reci
 
 def test_the_dry_run_shows_the_diff_against_the_current_deployment_with_read_only_calls(recipes, cfg, tmp_path, capsys):
     from telemetry.tools.cli.deploy import dry_run
+    from telemetry.tools.deploy import vehicle_configuration
 
-    p = make_plan(recipes, cfg, tmp_path)
+    before = make_plan(recipes, cfg, tmp_path)
+    p = make_plan(recipes, cfg, tmp_path, vehicle=vehicle_configuration(ROOT / "vehicles/sample/vehicle.toml"))
+    tags = tags_after_a_deploy(before, component_version="1.0.2")
+    tags["telemetry-uploader"]["telemetry:function-sha256"] = "other code"
     s3, lam, gg = clients()
-    with Stubber(s3) as s3s, Stubber(gg) as ggs:
+    with Stubber(s3) as s3s, Stubber(lam) as lams, Stubber(gg) as ggs:
         s3s.add_response("get_bucket_location", {"LocationConstraint": REGION}, {"Bucket": "fleet-artifacts"})
+        stub_inspect(p, lams, ggs, existing={f.create["FunctionName"] for f in p.functions}, tags=tags,
+                     cloud_versions={r.name: ["1.0.0", "1.0.1", "1.0.2"] for r in recipes})
         stub_current(ggs, CURRENT)
         assert dry_run(p, (REGION, s3, lam, gg), tmp_path) == 0
         ggs.assert_no_pending_responses()
-    assert json.loads((tmp_path / "merged-CreateDeployment.json").read_text()) == merged_with_current(p)
+        lams.assert_no_pending_responses()
+    expected = merged_with_current(p)
+    for name in ("telemetry.Aggregator", "telemetry.AnomalyDetector", "telemetry.CanReader"):
+        expected["components"][name]["componentVersion"] = "1.0.2"  # unchanged: kept
+    expected["components"]["telemetry.Uploader"]["componentVersion"] = "1.0.3"  # new code: the next patch
+    assert json.loads((tmp_path / "merged-CreateDeployment.json").read_text()) == expected
     out = capsys.readouterr().out
     assert "against its current deployment" in out and "dry run: nothing was created or changed" in out
-    assert "  = com.team.PitRadio 1.4.0 (kept)" in out and "  + telemetry.CanReader 1.0.0" in out
+    assert "  = com.team.PitRadio 1.4.0 (kept)" in out and "  + telemetry.CanReader 1.0.2" in out
+    assert "telemetry-aggregator: unchanged, version 7 kept (nothing uploaded)" in out
+    assert "telemetry-uploader: new code or settings: the zip is uploaded, a version published" in out
+    assert "component telemetry.Uploader: a new version, 1.0.3" in out
+    # the merge: the vehicle configuration once, and each component's grants
+    assert "configuration update of every component: reset /vehicle, then merge" in out
+    assert '"max": 55.0' in out and "telemetry.CanReader accessControl: PublishToIoTCore dt/sunrace-01/health; " \
+        "PublishToTopic telemetry/signals" in out
 
 
 def test_a_bucket_in_another_region_stops_the_deploy_before_any_upload(recipes, cfg, tmp_path):
@@ -460,3 +607,16 @@ def test_legacy_transport_publishes_through_greengrasssdk_to_the_router(monkeypa
     assert (function_arn, payload, invocation) == ("arn:router", b'{"v":1}', "Event")
     assert json.loads(base64.b64decode(context)) == {
         "custom": {"source": "arn:uploader", "subject": "dt/car-01/alerts", "queueFullPolicy": "AllOrError"}}
+
+
+def test_the_code_digest_leaves_out_the_bundled_configuration_only(tmp_path):
+    from telemetry.tools.deploy import code_digest
+
+    base = {"handler.py": b"code", "solar_car.dbc": b"BO_ 1", "vehicle.toml": b"max = 55.0"}
+    a = code_digest(make_zip(tmp_path / "a.zip", base))
+    assert code_digest(make_zip(tmp_path / "b.zip", {**base, "vehicle.toml": b"max = 50.0"})) == a
+    assert code_digest(make_zip(tmp_path / "c.zip", {**base, "solar_car.dbc": b"BO_ 2"})) != a  # a DBC is code
+    assert code_digest(make_zip(tmp_path / "d.zip", {**base, "handler.py": b"code 2"})) != a
+    (tmp_path / "e.zip").write_bytes(b"not a zip")
+    with pytest.raises(DeployError, match="not a zip file"):
+        code_digest(tmp_path / "e.zip")

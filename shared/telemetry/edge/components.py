@@ -37,6 +37,7 @@ from .. import wire
 from . import messages
 from .aggregator import Aggregation, dbc_resolutions
 from .clock import Clock, SystemClock
+from .component_config import config_from_component, watch
 from .config import VehicleConfig, load_config, rules_matching_nothing
 from .decode import DbcDecoder, Decoder
 from .detector import Detector
@@ -217,6 +218,7 @@ class Services:
     clock: Clock = field(default_factory=SystemClock)
     env: Mapping[str, str] = field(default_factory=dict)
     name: str = ""
+    ipc: Any = None  # on a core: the IPC client (the component's configuration is read and followed with it)
 
     def setting(self, key: str) -> str:
         """A component setting from its environment (the recipe's environmentVariables)."""
@@ -236,8 +238,11 @@ class Services:
         env = dict(os.environ if env is None else env)
         if env.get("TELEMETRY_LOG"):
             env["TELEMETRY_LOG"] = bundled(env["TELEMETRY_LOG"], base)
-        config = load_config(bundled(env.get("TELEMETRY_CONFIG") or "vehicle.toml", base))
+        path = Path(bundled(env.get("TELEMETRY_CONFIG") or "vehicle.toml", base))
         client = GreengrassCoreIPCClientV2()
+        # the deployment's configuration if it carries one (DBCs named relative to the artefact),
+        # else the one bundled in the zip
+        config = config_from_component(client, load_config(path), base=path.parent)
         cloud: CloudTransport = IpcCloudTransport(client)
         if env.get("TELEMETRY_CLOUD") == "legacy":
             import greengrasssdk
@@ -246,7 +251,7 @@ class Services:
 
             cloud = LegacyCloudTransport(greengrasssdk.client("iot-data"))
         return cls(IpcLocalTransport(client), cloud, config, SystemClock(), env,
-                   env.get("AWS_LAMBDA_FUNCTION_NAME") or name)
+                   env.get("AWS_LAMBDA_FUNCTION_NAME") or name, client)
 
 
 def on_greengrass(env: Mapping[str, str] | None = None) -> bool:
@@ -343,6 +348,7 @@ class LambdaAdapter:
         self.error: BaseException | None = None
         self._previous_sigterm: Any = None
         self._closed = False
+        self.watcher: Any = None  # on a core: the ConfigurationWatcher
 
     @property
     def name(self) -> str:
@@ -381,7 +387,17 @@ class LambdaAdapter:
         self.exit_on_failure = True
         _ = self.component
         self.handle_sigterm()
+        self.watch_configuration()
         return self.start_pinned()
+
+    def watch_configuration(self) -> Any:
+        """On a core: follow the deployment's configuration updates (``component_config``)."""
+        services = self._services
+        if services is None or services.ipc is None or self.watcher is not None:
+            return self.watcher
+        base = Path(bundled(services.env.get("TELEMETRY_CONFIG") or "vehicle.toml", self.base)).parent
+        self.watcher = watch(services.ipc, self.component, services, base=base)
+        return self.watcher
 
     def start_pinned(self) -> bool:
         """Start the component's ``run`` loop in a thread and return at once, as Greengrass
@@ -447,6 +463,8 @@ class LambdaAdapter:
         with self._lock:
             component, closing = self._component, not self._closed
             self._closed = True
+        if self.watcher is not None:
+            self.watcher.close()
         if component is not None and closing:
             component.close()
 

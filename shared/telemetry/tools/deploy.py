@@ -21,15 +21,20 @@ zip's architecture.
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
 import logging
 import re
 import time
+import tomllib
+import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from telemetry.edge.component_config import CONFIG_KEY
 from telemetry.edge.config import VehicleConfig
 from telemetry.edge.errors import TelemetryError
 from telemetry.edge.uploader import cloud_topics
@@ -58,6 +63,7 @@ class FunctionPlan:
     configure: dict[str, Any]  # UpdateFunctionConfiguration, for a function that exists already
     update: dict[str, Any]
     function_arn: str
+    digest: str = ""  # the code (the zip without vehicle.toml) and the settings: what a published version is
 
 
 @dataclass
@@ -69,6 +75,7 @@ class Plan:
     notes: list[str] = field(default_factory=list)
     region: str = ""
     version_ranges: dict[str, str] = field(default_factory=dict)  # public components resolved at deploy time
+    account: str = ""
 
     def requests(self, version: str = "<version>") -> list[tuple[str, str, dict[str, Any]]]:
         """(service, operation, params) of every request, in the order a deploy makes them."""
@@ -124,6 +131,34 @@ def access_control(recipe: Recipe, cfg: VehicleConfig) -> dict[str, Any]:
     return acl
 
 
+def vehicle_configuration(path: Path) -> dict[str, Any]:
+    """The vehicle configuration file as the components read it from their Greengrass
+    configuration (key ``vehicle``): its tables as JSON, checked first as the file is (a value the
+    components would refuse is refused here, before any request). Paths in it (DBC files) stay
+    as written, relative to the file, which the zip holds beside them."""
+    from telemetry.edge.config import load_config
+
+    load_config(path)
+    data = tomllib.loads(path.read_bytes().decode("utf-8-sig"))
+    try:
+        return dict(json.loads(json.dumps(data, allow_nan=False)))
+    except (TypeError, ValueError) as exc:  # a TOML date, which no key takes (load_config refused NaN)
+        raise DeployError(f"{path}: cannot be written as component configuration: {exc}") from None
+
+
+def configuration_update(recipe: Recipe, cfg: VehicleConfig, vehicle: dict[str, Any] | None) -> dict[str, Any]:
+    """A component's ``configurationUpdate``: its IPC ``accessControl`` and, given one, the vehicle
+    configuration under ``vehicle``. ``reset`` of ``/vehicle`` first, so that a key removed from
+    the file is removed on the device too (a merge alone would keep the old value). Reading its
+    own configuration needs no IPC authorisation (the nucleus authorises pub/sub, IoT Core,
+    shadows, secrets, ... by policy, not a component's own configuration)."""
+    merge: dict[str, Any] = {"accessControl": access_control(recipe, cfg)}
+    if vehicle is None:
+        return {"merge": json.dumps(merge, sort_keys=True)}
+    merge[CONFIG_KEY] = vehicle
+    return {"merge": json.dumps(merge, sort_keys=True), "reset": [f"/{CONFIG_KEY}"]}
+
+
 def plan(
     recipes: list[Recipe],
     cfg: VehicleConfig,
@@ -137,7 +172,10 @@ def plan(
     arch: str = "aarch64",
     deployment_name: str | None = None,
     legacy: bool = False,
+    vehicle: dict[str, Any] | None = None,
 ) -> Plan:
+    """Every request of a deploy. ``vehicle``: the vehicle configuration as JSON
+    (``vehicle_configuration``), written into each component's configuration."""
     lambda_arch = {"x86_64": "x86_64", "aarch64": "arm64"}[arch]
     functions = []
     components = []
@@ -152,7 +190,8 @@ def plan(
         configure = {**settings, "Role": role_arn}
         update = {"FunctionName": name, "S3Bucket": bucket, "S3Key": key, "Architectures": [lambda_arch], "Publish": True}
         arn = FUNCTION_ARN.format(region=region, account=account, name=name)
-        functions.append(FunctionPlan(recipe, zip_path, key, create, configure, update, arn))
+        digest = _digest({"code": code_digest(zip_path), "settings": configure, "architectures": [lambda_arch]})
+        functions.append(FunctionPlan(recipe, zip_path, key, create, configure, update, arn, digest))
         lambda_function = json.loads(json.dumps(dict(recipe.lambda_function)))
         lambda_function["componentPlatforms"] = platforms(lambda_function.get("componentPlatforms"), arch)
         if legacy and recipe.name.endswith("Uploader"):
@@ -161,10 +200,9 @@ def plan(
             lambda_function.setdefault("componentDependencies", {})[LEGACY_ROUTER] = {
                 "versionRequirement": LEGACY_ROUTER_RANGE, "dependencyType": "SOFT"}
         components.append({"lambdaFunction": {"lambdaArn": arn, **lambda_function}})
-        merge = {"accessControl": access_control(recipe, cfg)}
         deployment_components[recipe.name] = {
             "componentVersion": recipe.version,
-            "configurationUpdate": {"merge": json.dumps(merge, sort_keys=True)},
+            "configurationUpdate": configuration_update(recipe, cfg, vehicle),
             "runWith": {"systemResourceLimits": resource_limits(recipe)},
         }
     notes = []
@@ -189,9 +227,89 @@ def plan(
         "deploymentPolicies": {
             "failureHandlingPolicy": "ROLLBACK",
             "componentUpdatePolicy": {"timeoutInSeconds": 60, "action": "NOTIFY_COMPONENTS"},
+            # how long each component has to check a new configuration (and reject it with its reason)
+            "configurationValidationPolicy": {"timeoutInSeconds": 30},
         },
     }
-    return Plan(bucket, functions, components, deployment, notes, region, ranges)
+    return Plan(bucket, functions, components, deployment, notes, region, ranges, account)
+
+
+# -- what the cloud has already: unchanged code is not uploaded, versions are not hand-bumped ------
+#
+# A deploy tags each function with what its published version holds (the digest of its code and
+# settings, that version's number) and with the component version made from it (the digest of the
+# CreateComponentVersion input, that version). A later deploy whose digests are the same uploads
+# nothing and creates no version: a threshold change is a new deployment configuration alone. The
+# code digest leaves out vehicle.toml, the zip's fallback configuration: the deployment carries the
+# configuration in force, so the bundled copy changing does not make new code.
+
+TAG_FUNCTION = "telemetry:function-sha256"
+TAG_FUNCTION_VERSION = "telemetry:function-version"
+TAG_COMPONENT = "telemetry:component-sha256"
+TAG_COMPONENT_VERSION = "telemetry:component-version"
+COMPONENT_ARN = "arn:aws:greengrass:{region}:{account}:components:{name}"
+BUNDLED_CONFIG = "vehicle.toml"
+
+
+def _digest(value: Any) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def code_digest(zip_path: Path) -> str:
+    """The sha256 of a function zip's entries (names and contents) but its vehicle.toml."""
+    h = hashlib.sha256()
+    try:
+        with zipfile.ZipFile(zip_path) as zf:
+            for info in sorted(zf.infolist(), key=lambda i: i.filename):
+                if info.filename == BUNDLED_CONFIG or info.is_dir():
+                    continue
+                h.update(info.filename.encode() + b"\0")
+                h.update(hashlib.sha256(zf.read(info)).digest())
+    except zipfile.BadZipFile:
+        raise DeployError(f"{zip_path}: not a zip file (build it with ./build.sh package)") from None
+    return h.hexdigest()
+
+
+def component_digest(params: dict[str, Any]) -> str:
+    """What makes a component version: its CreateComponentVersion input (with the function
+    version in lambdaArn) but the version number itself."""
+    lambda_function = {k: v for k, v in params["lambdaFunction"].items() if k != "componentVersion"}
+    return _digest(lambda_function)
+
+
+def next_version(base: str, taken: set[str]) -> str:
+    """``base`` (the recipe's componentVersion) if the cloud does not have it, else the patch after
+    the highest version of its major.minor that the cloud has."""
+    b = _version(base)
+    if b is None:
+        raise DeployError(f"componentVersion {base!r} is not MAJOR.MINOR.PATCH")
+    if base not in taken:
+        return base
+    line = [v for v in (_version(t) for t in taken) if v is not None and v[:2] == b[:2]]
+    major, minor, patch = max(line)
+    return f"{major}.{minor}.{patch + 1}"
+
+
+@dataclass
+class CloudState:
+    """What the cloud has of one of our components (read-only calls)."""
+
+    exists: bool = False
+    tags: dict[str, str] = field(default_factory=dict)
+    component_versions: set[str] = field(default_factory=set)
+
+    def function_version(self, digest: str) -> str | None:
+        """The published version that holds exactly this code and these settings, if one does."""
+        if self.exists and self.tags.get(TAG_FUNCTION) == digest and self.tags.get(TAG_FUNCTION_VERSION, "").isdigit():
+            return self.tags[TAG_FUNCTION_VERSION]
+        return None
+
+    def component_version(self, digest: str) -> str | None:
+        """The component version made of exactly this input, if the cloud still has it."""
+        version = self.tags.get(TAG_COMPONENT_VERSION)
+        if self.tags.get(TAG_COMPONENT) == digest and version in self.component_versions:
+            return version
+        return None
 
 
 def platforms(declared: list[dict[str, Any]] | None, arch: str) -> list[dict[str, Any]]:
@@ -345,11 +463,26 @@ def _client_error(exc: Exception, doing: str) -> DeployError:
     if code in ("ExpiredToken", "ExpiredTokenException", "RequestExpired"):
         return DeployError(f"{doing}: your AWS credentials have expired ({code}); refresh them and run again")
     if code == "ConflictException" and doing.startswith("component"):
-        return DeployError(f"{doing}: this componentVersion exists already ({message}); "
-                           "bump componentVersion in its recipe to deploy new code")
+        return DeployError(f"{doing}: this componentVersion was created meanwhile ({message}); "
+                           "run the deploy again: it takes the next version the cloud does not have")
     if code in ("AccessDenied", "AccessDeniedException", "UnrecognizedClientException"):
         return DeployError(f"{doing}: not allowed ({code}: {message}); see the deployer's IAM policy in the README")
     return DeployError(f"{doing}: {code or type(exc).__name__}: {message}")
+
+
+def with_versions(p: Plan, chosen: dict[str, str]) -> Plan:
+    """The plan with its deployment naming the component versions chosen at deploy time; each of
+    our dependencies' ranges must take the version chosen for it."""
+    deployment = json.loads(json.dumps(p.deployment))
+    for name, version in chosen.items():
+        deployment["components"][name]["componentVersion"] = version
+    for component in p.components:
+        for dep, spec in (component["lambdaFunction"].get("componentDependencies") or {}).items():
+            if dep in chosen and not satisfies(chosen[dep], spec.get("versionRequirement", "")):
+                raise DeployError(f"{component['lambdaFunction']['componentName']} needs {dep} "
+                                  f"{spec['versionRequirement']}, but {dep} is at {chosen[dep]}: change the range "
+                                  "in its recipe with the major version")
+    return dataclasses.replace(p, deployment=deployment)
 
 
 class Deployer:
@@ -398,24 +531,73 @@ class Deployer:
             raise DeployError(f"the merged deployment for {target} would be refused:\n  " + "\n  ".join(problems))
         return current, merged
 
+    def inspect(self, p: Plan) -> dict[str, CloudState]:
+        """What the cloud has of each of our components, with read-only calls (GetFunction with
+        its tags, ListComponentVersions)."""
+        from botocore.exceptions import ClientError
+
+        states: dict[str, CloudState] = {}
+        for f in p.functions:
+            name, state = f.create["FunctionName"], CloudState()
+            try:
+                try:
+                    state.tags = dict(self.lambda_.get_function(FunctionName=name).get("Tags") or {})
+                    state.exists = True
+                except ClientError as exc:
+                    if exc.response["Error"]["Code"] != "ResourceNotFoundException":
+                        raise
+                arn = COMPONENT_ARN.format(region=p.region, account=p.account, name=f.recipe.name)
+                try:
+                    for page in self.greengrass.get_paginator("list_component_versions").paginate(arn=arn):
+                        state.component_versions |= {c["componentVersion"] for c in page.get("componentVersions", [])}
+                except ClientError as exc:
+                    if exc.response["Error"]["Code"] != "ResourceNotFoundException":
+                        raise
+            except ClientError as exc:
+                raise _client_error(exc, f"reading function {name} and component {f.recipe.name}") from exc
+            states[f.recipe.name] = state
+        return states
+
+    def preview(self, p: Plan) -> tuple[Plan, list[str]]:
+        """What a deploy would upload and create, with read-only calls: the plan with the
+        component versions it would deploy, and one line per function and component."""
+        states = self.inspect(p)
+        lines, chosen = [], {}
+        for component, f in zip(p.components, p.functions, strict=True):
+            name, state = f.recipe.name, states[f.recipe.name]
+            kept = state.function_version(f.digest)
+            if kept is None:
+                lines.append(f"{f.create['FunctionName']}: new code or settings: the zip is uploaded, a version published")
+                version = next_version(component["lambdaFunction"]["componentVersion"], state.component_versions)
+                lines.append(f"component {name}: a new version, {version}")
+            else:
+                lines.append(f"{f.create['FunctionName']}: unchanged, version {kept} kept (nothing uploaded)")
+                params = json.loads(json.dumps(component))
+                params["lambdaFunction"]["lambdaArn"] += f":{kept}"
+                same = state.component_version(component_digest(params))
+                version = same or next_version(component["lambdaFunction"]["componentVersion"], state.component_versions)
+                lines.append(f"component {name} {version}: " + ("unchanged, kept" if same else "a new version"))
+            chosen[name] = version
+        return with_versions(p, chosen), lines
+
     def deploy(self, p: Plan) -> str:
         from botocore.exceptions import ClientError
 
         self.check_bucket(p)
+        states = self.inspect(p)
         versions: dict[str, str] = {}
         for f in p.functions:
             name = f.create["FunctionName"]
+            state = states[f.recipe.name]
+            kept = state.function_version(f.digest)
+            if kept is not None:
+                versions[f.recipe.name] = kept
+                self._say(f"{name}: code and settings unchanged, version {kept} kept (nothing uploaded)")
+                continue
             try:
                 self.s3.put_object(Bucket=p.bucket, Key=f.s3_key, Body=f.zip_path.read_bytes())
                 self._say(f"uploaded s3://{p.bucket}/{f.s3_key}")
-                try:
-                    self.lambda_.get_function(FunctionName=name)
-                    exists = True
-                except ClientError as exc:
-                    if exc.response["Error"]["Code"] != "ResourceNotFoundException":
-                        raise
-                    exists = False
-                if exists:
+                if state.exists:
                     # settings first (timeout, handler, ...), then the code, published as a version
                     self.lambda_.update_function_configuration(**f.configure)
                     self._wait_function(name, "$LATEST")
@@ -424,21 +606,37 @@ class Deployer:
                     response = self.lambda_.create_function(**f.create)
                 version = response["Version"]
                 self._wait_function(name, version)
+                self.lambda_.tag_resource(Resource=f.function_arn, Tags={TAG_FUNCTION: f.digest,
+                                                                         TAG_FUNCTION_VERSION: version})
             except ClientError as exc:
                 raise _client_error(exc, f"function {name}") from exc
             versions[f.recipe.name] = version
-            self._say(f"{'updated' if exists else 'created'} {name}, version {version}")
-        for component in p.components:
+            self._say(f"{'updated' if state.exists else 'created'} {name}, version {version}")
+        chosen: dict[str, str] = {}
+        for component, f in zip(p.components, p.functions, strict=True):
             params = json.loads(json.dumps(component))
             name = params["lambdaFunction"]["componentName"]
+            state = states[name]
             params["lambdaFunction"]["lambdaArn"] += f":{versions[name]}"
+            digest = component_digest(params)
+            kept = state.component_version(digest)
+            if kept is not None:
+                chosen[name] = kept
+                self._say(f"component {name} {kept}: unchanged, kept")
+                continue
+            version = next_version(params["lambdaFunction"]["componentVersion"], state.component_versions)
+            params["lambdaFunction"]["componentVersion"] = version
             try:
                 arn = self.greengrass.create_component_version(**params)["arn"]
                 self._wait_component(name, arn)
+                self.lambda_.tag_resource(Resource=f.function_arn, Tags={TAG_COMPONENT: digest,
+                                                                         TAG_COMPONENT_VERSION: version})
             except ClientError as exc:
                 raise _client_error(exc, f"component {name}") from exc
-            self._say(f"component {name} {params['lambdaFunction']['componentVersion']} is deployable")
-        current, merged = self.merged_deployment(p)
+            chosen[name] = version
+            self._say(f"component {name} {version} is deployable")
+        ours = with_versions(p, chosen)
+        current, merged = self.merged_deployment(ours)
         for line in deployment_diff(current, merged):
             self._say(f"deployment: {line}")
         try:

@@ -38,6 +38,7 @@ def _do_deploy(args: argparse.Namespace) -> int:
         plan,
         target_arn,
         validate,
+        vehicle_configuration,
     )
     from telemetry.tools.package import package
     from telemetry.tools.recipes import check_recipes, load_recipes
@@ -63,7 +64,7 @@ def _do_deploy(args: argparse.Namespace) -> int:
     role = args.role_arn or f"arn:aws:iam::{account}:role/telemetry-lambda"
     the_plan = plan(recipes, cfg, made, region=region, account=account, bucket=args.bucket, role_arn=role,
                     target_arn=target_arn(region, account, thing=args.thing, thing_group=args.thing_group),
-                    arch=args.arch, legacy=args.legacy)
+                    arch=args.arch, legacy=args.legacy, vehicle=vehicle_configuration(config))
     problems = validate(the_plan)
     if problems:
         raise DeployError("the requests would be refused:\n  " + "\n  ".join(problems))
@@ -128,15 +129,25 @@ def dry_run(the_plan: Any, aws: tuple[Any, Any, Any, Any] | None, folder: Path |
     target = the_plan.deployment["targetArn"]
     current, merged = None, merge_deployment(the_plan.deployment, None)
     if aws is not None:
-        _, s3, _, greengrass = aws
-        deployer = Deployer(s3, None, greengrass)
+        _, s3, lambda_, greengrass = aws
+        deployer = Deployer(s3, lambda_, greengrass)
         deployer.check_bucket(the_plan)
+        try:
+            the_plan, lines = deployer.preview(the_plan)
+            for line in lines:
+                print(line)
+        except (BotoCoreError, DeployError) as exc:
+            print(f"note: what the cloud has of the functions and components could not be read ({exc})")
         try:
             current, merged = deployer.merged_deployment(the_plan)
         except (BotoCoreError, DeployError) as exc:
             print(f"note: the current deployment of {target} could not be read ({exc})")
         for line in deployer.log:
             print(line)
+    else:
+        print("note: without AWS it is not known which code changed: a deploy uploads only the zips whose code or "
+              "settings changed, and creates only the component versions that changed")
+    show_configuration(the_plan)
     if folder is not None:
         path = folder / "merged-CreateDeployment.json"
         path.write_text(json.dumps(merged, indent=2, sort_keys=True, default=str) + "\n")
@@ -149,6 +160,21 @@ def dry_run(the_plan: Any, aws: tuple[Any, Any, Any, Any] | None, folder: Path |
     return 0
 
 
+def show_configuration(the_plan: Any) -> None:
+    """The configuration each component is given: the vehicle configuration (the same for all,
+    shown once) and each one's IPC authorisation."""
+    merges = {name: (json.loads(spec["configurationUpdate"]["merge"]), spec["configurationUpdate"].get("reset", []))
+              for name, spec in the_plan.deployment["components"].items() if name.startswith("telemetry.")}
+    vehicles = [m.get("vehicle") for m, _ in merges.values()]
+    if vehicles and vehicles[0] is not None:
+        print("configuration update of every component: reset /vehicle, then merge {\"vehicle\": ...}:")
+        print(json.dumps({"vehicle": vehicles[0]}, indent=2, sort_keys=True))
+    for name, (merge, _) in sorted(merges.items()):
+        grants = [f"{op.split('#')[1]} {', '.join(p['resources'])}" for service in merge["accessControl"].values()
+                  for p in service.values() for op in p["operations"]]
+        print(f"  {name} accessControl: {'; '.join(grants)}")
+
+
 def add_subparser(subparsers: Any) -> None:
     y = subparsers.add_parser("deploy", help="deploy the four Lambda components to a core device (boto3)")
     where = y.add_mutually_exclusive_group(required=True)
@@ -159,7 +185,8 @@ def add_subparser(subparsers: Any) -> None:
     y.add_argument("--region")
     y.add_argument("--account", help="AWS account id (default: asked of STS)")
     y.add_argument("--arch", choices=["x86_64", "aarch64"], default="aarch64")
-    y.add_argument("--config", help="vehicle configuration (default: the sample car's)")
+    y.add_argument("--config", help="vehicle configuration (default: the sample car's), written into each "
+                                    "component's configuration: a change of it alone uploads no zip")
     y.add_argument("--out", default="build")
     y.add_argument("--legacy", action="store_true", help="publish with greengrasssdk through the LegacySubscriptionRouter")
     y.add_argument("--dry-run", action="store_true",
