@@ -273,3 +273,23 @@ def test_a_batch_decoded_in_parts_is_the_batch_decoded_at_once(sample_drive_fram
     assert (parted.start, parted.end) == (whole.start, whole.end)
     assert parted.events.keys() == whole.events.keys()
     assert all(np.array_equal(parted.events[k], whole.events[k]) for k in whole.events)
+
+
+def test_a_rules_update_reaches_the_readers_limit_check_live(make_services):
+    from telemetry.edge import component_config
+
+    rule = {"name": "overcurrent", "kind": "limit", "signals": "BMS_PackStatus.PackCurrent", "max": 100.0}
+    old = make_services(rules=[rule]).config
+    new = make_services(rules=[{**rule, "max": 50.0}]).config
+    services = make_services(rules=[rule])
+    reader = CanReaderComponent(services, source=BusSource(can.Bus(interface="virtual", channel="reader-retune")))
+    try:
+        change = component_config.classify("CanReaderComponent", component_config.changed_keys(old, new))
+        assert change.live == ("rules.overcurrent",) and change.restart == ()
+        cfg = component_config.retune(reader, old, new, change)
+        assert cfg.rules == new.rules
+        batch = messages.FlatBatch.from_columns({"BMS_PackStatus.PackCurrent": messages.SignalColumns(
+            np.array([1.0]), np.array([70.0]))})
+        assert reader.limits.crossed(batch)  # 70 A is across the new limit, not the old one
+    finally:
+        reader.source.bus.shutdown()

@@ -26,6 +26,7 @@ from typing import Any, Protocol
 from .config import DetectorConfig, UploaderConfig, VehicleConfig, parse_config
 from .detector import Detector
 from .errors import ConfigError
+from .reader import LimitCheck
 from .rules import Rule
 from .uploader import TokenBucket, Uploader
 
@@ -85,12 +86,13 @@ def config_from_component(client: ConfigurationClient, bundled: VehicleConfig, *
 LIVE_EVERYWHERE = ("uploader.health_seconds",)
 # What each component uses of the configuration, and of that what it applies live (prefixes).
 USES: dict[str, tuple[str, ...]] = {
-    "CanReaderComponent": ("vehicle", "dbc", "reader.", "uploader.topic_prefix"),
+    "CanReaderComponent": ("vehicle", "dbc", "reader.", "rules.", "uploader.topic_prefix"),
     "AggregatorComponent": ("vehicle", "dbc", "aggregator.", "uploader.max_payload_bytes", "uploader.topic_prefix"),
     "AnomalyDetectorComponent": ("vehicle", "rules.", "detector.", "uploader.topic_prefix"),
     "UploaderComponent": ("vehicle", "dbc", "uploader."),
 }
 LIVE: dict[str, tuple[str, ...]] = {
+    "CanReaderComponent": ("rules.",),  # its limit check (a live batch goes out when a limit is crossed)
     "AnomalyDetectorComponent": ("rules.", "detector."),
     "UploaderComponent": ("uploader.budget_bytes_per_hour", "uploader.budget_exempt_alerts",
                           "uploader.max_publishes_per_second", "uploader.max_bytes_per_second",
@@ -153,6 +155,9 @@ def retune(component: Any, old: VehicleConfig, new: VehicleConfig, change: Chang
     if uploader_keys:
         cfg = dataclasses.replace(cfg, uploader=dataclasses.replace(
             cfg.uploader, **{k: getattr(new.uploader, k) for k in uploader_keys}))
+    if isinstance(getattr(component, "limits", None), LimitCheck) and any(k.startswith("rules.") for k in live):
+        component.limits = LimitCheck(new.rules)
+        cfg = dataclasses.replace(cfg, rules=new.rules)
     core = getattr(component, "core", None)
     if isinstance(core, Detector) and any(k.startswith(("rules.", "detector.")) for k in live):
         retune_detector(core, new.rules, new.detector)
