@@ -195,7 +195,7 @@ class Payload:
         ``signals``; the payload's ``seq`` and ``late`` on each): what tools and
         tests compare."""
         late = {"samples": self.late_samples, "oldest": self.late_oldest}
-        return [{"v": VERSION, "kind": "window", "vehicle": self.vehicle, "seq": self.seq, "group": self.group,
+        return [{"v": 1, "kind": "window", "vehicle": self.vehicle, "seq": self.seq, "group": self.group,
                  "window": {"start": start, "end": start + self.width}, "signals": dict(sorted(signals.items())),
                  "late": late}
                 for start, signals in sorted(self.windows().items())]

@@ -157,7 +157,7 @@ def alert_event(**change):
         ({**WINDOW.encode(), "signals": {"A.x": {"mean": "x"}}}, "must be a finite number"),
         ({"v": 1, "kind": "aggregates"}, "aggregates travel binary"),
         (b"TLMA\x01\x00\x10\x00\x00\x00garbage", "does not decompress"),
-        (AGGREGATES.to_bytes()[:-3], "not one complete zlib stream"),
+        (AGGREGATES.to_bytes()[:-3], "not one complete deflate stream"),
         ({"v": 1, "kind": "alert"}, "alert message without 'state'"),
         ({"v": 1, "kind": "alert", "id": "a", "t": 1.0}, "without 'state'"),
         (alert_event(state="burning"), "alert state must be one of"),

@@ -24,8 +24,8 @@ from telemetry.edge.transport import InMemoryCloudTransport
 
 def aggregate(i: int, pad: int = 2000) -> dict:
     """One window (the uploader makes an aggregates payload of it) whose signal name is ``pad``
-    random characters: about incompressible, so the payload is about ``pad`` bytes."""
-    name = "A." + "".join(random.Random(i).choices(ALPHABET[:62], k=pad))
+    random characters of 62 (about 6 bits each after deflate), so the payload is about ``pad`` bytes."""
+    name = "A." + "".join(random.Random(i).choices(ALPHABET[:62], k=max(1, pad - 100) * 4 // 3))
     return {"v": 1, "kind": "window", "vehicle": "car", "seq": i, "group": "default",
             "window": {"start": float(i), "end": float(i + 1)}, "signals": {name: {"count": 1, "mean": 2.5}},
             "late": {"samples": 0, "oldest": None}}
