@@ -25,8 +25,10 @@ EXAMPLES = [
     AGGREGATES,
     ALERT,
     Gap("car", 100.0, "aggregates", 3, 3000, 1.0, 3.0, 7, 9),
-    Health("car", 100.0, {"messages": 1, "bytes": 10, "oldest_age_seconds": None, "by_kind": {}},
-           {"bundles": 1, "messages": 2, "bytes": 300}, 0, {"messages": 0, "gaps": 0}, 0, {"bytes_last_hour": 0, "limit": None}),
+    Health("car", 100.0, {"messages": 1, "bytes": 10, "oldest_age_seconds": None, "by_kind": {"alert": 1}, "damaged": [],
+                          "errors": 0},
+           {"bundles": 1, "messages": 2, "bytes": 300}, 0, {"messages": 0, "gaps": 0}, 0,
+           {"bytes_last_hour": 0, "limit": None, "thinned": 0}),
     Batch("alert", (ALERT,)),
 ]
 

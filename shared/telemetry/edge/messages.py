@@ -600,17 +600,57 @@ class Health(Message):
     set_aside: int
     budget: Mapping[str, Any]
 
+    # what a field left out of the published form means (docs/MESSAGES.md, "health")
+    DEFAULTS: ClassVar[dict[str, Any]] = {
+        "spool": {"messages": 0, "bytes": 0, "oldest_age_seconds": None, "by_kind": {}, "damaged": [], "errors": 0},
+        "sent": {"bundles": 0, "messages": 0, "bytes": 0}, "retries": 0, "evicted": {"messages": 0, "gaps": 0},
+        "set_aside": 0, "budget": {"bytes_last_hour": 0, "limit": None, "thinned": 0}}
+
     def encode(self) -> dict[str, Any]:
         return {"v": VERSION, "kind": HEALTH, "vehicle": self.vehicle, "t": self.t, "spool": dict(self.spool),
                 "sent": dict(self.sent), "retries": self.retries, "evicted": dict(self.evicted),
                 "set_aside": self.set_aside, "budget": dict(self.budget)}
 
+    def to_bytes(self) -> bytes:
+        """As published: every field at its default (a zero counter, ``null``, an empty list or
+        object) left out, times to the millisecond. ``decode`` puts the defaults back."""
+        data = self.__dict__.get("_wire")
+        if data is not None:
+            return data
+        full = self.encode()
+        full["t"] = round(self.t, 3)
+        age = full["spool"].get("oldest_age_seconds")
+        if isinstance(age, float):
+            full["spool"]["oldest_age_seconds"] = round(age, 3)
+        rest = _without_defaults({k: v for k, v in full.items() if k not in ("v", "kind", "vehicle", "t")})
+        return dumps({"v": VERSION, "kind": HEALTH, "vehicle": self.vehicle, "t": full["t"], **rest})
+
     @classmethod
     def decode(cls, event: Mapping[str, Any]) -> Health:
+        d = cls.DEFAULTS
+
+        def part(name: str) -> Any:
+            value = event.get(name, d[name])
+            return {**d[name], **value} if isinstance(value, Mapping) and isinstance(d[name], dict) else value
+
         return cls(_text(_field(event, "vehicle"), "vehicle"), _number(_field(event, "t"), "t"),
-                   _table(_field(event, "spool"), "spool"), _counters(_field(event, "sent"), "sent"),
-                   _count(_field(event, "retries"), "retries"), _counters(_field(event, "evicted"), "evicted"),
-                   _count(_field(event, "set_aside"), "set_aside"), _table(_field(event, "budget"), "budget"))
+                   _table(part("spool"), "spool"), _counters(part("sent"), "sent"),
+                   _count(part("retries"), "retries"), _counters(part("evicted"), "evicted"),
+                   _count(part("set_aside"), "set_aside"), _table(part("budget"), "budget"))
+
+
+def _without_defaults(value: Any) -> Any:
+    """An object without its members at a default: 0, ``null``, ``[]``, ``{}`` (after the same
+    is done inside them). Booleans are kept (``false`` is not 0 here)."""
+    if isinstance(value, dict):
+        out = {}
+        for key, item in value.items():
+            item = _without_defaults(item)
+            if item is None or (type(item) in (int, float) and item == 0) or item == [] or item == {}:
+                continue
+            out[key] = item
+        return out
+    return value
 
 
 @dataclass(frozen=True)
