@@ -225,3 +225,21 @@ def test_a_bad_item_in_a_binary_batch_is_refused_alone():
     head = json.dumps({"v": 1, "kind": "batch", "of": "aggregates", "sizes": [len(good), len(bad), len(good)]}).encode()
     batch = messages.decode(b"TLMB" + len(head).to_bytes(4, "little") + head + good + bad + good)
     assert len(batch.items) == 2 and batch.refused == ("in a batch: message is neither JSON nor a binary payload (signals, batch, aggregates)",)
+
+
+def test_an_alert_is_published_compact_and_decodes_whole():
+    raised = Alert("car", "car/stale-bms/BMS/12.250000", "raised", "stale-bms", "stale", "BMS", "critical", 12.25, 5.0,
+                   {"timeout": 5.0, "silent_for": None, "raised_t": 12.25, "worst": 5.0, "worst_t": 12.25, "flapping": False})
+    published = json.loads(raised.to_bytes())
+    # the id and every default of the detail are left out: they follow from the rest
+    assert "id" not in published and published["detail"] == {"timeout": 5.0}
+    assert messages.decode(raised.to_bytes()).encode() == raised.encode()
+    cleared = Alert("car", raised.id, "cleared", "stale-bms", "stale", "BMS", "critical", 20.0, 0.0,
+                    {"timeout": 5.0, "silent_for": 7.75, "raised_t": 12.25, "worst": 7.75, "worst_t": 19.5, "flapping": True})
+    published = json.loads(cleared.to_bytes())
+    assert "id" not in published and published["detail"]["raised_t"] == 12.25 and published["detail"]["flapping"] is True
+    assert messages.decode(cleared.to_bytes()).encode() == cleared.encode()
+    # an id its fields do not make, or a detail without the detector's fields, travels whole
+    for whole in (ALERT, Alert("car", "car/r/A.x/10.5", "raised", "r", "limit", "A.x", "critical", 10.5, 99.0)):
+        assert json.loads(whole.to_bytes()) == whole.encode()
+        assert messages.decode(whole.to_bytes()).encode() == whole.encode()

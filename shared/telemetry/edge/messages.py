@@ -532,8 +532,29 @@ class Alert(Message):
             "t": self.t, "value": self.value, "detail": dict(self.detail), **({"seq": self.seq} if self.seq else {}),
         }
 
+    def to_bytes(self) -> bytes:
+        """As published: the compact form when it says the same (docs/MESSAGES.md, "alert"):
+        without ``id`` (it is ``<vehicle>/<rule>/<signal>/<raised_t>``), and without the detail
+        that is its default: ``raised_t`` equal to ``t``, ``worst``/``worst_t`` equal to
+        ``value``/``t``, ``flapping`` false, a stale rule's ``silent_for`` null."""
+        data = self.__dict__.get("_wire")
+        if data is not None:
+            return data
+        full = self.encode()
+        short = _alert_compact(full)
+        return dumps(short if short is not None and _alert_restored(short) == full else full)
+
     @classmethod
     def decode(cls, event: Mapping[str, Any]) -> Alert:
+        if "id" not in event:  # the compact form: what it left out is put back
+            _field(event, "state")
+            for name in ("vehicle", "rule", "rule_kind", "signal"):
+                _text(_field(event, name), name)
+            _number(_field(event, "t"), "t")
+            _field(event, "value")
+            raised = _table(event.get("detail", {}), "detail").get("raised_t", event["t"])
+            _number(raised, "detail.raised_t")
+            event = _alert_restored(event)
         state = _field(event, "state")
         if state not in ALERT_STATES:
             raise MessageError(f"alert state must be one of {', '.join(ALERT_STATES)}, not {state!r}")
@@ -547,6 +568,43 @@ class Alert(Message):
             _or_none(_number(_field(event, "value"), "value", optional=True)),
             _table(event.get("detail", {}), "detail"), _count(event.get("seq", 0), "seq"),
         )
+
+
+def _alert_compact(full: Mapping[str, Any]) -> dict[str, Any] | None:
+    """An alert's JSON without what ``_alert_restored`` puts back, or None if its id is not
+    the one its fields make (then it travels whole)."""
+    out = dict(full)
+    detail = dict(out.pop("detail", {}))
+    if detail.get("raised_t") == out["t"]:
+        del detail["raised_t"]
+    if "worst" in detail and "worst_t" in detail and detail["worst"] == out["value"] and detail["worst_t"] == out["t"]:
+        del detail["worst"], detail["worst_t"]
+    if detail.get("flapping") is False:
+        del detail["flapping"]
+    if out.get("rule_kind") == "stale" and "silent_for" in detail and detail["silent_for"] is None:
+        del detail["silent_for"]
+    raised = detail.get("raised_t", out["t"])
+    finite = isinstance(raised, (int, float)) and not isinstance(raised, bool) and math.isfinite(raised)
+    if not finite or out.pop("id") != f"{out['vehicle']}/{out['rule']}/{out['signal']}/{raised:.6f}":
+        return None
+    if detail:
+        out["detail"] = detail
+    return out
+
+
+def _alert_restored(short: Mapping[str, Any]) -> dict[str, Any]:
+    """The whole alert of its compact form (no ``id``): the id and the detail's defaults."""
+    out = dict(short)
+    detail = dict(out.pop("detail", {}))
+    detail.setdefault("raised_t", out["t"])
+    if "worst" not in detail and "worst_t" not in detail:
+        detail["worst"], detail["worst_t"] = out["value"], out["t"]
+    detail.setdefault("flapping", False)
+    if out.get("rule_kind") == "stale":
+        detail.setdefault("silent_for", None)
+    out["id"] = f"{out['vehicle']}/{out['rule']}/{out['signal']}/{detail['raised_t']:.6f}"
+    out["detail"] = detail
+    return out
 
 
 @dataclass(frozen=True)
@@ -704,7 +762,7 @@ class Bundle(Message):
         head = self.head(self.vehicle, self.of, len(items))
         if self.compress:
             body = b"[" + b",".join(items) + b"]"
-            return head + self.ZLIB_OPEN + base64.b64encode(zlib.compress(body, 6)) + self.ZLIB_CLOSE
+            return head + self.ZLIB_OPEN + base64.b64encode(zlib.compress(body, 9)) + self.ZLIB_CLOSE
         return head + self.PLAIN_OPEN + b",".join(items) + self.PLAIN_CLOSE
 
     # The envelope's parts, so that the uploader can size a bundle item by item (uploader.fit).
