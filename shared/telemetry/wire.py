@@ -363,6 +363,17 @@ def _varints(x: np.ndarray) -> bytes:
     return _uvarints(((x << 1) ^ (x >> 63)).view(np.uint64))
 
 
+def _offsets(x: np.ndarray) -> bytes:
+    """A statistic relative to the reference: its sign is most often the same for every cell
+    (``min`` at or below the mean, ``max`` at or above), so a byte says it once (1: none
+    negative, 2: none positive, sent negated; 0: zigzag) and the values follow unsigned."""
+    if not len(x) or x.min() >= 0:
+        return b"\x01" + _uvarints(x.astype(np.uint64))
+    if x.max() <= 0:
+        return b"\x02" + _uvarints((-x).astype(np.uint64))
+    return b"\x00" + _varints(x)
+
+
 def _read_uvarints(raw: bytes, count: int) -> np.ndarray:
     b = np.frombuffer(raw, np.uint8)
     last = b < 0x80
@@ -588,7 +599,7 @@ def encode(p: Payload, *, codec: str = "zlib", level: int | None = None, schema:
         sections.append(_floats2(t.stats[ref][floats]))
         for stat in ("mean", "min", "max", "first", "last"):
             if stat in t.stats and stat != ref:
-                sections.append(_varints(q(t.stats[stat], ints) - ref_q))
+                sections.append(_offsets(q(t.stats[stat], ints) - ref_q))
                 sections.append(_floats2(t.stats[stat][floats]))
     if "std" in t.stats:  # in steps of the DBC's resolution; as float for the others (an inferred grid too)
         by_grid = np.zeros(len(t.names), bool)
@@ -857,6 +868,17 @@ class _Reader2:
     def ints(self, count: int) -> np.ndarray:
         return _read_varints(self.section(), count)
 
+    def offsets(self, count: int) -> np.ndarray:
+        raw = self.section()
+        if not raw or raw[0] > 2:
+            raise WireError("payload offset column without its sign byte")
+        if raw[0] == 0:
+            return _read_varints(raw[1:], count)
+        u = _read_uvarints(raw[1:], count)
+        if len(u) and u.max() > np.uint64(2**62):
+            raise WireError("payload offset column has a value out of range")
+        return u.astype(np.int64) * (1 if raw[0] == 1 else -1)
+
     def uints(self, count: int) -> np.ndarray:
         u = _read_uvarints(self.section(), count)
         if len(u) and u.max() > np.uint64(2**62):
@@ -972,7 +994,7 @@ def _decode_v2(body: bytes, schema: Schema | None) -> Payload:
                     values(ref_q, ints, x)
                 x[floats] = ref_f
             else:
-                values(ref_q + r.ints(n_ints), ints, x)
+                values(ref_q + r.offsets(n_ints), ints, x)
                 x[floats] = r.floats(n_floats)
             cols[stat] = x
     if "std" in stats:
