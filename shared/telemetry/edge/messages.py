@@ -592,6 +592,16 @@ def _alert_compact(full: Mapping[str, Any]) -> dict[str, Any] | None:
     return out
 
 
+def _whole(message: Any) -> Any:
+    """A message as read from a bundle: a compact alert made whole, anything else as it is."""
+    if isinstance(message, dict) and message.get("kind") == ALERT and "id" not in message:
+        try:
+            return Alert.decode(message).encode()
+        except MessageError:
+            return message  # malformed: the consumer's own decode says why
+    return message
+
+
 def _alert_restored(short: Mapping[str, Any]) -> dict[str, Any]:
     """The whole alert of its compact form (no ``id``): the id and the detail's defaults."""
     out = dict(short)
@@ -801,8 +811,9 @@ class Bundle(Message):
                    tuple((str(i["id"]), dumps(i["message"])) for i in items), encoding != "none")
 
     def messages(self) -> list[dict[str, Any]]:
-        """The items as ``{"id": ..., "message": {...}}``, in order."""
-        return [{"id": i, "message": json.loads(p)} for i, p in self.items]
+        """The items as ``{"id": ..., "message": {...}}``, in order; an alert in its compact
+        form comes back whole (its ``id`` and detail defaults put back)."""
+        return [{"id": i, "message": _whole(json.loads(p))} for i, p in self.items]
 
 
 @dataclass(frozen=True)
