@@ -334,6 +334,7 @@ _ZDICT = (b'{"schema":"","extra":{"names":[],"res":[]},"as_float":[],"grid":[[0,
           b'{"vehicle":"","seq":1,"group":"default","width":1.0,"start":0.0,"end":60.0,'
           b'"stats":["count","min","max","mean"]}')
 _MAX_GRID = 60  # an IEEE float signal on a grid finer than 2**-60 travels as float
+_MAX_GRID_RAW = 2.0**40  # and one whose values on the grid are this large (a float32 needs 24 bits)
 
 
 def _uvarints(u: np.ndarray) -> bytes:
@@ -455,13 +456,19 @@ def _grids(t: Table, res: Mapping[str, Resolution], count: np.ndarray) -> dict[i
         if not len(found):
             continue  # nothing to infer a grid from
         s = _grid(found)
-        if s is None:
-            continue
-        if "mean" in t.stats:  # each cell's sum of raw values must be a whole number
+        if s is None or not (np.abs(found) * 2.0**s < _MAX_GRID_RAW).all():
+            continue  # a grid that fine is no sensor's: the values are decimals, not integers scaled
+        if "mean" in t.stats:  # each cell's sum of raw values must be a whole number, exact, and
+            # give back the very mean (as the decoder computes it) bit for bit
+            mean, n = t.stats["mean"][cells], count[cells]
             with np.errstate(invalid="ignore", over="ignore"):
-                total = count[cells] * t.stats["mean"][cells] * 2.0**s
-            if not (np.abs(total - np.rint(total)) <= 1e-6).all():
-                continue
+                total = n * mean * 2.0**s
+                whole = np.rint(total)
+                if not ((np.abs(total - whole) <= 1e-6) & (np.abs(total) < _MAX_EXACT)).all():
+                    continue
+                q = np.floor_divide(whole, n)
+                if not np.array_equal((q + (whole - q * n) / n) * 2.0**-s + 0.0, mean):
+                    continue
         out[i] = s
     return out
 

@@ -243,3 +243,14 @@ def test_an_alert_is_published_compact_and_decodes_whole():
     for whole in (ALERT, Alert("car", "car/r/A.x/10.5", "raised", "r", "limit", "A.x", "critical", 10.5, 99.0)):
         assert json.loads(whole.to_bytes()) == whole.encode()
         assert messages.decode(whole.to_bytes()).encode() == whole.encode()
+
+
+def test_an_alerts_bundle_item_leaves_out_the_id_that_follows_from_the_alert():
+    bundle = messages.Bundle("car-01", "alert", (("", ALERT.to_bytes()), ("car-01:gap:x", ALERT.to_bytes())), False)
+    published = json.loads(bundle.to_bytes())
+    assert "id" not in published["messages"][0] and published["messages"][1]["id"] == "car-01:gap:x"
+    ids = [item["id"] for item in messages.unpack(bundle.to_bytes())]
+    assert ids == [f"car-01:alert:{ALERT.key}", "car-01:gap:x"]
+    gaps = {**published, "of": "gap"}
+    with pytest.raises(MessageError, match="an alert's 'id' may be left out"):
+        messages.unpack(gaps)

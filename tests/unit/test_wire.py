@@ -320,3 +320,39 @@ def test_every_statistic_survives_a_payload_without_a_resolution():
     table = table_of(rows, ["F.v"])
     got = wire.decode(wire.encode(wire.Payload("car", 1, "g", 1.0, 0.0, 3.0, table)))
     check_equal(table, got.table, {}, 1.0)
+
+
+def test_an_ieee_float_signal_on_a_power_of_two_grid_travels_as_integers_and_comes_back_bit_for_bit():
+    rng = np.random.default_rng(3)
+    k = np.repeat(np.arange(30), 2)
+    sid = np.tile(np.arange(2), 30)
+    raw = rng.integers(-2000, 2000, (len(k), 5))  # an accelerometer: int16 / 4096 g, as float32
+    values = np.where(sid[:, None] == 0, raw / 4096.0, raw * 0.01 + 0.001)  # the second: decimals
+    stats = {"count": np.full(len(k), 5), "min": values.min(axis=1), "max": values.max(axis=1),
+             "mean": values.sum(axis=1) / 5}
+    table = wire.Table(("IMU.AccX", "IMU.Decimal"), k, sid, stats).sorted()
+    p = wire.Payload("car", 1, "g", 1.0, 0.0, 30.0, table, res={"IMU.AccX": None, "IMU.Decimal": None})
+    data = wire.encode(p)
+    dictionary = json.loads(sections(inflate(data))[1])
+    assert dictionary["grid"] == [[0, 12]]  # only the accelerometer is on a grid: 2**-12
+    got = wire.decode(data)
+    for stat in ("count", "min", "max", "mean"):
+        assert got.table.stats[stat].tolist() == table.stats[stat].tolist(), stat  # bit for bit
+    assert got.res == {"IMU.AccX": None, "IMU.Decimal": None}  # what the DBC says, not the grid
+    as_float = wire.encode(wire.Payload("car", 1, "g", 1.0, 0.0, 30.0, wire.Table(
+        ("IMU.Decimal",), table.window[table.sid == 1], np.zeros(30, np.int64),
+        {s: v[table.sid == 1] for s, v in stats.items()})))
+    assert len(data) - len(as_float) < len(as_float) / 2  # the accelerometer costs under half the decimals
+
+
+def test_cells_shared_by_the_signals_of_one_message_travel_once():
+    names = tuple(f"M.S{i:02d}" for i in range(40))
+    k = np.repeat(np.arange(20), 40)
+    sid = np.tile(np.arange(40), 20)
+    count = np.repeat(np.random.default_rng(2).integers(1, 9, 20), 40)  # every signal of M in each frame
+    table = wire.Table(names, k, sid, {"count": count, "mean": np.ones(len(k))}).sorted()
+    p = wire.Payload("car", 1, "g", 1.0, 0.0, 20.0, table, res={n: (1.0, 0.0) for n in names})
+    parts = sections(inflate(wire.encode(p)))
+    same = parts[3]
+    assert same == bytes([0] + [1] * 39)  # each signal shares the cells of the one before it
+    assert wire.decode(wire.encode(p)).table.stats["count"].tolist() == table.stats["count"].tolist()

@@ -788,6 +788,9 @@ class Bundle(Message):
 
     @staticmethod
     def item(id_: str, payload: bytes) -> bytes:
+        """One item; an empty id is left out (an alert's: ``<vehicle>:alert:<its key>``)."""
+        if not id_:
+            return b'{"message":%s}' % payload
         return b'{"id":%s,"message":%s}' % (json.dumps(id_).encode(), payload)
 
     def encode(self) -> dict[str, Any]:
@@ -805,10 +808,21 @@ class Bundle(Message):
             items = _field(event, "messages")
         else:
             raise MessageError(f"unknown bundle encoding {encoding!r} (known: {', '.join(BUNDLE_ENCODINGS)})")
-        if not isinstance(items, list) or not all(isinstance(i, Mapping) and "id" in i and "message" in i for i in items):
-            raise MessageError("bundle items must be objects of 'id' and 'message'")
-        return cls(_text(_field(event, "vehicle"), "vehicle"), _text(_field(event, "of"), "of"),
-                   tuple((str(i["id"]), dumps(i["message"])) for i in items), encoding != "none")
+        of = _text(_field(event, "of"), "of")
+        if not isinstance(items, list) or not all(isinstance(i, Mapping) and "message" in i
+                                                  and ("id" in i or of == ALERT) for i in items):
+            raise MessageError("bundle items must be objects of 'id' and 'message' (an alert's 'id' may be left out)")
+        vehicle = _text(_field(event, "vehicle"), "vehicle")
+        return cls(vehicle, of, tuple((str(i["id"]) if "id" in i else cls.alert_item_id(vehicle, i["message"]),
+                                       dumps(i["message"])) for i in items), encoding != "none")
+
+    @staticmethod
+    def alert_item_id(vehicle: str, message: Any) -> str:
+        """The id of an alert's item that left it out: ``<vehicle>:alert:<id>/<state>/<t>``."""
+        try:
+            return f"{vehicle}:{ALERT}:{Alert.decode(_table(message, 'message')).key}"
+        except MessageError as exc:
+            raise MessageError(f"bundle item without 'id' whose alert is malformed: {exc}") from None
 
     def messages(self) -> list[dict[str, Any]]:
         """The items as ``{"id": ..., "message": {...}}``, in order; an alert in its compact
