@@ -422,6 +422,12 @@ def _join_delta(col: np.ndarray, first: np.ndarray) -> np.ndarray:
     return _undelta(d, first)
 
 
+def _first_window(start: float, width: float) -> int:
+    """The index of the window a period starts with (a period starts on a window's start)."""
+    k = start / width
+    return round(k) if abs(k) < 2.0**62 else 0
+
+
 def _grid(x: np.ndarray) -> int | None:
     """The smallest s >= 0 such that every value times 2**s is an integer (an IEEE float signal
     decoded from a sensor's integer, such as raw / 4096), or None if none is fine enough."""
@@ -556,7 +562,8 @@ def encode(p: Payload, *, codec: str = "zlib", level: int | None = None, schema:
     mine = own[sid]
     first = _starts(sid)
     k0 = int(window.min()) if len(window) else 0
-    sections.append(_varints(np.asarray([k0], np.int64)))
+    # the first window's index, from the period's first: a small number (the header has the start)
+    sections.append(_varints(np.asarray([k0 - _first_window(p.start, p.width)], np.int64)))
     sections.append(_uvarints(same.astype(np.uint64)))
     sections.append(_uvarints(np.diff(bounds)[own].astype(np.uint64)))
     sections.append(_varints(_split_delta(window[mine] - k0, first[mine])))
@@ -936,7 +943,7 @@ def _decode_v2(body: bytes, schema: Schema | None) -> Payload:
         raise WireError("aggregates dictionary: 'grid' must list [position, s] of signals without a resolution")
     for i, s in grid:
         scale[i], offset[i] = 2.0**-s, 0.0
-    k0 = int(r.ints(1)[0])
+    k0 = int(r.ints(1)[0]) + _first_window(float(head["start"]), float(head["width"]))
     same = r.uints(n_sig)
     if (same > np.arange(n_sig)).any():
         raise WireError("aggregates payload: a signal shares the cells of a signal after it")
