@@ -4,7 +4,10 @@ One payload carries the windows of one window group over one publish period, as 
 (window, signal) *cells* (docs/MESSAGES.md, "windows"). Each signal's values are integers at the
 signal's DBC resolution (``raw = (value - offset) / scale``), delta-coded along time, so a signal
 that barely moves costs a few bits per window; a cell whose statistics collapse (one sample, or
-``min == max``) carries one value; names travel once per payload; the body is compressed.
+``min == max``) carries one value; names travel once per payload (or as runs over the DBC's
+schema); the signals of one CAN message share their window and count columns; integers are
+varints; an IEEE float signal whose values sit on a power-of-two grid travels as integers too;
+the body is raw deflate with a preset dictionary (layout 2; decode also reads layout 1).
 
 Exactness: ``min``, ``max``, ``first``, ``last`` and a collapsed cell's value come back bit for
 bit (the encoder checks every one and sends a signal whose values are not on its DBC grid as
