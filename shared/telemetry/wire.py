@@ -959,9 +959,12 @@ def _decode_v2(body: bytes, schema: Schema | None) -> Payload:
     own_window = _join_delta(r.ints(total_own), own_first) + k0
     own_count = _join_delta(r.ints(total_own), own_first)
     # each signal's cells: its own, or those of the signal it shares them with
-    src = np.arange(n_sig)
-    for i in np.flatnonzero(~own).tolist():
-        src[i] = src[i - int(same[i])]
+    src = np.arange(n_sig) - same  # pointer jumping: each points back until a signal with its own
+    while n_sig:
+        further = src[src]
+        if np.array_equal(further, src):
+            break
+        src = further
     own_no = np.cumsum(own) - 1
     per_signal = own_cells[own_no[src]] if n_sig else np.zeros(0, np.int64)
     cells = int(per_signal.sum())
