@@ -4,7 +4,10 @@ One payload carries the windows of one window group over one publish period, as 
 (window, signal) *cells* (docs/MESSAGES.md, "windows"). Each signal's values are integers at the
 signal's DBC resolution (``raw = (value - offset) / scale``), delta-coded along time, so a signal
 that barely moves costs a few bits per window; a cell whose statistics collapse (one sample, or
-``min == max``) carries one value; names travel once per payload; the body is compressed.
+``min == max``) carries one value; names travel once per payload (or as runs over the DBC's
+schema); the signals of one CAN message share their window and count columns; integers are
+varints; an IEEE float signal whose values sit on a power-of-two grid travels as integers too;
+the body is raw deflate with a preset dictionary (layout 2; decode also reads layout 1).
 
 Exactness: ``min``, ``max``, ``first``, ``last`` and a collapsed cell's value come back bit for
 bit (the encoder checks every one and sends a signal whose values are not on its DBC grid as
@@ -30,7 +33,8 @@ from typing import Any
 import numpy as np
 
 MAGIC = b"TLMA"
-VERSION = 1
+VERSION = 2  # the layout encode writes; decode reads 1 and 2 (a spool may hold either)
+READS = (1, 2)
 KIND = "aggregates"
 CONTENT_TYPE = "application/vnd.telemetry.windows"  # MQTT 5 content type of a payload
 
@@ -194,7 +198,7 @@ class Payload:
         ``signals``; the payload's ``seq`` and ``late`` on each): what tools and
         tests compare."""
         late = {"samples": self.late_samples, "oldest": self.late_oldest}
-        return [{"v": VERSION, "kind": "window", "vehicle": self.vehicle, "seq": self.seq, "group": self.group,
+        return [{"v": 1, "kind": "window", "vehicle": self.vehicle, "seq": self.seq, "group": self.group,
                  "window": {"start": start, "end": start + self.width}, "signals": dict(sorted(signals.items())),
                  "late": late}
                 for start, signals in sorted(self.windows().items())]
@@ -321,15 +325,173 @@ _REF_ORDER = ("mean", "min", "max", "first", "last")  # the first of these prese
 _OUTER = struct.Struct("<4sBBI")  # magic, version, codec, the body's uncompressed size
 
 
+# -- layout 2: varints, shared cell columns, inferred grids, a preset dictionary -----------------
+
+# The preset dictionary of layout 2's deflate stream (RFC 1951 raw deflate, no zlib wrapper): the
+# JSON a header and a dictionary are made of, so a header costs its values, not its keys. Part
+# of the layout: changing it needs a new version.
+_ZDICT = (b'{"schema":"","extra":{"names":[],"res":[]},"as_float":[],"grid":[[0,12]]}'
+          b'"thinned":{"factor":2,"from_width":1.0,"stats":["count","mean"]},"part":[0,2],'
+          b'"late":{"samples":0,"oldest":null},'
+          b'"stats":["count","min","max","mean","last","std","first","t_min","t_max"]}'
+          b'{"vehicle":"","seq":1,"group":"default","width":1.0,"start":0.0,"end":60.0,'
+          b'"stats":["count","min","max","mean"]}')
+_MAX_GRID = 60  # an IEEE float signal on a grid finer than 2**-60 travels as float
+_MAX_GRID_RAW = 2.0**40  # and one whose values on the grid are this large (a float32 needs 24 bits)
+
+
+def _uvarints(u: np.ndarray) -> bytes:
+    """Unsigned LEB128: 7 bits a byte, low first, the high bit set on every byte but a value's last."""
+    u = np.asarray(u, np.uint64)
+    if not len(u):
+        return b""
+    nbytes = np.ones(len(u), np.int64)
+    rest = u >> np.uint64(7)
+    while rest.any():
+        nbytes += rest > 0
+        rest >>= np.uint64(7)
+    out = np.zeros(int(nbytes.sum()), np.uint8)
+    at = np.concatenate(([0], np.cumsum(nbytes)[:-1]))
+    v = u.copy()
+    for j in range(int(nbytes.max())):
+        m = nbytes > j
+        out[at[m] + j] = (v[m] & np.uint64(0x7F)).astype(np.uint8) | ((nbytes[m] > j + 1).astype(np.uint8) << 7)
+        v[m] >>= np.uint64(7)
+    return out.tobytes()
+
+
+def _varints(x: np.ndarray) -> bytes:
+    """Signed integers, zigzag (0, -1, 1, -2, ... as 0, 1, 2, 3, ...) then LEB128: a small value
+    is one byte whatever the column's largest."""
+    x = np.asarray(x, np.int64)
+    return _uvarints(((x << 1) ^ (x >> 63)).view(np.uint64))
+
+
+def _offsets(x: np.ndarray) -> bytes:
+    """A statistic relative to the reference: its sign is most often the same for every cell
+    (``min`` at or below the mean, ``max`` at or above), so a byte says it once (1: none
+    negative, 2: none positive, sent negated; 0: zigzag) and the values follow unsigned."""
+    if not len(x) or x.min() >= 0:
+        return b"\x01" + _uvarints(x.astype(np.uint64))
+    if x.max() <= 0:
+        return b"\x02" + _uvarints((-x).astype(np.uint64))
+    return b"\x00" + _varints(x)
+
+
+def _read_uvarints(raw: bytes, count: int) -> np.ndarray:
+    b = np.frombuffer(raw, np.uint8)
+    last = b < 0x80
+    if int(last.sum()) != count or (len(b) and not last[-1]):
+        raise WireError(f"payload integer column of {len(b)} bytes does not hold {count} values")
+    if not count:
+        return np.zeros(0, np.uint64)
+    ends = np.flatnonzero(last)
+    starts = np.concatenate(([0], ends[:-1] + 1))
+    pos = np.arange(len(b)) - np.repeat(starts, ends - starts + 1)
+    if pos.max() > 9 or (b[pos == 9] > 1).any():
+        raise WireError("payload integer column has a value over 64 bits")
+    parts = (b & 0x7F).astype(np.uint64) << (7 * pos).astype(np.uint64)
+    return np.add.reduceat(parts, starts)
+
+
+def _read_varints(raw: bytes, count: int) -> np.ndarray:
+    u = _read_uvarints(raw, count)
+    return (u >> np.uint64(1)).astype(np.int64) ^ -(u & np.uint64(1)).astype(np.int64)
+
+
+def _floats2(x: np.ndarray) -> bytes:
+    """Float values: a type byte (4: float32, when every one is one; 8: float64), then the values
+    byte-transposed (every value's first byte, then every second byte, ...): the sign and
+    exponent bytes of a signal's values are alike, and deflate finds them together."""
+    x = np.asarray(x, np.float64)
+    with np.errstate(over="ignore", invalid="ignore"):
+        narrow = x.astype("<f4")
+    wide = not np.array_equal(narrow.astype(np.float64), x, equal_nan=True)
+    data = x.astype("<f8") if wide else narrow
+    width = 8 if wide else 4
+    return bytes((width,)) + data.view(np.uint8).reshape(-1, width).T.tobytes()
+
+
+def _split_delta(x: np.ndarray, first: np.ndarray) -> np.ndarray:
+    """A column delta-coded along time per signal, as each signal's first value, then the deltas."""
+    d = _delta(x, first)
+    return np.concatenate((d[first], d[~first]))
+
+
+def _join_delta(col: np.ndarray, first: np.ndarray) -> np.ndarray:
+    d = np.empty_like(col)
+    n = int(first.sum())
+    d[first], d[~first] = col[:n], col[n:]
+    return _undelta(d, first)
+
+
+def _first_window(start: float, width: float) -> int:
+    """The index of the window a period starts with (a period starts on a window's start)."""
+    k = start / width
+    return round(k) if abs(k) < 2.0**62 else 0
+
+
+def _grid(x: np.ndarray) -> int | None:
+    """The smallest s >= 0 such that every value times 2**s is an integer (an IEEE float signal
+    decoded from a sensor's integer, such as raw / 4096), or None if none is fine enough."""
+    x = np.abs(x[x != 0])
+    if not len(x):
+        return 0
+    if not np.isfinite(x).all():
+        return None
+    mant, exp = np.frexp(x)
+    m = (mant * 2.0**53).astype(np.int64)  # exact: 53 bits
+    low = np.log2((m & -m).astype(np.float64)).astype(np.int64)  # trailing zero bits
+    s = max(0, int(-(exp - 53 + low).min()))
+    return s if s <= _MAX_GRID else None
+
+
+def _grids(t: Table, res: Mapping[str, Resolution], count: np.ndarray) -> dict[int, int]:
+    """Per signal without a resolution: the power-of-two grid its values are on in this payload,
+    if every exact statistic is on it and every mean is a sum of samples on it (so the mean
+    travels as exactly as a DBC signal's)."""
+    out: dict[int, int] = {}
+    candidates = [i for i, n in enumerate(t.names) if res.get(n) is None]
+    if not candidates:
+        return out
+    exact = [t.stats[s] for s in VALUE_STATS if s in t.stats]
+    single = count == 1
+    for i in candidates:
+        cells = t.sid == i
+        values = [x[cells] for x in exact]
+        if "mean" in t.stats:
+            values.append(t.stats["mean"][cells & single])
+        found = np.concatenate(values) if values else np.zeros(0)
+        if not len(found):
+            continue  # nothing to infer a grid from
+        s = _grid(found)
+        if s is None or not (np.abs(found) * 2.0**s < _MAX_GRID_RAW).all():
+            continue  # a grid that fine is no sensor's: the values are decimals, not integers scaled
+        if "mean" in t.stats:  # each cell's sum of raw values must be a whole number, exact, and
+            # give back the very mean (as the decoder computes it) bit for bit
+            mean, n = t.stats["mean"][cells], count[cells]
+            with np.errstate(invalid="ignore", over="ignore"):
+                total = n * mean * 2.0**s
+                whole = np.rint(total)
+                if not ((np.abs(total - whole) <= 1e-6) & (np.abs(total) < _MAX_EXACT)).all():
+                    continue
+                q = np.floor_divide(whole, n)
+                if not np.array_equal((q + (whole - q * n) / n) * 2.0**-s + 0.0, mean):
+                    continue
+        out[i] = s
+    return out
+
+
 def encode(p: Payload, *, codec: str = "zlib", level: int | None = None, schema: Schema | None = None) -> bytes:
-    """The payload as bytes: ``TLMA``, version, codec, the body's size, then the compressed
-    body: the header (JSON), the signal dictionary (JSON), then the columns (docs/MESSAGES.md)."""
+    """The payload as bytes (layout 2): ``TLMA``, version, codec, the body's size, then the
+    compressed body: the header (JSON), the signal dictionary (JSON), then the columns
+    (docs/MESSAGES.md)."""
     if codec not in CODECS:
         raise ValueError(f"unknown codec {codec!r} (known: {', '.join(CODECS)})")
     if schema is None and p.schema is not None:
         schema = _SCHEMAS.get(p.schema)
     t = p.table
-    if schema is not None:  # signals in the schema's order (so a bitmap says which), the others after
+    if schema is not None:  # signals in the schema's order (so runs say which), the others after
         rank = np.array([schema.index.get(n, len(schema.names) + i) for i, n in enumerate(t.names)], np.int64)
         if len(rank) and (np.diff(rank) < 0).any():
             order = np.argsort(rank, kind="stable")
@@ -346,37 +508,69 @@ def encode(p: Payload, *, codec: str = "zlib", level: int | None = None, schema:
     # each name's resolution: the schema's if it has the name, else what the payload's ``res`` says
     # (its ``get`` may know names no schema lists: a J1939 signal's, whatever its source address)
     res = {n: schema.res[schema.index[n]] if schema is not None and n in schema.index else p.res.get(n) for n in t.names}
-    qs = _quantize(t, res, count == 1)
-    scale, offset = qs[0], qs[1]
+    grids = _grids(t, res, count)
+    inferred = dict(res)
+    for i, s in grids.items():
+        inferred[t.names[i]] = (2.0**-s, 0.0)
+    scale, offset = _quantize(t, inferred, count == 1)
     exact = ~np.isnan(scale)
-    head: dict[str, Any] = {"v": VERSION, "kind": KIND, "vehicle": p.vehicle, "seq": p.seq, "group": p.group,
-                            "width": p.width, "start": p.start, "end": p.end, "stats": stats, "cells": len(t),
-                            "signals": len(t.names), "late": {"samples": p.late_samples, "oldest": p.late_oldest}}
+    head: dict[str, Any] = {"vehicle": p.vehicle, "seq": p.seq, "group": p.group, "width": p.width,
+                            "start": p.start, "end": p.end, "stats": stats}
+    if p.late_samples or p.late_oldest is not None:
+        head["late"] = {"samples": p.late_samples, "oldest": p.late_oldest}
     if p.part != (0, 1):
         head["part"] = list(p.part)
     if p.thinned:
         head["thinned"] = dict(p.thinned)
-    res_json = [[float(scale[i]), float(offset[i])] if exact[i] else None for i in range(len(t.names))]
+    dbc_res = [[float(scale[i]), float(offset[i])] if exact[i] and i not in grids else None for i in range(len(t.names))]
+    dictionary: dict[str, Any]
+    runs = b""
     if schema is None:
-        sections: list[bytes] = [_json(head), _json({"names": list(t.names), "res": res_json})]
+        dictionary = {"names": list(t.names), "res": dbc_res}
     else:
-        # names by their number in the schema; the few it does not have, by name; and which
-        # signals go as float64 in this payload although the schema gives them a resolution
+        # names by their place in the schema; the few it does not have, by name; and which
+        # signals go as float in this payload although the schema gives them a resolution
         index = np.array([schema.index.get(n, -1) for n in t.names], np.int64)
-        extra = np.flatnonzero(index < 0)
-        present = np.zeros(len(schema.names), dtype=bool)
-        present[index[index >= 0]] = True
+        extra = np.flatnonzero(index < 0).tolist()
+        present = np.zeros(len(schema.names), np.int8)
+        present[index[index >= 0]] = 1
+        edges = np.flatnonzero(np.diff(np.concatenate(([0], present, [0]))))
+        runs = _uvarints(np.diff(np.concatenate(([0], edges))).astype(np.uint64))
+        dictionary = {"schema": schema.id}
+        if extra:
+            dictionary["extra"] = {"names": [t.names[i] for i in extra], "res": [dbc_res[i] for i in extra]}
         as_float = [i for i in range(len(t.names)) if index[i] >= 0 and not exact[i] and schema.res[index[i]] is not None]
-        dictionary = {"schema": schema.id, "as_float": as_float,
-                      "extra": {"names": [t.names[i] for i in extra.tolist()], "res": [res_json[i] for i in extra.tolist()]}}
-        sections = [_json(head), _json(dictionary), np.packbits(present).tobytes()]
+        if as_float:
+            dictionary["as_float"] = as_float
+    on_grid = [[i, s] for i, s in grids.items() if exact[i]]
+    if on_grid:
+        dictionary["grid"] = on_grid
+    sections: list[bytes] = [_json(head), _json(dictionary)]
+    if schema is not None:
+        sections.append(runs)
     sid, window = t.sid, t.window
+    n_sig = len(t.names)
+    # the cells of a signal (its windows and their counts) are those of an earlier signal more
+    # often than not (signals of one CAN message decode from the same frames): say which
+    bounds = np.searchsorted(sid, np.arange(n_sig + 1))
+    same = np.zeros(n_sig, np.int64)
+    seen: dict[bytes, int] = {}
+    for i in range(n_sig):
+        a, b = int(bounds[i]), int(bounds[i + 1])
+        key = window[a:b].tobytes() + b"|" + count[a:b].tobytes()
+        if key in seen:
+            same[i] = i - seen[key]
+        seen[key] = i
+    own = same == 0
+    mine = own[sid]
     first = _starts(sid)
     k0 = int(window.min()) if len(window) else 0
-    sections.append(_ints(np.bincount(sid, minlength=len(t.names)).astype(np.int64)))
-    sections.append(_ints(np.asarray([k0], np.int64)))
-    sections.append(_ints(_delta(window - k0, first)))
-    sections.append(_ints(_delta(count, first)))
+    # the first window's index, from the period's first: a small number (the header has the start)
+    sections.append(_varints(np.asarray([k0 - _first_window(p.start, p.width)], np.int64)))
+    sections.append(_uvarints(same.astype(np.uint64)))
+    sections.append(_uvarints(np.diff(bounds)[own].astype(np.uint64)))
+    sections.append(_varints(_split_delta(window[mine] - k0, first[mine])))
+    sections.append(_varints(_split_delta(count[mine], first[mine])))
     if "min" in t.stats and "max" in t.stats:
         collapsed = (count == 1) | (t.stats["min"] == t.stats["max"])
     else:
@@ -398,13 +592,14 @@ def encode(p: Payload, *, codec: str = "zlib", level: int | None = None, schema:
     def us(values: np.ndarray, cells: np.ndarray) -> bytes:
         with np.errstate(invalid="ignore", over="ignore"):
             r = np.rint((values[cells] - start[cells]) * 1e6)
-        return _ints(np.where(np.isfinite(r), r, 0).astype(np.int64))
+        return _varints(np.where(np.isfinite(r), r, 0).astype(np.int64))
 
     if ref is not None:
-        # a collapsed cell: one value, delta-coded along time; float64 for inexact signals
+        # a collapsed cell: one value (an exact statistic's, if there is one), along time
+        one = t.stats[next(x for x in (*VALUE_STATS, "mean") if x in t.stats)]
         c_int, c_float = collapsed & cell_exact, collapsed & ~cell_exact
-        sections.append(_ints(_delta(q(t.stats[ref], c_int), _starts(sid[c_int]))))
-        sections.append(_floats(t.stats[ref][c_float]))
+        sections.append(_varints(_split_delta(q(one, c_int), _starts(sid[c_int]))))
+        sections.append(_floats2(one[c_float]))
         # the reference statistic of the other cells along time, the rest relative to it. The
         # mean as the exact sum of raw values S: floor(S / count) is the reference, S mod count
         # travels too (so the mean is exact, and the same however the samples were batched)
@@ -413,27 +608,30 @@ def encode(p: Payload, *, codec: str = "zlib", level: int | None = None, schema:
                 total = np.rint(count[ints] * ((t.stats["mean"][ints] - off[ints]) / sc[ints]))
             total = np.where(np.isfinite(total), total, 0).astype(np.int64)
             ref_q = np.floor_divide(total, count[ints])
-            sections.append(_ints(_delta(ref_q, _starts(sid[ints]))))
-            sections.append(_ints(total - ref_q * count[ints]))
+            sections.append(_varints(_split_delta(ref_q, _starts(sid[ints]))))
+            sections.append(_uvarints((total - ref_q * count[ints]).astype(np.uint64)))
         else:
             ref_q = q(t.stats[ref], ints)
-            sections.append(_ints(_delta(ref_q, _starts(sid[ints]))))
-        sections.append(_floats(t.stats[ref][floats]))
+            sections.append(_varints(_split_delta(ref_q, _starts(sid[ints]))))
+        sections.append(_floats2(t.stats[ref][floats]))
         for stat in ("mean", "min", "max", "first", "last"):
             if stat in t.stats and stat != ref:
-                sections.append(_ints(q(t.stats[stat], ints) - ref_q))
-                sections.append(_floats(t.stats[stat][floats]))
-    if "std" in t.stats:
+                sections.append(_offsets(q(t.stats[stat], ints) - ref_q))
+                sections.append(_floats2(t.stats[stat][floats]))
+    if "std" in t.stats:  # in steps of the DBC's resolution; as float for the others (an inferred grid too)
+        by_grid = np.zeros(len(t.names), bool)
+        by_grid[list(grids)] = True
+        steps_of, as_is = ints & ~by_grid[sid], wide & (~cell_exact | by_grid[sid])
         with np.errstate(invalid="ignore", over="ignore"):
-            steps = np.rint(t.stats["std"][ints] / np.abs(sc[ints]))
-        sections.append(_ints(np.where(np.isfinite(steps), steps, 0).astype(np.int64)))
-        sections.append(_floats(t.stats["std"][floats]))
+            steps = np.rint(t.stats["std"][steps_of] / np.abs(sc[steps_of]))
+        sections.append(_uvarints(np.where(np.isfinite(steps), np.maximum(steps, 0), 0).astype(np.uint64)))
+        sections.append(_floats2(t.stats["std"][as_is]))
     if "t_min" in t.stats or "t_max" in t.stats:
         sections.append(us(t.stats["t_min" if "t_min" in t.stats else "t_max"], collapsed))
         for stat in ("t_min", "t_max"):
             if stat in t.stats:
                 sections.append(us(t.stats[stat], wide))
-    body = b"".join(_LEN.pack(len(x)) + x for x in sections)
+    body = b"".join(_uvarints(np.asarray([len(x)], np.uint64)) + x for x in sections)
     return _OUTER.pack(MAGIC, VERSION, CODECS.index(codec), len(body)) + _compress(body, codec, level)
 
 
@@ -442,18 +640,19 @@ def _json(value: Any) -> bytes:
 
 
 def _compress(body: bytes, codec: str, level: int | None) -> bytes:
-    if codec == "zlib":
-        return zlib.compress(body, 9 if level is None else level)
+    if codec == "zlib":  # layout 2: raw deflate with the layout's preset dictionary
+        z = zlib.compressobj(9 if level is None else level, zlib.DEFLATED, -15, 9, zlib.Z_DEFAULT_STRATEGY, _ZDICT)
+        return z.compress(body) + z.flush()
     return body
 
 
-def _decompress(data: bytes, codec: str, size: int) -> bytes:
+def _decompress(data: bytes, codec: str, size: int, version: int = VERSION) -> bytes:
     try:
         if codec == "zlib":
-            z = zlib.decompressobj()
+            z = zlib.decompressobj() if version == 1 else zlib.decompressobj(-15, _ZDICT)
             out = z.decompress(data, size + 1)
             if not z.eof or z.unused_data or z.unconsumed_tail:
-                raise WireError(f"aggregates body is not one complete zlib stream of {size} bytes")
+                raise WireError(f"aggregates body is not one complete deflate stream of {size} bytes")
         else:
             out = data
     except zlib.error as exc:
@@ -487,10 +686,12 @@ def codec_of(data: bytes) -> str:
     return CODECS[data[5]]
 
 
-def _check_header(head: Any) -> dict[str, Any]:
-    if not isinstance(head, dict) or head.get("v") != VERSION or head.get("kind") != KIND:
+def _check_header(head: Any, version: int) -> dict[str, Any]:
+    if version == 1 and (not isinstance(head, dict) or head.get("v") != 1 or head.get("kind") != KIND):
         got = (head.get("v"), head.get("kind")) if isinstance(head, dict) else head
-        raise WireError(f"aggregates header of version/kind {got!r} (this build reads v{VERSION} {KIND})")
+        raise WireError(f"aggregates header of version/kind {got!r} (the layout says v1 {KIND})")
+    if not isinstance(head, dict):
+        raise WireError("aggregates header is not a JSON object")
     for key in ("vehicle", "group"):
         if not isinstance(head.get(key), str) or not head[key]:
             raise WireError(f"aggregates header without a {key}")
@@ -499,7 +700,7 @@ def _check_header(head: Any) -> dict[str, Any]:
             raise WireError(f"aggregates header {key} is not a finite number")
     if not head["width"] > 0 or not head["start"] < head["end"]:
         raise WireError("aggregates header: width must be positive and start before end")
-    for key in ("seq", "cells", "signals"):
+    for key in ("seq", "cells", "signals") if version == 1 else ("seq",):
         if not _count(head.get(key)):
             raise WireError(f"aggregates header {key} is not a count")
     stats = head.get("stats")
@@ -525,15 +726,18 @@ def decode(data: bytes | bytearray | memoryview, schema: Schema | None = None) -
     if not is_payload(data) or len(data) < _OUTER.size:
         raise WireError("not an aggregates payload (no TLMA prefix)")
     _, version, codec_id, size = _OUTER.unpack_from(data)
-    if version != VERSION:
-        raise WireError(f"aggregates payload of version {version} (this build reads v{VERSION})")
+    if version not in READS:
+        raise WireError(f"aggregates payload of version {version} (this build reads {', '.join(f'v{v}' for v in READS)})")
     if codec_id >= len(CODECS):
         raise WireError(f"aggregates payload of unknown codec {codec_id}")
     if size > MAX_BODY:
         raise WireError(f"aggregates body of {size} bytes is over {MAX_BODY}")
-    r = _Reader(_decompress(data[_OUTER.size:], CODECS[codec_id], size))
+    body = _decompress(data[_OUTER.size:], CODECS[codec_id], size, version)
+    if version == 2:
+        return _decode_v2(body, schema)
+    r = _Reader(body)  # layout 1
     try:
-        head = _check_header(json.loads(r.section(), parse_constant=_no_constant))
+        head = _check_header(json.loads(r.section(), parse_constant=_no_constant), 1)
         dictionary = json.loads(r.section(), parse_constant=_no_constant)
     except ValueError as exc:
         if isinstance(exc, WireError):
@@ -644,6 +848,226 @@ def _by_schema(dictionary: dict[str, Any], r: _Reader, schema: Schema | None) ->
     if len(bits) != (n_schema + 7) // 8:
         raise WireError(f"aggregates payload: a presence bitmap of {len(bits)} bytes for a schema of {n_schema} signals")
     present = np.unpackbits(np.frombuffer(bits, np.uint8), count=n_schema).astype(bool)
+    index = np.concatenate((np.flatnonzero(present), n_schema + np.arange(len(extra["names"]))))
+    names = [schema.names[i] if i < n_schema else extra["names"][i - n_schema] for i in index.tolist()]
+    res: list[Any] = [list(schema.res[i]) if i < n_schema and schema.res[i] is not None else
+                      (None if i < n_schema else extra["res"][i - n_schema]) for i in index.tolist()]
+    for i in as_float:
+        if not _count(i) or i >= len(res):
+            raise WireError("aggregates dictionary: 'as_float' must list signal positions")
+        res[i] = None
+    return names, res
+
+
+class _Reader2:
+    """Layout 2's body: sections, each a LEB128 length and its bytes."""
+
+    def __init__(self, body: bytes) -> None:
+        self.body, self.at = body, 0
+
+    def section(self) -> bytes:
+        n, shift = 0, 0
+        while True:
+            if self.at >= len(self.body) or shift > 28:
+                raise WireError("payload body ends early")
+            byte = self.body[self.at]
+            self.at += 1
+            n |= (byte & 0x7F) << shift
+            shift += 7
+            if byte < 0x80:
+                break
+        if self.at + n > len(self.body):
+            raise WireError("payload body ends early")
+        out = self.body[self.at:self.at + n]
+        self.at += n
+        return out
+
+    def ints(self, count: int) -> np.ndarray:
+        return _read_varints(self.section(), count)
+
+    def offsets(self, count: int) -> np.ndarray:
+        raw = self.section()
+        if not raw or raw[0] > 2:
+            raise WireError("payload offset column without its sign byte")
+        if raw[0] == 0:
+            return _read_varints(raw[1:], count)
+        u = _read_uvarints(raw[1:], count)
+        if len(u) and u.max() > np.uint64(2**62):
+            raise WireError("payload offset column has a value out of range")
+        return u.astype(np.int64) * (1 if raw[0] == 1 else -1)
+
+    def uints(self, count: int) -> np.ndarray:
+        u = _read_uvarints(self.section(), count)
+        if len(u) and u.max() > np.uint64(2**62):
+            raise WireError("payload count column has a value out of range")
+        return u.astype(np.int64)
+
+    def floats(self, count: int) -> np.ndarray:
+        raw = self.section()
+        if not raw or raw[0] not in (4, 8) or len(raw) - 1 != raw[0] * count:
+            raise WireError(f"payload float column of {len(raw)} bytes, {count} values expected")
+        width = raw[0]
+        data = np.frombuffer(raw, np.uint8, count * width, 1).reshape(width, count).T.copy()
+        return data.view("<f4" if width == 4 else "<f8").reshape(count).astype(np.float64)
+
+
+def _decode_v2(body: bytes, schema: Schema | None) -> Payload:
+    r = _Reader2(body)
+    try:
+        head = _check_header(json.loads(r.section(), parse_constant=_no_constant), 2)
+        dictionary = json.loads(r.section(), parse_constant=_no_constant)
+    except ValueError as exc:
+        if isinstance(exc, WireError):
+            raise
+        raise WireError(f"aggregates header or dictionary is not JSON: {exc}") from None
+    if not isinstance(dictionary, dict):
+        raise WireError("aggregates dictionary is not a JSON object")
+    names: Any
+    res: Any
+    if "schema" in dictionary:
+        names, res = _by_schema2(dictionary, r, schema)
+    else:
+        names, res = dictionary.get("names"), dictionary.get("res")
+    if not (isinstance(names, list) and isinstance(res, list) and len(names) == len(res)
+            and all(isinstance(x, str) and x for x in names) and len(set(names)) == len(names)):
+        raise WireError("aggregates dictionary: names must be distinct strings, one resolution each")
+    n_sig = len(names)
+    scale = np.full(n_sig, np.nan)
+    offset = np.zeros(n_sig)
+    for i, x in enumerate(res):
+        if x is not None:
+            if not (isinstance(x, list) and len(x) == 2 and all(_finite(v) for v in x) and x[0] != 0):
+                raise WireError(f"aggregates dictionary: resolution of {names[i]!r} is not [scale, offset]")
+            scale[i], offset[i] = x
+    dbc = ~np.isnan(scale)
+    grid = dictionary.get("grid", [])
+    if not (isinstance(grid, list) and all(isinstance(g, list) and len(g) == 2 and _count(g[0]) and g[0] < n_sig
+                                           and _count(g[1]) and g[1] <= _MAX_GRID and res[g[0]] is None for g in grid)):
+        raise WireError("aggregates dictionary: 'grid' must list [position, s] of signals without a resolution")
+    for i, s in grid:
+        scale[i], offset[i] = 2.0**-s, 0.0
+    k0 = int(r.ints(1)[0]) + _first_window(float(head["start"]), float(head["width"]))
+    same = r.uints(n_sig)
+    if (same > np.arange(n_sig)).any():
+        raise WireError("aggregates payload: a signal shares the cells of a signal after it")
+    own = same == 0
+    n_own = int(own.sum())
+    own_cells = r.uints(n_own)
+    own_sid = np.repeat(np.arange(n_own, dtype=np.int64), own_cells)
+    own_first = _starts(own_sid)
+    total_own = int(own_cells.sum())
+    own_window = _join_delta(r.ints(total_own), own_first) + k0
+    own_count = _join_delta(r.ints(total_own), own_first)
+    # each signal's cells: its own, or those of the signal it shares them with
+    src = np.arange(n_sig) - same  # pointer jumping: each points back until a signal with its own
+    while n_sig:
+        further = src[src]
+        if np.array_equal(further, src):
+            break
+        src = further
+    own_no = np.cumsum(own) - 1
+    per_signal = own_cells[own_no[src]] if n_sig else np.zeros(0, np.int64)
+    cells = int(per_signal.sum())
+    sid = np.repeat(np.arange(n_sig, dtype=np.int64), per_signal)
+    own_at = np.concatenate(([0], np.cumsum(own_cells)[:-1])).astype(np.int64)
+    at = np.repeat(own_at[own_no[src]] - np.concatenate(([0], np.cumsum(per_signal)[:-1])), per_signal) + np.arange(cells)
+    window, count = own_window[at], own_count[at]
+    if len(count) and (count < 1).any():
+        raise WireError("aggregates payload has a cell with no samples")
+    first = _starts(sid)
+    if len(window) and (np.diff(window)[~first[1:]] <= 0).any():
+        raise WireError("aggregates payload: a signal's windows are not in order")
+    flags = r.section()
+    if len(flags) != (cells + 7) // 8:
+        raise WireError("aggregates payload: collapse flags of the wrong length")
+    collapsed = np.unpackbits(np.frombuffer(flags, np.uint8), count=cells).astype(bool)
+    wide = ~collapsed
+    cell_exact = ~np.isnan(scale)[sid]
+    ints, floats = wide & cell_exact, wide & ~cell_exact
+    sc = np.where(cell_exact, scale[sid], 1.0)
+    off = np.where(cell_exact, offset[sid], 0.0)
+    start = window * float(head["width"])
+    stats: list[str] = head["stats"]
+    ref = next((x for x in _REF_ORDER if x in stats), None)
+    cols: dict[str, np.ndarray] = {"count": count}
+    n_ints, n_floats = int(ints.sum()), int(floats.sum())
+
+    def values(q: np.ndarray, mask: np.ndarray, out: np.ndarray) -> None:
+        out[mask] = q.astype(np.float64) * sc[mask] + off[mask]
+
+    if ref is not None:
+        c_int, c_float = collapsed & cell_exact, collapsed & ~cell_exact
+        one = np.zeros(cells)
+        values(_join_delta(r.ints(int(c_int.sum())), _starts(sid[c_int])), c_int, one)
+        one[c_float] = r.floats(int(c_float.sum()))
+        ref_q = _join_delta(r.ints(n_ints), _starts(sid[ints]))
+        rem = r.uints(n_ints) if ref == "mean" else None
+        ref_f = r.floats(n_floats)
+        for stat in ("mean", "min", "max", "first", "last"):
+            if stat not in stats:
+                continue
+            x = one.copy()
+            if stat == ref:
+                if rem is not None:
+                    x[ints] = (ref_q + rem / count[ints]) * sc[ints] + off[ints]
+                else:
+                    values(ref_q, ints, x)
+                x[floats] = ref_f
+            else:
+                values(ref_q + r.offsets(n_ints), ints, x)
+                x[floats] = r.floats(n_floats)
+            cols[stat] = x
+    if "std" in stats:
+        by_grid = np.zeros(n_sig, bool)
+        by_grid[[i for i, _ in grid]] = True
+        steps_of, as_is = ints & ~by_grid[sid], wide & (~cell_exact | by_grid[sid])
+        x = np.zeros(cells)
+        x[steps_of] = r.uints(int(steps_of.sum())) * np.abs(sc[steps_of])
+        x[as_is] = r.floats(int(as_is.sum()))
+        cols["std"] = x
+    if "t_min" in stats or "t_max" in stats:
+        one_t = np.zeros(cells)
+        one_t[collapsed] = start[collapsed] + r.ints(int(collapsed.sum())) / 1e6
+        for stat in ("t_min", "t_max"):
+            if stat in stats:
+                x = one_t.copy()
+                x[wide] = start[wide] + r.ints(int(wide.sum())) / 1e6
+                cols[stat] = x
+    if r.at != len(r.body):
+        raise WireError(f"aggregates body has {len(r.body) - r.at} bytes after its last column")
+    table = Table(tuple(names), window, sid, {x: cols[x] for x in stats})
+    late = head.get("late", {})
+    part = head.get("part", [0, 1])
+    return Payload(head["vehicle"], head["seq"], head["group"], float(head["width"]), float(head["start"]),
+                   float(head["end"]), table, late.get("samples", 0), late.get("oldest"), (int(part[0]), int(part[1])),
+                   head.get("thinned"),
+                   {n: (float(scale[i]), float(offset[i])) if dbc[i] else None for i, n in enumerate(names)},
+                   dictionary.get("schema"))
+
+
+def _by_schema2(dictionary: dict[str, Any], r: _Reader2, schema: Schema | None) -> tuple[list[str], list[Any]]:
+    """Names and resolutions of a layout-2 payload that numbers its signals in a schema: runs
+    over the schema's signals (absent, present, absent, ...), then ``extra`` by name."""
+    wanted = dictionary.get("schema")
+    if schema is None or schema.id != wanted:
+        schema = _SCHEMAS.get(str(wanted))
+    if schema is None:
+        raise WireError(f"aggregates payload names its signals by schema {wanted!r}, which this decoder does not have: "
+                        "give it the vehicle's DBC files (decode-cloud --dbc, or the configuration)")
+    extra = dictionary.get("extra", {"names": [], "res": []})
+    as_float = dictionary.get("as_float", [])
+    if not (isinstance(extra, dict) and isinstance(extra.get("names"), list) and isinstance(extra.get("res"), list)
+            and len(extra["names"]) == len(extra["res"]) and isinstance(as_float, list)):
+        raise WireError("aggregates dictionary: a schema payload's 'extra' is {names, res}, its 'as_float' a list")
+    n_schema = len(schema.names)
+    raw = r.section()
+    runs = _read_uvarints(raw, int((np.frombuffer(raw, np.uint8) < 0x80).sum())).astype(np.int64)
+    if int(runs.sum()) > n_schema or (len(runs) > 1 and (runs[1:] == 0).any()):
+        raise WireError(f"aggregates payload: presence runs that do not fit a schema of {n_schema} signals")
+    present = np.zeros(n_schema, bool)
+    edges = np.cumsum(runs)
+    for a, b in zip(edges[0::2].tolist(), edges[1::2].tolist()):
+        present[a:b] = True
     index = np.concatenate((np.flatnonzero(present), n_schema + np.arange(len(extra["names"]))))
     names = [schema.names[i] if i < n_schema else extra["names"][i - n_schema] for i in index.tolist()]
     res: list[Any] = [list(schema.res[i]) if i < n_schema and schema.res[i] is not None else

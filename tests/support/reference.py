@@ -115,6 +115,22 @@ def register_dbc(dbcs: list[str | Path]) -> None:
     wire.register(wire.Schema.of(dbc_resolutions([str(p) for p in dbcs])))
 
 
+def whole_alert(message: dict[str, Any]) -> dict[str, Any]:
+    """An alert as docs/MESSAGES.md says to read its compact form (no ``id``): the id is
+    ``<vehicle>/<rule>/<signal>/<raised_t, 6 decimals>``, and a detail left out is its default."""
+    if message.get("kind") != "alert" or "id" in message:
+        return message
+    detail = dict(message.get("detail", {}))
+    detail.setdefault("raised_t", message["t"])
+    if "worst" not in detail and "worst_t" not in detail:
+        detail.update(worst=message["value"], worst_t=message["t"])
+    detail.setdefault("flapping", False)
+    if message["rule_kind"] == "stale":
+        detail.setdefault("silent_for", None)
+    ident = f"{message['vehicle']}/{message['rule']}/{message['signal']}/{detail['raised_t']:.6f}"
+    return {**message, "id": ident, "detail": detail}
+
+
 def messages_of(cloud_lines: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The messages inside the uploader's bundles (zlib+base64 or plain), read by the format's
     documentation, not by the package's code."""
@@ -132,7 +148,7 @@ def messages_of(cloud_lines: list[dict[str, Any]]) -> list[dict[str, Any]]:
         else:
             items = payload["messages"]
         assert len(items) == payload["count"]
-        out += [item["message"] for item in items]
+        out += [whole_alert(item["message"]) for item in items]
     return out
 
 

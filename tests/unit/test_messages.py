@@ -25,8 +25,10 @@ EXAMPLES = [
     AGGREGATES,
     ALERT,
     Gap("car", 100.0, "aggregates", 3, 3000, 1.0, 3.0, 7, 9),
-    Health("car", 100.0, {"messages": 1, "bytes": 10, "oldest_age_seconds": None, "by_kind": {}},
-           {"bundles": 1, "messages": 2, "bytes": 300}, 0, {"messages": 0, "gaps": 0}, 0, {"bytes_last_hour": 0, "limit": None}),
+    Health("car", 100.0, {"messages": 1, "bytes": 10, "oldest_age_seconds": None, "by_kind": {"alert": 1}, "damaged": [],
+                          "errors": 0},
+           {"bundles": 1, "messages": 2, "bytes": 300}, 0, {"messages": 0, "gaps": 0}, 0,
+           {"bytes_last_hour": 0, "limit": None, "thinned": 0}),
     Batch("alert", (ALERT,)),
 ]
 
@@ -157,7 +159,7 @@ def alert_event(**change):
         ({**WINDOW.encode(), "signals": {"A.x": {"mean": "x"}}}, "must be a finite number"),
         ({"v": 1, "kind": "aggregates"}, "aggregates travel binary"),
         (b"TLMA\x01\x00\x10\x00\x00\x00garbage", "does not decompress"),
-        (AGGREGATES.to_bytes()[:-3], "not one complete zlib stream"),
+        (AGGREGATES.to_bytes()[:-3], "not one complete deflate stream"),
         ({"v": 1, "kind": "alert"}, "alert message without 'state'"),
         ({"v": 1, "kind": "alert", "id": "a", "t": 1.0}, "without 'state'"),
         (alert_event(state="burning"), "alert state must be one of"),
@@ -223,3 +225,32 @@ def test_a_bad_item_in_a_binary_batch_is_refused_alone():
     head = json.dumps({"v": 1, "kind": "batch", "of": "aggregates", "sizes": [len(good), len(bad), len(good)]}).encode()
     batch = messages.decode(b"TLMB" + len(head).to_bytes(4, "little") + head + good + bad + good)
     assert len(batch.items) == 2 and batch.refused == ("in a batch: message is neither JSON nor a binary payload (signals, batch, aggregates)",)
+
+
+def test_an_alert_is_published_compact_and_decodes_whole():
+    raised = Alert("car", "car/stale-bms/BMS/12.250000", "raised", "stale-bms", "stale", "BMS", "critical", 12.25, 5.0,
+                   {"timeout": 5.0, "silent_for": None, "raised_t": 12.25, "worst": 5.0, "worst_t": 12.25, "flapping": False})
+    published = json.loads(raised.to_bytes())
+    # the id and every default of the detail are left out: they follow from the rest
+    assert "id" not in published and published["detail"] == {"timeout": 5.0}
+    assert messages.decode(raised.to_bytes()).encode() == raised.encode()
+    cleared = Alert("car", raised.id, "cleared", "stale-bms", "stale", "BMS", "critical", 20.0, 0.0,
+                    {"timeout": 5.0, "silent_for": 7.75, "raised_t": 12.25, "worst": 7.75, "worst_t": 19.5, "flapping": True})
+    published = json.loads(cleared.to_bytes())
+    assert "id" not in published and published["detail"]["raised_t"] == 12.25 and published["detail"]["flapping"] is True
+    assert messages.decode(cleared.to_bytes()).encode() == cleared.encode()
+    # an id its fields do not make, or a detail without the detector's fields, travels whole
+    for whole in (ALERT, Alert("car", "car/r/A.x/10.5", "raised", "r", "limit", "A.x", "critical", 10.5, 99.0)):
+        assert json.loads(whole.to_bytes()) == whole.encode()
+        assert messages.decode(whole.to_bytes()).encode() == whole.encode()
+
+
+def test_an_alerts_bundle_item_leaves_out_the_id_that_follows_from_the_alert():
+    bundle = messages.Bundle("car-01", "alert", (("", ALERT.to_bytes()), ("car-01:gap:x", ALERT.to_bytes())), False)
+    published = json.loads(bundle.to_bytes())
+    assert "id" not in published["messages"][0] and published["messages"][1]["id"] == "car-01:gap:x"
+    ids = [item["id"] for item in messages.unpack(bundle.to_bytes())]
+    assert ids == [f"car-01:alert:{ALERT.key}", "car-01:gap:x"]
+    gaps = {**published, "of": "gap"}
+    with pytest.raises(MessageError, match="an alert's 'id' may be left out"):
+        messages.unpack(gaps)

@@ -24,8 +24,8 @@ from telemetry.edge.transport import InMemoryCloudTransport
 
 def aggregate(i: int, pad: int = 2000) -> dict:
     """One window (the uploader makes an aggregates payload of it) whose signal name is ``pad``
-    random characters: about incompressible, so the payload is about ``pad`` bytes."""
-    name = "A." + "".join(random.Random(i).choices(ALPHABET[:62], k=pad))
+    random characters of 62 (about 6 bits each after deflate), so the payload is about ``pad`` bytes."""
+    name = "A." + "".join(random.Random(i).choices(ALPHABET[:62], k=max(1, pad - 100) * 4 // 3))
     return {"v": 1, "kind": "window", "vehicle": "car", "seq": i, "group": "default",
             "window": {"start": float(i), "end": float(i + 1)}, "signals": {name: {"count": 1, "mean": 2.5}},
             "late": {"samples": 0, "oldest": None}}
@@ -209,9 +209,14 @@ def test_health_reports_the_spool_and_what_was_sent(make_services):
     up.handle(aggregate(1))
     up.core.sender.maybe_health()
     topic, payload = up.services.cloud.sent[-1]
-    health = json.loads(payload)
-    assert topic == "dt/car-01/health" and health["kind"] == "health"
+    published = json.loads(payload)
+    assert topic == "dt/car-01/health" and published["kind"] == "health"
+    # zero counters and nulls are left out of what is published; decoding puts them back
+    assert "retries" not in published and "sent" not in published and published["spool"]["messages"] == 1
+    health = decode(payload).encode()
     assert health["spool"]["messages"] == 1 and health["spool"]["by_kind"] == {"aggregates": 1}
+    assert health["sent"] == {"bundles": 0, "messages": 0, "bytes": 0} and health["retries"] == 0
+    assert health["budget"] == {"bytes_last_hour": 0, "limit": None, "thinned": 0}
     assert set(health) >= {"spool", "sent", "retries", "evicted", "set_aside", "budget"}
     up.core.sender.maybe_health()
     assert len(up.services.cloud.sent) == 1  # not again within the interval

@@ -4,6 +4,8 @@ thinning and splitting keep what they say they keep."""
 
 from __future__ import annotations
 
+import base64
+import json
 import math
 import struct
 import zlib
@@ -151,33 +153,67 @@ def good_payload() -> bytes:
     return wire.encode(wire.Payload("car", 1, "g", 1.0, 0.0, 10.0, table.sorted(), res={"A.x": (0.5, 0.0)}))
 
 
-def rebuilt(head_change=None, body=None) -> bytes:
-    """The good payload with its header changed, or its body replaced."""
+def inflate(data: bytes) -> bytes:
+    """A layout-2 body: raw deflate with the layout's preset dictionary (docs/MESSAGES.md)."""
+    return zlib.decompressobj(-15, wire._ZDICT).decompress(data[10:])
+
+
+def deflate(raw: bytes) -> bytes:
+    z = zlib.compressobj(9, zlib.DEFLATED, -15, 9, zlib.Z_DEFAULT_STRATEGY, wire._ZDICT)
+    return z.compress(raw) + z.flush()
+
+
+def sections(raw: bytes) -> list[bytes]:
+    out, at = [], 0
+    while at < len(raw):
+        n, shift = 0, 0
+        while True:
+            byte = raw[at]
+            at += 1
+            n |= (byte & 0x7F) << shift
+            shift += 7
+            if byte < 0x80:
+                break
+        out.append(raw[at:at + n])
+        at += n
+    return out
+
+
+def joined(parts: list[bytes]) -> bytes:
+    out = b""
+    for x in parts:
+        assert len(x) < 128 * 128
+        out += (bytes((len(x),)) if len(x) < 128 else bytes((0x80 | len(x) & 0x7F, len(x) >> 7))) + x
+    return out
+
+
+def rebuilt(head_change=None, body=None, dictionary_change=None) -> bytes:
+    """The good payload with its header or dictionary changed, or its body replaced."""
     data = good_payload()
-    raw = zlib.decompress(data[10:])
-    (n,) = struct.unpack_from("<I", raw)
-    head = __import__("json").loads(raw[4:4 + n])
+    parts = sections(inflate(data))
+    head, dictionary = json.loads(parts[0]), json.loads(parts[1])
     head.update(head_change or {})
-    text = __import__("json").dumps(head).encode()
-    raw = struct.pack("<I", len(text)) + text + raw[4 + n:] if body is None else body
-    return data[:6] + struct.pack("<I", len(raw)) + zlib.compress(raw)
+    dictionary.update(dictionary_change or {})
+    raw = joined([json.dumps(head).encode(), json.dumps(dictionary).encode(), *parts[2:]]) if body is None else body
+    return data[:6] + struct.pack("<I", len(raw)) + deflate(raw)
 
 
 @pytest.mark.parametrize(("data", "reason"), [
     (b"TLMA", "no TLMA prefix"),
-    (b"XXXX\x01\x00\x00\x00\x00\x00", "no TLMA prefix"),
-    (b"TLMA\x02\x00\x00\x00\x00\x00", "version 2"),
-    (b"TLMA\x01\x07\x00\x00\x00\x00", "unknown codec"),
-    (b"TLMA\x01\x00\xff\xff\xff\xff", "over"),
-    (b"TLMA\x01\x00\x10\x00\x00\x00" + zlib.compress(b"x" * 15), "its prefix says 16"),
-    (b"TLMA\x01\x00\x10\x00\x00\x00garbage", "does not decompress"),
-    (None, "not one complete zlib stream"),
-    ("head:v", "version/kind"),
+    (b"XXXX\x02\x00\x00\x00\x00\x00", "no TLMA prefix"),
+    (b"TLMA\x03\x00\x00\x00\x00\x00", "version 3"),
+    (b"TLMA\x02\x07\x00\x00\x00\x00", "unknown codec"),
+    (b"TLMA\x02\x00\xff\xff\xff\xff", "over"),
+    (b"TLMA\x02\x00\x10\x00\x00\x00" + deflate(b"x" * 15), "its prefix says 16"),
+    (b"TLMA\x02\x00\x10\x00\x00\x00garbage", "does not decompress"),
+    (None, "not one complete deflate stream"),
+    ("head:vehicle", "without a vehicle"),
     ("head:width", "width must be positive"),
     ("head:start", "is not a finite number"),
     ("head:stats", "in that order"),
-    ("head:cells", "not a count"),
-    ("head:signals", "names must be distinct strings"),
+    ("head:seq", "not a count"),
+    ("dict:names", "names must be distinct strings"),
+    ("dict:grid", "'grid' must list"),
     ("body:tail", "bytes after its last column"),
     ("body:short", "ends early"),
 ])
@@ -187,14 +223,42 @@ def test_a_malformed_payload_is_refused_with_its_reason(data, reason):
     elif isinstance(data, str):
         where, what = data.split(":")
         if where == "head":
-            change = {"v": {"v": 9}, "width": {"width": 0}, "start": {"start": "x"},
-                      "stats": {"stats": ["min", "count"]}, "cells": {"cells": -1}, "signals": {"signals": 5}}[what]
+            change = {"vehicle": {"vehicle": ""}, "width": {"width": 0}, "start": {"start": "x"},
+                      "stats": {"stats": ["min", "count"]}, "seq": {"seq": -1}}[what]
             data = rebuilt(change)
+        elif where == "dict":
+            data = rebuilt(dictionary_change={"names": {"names": ["A.x", "A.x"]}, "grid": {"grid": [[0, 3]]}}[what])
         else:
-            raw = zlib.decompress(good_payload()[10:])
+            raw = inflate(good_payload())
             data = rebuilt(body=raw + b"\x00" if what == "tail" else raw[:-3])
     with pytest.raises(wire.WireError, match=reason):
         wire.decode(data)
+
+
+# A layout-1 payload (made by the previous encoder): a spool written before an update still holds
+# them, and the cloud still receives them, so the decoder reads both layouts.
+V1_BY_NAMES = ("VExNQQEAbQEAAHjaVU/BbsMgDIWk/RGfEUq17cKh7dbPiHJACaJohLRA2m1VpH3aPm02rTSNg/38/PxsfhhjN7iA2gh4d2EABdraaK"
+               "zOJoGAizm63hukex2xTuZctDZO8wlZi9zVDfmIrGywn3XMoBrChuw2zYPOCVQL/TSHjDOjCxT1B0WjA3QCeuM9ip5R7mzQhJ8EeLwE1A2SHk"
+               "8eb1JoN/nBJFwTZu+XZVv+EPRoyopXSaZv8hPjQX6RcyydtpEvAs/pREu3FkQO3bJCB8YrXlFer1l5nBeAbMUx76t7hWFVF1jXfzJy2NX3wU"
+               "f9vf3f3+9+AfaDTuQ=")
+V1_BY_SCHEMA = ("VExNQQEAfQEAAHjaVU/LTsMwEMyj/ZE9RyhpObQ+0F75hgqhjbM4EY5TbKdUqiLxaXwKn8JuUgnhw3h2PDu7/k6S5AYXUFUB751rQAEa48"
+                "lgpAAFXKjttCWWNXquA33MXuOH8cyqYe2za2LL6kPJ7xF9BFUKJ4mryrscA6gT6GF0kXv6zgniVZDQwUsBmqxl0yPbO+NQ+LYAy5uAukHA/m"
+                "x5J8Vxg20o8Bg3WjtNz/Mfgm6pR16p0lW92+7rTV3TTtcbnoDh9c0OyB0nnkPX6FEiHfYSKJpfyDSlHPazYkjSLM3kXq+T+aTpTFjNxHTMlo"
+                "phlc80z/9sknDIl8Z7/fX0//14+AVYIVYz")
+V1_WINDOWS = {5.0: {"A.x": {"count": 2, "min": 1.0, "max": 1.5, "mean": 1.25}, "B.y": {"count": 1, "min": 2.0, "max": 2.0, "mean": 2.0}},
+              6.0: {"B.y": {"count": 3, "min": 3.0, "max": 4.0, "mean": 10 / 3}, "C.z": {"count": 2, "min": 0.25, "max": 0.75, "mean": 0.5}}}
+
+
+def test_a_layout_1_payload_still_decodes_and_comes_back_as_layout_2():
+    schema = wire.register(wire.Schema.of({"A.x": (0.5, 0.0), "B.y": (1.0, 0.0), "C.z": None, "D.w": (0.1, 0.0)}))
+    for text in (V1_BY_NAMES, V1_BY_SCHEMA):
+        old = base64.b64decode(text)
+        assert old[4] == 1
+        got = wire.decode(old)
+        assert got.windows() == V1_WINDOWS
+        again = wire.encode(got, schema=schema)
+        assert again[4] == 2 and wire.decode(again).windows() == V1_WINDOWS
+        assert len(again) < len(old)
 
 
 def test_a_payload_by_an_unknown_schema_says_what_the_decoder_needs():
@@ -256,3 +320,39 @@ def test_every_statistic_survives_a_payload_without_a_resolution():
     table = table_of(rows, ["F.v"])
     got = wire.decode(wire.encode(wire.Payload("car", 1, "g", 1.0, 0.0, 3.0, table)))
     check_equal(table, got.table, {}, 1.0)
+
+
+def test_an_ieee_float_signal_on_a_power_of_two_grid_travels_as_integers_and_comes_back_bit_for_bit():
+    rng = np.random.default_rng(3)
+    k = np.repeat(np.arange(30), 2)
+    sid = np.tile(np.arange(2), 30)
+    raw = rng.integers(-2000, 2000, (len(k), 5))  # an accelerometer: int16 / 4096 g, as float32
+    values = np.where(sid[:, None] == 0, raw / 4096.0, raw * 0.01 + 0.001)  # the second: decimals
+    stats = {"count": np.full(len(k), 5), "min": values.min(axis=1), "max": values.max(axis=1),
+             "mean": values.sum(axis=1) / 5}
+    table = wire.Table(("IMU.AccX", "IMU.Decimal"), k, sid, stats).sorted()
+    p = wire.Payload("car", 1, "g", 1.0, 0.0, 30.0, table, res={"IMU.AccX": None, "IMU.Decimal": None})
+    data = wire.encode(p)
+    dictionary = json.loads(sections(inflate(data))[1])
+    assert dictionary["grid"] == [[0, 12]]  # only the accelerometer is on a grid: 2**-12
+    got = wire.decode(data)
+    for stat in ("count", "min", "max", "mean"):
+        assert got.table.stats[stat].tolist() == table.stats[stat].tolist(), stat  # bit for bit
+    assert got.res == {"IMU.AccX": None, "IMU.Decimal": None}  # what the DBC says, not the grid
+    as_float = wire.encode(wire.Payload("car", 1, "g", 1.0, 0.0, 30.0, wire.Table(
+        ("IMU.Decimal",), table.window[table.sid == 1], np.zeros(30, np.int64),
+        {s: v[table.sid == 1] for s, v in stats.items()})))
+    assert len(data) - len(as_float) < len(as_float) / 2  # the accelerometer costs under half the decimals
+
+
+def test_cells_shared_by_the_signals_of_one_message_travel_once():
+    names = tuple(f"M.S{i:02d}" for i in range(40))
+    k = np.repeat(np.arange(20), 40)
+    sid = np.tile(np.arange(40), 20)
+    count = np.repeat(np.random.default_rng(2).integers(1, 9, 20), 40)  # every signal of M in each frame
+    table = wire.Table(names, k, sid, {"count": count, "mean": np.ones(len(k))}).sorted()
+    p = wire.Payload("car", 1, "g", 1.0, 0.0, 20.0, table, res={n: (1.0, 0.0) for n in names})
+    parts = sections(inflate(wire.encode(p)))
+    same = parts[3]
+    assert same == bytes([0] + [1] * 39)  # each signal shares the cells of the one before it
+    assert wire.decode(wire.encode(p)).table.stats["count"].tolist() == table.stats["count"].tolist()

@@ -548,8 +548,29 @@ class Alert(Message):
             "t": self.t, "value": self.value, "detail": dict(self.detail), **({"seq": self.seq} if self.seq else {}),
         }
 
+    def to_bytes(self) -> bytes:
+        """As published: the compact form when it says the same (docs/MESSAGES.md, "alert"):
+        without ``id`` (it is ``<vehicle>/<rule>/<signal>/<raised_t>``), and without the detail
+        that is its default: ``raised_t`` equal to ``t``, ``worst``/``worst_t`` equal to
+        ``value``/``t``, ``flapping`` false, a stale rule's ``silent_for`` null."""
+        data = self.__dict__.get("_wire")
+        if data is not None:
+            return data
+        full = self.encode()
+        short = _alert_compact(full)
+        return dumps(short if short is not None and _alert_restored(short) == full else full)
+
     @classmethod
     def decode(cls, event: Mapping[str, Any]) -> Alert:
+        if "id" not in event:  # the compact form: what it left out is put back
+            _field(event, "state")
+            for name in ("vehicle", "rule", "rule_kind", "signal"):
+                _text(_field(event, name), name)
+            _number(_field(event, "t"), "t")
+            _field(event, "value")
+            raised = _table(event.get("detail", {}), "detail").get("raised_t", event["t"])
+            _number(raised, "detail.raised_t")
+            event = _alert_restored(event)
         state = _field(event, "state")
         if state not in ALERT_STATES:
             raise MessageError(f"alert state must be one of {', '.join(ALERT_STATES)}, not {state!r}")
@@ -563,6 +584,53 @@ class Alert(Message):
             _or_none(_number(_field(event, "value"), "value", optional=True)),
             _table(event.get("detail", {}), "detail"), _count(event.get("seq", 0), "seq"),
         )
+
+
+def _alert_compact(full: Mapping[str, Any]) -> dict[str, Any] | None:
+    """An alert's JSON without what ``_alert_restored`` puts back, or None if its id is not
+    the one its fields make (then it travels whole)."""
+    out = dict(full)
+    detail = dict(out.pop("detail", {}))
+    if detail.get("raised_t") == out["t"]:
+        del detail["raised_t"]
+    if "worst" in detail and "worst_t" in detail and detail["worst"] == out["value"] and detail["worst_t"] == out["t"]:
+        del detail["worst"], detail["worst_t"]
+    if detail.get("flapping") is False:
+        del detail["flapping"]
+    if out.get("rule_kind") == "stale" and "silent_for" in detail and detail["silent_for"] is None:
+        del detail["silent_for"]
+    raised = detail.get("raised_t", out["t"])
+    finite = isinstance(raised, (int, float)) and not isinstance(raised, bool) and math.isfinite(raised)
+    if not finite or out.pop("id") != f"{out['vehicle']}/{out['rule']}/{out['signal']}/{raised:.6f}":
+        return None
+    if detail:
+        out["detail"] = detail
+    return out
+
+
+def _whole(message: Any) -> Any:
+    """A message as read from a bundle: a compact alert made whole, anything else as it is."""
+    if isinstance(message, dict) and message.get("kind") == ALERT and "id" not in message:
+        try:
+            return Alert.decode(message).encode()
+        except MessageError:
+            return message  # malformed: the consumer's own decode says why
+    return message
+
+
+def _alert_restored(short: Mapping[str, Any]) -> dict[str, Any]:
+    """The whole alert of its compact form (no ``id``): the id and the detail's defaults."""
+    out = dict(short)
+    detail = dict(out.pop("detail", {}))
+    detail.setdefault("raised_t", out["t"])
+    if "worst" not in detail and "worst_t" not in detail:
+        detail["worst"], detail["worst_t"] = out["value"], out["t"]
+    detail.setdefault("flapping", False)
+    if out.get("rule_kind") == "stale":
+        detail.setdefault("silent_for", None)
+    out["id"] = f"{out['vehicle']}/{out['rule']}/{out['signal']}/{detail['raised_t']:.6f}"
+    out["detail"] = detail
+    return out
 
 
 @dataclass(frozen=True)
@@ -616,17 +684,57 @@ class Health(Message):
     set_aside: int
     budget: Mapping[str, Any]
 
+    # what a field left out of the published form means (docs/MESSAGES.md, "health")
+    DEFAULTS: ClassVar[dict[str, Any]] = {
+        "spool": {"messages": 0, "bytes": 0, "oldest_age_seconds": None, "by_kind": {}, "damaged": [], "errors": 0},
+        "sent": {"bundles": 0, "messages": 0, "bytes": 0}, "retries": 0, "evicted": {"messages": 0, "gaps": 0},
+        "set_aside": 0, "budget": {"bytes_last_hour": 0, "limit": None, "thinned": 0}}
+
     def encode(self) -> dict[str, Any]:
         return {"v": VERSION, "kind": HEALTH, "vehicle": self.vehicle, "t": self.t, "spool": dict(self.spool),
                 "sent": dict(self.sent), "retries": self.retries, "evicted": dict(self.evicted),
                 "set_aside": self.set_aside, "budget": dict(self.budget)}
 
+    def to_bytes(self) -> bytes:
+        """As published: every field at its default (a zero counter, ``null``, an empty list or
+        object) left out, times to the millisecond. ``decode`` puts the defaults back."""
+        data = self.__dict__.get("_wire")
+        if data is not None:
+            return data
+        full = self.encode()
+        full["t"] = round(self.t, 3)
+        age = full["spool"].get("oldest_age_seconds")
+        if isinstance(age, float):
+            full["spool"]["oldest_age_seconds"] = round(age, 3)
+        rest = _without_defaults({k: v for k, v in full.items() if k not in ("v", "kind", "vehicle", "t")})
+        return dumps({"v": VERSION, "kind": HEALTH, "vehicle": self.vehicle, "t": full["t"], **rest})
+
     @classmethod
     def decode(cls, event: Mapping[str, Any]) -> Health:
+        d = cls.DEFAULTS
+
+        def part(name: str) -> Any:
+            value = event.get(name, d[name])
+            return {**d[name], **value} if isinstance(value, Mapping) and isinstance(d[name], dict) else value
+
         return cls(_text(_field(event, "vehicle"), "vehicle"), _number(_field(event, "t"), "t"),
-                   _table(_field(event, "spool"), "spool"), _counters(_field(event, "sent"), "sent"),
-                   _count(_field(event, "retries"), "retries"), _counters(_field(event, "evicted"), "evicted"),
-                   _count(_field(event, "set_aside"), "set_aside"), _table(_field(event, "budget"), "budget"))
+                   _table(part("spool"), "spool"), _counters(part("sent"), "sent"),
+                   _count(part("retries"), "retries"), _counters(part("evicted"), "evicted"),
+                   _count(part("set_aside"), "set_aside"), _table(part("budget"), "budget"))
+
+
+def _without_defaults(value: Any) -> Any:
+    """An object without its members at a default: 0, ``null``, ``[]``, ``{}`` (after the same
+    is done inside them). Booleans are kept (``false`` is not 0 here)."""
+    if isinstance(value, dict):
+        out = {}
+        for key, item in value.items():
+            item = _without_defaults(item)
+            if item is None or (type(item) in (int, float) and item == 0) or item == [] or item == {}:
+                continue
+            out[key] = item
+        return out
+    return value
 
 
 @dataclass(frozen=True)
@@ -680,7 +788,7 @@ class Bundle(Message):
         head = self.head(self.vehicle, self.of, len(items))
         if self.compress:
             body = b"[" + b",".join(items) + b"]"
-            return head + self.ZLIB_OPEN + base64.b64encode(zlib.compress(body, 6)) + self.ZLIB_CLOSE
+            return head + self.ZLIB_OPEN + base64.b64encode(zlib.compress(body, 9)) + self.ZLIB_CLOSE
         return head + self.PLAIN_OPEN + b",".join(items) + self.PLAIN_CLOSE
 
     # The envelope's parts, so that the uploader can size a bundle item by item (uploader.fit).
@@ -696,6 +804,9 @@ class Bundle(Message):
 
     @staticmethod
     def item(id_: str, payload: bytes) -> bytes:
+        """One item; an empty id is left out (an alert's: ``<vehicle>:alert:<its key>``)."""
+        if not id_:
+            return b'{"message":%s}' % payload
         return b'{"id":%s,"message":%s}' % (json.dumps(id_).encode(), payload)
 
     def encode(self) -> dict[str, Any]:
@@ -713,14 +824,26 @@ class Bundle(Message):
             items = _field(event, "messages")
         else:
             raise MessageError(f"unknown bundle encoding {encoding!r} (known: {', '.join(BUNDLE_ENCODINGS)})")
-        if not isinstance(items, list) or not all(isinstance(i, Mapping) and "id" in i and "message" in i for i in items):
-            raise MessageError("bundle items must be objects of 'id' and 'message'")
-        return cls(_text(_field(event, "vehicle"), "vehicle"), _text(_field(event, "of"), "of"),
-                   tuple((str(i["id"]), dumps(i["message"])) for i in items), encoding != "none")
+        of = _text(_field(event, "of"), "of")
+        if not isinstance(items, list) or not all(isinstance(i, Mapping) and "message" in i
+                                                  and ("id" in i or of == ALERT) for i in items):
+            raise MessageError("bundle items must be objects of 'id' and 'message' (an alert's 'id' may be left out)")
+        vehicle = _text(_field(event, "vehicle"), "vehicle")
+        return cls(vehicle, of, tuple((str(i["id"]) if "id" in i else cls.alert_item_id(vehicle, i["message"]),
+                                       dumps(i["message"])) for i in items), encoding != "none")
+
+    @staticmethod
+    def alert_item_id(vehicle: str, message: Any) -> str:
+        """The id of an alert's item that left it out: ``<vehicle>:alert:<id>/<state>/<t>``."""
+        try:
+            return f"{vehicle}:{ALERT}:{Alert.decode(_table(message, 'message')).key}"
+        except MessageError as exc:
+            raise MessageError(f"bundle item without 'id' whose alert is malformed: {exc}") from None
 
     def messages(self) -> list[dict[str, Any]]:
-        """The items as ``{"id": ..., "message": {...}}``, in order."""
-        return [{"id": i, "message": json.loads(p)} for i, p in self.items]
+        """The items as ``{"id": ..., "message": {...}}``, in order; an alert in its compact
+        form comes back whole (its ``id`` and detail defaults put back)."""
+        return [{"id": i, "message": _whole(json.loads(p))} for i, p in self.items]
 
 
 @dataclass(frozen=True)
