@@ -135,3 +135,39 @@ def test_functions_get_their_events_as_their_recipe_says(monkeypatch):
     runtime.deliver("telemetry/alerts", batch)
     binary, as_json = runtime._routes["telemetry/alerts"]
     assert binary.stats["binary_to_json_function"] == 0 and as_json.stats["binary_to_json_function"] == 1
+
+
+def test_what_the_aggregator_flushes_as_it_stops_is_stored_by_the_uploader_stopped_after_it(tmp_path):
+    """Stopping a live car: the aggregator publishes its open windows as it stops; the uploader,
+    stopped after it, handles them before it closes its spool (not into a closed one)."""
+    import threading
+
+    import can
+
+    cfg = load_config(SAMPLE / "vehicle.toml")
+    spool = tmp_path / "spool.db"
+    env = {"TELEMETRY_CAN_INTERFACE": "virtual", "TELEMETRY_CAN_CHANNEL": "runtime-stop", "TELEMETRY_SPOOL": str(spool)}
+    frames = [m for _, m in zip(range(300), can.LogReader(str(SAMPLE / "drive.log")))]
+    with can.Bus(interface="virtual", channel="runtime-stop") as car:
+        cloud = InMemoryCloudTransport()
+        runtime = LocalRuntime(ROOT / "recipes", cfg, cloud, env=env)
+        with runtime:
+            waiter = threading.Event()
+            reader = runtime.component("telemetry.CanReader")
+            for _ in range(500):  # the bus is opened in the reader's thread: frames sent before are not read
+                if reader.bus_state == "up":
+                    break
+                waiter.wait(0.01)
+            for frame in frames:
+                car.send(frame)  # stamped with the wall clock as it goes on the bus
+            waiter.wait(1.5)  # read and batched; the windows are still open
+            aggregator = runtime.component("telemetry.Aggregator")
+        assert runtime.errors == []
+    flushed = aggregator.counters()["aggregates"]
+    assert flushed >= 1  # the open windows went out as the aggregator stopped
+    import sqlite3
+
+    with sqlite3.connect(spool) as db:
+        left = db.execute("SELECT COUNT(*) FROM spool WHERE kind = 'aggregates'").fetchone()[0]
+    # every one stored (sent to the cloud, or in the spool for the next start): none handed to a closed spool
+    assert len(cloud.payloads()) + left == flushed

@@ -305,11 +305,17 @@ class LocalRuntime(Nucleus):
                 if hasattr(r.component, "pending") and r.component.pending()}
 
     def stop(self) -> None:
-        """Stop components in reverse start order (dependents before their dependencies)."""
+        """Stop components in reverse start order (dependents before their dependencies). What
+        a component was handed before it stops is handled before it closes: the windows the
+        aggregator flushes as it stops reach the uploader, which is stopped after it, and are
+        stored, not handed to a closed spool."""
         for recipe in reversed(self.order):
             runner = self.runners.pop(recipe.name, None)
             if runner is None:
                 continue
+            deadline = time.monotonic() + 10
+            while runner.queue.unfinished_tasks and time.monotonic() < deadline and runner.worker.is_alive():
+                time.sleep(0.005)
             if runner.adapter is not None:
                 runner.adapter.stop(timeout=10)
             runner.queue.put(_STOP)
