@@ -754,13 +754,7 @@ def decode(data: bytes | bytearray | memoryview, schema: Schema | None = None) -
     if not (isinstance(names, list) and isinstance(res, list) and len(names) == len(res) == n_sig
             and all(isinstance(x, str) and x for x in names) and len(set(names)) == n_sig):
         raise WireError("aggregates dictionary: names must be distinct strings, one resolution each")
-    scale = np.full(n_sig, np.nan)
-    offset = np.zeros(n_sig)
-    for i, x in enumerate(res):
-        if x is not None:
-            if not (isinstance(x, list) and len(x) == 2 and all(_finite(v) for v in x) and x[0] != 0):
-                raise WireError(f"aggregates dictionary: resolution of {names[i]!r} is not [scale, offset]")
-            scale[i], offset[i] = x
+    scale, offset = _resolutions(names, res)
     cells = head["cells"]
     per_signal = r.ints(n_sig)
     if (per_signal < 0).any() or int(per_signal.sum()) != cells:
@@ -772,15 +766,9 @@ def decode(data: bytes | bytearray | memoryview, schema: Schema | None = None) -
     count = _undelta(r.ints(cells), first)
     if len(count) and (count < 1).any():
         raise WireError("aggregates payload has a cell with no samples")
-    flags = r.section()
-    if len(flags) != (cells + 7) // 8:
-        raise WireError("aggregates payload: collapse flags of the wrong length")
-    collapsed = np.unpackbits(np.frombuffer(flags, np.uint8), count=cells).astype(bool)
+    collapsed, cell_exact, sc, off = _cells(r.section(), cells, sid, scale, offset)
     wide = ~collapsed
-    cell_exact = ~np.isnan(scale)[sid]
     ints, floats = wide & cell_exact, wide & ~cell_exact
-    sc = np.where(cell_exact, scale[sid], 1.0)
-    off = np.where(cell_exact, offset[sid], 0.0)
     start = window * float(head["width"])
     stats: list[str] = head["stats"]
     ref = next((x for x in _REF_ORDER if x in stats), None)
@@ -811,6 +799,42 @@ def decode(data: bytes | bytearray | memoryview, schema: Schema | None = None) -
         x[ints] = r.ints(int(ints.sum())) * np.abs(sc[ints])
         x[floats] = r.floats(int(floats.sum()))
         cols["std"] = x
+    _times(r, stats, cells, collapsed, wide, start, cols)
+    if r.at != len(r.body):
+        raise WireError(f"aggregates body has {len(r.body) - r.at} bytes after its last column")
+    table = Table(tuple(names), window, sid, {x: cols[x] for x in stats})
+    return _payload(head, table, scale, offset, ~np.isnan(scale),
+                    dictionary.get("schema") if isinstance(dictionary, dict) else None)
+
+
+def _resolutions(names: list[str], res: list[Any]) -> tuple[np.ndarray, np.ndarray]:
+    """The dictionary's resolutions as (scale, offset) columns: NaN scale where a signal has
+    none (an IEEE float); a resolution that is not two finite numbers, scale not 0, refused."""
+    scale = np.full(len(names), np.nan)
+    offset = np.zeros(len(names))
+    for i, x in enumerate(res):
+        if x is not None:
+            if not (isinstance(x, list) and len(x) == 2 and all(_finite(v) for v in x) and x[0] != 0):
+                raise WireError(f"aggregates dictionary: resolution of {names[i]!r} is not [scale, offset]")
+            scale[i], offset[i] = x
+    return scale, offset
+
+
+def _cells(flags: bytes, cells: int, sid: np.ndarray, scale: np.ndarray,
+           offset: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Per cell (both layouts): collapsed (its flag), exact (its signal has a resolution), and
+    the scale and offset its integers are read with (1 and 0 for a float cell)."""
+    if len(flags) != (cells + 7) // 8:
+        raise WireError("aggregates payload: collapse flags of the wrong length")
+    collapsed = np.unpackbits(np.frombuffer(flags, np.uint8), count=cells).astype(bool)
+    cell_exact = ~np.isnan(scale)[sid]
+    return collapsed, cell_exact, np.where(cell_exact, scale[sid], 1.0), np.where(cell_exact, offset[sid], 0.0)
+
+
+def _times(r: Any, stats: Sequence[str], cells: int, collapsed: np.ndarray, wide: np.ndarray, start: np.ndarray,
+           cols: dict[str, np.ndarray]) -> None:
+    """``t_min`` and ``t_max`` (both layouts): microseconds from the window's start, one value
+    for a collapsed cell, one each for the others."""
     if "t_min" in stats or "t_max" in stats:
         one_t = np.zeros(cells)
         one_t[collapsed] = start[collapsed] + r.ints(int(collapsed.sum())) / 1e6
@@ -819,16 +843,19 @@ def decode(data: bytes | bytearray | memoryview, schema: Schema | None = None) -
                 x = one_t.copy()
                 x[wide] = start[wide] + r.ints(int(wide.sum())) / 1e6
                 cols[stat] = x
-    if r.at != len(r.body):
-        raise WireError(f"aggregates body has {len(r.body) - r.at} bytes after its last column")
-    table = Table(tuple(names), window, sid, {x: cols[x] for x in stats})
+
+
+def _payload(head: Mapping[str, Any], table: Table, scale: np.ndarray, offset: np.ndarray, dbc: np.ndarray,
+             schema: Any) -> Payload:
+    """The decoded payload (both layouts) from its checked header and its cells; ``dbc``: the
+    signals whose (scale, offset) is the DBC's (a float signal sent on a grid has none)."""
     late = head.get("late", {})
-    exact = ~np.isnan(scale)
+    part = head.get("part", [0, 1])
     return Payload(head["vehicle"], head["seq"], head["group"], float(head["width"]), float(head["start"]),
-                   float(head["end"]), table, late.get("samples", 0), late.get("oldest"),
-                   (int(head.get("part", (0, 1))[0]), int(head.get("part", (0, 1))[1])), head.get("thinned"),
-                   {n: (float(scale[i]), float(offset[i])) if exact[i] else None for i, n in enumerate(names)},
-                   dictionary.get("schema") if isinstance(dictionary, dict) else None)
+                   float(head["end"]), table, late.get("samples", 0), late.get("oldest"), (int(part[0]), int(part[1])),
+                   head.get("thinned"),
+                   {n: (float(scale[i]), float(offset[i])) if dbc[i] else None for i, n in enumerate(table.names)},
+                   schema)
 
 
 def _by_schema(dictionary: dict[str, Any], r: _Reader, schema: Schema | None) -> tuple[list[str], list[Any]]:
@@ -848,6 +875,13 @@ def _by_schema(dictionary: dict[str, Any], r: _Reader, schema: Schema | None) ->
     if len(bits) != (n_schema + 7) // 8:
         raise WireError(f"aggregates payload: a presence bitmap of {len(bits)} bytes for a schema of {n_schema} signals")
     present = np.unpackbits(np.frombuffer(bits, np.uint8), count=n_schema).astype(bool)
+    return _named(schema, present, extra, as_float)
+
+
+def _named(schema: Schema, present: np.ndarray, extra: Mapping[str, Any], as_float: list[Any]) -> tuple[list[str], list[Any]]:
+    """Names and resolutions (both layouts): the schema's signals present, then ``extra``'s by
+    name; a signal listed in ``as_float`` travels as float (no resolution)."""
+    n_schema = len(schema.names)
     index = np.concatenate((np.flatnonzero(present), n_schema + np.arange(len(extra["names"]))))
     names = [schema.names[i] if i < n_schema else extra["names"][i - n_schema] for i in index.tolist()]
     res: list[Any] = [list(schema.res[i]) if i < n_schema and schema.res[i] is not None else
@@ -932,13 +966,7 @@ def _decode_v2(body: bytes, schema: Schema | None) -> Payload:
             and all(isinstance(x, str) and x for x in names) and len(set(names)) == len(names)):
         raise WireError("aggregates dictionary: names must be distinct strings, one resolution each")
     n_sig = len(names)
-    scale = np.full(n_sig, np.nan)
-    offset = np.zeros(n_sig)
-    for i, x in enumerate(res):
-        if x is not None:
-            if not (isinstance(x, list) and len(x) == 2 and all(_finite(v) for v in x) and x[0] != 0):
-                raise WireError(f"aggregates dictionary: resolution of {names[i]!r} is not [scale, offset]")
-            scale[i], offset[i] = x
+    scale, offset = _resolutions(names, res)
     dbc = ~np.isnan(scale)
     grid = dictionary.get("grid", [])
     if not (isinstance(grid, list) and all(isinstance(g, list) and len(g) == 2 and _count(g[0]) and g[0] < n_sig
@@ -977,15 +1005,9 @@ def _decode_v2(body: bytes, schema: Schema | None) -> Payload:
     first = _starts(sid)
     if len(window) and (np.diff(window)[~first[1:]] <= 0).any():
         raise WireError("aggregates payload: a signal's windows are not in order")
-    flags = r.section()
-    if len(flags) != (cells + 7) // 8:
-        raise WireError("aggregates payload: collapse flags of the wrong length")
-    collapsed = np.unpackbits(np.frombuffer(flags, np.uint8), count=cells).astype(bool)
+    collapsed, cell_exact, sc, off = _cells(r.section(), cells, sid, scale, offset)
     wide = ~collapsed
-    cell_exact = ~np.isnan(scale)[sid]
     ints, floats = wide & cell_exact, wide & ~cell_exact
-    sc = np.where(cell_exact, scale[sid], 1.0)
-    off = np.where(cell_exact, offset[sid], 0.0)
     start = window * float(head["width"])
     stats: list[str] = head["stats"]
     ref = next((x for x in _REF_ORDER if x in stats), None)
@@ -1025,24 +1047,11 @@ def _decode_v2(body: bytes, schema: Schema | None) -> Payload:
         x[steps_of] = r.uints(int(steps_of.sum())) * np.abs(sc[steps_of])
         x[as_is] = r.floats(int(as_is.sum()))
         cols["std"] = x
-    if "t_min" in stats or "t_max" in stats:
-        one_t = np.zeros(cells)
-        one_t[collapsed] = start[collapsed] + r.ints(int(collapsed.sum())) / 1e6
-        for stat in ("t_min", "t_max"):
-            if stat in stats:
-                x = one_t.copy()
-                x[wide] = start[wide] + r.ints(int(wide.sum())) / 1e6
-                cols[stat] = x
+    _times(r, stats, cells, collapsed, wide, start, cols)
     if r.at != len(r.body):
         raise WireError(f"aggregates body has {len(r.body) - r.at} bytes after its last column")
     table = Table(tuple(names), window, sid, {x: cols[x] for x in stats})
-    late = head.get("late", {})
-    part = head.get("part", [0, 1])
-    return Payload(head["vehicle"], head["seq"], head["group"], float(head["width"]), float(head["start"]),
-                   float(head["end"]), table, late.get("samples", 0), late.get("oldest"), (int(part[0]), int(part[1])),
-                   head.get("thinned"),
-                   {n: (float(scale[i]), float(offset[i])) if dbc[i] else None for i, n in enumerate(names)},
-                   dictionary.get("schema"))
+    return _payload(head, table, scale, offset, dbc, dictionary.get("schema"))
 
 
 def _by_schema2(dictionary: dict[str, Any], r: _Reader2, schema: Schema | None) -> tuple[list[str], list[Any]]:
@@ -1068,15 +1077,7 @@ def _by_schema2(dictionary: dict[str, Any], r: _Reader2, schema: Schema | None) 
     edges = np.cumsum(runs)
     for a, b in zip(edges[0::2].tolist(), edges[1::2].tolist()):
         present[a:b] = True
-    index = np.concatenate((np.flatnonzero(present), n_schema + np.arange(len(extra["names"]))))
-    names = [schema.names[i] if i < n_schema else extra["names"][i - n_schema] for i in index.tolist()]
-    res: list[Any] = [list(schema.res[i]) if i < n_schema and schema.res[i] is not None else
-                      (None if i < n_schema else extra["res"][i - n_schema]) for i in index.tolist()]
-    for i in as_float:
-        if not _count(i) or i >= len(res):
-            raise WireError("aggregates dictionary: 'as_float' must list signal positions")
-        res[i] = None
-    return names, res
+    return _named(schema, present, extra, as_float)
 
 
 def _finite(x: Any) -> bool:
