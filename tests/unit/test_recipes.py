@@ -130,6 +130,10 @@ def test_a_sound_recipe_is_remembered_and_a_changed_one_checked_again(tmp_path, 
 
     monkeypatch.setattr(module, "_model", no_models)
     assert service_model_problems(recipe, cache=cache) == []  # remembered: no model loaded
+    with monkeypatch.context() as m:  # another version of the checks does not take the old one's word
+        m.setattr(module, "_checker", lambda: "another version")
+        with pytest.raises(AssertionError, match="was loaded"):
+            service_model_problems(recipe, cache=cache)
     edit(project, "uploader", lambda d: d["lambdaFunction"]["componentLambdaParameters"].update(maxQueueSize=7))
     changed = next(r for r in load_recipes(project / "recipes") if r.name.endswith("Uploader"))
     with pytest.raises(AssertionError, match="was loaded"):

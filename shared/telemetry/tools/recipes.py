@@ -251,15 +251,16 @@ def service_model_problems(recipe: Recipe, *, cache: Path | None = None) -> list
 
     Loading botocore and its two models takes about a second, every replay. A recipe found sound
     is remembered in ``cache`` (default ``$XDG_CACHE_HOME/telemetry``, or ``~/.cache/telemetry``)
-    by a hash of the two requests and botocore's version: the same requests against the same
-    models pass again, so they are not checked again. A changed recipe, or another botocore, is.
+    by a hash of the two requests, botocore's version and this module's code: the same requests
+    against the same models and checks pass again, so they are not checked again. A changed
+    recipe, another botocore or another version of these checks is.
     A cache that cannot be read or written is no cache."""
     checks = [
         ("greengrassv2", "CreateComponentVersion", recipe.create_component_version_input(PLACEHOLDER_ARN), "lambdaFunction"),
         ("lambda", "CreateFunction", recipe.create_function_input(PLACEHOLDER_ROLE, {"ZipFile": b"zip"}), "function"),
     ]
     folder = cache if cache is not None else _cache_folder()
-    key = hashlib.sha256(json.dumps([_botocore_version(), checks], sort_keys=True, default=repr).encode()).hexdigest()
+    key = hashlib.sha256(json.dumps([_botocore_version(), _checker(), checks], sort_keys=True, default=repr).encode()).hexdigest()
     sound = folder / f"recipe-{key[:32]}.ok"
     if sound.is_file():
         return []
@@ -276,6 +277,12 @@ def service_model_problems(recipe: Recipe, *, cache: Path | None = None) -> list
 def _cache_folder() -> Path:
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return Path(base) / "telemetry"
+
+
+@cache
+def _checker() -> str:
+    """This module's own digest: a newer check of the recipes does not trust an older one's word."""
+    return hashlib.sha256(Path(__file__).read_bytes()).hexdigest()
 
 
 @cache
