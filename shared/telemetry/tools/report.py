@@ -36,29 +36,24 @@ MAX_POINTS = 400  # buckets per plotted signal: a plot is a few hundred pixels w
 
 def signal_units(dbc_paths: Iterable[str | Path]) -> dict[str, str]:
     """``<Message>.<Signal>`` -> unit, from the DBC files (a later file wins, as in decoding)."""
+    return dbc_tables(dbc_paths)[0]
+
+
+def dbc_tables(dbc_paths: Iterable[str | Path]) -> tuple[dict[str, str], dict[str, str]]:
+    """From one read of the DBC files: ``<Message>.<Signal>`` -> unit, and message name -> its
+    CAN id (``0x1A2``; extended ids with an ``x`` after). A later file wins, as in decoding."""
     units: dict[str, str] = {}
-    for path in dbc_paths:
-        try:
-            db = load_dbc(path)
-        except DbcError:
-            continue  # the replay itself has said so
-        for message in db.messages:
-            for signal in message.signals:
-                units[f"{message.name}.{signal.name}"] = signal.unit or ""
-    return units
-
-
-def message_ids(dbc_paths: Iterable[str | Path]) -> dict[str, str]:
-    """Message name -> its CAN id (``0x1A2``; extended ids with an ``x`` after), from the DBC files."""
     ids: dict[str, str] = {}
     for path in dbc_paths:
         try:
             db = load_dbc(path)
         except DbcError:
-            continue
+            continue  # the replay itself has said so
         for m in db.messages:
             ids[m.name] = f"0x{m.frame_id:X}" + ("x" if m.is_extended_frame else "")
-    return ids
+            for signal in m.signals:
+                units[f"{m.name}.{signal.name}"] = signal.unit or ""
+    return units, ids
 
 
 def _r(x: float) -> float | None:
@@ -202,20 +197,17 @@ def frames_by_message(series: Mapping[str, Mapping[str, list[Any]]]) -> dict[str
     return dict(sorted(out.items(), key=lambda kv: -kv[1]))
 
 
-def report_data(summary: Mapping[str, Any], windows: Sequence[Window] | Sequence[wire.Payload], alerts: Sequence[Alert],
+def report_data(summary: Mapping[str, Any], payloads: Sequence[wire.Payload], alerts: Sequence[Alert],
                 publishes: Sequence[CloudPublish], uplink: Sequence[tuple[float, int]], dbc: Sequence[str | Path],
                 decode_error_reasons: Mapping[str, str] | None = None, summary_text: str = "",
                 rules: Mapping[str, Sequence[str]] | None = None) -> dict[str, Any]:
-    """Everything the page shows, JSON-ready. ``windows``: the windows, or the aggregates
-    payloads that carry them (drawn from their columns)."""
-    payloads = [w for w in windows if isinstance(w, wire.Payload)]
-    series = payload_series(payloads) if payloads else signal_series([w for w in windows if isinstance(w, Window)])
-    units = signal_units(dbc)
+    """Everything the page shows, JSON-ready; the plots drawn from the aggregates payloads' columns."""
+    series = payload_series(payloads)
+    units, ids = dbc_tables(dbc)
     t0 = summary.get("event_start")
     t_end = summary.get("event_end")
     if t0 is None:
-        starts = ([float((p.table.window * p.width).min()) for p in payloads if len(p.table)]
-                  + [w.start for w in windows if isinstance(w, Window)] + [a.t for a in alerts])
+        starts = [float((p.table.window * p.width).min()) for p in payloads if len(p.table)] + [a.t for a in alerts]
         t0 = min(starts) if starts else 0.0
     reasons = decode_error_reasons or {}
     return {
@@ -231,7 +223,7 @@ def report_data(summary: Mapping[str, Any], windows: Sequence[Window] | Sequence
         "alerts": alert_intervals(alerts, t_end, list(series), rules),
         "cloud": cloud_series(publishes, uplink, t0),
         "frames_by_message": frames_by_message(series),
-        "message_ids": message_ids(dbc),
+        "message_ids": ids,
         "unknown_ids": dict(summary.get("unknown_ids", {})),
         "decode_errors": [{"id": k, "frames": n, "reason": reasons.get(k, "")}
                           for k, n in dict(summary.get("decode_error_ids", {})).items()],
