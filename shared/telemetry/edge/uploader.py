@@ -61,12 +61,15 @@ def pack(entries: list[Entry], *, vehicle: str, spool_id: str, compress: bool) -
     """One bundle of spooled messages of one kind, each with the id the cloud de-duplicates by:
     ``<vehicle>:<kind>:<key>``, where the key is the message's own identity (so a message sent
     twice, even spooled twice, has one id). The spooled bytes are embedded as they are."""
-    items = tuple(("" if e.kind == messages.ALERT and e.key else _item_id(e, vehicle, spool_id), e.payload)
-                  for e in entries)
+    items = tuple((_item_id(e, vehicle, spool_id), e.payload) for e in entries)
     return messages.Bundle(vehicle, entries[0].kind, items, compress).to_bytes()
 
 
 def _item_id(entry: Entry, vehicle: str, spool_id: str) -> str:
+    """The id an item carries in a bundle: none for an alert (it follows from the alert:
+    docs/MESSAGES.md, "bundle"; the readers put it back)."""
+    if entry.kind == messages.ALERT and entry.key:
+        return ""
     return f"{vehicle}:{entry.kind}:{entry.key or f'{spool_id}-{entry.id}'}"
 
 
@@ -76,9 +79,7 @@ _ZLIB_TAIL = 16  # at most what "]" and the end of the stream add after a sync f
 
 
 def _item(entry: Entry, vehicle: str, spool_id: str) -> bytes:
-    # an alert's item id follows from the alert (docs/MESSAGES.md, "bundle"): left out
-    derived = entry.kind == messages.ALERT and bool(entry.key)
-    return messages.Bundle.item("" if derived else _item_id(entry, vehicle, spool_id), entry.payload)
+    return messages.Bundle.item(_item_id(entry, vehicle, spool_id), entry.payload)
 
 
 def fit(entries: list[Entry], *, vehicle: str, spool_id: str, compress: bool, max_bytes: int) -> tuple[bytes, int]:
