@@ -69,6 +69,12 @@ def config_from_component(client: ConfigurationClient, bundled: VehicleConfig, *
     value = whole.get(CONFIG_KEY) if isinstance(whole, dict) else None
     if value is None:
         return bundled
+    return checked(value, base)
+
+
+def checked(value: Any, base: Path) -> VehicleConfig:
+    """The ``vehicle`` key's value as a configuration, checked as a file is (DBC paths relative
+    to ``base``); a ``ConfigError`` naming the key if it does not check."""
     if not isinstance(value, dict) or not value:
         raise ConfigError(f"component configuration '{CONFIG_KEY}' must be a non-empty object, not {value!r:.40}")
     return parse_config(from_json(value), base=base, source=f"component configuration '{CONFIG_KEY}'")
@@ -269,9 +275,7 @@ class ConfigurationWatcher:
         status, message = ConfigurationValidityStatus.ACCEPTED, ""
         if value is not None:
             try:
-                if not isinstance(value, dict) or not value:
-                    raise ConfigError(f"component configuration '{CONFIG_KEY}' must be a non-empty object")
-                cfg = parse_config(from_json(value), base=self.base, source=f"component configuration '{CONFIG_KEY}'")
+                cfg = checked(value, self.base)
                 missing = [p for p in cfg.dbc if not Path(p).is_file()]
                 if missing:  # DBC files travel in the zip: a new one is new code, deployed with it
                     raise ConfigError(f"component configuration '{CONFIG_KEY}': DBC file(s) "
