@@ -7,13 +7,26 @@ import io
 import json
 import math
 
+import numpy as np
 import pytest
 
 from telemetry.edge.messages import Alert, Window
 from telemetry.tools.progress import Progress, estimate_frames
 from telemetry.tools.replay import format_alerts
-from telemetry.tools.report import _drawn_on, alert_intervals, signal_series, write_report
+from telemetry.tools.report import _drawn_on, alert_intervals, bucketed, write_report
 from telemetry.tools.taps import ReplayTaps
+
+
+def signal_series(windows: list[Window], max_points: int = 400) -> dict[str, dict[str, list]]:
+    """The series of windows taken one by one, as the report drew them before it read the
+    payloads' columns: the reference ``payload_series`` must equal, and what the buckets' tests cut."""
+    rows: dict[str, list[tuple[float, ...]]] = {}
+    for w in windows:
+        for name, stats in w.signals.items():
+            mean = stats.get("mean", stats.get("last", math.nan))
+            lo, hi = stats.get("min", mean), stats.get("max", mean)
+            rows.setdefault(name, []).append((w.start, w.end, float(lo), float(hi), float(mean), float(stats.get("count", 1))))
+    return {name: bucketed(np.array(sorted(rows[name]), dtype=np.float64), max_points) for name in sorted(rows)}
 
 
 def window(start: float, stats: dict) -> Window:

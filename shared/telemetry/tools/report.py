@@ -18,7 +18,6 @@ import fnmatch
 import html
 import json
 import math
-from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -28,7 +27,7 @@ import numpy as np
 from telemetry import wire
 from telemetry.edge.decode import load_dbc
 from telemetry.edge.errors import DbcError
-from telemetry.edge.messages import Alert, Window
+from telemetry.edge.messages import Alert
 from telemetry.tools.taps import CloudPublish
 
 MAX_POINTS = 400  # buckets per plotted signal: a plot is a few hundred pixels wide
@@ -66,19 +65,7 @@ def _t(x: float) -> float:
     return round(x, 3)
 
 
-def signal_series(windows: Sequence[Window], max_points: int = MAX_POINTS) -> dict[str, dict[str, list[Any]]]:
-    """Per signal, its windows in time order (``t0``, ``t1``, ``min``, ``max``, ``mean``,
-    ``n``), merged into at most ``max_points`` buckets of consecutive windows."""
-    rows: dict[str, list[tuple[float, float, float, float, float, float]]] = defaultdict(list)
-    for w in windows:
-        for name, stats in w.signals.items():
-            mean = stats.get("mean", stats.get("last", math.nan))
-            lo, hi = stats.get("min", mean), stats.get("max", mean)
-            rows[name].append((w.start, w.end, float(lo), float(hi), float(mean), float(stats.get("count", 1))))
-    return {name: _series(np.array(sorted(rows[name]), dtype=np.float64), max_points) for name in sorted(rows)}
-
-
-def _series(a: np.ndarray, max_points: int) -> dict[str, list[Any]]:
+def bucketed(a: np.ndarray, max_points: int = MAX_POINTS) -> dict[str, list[Any]]:
     """One signal's windows, rows of (t0, t1, min, max, mean, n) in time order, merged into at
     most ``max_points`` buckets."""
     if len(a) > max_points:
@@ -93,9 +80,11 @@ def _series(a: np.ndarray, max_points: int) -> dict[str, list[Any]]:
 
 
 def payload_series(payloads: Sequence[wire.Payload], max_points: int = MAX_POINTS) -> dict[str, dict[str, list[Any]]]:
-    """``signal_series`` of the windows of aggregates payloads, from their columns: no Python
-    object per window and signal (a day of a 200-signal car is a million cells). The same result
-    as ``signal_series`` of the payloads' windows (tested)."""
+    """Per signal, its windows in time order (``t0``, ``t1``, ``min``, ``max``, ``mean``, ``n``),
+    merged into at most ``max_points`` buckets of consecutive windows (``bucketed``): from the
+    aggregates payloads' columns, with no Python object per window and signal (a day of a
+    200-signal car is a million cells). The same as the series of the payloads' windows taken one
+    by one (tested)."""
     index: dict[str, int] = {}
     parts: list[np.ndarray] = []
     for payload in payloads:
@@ -113,12 +102,12 @@ def payload_series(payloads: Sequence[wire.Payload], max_points: int = MAX_POINT
     if not parts:
         return {}
     rows = np.concatenate(parts)
-    rows = rows[np.lexsort(rows.T[::-1])]  # by signal, then as signal_series sorts a signal's windows
+    rows = rows[np.lexsort(rows.T[::-1])]  # by signal, then by (t0, t1, min, max, mean, n)
     names = list(index)
     bounds = np.searchsorted(rows[:, 0], np.arange(len(names) + 1))
     out: dict[str, dict[str, list[Any]]] = {}
     for i in sorted(range(len(names)), key=names.__getitem__):
-        out[names[i]] = _series(rows[bounds[i]:bounds[i + 1], 1:], max_points)
+        out[names[i]] = bucketed(rows[bounds[i]:bounds[i + 1], 1:], max_points)
     return out
 
 
