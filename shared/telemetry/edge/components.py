@@ -43,7 +43,7 @@ from .decode import DbcDecoder, Decoder
 from .detector import Detector
 from .errors import ConfigError, MessageError, SourceError, TransportError
 from .frames import Frames
-from .reader import ClockGuard, FrameBatcher, LimitCheck, Part, ReaderCore, batch_ends
+from .reader import ClockGuard, FrameBatcher, LimitCheck, ReaderCore, batch_ends
 from .sources import BusSource, FrameSource, LogSource
 from .spool import MemorySpool, Spool, SqliteSpool
 from .transport import CloudTransport, LocalTransport
@@ -504,7 +504,7 @@ class CanReaderComponent:
             self.source, self._open_bus, name = self._source_from(services)
         self.core = ReaderCore(self.decoder, name or "can", ClockGuard(cfg.clock_skew_seconds, cfg.clock_confirm_frames))
         self.batcher = FrameBatcher(cfg.batch_max_frames, cfg.batch_max_seconds)
-        self.parts: list[Part] = []  # decoded frames of the open batch (a live bus, a paced replay)
+        self.admitted: list[Frames] = []  # frames of the open batch admitted so far (a live bus, a paced replay)
         self.limits = LimitCheck(services.config.rules)
         self.check_seconds = cfg.limit_check_seconds
         self.replay_batch = (cfg.replay_batch_frames, cfg.replay_batch_seconds)
@@ -538,21 +538,28 @@ class CanReaderComponent:
     def _publish(self, message: messages.Message) -> None:
         publish_retrying(self.services, self.topic, message, self.faults, self._stop)
 
-    def _decode_pending(self) -> Part | None:
+    def _admit_pending(self) -> Frames | None:
         frames = self.batcher.take_pending()
         if not frames:
             return None
-        part = self.core.decode_part(frames)
-        self.parts.append(part)
-        return part
+        admitted = self.core.admit(frames)
+        self.admitted.append(admitted)
+        return admitted
+
+    def _limit_crossed(self, frames: Frames) -> bool:
+        """Whether frames just read take a signal across a limit rule: only those that can carry
+        one are decoded for the check (the batch is decoded once, when published)."""
+        watched = self.limits.watched(frames, self.decoder.names_of)
+        return bool(len(watched)) and self.limits.crossed(self.decoder.decode_frames(watched).batch)
 
     def _flush(self) -> None:
-        """The open batch goes out: the parts decoded so far and the frames not yet decoded."""
-        self._decode_pending()
+        """The open batch goes out: the frames admitted so far and those not yet admitted."""
+        self._admit_pending()
         self.batcher.take()
-        parts, self.parts = self.parts, []
-        if parts:
-            self._publish(self.core.message_of(parts))
+        admitted, self.admitted = self.admitted, []
+        if admitted:
+            frames = admitted[0] if len(admitted) == 1 else Frames.concat(admitted)
+            self._publish(self.core.batch_message(frames, admitted=True))
 
     def run(self, stop: threading.Event) -> None:
         self._stop = stop
@@ -640,8 +647,9 @@ class CanReaderComponent:
                 LOG.warning("CAN bus: closing it failed: %s: %s", type(exc).__name__, exc)
 
     def _read_frames(self, source: FrameSource, stop: threading.Event) -> None:
-        """Frames one by one (a live bus, a paced replay) into batches. The open batch is decoded
-        as it fills, every ``limit_check_seconds``, and published when it is full, when it has
+        """Frames one by one (a live bus, a paced replay) into batches. The open batch is admitted
+        by the clock guard as it fills, every ``limit_check_seconds``, its frames that can carry a
+        limit rule's signal decoded and checked; it is decoded and published when it is full, when it has
         been open ``batch_max_seconds`` (a live bus), or at once when what was just decoded takes
         a signal across a limit rule (``LimitCheck``): long batches, which cost every component
         less, and limit alerts that do not wait for them."""
@@ -669,8 +677,8 @@ class CanReaderComponent:
                     last_publish = now
                     continue
             if batcher.frames and now - batcher.pending_since >= check_every:
-                part = self._decode_pending()
-                if part is not None and self.limits.crossed(part.decoded.batch):
+                admitted = self._admit_pending()
+                if admitted is not None and self._limit_crossed(admitted):
                     self._flush()
                     last_publish = now
 

@@ -67,6 +67,8 @@ class Decoder(Protocol):
 
     def decode_frames(self, frames: Frames) -> DecodedBatch: ...
 
+    def names_of(self, frame_id: int, extended: bool) -> tuple[str, ...]: ...
+
 
 @dataclass(frozen=True)
 class Collision:
@@ -244,6 +246,14 @@ class DbcDecoder:
         addresses = range(256) if "@" in pattern else (0,)
         return any(fnmatch.fnmatchcase(f"{message.name}@sa{sa:02X}.{signal.name}", pattern)
                    for message, _ in self._pgns.values() for signal in message.signals for sa in addresses)
+
+    def names_of(self, frame_id: int, extended: bool) -> tuple[str, ...]:
+        """The names of the signals frames of this id can carry (every multiplexer branch's);
+        none for an id the DBCs do not define."""
+        entry = self._index.get((frame_id, extended))
+        if entry is None and extended and self._pgns:
+            entry = self._j1939(frame_id)
+        return tuple(entry.names.values()) if entry is not None else ()
 
     def decode(self, frames: Sequence[can.Message]) -> DecodedBatch:
         """python-can's frames, converted to columns once and decoded by ``decode_frames``."""

@@ -17,14 +17,14 @@ import dataclasses
 import logging
 import math
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import can
 import numpy as np
 
 from . import messages
-from .decode import DecodedBatch, Decoder
+from .decode import Decoder
 from .frames import Frames
 from .rules import LimitRule, Rule
 
@@ -184,26 +184,40 @@ class ClockGuard:
             self.held = None
 
 
-@dataclasses.dataclass(frozen=True)
-class Part:
-    """Frames decoded, not yet published: their admitted event times and what decoding gave."""
-
-    t: np.ndarray
-    decoded: DecodedBatch
-
-
 class LimitCheck:
     """Whether freshly decoded samples take a signal across a ``limit`` rule, so that a live
     reader, which publishes long batches (cheap for every component), publishes at once then and
     the alert does not wait for the batch to fill. Only a hint: the detector judges every sample
     as always. A batch is cut short when a (rule, signal) starts being across its limit, not
     again while it stays there (a signal parked beyond a limit must not cut every batch short).
-    A few numpy calls a rule, on samples decoded anyway."""
+    Only the frames that can carry a signal of a limit rule are decoded for it (``watched``):
+    the open batch is decoded once, when it is published."""
 
     def __init__(self, rules: Sequence[Rule]) -> None:
         self.evaluators = [r.evaluator() for r in rules if isinstance(r, LimitRule)]
         self._across: set[tuple[int, str]] = set()  # (rule, signal) last seen across its limit
+        self._watch: dict[int, bool] = {}  # frame key (id | extended << 32) -> carries a watched signal
         self.crossings = 0
+
+    def watched(self, frames: Frames, names_of: Callable[[int, bool], tuple[str, ...]]) -> Frames:
+        """The frames of ``frames`` whose id can carry a signal some limit rule watches
+        (``names_of``: the decoder's names of an id's signals); error and remote frames carry none."""
+        if not self.evaluators or not len(frames):
+            return frames.take(slice(0, 0))
+        keys = frames.id.astype(np.int64) | (frames.extended.astype(np.int64) << 32)
+        keys[frames.error | frames.remote] = -1
+        watch = self._watch
+        wanted = []
+        for key in np.unique(keys).tolist():
+            if key < 0:
+                continue
+            hit = watch.get(key)
+            if hit is None:
+                names = names_of(key & 0xFFFFFFFF, bool(key >> 32))
+                hit = watch[key] = any(e.name_mask(names).any() for e in self.evaluators) if names else False
+            if hit:
+                wanted.append(key)
+        return frames.take(np.isin(keys, wanted))
 
     def crossed(self, batch: messages.FlatBatch) -> bool:
         """True when a sample of ``batch`` starts a crossing: it is across its rule's limit, and
@@ -255,19 +269,21 @@ class ReaderCore:
         self.first_time: float | None = None
         self.last_time: float | None = None
 
-    def batch_message(self, frames: Frames | list[can.Message]) -> messages.Signals:
-        """A batch of frames (columns, or python-can's frames from a live bus) decoded into one
-        ``signals`` message; frames whose timestamps the clock guard does not admit are left out
-        (counted)."""
-        return self.message_of([self.decode_part(frames)])
-
-    def decode_part(self, frames: Frames | list[can.Message]) -> Part:
-        """Frames decoded and counted, to be published in a batch (``message_of``) now or with
-        the parts that follow them: a live reader decodes often (and checks limits) but publishes
-        seldom."""
+    def admit(self, frames: Frames | list[can.Message]) -> Frames:
+        """Frames (columns, or python-can's frames from a live bus) as columns, less those whose
+        timestamps the clock guard does not admit (counted). A live reader admits its open batch
+        as it fills, and decodes it once (``batch_message(..., admitted=True)``)."""
         if not isinstance(frames, Frames):
             frames = Frames.from_messages(frames)
-        frames = self.guard.admit(frames)
+        return self.guard.admit(frames)
+
+    def batch_message(self, frames: Frames | list[can.Message], *, admitted: bool = False) -> messages.Signals:
+        """A batch of frames decoded and counted into one ``signals`` message; frames are first
+        admitted (``admit``) unless they already were."""
+        if not isinstance(frames, Frames):
+            frames = Frames.from_messages(frames)
+        if not admitted:
+            frames = self.guard.admit(frames)
         decoded = self.decoder.decode_frames(frames)
         self.totals["fallback_frames"] += decoded.fallback
         self.totals.update(decoded.frames)
@@ -279,30 +295,16 @@ class ReaderCore:
         self.length_mismatch.update(decoded.length_mismatch)
         for key, reason in decoded.length_reasons.items():
             self.length_reasons.setdefault(key, reason)
-        return Part(frames.t, decoded)
-
-    def message_of(self, parts: Sequence[Part]) -> messages.Signals:
-        """The ``signals`` message of consecutive decoded parts: the same message one batch of all
-        their frames gives."""
         self.totals["batches"] += 1
         self.seq += 1
-        counts: Counter[str] = Counter()
-        for part in parts:
-            counts.update(part.decoded.frames)
-        times = [part.t for part in parts if len(part.t)]
-        batch = messages.FlatBatch.concat([part.decoded.batch for part in parts])
-        if not times:
+        if not len(frames):
             now = self.guard.clock if self.guard.clock is not None else 0.0
-            return messages.Signals(self.source_name, self.seq, now, now, counts, batch, {})
-        start, end = min(float(t.min()) for t in times), max(float(t.max()) for t in times)
+            return messages.Signals(self.source_name, self.seq, now, now, decoded.frames, decoded.batch, {})
+        start, end = float(frames.t.min()), float(frames.t.max())
         self.first_time = start if self.first_time is None else min(self.first_time, start)
         self.last_time = end if self.last_time is None else max(self.last_time, end)
-        events: dict[str, list[np.ndarray]] = {}
-        for part in parts:
-            for name, rows in part.decoded.event_rows.items():
-                events.setdefault(name, []).append(part.t[rows])
-        sorted_events = {name: np.sort(np.concatenate(ts)) for name, ts in events.items()}
-        return messages.Signals(self.source_name, self.seq, start, end, counts, batch, sorted_events)
+        events = {name: np.sort(frames.t[rows]) for name, rows in decoded.event_rows.items()}
+        return messages.Signals(self.source_name, self.seq, start, end, decoded.frames, decoded.batch, events)
 
     def tick_message(self, now: float) -> messages.Signals:
         """An empty batch: a quiet live bus still moves event time on, so windows close."""
