@@ -377,7 +377,10 @@ class _Process:
         if not self.gone:
             try:
                 self.send(("stop",))
-                self.expect("stopped", timeout=timeout)
+                # a start given up on (another component failed) may leave its "built" or
+                # "started" unread: it comes before the answer to "stop"
+                while self.expect("stopped", "built", "started", timeout=timeout)[0] != "stopped":
+                    pass
             except Exception as exc:  # it is ended below either way
                 LOG.warning("%s: did not stop cleanly: %s", self.name, exc)
         self.process.join(5)
