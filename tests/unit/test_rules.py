@@ -196,6 +196,61 @@ def test_spread_clean_debounce_and_hysteresis():
     assert states(out) == [("raised", 0), ("cleared", 2)]
 
 
+def spread_reference(batches):
+    """The spread rule's metric, sample by sample: each signal's latest value; after the last
+    sample of each instant (equal times, across batches in order) with at least two signals
+    known, max minus min, how many, and the highest and lowest (first by name among equals)."""
+    latest, out = {}, []
+    for batch in batches:
+        samples = sorted(((float(t), name, float(v)) for name, (ts, vs) in batch.items() for t, v in zip(ts, vs)),
+                         key=lambda s: s[0])  # stable: a signal's samples of one instant keep their order
+        for i, (t, name, v) in enumerate(samples):
+            latest[name] = v
+            if i + 1 < len(samples) and samples[i + 1][0] == t or len(latest) < 2:
+                continue
+            names = sorted(latest)
+            high = max(names, key=lambda n: latest[n])  # max/min keep the first of equals
+            low = min(names, key=lambda n: latest[n])
+            out.append((t, latest[high] - latest[low], len(latest), high, low))
+    return out
+
+
+@st.composite
+def cell_batches(draw):
+    """Batches of cell samples: several per instant (a frame carries several cells), the same cell
+    twice in an instant now and then, ties in value, cells that report late or never again."""
+    n_batches = draw(st.integers(1, 4))
+    t, out = 0.0, []
+    for _ in range(n_batches):
+        batch: dict[str, tuple[list[float], list[float]]] = {}
+        for _ in range(draw(st.integers(0, 12))):
+            t += draw(st.sampled_from([0.0, 0.0, 0.1, 0.25]))
+            for cell in draw(st.lists(st.sampled_from(["Cells.V0", "Cells.V1", "Cells.V2", "Cells.V3"]),
+                                      min_size=1, max_size=4)):
+                ts, vs = batch.setdefault(cell, ([], []))
+                ts.append(t)
+                vs.append(draw(st.sampled_from([3.90, 3.95, 4.00, 4.05, 4.2])))
+        out.append(batch)
+    return out
+
+
+@given(cell_batches())
+@settings(max_examples=200, deadline=None)
+def test_the_spread_metric_is_the_sample_by_sample_one(batches):
+    evaluator = rule(**SPREAD).evaluator()
+    got = []
+    for batch in batches:
+        m = evaluator.metrics(columns(**batch), {}, 0.0, True)
+        if m is not None:
+            names = m.labels["highest"]
+            got += [(t, x, int(k), names[h], names[lo]) for t, x, k, h, lo in
+                    zip(m.t.tolist(), m.value.tolist(), m.extra["signals"], m.extra["highest"], m.extra["lowest"])]
+    want = spread_reference(batches)
+    assert [g[0] for g in got] == [w[0] for w in want]
+    assert [g[2:] for g in got] == [w[2:] for w in want]
+    assert np.allclose([g[1] for g in got], [w[1] for w in want])
+
+
 # -- statistical (robust z-score) ----------------------------------------------------------------
 
 ZSCORE = dict(kind="zscore", signals="A.*", threshold=6.0, baseline=50, warmup=20)

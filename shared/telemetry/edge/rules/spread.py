@@ -39,22 +39,33 @@ class SpreadEvaluator(Evaluator[SpreadRule]):
         if sel is None:
             return None
         cols_of_name = self.per_name(batch.names, self.latest.number)
+        if not len(sel[1]):
+            return None
         order = np.argsort(sel[1], kind="stable")
         col, t, v = cols_of_name[sel[0][order]], sel[1][order], sel[2][order]
-        n, width = len(t), len(self.latest.names)
-        # samples stamped at the same moment are simultaneous: judge the state after all of them
-        last_of_instant = np.concatenate((t[1:] != t[:-1], [True]))
+        width = len(self.latest.names)
+        # Samples stamped at the same moment are simultaneous: the state is judged once per
+        # instant, after all of them (a table row per instant, not per sample: a frame carries
+        # several cells). Of one signal's samples in an instant the last counts; they are
+        # adjacent here (a batch holds each signal's samples together, and the sort is stable).
+        new_instant = np.concatenate(([True], t[1:] != t[:-1]))
+        instant = np.cumsum(new_instant) - 1
+        last = np.concatenate(((instant[1:] != instant[:-1]) | (col[1:] != col[:-1]), [True]))
+        instant, col, v = instant[last], col[last], v[last]
+        t = t[np.concatenate((new_instant[1:], [True]))]  # each instant's time
+        n = len(t)
         by_name = np.argsort(np.array(self.latest.names))
-        # A table of every signal's latest value at each sample, a block of rows at a time: memory
-        # stays a few MB, however many samples a batch holds.
+        # A table of every signal's latest value at each instant, a block of rows at a time:
+        # memory stays a few MB, however many samples a batch holds.
         rows_at_once = max(1, CELLS_AT_ONCE // max(width, 1))
         parts: list[tuple[np.ndarray, ...]] = []
         latest = self.latest.values
         for a in range(0, n, rows_at_once):
             b = min(n, a + rows_at_once)
+            lo_i, hi_i = np.searchsorted(instant, [a, b])
             table = np.full((b - a + 1, width), np.nan)
             table[0] = latest
-            table[np.arange(1, b - a + 1), col[a:b]] = v[a:b]
+            table[instant[lo_i:hi_i] - a + 1, col[lo_i:hi_i]] = v[lo_i:hi_i]
             # carry each signal's latest value down the rows (forward fill)
             row = np.where(np.isnan(table), 0, np.arange(b - a + 1)[:, None])
             np.maximum.accumulate(row, axis=0, out=row)
@@ -62,7 +73,7 @@ class SpreadEvaluator(Evaluator[SpreadRule]):
             latest = table[-1].copy()
             table = table[1:]
             counted = np.sum(~np.isnan(table), axis=1)
-            known = (counted >= 2) & last_of_instant[a:b]
+            known = counted >= 2
             if not known.any():
                 continue
             table = table[known]
