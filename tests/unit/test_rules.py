@@ -206,7 +206,7 @@ def spread_reference(batches):
                          key=lambda s: s[0])  # stable: a signal's samples of one instant keep their order
         for i, (t, name, v) in enumerate(samples):
             latest[name] = v
-            if i + 1 < len(samples) and samples[i + 1][0] == t or len(latest) < 2:
+            if (i + 1 < len(samples) and samples[i + 1][0] == t) or len(latest) < 2:
                 continue
             names = sorted(latest)
             high = max(names, key=lambda n: latest[n])  # max/min keep the first of equals
