@@ -173,6 +173,29 @@ def test_columns_are_cut_where_the_batcher_would_never_inside_an_instant(gaps, m
     assert all(t[e] != t[e - 1] for e in ends)
 
 
+@given(st.lists(st.floats(0.0, 5.0, allow_nan=False), max_size=200), st.integers(1, 40),
+       st.sampled_from([0.0, 0.05, 0.5, 2.0]), st.lists(st.integers(1, 50), min_size=1), st.booleans())
+def test_frames_added_in_bursts_make_the_batches_frames_added_one_by_one_make(gaps, max_frames, max_seconds,
+                                                                            sizes, shuffle):
+    t = np.cumsum(gaps) if not shuffle else np.asarray(gaps)  # also out-of-order timestamps
+    frames = [frame(float(x), 0x100) for x in t]
+
+    def batches(feed):
+        batcher, out = FrameBatcher(max_frames, max_seconds), []
+        for burst in feed:
+            while burst:
+                taken, full = batcher.extend(burst, 0.0)
+                assert taken >= 1
+                burst = burst[taken:]
+                if full:
+                    out.append([f.timestamp for f in batcher.take()])
+        return out, [f.timestamp for f in batcher.take()]
+
+    cuts = list(itertools.accumulate(sizes))
+    in_bursts = [frames[a:b] for a, b in itertools.pairwise([0, *[c for c in cuts if c < len(frames)], len(frames)])]
+    assert batches(in_bursts) == batches([[f] for f in frames])
+
+
 def pack_frame(db, t: float, current: float) -> can.Message:
     pack = db.get_message_by_name("BMS_PackStatus")
     return frame(t, pack.frame_id, pack.encode({"PackVoltage": 140.0, "PackCurrent": current, "SOC": 80, "BmsState": 1}))

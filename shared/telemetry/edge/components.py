@@ -44,7 +44,7 @@ from .detector import Detector
 from .errors import ConfigError, MessageError, SourceError, TransportError
 from .frames import Frames
 from .reader import ClockGuard, FrameBatcher, LimitCheck, ReaderCore, batch_ends
-from .sources import BusSource, FrameSource, LogSource
+from .sources import BusSource, FrameSource, LogSource, bursts
 from .spool import MemorySpool, Spool, SqliteSpool
 from .transport import CloudTransport, LocalTransport
 from .uploader import Uploader
@@ -647,20 +647,21 @@ class CanReaderComponent:
                 LOG.warning("CAN bus: closing it failed: %s: %s", type(exc).__name__, exc)
 
     def _read_frames(self, source: FrameSource, stop: threading.Event) -> None:
-        """Frames one by one (a live bus, a paced replay) into batches. The open batch is admitted
-        by the clock guard as it fills, every ``limit_check_seconds``, its frames that can carry a
-        limit rule's signal decoded and checked; it is decoded and published when it is full, when it has
-        been open ``batch_max_seconds`` (a live bus), or at once when what was just decoded takes
-        a signal across a limit rule (``LimitCheck``): long batches, which cost every component
-        less, and limit alerts that do not wait for them."""
+        """Frames as they come (a live bus's in bursts, a paced replay's one by one) into batches.
+        The open batch is admitted by the clock guard as it fills, every ``limit_check_seconds``,
+        and its frames that can carry a limit rule's signal are decoded and checked. It is decoded
+        and published when it is full, when it has been open ``batch_max_seconds`` (a live bus),
+        or at once when what was just checked takes a signal across a limit rule
+        (``LimitCheck``): long batches, which cost every component less, and limit alerts that do
+        not wait for them."""
         clock = self.services.clock
         batcher = self.batcher
         max_wait = batcher.max_seconds
         check_every = self.check_seconds if self.limits.evaluators else math.inf
         last_publish = clock.monotonic()
-        for frame in source.frames(stop):
+        for burst in bursts(source, stop):  # a live bus's frames come in bursts, a paced replay's one by one
             now = clock.monotonic()
-            if frame is None:  # the bus was idle, or a burst has been read
+            if not burst:  # the bus was idle
                 if batcher.count and now - batcher.opened_at >= max_wait:
                     self._flush()
                     last_publish = now
@@ -670,12 +671,12 @@ class CanReaderComponent:
                     self._publish(self.core.tick_message(clock.time()))
                     last_publish = now
                     continue
-            else:
-                full = batcher.add(frame, now)
+            while burst:
+                taken, full = batcher.extend(burst, now)
+                burst = burst[taken:]
                 if full or (self.live and now - batcher.opened_at >= max_wait):
                     self._flush()
                     last_publish = now
-                    continue
             if batcher.frames and now - batcher.pending_since >= check_every:
                 admitted = self._admit_pending()
                 if admitted is not None and self._limit_crossed(admitted):

@@ -47,13 +47,26 @@ class FrameBatcher:
 
     def add(self, frame: can.Message, now: float) -> bool:
         """Add a frame; True when the batch should be flushed now."""
+        return self.extend([frame], now)[1]
+
+    def extend(self, frames: Sequence[can.Message], now: float) -> tuple[int, bool]:
+        """Add frames read at once (``now``), in order, up to the one that fills the batch: how
+        many were taken, and whether the batch is full (flush it, then extend with the rest)."""
+        if not frames:
+            return 0, False
         if not self.count:
-            self.opened_at, self.first_time = now, frame.timestamp
+            self.opened_at, self.first_time = now, frames[0].timestamp
         if not self.frames:
             self.pending_since = now
-        self.frames.append(frame)
-        self.count += 1
-        return self.count >= self.max_frames or frame.timestamp - self.first_time >= self.max_seconds
+        take = frames[:self.max_frames - self.count]
+        times = [f.timestamp for f in take]
+        first, span = self.first_time, self.max_seconds
+        full = max(times) - first >= span
+        if full:  # the frame that reaches the span closes the batch
+            take = take[:next(i for i, t in enumerate(times) if t - first >= span) + 1]
+        self.frames.extend(take)
+        self.count += len(take)
+        return len(take), full or self.count >= self.max_frames
 
     def take_pending(self) -> list[can.Message]:
         """The frames not yet decoded; the batch stays open."""

@@ -301,6 +301,24 @@ class LogSource:
         pass
 
 
+def _plain(msg: can.Message) -> bool:
+    """A classic data frame whose length is its DLC and whose id fits 32 bits: what nearly every
+    frame is, and what ``frame_problem`` and ``column_problem`` have nothing to say about."""
+    return (not msg.is_fd and not msg.is_error_frame and msg.dlc == len(msg.data) <= 8
+            and 0 <= msg.arbitration_id <= 0xFFFFFFFF)
+
+
+def bursts(source: FrameSource, stop: threading.Event) -> Iterator[list[can.Message]]:
+    """A source's frames in the lists a reader takes at once: a live bus's bursts as read
+    (``BusSource.bursts``), any other source's frames one by one; [] where ``frames()`` says
+    ``None`` (nothing arrived for a while)."""
+    if isinstance(source, BusSource):
+        yield from source.bursts(stop)
+        return
+    for msg in source.frames(stop):
+        yield [] if msg is None else [msg]
+
+
 class BusSource:
     """Frames from a live python-can bus (SocketCAN, or any interface python-can knows).
 
@@ -328,23 +346,30 @@ class BusSource:
         self.count = 0
 
     def frames(self, stop: threading.Event) -> Iterator[can.Message | None]:
-        recv, drain = self.bus.recv, self._drain()
+        for burst in self.bursts(stop):
+            yield from burst
+            yield None
+
+    def bursts(self, stop: threading.Event) -> Iterator[list[can.Message]]:
+        """The frames as read: each burst in one list ([] when the bus was idle for
+        ``idle_timeout``), frames that cannot be real left out (counted)."""
+        recv, drain, sound = self.bus.recv, self._drain(), self._sound
         while not stop.is_set():
             msg = recv(timeout=self.idle_timeout)
             if msg is None:
-                yield None
+                yield []
                 continue
             if self.poll_seconds > 0:
                 stop.wait(self.poll_seconds)
-            burst = 1
-            while msg is not None:
-                if self._sound(msg):
-                    yield msg
-                if burst >= self.max_burst:  # a bus faster than we drain: hand over what we have
-                    break
-                msg = drain()
-                burst += 1
-            yield None
+            burst = [msg]
+            while len(burst) < self.max_burst and (msg := drain()) is not None:  # a bus faster than we
+                burst.append(msg)  # drain: hand over what we have
+            first = self.count + 1
+            self.count += len(burst)
+            if all(map(_plain, burst)):
+                yield burst
+            else:
+                yield [m for i, m in enumerate(burst, first) if sound(m, i)]
 
     def _drain(self) -> Callable[[], can.Message | None]:
         """``bus.recv(timeout=0)``, for draining what has queued. Where python-can's ``recv`` is
@@ -357,12 +382,11 @@ class BusSource:
             return lambda: internal(0)[0]
         return lambda: bus.recv(timeout=0)
 
-    def _sound(self, msg: can.Message) -> bool:
-        self.count += 1
+    def _sound(self, msg: can.Message, number: int) -> bool:
         problem = frame_problem(msg) or column_problem(msg)
         if problem:  # a driver or a gateway can hand over anything
             if len(self.bad_records) < MAX_BUS_RECORDS:
-                self.bad_records.append(BadRecord(self.name, None, f"frame {self.count}: {problem}"))
+                self.bad_records.append(BadRecord(self.name, None, f"frame {number}: {problem}"))
             self.refused += 1
             return False
         return True
