@@ -220,17 +220,15 @@ class LimitCheck:
         keys = frames.id.astype(np.int64) | (frames.extended.astype(np.int64) << 32)
         keys[frames.error | frames.remote] = -1
         watch = self._watch
-        wanted = []
-        for key in np.unique(keys).tolist():
-            if key < 0:
-                continue
+        found, which = np.unique(keys, return_inverse=True)
+        hits = []
+        for key in found.tolist():
             hit = watch.get(key)
             if hit is None:
-                names = names_of(key & 0xFFFFFFFF, bool(key >> 32))
+                names = names_of(key & 0xFFFFFFFF, bool(key >> 32)) if key >= 0 else ()
                 hit = watch[key] = any(e.name_mask(names).any() for e in self.evaluators) if names else False
-            if hit:
-                wanted.append(key)
-        return frames.take(np.isin(keys, wanted))
+            hits.append(hit)
+        return frames.take(np.array(hits, dtype=bool)[which])
 
     def crossed(self, batch: messages.FlatBatch) -> bool:
         """True when a sample of ``batch`` starts a crossing: it is across its rule's limit, and

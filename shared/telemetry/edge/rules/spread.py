@@ -54,12 +54,17 @@ class SpreadEvaluator(Evaluator[SpreadRule]):
         instant, col, v = instant[last], col[last], v[last]
         t = t[np.concatenate((new_instant[1:], [True]))]  # each instant's time
         n = len(t)
+        # the table's columns are the signals in name order: of equal values, the first by name
+        # is the highest (lowest), not the first the batches happened to show
         by_name = np.argsort(np.array(self.latest.names))
+        place = np.empty(width, dtype=np.int64)
+        place[by_name] = np.arange(width)
+        col = place[col]
         # A table of every signal's latest value at each instant, a block of rows at a time:
         # memory stays a few MB, however many samples a batch holds.
         rows_at_once = max(1, CELLS_AT_ONCE // max(width, 1))
         parts: list[tuple[np.ndarray, ...]] = []
-        latest = self.latest.values
+        latest = self.latest.values[by_name]
         for a in range(0, n, rows_at_once):
             b = min(n, a + rows_at_once)
             lo_i, hi_i = np.searchsorted(instant, [a, b])
@@ -72,18 +77,23 @@ class SpreadEvaluator(Evaluator[SpreadRule]):
             table = table[row, np.arange(width)]
             latest = table[-1].copy()
             table = table[1:]
-            counted = np.sum(~np.isnan(table), axis=1)
+            unknown = np.isnan(table)  # a signal not seen yet
+            counted = width - np.sum(unknown, axis=1)
             known = counted >= 2
             if not known.any():
                 continue
             table = table[known]
-            hi = np.where(np.isnan(table), -np.inf, table)
-            lo = np.where(np.isnan(table), np.inf, table)
-            # at each point: how many signals are known, and which are highest and lowest (of
-            # equal ones, the first by name: not by the order the batches happened to show them in)
-            parts.append((t[a:b][known], hi.max(axis=1) - lo.min(axis=1), counted[known],
-                          by_name[hi[:, by_name].argmax(axis=1)], by_name[lo[:, by_name].argmin(axis=1)]))
-        self.latest.values = latest
+            hi = lo = table
+            if unknown.any():
+                unknown = unknown[known]
+                hi, lo = np.where(unknown, -np.inf, table), np.where(unknown, np.inf, table)
+            # at each point: how many signals are known, and which are highest and lowest
+            rows = np.arange(len(table))
+            highest, lowest = hi.argmax(axis=1), lo.argmin(axis=1)
+            parts.append((t[a:b][known], hi[rows, highest] - lo[rows, lowest], counted[known],
+                          by_name[highest], by_name[lowest]))
+        self.latest.values = np.empty(width)
+        self.latest.values[by_name] = latest
         if not parts:
             return None
         t, spread, signals, highest, lowest = (np.concatenate(c) for c in zip(*parts))
