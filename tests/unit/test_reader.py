@@ -313,11 +313,13 @@ def test_a_batch_admitted_in_parts_is_the_batch_taken_at_once(sample_drive_frame
     from telemetry.edge.reader import ReaderCore
 
     frames = sample_drive_frames
-    whole = ReaderCore(decoder, "can").batch_message(frames)
+    at_once = ReaderCore(decoder, "can")
+    whole = at_once.batch_message(frames)
     core = ReaderCore(decoder, "can")
     bounds = [0, *sorted(cuts), len(frames)]
     admitted = Frames.concat([core.admit(frames.take(slice(a, b))) for a, b in itertools.pairwise(bounds)])
-    parted = core.batch_message(admitted, admitted=True)
+    parted = core.message_of(admitted)
+    assert core.totals == at_once.totals and core.totals["read"] == len(frames)
     assert parted.batch.names == whole.batch.names
     for key in ("ids", "t", "v"):
         assert np.array_equal(getattr(parted.batch, key), getattr(whole.batch, key))

@@ -559,7 +559,7 @@ class CanReaderComponent:
         admitted, self.admitted = self.admitted, []
         if admitted:
             frames = admitted[0] if len(admitted) == 1 else Frames.concat(admitted)
-            self._publish(self.core.batch_message(frames, admitted=True))
+            self._publish(self.core.message_of(frames))
 
     def run(self, stop: threading.Event) -> None:
         self._stop = stop

@@ -282,22 +282,23 @@ class ReaderCore:
 
     def admit(self, frames: Frames | list[can.Message]) -> Frames:
         """Frames (columns, or python-can's frames from a live bus) as columns, less those whose
-        timestamps the clock guard does not admit (counted). A live reader admits its open batch
-        as it fills, and decodes it once (``batch_message(..., admitted=True)``)."""
+        timestamps the clock guard does not admit (counted), and counted as read. A live reader
+        admits its open batch as it fills, and decodes it once (``message_of``)."""
         if not isinstance(frames, Frames):
             frames = Frames.from_messages(frames)
-        return self.guard.admit(frames)
+        admitted = self.guard.admit(frames)
+        self.totals["read"] += len(admitted)
+        return admitted
 
-    def batch_message(self, frames: Frames | list[can.Message], *, admitted: bool = False) -> messages.Signals:
-        """A batch of frames decoded and counted into one ``signals`` message; frames are first
-        admitted (``admit``) unless they already were."""
-        if not isinstance(frames, Frames):
-            frames = Frames.from_messages(frames)
-        if not admitted:
-            frames = self.guard.admit(frames)
+    def batch_message(self, frames: Frames | list[can.Message]) -> messages.Signals:
+        """A batch of frames admitted, decoded and counted into one ``signals`` message."""
+        return self.message_of(self.admit(frames))
+
+    def message_of(self, frames: Frames) -> messages.Signals:
+        """The ``signals`` message of admitted frames (``admit``), decoded and counted."""
         decoded = self.decoder.decode_frames(frames)
         self.totals["fallback_frames"] += decoded.fallback
-        self.totals.update(decoded.frames)
+        self.totals.update({key: n for key, n in decoded.frames.items() if key != "read"})  # read: when admitted
         self.totals["signal_samples"] += decoded.samples
         self.totals["non_finite_values"] += decoded.non_finite
         self.unknown_ids.update(decoded.unknown_ids)
