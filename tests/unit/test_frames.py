@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import numpy as np
+from hypothesis import given
+from hypothesis import strategies as st
 
 from support.helpers import frame
 from telemetry.edge.frames import Frames
@@ -34,3 +36,17 @@ def test_classic_batches_are_eight_bytes_wide_and_join_with_fd_ones():
     assert joined.data.shape == (2, 64) and joined.id.tolist() == [0x123, 0x1FFFFFFF]
     assert joined.take(np.array([False, True])).t.tolist() == [2.0]
     assert len(Frames.concat([])) == 0
+
+
+@given(st.lists(st.tuples(st.integers(0, 64), st.booleans(), st.booleans(), st.integers(0, 0x1FFFFFFF)), max_size=40))
+def test_any_mix_of_frames_round_trips_through_columns(specs):
+    """Full and short payloads, FD and classic, remote frames with no data: every row is the
+    frame's bytes, zero-padded to the batch's width (8, or 64 once a frame carries more than 8)."""
+    messages = [frame(float(i), ident, bytes((i + j) % 256 for j in range(size)), is_fd=size > 8 or fd,
+                      is_remote_frame=remote and size == 0) for i, (size, fd, remote, ident) in enumerate(specs)]
+    cols = Frames.from_messages(messages)
+    width = 64 if any(len(m.data) > 8 for m in messages) else 8
+    assert cols.data.shape == (len(messages), width)
+    for row, m in zip(cols.data.tolist(), messages):
+        assert bytes(row) == bytes(m.data) + bytes(width - len(m.data))
+    assert [fields(m) for m in cols.to_messages()] == [fields(m) for m in messages]

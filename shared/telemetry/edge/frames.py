@@ -12,6 +12,7 @@ carries.
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -44,22 +45,33 @@ class Frames:
 
     @classmethod
     def from_messages(cls, messages: Sequence[can.Message]) -> Frames:
-        """python-can's frames (a live bus, a binary log) as columns."""
+        """python-can's frames (a live bus, a binary log) as columns: one C-level pass per column
+        (``map``), the payloads joined once and put in their rows by one mask."""
         n = len(messages)
-        length = np.fromiter((len(m.data) if m.data else 0 for m in messages), np.uint8, n)
-        width = FD if n and int(length.max()) > CLASSIC else CLASSIC
-        # every payload padded to the width, joined once: one copy, no numpy call per frame
-        pad = bytes(width)
-        blob = b"".join(bytes(m.data or b"")[:width] + pad[len(m.data or b""):] for m in messages)
-        data = np.frombuffer(blob, np.uint8).reshape(n, width).copy() if n else np.zeros((0, width), np.uint8)
+        datas = list(map(_DATA, messages))  # bytearrays (join and len take them as they are)
+        if None in datas:
+            datas = [b"" if d is None else d for d in datas]
+        length = np.fromiter(map(len, datas), np.int64, n)
+        longest = int(length.max()) if n else 0
+        width = FD if longest > CLASSIC else CLASSIC
+        kept = length
+        if longest > FD:  # no row holds it (the readers refuse such frames): cut to the width
+            datas = [d[:width] for d in datas]
+            kept = np.minimum(length, width)
+        blob = np.frombuffer(b"".join(datas), np.uint8)
+        if len(blob) == n * width:  # every frame full: the usual case
+            data = blob.reshape(n, width).copy()
+        else:
+            data = np.zeros((n, width), np.uint8)
+            data[np.arange(width) < kept[:, None]] = blob
         return cls(
-            np.fromiter((m.timestamp for m in messages), np.float64, n),
-            np.fromiter((m.arbitration_id for m in messages), np.uint32, n),
-            np.fromiter((m.is_extended_id for m in messages), bool, n),
-            np.fromiter((m.is_error_frame for m in messages), bool, n),
-            np.fromiter((m.is_remote_frame for m in messages), bool, n),
-            np.fromiter((m.is_fd for m in messages), bool, n),
-            length,
+            np.fromiter(map(_TIMESTAMP, messages), np.float64, n),
+            np.fromiter(map(_ID, messages), np.uint32, n),
+            np.fromiter(map(_EXTENDED, messages), bool, n),
+            np.fromiter(map(_ERROR, messages), bool, n),
+            np.fromiter(map(_REMOTE, messages), bool, n),
+            np.fromiter(map(_FD, messages), bool, n),
+            length.astype(np.uint8),
             data,
         )
 
@@ -90,3 +102,12 @@ class Frames:
 
         return cls(joined("t"), joined("id"), joined("extended"), joined("error"), joined("remote"), joined("fd"),
                    joined("length"), np.concatenate(data))
+
+
+_DATA = operator.attrgetter("data")
+_TIMESTAMP = operator.attrgetter("timestamp")
+_ID = operator.attrgetter("arbitration_id")
+_EXTENDED = operator.attrgetter("is_extended_id")
+_ERROR = operator.attrgetter("is_error_frame")
+_REMOTE = operator.attrgetter("is_remote_frame")
+_FD = operator.attrgetter("is_fd")
