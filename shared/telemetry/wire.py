@@ -344,13 +344,13 @@ def _uvarints(u: np.ndarray) -> bytes:
     """Unsigned LEB128: 7 bits a byte, low first, the high bit set on every byte but a value's last."""
     u = np.asarray(u, np.uint64)
     if len(u) <= 4:  # a length, a count: numpy's calls would cost more than the bytes
-        out = bytearray()
+        few = bytearray()
         for value in u.tolist():
             while value > 0x7F:
-                out.append(value & 0x7F | 0x80)
+                few.append(value & 0x7F | 0x80)
                 value >>= 7
-            out.append(value)
-        return bytes(out)
+            few.append(value)
+        return bytes(few)
     if int(u.max()) <= 0x7F:  # every value one byte: the usual column of small offsets
         return u.astype(np.uint8).tobytes()
     nbytes = np.ones(len(u), np.int64)
