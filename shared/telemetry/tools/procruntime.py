@@ -254,7 +254,8 @@ class _Process:
         self.source_done = threading.Event()
         self.source_error: BaseException | None = None
         self.gone = False
-        self.stopping = False
+        self.stopping = False  # told to stop, or failed (it exits by itself)
+        self.ended = False  # its process has ended and been waited for
         self.receiver = threading.Thread(target=self._receive, name=f"from-{recipe.name}", daemon=True)
         self.receiver.start()
 
@@ -373,8 +374,12 @@ class _Process:
 
     # -- stopping ----------------------------------------------------------------------------
     def stop(self, timeout: float = STOP_TIMEOUT) -> None:
-        self.stopping = True
-        if not self.gone:
+        """Ask the child to stop (unless it has failed: then it is ending by itself) and wait for
+        its process to end; once."""
+        if self.ended:
+            return
+        failed, self.stopping = self.stopping, True
+        if not self.gone and not failed:
             try:
                 self.send(("stop",))
                 # a start given up on (another component failed) may leave its "built" or
@@ -393,6 +398,7 @@ class _Process:
             self.process.join(5)
         self.conn.close()
         self.receiver.join(5)
+        self.ended = True
 
 
 class RemoteComponent:
@@ -415,6 +421,8 @@ class ProcessRuntime(Nucleus):
 
     The configuration crosses to the children pickled, and each child has its own system clock:
     there is no ``clock`` to hand in (a fake clock cannot be shared between processes)."""
+
+    shares_decoding = False  # each child decodes its own copy, as on a core
 
     def __init__(
         self,
@@ -498,9 +506,9 @@ class ProcessRuntime(Nucleus):
         names = [r.name for r in self.order if r.name in self._processes]
         for name in reversed(names):
             process = self._processes[name]
-            if process.stopping:
+            if process.ended:
                 continue
-            process.stop()
+            process.stop()  # one that failed to start too: its process is waited for
             if self.runners.pop(name, None) is not None:
                 self.stopped.append(name)
                 LOG.info("stopped %s", name)
