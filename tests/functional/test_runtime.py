@@ -108,6 +108,41 @@ def test_a_message_is_decoded_once_for_all_its_subscribers(monkeypatch):
     assert len(decoded) == 1 and len(got) == 2 and got[0] is got[1]
 
 
+def test_a_binary_payload_is_decoded_once_for_all_its_subscribers_in_a_replay(monkeypatch, short_drive, tmp_path):
+    """The reader's batches go to the aggregator, the detector and the replay's taps; the
+    aggregator's payloads to the uploader and the taps: each is decoded once, and each subscriber
+    gets the same message."""
+    from telemetry.edge import messages
+    from telemetry.tools.replay import replay
+
+    decoded: Counter[str] = Counter()
+    for cls in (messages.Signals, messages.Batch, messages.Aggregates):
+        real = cls.from_bytes.__func__
+
+        def counting(klass, data, _real=real, _name=cls.__name__):
+            decoded[_name] += 1
+            return _real(klass, data)
+
+        monkeypatch.setattr(cls, "from_bytes", classmethod(counting))
+    published: Counter[str] = Counter()
+    real_deliver = LocalRuntime.deliver
+
+    def deliver(self, topic, wire):
+        if messages.is_binary(wire):
+            published[messages._BINARY[bytes(wire[:4])].__name__] += 1
+        return real_deliver(self, topic, wire)
+
+    monkeypatch.setattr(LocalRuntime, "deliver", deliver)
+    replay(short_drive, out_dir=tmp_path, config=SAMPLE / "vehicle.toml")
+    assert published["Signals"] >= 1 and published["Aggregates"] + published["Batch"] >= 1
+    # three subscribers (aggregator, detector, the taps), one decode; a batch of payloads (two
+    # subscribers: uploader, taps) decodes its items inside it, once
+    assert decoded["Signals"] == published["Signals"]
+    assert decoded["Batch"] == published["Batch"]
+    if not published["Batch"]:
+        assert decoded["Aggregates"] == published["Aggregates"]
+
+
 def test_functions_get_their_events_as_their_recipe_says(monkeypatch):
     """A function whose recipe takes binary gets the payload's bytes (JSON ones too); one that
     takes JSON gets the decoded object, and a binary payload routed to it is counted."""

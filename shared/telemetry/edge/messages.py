@@ -20,6 +20,7 @@ import base64
 import json
 import math
 import struct
+import threading
 import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -941,6 +942,17 @@ KINDS: dict[str, type[Message]] = {
 _BINARY: dict[bytes, type[Message]] = {COLUMNS_MAGIC: Signals, BATCH_MAGIC: Batch, wire.MAGIC: Aggregates}
 
 
+class Shared(bytes):
+    """A binary payload the local runtime hands to several subscribers of one process: decoded
+    once, by the first of them (``decode``); messages are immutable, so they share it. On a core
+    each function has its own process and its own copy, as Greengrass gives it."""
+
+    def __init__(self, _data: bytes) -> None:
+        super().__init__()
+        self.lock = threading.Lock()
+        self.message: Message | None = None
+
+
 def decode(event: Any, *kinds: str) -> Message:
     """Check an incoming pub/sub event and return it as its typed message.
 
@@ -948,6 +960,13 @@ def decode(event: Any, *kinds: str) -> Message:
     json), or the payload's bytes (binary): a binary signals batch, or JSON as bytes.
     Raises MessageError with a reason a person can act on; the caller counts it and carries on.
     """
+    if isinstance(event, Shared):
+        with event.lock:  # the first subscriber decodes it; the others take its message
+            if event.message is None:
+                event.message = decode(bytes(event))
+        if kinds and event.message.kind not in kinds:
+            raise MessageError(f"unexpected message kind {event.message.kind!r} (expected {', '.join(kinds)})")
+        return event.message
     if isinstance(event, (bytes, bytearray, memoryview)):
         data = bytes(event)
         if is_binary(data):

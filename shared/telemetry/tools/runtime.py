@@ -29,7 +29,7 @@ from telemetry.edge.clock import Clock, SystemClock
 from telemetry.edge.components import LambdaAdapter, Services
 from telemetry.edge.config import VehicleConfig
 from telemetry.edge.errors import RecipeError
-from telemetry.edge.messages import Message, is_binary
+from telemetry.edge.messages import Message, Shared, is_binary
 from telemetry.edge.transport import CloudTransport, Handler
 from telemetry.tools.recipes import Recipe, check_recipes, import_handler, load_recipes
 
@@ -125,6 +125,8 @@ class Nucleus:
     Subclasses say how an event reaches a route (``_hand``), when every route has handled what
     it was given (``_settle``) and which components still hold work of their own (``_holding``)."""
 
+    shares_decoding = True  # subscribers in this process share a binary payload's decoding
+
     def __init__(self, recipes_dir: str | Path, config: VehicleConfig, cloud: CloudTransport, *,
                  env: Mapping[str, str] | None = None, root: str | Path | None = None) -> None:
         self.recipes = load_recipes(recipes_dir, root)
@@ -157,7 +159,8 @@ class Nucleus:
             LOG.debug("no subscriber for %s", topic)
             return
         # JSON is decoded at most once for every subscriber that takes it here (they read it,
-        # never change it). A function that takes binary gets the bytes, as Greengrass gives them.
+        # never change it), and a binary payload too (``Shared``: in this process only). A
+        # function that takes binary gets the bytes, as Greengrass gives them.
         parsed: list[Any] = []
 
         def as_json() -> Any:
@@ -166,6 +169,8 @@ class Nucleus:
             return parsed[0]
 
         binary = is_binary(wire)
+        if binary and self.shares_decoding and len(routes) + len(taps) > 1:
+            wire = Shared(wire)  # and a binary payload once, by the first that takes it
         for route in routes:
             if binary and not route.recipe.binary_input:  # Greengrass could not hand this over either
                 route.stats["binary_to_json_function"] += 1
