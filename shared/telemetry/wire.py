@@ -7,12 +7,13 @@ that barely moves costs a few bits per window; a cell whose statistics collapse 
 ``min == max``) carries one value; names travel once per payload (or as runs over the DBC's
 schema); the signals of one CAN message share their window and count columns; integers are
 varints; an IEEE float signal whose values sit on a power-of-two grid travels as integers too;
-the body is raw deflate with a preset dictionary (layout 2; decode also reads layout 1).
+the body is raw deflate with a preset dictionary (layout 3; decode also reads layouts 1 and 2).
 
 Exactness: ``min``, ``max``, ``first``, ``last`` and a collapsed cell's value come back bit for
 bit (the encoder checks every one and sends a signal whose values are not on its DBC grid as
-float64 instead); ``mean`` comes back within half a step divided by the count (its sum of raw
-values is sent); ``std`` within half a step; ``t_min``/``t_max`` to the microsecond.
+float64 instead); ``mean`` within half a DBC step (it travels rounded to the step; exact, from
+its sum of raw values, for a signal on an inferred power-of-two grid and in a thinned payload);
+``std`` within half a step; ``t_min``/``t_max`` to the microsecond.
 
 This module needs numpy and the standard library only , so the
 cloud-side decoder runs wherever numpy does.
@@ -33,8 +34,8 @@ from typing import Any
 import numpy as np
 
 MAGIC = b"TLMA"
-VERSION = 2  # the layout encode writes; decode reads 1 and 2 (a spool may hold either)
-READS = (1, 2)
+VERSION = 3  # the layout encode writes; decode reads 1, 2 and 3 (a spool may hold any)
+READS = (1, 2, 3)
 KIND = "aggregates"
 CONTENT_TYPE = "application/vnd.telemetry.windows"  # MQTT 5 content type of a payload
 
@@ -482,12 +483,15 @@ def _grids(t: Table, res: Mapping[str, Resolution], count: np.ndarray) -> dict[i
     return out
 
 
-def encode(p: Payload, *, codec: str = "zlib", level: int | None = None, schema: Schema | None = None) -> bytes:
-    """The payload as bytes (layout 2): ``TLMA``, version, codec, the body's size, then the
-    compressed body: the header (JSON), the signal dictionary (JSON), then the columns
-    (docs/MESSAGES.md)."""
+def encode(p: Payload, *, codec: str = "zlib", level: int | None = None, schema: Schema | None = None,
+           layout: int = VERSION) -> bytes:
+    """The payload as bytes (layout 3; ``layout=2`` writes the previous one, for tests of the
+    decoder): ``TLMA``, version, codec, the body's size, then the compressed body: the header
+    (JSON), the signal dictionary (JSON), then the columns (docs/MESSAGES.md)."""
     if codec not in CODECS:
         raise ValueError(f"unknown codec {codec!r} (known: {', '.join(CODECS)})")
+    if layout not in (2, 3):
+        raise ValueError(f"encode writes layout 2 or 3, not {layout!r}")
     if schema is None and p.schema is not None:
         schema = _SCHEMAS.get(p.schema)
     t = p.table
@@ -604,12 +608,17 @@ def encode(p: Payload, *, codec: str = "zlib", level: int | None = None, schema:
         # mean as the exact sum of raw values S: floor(S / count) is the reference, S mod count
         # travels too (so the mean is exact, and the same however the samples were batched)
         if ref == "mean":
+            # layout 3: the mean rounded to the step (within half a step), but where it travels
+            # exact (``_exact_means``) as in layout 2
+            summed = _exact_means(ints, sid, list(grids), len(t.names), p.thinned, layout)
             with np.errstate(invalid="ignore", over="ignore"):
-                total = np.rint(count[ints] * ((t.stats["mean"][ints] - off[ints]) / sc[ints]))
+                steps = (t.stats["mean"][ints] - off[ints]) / sc[ints]
+                total = np.rint(np.where(summed[ints], count[ints] * steps, steps))
             total = np.where(np.isfinite(total), total, 0).astype(np.int64)
-            ref_q = np.floor_divide(total, count[ints])
+            n = np.where(summed[ints], count[ints], 1)
+            ref_q = np.floor_divide(total, n)
             sections.append(_varints(_split_delta(ref_q, _starts(sid[ints]))))
-            sections.append(_uvarints((total - ref_q * count[ints]).astype(np.uint64)))
+            sections.append(_uvarints((total - ref_q * n)[summed[ints]].astype(np.uint64)))
         else:
             ref_q = q(t.stats[ref], ints)
             sections.append(_varints(_split_delta(ref_q, _starts(sid[ints]))))
@@ -632,7 +641,21 @@ def encode(p: Payload, *, codec: str = "zlib", level: int | None = None, schema:
             if stat in t.stats:
                 sections.append(us(t.stats[stat], wide))
     body = b"".join(_uvarints(np.asarray([len(x)], np.uint64)) + x for x in sections)
-    return _OUTER.pack(MAGIC, VERSION, CODECS.index(codec), len(body)) + _compress(body, codec, level)
+    return _OUTER.pack(MAGIC, layout, CODECS.index(codec), len(body)) + _compress(body, codec, level)
+
+
+def _exact_means(ints: np.ndarray, sid: np.ndarray, on_grid: Sequence[int], n_sig: int,
+                 thinned: Mapping[str, Any] | None, layout: int) -> np.ndarray:
+    """Per cell: whether its mean travels as the exact sum of its raw values (``floor(S /
+    count)``, then ``S mod count``) rather than rounded to the step. Layout 2: every cell. Layout
+    3: the cells of a signal on an inferred grid (no DBC step to round to), and every cell of a
+    thinned payload (its means are sums of means already rounded: whole steps, sent exactly, so
+    the mean stays within half a step of the samples' whatever the thinning)."""
+    if layout == 2 or thinned:
+        return ints.copy()
+    by_grid = np.zeros(n_sig, bool)
+    by_grid[list(on_grid)] = True
+    return ints & by_grid[sid]
 
 
 def _json(value: Any) -> bytes:
@@ -733,8 +756,8 @@ def decode(data: bytes | bytearray | memoryview, schema: Schema | None = None) -
     if size > MAX_BODY:
         raise WireError(f"aggregates body of {size} bytes is over {MAX_BODY}")
     body = _decompress(data[_OUTER.size:], CODECS[codec_id], size, version)
-    if version == 2:
-        return _decode_v2(body, schema)
+    if version >= 2:
+        return _decode_v2(body, schema, version)
     r = _Reader(body)  # layout 1
     try:
         head = _check_header(json.loads(r.section(), parse_constant=_no_constant), 1)
@@ -945,7 +968,8 @@ class _Reader2:
         return data.view("<f4" if width == 4 else "<f8").reshape(count).astype(np.float64)
 
 
-def _decode_v2(body: bytes, schema: Schema | None) -> Payload:
+def _decode_v2(body: bytes, schema: Schema | None, version: int = 2) -> Payload:
+    """Layouts 2 and 3 (which differ only in how the mean travels: ``_exact_means``)."""
     r = _Reader2(body)
     try:
         head = _check_header(json.loads(r.section(), parse_constant=_no_constant), 2)
@@ -1023,7 +1047,12 @@ def _decode_v2(body: bytes, schema: Schema | None) -> Payload:
         values(_join_delta(r.ints(int(c_int.sum())), _starts(sid[c_int])), c_int, one)
         one[c_float] = r.floats(int(c_float.sum()))
         ref_q = _join_delta(r.ints(n_ints), _starts(sid[ints]))
-        rem = r.uints(n_ints) if ref == "mean" else None
+        rem = None
+        if ref == "mean":  # the remainders of the means that travel as sums; the others are rounded
+            summed = _exact_means(ints, sid, [i for i, _ in grid], n_sig, head.get("thinned"), version)
+            rem = np.zeros(cells)
+            rem[summed] = r.uints(int(summed.sum())) / count[summed]
+            rem = rem[ints]
         ref_f = r.floats(n_floats)
         for stat in ("mean", "min", "max", "first", "last"):
             if stat not in stats:
@@ -1031,7 +1060,7 @@ def _decode_v2(body: bytes, schema: Schema | None) -> Payload:
             x = one.copy()
             if stat == ref:
                 if rem is not None:
-                    x[ints] = (ref_q + rem / count[ints]) * sc[ints] + off[ints]
+                    x[ints] = (ref_q + rem) * sc[ints] + off[ints]
                 else:
                     values(ref_q, ints, x)
                 x[floats] = ref_f

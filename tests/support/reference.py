@@ -26,6 +26,7 @@ import can
 import cantools
 
 from telemetry import wire
+from telemetry.edge.messages import ZD1_DICTIONARY
 
 
 def reference(log: str | Path, dbcs: list[str | Path], window: float) -> dict[str, Any]:
@@ -132,8 +133,8 @@ def whole_alert(message: dict[str, Any]) -> dict[str, Any]:
 
 
 def messages_of(cloud_lines: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The messages inside the uploader's bundles (zlib+base64 or plain), read by the format's
-    documentation, not by the package's code."""
+    """The messages inside the uploader's bundles (zd1, zlib+base64 or plain), read by the
+    format's documentation, not by the package's code (but for the dictionary's bytes)."""
     out = []
     for line in cloud_lines:
         aggregates = wire.from_outbox_line(line)  # binary: its own documented decoder
@@ -143,7 +144,16 @@ def messages_of(cloud_lines: list[dict[str, Any]]) -> list[dict[str, Any]]:
         payload = line["payload"]
         if payload.get("kind") != "bundle":
             continue
-        if payload["encoding"] == "zlib+base64":
+        if payload["encoding"] == "zd1":  # raw deflate with the documented preset dictionary
+            z = zlib.decompressobj(-15, ZD1_DICTIONARY)
+            items = json.loads(z.decompress(base64.b64decode(payload["data"])))
+            assert z.eof and not z.unused_data
+            # an item is the message itself (an alert) or {"id", "message"}; without the
+            # envelope's v, kind and vehicle
+            items = [item if "message" in item else {"message": item} for item in items]
+            for item in items:
+                item["message"] = {"v": 1, "kind": payload["of"], "vehicle": payload["vehicle"], **item["message"]}
+        elif payload["encoding"] == "zlib+base64":
             items = json.loads(zlib.decompress(base64.b64decode(payload["data"])))
         else:
             items = payload["messages"]

@@ -75,7 +75,10 @@ def table_of(rows, names):
                       {s: np.array(x, np.int64 if s == "count" else np.float64) for s, x in stats.items()}).sorted()
 
 
-def check_equal(table: wire.Table, got: wire.Table, res: dict, width: float) -> None:
+def check_equal(table: wire.Table, got: wire.Table, res: dict, width: float, *, mean_exact: bool = False) -> None:
+    """``got`` is ``table`` as the layout states: count, min, max, first, last bit for bit; the
+    mean within half a DBC step (layout 3; ``mean_exact``: from the sum of raw values, layout 2,
+    or a signal without a resolution); std within half a step; times to the microsecond."""
     assert got.names == table.names or sorted(got.names) == sorted(table.names)
     order = {n: i for i, n in enumerate(got.names)}
     back = np.array([order[n] for n in table.names], np.int64)
@@ -91,8 +94,10 @@ def check_equal(table: wire.Table, got: wire.Table, res: dict, width: float) -> 
             r = res.get(name)
             if stat in ("count", "min", "max", "first", "last"):
                 assert a == b, (name, stat, a, b)  # exact
-            elif stat == "mean":
+            elif stat == "mean" and (mean_exact or not r):
                 assert b == pytest.approx(a, rel=1e-12, abs=1e-9 * (abs(r[0]) if r else 1)), (name, stat)
+            elif stat == "mean":  # the stated bound: half a step (and float rounding)
+                assert abs(a - b) <= abs(r[0]) / 2 + 1e-9 * max(1.0, abs(a)), (name, stat, a, b)
             elif stat == "std":
                 assert abs(a - b) <= (abs(r[0]) / 2 if r else 0) + 1e-9 * max(1.0, abs(a)), (name, stat, a, b)
             else:  # t_min, t_max: to the microsecond
@@ -102,8 +107,8 @@ def check_equal(table: wire.Table, got: wire.Table, res: dict, width: float) -> 
 @settings(max_examples=150, deadline=None)
 @given(tables(), st.sampled_from([wire.STATISTICS, wire.DEFAULT_STATS, ("count",), ("count", "mean"),
                                   ("count", "min", "t_min"), ("count", "last", "std")]),
-       st.booleans(), st.sampled_from(wire.CODECS))
-def test_decode_of_encode_is_the_same_windows_at_the_dbc_resolution(data, stats, by_schema, codec):
+       st.booleans(), st.sampled_from(wire.CODECS), st.sampled_from((2, 3)))
+def test_decode_of_encode_is_the_same_windows_at_the_dbc_resolution(data, stats, by_schema, codec, layout):
     width, res, rows = data
     names = sorted({name for _, name, _, _ in rows})
     if not names:
@@ -112,12 +117,12 @@ def test_decode_of_encode_is_the_same_windows_at_the_dbc_resolution(data, stats,
     payload = wire.Payload("car", 7, "default", width, min(table.window) * width, (max(table.window) + 1) * width,
                            table, 3, 12.5, res=res)
     schema = wire.Schema.of(res) if by_schema else None
-    data_bytes = wire.encode(payload, codec=codec, schema=schema)
+    data_bytes = wire.encode(payload, codec=codec, schema=schema, layout=layout)
     got = wire.decode(data_bytes, schema)
     assert (got.vehicle, got.seq, got.group, got.width, got.start, got.end) == ("car", 7, "default", width,
                                                                                 payload.start, payload.end)
     assert (got.late_samples, got.late_oldest, got.stats) == (3, 12.5, tuple(stats))
-    check_equal(table, got.table, res, width)
+    check_equal(table, got.table, res, width, mean_exact=layout == 2)
 
 
 def test_signals_on_their_grid_travel_as_small_integers():
@@ -201,7 +206,7 @@ def rebuilt(head_change=None, body=None, dictionary_change=None) -> bytes:
 @pytest.mark.parametrize(("data", "reason"), [
     (b"TLMA", "no TLMA prefix"),
     (b"XXXX\x02\x00\x00\x00\x00\x00", "no TLMA prefix"),
-    (b"TLMA\x03\x00\x00\x00\x00\x00", "version 3"),
+    (b"TLMA\x04\x00\x00\x00\x00\x00", "version 4"),
     (b"TLMA\x02\x07\x00\x00\x00\x00", "unknown codec"),
     (b"TLMA\x02\x00\xff\xff\xff\xff", "over"),
     (b"TLMA\x02\x00\x10\x00\x00\x00" + deflate(b"x" * 15), "its prefix says 16"),
@@ -249,16 +254,21 @@ V1_WINDOWS = {5.0: {"A.x": {"count": 2, "min": 1.0, "max": 1.5, "mean": 1.25}, "
               6.0: {"B.y": {"count": 3, "min": 3.0, "max": 4.0, "mean": 10 / 3}, "C.z": {"count": 2, "min": 0.25, "max": 0.75, "mean": 0.5}}}
 
 
-def test_a_layout_1_payload_still_decodes_and_comes_back_as_layout_2():
+def test_a_layout_1_payload_still_decodes_and_comes_back_as_layout_3():
     schema = wire.register(wire.Schema.of({"A.x": (0.5, 0.0), "B.y": (1.0, 0.0), "C.z": None, "D.w": (0.1, 0.0)}))
+    rounded = {k: {n: dict(s) for n, s in w.items()} for k, w in V1_WINDOWS.items()}
+    rounded[6.0]["B.y"]["mean"] = 3.0  # 10/3 to the nearest step of 1.0: layout 3's stated precision
+    rounded[5.0]["A.x"]["mean"] = 1.0  # 1.25, 2.5 steps of 0.5: to the even one (half a step off)
     for text in (V1_BY_NAMES, V1_BY_SCHEMA):
         old = base64.b64decode(text)
         assert old[4] == 1
         got = wire.decode(old)
         assert got.windows() == V1_WINDOWS
         again = wire.encode(got, schema=schema)
-        assert again[4] == 2 and wire.decode(again).windows() == V1_WINDOWS
+        assert again[4] == 3 and wire.decode(again).windows() == rounded
         assert len(again) < len(old)
+        layout_2 = wire.encode(got, schema=schema, layout=2)  # still read: a spool may hold them
+        assert layout_2[4] == 2 and wire.decode(layout_2).windows() == V1_WINDOWS
 
 
 def test_a_payload_by_an_unknown_schema_says_what_the_decoder_needs():
@@ -299,6 +309,23 @@ def test_thinning_merges_windows_exactly_and_says_so():
     fewer = wire.decode(wire.encode(wire.thin(p, 1, ("count", "mean"))))
     assert fewer.stats == ("count", "mean") and fewer.thinned == {"factor": 1, "from_width": 1.0, "stats": ["count", "mean"]}
     assert len(wire.encode(wire.thin(p, 10, ("count", "mean")))) < len(wire.encode(p)) / 2
+
+
+def test_a_mean_rounded_on_the_wire_stays_within_half_a_step_when_the_uploader_thins_it():
+    """The uploader thins payloads it decoded (means already rounded to the step): a thinned
+    payload carries its means as exact sums of raw values, so the bound holds after thinning."""
+    rng = np.random.default_rng(7)
+    rows = [(k, "A.x", rng.integers(0, 1000, 5) * 0.1, k + np.linspace(0, 0.9, 5)) for k in range(20)]
+    table = table_of(rows, ["A.x"]).select(wire.DEFAULT_STATS)
+    sent = wire.decode(wire.encode(wire.Payload("car", 1, "g", 1.0, 0.0, 20.0, table, res={"A.x": (0.1, 0.0)})))
+    means = sent.table.stats["mean"]
+    assert not np.array_equal(means, table.stats["mean"])  # rounded, to the step
+    assert np.abs(means - table.stats["mean"]).max() <= 0.05 + 1e-9
+    thinned = wire.decode(wire.encode(wire.thin(sent, 5)))
+    for j in range(4):
+        v = np.concatenate([r[2] for r in rows[5 * j:5 * j + 5]])
+        assert abs(thinned.table.stats["mean"][j] - v.mean()) <= 0.05 + 1e-9
+        assert thinned.table.stats["mean"][j] == pytest.approx(means[5 * j:5 * j + 5].mean(), abs=1e-12)  # exact sum
 
 
 def test_a_split_payload_holds_every_cell_once_with_its_own_id():
