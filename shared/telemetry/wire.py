@@ -338,6 +338,7 @@ _ZDICT = (b'{"schema":"","extra":{"names":[],"res":[]},"as_float":[],"grid":[[0,
           b'{"vehicle":"","seq":1,"group":"default","width":1.0,"start":0.0,"end":60.0,'
           b'"stats":["count","min","max","mean"]}')
 _MAX_GRID = 60  # an IEEE float signal on a grid finer than 2**-60 travels as float
+_ROUND_GRID = 8  # layout 3: the mean of a signal on an inferred grid 2**-s, s >= 8, is rounded to it
 _MAX_GRID_RAW = 2.0**40  # and one whose values on the grid are this large (a float32 needs 24 bits)
 
 
@@ -547,11 +548,15 @@ def encode(p: Payload, *, codec: str = "zlib", level: int | None = None, schema:
         if as_float:
             dictionary["as_float"] = as_float
     on_grid = [[i, s] for i, s in grids.items() if exact[i]]
-    if on_grid:
+    if on_grid and layout == 2:
         dictionary["grid"] = on_grid
     sections: list[bytes] = [_json(head), _json(dictionary)]
     if schema is not None:
         sections.append(runs)
+    if layout == 3:  # the grids as a count column: position (from the previous one's), s; ...
+        flat = np.asarray(on_grid, np.int64).reshape(-1, 2)
+        flat[1:, 0] -= flat[:-1, 0].copy()
+        sections.append(_uvarints(flat.ravel().astype(np.uint64)))
     sid, window = t.sid, t.window
     n_sig = len(t.names)
     # the cells of a signal (its windows and their counts) are those of an earlier signal more
@@ -610,7 +615,7 @@ def encode(p: Payload, *, codec: str = "zlib", level: int | None = None, schema:
         if ref == "mean":
             # layout 3: the mean rounded to the step (within half a step), but where it travels
             # exact (``_exact_means``) as in layout 2
-            summed = _exact_means(ints, sid, list(grids), len(t.names), p.thinned, layout)
+            summed = _exact_means(ints, sid, [i for i, s in grids.items() if s < _ROUND_GRID], len(t.names), p.thinned, layout)
             with np.errstate(invalid="ignore", over="ignore"):
                 steps = (t.stats["mean"][ints] - off[ints]) / sc[ints]
                 total = np.rint(np.where(summed[ints], count[ints] * steps, steps))
@@ -648,8 +653,9 @@ def _exact_means(ints: np.ndarray, sid: np.ndarray, on_grid: Sequence[int], n_si
                  thinned: Mapping[str, Any] | None, layout: int) -> np.ndarray:
     """Per cell: whether its mean travels as the exact sum of its raw values (``floor(S /
     count)``, then ``S mod count``) rather than rounded to the step. Layout 2: every cell. Layout
-    3: the cells of a signal on an inferred grid (no DBC step to round to), and every cell of a
-    thinned payload (its means are sums of means already rounded: whole steps, sent exactly, so
+    3: the cells of a signal on an inferred grid coarser than ``2**-_ROUND_GRID`` (``on_grid``:
+    a float signal whose values happen to be whole numbers has no step to round to), and every
+    cell of a thinned payload (its means are sums of means already rounded: whole steps, sent exactly, so
     the mean stays within half a step of the samples' whatever the thinning)."""
     if layout == 2 or thinned:
         return ints.copy()
@@ -992,7 +998,7 @@ def _decode_v2(body: bytes, schema: Schema | None, version: int = 2) -> Payload:
     n_sig = len(names)
     scale, offset = _resolutions(names, res)
     dbc = ~np.isnan(scale)
-    grid = dictionary.get("grid", [])
+    grid = dictionary.get("grid", []) if version == 2 else _grid_section(r)
     if not (isinstance(grid, list) and all(isinstance(g, list) and len(g) == 2 and _count(g[0]) and g[0] < n_sig
                                            and _count(g[1]) and g[1] <= _MAX_GRID and res[g[0]] is None for g in grid)):
         raise WireError("aggregates dictionary: 'grid' must list [position, s] of signals without a resolution")
@@ -1049,7 +1055,7 @@ def _decode_v2(body: bytes, schema: Schema | None, version: int = 2) -> Payload:
         ref_q = _join_delta(r.ints(n_ints), _starts(sid[ints]))
         rem = None
         if ref == "mean":  # the remainders of the means that travel as sums; the others are rounded
-            summed = _exact_means(ints, sid, [i for i, _ in grid], n_sig, head.get("thinned"), version)
+            summed = _exact_means(ints, sid, [i for i, s in grid if s < _ROUND_GRID], n_sig, head.get("thinned"), version)
             rem = np.zeros(cells)
             rem[summed] = r.uints(int(summed.sum())) / count[summed]
             rem = rem[ints]
@@ -1081,6 +1087,19 @@ def _decode_v2(body: bytes, schema: Schema | None, version: int = 2) -> Payload:
         raise WireError(f"aggregates body has {len(r.body) - r.at} bytes after its last column")
     table = Table(tuple(names), window, sid, {x: cols[x] for x in stats})
     return _payload(head, table, scale, offset, dbc, dictionary.get("schema"))
+
+
+def _grid_section(r: _Reader2) -> list[list[int]]:
+    """Layout 3's grids: a count column of (position from the previous one's, s) pairs."""
+    raw = r.section()
+    flat = _read_uvarints(raw, int((np.frombuffer(raw, np.uint8) < 0x80).sum()))
+    if len(flat) % 2 or (len(flat) and flat.max() > np.uint64(2**31)):
+        raise WireError("aggregates payload: grids must be pairs of (position, s)")
+    pairs = flat.astype(np.int64).reshape(-1, 2)
+    if (pairs[1:, 0] < 1).any():
+        raise WireError("aggregates payload: grid positions must increase")
+    pairs[:, 0] = np.cumsum(pairs[:, 0])
+    return [[int(i), int(s)] for i, s in pairs.tolist()]
 
 
 def _by_schema2(dictionary: dict[str, Any], r: _Reader2, schema: Schema | None) -> tuple[list[str], list[Any]]:

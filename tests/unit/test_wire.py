@@ -77,8 +77,9 @@ def table_of(rows, names):
 
 def check_equal(table: wire.Table, got: wire.Table, res: dict, width: float, *, mean_exact: bool = False) -> None:
     """``got`` is ``table`` as the layout states: count, min, max, first, last bit for bit; the
-    mean within half a DBC step (layout 3; ``mean_exact``: from the sum of raw values, layout 2,
-    or a signal without a resolution); std within half a step; times to the microsecond."""
+    mean within half a DBC step (layout 3; ``mean_exact``: from the sum of raw values, layout 2),
+    a float signal's exact or within half the step of the grid it travels on (at most 2**-9);
+    std within half a step; times to the microsecond."""
     assert got.names == table.names or sorted(got.names) == sorted(table.names)
     order = {n: i for i, n in enumerate(got.names)}
     back = np.array([order[n] for n in table.names], np.int64)
@@ -94,8 +95,10 @@ def check_equal(table: wire.Table, got: wire.Table, res: dict, width: float, *, 
             r = res.get(name)
             if stat in ("count", "min", "max", "first", "last"):
                 assert a == b, (name, stat, a, b)  # exact
-            elif stat == "mean" and (mean_exact or not r):
+            elif stat == "mean" and mean_exact:
                 assert b == pytest.approx(a, rel=1e-12, abs=1e-9 * (abs(r[0]) if r else 1)), (name, stat)
+            elif stat == "mean" and not r:  # a float signal: exact, or within half its grid's step 2**-s, s >= 8
+                assert b == pytest.approx(a, rel=1e-12, abs=1e-9) or abs(a - b) <= 2.0**-9, (name, stat, a, b)
             elif stat == "mean":  # the stated bound: half a step (and float rounding)
                 assert abs(a - b) <= abs(r[0]) / 2 + 1e-9 * max(1.0, abs(a)), (name, stat, a, b)
             elif stat == "std":
@@ -192,13 +195,15 @@ def joined(parts: list[bytes]) -> bytes:
     return out
 
 
-def rebuilt(head_change=None, body=None, dictionary_change=None) -> bytes:
-    """The good payload with its header or dictionary changed, or its body replaced."""
+def rebuilt(head_change=None, body=None, dictionary_change=None, grid=None) -> bytes:
+    """The good payload with its header, dictionary or grid section changed, or its body replaced."""
     data = good_payload()
     parts = sections(inflate(data))
     head, dictionary = json.loads(parts[0]), json.loads(parts[1])
     head.update(head_change or {})
     dictionary.update(dictionary_change or {})
+    if grid is not None:
+        parts[2] = grid  # layout 3 (by names): header, dictionary, grids, cells...
     raw = joined([json.dumps(head).encode(), json.dumps(dictionary).encode(), *parts[2:]]) if body is None else body
     return data[:6] + struct.pack("<I", len(raw)) + deflate(raw)
 
@@ -218,7 +223,9 @@ def rebuilt(head_change=None, body=None, dictionary_change=None) -> bytes:
     ("head:stats", "in that order"),
     ("head:seq", "not a count"),
     ("dict:names", "names must be distinct strings"),
-    ("dict:grid", "'grid' must list"),
+    ("grid:\x00\x03", "'grid' must list"),  # A.x, a signal with a resolution, on a grid
+    ("grid:\x01\x03\x00\x03", "positions must increase"),
+    ("grid:\x01", "pairs of"),
     ("body:tail", "bytes after its last column"),
     ("body:short", "ends early"),
 ])
@@ -232,7 +239,9 @@ def test_a_malformed_payload_is_refused_with_its_reason(data, reason):
                       "stats": {"stats": ["min", "count"]}, "seq": {"seq": -1}}[what]
             data = rebuilt(change)
         elif where == "dict":
-            data = rebuilt(dictionary_change={"names": {"names": ["A.x", "A.x"]}, "grid": {"grid": [[0, 3]]}}[what])
+            data = rebuilt(dictionary_change={"names": {"names": ["A.x", "A.x"]}}[what])
+        elif where == "grid":
+            data = rebuilt(grid=what.encode("latin-1"))
         else:
             raw = inflate(good_payload())
             data = rebuilt(body=raw + b"\x00" if what == "tail" else raw[:-3])
@@ -349,7 +358,7 @@ def test_every_statistic_survives_a_payload_without_a_resolution():
     check_equal(table, got.table, {}, 1.0)
 
 
-def test_an_ieee_float_signal_on_a_power_of_two_grid_travels_as_integers_and_comes_back_bit_for_bit():
+def test_an_ieee_float_signal_on_a_power_of_two_grid_travels_as_integers_and_comes_back_at_its_resolution():
     rng = np.random.default_rng(3)
     k = np.repeat(np.arange(30), 2)
     sid = np.tile(np.arange(2), 30)
@@ -360,11 +369,16 @@ def test_an_ieee_float_signal_on_a_power_of_two_grid_travels_as_integers_and_com
     table = wire.Table(("IMU.AccX", "IMU.Decimal"), k, sid, stats).sorted()
     p = wire.Payload("car", 1, "g", 1.0, 0.0, 30.0, table, res={"IMU.AccX": None, "IMU.Decimal": None})
     data = wire.encode(p)
-    dictionary = json.loads(sections(inflate(data))[1])
-    assert dictionary["grid"] == [[0, 12]]  # only the accelerometer is on a grid: 2**-12
+    assert sections(inflate(data))[2] == bytes((0, 12))  # only the accelerometer is on a grid: 2**-12
     got = wire.decode(data)
-    for stat in ("count", "min", "max", "mean"):
+    for stat in ("count", "min", "max"):
         assert got.table.stats[stat].tolist() == table.stats[stat].tolist(), stat  # bit for bit
+    error = np.abs(got.table.stats["mean"] - table.stats["mean"])
+    assert error[table.sid == 0].max() <= 2.0**-13 and error[table.sid == 0].max() > 0  # rounded: half a step
+    assert error[table.sid == 1].max() == 0  # the decimals, as float: exact
+    layout_2 = wire.decode(wire.encode(p, layout=2))
+    assert json.loads(sections(inflate(wire.encode(p, layout=2)))[1])["grid"] == [[0, 12]]
+    assert layout_2.table.stats["mean"].tolist() == table.stats["mean"].tolist()  # layout 2: bit for bit
     assert got.res == {"IMU.AccX": None, "IMU.Decimal": None}  # what the DBC says, not the grid
     as_float = wire.encode(wire.Payload("car", 1, "g", 1.0, 0.0, 30.0, wire.Table(
         ("IMU.Decimal",), table.window[table.sid == 1], np.zeros(30, np.int64),
@@ -380,6 +394,6 @@ def test_cells_shared_by_the_signals_of_one_message_travel_once():
     table = wire.Table(names, k, sid, {"count": count, "mean": np.ones(len(k))}).sorted()
     p = wire.Payload("car", 1, "g", 1.0, 0.0, 20.0, table, res={n: (1.0, 0.0) for n in names})
     parts = sections(inflate(wire.encode(p)))
-    same = parts[3]
+    same = parts[4]  # header, dictionary, grids, k0, same
     assert same == bytes([0] + [1] * 39)  # each signal shares the cells of the one before it
     assert wire.decode(wire.encode(p)).table.stats["count"].tolist() == table.stats["count"].tolist()
