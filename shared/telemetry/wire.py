@@ -326,9 +326,9 @@ _REF_ORDER = ("mean", "min", "max", "first", "last")  # the first of these prese
 _OUTER = struct.Struct("<4sBBI")  # magic, version, codec, the body's uncompressed size
 
 
-# -- layout 2: varints, shared cell columns, inferred grids, a preset dictionary -----------------
+# -- layouts 2 and 3: varints, shared cell columns, inferred grids, a preset dictionary ----------
 
-# The preset dictionary of layout 2's deflate stream (RFC 1951 raw deflate, no zlib wrapper): the
+# The preset dictionary of layout 2's (and 3's) deflate stream (RFC 1951 raw deflate, no zlib wrapper): the
 # JSON a header and a dictionary are made of, so a header costs its values, not its keys. Part
 # of the layout: changing it needs a new version.
 _ZDICT = (b'{"schema":"","extra":{"names":[],"res":[]},"as_float":[],"grid":[[0,12]]}'
@@ -669,7 +669,7 @@ def _json(value: Any) -> bytes:
 
 
 def _compress(body: bytes, codec: str, level: int | None) -> bytes:
-    if codec == "zlib":  # layout 2: raw deflate with the layout's preset dictionary
+    if codec == "zlib":  # layouts 2 and 3: raw deflate with the layout's preset dictionary
         z = zlib.compressobj(9 if level is None else level, zlib.DEFLATED, -15, 9, zlib.Z_DEFAULT_STRATEGY, _ZDICT)
         return z.compress(body) + z.flush()
     return body
