@@ -4,7 +4,8 @@ The handler only writes each aggregate or alert into the durable spool (committe
 returns). A sender loop, started with the pinned function, takes the spool's messages in
 priority order (alerts and gap reports first, then aggregates, oldest first), packs several of
 one kind into a *bundle* of at most ``max_payload_bytes`` (optionally compressed: deflate with a
-preset dictionary, marked ``zd1``), publishes it at QoS 1 and deletes its messages only once the transport has confirmed it.
+preset dictionary, marked ``zd1``), publishes it at QoS 1 and deletes its messages only once the
+transport has confirmed it.
 
 It stays within AWS IoT Core's per-connection limits (publishes and bytes per second) and the
 vehicle's data budget (bytes per hour on cellular; alerts may go over it). A failed publish is
@@ -75,7 +76,7 @@ def _item_id(entry: Entry, vehicle: str, spool_id: str) -> str:
 
 IOT_CORE_MAX_PAYLOAD = 131_072  # AWS IoT Core: 128 KB per MQTT payload
 
-_ZLIB_TAIL = 16  # at most what "]" and the end of the stream add after a sync flush (3 + 4 bytes)
+_ZLIB_TAIL = 16  # at most what "]" and the end of the stream add after a sync flush (a few bytes)
 
 
 def _item(entry: Entry, vehicle: str, spool_id: str, compress: bool) -> bytes:
@@ -109,10 +110,11 @@ def fit(entries: list[Entry], *, vehicle: str, spool_id: str, compress: bool, ma
 
 
 class _Deflate:
-    """A ``zd1`` stream (raw deflate, preset dictionary) written piece by piece. Its size is known exactly only after a sync flush
-    (which ends a deflate block: a few bytes more each time, so used sparingly), and it can be
-    taken back to such a point (``mark``, ``undo``: a copy of the compressor's state). Pieces
-    are compressed together when the size is next needed: one zlib call for many small ones."""
+    """A ``zd1`` stream (raw deflate, preset dictionary) written piece by piece. Its size is
+    known exactly only after a sync flush (which ends a deflate block: a few bytes more each
+    time, so used sparingly), and it can be taken back to such a point (``mark``, ``undo``: a
+    copy of the compressor's state). Pieces are compressed together when the size is next
+    needed: one zlib call for many small ones."""
 
     def __init__(self) -> None:
         self.z = messages.zd1_compressor(6)
@@ -166,8 +168,8 @@ def _surely_fits(raw: int, zmax: int) -> bool:
 
 
 def _deflate_fitting(items: list[bytes], zmax: int, *, guess: bool = True) -> tuple[bytes | None, int]:
-    """``[item,item,...]`` compressed (``zd1``) into at most ``zmax`` bytes, with as many items as fit
-    (at least one), each compressed once, and how many; None if the first n overshot (the
+    """``[item,item,...]`` compressed (``zd1``) into at most ``zmax`` bytes, with as many items as
+    fit (at least one), each compressed once, and how many; None if the first n overshot (the
     caller packs again).""
 
     While even uncompressed the next item would fit, it goes in without a look. Past that, the
