@@ -11,9 +11,10 @@ the body is raw deflate with a preset dictionary (layout 3; decode also reads la
 
 Exactness: ``min``, ``max``, ``first``, ``last`` and a collapsed cell's value come back bit for
 bit (the encoder checks every one and sends a signal whose values are not on its DBC grid as
-float64 instead); ``mean`` within half a DBC step (it travels rounded to the step; exact, from
-its sum of raw values, for a signal on an inferred power-of-two grid and in a thinned payload);
-``std`` within half a step; ``t_min``/``t_max`` to the microsecond.
+float64 instead); ``mean`` within half a DBC step (layout 3: it travels rounded to the step; a
+float signal on an inferred grid ``2**-s``, ``s >= 8``, to that grid; exact, from its sum of raw
+values, on a coarser grid and in a thinned payload); ``std`` within half a step;
+``t_min``/``t_max`` to the microsecond.
 
 This module needs numpy and the standard library only , so the
 cloud-side decoder runs wherever numpy does.
@@ -328,9 +329,9 @@ _OUTER = struct.Struct("<4sBBI")  # magic, version, codec, the body's uncompress
 
 # -- layouts 2 and 3: varints, shared cell columns, inferred grids, a preset dictionary ----------
 
-# The preset dictionary of layout 2's (and 3's) deflate stream (RFC 1951 raw deflate, no zlib wrapper): the
-# JSON a header and a dictionary are made of, so a header costs its values, not its keys. Part
-# of the layout: changing it needs a new version.
+# The preset dictionary of the deflate stream of layouts 2 and 3 (RFC 1951 raw deflate, no zlib
+# wrapper): the JSON a header and a dictionary are made of, so a header costs its values, not its
+# keys. Part of the layout: changing it needs a new version.
 _ZDICT = (b'{"schema":"","extra":{"names":[],"res":[]},"as_float":[],"grid":[[0,12]]}'
           b'"thinned":{"factor":2,"from_width":1.0,"stats":["count","mean"]},"part":[0,2],'
           b'"late":{"samples":0,"oldest":null},'
@@ -615,7 +616,8 @@ def encode(p: Payload, *, codec: str = "zlib", level: int | None = None, schema:
         if ref == "mean":
             # layout 3: the mean rounded to the step (within half a step), but where it travels
             # exact (``_exact_means``) as in layout 2
-            summed = _exact_means(ints, sid, [i for i, s in grids.items() if s < _ROUND_GRID], len(t.names), p.thinned, layout)
+            coarse = [i for i, s in grids.items() if s < _ROUND_GRID]
+            summed = _exact_means(ints, sid, coarse, len(t.names), p.thinned, layout)
             with np.errstate(invalid="ignore", over="ignore"):
                 steps = (t.stats["mean"][ints] - off[ints]) / sc[ints]
                 total = np.rint(np.where(summed[ints], count[ints] * steps, steps))
@@ -655,8 +657,8 @@ def _exact_means(ints: np.ndarray, sid: np.ndarray, on_grid: Sequence[int], n_si
     count)``, then ``S mod count``) rather than rounded to the step. Layout 2: every cell. Layout
     3: the cells of a signal on an inferred grid coarser than ``2**-_ROUND_GRID`` (``on_grid``:
     a float signal whose values happen to be whole numbers has no step to round to), and every
-    cell of a thinned payload (its means are sums of means already rounded: whole steps, sent exactly, so
-    the mean stays within half a step of the samples' whatever the thinning)."""
+    cell of a thinned payload (its means are sums of means already rounded: whole steps, sent
+    exactly, so the mean stays within half a step of the samples' whatever the thinning)."""
     if layout == 2 or thinned:
         return ints.copy()
     by_grid = np.zeros(n_sig, bool)
@@ -1055,7 +1057,8 @@ def _decode_v2(body: bytes, schema: Schema | None, version: int = 2) -> Payload:
         ref_q = _join_delta(r.ints(n_ints), _starts(sid[ints]))
         rem = None
         if ref == "mean":  # the remainders of the means that travel as sums; the others are rounded
-            summed = _exact_means(ints, sid, [i for i, s in grid if s < _ROUND_GRID], n_sig, head.get("thinned"), version)
+            coarse = [i for i, s in grid if s < _ROUND_GRID]
+            summed = _exact_means(ints, sid, coarse, n_sig, head.get("thinned"), version)
             rem = np.zeros(cells)
             rem[summed] = r.uints(int(summed.sum())) / count[summed]
             rem = rem[ints]
