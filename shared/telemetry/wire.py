@@ -618,12 +618,14 @@ def encode(p: Payload, *, codec: str = "zlib", level: int | None = None, schema:
             # exact (``_exact_means``) as in layout 2
             coarse = [i for i, s in grids.items() if s < _ROUND_GRID]
             summed = _exact_means(ints, sid, coarse, len(t.names), p.thinned, layout)
+            # Both from the exact sum of raw values S (whole: the same however the samples were
+            # batched), the rounding in integers (half up), so that the rounded mean does not
+            # depend on how the aggregator folded its float sums either
             with np.errstate(invalid="ignore", over="ignore"):
-                steps = (t.stats["mean"][ints] - off[ints]) / sc[ints]
-                total = np.rint(np.where(summed[ints], count[ints] * steps, steps))
+                total = np.rint(count[ints] * ((t.stats["mean"][ints] - off[ints]) / sc[ints]))
             total = np.where(np.isfinite(total), total, 0).astype(np.int64)
-            n = np.where(summed[ints], count[ints], 1)
-            ref_q = np.floor_divide(total, n)
+            n = count[ints]
+            ref_q = np.where(summed[ints], np.floor_divide(total, n), np.floor_divide(2 * total + n, 2 * n))
             sections.append(_varints(_split_delta(ref_q, _starts(sid[ints]))))
             sections.append(_uvarints((total - ref_q * n)[summed[ints]].astype(np.uint64)))
         else:

@@ -267,7 +267,7 @@ def test_a_layout_1_payload_still_decodes_and_comes_back_as_layout_3():
     schema = wire.register(wire.Schema.of({"A.x": (0.5, 0.0), "B.y": (1.0, 0.0), "C.z": None, "D.w": (0.1, 0.0)}))
     rounded = {k: {n: dict(s) for n, s in w.items()} for k, w in V1_WINDOWS.items()}
     rounded[6.0]["B.y"]["mean"] = 3.0  # 10/3 to the nearest step of 1.0: layout 3's stated precision
-    rounded[5.0]["A.x"]["mean"] = 1.0  # 1.25, 2.5 steps of 0.5: to the even one (half a step off)
+    rounded[5.0]["A.x"]["mean"] = 1.5  # 1.25, 2.5 steps of 0.5: half up (half a step off)
     for text in (V1_BY_NAMES, V1_BY_SCHEMA):
         old = base64.b64decode(text)
         assert old[4] == 1
