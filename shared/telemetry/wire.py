@@ -449,10 +449,11 @@ def _grid(x: np.ndarray) -> int | None:
     return s if s <= _MAX_GRID else None
 
 
-def _grids(t: Table, res: Mapping[str, Resolution], count: np.ndarray) -> dict[int, int]:
+def _grids(t: Table, res: Mapping[str, Resolution], count: np.ndarray, rounded: bool = False) -> dict[int, int]:
     """Per signal without a resolution: the power-of-two grid its values are on in this payload,
     if every exact statistic is on it and every mean is a sum of samples on it (so the mean
-    travels as exactly as a DBC signal's)."""
+    travels as exactly as a DBC signal's); with ``rounded`` (layout 3), a grid of ``2**-8`` or
+    finer needs no more than the exact statistics: the mean travels rounded to it."""
     out: dict[int, int] = {}
     candidates = [i for i, n in enumerate(t.names) if res.get(n) is None]
     if not candidates:
@@ -470,8 +471,11 @@ def _grids(t: Table, res: Mapping[str, Resolution], count: np.ndarray) -> dict[i
         s = _grid(found)
         if s is None or not (np.abs(found) * 2.0**s < _MAX_GRID_RAW).all():
             continue  # a grid that fine is no sensor's: the values are decimals, not integers scaled
-        if "mean" in t.stats:  # each cell's sum of raw values must be a whole number, exact, and
-            # give back the very mean (as the decoder computes it) bit for bit
+        if "mean" in t.stats and not (rounded and s >= _ROUND_GRID):
+            # each cell's sum of raw values must be a whole number, exact, and give back the very
+            # mean (as the decoder computes it) bit for bit; not where the mean travels rounded
+            # to the grid (layout 3, ``rounded``): there it is within half a step however the
+            # aggregator folded its float sums, and the grid is the same whatever the batches
             mean, n = t.stats["mean"][cells], count[cells]
             with np.errstate(invalid="ignore", over="ignore"):
                 total = n * mean * 2.0**s
@@ -514,7 +518,7 @@ def encode(p: Payload, *, codec: str = "zlib", level: int | None = None, schema:
     # each name's resolution: the schema's if it has the name, else what the payload's ``res`` says
     # (its ``get`` may know names no schema lists: a J1939 signal's, whatever its source address)
     res = {n: schema.res[schema.index[n]] if schema is not None and n in schema.index else p.res.get(n) for n in t.names}
-    grids = _grids(t, res, count)
+    grids = _grids(t, res, count, rounded=layout == 3 and not p.thinned)
     inferred = dict(res)
     for i, s in grids.items():
         inferred[t.names[i]] = (2.0**-s, 0.0)

@@ -101,11 +101,28 @@ def compare(ref: dict[str, Any], cloud_lines: list[dict[str, Any]], window: floa
                 if key not in got[k][name]:  # a statistic the configuration does not send
                     continue
                 other = got[k][name][key]
-                # the wire format: count, min, max, last exact; the mean within half a DBC step
-                tolerance = ref["steps"].get(name, 0.0) / 2 if key == "mean" else 0.0
+                # the wire format: count, min, max, last exact; the mean within half a DBC step,
+                # an IEEE float signal's within half the step of the power-of-two grid it may
+                # travel on (at most 2**-9; no coarser than its min's and max's own grid)
+                tolerance = 0.0
+                if key == "mean":
+                    step = ref["steps"].get(name, 0.0)
+                    tolerance = step / 2 if step else min(2.0**-9, grid_step(stats["min"], stats["max"]) / 2)
                 if (key == "count" and other != value) or not math.isclose(other, value, rel_tol=1e-9, abs_tol=1e-9 + tolerance):
                     problems.append(f"window {k} {name} {key}: got {other}, reference {value}")
     return problems
+
+
+def grid_step(*values: float) -> float:
+    """The coarsest power-of-two step every value is a whole multiple of (1.0 for zeros)."""
+    s = 0
+    for v in values:
+        mantissa, exponent = math.frexp(abs(v))
+        if mantissa:
+            m = int(mantissa * 2**53)
+            trailing = (m & -m).bit_length() - 1
+            s = max(s, 53 - exponent - trailing)
+    return 2.0**-s
 
 
 def register_dbc(dbcs: list[str | Path]) -> None:

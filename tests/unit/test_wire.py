@@ -397,3 +397,18 @@ def test_cells_shared_by_the_signals_of_one_message_travel_once():
     same = parts[4]  # header, dictionary, grids, k0, same
     assert same == bytes([0] + [1] * 39)  # each signal shares the cells of the one before it
     assert wire.decode(wire.encode(p)).table.stats["count"].tolist() == table.stats["count"].tolist()
+
+
+def test_a_mean_rounded_to_a_grid_is_the_same_however_the_aggregator_folded_its_sum():
+    """Layout 3 rounds the mean of a float signal on a fine grid: a mean one float rounding off
+    (the sums of another batching) travels on the same grid and comes back the same."""
+    raw = np.random.default_rng(11).integers(-3000, 3000, (40, 3))
+    values = raw / 4096.0  # an accelerometer on 2**-12
+    stats = {"count": np.full(40, 3), "min": values.min(axis=1), "max": values.max(axis=1), "mean": values.mean(axis=1)}
+    table = wire.Table(("IMU.AccX",), np.arange(40), np.zeros(40, np.int64), stats)
+    nudged = {**stats, "mean": np.nextafter(stats["mean"], np.inf)}
+    data = [wire.encode(wire.Payload("car", 1, "g", 1.0, 0.0, 40.0, wire.Table(table.names, table.window, table.sid, s)))
+            for s in (stats, nudged)]
+    assert [sections(inflate(d))[2] for d in data] == [bytes((0, 12))] * 2  # on the grid both times
+    got = [wire.decode(d).table.stats["mean"] for d in data]
+    assert got[0].tolist() == got[1].tolist() and np.abs(got[0] - stats["mean"]).max() <= 2.0**-13
