@@ -7,12 +7,14 @@ that barely moves costs a few bits per window; a cell whose statistics collapse 
 ``min == max``) carries one value; names travel once per payload (or as runs over the DBC's
 schema); the signals of one CAN message share their window and count columns; integers are
 varints; an IEEE float signal whose values sit on a power-of-two grid travels as integers too;
-the body is raw deflate with a preset dictionary (layout 2; decode also reads layout 1).
+the body is raw deflate with a preset dictionary (layout 3; decode also reads layouts 1 and 2).
 
 Exactness: ``min``, ``max``, ``first``, ``last`` and a collapsed cell's value come back bit for
 bit (the encoder checks every one and sends a signal whose values are not on its DBC grid as
-float64 instead); ``mean`` comes back within half a step divided by the count (its sum of raw
-values is sent); ``std`` within half a step; ``t_min``/``t_max`` to the microsecond.
+float64 instead); ``mean`` within half a DBC step (layout 3: it travels rounded to the step; a
+float signal on an inferred grid ``2**-s``, ``s >= 8``, to that grid; exact, from its sum of raw
+values, on a coarser grid and in a thinned payload); ``std`` within half a step;
+``t_min``/``t_max`` to the microsecond.
 
 This module needs numpy and the standard library only , so the
 cloud-side decoder runs wherever numpy does.
@@ -33,8 +35,8 @@ from typing import Any
 import numpy as np
 
 MAGIC = b"TLMA"
-VERSION = 2  # the layout encode writes; decode reads 1 and 2 (a spool may hold either)
-READS = (1, 2)
+VERSION = 3  # the layout encode writes; decode reads 1, 2 and 3 (a spool may hold any)
+READS = (1, 2, 3)
 KIND = "aggregates"
 CONTENT_TYPE = "application/vnd.telemetry.windows"  # MQTT 5 content type of a payload
 
@@ -325,11 +327,11 @@ _REF_ORDER = ("mean", "min", "max", "first", "last")  # the first of these prese
 _OUTER = struct.Struct("<4sBBI")  # magic, version, codec, the body's uncompressed size
 
 
-# -- layout 2: varints, shared cell columns, inferred grids, a preset dictionary -----------------
+# -- layouts 2 and 3: varints, shared cell columns, inferred grids, a preset dictionary ----------
 
-# The preset dictionary of layout 2's deflate stream (RFC 1951 raw deflate, no zlib wrapper): the
-# JSON a header and a dictionary are made of, so a header costs its values, not its keys. Part
-# of the layout: changing it needs a new version.
+# The preset dictionary of the deflate stream of layouts 2 and 3 (RFC 1951 raw deflate, no zlib
+# wrapper): the JSON a header and a dictionary are made of, so a header costs its values, not its
+# keys. Part of the layout: changing it needs a new version.
 _ZDICT = (b'{"schema":"","extra":{"names":[],"res":[]},"as_float":[],"grid":[[0,12]]}'
           b'"thinned":{"factor":2,"from_width":1.0,"stats":["count","mean"]},"part":[0,2],'
           b'"late":{"samples":0,"oldest":null},'
@@ -337,6 +339,7 @@ _ZDICT = (b'{"schema":"","extra":{"names":[],"res":[]},"as_float":[],"grid":[[0,
           b'{"vehicle":"","seq":1,"group":"default","width":1.0,"start":0.0,"end":60.0,'
           b'"stats":["count","min","max","mean"]}')
 _MAX_GRID = 60  # an IEEE float signal on a grid finer than 2**-60 travels as float
+_ROUND_GRID = 8  # layout 3: the mean of a signal on an inferred grid 2**-s, s >= 8, is rounded to it
 _MAX_GRID_RAW = 2.0**40  # and one whose values on the grid are this large (a float32 needs 24 bits)
 
 
@@ -454,10 +457,11 @@ def _grid(x: np.ndarray) -> int | None:
     return s if s <= _MAX_GRID else None
 
 
-def _grids(t: Table, res: Mapping[str, Resolution], count: np.ndarray) -> dict[int, int]:
+def _grids(t: Table, res: Mapping[str, Resolution], count: np.ndarray, rounded: bool = False) -> dict[int, int]:
     """Per signal without a resolution: the power-of-two grid its values are on in this payload,
     if every exact statistic is on it and every mean is a sum of samples on it (so the mean
-    travels as exactly as a DBC signal's)."""
+    travels as exactly as a DBC signal's); with ``rounded`` (layout 3), a grid of ``2**-8`` or
+    finer needs no more than the exact statistics: the mean travels rounded to it."""
     out: dict[int, int] = {}
     candidates = [i for i, n in enumerate(t.names) if res.get(n) is None]
     if not candidates:
@@ -475,8 +479,11 @@ def _grids(t: Table, res: Mapping[str, Resolution], count: np.ndarray) -> dict[i
         s = _grid(found)
         if s is None or not (np.abs(found) * 2.0**s < _MAX_GRID_RAW).all():
             continue  # a grid that fine is no sensor's: the values are decimals, not integers scaled
-        if "mean" in t.stats:  # each cell's sum of raw values must be a whole number, exact, and
-            # give back the very mean (as the decoder computes it) bit for bit
+        if "mean" in t.stats and not (rounded and s >= _ROUND_GRID):
+            # each cell's sum of raw values must be a whole number, exact, and give back the very
+            # mean (as the decoder computes it) bit for bit; not where the mean travels rounded
+            # to the grid (layout 3, ``rounded``): there it is within half a step however the
+            # aggregator folded its float sums, and the grid is the same whatever the batches
             mean, n = t.stats["mean"][cells], count[cells]
             with np.errstate(invalid="ignore", over="ignore"):
                 total = n * mean * 2.0**s
@@ -490,12 +497,15 @@ def _grids(t: Table, res: Mapping[str, Resolution], count: np.ndarray) -> dict[i
     return out
 
 
-def encode(p: Payload, *, codec: str = "zlib", level: int | None = None, schema: Schema | None = None) -> bytes:
-    """The payload as bytes (layout 2): ``TLMA``, version, codec, the body's size, then the
-    compressed body: the header (JSON), the signal dictionary (JSON), then the columns
-    (docs/MESSAGES.md)."""
+def encode(p: Payload, *, codec: str = "zlib", level: int | None = None, schema: Schema | None = None,
+           layout: int = VERSION) -> bytes:
+    """The payload as bytes (layout 3; ``layout=2`` writes the previous one, for tests of the
+    decoder): ``TLMA``, version, codec, the body's size, then the compressed body: the header
+    (JSON), the signal dictionary (JSON), then the columns (docs/MESSAGES.md)."""
     if codec not in CODECS:
         raise ValueError(f"unknown codec {codec!r} (known: {', '.join(CODECS)})")
+    if layout not in (2, 3):
+        raise ValueError(f"encode writes layout 2 or 3, not {layout!r}")
     if schema is None and p.schema is not None:
         schema = _SCHEMAS.get(p.schema)
     t = p.table
@@ -516,7 +526,7 @@ def encode(p: Payload, *, codec: str = "zlib", level: int | None = None, schema:
     # each name's resolution: the schema's if it has the name, else what the payload's ``res`` says
     # (its ``get`` may know names no schema lists: a J1939 signal's, whatever its source address)
     res = {n: schema.res[schema.index[n]] if schema is not None and n in schema.index else p.res.get(n) for n in t.names}
-    grids = _grids(t, res, count)
+    grids = _grids(t, res, count, rounded=layout == 3 and not p.thinned)
     inferred = dict(res)
     for i, s in grids.items():
         inferred[t.names[i]] = (2.0**-s, 0.0)
@@ -551,11 +561,15 @@ def encode(p: Payload, *, codec: str = "zlib", level: int | None = None, schema:
         if as_float:
             dictionary["as_float"] = as_float
     on_grid = [[i, s] for i, s in grids.items() if exact[i]]
-    if on_grid:
+    if on_grid and layout == 2:
         dictionary["grid"] = on_grid
     sections: list[bytes] = [_json(head), _json(dictionary)]
     if schema is not None:
         sections.append(runs)
+    if layout == 3:  # the grids as a count column: position (from the previous one's), s; ...
+        flat = np.asarray(on_grid, np.int64).reshape(-1, 2)
+        flat[1:, 0] -= flat[:-1, 0].copy()
+        sections.append(_uvarints(flat.ravel().astype(np.uint64)))
     sid, window = t.sid, t.window
     n_sig = len(t.names)
     # the cells of a signal (its windows and their counts) are those of an earlier signal more
@@ -612,12 +626,20 @@ def encode(p: Payload, *, codec: str = "zlib", level: int | None = None, schema:
         # mean as the exact sum of raw values S: floor(S / count) is the reference, S mod count
         # travels too (so the mean is exact, and the same however the samples were batched)
         if ref == "mean":
+            # layout 3: the mean rounded to the step (within half a step), but where it travels
+            # exact (``_exact_means``) as in layout 2
+            coarse = [i for i, s in grids.items() if s < _ROUND_GRID]
+            summed = _exact_means(ints, sid, coarse, len(t.names), p.thinned, layout)
+            # Both from the exact sum of raw values S (whole: the same however the samples were
+            # batched), the rounding in integers (half up), so that the rounded mean does not
+            # depend on how the aggregator folded its float sums either
             with np.errstate(invalid="ignore", over="ignore"):
                 total = np.rint(count[ints] * ((t.stats["mean"][ints] - off[ints]) / sc[ints]))
             total = np.where(np.isfinite(total), total, 0).astype(np.int64)
-            ref_q = np.floor_divide(total, count[ints])
+            n = count[ints]
+            ref_q = np.where(summed[ints], np.floor_divide(total, n), np.floor_divide(2 * total + n, 2 * n))
             sections.append(_varints(_split_delta(ref_q, _starts(sid[ints]))))
-            sections.append(_uvarints((total - ref_q * count[ints]).astype(np.uint64)))
+            sections.append(_uvarints((total - ref_q * n)[summed[ints]].astype(np.uint64)))
         else:
             ref_q = q(t.stats[ref], ints)
             sections.append(_varints(_split_delta(ref_q, _starts(sid[ints]))))
@@ -640,7 +662,22 @@ def encode(p: Payload, *, codec: str = "zlib", level: int | None = None, schema:
             if stat in t.stats:
                 sections.append(us(t.stats[stat], wide))
     body = b"".join(_uvarints(np.asarray([len(x)], np.uint64)) + x for x in sections)
-    return _OUTER.pack(MAGIC, VERSION, CODECS.index(codec), len(body)) + _compress(body, codec, level)
+    return _OUTER.pack(MAGIC, layout, CODECS.index(codec), len(body)) + _compress(body, codec, level)
+
+
+def _exact_means(ints: np.ndarray, sid: np.ndarray, on_grid: Sequence[int], n_sig: int,
+                 thinned: Mapping[str, Any] | None, layout: int) -> np.ndarray:
+    """Per cell: whether its mean travels as the exact sum of its raw values (``floor(S /
+    count)``, then ``S mod count``) rather than rounded to the step. Layout 2: every cell. Layout
+    3: the cells of a signal on an inferred grid coarser than ``2**-_ROUND_GRID`` (``on_grid``:
+    a float signal whose values happen to be whole numbers has no step to round to), and every
+    cell of a thinned payload (its means are sums of means already rounded: whole steps, sent
+    exactly, so the mean stays within half a step of the samples' whatever the thinning)."""
+    if layout == 2 or thinned:
+        return ints.copy()
+    by_grid = np.zeros(n_sig, bool)
+    by_grid[list(on_grid)] = True
+    return ints & by_grid[sid]
 
 
 def _json(value: Any) -> bytes:
@@ -648,7 +685,7 @@ def _json(value: Any) -> bytes:
 
 
 def _compress(body: bytes, codec: str, level: int | None) -> bytes:
-    if codec == "zlib":  # layout 2: raw deflate with the layout's preset dictionary
+    if codec == "zlib":  # layouts 2 and 3: raw deflate with the layout's preset dictionary
         z = zlib.compressobj(9 if level is None else level, zlib.DEFLATED, -15, 9, zlib.Z_DEFAULT_STRATEGY, _ZDICT)
         return z.compress(body) + z.flush()
     return body
@@ -741,8 +778,8 @@ def decode(data: bytes | bytearray | memoryview, schema: Schema | None = None) -
     if size > MAX_BODY:
         raise WireError(f"aggregates body of {size} bytes is over {MAX_BODY}")
     body = _decompress(data[_OUTER.size:], CODECS[codec_id], size, version)
-    if version == 2:
-        return _decode_v2(body, schema)
+    if version >= 2:
+        return _decode_v2(body, schema, version)
     r = _Reader(body)  # layout 1
     try:
         head = _check_header(json.loads(r.section(), parse_constant=_no_constant), 1)
@@ -953,7 +990,8 @@ class _Reader2:
         return data.view("<f4" if width == 4 else "<f8").reshape(count).astype(np.float64)
 
 
-def _decode_v2(body: bytes, schema: Schema | None) -> Payload:
+def _decode_v2(body: bytes, schema: Schema | None, version: int = 2) -> Payload:
+    """Layouts 2 and 3 (which differ only in how the mean travels: ``_exact_means``)."""
     r = _Reader2(body)
     try:
         head = _check_header(json.loads(r.section(), parse_constant=_no_constant), 2)
@@ -976,7 +1014,7 @@ def _decode_v2(body: bytes, schema: Schema | None) -> Payload:
     n_sig = len(names)
     scale, offset = _resolutions(names, res)
     dbc = ~np.isnan(scale)
-    grid = dictionary.get("grid", [])
+    grid = dictionary.get("grid", []) if version == 2 else _grid_section(r)
     if not (isinstance(grid, list) and all(isinstance(g, list) and len(g) == 2 and _count(g[0]) and g[0] < n_sig
                                            and _count(g[1]) and g[1] <= _MAX_GRID and res[g[0]] is None for g in grid)):
         raise WireError("aggregates dictionary: 'grid' must list [position, s] of signals without a resolution")
@@ -1031,7 +1069,13 @@ def _decode_v2(body: bytes, schema: Schema | None) -> Payload:
         values(_join_delta(r.ints(int(c_int.sum())), _starts(sid[c_int])), c_int, one)
         one[c_float] = r.floats(int(c_float.sum()))
         ref_q = _join_delta(r.ints(n_ints), _starts(sid[ints]))
-        rem = r.uints(n_ints) if ref == "mean" else None
+        rem = None
+        if ref == "mean":  # the remainders of the means that travel as sums; the others are rounded
+            coarse = [i for i, s in grid if s < _ROUND_GRID]
+            summed = _exact_means(ints, sid, coarse, n_sig, head.get("thinned"), version)
+            rem = np.zeros(cells)
+            rem[summed] = r.uints(int(summed.sum())) / count[summed]
+            rem = rem[ints]
         ref_f = r.floats(n_floats)
         for stat in ("mean", "min", "max", "first", "last"):
             if stat not in stats:
@@ -1039,7 +1083,7 @@ def _decode_v2(body: bytes, schema: Schema | None) -> Payload:
             x = one.copy()
             if stat == ref:
                 if rem is not None:
-                    x[ints] = (ref_q + rem / count[ints]) * sc[ints] + off[ints]
+                    x[ints] = (ref_q + rem) * sc[ints] + off[ints]
                 else:
                     values(ref_q, ints, x)
                 x[floats] = ref_f
@@ -1060,6 +1104,19 @@ def _decode_v2(body: bytes, schema: Schema | None) -> Payload:
         raise WireError(f"aggregates body has {len(r.body) - r.at} bytes after its last column")
     table = Table(tuple(names), window, sid, {x: cols[x] for x in stats})
     return _payload(head, table, scale, offset, dbc, dictionary.get("schema"))
+
+
+def _grid_section(r: _Reader2) -> list[list[int]]:
+    """Layout 3's grids: a count column of (position from the previous one's, s) pairs."""
+    raw = r.section()
+    flat = _read_uvarints(raw, int((np.frombuffer(raw, np.uint8) < 0x80).sum()))
+    if len(flat) % 2 or (len(flat) and flat.max() > np.uint64(2**31)):
+        raise WireError("aggregates payload: grids must be pairs of (position, s)")
+    pairs = flat.astype(np.int64).reshape(-1, 2)
+    if (pairs[1:, 0] < 1).any():
+        raise WireError("aggregates payload: grid positions must increase")
+    pairs[:, 0] = np.cumsum(pairs[:, 0])
+    return [[int(i), int(s)] for i, s in pairs.tolist()]
 
 
 def _by_schema2(dictionary: dict[str, Any], r: _Reader2, schema: Schema | None) -> tuple[list[str], list[Any]]:

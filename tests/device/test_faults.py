@@ -367,6 +367,8 @@ def test_the_detector_numbers_its_alerts_as_it_publishes_them(make_services):
     services = make_services(rules=[{"name": "hot", "kind": "limit", "signals": "A.x", "max": 1.0}])
     detector = AnomalyDetectorComponent(services)
     detector.handle(signals_event(columns(**{"A.x": ([1.0, 2.0, 3.0, 4.0], [5.0, 0.0, 5.0, 0.0])}), seq=1))
-    alerts = [m for m in services.local.messages("telemetry/out") if m["kind"] == "alert"]
+    out = services.local.messages("telemetry/out")
+    assert [m["kind"] for m in out] == ["batch"]  # the alerts of one signals batch, published together
+    alerts = [m for m in out[0]["messages"] if m["kind"] == "alert"]
     assert [a["state"] for a in alerts] == ["raised", "cleared", "raised", "cleared"]
     assert [a["seq"] for a in alerts] == [1, 2, 3, 4]

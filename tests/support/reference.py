@@ -26,6 +26,7 @@ import can
 import cantools
 
 from telemetry import wire
+from telemetry.edge.messages import ZD1_DICTIONARY
 
 
 def reference(log: str | Path, dbcs: list[str | Path], window: float) -> dict[str, Any]:
@@ -100,11 +101,28 @@ def compare(ref: dict[str, Any], cloud_lines: list[dict[str, Any]], window: floa
                 if key not in got[k][name]:  # a statistic the configuration does not send
                     continue
                 other = got[k][name][key]
-                # the wire format: count, min, max, last exact; the mean within half a DBC step
-                tolerance = ref["steps"].get(name, 0.0) / 2 if key == "mean" else 0.0
+                # the wire format: count, min, max, last exact; the mean within half a DBC step,
+                # an IEEE float signal's within half the step of the power-of-two grid it may
+                # travel on (at most 2**-9; no coarser than its min's and max's own grid)
+                tolerance = 0.0
+                if key == "mean":
+                    step = ref["steps"].get(name, 0.0)
+                    tolerance = step / 2 if step else min(2.0**-9, grid_step(stats["min"], stats["max"]) / 2)
                 if (key == "count" and other != value) or not math.isclose(other, value, rel_tol=1e-9, abs_tol=1e-9 + tolerance):
                     problems.append(f"window {k} {name} {key}: got {other}, reference {value}")
     return problems
+
+
+def grid_step(*values: float) -> float:
+    """The coarsest power-of-two step every value is a whole multiple of (1.0 for zeros)."""
+    s = 0
+    for v in values:
+        mantissa, exponent = math.frexp(abs(v))
+        if mantissa:
+            m = int(mantissa * 2**53)
+            trailing = (m & -m).bit_length() - 1
+            s = max(s, 53 - exponent - trailing)
+    return 2.0**-s
 
 
 def register_dbc(dbcs: list[str | Path]) -> None:
@@ -132,8 +150,8 @@ def whole_alert(message: dict[str, Any]) -> dict[str, Any]:
 
 
 def messages_of(cloud_lines: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The messages inside the uploader's bundles (zlib+base64 or plain), read by the format's
-    documentation, not by the package's code."""
+    """The messages inside the uploader's bundles (zd1, zlib+base64 or plain), read by the
+    format's documentation, not by the package's code (but for the dictionary's bytes)."""
     out = []
     for line in cloud_lines:
         aggregates = wire.from_outbox_line(line)  # binary: its own documented decoder
@@ -143,7 +161,16 @@ def messages_of(cloud_lines: list[dict[str, Any]]) -> list[dict[str, Any]]:
         payload = line["payload"]
         if payload.get("kind") != "bundle":
             continue
-        if payload["encoding"] == "zlib+base64":
+        if payload["encoding"] == "zd1":  # raw deflate with the documented preset dictionary
+            z = zlib.decompressobj(-15, ZD1_DICTIONARY)
+            items = json.loads(z.decompress(base64.b64decode(payload["data"])))
+            assert z.eof and not z.unused_data
+            # an item is the message itself (an alert) or {"id", "message"}; without the
+            # envelope's v, kind and vehicle
+            items = [item if "message" in item else {"message": item} for item in items]
+            for item in items:
+                item["message"] = {"v": 1, "kind": payload["of"], "vehicle": payload["vehicle"], **item["message"]}
+        elif payload["encoding"] == "zlib+base64":
             items = json.loads(zlib.decompress(base64.b64decode(payload["data"])))
         else:
             items = payload["messages"]

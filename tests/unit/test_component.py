@@ -176,3 +176,36 @@ def test_the_windows_one_batch_closes_travel_together_and_are_stored_in_one_comm
     assert up.counters()["malformed"] == 1
     assert list(up.counters()["malformed_reasons"]) == ["in a batch: aggregates travel binary (TLMA); this is a JSON object"]
     up.close()
+
+
+def test_the_alerts_one_batch_decides_travel_together_and_leave_in_one_bundle(make_services, tmp_path):
+    """Detector -> uploader: the alerts one signals batch decides are one local ``batch``,
+    published at once (numbered as before); the uploader stores them in one commit, so they
+    leave in one bundle whenever its sender wakes, each with its id."""
+    from telemetry.edge import messages
+    from telemetry.edge.components import AnomalyDetectorComponent
+
+    services = make_services(rules=[{"name": "hot", "kind": "limit", "signals": "A.*", "max": 10.0}])
+    heard: list[bytes] = []
+    services.local.subscribe("telemetry/out", heard.append)
+    detector = AnomalyDetectorComponent(services)
+    detector.handle(messages.Signals("x", 1, 0.0, 2.0, {}, columns(**{"A.x": ([1.0], [50.0]), "A.y": ([1.5], [60.0])})).to_bytes())
+    out = services.local.messages("telemetry/out")
+    assert [m["kind"] for m in out] == ["batch"] and out[0]["of"] == "alert"
+    assert [(a["signal"], a["state"], a["seq"]) for a in out[0]["messages"]] == [("A.x", "raised", 1), ("A.y", "raised", 2)]
+    detector.handle(messages.Signals("x", 2, 3.0, 3.0, {}, columns(**{"A.x": ([3.0], [5.0])})).to_bytes())
+    last = services.local.messages("telemetry/out")[-1]
+    assert (last["kind"], last["state"], last["seq"]) == ("alert", "cleared", 3)  # one alert: on its own
+
+    up = UploaderComponent(make_services(env={"TELEMETRY_SPOOL": str(tmp_path / "spool.db")}))
+    statements: list[str] = []
+    up.core.spool._db.set_trace_callback(statements.append)
+    up.handle(heard[0])
+    assert statements.count("COMMIT") == 1 and up.pending() == 2
+    up.core.sender.step()
+    (topic, payload), = up.services.cloud.sent
+    envelope = json.loads(payload)
+    assert topic == "dt/car-01/alerts" and (envelope["count"], envelope["encoding"]) == (2, "zd1")
+    alerts = [messages.Alert.decode(a) for a in out[0]["messages"]]
+    assert unpack(payload) == [{"id": f"car-01:alert:{a.key}", "message": a.encode()} for a in alerts]
+    up.close()

@@ -3,8 +3,12 @@ kind carries (its spool priority, its cloud topic)."""
 
 from __future__ import annotations
 
+import base64
+import dataclasses
+import hashlib
 import json
 import math
+import zlib
 
 import pytest
 
@@ -124,13 +128,75 @@ def test_a_bundle_embeds_the_spooled_bytes_as_they_are():
     for compress in (True, False):
         payload = Bundle("car", "alert", items, compress).to_bytes()
         envelope = json.loads(payload)
-        assert envelope["encoding"] == ("zlib+base64" if compress else "none") and envelope["count"] == 2
+        assert envelope["encoding"] == ("zd1" if compress else "none") and envelope["count"] == 2
         assert messages.unpack(payload) == [{"id": i, "message": ALERT.encode()} for i, _ in items]
         assert Bundle.decode(envelope).items == items  # the same bytes, not a re-encoding
     plain = Bundle("car", "alert", items, False).to_bytes()
     assert plain == json.dumps({"v": 1, "kind": "bundle", "vehicle": "car", "of": "alert", "count": 2, "encoding": "none",
                                 "messages": [{"id": i, "message": ALERT.encode()} for i, _ in items]},
                                separators=(",", ":")).encode()
+
+
+def old_bundle(vehicle, of, items):
+    """A bundle as the uploader wrote them before ``zd1`` (zlib+base64, whole messages): what a
+    spool or a capture may still hold."""
+    body = json.dumps([{**({"id": i} if i else {}), "message": json.loads(p)} for i, p in items], separators=(",", ":"))
+    return json.dumps({"v": 1, "kind": "bundle", "vehicle": vehicle, "of": of, "count": len(items),
+                       "encoding": "zlib+base64", "data": base64.b64encode(zlib.compress(body.encode(), 9)).decode()})
+
+
+CLEARED = Alert("car-01", "car-01/bus-errors/bus.error/1719090917.016389", "cleared", "bus-errors", "bus", "bus.error",
+                "warning", 1719090922.037628, 0.8, {"max_per_second": 1.0, "window_seconds": 5.0, "raised_t": 1719090917.016389,
+                                                   "worst": 3.0, "worst_t": 1719090917.072477, "flapping": False}, 2)
+STALE = Alert("car-01", "car-01/node-offline/PackHealth/1719090924.902288", "raised", "node-offline", "stale", "PackHealth",
+              "critical", 1719090924.9022884, 5.0, {"timeout": 5.0, "raised_t": 1719090924.9022884, "worst": 5.0,
+                                                     "worst_t": 1719090924.9022884, "flapping": False, "silent_for": None}, 3)
+
+
+def test_the_zd1_dictionary_is_the_published_one():
+    """The dictionary is part of the ``zd1`` encoding: a bundle published with it is read with it
+    for ever. A different dictionary needs a new encoding name (docs/MESSAGES.md, "bundle")."""
+    assert hashlib.sha256(messages.ZD1_DICTIONARY).hexdigest()[:16] == "66fd820750cb406c"
+
+
+def test_a_zd1_bundle_says_once_what_its_envelope_says_and_the_readers_put_it_back():
+    vehicle = "car-01"
+    gap = Gap(vehicle, 100.0, "aggregates", 3, 3000, 1.0, 3.0, 7, 9)
+    for of, items in (("alert", (("", CLEARED.to_bytes()), ("", STALE.to_bytes()))),
+                      ("gap", (("car-01:gap:s-4", gap.to_bytes()),))):
+        payload = Bundle(vehicle, of, items).to_bytes()
+        envelope = json.loads(payload)
+        assert (envelope["kind"], envelope["of"], envelope["vehicle"], envelope["count"]) == ("bundle", of, vehicle, len(items))
+        body = messages.zd1_decompress(base64.b64decode(envelope["data"])).decode()
+        assert '"v":' not in body and '"kind":"alert"' not in body and vehicle not in body.replace("car-01:gap", "")
+        got = messages.unpack(payload)
+        assert [g["message"] for g in got] == [messages.decode(p).encode() for _, p in items]  # whole again
+        assert [g["id"] for g in got] == [i or f"{vehicle}:alert:{messages.decode(p).key}" for i, p in items]
+        assert Bundle.decode(envelope).items == tuple((g["id"], p) for g, (_, p) in zip(got, items))  # the same bytes
+        assert messages.delivered(payload) == [messages.decode(p).encode() for _, p in items]
+        # what the previous encoding wrote still reads, to the same messages and ids
+        assert messages.unpack(old_bundle(vehicle, of, items)) == got
+        assert len(payload) < len(old_bundle(vehicle, of, items)) * 3 / 4
+
+
+def test_a_zd1_item_of_another_vehicle_keeps_its_own_fields():
+    other = dataclasses.replace(STALE, vehicle="car-02", id="car-02/node-offline/PackHealth/1719090924.902288")
+    got = messages.unpack(Bundle("car-01", "alert", (("", other.to_bytes()),)).to_bytes())
+    assert got == [{"id": f"car-01:alert:{other.key}", "message": other.encode()}]  # the id: as the uploader makes it
+
+
+@pytest.mark.parametrize("data, reason", [
+    ("not base64!", "does not decompress"),
+    (base64.b64encode(messages.zd1_compress(b"[]") + b"tail").decode(), "does not decompress"),
+    (base64.b64encode(messages.zd1_compress(b"[]")[:-1]).decode(), "does not decompress"),
+    (base64.b64encode(zlib.compress(b"[]")).decode(), "does not decompress"),  # zlib+base64's data under zd1
+    (base64.b64encode(messages.zd1_compress(b"[3]")).decode(), "bundle items must be objects"),
+    (base64.b64encode(messages.zd1_compress(b'[{"state":NaN}]')).decode(), "does not decompress"),
+])
+def test_a_malformed_zd1_bundle_is_refused_with_its_reason(data, reason):
+    envelope = {"v": 1, "kind": "bundle", "vehicle": "car", "of": "alert", "count": 1, "encoding": "zd1", "data": data}
+    with pytest.raises(MessageError, match=reason):
+        messages.unpack(envelope)
 
 
 def alert_event(**change):

@@ -5,15 +5,13 @@ from __future__ import annotations
 
 import json
 import random
-import types
-import zlib
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from telemetry import wire
-from telemetry.edge import uploader
+from telemetry.edge import messages, uploader
 from telemetry.edge.clock import ManualClock
 from telemetry.edge.components import UploaderComponent
 from telemetry.edge.errors import DroppedError, RejectedError, TransportError
@@ -113,7 +111,7 @@ def test_compression_is_marked_and_smaller(make_services):
     (topic, payload), = up.services.cloud.sent
     envelope = json.loads(payload)
     assert topic == "dt/car-01/alerts"
-    assert envelope["encoding"] == "zlib+base64" and envelope["count"] == 20 and envelope["of"] == "alert"
+    assert envelope["encoding"] == "zd1" and envelope["count"] == 20 and envelope["of"] == "alert"
     assert len(payload) < sum(len(json.dumps(alert(i, pad=2000))) for i in range(20)) / 3
     assert [i["message"]["t"] for i in unpack(payload)] == list(range(20))
 
@@ -286,19 +284,21 @@ def test_the_sender_compresses_each_message_about_once(make_services, monkeypatc
         def copy(self) -> Counting:
             return Counting(self.z.copy())
 
-    def compress(data: bytes, level: int = -1) -> bytes:
-        fed.append(len(data))
-        return zlib.compress(data, level)
+    real_compress, real_compressor = messages.zd1_compress, messages.zd1_compressor
 
-    monkeypatch.setattr(uploader, "zlib", types.SimpleNamespace(
-        compressobj=lambda level: Counting(zlib.compressobj(level)), compress=compress, Z_SYNC_FLUSH=zlib.Z_SYNC_FLUSH))
+    def compress(data: bytes) -> bytes:
+        fed.append(len(data))
+        return real_compress(data)
+
+    monkeypatch.setattr(messages, "zd1_compress", compress)
+    monkeypatch.setattr(messages, "zd1_compressor", lambda level=9: Counting(real_compressor(level)))
     up = make(make_services, max_payload_bytes=20_000)
     for i in range(300):
         up.handle(alert(i, pad=1500))
     drain(up)
     sent = [p for _, p in up.services.cloud.sent]
     assert max(map(len, sent)) <= 20_000 and len(sent) >= 3
-    body = sum(len(zlib.decompress(__import__("base64").b64decode(json.loads(p)["data"]))) for p in sent)
+    body = sum(len(messages.zd1_decompress(__import__("base64").b64decode(json.loads(p)["data"]))) for p in sent)
     assert body <= sum(fed) <= 1.1 * body
 
 
@@ -377,7 +377,7 @@ def test_a_message_alone_over_the_limit_goes_alone_and_the_next_ones_after_it():
 def test_messages_compressing_far_worse_than_those_before_them_still_fit():
     """The ratio so far predicts wrong: the packer overshoots, and packs again to fit."""
     entries = entries_of([("same", 20_000, s) for s in range(1, 60)] + [("noise", 4_000, s) for s in range(1, 60)])
-    items = [uploader._item(e, "car", "ab12") for e in entries]
+    items = [uploader._item(e, "car", "ab12", True) for e in entries]
     data, n = uploader._deflate_fitting(items, 30_000)
     assert data is None and n > 59
     assert uploader._deflate_fitting(items[:n], 30_000, guess=False)[0] is not None

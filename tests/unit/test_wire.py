@@ -75,7 +75,11 @@ def table_of(rows, names):
                       {s: np.array(x, np.int64 if s == "count" else np.float64) for s, x in stats.items()}).sorted()
 
 
-def check_equal(table: wire.Table, got: wire.Table, res: dict, width: float) -> None:
+def check_equal(table: wire.Table, got: wire.Table, res: dict, width: float, *, mean_exact: bool = False) -> None:
+    """``got`` is ``table`` as the layout states: count, min, max, first, last bit for bit; the
+    mean within half a DBC step (layout 3; ``mean_exact``: from the sum of raw values, layout 2),
+    a float signal's exact or within half the step of the grid it travels on (at most 2**-9);
+    std within half a step; times to the microsecond."""
     assert got.names == table.names or sorted(got.names) == sorted(table.names)
     order = {n: i for i, n in enumerate(got.names)}
     back = np.array([order[n] for n in table.names], np.int64)
@@ -91,8 +95,12 @@ def check_equal(table: wire.Table, got: wire.Table, res: dict, width: float) -> 
             r = res.get(name)
             if stat in ("count", "min", "max", "first", "last"):
                 assert a == b, (name, stat, a, b)  # exact
-            elif stat == "mean":
+            elif stat == "mean" and mean_exact:
                 assert b == pytest.approx(a, rel=1e-12, abs=1e-9 * (abs(r[0]) if r else 1)), (name, stat)
+            elif stat == "mean" and not r:  # a float signal: exact, or within half its grid's step 2**-s, s >= 8
+                assert b == pytest.approx(a, rel=1e-12, abs=1e-9) or abs(a - b) <= 2.0**-9, (name, stat, a, b)
+            elif stat == "mean":  # the stated bound: half a step (and float rounding)
+                assert abs(a - b) <= abs(r[0]) / 2 + 1e-9 * max(1.0, abs(a)), (name, stat, a, b)
             elif stat == "std":
                 assert abs(a - b) <= (abs(r[0]) / 2 if r else 0) + 1e-9 * max(1.0, abs(a)), (name, stat, a, b)
             else:  # t_min, t_max: to the microsecond
@@ -102,8 +110,8 @@ def check_equal(table: wire.Table, got: wire.Table, res: dict, width: float) -> 
 @settings(max_examples=150, deadline=None)
 @given(tables(), st.sampled_from([wire.STATISTICS, wire.DEFAULT_STATS, ("count",), ("count", "mean"),
                                   ("count", "min", "t_min"), ("count", "last", "std")]),
-       st.booleans(), st.sampled_from(wire.CODECS))
-def test_decode_of_encode_is_the_same_windows_at_the_dbc_resolution(data, stats, by_schema, codec):
+       st.booleans(), st.sampled_from(wire.CODECS), st.sampled_from((2, 3)))
+def test_decode_of_encode_is_the_same_windows_at_the_dbc_resolution(data, stats, by_schema, codec, layout):
     width, res, rows = data
     names = sorted({name for _, name, _, _ in rows})
     if not names:
@@ -112,12 +120,12 @@ def test_decode_of_encode_is_the_same_windows_at_the_dbc_resolution(data, stats,
     payload = wire.Payload("car", 7, "default", width, min(table.window) * width, (max(table.window) + 1) * width,
                            table, 3, 12.5, res=res)
     schema = wire.Schema.of(res) if by_schema else None
-    data_bytes = wire.encode(payload, codec=codec, schema=schema)
+    data_bytes = wire.encode(payload, codec=codec, schema=schema, layout=layout)
     got = wire.decode(data_bytes, schema)
     assert (got.vehicle, got.seq, got.group, got.width, got.start, got.end) == ("car", 7, "default", width,
                                                                                 payload.start, payload.end)
     assert (got.late_samples, got.late_oldest, got.stats) == (3, 12.5, tuple(stats))
-    check_equal(table, got.table, res, width)
+    check_equal(table, got.table, res, width, mean_exact=layout == 2)
 
 
 def test_signals_on_their_grid_travel_as_small_integers():
@@ -187,13 +195,15 @@ def joined(parts: list[bytes]) -> bytes:
     return out
 
 
-def rebuilt(head_change=None, body=None, dictionary_change=None) -> bytes:
-    """The good payload with its header or dictionary changed, or its body replaced."""
+def rebuilt(head_change=None, body=None, dictionary_change=None, grid=None) -> bytes:
+    """The good payload with its header, dictionary or grid section changed, or its body replaced."""
     data = good_payload()
     parts = sections(inflate(data))
     head, dictionary = json.loads(parts[0]), json.loads(parts[1])
     head.update(head_change or {})
     dictionary.update(dictionary_change or {})
+    if grid is not None:
+        parts[2] = grid  # layout 3 (by names): header, dictionary, grids, cells...
     raw = joined([json.dumps(head).encode(), json.dumps(dictionary).encode(), *parts[2:]]) if body is None else body
     return data[:6] + struct.pack("<I", len(raw)) + deflate(raw)
 
@@ -201,7 +211,7 @@ def rebuilt(head_change=None, body=None, dictionary_change=None) -> bytes:
 @pytest.mark.parametrize(("data", "reason"), [
     (b"TLMA", "no TLMA prefix"),
     (b"XXXX\x02\x00\x00\x00\x00\x00", "no TLMA prefix"),
-    (b"TLMA\x03\x00\x00\x00\x00\x00", "version 3"),
+    (b"TLMA\x04\x00\x00\x00\x00\x00", "version 4"),
     (b"TLMA\x02\x07\x00\x00\x00\x00", "unknown codec"),
     (b"TLMA\x02\x00\xff\xff\xff\xff", "over"),
     (b"TLMA\x02\x00\x10\x00\x00\x00" + deflate(b"x" * 15), "its prefix says 16"),
@@ -213,7 +223,9 @@ def rebuilt(head_change=None, body=None, dictionary_change=None) -> bytes:
     ("head:stats", "in that order"),
     ("head:seq", "not a count"),
     ("dict:names", "names must be distinct strings"),
-    ("dict:grid", "'grid' must list"),
+    ("grid:\x00\x03", "'grid' must list"),  # A.x, a signal with a resolution, on a grid
+    ("grid:\x01\x03\x00\x03", "positions must increase"),
+    ("grid:\x01", "pairs of"),
     ("body:tail", "bytes after its last column"),
     ("body:short", "ends early"),
 ])
@@ -227,7 +239,9 @@ def test_a_malformed_payload_is_refused_with_its_reason(data, reason):
                       "stats": {"stats": ["min", "count"]}, "seq": {"seq": -1}}[what]
             data = rebuilt(change)
         elif where == "dict":
-            data = rebuilt(dictionary_change={"names": {"names": ["A.x", "A.x"]}, "grid": {"grid": [[0, 3]]}}[what])
+            data = rebuilt(dictionary_change={"names": {"names": ["A.x", "A.x"]}}[what])
+        elif where == "grid":
+            data = rebuilt(grid=what.encode("latin-1"))
         else:
             raw = inflate(good_payload())
             data = rebuilt(body=raw + b"\x00" if what == "tail" else raw[:-3])
@@ -249,16 +263,21 @@ V1_WINDOWS = {5.0: {"A.x": {"count": 2, "min": 1.0, "max": 1.5, "mean": 1.25}, "
               6.0: {"B.y": {"count": 3, "min": 3.0, "max": 4.0, "mean": 10 / 3}, "C.z": {"count": 2, "min": 0.25, "max": 0.75, "mean": 0.5}}}
 
 
-def test_a_layout_1_payload_still_decodes_and_comes_back_as_layout_2():
+def test_a_layout_1_payload_still_decodes_and_comes_back_as_layout_3():
     schema = wire.register(wire.Schema.of({"A.x": (0.5, 0.0), "B.y": (1.0, 0.0), "C.z": None, "D.w": (0.1, 0.0)}))
+    rounded = {k: {n: dict(s) for n, s in w.items()} for k, w in V1_WINDOWS.items()}
+    rounded[6.0]["B.y"]["mean"] = 3.0  # 10/3 to the nearest step of 1.0: layout 3's stated precision
+    rounded[5.0]["A.x"]["mean"] = 1.5  # 1.25, 2.5 steps of 0.5: half up (half a step off)
     for text in (V1_BY_NAMES, V1_BY_SCHEMA):
         old = base64.b64decode(text)
         assert old[4] == 1
         got = wire.decode(old)
         assert got.windows() == V1_WINDOWS
         again = wire.encode(got, schema=schema)
-        assert again[4] == 2 and wire.decode(again).windows() == V1_WINDOWS
+        assert again[4] == 3 and wire.decode(again).windows() == rounded
         assert len(again) < len(old)
+        layout_2 = wire.encode(got, schema=schema, layout=2)  # still read: a spool may hold them
+        assert layout_2[4] == 2 and wire.decode(layout_2).windows() == V1_WINDOWS
 
 
 def test_a_payload_by_an_unknown_schema_says_what_the_decoder_needs():
@@ -301,6 +320,23 @@ def test_thinning_merges_windows_exactly_and_says_so():
     assert len(wire.encode(wire.thin(p, 10, ("count", "mean")))) < len(wire.encode(p)) / 2
 
 
+def test_a_mean_rounded_on_the_wire_stays_within_half_a_step_when_the_uploader_thins_it():
+    """The uploader thins payloads it decoded (means already rounded to the step): a thinned
+    payload carries its means as exact sums of raw values, so the bound holds after thinning."""
+    rng = np.random.default_rng(7)
+    rows = [(k, "A.x", rng.integers(0, 1000, 5) * 0.1, k + np.linspace(0, 0.9, 5)) for k in range(20)]
+    table = table_of(rows, ["A.x"]).select(wire.DEFAULT_STATS)
+    sent = wire.decode(wire.encode(wire.Payload("car", 1, "g", 1.0, 0.0, 20.0, table, res={"A.x": (0.1, 0.0)})))
+    means = sent.table.stats["mean"]
+    assert not np.array_equal(means, table.stats["mean"])  # rounded, to the step
+    assert np.abs(means - table.stats["mean"]).max() <= 0.05 + 1e-9
+    thinned = wire.decode(wire.encode(wire.thin(sent, 5)))
+    for j in range(4):
+        v = np.concatenate([r[2] for r in rows[5 * j:5 * j + 5]])
+        assert abs(thinned.table.stats["mean"][j] - v.mean()) <= 0.05 + 1e-9
+        assert thinned.table.stats["mean"][j] == pytest.approx(means[5 * j:5 * j + 5].mean(), abs=1e-12)  # exact sum
+
+
 def test_a_split_payload_holds_every_cell_once_with_its_own_id():
     names = tuple(f"S.{i}" for i in range(10))
     table = wire.Table(names, np.repeat(np.arange(3), 10), np.tile(np.arange(10), 3),
@@ -322,7 +358,7 @@ def test_every_statistic_survives_a_payload_without_a_resolution():
     check_equal(table, got.table, {}, 1.0)
 
 
-def test_an_ieee_float_signal_on_a_power_of_two_grid_travels_as_integers_and_comes_back_bit_for_bit():
+def test_an_ieee_float_signal_on_a_power_of_two_grid_travels_as_integers_and_comes_back_at_its_resolution():
     rng = np.random.default_rng(3)
     k = np.repeat(np.arange(30), 2)
     sid = np.tile(np.arange(2), 30)
@@ -333,11 +369,16 @@ def test_an_ieee_float_signal_on_a_power_of_two_grid_travels_as_integers_and_com
     table = wire.Table(("IMU.AccX", "IMU.Decimal"), k, sid, stats).sorted()
     p = wire.Payload("car", 1, "g", 1.0, 0.0, 30.0, table, res={"IMU.AccX": None, "IMU.Decimal": None})
     data = wire.encode(p)
-    dictionary = json.loads(sections(inflate(data))[1])
-    assert dictionary["grid"] == [[0, 12]]  # only the accelerometer is on a grid: 2**-12
+    assert sections(inflate(data))[2] == bytes((0, 12))  # only the accelerometer is on a grid: 2**-12
     got = wire.decode(data)
-    for stat in ("count", "min", "max", "mean"):
+    for stat in ("count", "min", "max"):
         assert got.table.stats[stat].tolist() == table.stats[stat].tolist(), stat  # bit for bit
+    error = np.abs(got.table.stats["mean"] - table.stats["mean"])
+    assert error[table.sid == 0].max() <= 2.0**-13 and error[table.sid == 0].max() > 0  # rounded: half a step
+    assert error[table.sid == 1].max() == 0  # the decimals, as float: exact
+    layout_2 = wire.decode(wire.encode(p, layout=2))
+    assert json.loads(sections(inflate(wire.encode(p, layout=2)))[1])["grid"] == [[0, 12]]
+    assert layout_2.table.stats["mean"].tolist() == table.stats["mean"].tolist()  # layout 2: bit for bit
     assert got.res == {"IMU.AccX": None, "IMU.Decimal": None}  # what the DBC says, not the grid
     as_float = wire.encode(wire.Payload("car", 1, "g", 1.0, 0.0, 30.0, wire.Table(
         ("IMU.Decimal",), table.window[table.sid == 1], np.zeros(30, np.int64),
@@ -353,6 +394,21 @@ def test_cells_shared_by_the_signals_of_one_message_travel_once():
     table = wire.Table(names, k, sid, {"count": count, "mean": np.ones(len(k))}).sorted()
     p = wire.Payload("car", 1, "g", 1.0, 0.0, 20.0, table, res={n: (1.0, 0.0) for n in names})
     parts = sections(inflate(wire.encode(p)))
-    same = parts[3]
+    same = parts[4]  # header, dictionary, grids, k0, same
     assert same == bytes([0] + [1] * 39)  # each signal shares the cells of the one before it
     assert wire.decode(wire.encode(p)).table.stats["count"].tolist() == table.stats["count"].tolist()
+
+
+def test_a_mean_rounded_to_a_grid_is_the_same_however_the_aggregator_folded_its_sum():
+    """Layout 3 rounds the mean of a float signal on a fine grid: a mean one float rounding off
+    (the sums of another batching) travels on the same grid and comes back the same."""
+    raw = np.random.default_rng(11).integers(-3000, 3000, (40, 3))
+    values = raw / 4096.0  # an accelerometer on 2**-12
+    stats = {"count": np.full(40, 3), "min": values.min(axis=1), "max": values.max(axis=1), "mean": values.mean(axis=1)}
+    table = wire.Table(("IMU.AccX",), np.arange(40), np.zeros(40, np.int64), stats)
+    nudged = {**stats, "mean": np.nextafter(stats["mean"], np.inf)}
+    data = [wire.encode(wire.Payload("car", 1, "g", 1.0, 0.0, 40.0, wire.Table(table.names, table.window, table.sid, s)))
+            for s in (stats, nudged)]
+    assert [sections(inflate(d))[2] for d in data] == [bytes((0, 12))] * 2  # on the grid both times
+    got = [wire.decode(d).table.stats["mean"] for d in data]
+    assert got[0].tolist() == got[1].tolist() and np.abs(got[0] - stats["mean"]).max() <= 2.0**-13

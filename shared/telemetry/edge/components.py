@@ -769,9 +769,14 @@ class AnomalyDetectorComponent(MessageComponent):
         return [(message.source, message.seq)]
 
     def on_message(self, message: messages.Signals | messages.EndOfStream) -> None:
+        alerts = []
         for alert in self.core.process(message):
             self.alert_seq += 1  # numbered as published: the uploader counts what never arrived
-            self.publish(self.topic, dataclasses.replace(alert, seq=self.alert_seq))
+            alerts.append(dataclasses.replace(alert, seq=self.alert_seq))
+        if len(alerts) == 1:
+            self.publish(self.topic, alerts[0])
+        elif alerts:  # what one batch raised, at once and together: one spool commit, one bundle
+            self.publish(self.topic, messages.Batch(messages.ALERT, tuple(alerts)))
 
     def counters(self) -> dict[str, Any]:
         stats = self.core.stats

@@ -768,14 +768,63 @@ class Status(Message):
                    _counters(_field(event, "counters"), "counters"), detail)
 
 
-BUNDLE_ENCODINGS = ("zlib+base64", "none")
+ZD1 = "zd1"  # a bundle's compressed encoding: raw deflate with preset dictionary 1, base64
+BUNDLE_ENCODINGS = (ZD1, "zlib+base64", "none")  # zlib+base64: no longer written, still read
+
+# The preset dictionary of the ``zd1`` bundle encoding (docs/MESSAGES.md, "bundle"): the JSON an
+# item of a bundle of alerts or gaps is made of (keys in the order the messages write them, the
+# rule kinds with their detail keys, states, severities, the bus counters' signals), so that a
+# bundle of one alert costs its values, not its keys. Deflate finds a nearer string for fewer
+# bits: the likeliest come last. Part of the encoding: once published it never changes (a new
+# dictionary is a new encoding name; tests/unit/test_messages.py holds its hash).
+ZD1_DICTIONARY = b"".join((
+    b'{"id":"","message":{"evicted_at":,"reason":"spool full","evicted":{"kind":"aggregates","count":,"bytes":,'
+    b'"t_first":,"t_last":,"first_id":,"last_id":}}}',
+    b'"bus.remote""bus.unknown_id""bus.decode_error""severity":"info"',
+    b'{"state":"raised","rule":"","rule_kind":"zscore","signal":"","severity":"warning","t":17,"value":,"seq":,'
+    b'"detail":{"threshold":3.0,"z":-}}',
+    b'{"state":"raised","rule":"","rule_kind":"rate","signal":"","severity":"warning","t":17,"value":,"seq":,'
+    b'"detail":{"max_rate":}}',
+    b'{"state":"raised","rule":"","rule_kind":"spread","signal":"","severity":"warning","t":17,"value":,"seq":,'
+    b'"detail":{"max_spread":0.1,"signals":,"highest":"","lowest":""}}',
+    b'{"state":"raised","rule":"","rule_kind":"limit","signal":"","severity":"critical","t":17,"value":,"seq":,'
+    b'"detail":{"min":null,"max":null}}',
+    b'{"state":"raised","rule":"","rule_kind":"stale","signal":"","severity":"critical","t":17,"value":,"seq":,'
+    b'"detail":{"timeout":5.0,"silent_for":}}',
+    b'{"state":"raised","rule":"","rule_kind":"bus","signal":"bus.error","severity":"warning","t":17,"value":,"seq":,'
+    b'"detail":{"max_per_second":1.0,"window_seconds":5.0}}',
+    b',"raised_t":17,"worst":,"worst_t":17,"flapping":true}}',
+    b'{"state":"cleared","rule":"{"state":"update","rule":"[{"state":"raised","rule":"',
+))
+
+
+def zd1_compressor(level: int = 9) -> Any:
+    """A compressor of the ``zd1`` stream: raw deflate (RFC 1951) with its preset dictionary.
+    The uploader sizes a bundle with one as it fills it (``uploader.fit``)."""
+    return zlib.compressobj(level, zlib.DEFLATED, -15, 9, zlib.Z_DEFAULT_STRATEGY, ZD1_DICTIONARY)
+
+
+def zd1_compress(body: bytes) -> bytes:
+    z = zd1_compressor()
+    return z.compress(body) + z.flush()  # type: ignore[no-any-return]
+
+
+def zd1_decompress(data: bytes, limit: int = 64 * 1024 * 1024) -> bytes:
+    """The body of a ``zd1`` stream: one complete deflate stream, nothing after it, at most
+    ``limit`` bytes (a bundle is at most 128 KB on the wire: far less)."""
+    z = zlib.decompressobj(-15, ZD1_DICTIONARY)
+    out = z.decompress(data, limit)
+    if not z.eof or z.unconsumed_tail or z.unused_data:
+        raise zlib.error("not one complete deflate stream (or over 64 MB)")
+    return out  # type: ignore[no-any-return]
 
 
 @dataclass(frozen=True)
 class Bundle(Message):
     """The uploader's envelope: several spooled messages of one kind in one IoT Core publish,
     each with the id the cloud de-duplicates by. ``items`` are (id, the message's JSON bytes as
-    spooled): the encoder embeds those bytes as they are, without parsing them again."""
+    spooled): the encoder embeds those bytes as they are, without parsing them again (in the
+    compressed encoding, less the ``v``, ``kind`` and ``vehicle`` the envelope already says)."""
 
     kind: ClassVar[str] = BUNDLE
 
@@ -785,16 +834,15 @@ class Bundle(Message):
     compress: bool = True
 
     def to_bytes(self) -> bytes:
-        items = [self.item(i, p) for i, p in self.items]
-        head = self.head(self.vehicle, self.of, len(items))
+        head = self.head(self.vehicle, self.of, len(self.items))
         if self.compress:
-            body = b"[" + b",".join(items) + b"]"
-            return head + self.ZLIB_OPEN + base64.b64encode(zlib.compress(body, 9)) + self.ZLIB_CLOSE
-        return head + self.PLAIN_OPEN + b",".join(items) + self.PLAIN_CLOSE
+            body = b"[" + b",".join(self.item(i, p, self.vehicle, self.of) for i, p in self.items) + b"]"
+            return head + self.ZD1_OPEN + base64.b64encode(zd1_compress(body)) + self.ZD1_CLOSE
+        return head + self.PLAIN_OPEN + b",".join(self.item(i, p) for i, p in self.items) + self.PLAIN_CLOSE
 
     # The envelope's parts, so that the uploader can size a bundle item by item (uploader.fit).
-    ZLIB_OPEN: ClassVar[bytes] = b'"encoding":"zlib+base64","data":"'
-    ZLIB_CLOSE: ClassVar[bytes] = b'"}'
+    ZD1_OPEN: ClassVar[bytes] = b'"encoding":"zd1","data":"'
+    ZD1_CLOSE: ClassVar[bytes] = b'"}'
     PLAIN_OPEN: ClassVar[bytes] = b'"encoding":"none","messages":['
     PLAIN_CLOSE: ClassVar[bytes] = b"]}"
 
@@ -804,8 +852,16 @@ class Bundle(Message):
             VERSION, json.dumps(vehicle).encode(), json.dumps(of).encode(), count)
 
     @staticmethod
-    def item(id_: str, payload: bytes) -> bytes:
-        """One item; an empty id is left out (an alert's: ``<vehicle>:alert:<its key>``)."""
+    def item(id_: str, payload: bytes, vehicle: str | None = None, of: str = "") -> bytes:
+        """One item; an empty id is left out (an alert's: ``<vehicle>:alert:<its key>``). With
+        ``vehicle`` (the ``zd1`` encoding): the message without the ``v``, ``kind`` and
+        ``vehicle`` the envelope says, and an item without an id is the message itself."""
+        if vehicle is not None:
+            prefix = b'{"v":%d,"kind":%s,"vehicle":%s,' % (VERSION, json.dumps(of).encode(), json.dumps(vehicle).encode())
+            if payload.startswith(prefix):
+                payload = b"{" + payload[len(prefix):]
+            if not id_:
+                return payload
         if not id_:
             return b'{"message":%s}' % payload
         return b'{"id":%s,"message":%s}' % (json.dumps(id_).encode(), payload)
@@ -816,22 +872,40 @@ class Bundle(Message):
     @classmethod
     def decode(cls, event: Mapping[str, Any]) -> Bundle:
         encoding = _field(event, "encoding")
-        if encoding == "zlib+base64":
+        of = _text(_field(event, "of"), "of")
+        vehicle = _text(_field(event, "vehicle"), "vehicle")
+        if encoding in (ZD1, "zlib+base64"):
             try:
-                items = json.loads(zlib.decompress(base64.b64decode(_text(_field(event, "data"), "data"))))
+                data = base64.b64decode(_text(_field(event, "data"), "data"), validate=True)
+                items = json.loads(zd1_decompress(data) if encoding == ZD1 else zlib.decompress(data),
+                                   parse_constant=_no_constant)
             except (ValueError, zlib.error) as exc:
                 raise MessageError(f"bundle data does not decompress: {exc}") from None
+            if encoding == ZD1 and isinstance(items, list):
+                items = [cls._restored(i, vehicle, of) for i in items]
         elif encoding == "none":
             items = _field(event, "messages")
         else:
             raise MessageError(f"unknown bundle encoding {encoding!r} (known: {', '.join(BUNDLE_ENCODINGS)})")
-        of = _text(_field(event, "of"), "of")
         if not isinstance(items, list) or not all(isinstance(i, Mapping) and "message" in i
                                                   and ("id" in i or of == ALERT) for i in items):
             raise MessageError("bundle items must be objects of 'id' and 'message' (an alert's 'id' may be left out)")
-        vehicle = _text(_field(event, "vehicle"), "vehicle")
         return cls(vehicle, of, tuple((str(i["id"]) if "id" in i else cls.alert_item_id(vehicle, i["message"]),
                                        dumps(i["message"])) for i in items), encoding != "none")
+
+    @staticmethod
+    def _restored(item: Any, vehicle: str, of: str) -> Any:
+        """A ``zd1`` item as the other encodings write it: ``{"id"?, "message"}`` (an item that is
+        the message itself has no id), its message with the envelope's ``v``, ``kind`` and
+        ``vehicle`` put back first."""
+        if not isinstance(item, dict):
+            return item  # refused by the caller
+        wrapped = "message" in item
+        message = item["message"] if wrapped else item
+        if isinstance(message, dict):
+            message = {"v": message.get("v", VERSION), "kind": message.get("kind", of),
+                       "vehicle": message.get("vehicle", vehicle), **message}
+        return {**item, "message": message} if wrapped else {"message": message}
 
     @staticmethod
     def alert_item_id(vehicle: str, message: Any) -> str:

@@ -3,8 +3,9 @@
 The handler only writes each aggregate or alert into the durable spool (committed before it
 returns). A sender loop, started with the pinned function, takes the spool's messages in
 priority order (alerts and gap reports first, then aggregates, oldest first), packs several of
-one kind into a *bundle* of at most ``max_payload_bytes`` (optionally zlib-compressed, and marked
-so), publishes it at QoS 1 and deletes its messages only once the transport has confirmed it.
+one kind into a *bundle* of at most ``max_payload_bytes`` (optionally compressed: deflate with a
+preset dictionary, marked ``zd1``), publishes it at QoS 1 and deletes its messages only once the
+transport has confirmed it.
 
 It stays within AWS IoT Core's per-connection limits (publishes and bytes per second) and the
 vehicle's data budget (bytes per hour on cellular; alerts may go over it). A failed publish is
@@ -75,18 +76,19 @@ def _item_id(entry: Entry, vehicle: str, spool_id: str) -> str:
 
 IOT_CORE_MAX_PAYLOAD = 131_072  # AWS IoT Core: 128 KB per MQTT payload
 
-_ZLIB_TAIL = 16  # at most what "]" and the end of the stream add after a sync flush (3 + 4 bytes)
+_ZLIB_TAIL = 16  # at most what "]" and the end of the stream add after a sync flush (a few bytes)
 
 
-def _item(entry: Entry, vehicle: str, spool_id: str) -> bytes:
-    return messages.Bundle.item(_item_id(entry, vehicle, spool_id), entry.payload)
+def _item(entry: Entry, vehicle: str, spool_id: str, compress: bool) -> bytes:
+    return messages.Bundle.item(_item_id(entry, vehicle, spool_id), entry.payload,
+                                vehicle if compress else None, entry.kind)
 
 
 def fit(entries: list[Entry], *, vehicle: str, spool_id: str, compress: bool, max_bytes: int) -> tuple[bytes, int]:
     """The bundle of as many of ``entries`` (in order, at least one) as fit in ``max_bytes``,
     and how many: ``pack`` of them, made in one pass. Uncompressed, sizes add up exactly;
-    compressed, each message goes through zlib once (``_deflate_fitting``)."""
-    items = [_item(e, vehicle, spool_id) for e in entries]
+    compressed, each message goes through deflate once (``_deflate_fitting``)."""
+    items = [_item(e, vehicle, spool_id, compress) for e in entries]
     of = entries[0].kind
     room = max_bytes - len(messages.Bundle.head(vehicle, of, len(items)))  # the widest count
     if not compress:
@@ -98,23 +100,24 @@ def fit(entries: list[Entry], *, vehicle: str, spool_id: str, compress: bool, ma
                 break
             n += 1
         return messages.Bundle.head(vehicle, of, n) + messages.Bundle.PLAIN_OPEN + b",".join(items[:n]) + messages.Bundle.PLAIN_CLOSE, n
-    zmax = (room - len(messages.Bundle.ZLIB_OPEN) - len(messages.Bundle.ZLIB_CLOSE)) // 4 * 3  # base64: 4 bytes per 3
+    zmax = (room - len(messages.Bundle.ZD1_OPEN) - len(messages.Bundle.ZD1_CLOSE)) // 4 * 3  # base64: 4 bytes per 3
     data, n = _deflate_fitting(items, zmax)
     if data is None and n > 1:  # the last ones compressed far worse than those before: again, measuring each
         data, n = _deflate_fitting(items[:n], zmax, guess=False)
     if data is None:  # the first alone is over the limit: it goes alone (and is refused, and set aside)
         return pack(entries[:1], vehicle=vehicle, spool_id=spool_id, compress=True), 1
-    return messages.Bundle.head(vehicle, of, n) + messages.Bundle.ZLIB_OPEN + base64.b64encode(data) + messages.Bundle.ZLIB_CLOSE, n
+    return messages.Bundle.head(vehicle, of, n) + messages.Bundle.ZD1_OPEN + base64.b64encode(data) + messages.Bundle.ZD1_CLOSE, n
 
 
 class _Deflate:
-    """A zlib stream written piece by piece. Its size is known exactly only after a sync flush
-    (which ends a deflate block: a few bytes more each time, so used sparingly), and it can be
-    taken back to such a point (``mark``, ``undo``: a copy of the compressor's state). Pieces
-    are compressed together when the size is next needed: one zlib call for many small ones."""
+    """A ``zd1`` stream (raw deflate, preset dictionary) written piece by piece. Its size is
+    known exactly only after a sync flush (which ends a deflate block: a few bytes more each
+    time, so used sparingly), and it can be taken back to such a point (``mark``, ``undo``: a
+    copy of the compressor's state). Pieces are compressed together when the size is next
+    needed: one zlib call for many small ones."""
 
     def __init__(self) -> None:
-        self.z = zlib.compressobj(6)
+        self.z = messages.zd1_compressor(6)
         self.parts: list[bytes] = []
         self.waiting: list[bytes] = []  # fed, not yet through zlib
         self.size = 0  # bytes out so far: the stream's size when pending is 0
@@ -165,8 +168,8 @@ def _surely_fits(raw: int, zmax: int) -> bool:
 
 
 def _deflate_fitting(items: list[bytes], zmax: int, *, guess: bool = True) -> tuple[bytes | None, int]:
-    """``[item,item,...]`` zlib-compressed into at most ``zmax`` bytes, with as many items as fit
-    (at least one), each compressed once, and how many; None if the first n overshot (the
+    """``[item,item,...]`` compressed (``zd1``) into at most ``zmax`` bytes, with as many items as
+    fit (at least one), each compressed once, and how many; None if the first n overshot (the
     caller packs again).""
 
     While even uncompressed the next item would fit, it goes in without a look. Past that, the
@@ -177,7 +180,7 @@ def _deflate_fitting(items: list[bytes], zmax: int, *, guess: bool = True) -> tu
     may not fit is (slower, never overshoots)."""
     raw = sum(map(len, items)) + len(items) + 1
     if _surely_fits(raw, zmax):  # all of them, however badly they compress (a bundle of a few)
-        return zlib.compress(b"[" + b",".join(items) + b"]", 6), len(items)
+        return messages.zd1_compress(b"[" + b",".join(items) + b"]"), len(items)
     z = _Deflate()
     z.feed(b"[")
     n, ratio, margin = 0, 0.0, zmax // 32
