@@ -351,6 +351,22 @@ def test_a_bundle_is_as_full_as_fits_and_never_over_the_limit(spec, max_bytes, c
     check_fit(entries_of(spec), max_bytes, compress)
 
 
+@pytest.mark.parametrize("spec, max_bytes", [
+    # a second message that adds a few bytes: near the limit, the end of the stream is measured,
+    # not assumed (a 16-byte margin left it out)
+    ([("words", 4915, 0), ("words", 1355, 0)], 1314),
+    ([("words", 8565, 0), ("words", 1555, 0)], 1918),
+    # sized as pack compresses (the stream at a lower level than pack's took 11 % more)
+    ([("words", 6005, 0), ("words", 1280, 0)], 1456),
+    # a message taken measured, exactly full: the next one ends the bundle, not the fitting
+    ([("noise", 1, 0), ("noise", 11996, 48), ("words", 1535, 1), ("same", 327, 0), ("noise", 180, 6676),
+      ("noise", 227, 0), ("noise", 875, 1), ("same", 2007, 514), ("words", 829, 0), ("noise", 420, 0),
+      ("noise", 1, 0), ("noise", 1, 0)], 14691),
+])
+def test_bundles_hypothesis_found_underfilled_are_full(spec, max_bytes):
+    assert check_fit(entries_of(spec), max_bytes, True) > 1
+
+
 @settings(max_examples=50, deadline=None)
 @given(specs, st.integers(1, 1_000), st.booleans())
 def test_a_tiny_limit_holds_too(spec, max_bytes, compress):

@@ -117,7 +117,7 @@ class _Deflate:
     needed: one zlib call for many small ones."""
 
     def __init__(self) -> None:
-        self.z = messages.zd1_compressor(6)
+        self.z = messages.zd1_compressor()  # as pack compresses: what fits here fits there
         self.parts: list[bytes] = []
         self.waiting: list[bytes] = []  # fed, not yet through zlib
         self.size = 0  # bytes out so far: the stream's size when pending is 0
@@ -154,6 +154,12 @@ class _Deflate:
         del self.parts[n:]
         self.waiting.clear()
         self.pending = 0
+
+    def tail_size(self) -> int:
+        """What ``"]"`` and the end of the stream would add now (measured on a copy)."""
+        self._compress()
+        end = self.z.copy()
+        return len(end.compress(b"]")) + len(end.flush())
 
     def finish(self) -> bytes:
         self._compress()
@@ -196,12 +202,14 @@ def _deflate_fitting(items: list[bytes], zmax: int, *, guess: bool = True) -> tu
             z.sync()
             ratio = z.size / z.fed
             if z.size + _ZLIB_TAIL > zmax:
-                return None, n
+                if z.size + z.tail_size() > zmax:
+                    return None, n
+                break  # exactly full (an item taken measured left less than the margin)
             if not predictable(len(piece)):  # near the limit: try it
                 mark = z.mark()
                 z.feed(piece)
                 z.sync()
-                if z.size + _ZLIB_TAIL > zmax:
+                if z.size + _ZLIB_TAIL > zmax and z.size + z.tail_size() > zmax:  # measured exactly
                     z.undo(mark)
                     break
                 n += 1
