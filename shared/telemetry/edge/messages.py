@@ -22,7 +22,7 @@ import math
 import struct
 import threading
 import zlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from itertools import chain
 from typing import Any, ClassVar
@@ -204,22 +204,6 @@ class FlatBatch:
             np.concatenate([c.t for c in columns.values()]).astype(np.float64, copy=False),
             np.concatenate([c.v for c in columns.values()]).astype(np.float64, copy=False),
         )
-
-    @classmethod
-    def concat(cls, batches: Sequence[FlatBatch]) -> FlatBatch:
-        """Batches of consecutive frames as one: names numbered in the order they first come, each
-        name's samples contiguous, in batch order (what decoding all the frames at once gives)."""
-        batches = [b for b in batches if len(b)]
-        if len(batches) <= 1:
-            return batches[0] if batches else cls.empty()
-        number: dict[str, int] = {}
-        for b in batches:
-            for name in b.names:
-                number.setdefault(name, len(number))
-        ids = np.concatenate([np.array([number[n] for n in b.names], np.int64)[b.ids] for b in batches])
-        order = np.argsort(ids, kind="stable")
-        return cls(tuple(number), ids[order], np.concatenate([b.t for b in batches])[order],
-                   np.concatenate([b.v for b in batches])[order])
 
     def bounds(self) -> np.ndarray:
         """Where each name's samples start (and the last one ends): ``bounds[i]:bounds[i+1]``."""

@@ -362,8 +362,9 @@ class BusSource:
             if self.poll_seconds > 0:
                 stop.wait(self.poll_seconds)
             burst = [msg]
-            while len(burst) < self.max_burst and (msg := drain()) is not None:  # a bus faster than we
-                burst.append(msg)  # drain: hand over what we have
+            # at most max_burst: a bus faster than we drain, we hand over what we have
+            while len(burst) < self.max_burst and (msg := drain()) is not None:
+                burst.append(msg)
             first = self.count + 1
             self.count += len(burst)
             if all(map(_plain, burst)):
