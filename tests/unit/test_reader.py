@@ -329,6 +329,27 @@ def test_a_batch_admitted_in_parts_is_the_batch_taken_at_once(sample_drive_frame
     assert all(np.array_equal(parted.events[k], whole.events[k]) for k in whole.events)
 
 
+def test_a_limit_rule_added_live_to_a_reader_without_one_cuts_its_batch_at_the_crossing(make_services, sample_dbc):
+    from telemetry.edge import component_config
+
+    db = cantools.database.load_file(str(sample_dbc))
+    rule = {"name": "overcurrent", "kind": "limit", "signals": "BMS_PackStatus.PackCurrent", "max": 100.0}
+    reader_cfg = {"batch_max_frames": 1000, "batch_max_seconds": 60.0, "limit_check_seconds": 0.02}
+    old, new = make_services(reader=reader_cfg).config, make_services(reader=reader_cfg, rules=[rule]).config
+    services = make_services(reader=reader_cfg)
+    services.clock = SystemClock()
+    out = lambda: [m for m in services.local.messages("telemetry/out") if m["kind"] == "signals"]  # noqa: E731
+    with live_reader(services, "reader-limit-added") as (car, reader):
+        car.send(pack_frame(db, 100.0, 10.0))
+        # WHEN a deployment adds the reader's first limit rule, live
+        component_config.retune(reader, old, new, component_config.classify(
+            "CanReaderComponent", component_config.changed_keys(old, new)))
+        car.send(pack_frame(db, 101.0, 150.0))
+        wait_until(lambda: out(), 300)
+        # THEN the open batch goes out at the crossing, not after batch_max_seconds
+        assert [m["frames"]["read"] for m in out()] == [2]
+
+
 def test_a_rules_update_reaches_the_readers_limit_check_live(make_services):
     from telemetry.edge import component_config
 

@@ -657,7 +657,6 @@ class CanReaderComponent:
         clock = self.services.clock
         batcher = self.batcher
         max_wait = batcher.max_seconds
-        check_every = self.check_seconds if self.limits.evaluators else math.inf
         last_publish = clock.monotonic()
         for burst in bursts(source, stop):  # a live bus's frames come in bursts, a paced replay's one by one
             now = clock.monotonic()
@@ -677,7 +676,8 @@ class CanReaderComponent:
                 if full or (self.live and now - batcher.opened_at >= max_wait):
                     self._flush()
                     last_publish = now
-            if batcher.frames and now - batcher.pending_since >= check_every:
+            # self.limits is read here each time: a deployment can give the reader its first limit rule
+            if batcher.frames and self.limits.evaluators and now - batcher.pending_since >= self.check_seconds:
                 admitted = self._admit_pending()
                 if admitted is not None and self._limit_crossed(admitted):
                     self._flush()
