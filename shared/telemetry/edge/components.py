@@ -71,6 +71,12 @@ def bundled(path: str, base: Path | None) -> str:
     return str(base / path)
 
 
+def config_file(env: Mapping[str, str], base: Path | None) -> Path:
+    """The vehicle configuration the package carries (``TELEMETRY_CONFIG``, else ``vehicle.toml``);
+    a deployment's configuration names its DBCs relative to the folder it is in."""
+    return Path(bundled(env.get("TELEMETRY_CONFIG") or "vehicle.toml", base))
+
+
 def log_level(env: Mapping[str, str]) -> int:
     """``TELEMETRY_LOG_LEVEL`` (the recipes set it), INFO when unset; a wrong name is reported
     and INFO used (a typo in a level must not stop a car's telemetry)."""
@@ -238,7 +244,7 @@ class Services:
         env = dict(os.environ if env is None else env)
         if env.get("TELEMETRY_LOG"):
             env["TELEMETRY_LOG"] = bundled(env["TELEMETRY_LOG"], base)
-        path = Path(bundled(env.get("TELEMETRY_CONFIG") or "vehicle.toml", base))
+        path = config_file(env, base)
         client = GreengrassCoreIPCClientV2()
         # the deployment's configuration if it carries one (DBCs named relative to the artefact),
         # else the one bundled in the zip
@@ -395,8 +401,7 @@ class LambdaAdapter:
         services = self._services
         if services is None or services.ipc is None or self.watcher is not None:
             return self.watcher
-        base = Path(bundled(services.env.get("TELEMETRY_CONFIG") or "vehicle.toml", self.base)).parent
-        self.watcher = watch(services.ipc, self.component, services, base=base)
+        self.watcher = watch(services.ipc, self.component, services, base=config_file(services.env, self.base).parent)
         return self.watcher
 
     def start_pinned(self) -> bool:

@@ -32,18 +32,18 @@ LOG = logging.getLogger(__name__)
 
 
 class FrameBatcher:
-    """Decides when a batch is full, by count and by event-time span. A live reader decodes the
+    """Decides when a batch is full, by count and by event-time span. A live reader admits the
     frames of its open batch as it goes (``take_pending``), every ``limit_check_seconds``, and
     publishes them all when the batch is full (``take``)."""
 
     def __init__(self, max_frames: int, max_seconds: float) -> None:
         self.max_frames = max_frames
         self.max_seconds = max_seconds
-        self.frames: list[can.Message] = []  # read, not yet decoded
-        self.count = 0  # frames of the open batch, decoded or not
+        self.frames: list[can.Message] = []  # read, not yet admitted
+        self.count = 0  # frames of the open batch, admitted or not
         self.first_time = 0.0  # event time of its first frame
         self.opened_at = 0.0  # wall-clock (monotonic) time the first frame arrived
-        self.pending_since = 0.0  # ... and the first frame not yet decoded
+        self.pending_since = 0.0  # ... and the first frame not yet admitted
 
     def add(self, frame: can.Message, now: float) -> bool:
         """Add a frame; True when the batch should be flushed now."""
@@ -69,12 +69,12 @@ class FrameBatcher:
         return len(take), full or self.count >= self.max_frames
 
     def take_pending(self) -> list[can.Message]:
-        """The frames not yet decoded; the batch stays open."""
+        """The frames not yet admitted; the batch stays open."""
         frames, self.frames = self.frames, []
         return frames
 
     def take(self) -> list[can.Message]:
-        """The frames not yet decoded; the batch is closed."""
+        """The frames not yet admitted; the batch is closed."""
         self.count = 0
         return self.take_pending()
 

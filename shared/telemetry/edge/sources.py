@@ -327,8 +327,9 @@ class BusSource:
     on SocketCAN; timestamps are taken on arrival, not when read) and drains them without waiting.
     At 8,000 frames/s that is about 100 wake-ups a second instead of 8,000: each wake-up costs more
     CPU than reading a frame (measured: ``./build.sh bench``, live CPU). A frame reaches the batch
-    at most ``poll_seconds`` after it arrived. Each burst is followed by a ``None``, as an idle
-    timeout is, so the reader looks at the clock (flush on time) after every burst."""
+    at most ``poll_seconds`` after it arrived. The reader takes a burst at a time (``bursts``) and
+    looks at the clock (flush on time) after each; ``frames()`` follows each burst with a
+    ``None``, as an idle timeout is."""
 
     def __init__(self, bus: can.BusABC | None = None, *, idle_timeout: float = 0.25, poll_seconds: float = 0.01,
                  max_burst: int = 4096, **bus_kwargs: Any) -> None:
