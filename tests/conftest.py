@@ -28,15 +28,9 @@ from telemetry.edge.transport import InMemoryCloudTransport, InMemoryLocalTransp
 def own_cache(tmp_path_factory):
     """A cache of this run's own (the recipes' service-model check remembers sound recipes
     there): no test passes on what an earlier run, or the user's replays, remembered."""
-    import os
-
-    old = os.environ.get("XDG_CACHE_HOME")
-    os.environ["XDG_CACHE_HOME"] = str(tmp_path_factory.mktemp("cache"))
-    yield
-    if old is None:
-        os.environ.pop("XDG_CACHE_HOME", None)
-    else:
-        os.environ["XDG_CACHE_HOME"] = old
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("cache")))
+        yield
 
 
 @pytest.fixture(autouse=True, scope="session")

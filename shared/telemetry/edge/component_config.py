@@ -23,12 +23,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from .config import DetectorConfig, UploaderConfig, VehicleConfig, parse_config
+from .config import VehicleConfig, parse_config
 from .detector import Detector
 from .errors import ConfigError
 from .reader import LimitCheck
-from .rules import Rule
-from .uploader import TokenBucket, Uploader
+from .uploader import Uploader
 
 LOG = logging.getLogger(__name__)
 
@@ -166,44 +165,12 @@ def retune(component: Any, old: VehicleConfig, new: VehicleConfig, change: Chang
         cfg = dataclasses.replace(cfg, rules=new.rules)
     core = getattr(component, "core", None)
     if isinstance(core, Detector) and any(k.startswith(("rules.", "detector.")) for k in live):
-        retune_detector(core, new.rules, new.detector)
+        core.retune(new.rules, new.detector)
         cfg = dataclasses.replace(cfg, rules=new.rules, detector=new.detector)
     if isinstance(core, Uploader) and uploader_keys:
-        retune_uploader(core, cfg.uploader)
+        core.sender.retune(cfg.uploader)
+        core.cfg = cfg.uploader
     return cfg
-
-
-def retune_detector(detector: Detector, rules: tuple[Rule, ...], cfg: DetectorConfig) -> None:
-    """New rules and detector settings for a running detector. A rule that is unchanged keeps its
-    evaluator (and what it has learnt: a z-score's history); a changed or new one gets a new
-    evaluator. The alert state of every rule name that stays is kept: an active alert stays
-    active and is updated or cleared under the new threshold. A removed rule's active alerts are
-    left as they are (nothing clears them) and logged."""
-    evaluators = {rule.name: (rule, ev) for rule, ev in detector.evaluators}
-    removed = set(evaluators) - {r.name for r in rules}
-    for (name, key), state in detector.states.items():
-        if name in removed and state.active:
-            LOG.warning("rule %r was removed with its alert on %s still active (it will not be cleared)", name, key)
-    for rule in rules:  # first the keys a new rule needs, then the evaluators that use them
-        detector.hot.setdefault(rule.name, set())
-    detector.cfg = cfg
-    detector.evaluators = [evaluators[r.name] if evaluators.get(r.name, (None,))[0] == r else (r, r.evaluator())
-                           for r in rules]
-    detector.rules = rules
-
-
-def retune_uploader(uploader: Uploader, cfg: UploaderConfig) -> None:
-    """New uploader settings for a running uploader (its spool and sender keep going): the
-    budget, retry and rate settings; a rate that changed gets a new token bucket."""
-    sender = uploader.sender
-    old = sender.cfg
-    if cfg.max_publishes_per_second != old.max_publishes_per_second:
-        sender.publishes = TokenBucket(cfg.max_publishes_per_second, max(1.0, cfg.max_publishes_per_second), sender.clock)
-    if cfg.max_bytes_per_second != old.max_bytes_per_second:
-        sender.bandwidth = TokenBucket(cfg.max_bytes_per_second, max(cfg.max_bytes_per_second, cfg.max_payload_bytes),
-                                       sender.clock)
-    uploader.cfg = cfg
-    sender.cfg = cfg
 
 
 class ConfigurationWatcher:
@@ -327,7 +294,7 @@ class ConfigurationWatcher:
         change = classify(self.name, changed_keys(self.received, new))
         self.received = new
         self.counts["config_updates"] += 1
-        effective = retune(self.component, old, new, change) if change.live else old
+        effective = retune(self.component, old, new, change)  # no live key: old, as it was
         self.services.config = effective
         self.counts["config_applied"] += 1
         if change.live:

@@ -370,6 +370,11 @@ def rules_matching_nothing(rules: Sequence[Rule], matches: Callable[[str], bool]
 
 def load_config(path: str | Path) -> VehicleConfig:
     path = Path(path)
+    return parse_config(read_config_data(path), base=path.parent, source=str(path))
+
+
+def read_config_data(path: Path) -> dict[str, Any]:
+    """A configuration file's TOML tables, unchecked (``load_config`` checks them)."""
     try:
         text = path.read_bytes().decode("utf-8-sig")  # an editor's byte-order mark is no part of it
         data = tomllib.loads(text)
@@ -381,4 +386,4 @@ def load_config(path: str | Path) -> VehicleConfig:
         raise ConfigError(f"{path}: not valid TOML: not UTF-8 text (byte {exc.start})") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
-    return parse_config(data, base=path.parent, source=str(path))
+    return data

@@ -26,6 +26,7 @@ replay do not depend on how its frames were batched (tested).
 from __future__ import annotations
 
 import itertools
+import logging
 import math
 from collections import Counter, deque
 from collections.abc import Mapping
@@ -37,6 +38,8 @@ import numpy as np
 from .config import DetectorConfig
 from .messages import Alert, EndOfStream, FlatBatch, Signals
 from .rules import Metric, Rule
+
+LOG = logging.getLogger(__name__)
 
 RAISED, UPDATE, CLEARED = "raised", "update", "cleared"
 
@@ -78,6 +81,24 @@ class Detector:
         self.states: dict[tuple[str, str], _State] = {}
         self.hot: dict[str, set[str]] = {rule.name: set() for rule in rules}  # keys not idle, per rule
         self.stats: Counter[str] = Counter()
+
+    def retune(self, rules: tuple[Rule, ...], cfg: DetectorConfig) -> None:
+        """New rules and settings while running. A rule that is unchanged keeps its evaluator (and
+        what it has learnt: a z-score's history); a changed or new one gets a new evaluator. The
+        alert state of every rule name that stays is kept: an active alert stays active and is
+        updated or cleared under the new threshold. A removed rule's active alerts are left as
+        they are (nothing clears them) and logged."""
+        evaluators = {rule.name: (rule, ev) for rule, ev in self.evaluators}
+        removed = set(evaluators) - {r.name for r in rules}
+        for (name, key), state in self.states.items():
+            if name in removed and state.active:
+                LOG.warning("rule %r was removed with its alert on %s still active (it will not be cleared)", name, key)
+        for rule in rules:  # first the keys a new rule needs, then the evaluators that use them
+            self.hot.setdefault(rule.name, set())
+        self.cfg = cfg
+        self.evaluators = [evaluators[r.name] if evaluators.get(r.name, (None,))[0] == r else (r, r.evaluator())
+                           for r in rules]
+        self.rules = rules
 
     @property
     def active(self) -> dict[tuple[str, str], _State]:

@@ -251,8 +251,8 @@ class Sender:
                  clock: Clock) -> None:
         self.spool, self.cloud, self.cfg, self.clock = spool, cloud, cfg, clock
         self.vehicle, self.prefix = vehicle, prefix
-        self.publishes = TokenBucket(cfg.max_publishes_per_second, max(1.0, cfg.max_publishes_per_second), clock)
-        self.bandwidth = TokenBucket(cfg.max_bytes_per_second, max(cfg.max_bytes_per_second, cfg.max_payload_bytes), clock)
+        self.publishes = self._publish_bucket(cfg)
+        self.bandwidth = self._byte_bucket(cfg)
         self.sent_log: deque[tuple[float, int]] = deque()  # (monotonic time, bytes) of the last hour
         self._sent_last_hour = 0
         self.stats: Counter[str] = Counter()
@@ -266,6 +266,21 @@ class Sender:
         self._last_spool_error = ""
 
     # -- the budget ------------------------------------------------------------------------------
+    def _publish_bucket(self, cfg: UploaderConfig) -> TokenBucket:
+        return TokenBucket(cfg.max_publishes_per_second, max(1.0, cfg.max_publishes_per_second), self.clock)
+
+    def _byte_bucket(self, cfg: UploaderConfig) -> TokenBucket:
+        return TokenBucket(cfg.max_bytes_per_second, max(cfg.max_bytes_per_second, cfg.max_payload_bytes), self.clock)
+
+    def retune(self, cfg: UploaderConfig) -> None:
+        """New settings while running (budget, retries, rates): a rate that changed gets a new
+        token bucket, one that did not keeps its own."""
+        if cfg.max_publishes_per_second != self.cfg.max_publishes_per_second:
+            self.publishes = self._publish_bucket(cfg)
+        if cfg.max_bytes_per_second != self.cfg.max_bytes_per_second:
+            self.bandwidth = self._byte_bucket(cfg)
+        self.cfg = cfg
+
     def budget_used(self) -> int:
         hour_ago = self.clock.monotonic() - 3600.0
         while self.sent_log and self.sent_log[0][0] < hour_ago:

@@ -27,7 +27,6 @@ import json
 import logging
 import re
 import time
-import tomllib
 import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -35,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from telemetry.edge.component_config import CONFIG_KEY
-from telemetry.edge.config import VehicleConfig
+from telemetry.edge.config import VehicleConfig, parse_config, read_config_data
 from telemetry.edge.errors import TelemetryError
 from telemetry.edge.uploader import cloud_topics
 from telemetry.tools.recipes import Recipe, request_problems
@@ -136,10 +135,8 @@ def vehicle_configuration(path: Path) -> dict[str, Any]:
     configuration (key ``vehicle``): its tables as JSON, checked first as the file is (a value the
     components would refuse is refused here, before any request). Paths in it (DBC files) stay
     as written, relative to the file, which the zip holds beside them."""
-    from telemetry.edge.config import load_config
-
-    load_config(path)
-    data = tomllib.loads(path.read_bytes().decode("utf-8-sig"))
+    data = read_config_data(path)
+    parse_config(data, base=path.parent, source=str(path))
     try:
         return dict(json.loads(json.dumps(data, allow_nan=False)))
     except (TypeError, ValueError) as exc:  # a TOML date, which no key takes (load_config refused NaN)

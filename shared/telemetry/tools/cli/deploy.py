@@ -163,13 +163,13 @@ def dry_run(the_plan: Any, aws: tuple[Any, Any, Any, Any] | None, folder: Path |
 def show_configuration(the_plan: Any) -> None:
     """The configuration each component is given: the vehicle configuration (the same for all,
     shown once) and each one's IPC authorisation."""
-    merges = {name: (json.loads(spec["configurationUpdate"]["merge"]), spec["configurationUpdate"].get("reset", []))
+    merges = {name: json.loads(spec["configurationUpdate"]["merge"])
               for name, spec in the_plan.deployment["components"].items() if name.startswith("telemetry.")}
-    vehicles = [m.get("vehicle") for m, _ in merges.values()]
+    vehicles = [m.get("vehicle") for m in merges.values()]
     if vehicles and vehicles[0] is not None:
         print("configuration update of every component: reset /vehicle, then merge {\"vehicle\": ...}:")
         print(json.dumps({"vehicle": vehicles[0]}, indent=2, sort_keys=True))
-    for name, (merge, _) in sorted(merges.items()):
+    for name, merge in sorted(merges.items()):
         grants = [f"{op.split('#')[1]} {', '.join(p['resources'])}" for service in merge["accessControl"].values()
                   for p in service.values() for op in p["operations"]]
         print(f"  {name} accessControl: {'; '.join(grants)}")
