@@ -412,3 +412,18 @@ def test_a_mean_rounded_to_a_grid_is_the_same_however_the_aggregator_folded_its_
     assert [sections(inflate(d))[2] for d in data] == [bytes((0, 12))] * 2  # on the grid both times
     got = [wire.decode(d).table.stats["mean"] for d in data]
     assert got[0].tolist() == got[1].tolist() and np.abs(got[0] - stats["mean"]).max() <= 2.0**-13
+
+
+def test_a_payload_as_the_first_release_of_layout_2_wrote_it_still_decodes():
+    """Bytes written by layout 2 as it first shipped (main at 6a33334): windows 100 and 101 of two
+    signals at 0.5 and 0.25 resolution. A spool on a car may still hold such payloads."""
+    data = bytes.fromhex(
+        "544c4d410200dc0000002b43b63039b10866a73991761a1a206c35343022d65a1344b42af9ea2502257cf59294e0311c6da0"
+        "67aa0334385607c8328230636b19199818189898985840240b1b13231ba302a304230b339b121333030303230b0b132310b0b"
+        "030822900")
+    p = wire.decode(data)
+    assert (p.vehicle, p.seq, p.start, p.end) == ("car", 7, 100.0, 102.0)
+    t = p.table
+    assert t.names == ("M.a", "M.b") and t.window.tolist() == [100, 101, 100, 101] and t.sid.tolist() == [0, 0, 1, 1]
+    assert {k: v.tolist() for k, v in t.stats.items()} == {
+        "count": [3, 2, 1, 4], "mean": [1.5, 2.0, 3.0, 4.25], "min": [1.0, 1.5, 3.0, 4.0], "max": [2.0, 2.5, 3.0, 4.5]}
