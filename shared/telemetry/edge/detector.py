@@ -36,17 +36,12 @@ from typing import Any
 import numpy as np
 
 from .config import DetectorConfig
-from .messages import Alert, EndOfStream, FlatBatch, Signals
+from .messages import Alert, EndOfStream, FlatBatch, Signals, alert_id
 from .rules import Metric, Rule
 
 LOG = logging.getLogger(__name__)
 
 RAISED, UPDATE, CLEARED = "raised", "update", "cleared"
-
-
-def alert_id(vehicle: str, rule: str, key: str, raised_t: float) -> str:
-    """Deterministic: the same raise in a re-run or a retry gets the same id."""
-    return f"{vehicle}/{rule}/{key}/{raised_t:.6f}"
 
 
 # -- the state machine every rule shares ---------------------------------------------------------

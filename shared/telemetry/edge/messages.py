@@ -498,6 +498,11 @@ class Aggregates(Message):
         raise MessageError("aggregates travel binary (TLMA); this is a JSON object")
 
 
+def alert_id(vehicle: str, rule: str, key: str, raised_t: float) -> str:
+    """An alert's id: deterministic, so the same raise in a re-run or a retry gets the same id."""
+    return f"{vehicle}/{rule}/{key}/{raised_t:.6f}"
+
+
 @dataclass(frozen=True)
 class Alert(Message):
     """A rule raised, updated or cleared an alert."""
@@ -586,7 +591,7 @@ def _alert_compact(full: Mapping[str, Any]) -> dict[str, Any] | None:
         del detail["silent_for"]
     raised = detail.get("raised_t", out["t"])
     finite = isinstance(raised, (int, float)) and not isinstance(raised, bool) and math.isfinite(raised)
-    if not finite or out.pop("id") != f"{out['vehicle']}/{out['rule']}/{out['signal']}/{raised:.6f}":
+    if not finite or out.pop("id") != alert_id(out["vehicle"], out["rule"], out["signal"], raised):
         return None
     if detail:
         out["detail"] = detail
@@ -613,7 +618,7 @@ def _alert_restored(short: Mapping[str, Any]) -> dict[str, Any]:
     detail.setdefault("flapping", False)
     if out.get("rule_kind") == "stale":
         detail.setdefault("silent_for", None)
-    out["id"] = f"{out['vehicle']}/{out['rule']}/{out['signal']}/{detail['raised_t']:.6f}"
+    out["id"] = alert_id(out["vehicle"], out["rule"], out["signal"], detail["raised_t"])
     out["detail"] = detail
     return out
 
@@ -820,7 +825,8 @@ class Bundle(Message):
     def to_bytes(self) -> bytes:
         head = self.head(self.vehicle, self.of, len(self.items))
         if self.compress:
-            body = b"[" + b",".join(self.item(i, p, self.vehicle, self.of) for i, p in self.items) + b"]"
+            prefix = self.prefix(self.vehicle, self.of)
+            body = b"[" + b",".join(self.item(i, p, prefix) for i, p in self.items) + b"]"
             return head + self.ZD1_OPEN + base64.b64encode(zd1_compress(body)) + self.ZD1_CLOSE
         return head + self.PLAIN_OPEN + b",".join(self.item(i, p) for i, p in self.items) + self.PLAIN_CLOSE
 
@@ -836,12 +842,17 @@ class Bundle(Message):
             VERSION, json.dumps(vehicle).encode(), json.dumps(of).encode(), count)
 
     @staticmethod
-    def item(id_: str, payload: bytes, vehicle: str | None = None, of: str = "") -> bytes:
-        """One item; an empty id is left out (an alert's: ``<vehicle>:alert:<its key>``). With
-        ``vehicle`` (the ``zd1`` encoding): the message without the ``v``, ``kind`` and
-        ``vehicle`` the envelope says, and an item without an id is the message itself."""
-        if vehicle is not None:
-            prefix = b'{"v":%d,"kind":%s,"vehicle":%s,' % (VERSION, json.dumps(of).encode(), json.dumps(vehicle).encode())
+    def prefix(vehicle: str, of: str) -> bytes:
+        """How a message of the bundle starts with the ``v``, ``kind`` and ``vehicle`` its envelope
+        says: what a ``zd1`` item leaves out (``item``)."""
+        return b'{"v":%d,"kind":%s,"vehicle":%s,' % (VERSION, json.dumps(of).encode(), json.dumps(vehicle).encode())
+
+    @staticmethod
+    def item(id_: str, payload: bytes, prefix: bytes | None = None) -> bytes:
+        """One item; an empty id is left out (an alert's: ``<vehicle>:alert:<its key>``). With the
+        bundle's ``prefix`` (the ``zd1`` encoding): the message without it, and an item without an
+        id is the message itself."""
+        if prefix is not None:
             if payload.startswith(prefix):
                 payload = b"{" + payload[len(prefix):]
             if not id_:

@@ -76,20 +76,24 @@ def _item_id(entry: Entry, vehicle: str, spool_id: str) -> str:
 
 IOT_CORE_MAX_PAYLOAD = 131_072  # AWS IoT Core: 128 KB per MQTT payload
 
-_ZLIB_TAIL = 16  # at most what "]" and the end of the stream add after a sync flush (a few bytes)
+_DEFLATE_TAIL = 16  # at most what "]" and the end of the stream add after a sync flush (a few bytes)
 
 
-def _item(entry: Entry, vehicle: str, spool_id: str, compress: bool) -> bytes:
-    return messages.Bundle.item(_item_id(entry, vehicle, spool_id), entry.payload,
-                                vehicle if compress else None, entry.kind)
+def _item(entry: Entry, vehicle: str, spool_id: str, compress: bool, prefix: bytes | None = None) -> bytes:
+    """A spooled message as a bundle item; compressed, without the bundle's ``prefix`` (made here
+    if not given: a bundle's items share it)."""
+    if compress and prefix is None:
+        prefix = messages.Bundle.prefix(vehicle, entry.kind)
+    return messages.Bundle.item(_item_id(entry, vehicle, spool_id), entry.payload, prefix if compress else None)
 
 
 def fit(entries: list[Entry], *, vehicle: str, spool_id: str, compress: bool, max_bytes: int) -> tuple[bytes, int]:
     """The bundle of as many of ``entries`` (in order, at least one) as fit in ``max_bytes``,
     and how many: ``pack`` of them, made in one pass. Uncompressed, sizes add up exactly;
     compressed, each message goes through deflate once (``_deflate_fitting``)."""
-    items = [_item(e, vehicle, spool_id, compress) for e in entries]
-    of = entries[0].kind
+    of = entries[0].kind  # the spool gives messages of one kind at a time
+    prefix = messages.Bundle.prefix(vehicle, of) if compress else None
+    items = [_item(e, vehicle, spool_id, compress, prefix) for e in entries]
     room = max_bytes - len(messages.Bundle.head(vehicle, of, len(items)))  # the widest count
     if not compress:
         room -= len(messages.Bundle.PLAIN_OPEN) + len(messages.Bundle.PLAIN_CLOSE)
@@ -170,7 +174,7 @@ class _Deflate:
 def _surely_fits(raw: int, zmax: int) -> bool:
     """Whether ``raw`` bytes fit in ``zmax`` whatever deflate makes of them (stored blocks: a
     few bytes per block more than their data)."""
-    return raw + (raw >> 10) + 64 + _ZLIB_TAIL <= zmax
+    return raw + (raw >> 10) + 64 + _DEFLATE_TAIL <= zmax
 
 
 def _deflate_fitting(items: list[bytes], zmax: int, *, guess: bool = True) -> tuple[bytes | None, int]:
@@ -195,21 +199,24 @@ def _deflate_fitting(items: list[bytes], zmax: int, *, guess: bool = True) -> tu
         out = ahead * ratio
         return guess and ratio > 0 and z.size + out + margin <= zmax and out <= zmax / 4 and ahead <= zmax
 
+    def over() -> bool:  # the stream so far, ended now, would not fit (measured only near the limit)
+        return z.size + _DEFLATE_TAIL > zmax and z.size + z.tail_size() > zmax
+
     for item in items:
         piece = b"," + item if n else item
         ahead = z.pending + len(piece)
         if n and not _surely_fits(z.size + ahead, zmax) and not predictable(ahead):
             z.sync()
             ratio = z.size / z.fed
-            if z.size + _ZLIB_TAIL > zmax:
-                if z.size + z.tail_size() > zmax:
-                    return None, n
+            if over():
+                return None, n
+            if z.size + _DEFLATE_TAIL > zmax:
                 break  # exactly full (an item taken measured left less than the margin)
             if not predictable(len(piece)):  # near the limit: try it
                 mark = z.mark()
                 z.feed(piece)
                 z.sync()
-                if z.size + _ZLIB_TAIL > zmax and z.size + z.tail_size() > zmax:  # measured exactly
+                if over():
                     z.undo(mark)
                     break
                 n += 1
