@@ -96,6 +96,27 @@ def test_the_uploader_handler_spools_and_its_pinned_sender_delivers(make_service
     assert sent == ["a", "b"]
 
 
+def test_stopping_an_idle_uploader_wakes_its_sender_at_once(make_services):
+    """An idle sender sleeps until a message arrives (up to poll_seconds, here an hour): stopping
+    wakes it, so the loop has ended when stop returns, not an hour later (the join would time out
+    and leave it running)."""
+    services = make_services(env={"TELEMETRY_SPOOL": ":memory:"}, uploader={"poll_seconds": 3600.0})
+    from telemetry.edge.clock import SystemClock
+
+    services.clock = SystemClock()
+    module = load(ROOT / "lambdas/uploader/handler.py", "uploader_handler_idle_test", services)
+    sender = module.adapter.component.core.sender
+    try:
+        for _ in range(500):  # until it has looked once and gone to sleep
+            if sender.idle:
+                break
+            threading.Event().wait(0.01)
+        assert sender.idle
+    finally:
+        module.adapter.stop(timeout=30)
+    assert not module.adapter.thread.is_alive()
+
+
 def test_pinned_reader_starts_its_loop_without_blocking_the_import(tmp_path, make_services):
     # GIVEN a log of 100 s replayed at the recorded pace
     log = tmp_path / "slow.log"

@@ -463,6 +463,9 @@ class LambdaAdapter:
         component (an aggregator publishes its open windows, the uploader closes its spool)."""
         self.exit_on_failure = False  # stopping: the loop's end is no failure
         self._stop.set()
+        interrupt = getattr(self._component, "interrupt", None)
+        if interrupt is not None:  # a loop asleep on a wait of its own (the uploader's sender, idle)
+            interrupt()
         if self.thread is not None and self.thread is not threading.current_thread():
             self.thread.join(timeout)
         with self._lock:
@@ -823,6 +826,11 @@ class UploaderComponent(MessageComponent):
 
     def run(self, stop: threading.Event) -> None:
         self.core.run(stop)
+
+    def interrupt(self) -> None:
+        """Stopping: wake the sender from its idle wait (it sleeps until a message arrives),
+        so the loop sees the stop now, not after its wait."""
+        self.core.sender.wake.set()
 
     def pending(self) -> int:
         return self.core.pending()
