@@ -94,3 +94,33 @@ def test_a_dbc_that_does_not_load_names_the_file_and_problem(tmp_path, text, pro
 def test_missing_dbc(tmp_path):
     with pytest.raises(DbcError, match="not found"):
         DbcDecoder([tmp_path / "nope.dbc"])
+
+
+def test_a_dbc_is_parsed_once_a_process_until_its_content_changes(tmp_path, monkeypatch):
+    """The local runtime's components, report and rule check all read the vehicle's DBC: one
+    parse. A file rewritten (here with the same size, in the same instant) is parsed again, and a
+    broken file is refused every time it is read, not remembered."""
+    calls = []
+    real = cantools.database.load_file
+
+    def counting(*args, **kwargs):
+        calls.append(args[0])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(cantools.database, "load_file", counting)
+    path = tmp_path / "car.dbc"
+    path.write_text(TWO)
+    first = load_dbc(path)
+    assert load_dbc(path) is first and load_dbc(str(path)) is first
+    assert len(calls) == 1
+    path.write_text(TWO.replace("Other", "Otter"))  # same size
+    assert [s.name for s in load_dbc(path).messages[0].signals] == ["Otter"]
+    assert len(calls) == 2
+    path.write_text(TWO.replace("0|16@1+", "oops!!!"))
+    for _ in range(2):
+        with pytest.raises(DbcError, match="not a valid DBC file"):
+            load_dbc(path)
+    assert len(calls) == 4
+    path.write_text(TWO)
+    assert load_dbc(path) is first  # the same content again: the one parse of it
+    assert len(calls) == 4

@@ -16,9 +16,11 @@ decode are counted, never fatal; so are values that are not finite or beyond ``M
 from __future__ import annotations
 
 import fnmatch
+import hashlib
 import logging
 import re
-from collections import Counter
+import threading
+from collections import Counter, OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -92,11 +94,42 @@ class _Entry:
     fallback: str = ""  # why there is no plan
 
 
+# DBC files parsed in this process, by path and content: the local runtime hosts the four
+# components, the report and the rule check in one process, each reading the same DBC (cantools
+# takes 40-60 ms a file). A file changed on disk is parsed again. Nobody changes a loaded database.
+_LOADED: OrderedDict[tuple[str, str], Any] = OrderedDict()
+_LOADED_MAX = 16
+_LOADED_LOCK = threading.Lock()
+
+
 def load_dbc(path: str | Path) -> Any:
-    """Load one DBC, or raise DbcError naming the file and the problem."""
+    """Load one DBC, or raise DbcError naming the file and the problem. A file already loaded
+    in this process, unchanged since, is not parsed again (the same database object: read only)."""
     path = Path(path)
     if not path.is_file():
         raise DbcError(f"{path}: DBC file not found")
+    try:
+        key = (str(path.resolve()), hashlib.sha256(path.read_bytes()).hexdigest())
+    except OSError as exc:
+        raise DbcError(f"{path}: cannot read the DBC file: {exc.strerror or exc}") from None
+    with _LOADED_LOCK:
+        db = _LOADED.get(key)
+    if db is None:
+        db = _parse_dbc(path)
+        with _LOADED_LOCK:
+            _LOADED[key] = db
+            while len(_LOADED) > _LOADED_MAX:
+                _LOADED.popitem(last=False)
+    return db
+
+
+def forget_loaded_dbcs() -> None:
+    """Parse every DBC afresh from now on (a benchmark timing a replay from a cold start)."""
+    with _LOADED_LOCK:
+        _LOADED.clear()
+
+
+def _parse_dbc(path: Path) -> Any:
     try:
         db = cantools.database.load_file(str(path), database_format="dbc", strict=False)
     except Exception as exc:  # cantools raises ParseError, UnsupportedDatabaseFormatError, ...

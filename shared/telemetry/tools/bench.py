@@ -31,7 +31,7 @@ import numpy as np
 from telemetry.edge import messages
 from telemetry.edge.aggregator import Aggregation
 from telemetry.edge.config import parse_config
-from telemetry.edge.decode import DbcDecoder
+from telemetry.edge.decode import DbcDecoder, forget_loaded_dbcs
 from telemetry.edge.detector import Detector
 from telemetry.edge.frames import Frames
 from telemetry.edge.reader import batch_ends
@@ -403,9 +403,11 @@ def pipeline_stage(log: Path, cfg, config: str | None, dbc: list[str], frames: i
 
     naive_s, parse_s, columns_s = timed(naive), timed(parse), timed(parse_columns)
     decode_s = timed(decode)
+    forget_loaded_dbcs()  # each replay parses its DBC files, as one started afresh does
     start = time.perf_counter()
     summary = replay(path, out_dir=tmp / "replay", config=config, dbc=dbc)
     replay_s = time.perf_counter() - start
+    forget_loaded_dbcs()
     start = time.perf_counter()
     replay(path, out_dir=tmp / "replay-processes", config=config, dbc=dbc, processes=True)
     processes_s = time.perf_counter() - start
