@@ -130,15 +130,18 @@ def bucketed(a: np.ndarray, max_points: int = MAX_POINTS) -> dict[str, list[Any]
     return dict(zip(_COLUMNS, columns))
 
 
-def _buckets(cols: Sequence[np.ndarray], bounds: np.ndarray, max_points: int) -> tuple[list[list[Any]], list[int]]:
+def _buckets(cols: Sequence[np.ndarray], bounds: np.ndarray, max_points: int,
+             order: np.ndarray | None = None) -> tuple[list[list[Any]], list[int]]:
     """``bucketed`` of many signals at once: ``cols`` are the columns (t0, t1, min, max, mean, n)
-    of every signal's rows, in time order, signal ``i`` in rows ``bounds[i]:bounds[i + 1]``. A
+    of every signal's rows, in time order, signal ``i`` in rows ``bounds[i]:bounds[i + 1]`` (of
+    ``cols[k][order]`` if an ``order`` is given: t0 and t1 are then read only where needed). A
     signal of more than ``max_points`` rows is cut into ``max_points`` buckets of consecutive
     rows (min of the mins, max of the maxes, count-weighted mean); a shorter one keeps its rows.
     Returns the six columns of the buckets, ready for the page, and where each signal's buckets
     begin in them (one more: the end). One numpy pass over all signals: the same numbers as
     taking the signals one by one (each bucket is reduced over its own rows only)."""
-    t0, t1, lo, hi, mean, n = cols
+    t0, t1, *rest = cols
+    lo, hi, mean, n = rest if order is None else [c[order] for c in rest]
     firsts: list[np.ndarray] = []
     merged: list[bool] = []
     offsets = [0]
@@ -152,13 +155,14 @@ def _buckets(cols: Sequence[np.ndarray], bounds: np.ndarray, max_points: int) ->
     starts = np.concatenate(firsts) if firsts else np.zeros(0, np.int64)
     if not len(starts):
         return [[] for _ in _COLUMNS], offsets
-    ends = np.append(starts[1:], len(t0)) - 1
+    ends = np.append(starts[1:], len(n)) - 1
     with np.errstate(all="ignore"):  # NaN and inf as they come: their buckets say so
         count = np.add.reduceat(n, starts)
         weighted = np.add.reduceat(mean * n, starts)
         pooled = np.where(count > 0, weighted / np.maximum(count, 1), mean[starts])
     means = np.where(np.repeat(np.array(merged), np.diff(offsets)), pooled, mean[starts])
-    out = [t0[starts], t1[ends], np.minimum.reduceat(lo, starts), np.maximum.reduceat(hi, starts), means, count]
+    first, last = (starts, ends) if order is None else (order[starts], order[ends])
+    out = [t0[first], t1[last], np.minimum.reduceat(lo, starts), np.maximum.reduceat(hi, starts), means, count]
     return [(_t_list if key[0] == "t" else _r_list)(col) for key, col in zip(_COLUMNS, out)], offsets
 
 
@@ -177,28 +181,36 @@ def payload_series(payloads: Sequence[wire.Payload], max_points: int = MAX_POINT
         ids = np.array([index.setdefault(name, len(index)) for name in t.names], dtype=np.int64)[t.sid]
         stats = t.stats
         nan = np.full(len(t), math.nan)
-        mean = stats.get("mean", stats.get("last", nan)).astype(np.float64)
+        mean = stats.get("mean", stats.get("last", nan)).astype(np.float64, copy=False)
         start = t.window * payload.width
-        parts.append([ids, start, start + payload.width,
-                      stats.get("min", mean).astype(np.float64), stats.get("max", mean).astype(np.float64),
+        parts.append([ids, start, np.full(len(t), payload.width),
+                      stats.get("min", mean).astype(np.float64, copy=False), stats.get("max", mean).astype(np.float64, copy=False),
                       mean, stats["count"].astype(np.float64) if "count" in stats else np.ones(len(t))])
     if not parts:
         return {}
     names = sorted(index)
     rank = np.empty(len(names), np.int64)
     rank[[index[name] for name in names]] = np.arange(len(names))
-    ids, *cols = [np.concatenate(column) for column in zip(*parts)]
+    ids, t0, width, *stats_columns = [np.concatenate(column) for column in zip(*parts)]
     ids = rank[ids]  # each signal's place in name order
-    # by signal, then by (t0, t1, min, max, mean, n): by signal and t0 alone while those are
-    # unique (the rest then cannot reorder anything), else by every column
-    order = np.lexsort((cols[0], ids))
-    i_s, t_s = ids[order], cols[0][order]
-    if not (np.isfinite(t_s).all() and ((i_s[1:] != i_s[:-1]) | (t_s[1:] != t_s[:-1])).all()):
-        order = np.lexsort((*cols[::-1], ids))
-        i_s = ids[order]
-    columns, offsets = _buckets([c[order] for c in cols], np.searchsorted(i_s, np.arange(len(names) + 1)), max_points)
+    order = _order(ids, t0, width, *stats_columns)
+    t1 = t0 + width  # each row's, as ``start + payload.width`` was (the buckets read it at their ends)
+    columns, offsets = _buckets([t0, t1, *stats_columns], np.searchsorted(ids[order], np.arange(len(names) + 1)),
+                                max_points, order)
     return {name: {key: column[offsets[j]:offsets[j + 1]] for key, column in zip(_COLUMNS, columns)}
             for j, name in enumerate(names)}
+
+
+def _order(ids: np.ndarray, t0: np.ndarray, width: np.ndarray, lo: np.ndarray, hi: np.ndarray, mean: np.ndarray,
+           n: np.ndarray) -> np.ndarray:
+    """The rows by signal, then by (t0, t1, min, max, mean, n): by signal and t0 alone while
+    those are unique (the other columns then cannot reorder anything), else (a window heard
+    twice) by every column."""
+    order = np.lexsort((t0, ids))
+    i_s, t_s = ids[order], t0[order]
+    if np.isfinite(t_s).all() and ((i_s[1:] != i_s[:-1]) | (t_s[1:] != t_s[:-1])).all():
+        return order
+    return np.lexsort((n, mean, hi, lo, t0 + width, t0, ids))
 
 
 def alert_intervals(alerts: Sequence[Alert], t_end: float | None, plotted: Sequence[str] = (),
