@@ -382,6 +382,56 @@ def test_wal_and_an_fsync_per_commit(tmp_path):
         s.close()
 
 
+def test_an_ack_survives_a_killed_process_though_its_commit_waits_for_the_next_fsync(tmp_path):
+    """A delete of sent messages commits with synchronous NORMAL (no fsync of its own: the next
+    put's flushes it with the WAL); a killed process loses neither, the put after it is FULL again."""
+    path = tmp_path / "spool.db"
+    code = (
+        "import os\n"
+        "from telemetry.edge.spool import SqliteSpool\n"
+        f"s = SqliteSpool({str(path)!r})\n"
+        "ids = [s.put('aggregates', float(i), b'x' * 200, f'a{i}') for i in range(50)]\n"
+        "s.ack(ids[:30])\n"
+        "s.put('aggregates', 99.0, b'y' * 100, 'late')\n"
+        "s.ack(ids[30:40])\n"  # the last: nothing flushed after it, the OS still has it
+        "os.kill(os.getpid(), 9)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True)
+    assert result.returncode == -9, result.stderr
+    reopened = SqliteSpool(path)
+    try:
+        assert reopened.depth() == (11, 10 * 200 + 100)
+        assert [e.key for e in reopened.take(max_bytes=10**6, max_count=100)] == [f"a{i}" for i in range(40, 50)] + ["late"]
+    finally:
+        reopened.close()
+
+
+def test_only_the_delete_of_sent_messages_skips_its_fsync(tmp_path):
+    s = SqliteSpool(tmp_path / "spool.db")
+    statements: list[str] = []
+    try:
+        s._db.set_trace_callback(statements.append)
+        ids = s.put_many([("aggregates", float(i), agg(i), f"a{i}") for i in range(3)])
+        s.retry(ids[:1])
+        s.set_aside(ids[1:2], "refused")
+        assert not [q for q in statements if "synchronous" in q]  # puts, attempts, set-asides: FULL
+        s.ack(ids[2:])
+        assert [q for q in statements if "synchronous" in q] == ["PRAGMA synchronous=NORMAL", "PRAGMA synchronous=FULL"]
+        assert s._db.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL again for what follows
+        s._db.execute("DROP TABLE spool")  # an ack that fails still leaves the connection FULL
+        with pytest.raises(SpoolError):
+            s.ack([1])
+        assert s._db.execute("PRAGMA synchronous").fetchone()[0] == 2
+        s._db.execute("PRAGMA synchronous=NORMAL")  # as if setting it back had failed:
+        s._relaxed = True
+        statements.clear()
+        with pytest.raises(SpoolError):
+            s.put("aggregates", 5.0, agg(5), "a5")
+        assert statements[:2] == ["PRAGMA synchronous=FULL", "BEGIN IMMEDIATE"]  # FULL before a put begins
+    finally:
+        s.close()
+
+
 def test_a_put_is_one_statement_and_a_batch_one_commit(tmp_path):
     """The key's UNIQUE index finds a redelivery as the row goes in (no SELECT first), and a
     batch costs one commit, so one fsync."""

@@ -11,7 +11,10 @@ only stores, selects and deletes rows. ``SqliteSpool`` is the device's: SQLite i
 ``synchronous=FULL``. The car's core device loses power when the driver switches off; with
 NORMAL, WAL survives a process crash but the last transactions before a power cut can be lost,
 and an accepted alert is a promise. FULL costs one fsync per commit, and commits are one per
-handler call (one message, or a batch with ``put_many``) at a few a second. ``MemorySpool`` keeps the rows in dicts, for tests, the
+handler call (one message, or a batch with ``put_many``) at a few a second. The sender's delete
+of what the cloud has confirmed (``ack``) alone commits with NORMAL: the next put's fsync carries
+it to the disk, and a power cut before that only sends those messages again, under the ids the
+cloud de-duplicates by (as a cut between the publish and the delete does anyway). ``MemorySpool`` keeps the rows in dicts, for tests, the
 local runtime and quick replays: nothing survives the process.
 
 Acknowledged means stored: ``put`` returns only once its rows are committed, and raises a
@@ -167,7 +170,10 @@ class Spool(ABC):
         ids = list(dict.fromkeys(ids))
         if ids:
             with self._lock:
-                with self._transaction("cannot delete sent messages"):
+                # Not flushed to the disk on its own (``_transaction``'s ``durable``): lost only
+                # to a power cut before the next put's flush, and then those messages go again,
+                # under the ids the cloud de-duplicates by, as after a cut before this delete.
+                with self._transaction("cannot delete sent messages", durable=False):
                     removed = self._delete(ids)
                 self._forget(removed)
                 self._runs.clear()  # something went: the next eviction is a new hole
@@ -336,8 +342,10 @@ class Spool(ABC):
         """Messages stored and their bytes (once, at open)."""
 
     @abstractmethod
-    def _transaction(self, what: str) -> AbstractContextManager[None]:
-        """The writes inside happen all or none; a failure is a ``SpoolError`` saying ``what``."""
+    def _transaction(self, what: str, durable: bool = True) -> AbstractContextManager[None]:
+        """The writes inside happen all or none; a failure is a ``SpoolError`` saying ``what``.
+        ``durable``: on the disk when this returns; without it, once the next durable one is
+        (a crash of the process loses neither; a power cut may lose the writes in between)."""
 
     def _reading(self, what: str) -> AbstractContextManager[None]:
         """Reads inside: the backend's errors come out as a ``SpoolError`` saying ``what``."""
@@ -472,6 +480,7 @@ class SqliteSpool(Spool):
                 raise _Damaged(f"spool schema {version} is newer than this version's {self.SCHEMA_VERSION}")
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
+            self._relaxed = False  # synchronous is NORMAL (only while an ack commits)
             if version < self.SCHEMA_VERSION:
                 self._migrate(version)
         except sqlite3.Error as exc:
@@ -586,19 +595,36 @@ class SqliteSpool(Spool):
         return int(count), int(size)
 
     @contextmanager
-    def _transaction(self, what: str) -> Iterator[None]:
+    def _transaction(self, what: str, durable: bool = True) -> Iterator[None]:
         with self._reading(what):
-            self._db.execute("BEGIN IMMEDIATE")
+            # WAL with NORMAL: the commit is written, its fsync left to the next FULL one. The
+            # connection is FULL again before any durable transaction begins: restored after,
+            # and if that failed, before the next.
+            if durable and self._relaxed:
+                self._db.execute("PRAGMA synchronous=FULL")
+                self._relaxed = False
+            elif not durable:
+                self._relaxed = True
+                self._db.execute("PRAGMA synchronous=NORMAL")
             try:
-                yield
-                self._db.execute("COMMIT")
-            except BaseException:
-                if self._db.in_transaction:
+                self._db.execute("BEGIN IMMEDIATE")
+                try:
+                    yield
+                    self._db.execute("COMMIT")
+                except BaseException:
+                    if self._db.in_transaction:
+                        try:
+                            self._db.execute("ROLLBACK")
+                        except sqlite3.Error:
+                            pass  # SQLite has rolled back already (after an I/O error, a full disk)
+                    raise
+            finally:
+                if not durable:
                     try:
-                        self._db.execute("ROLLBACK")
+                        self._db.execute("PRAGMA synchronous=FULL")
+                        self._relaxed = False
                     except sqlite3.Error:
-                        pass  # SQLite has rolled back already (after an I/O error, a full disk)
-                raise
+                        pass  # the next durable transaction sets it (or fails)
 
     @contextmanager
     def _reading(self, what: str) -> Iterator[None]:
@@ -701,7 +727,7 @@ class MemorySpool(Spool):
     def _counts(self) -> tuple[int, int]:
         return len(self._rows), sum(len(e.payload) for q in self._queues.values() for e in q.values())
 
-    def _transaction(self, what: str) -> AbstractContextManager[None]:
+    def _transaction(self, what: str, durable: bool = True) -> AbstractContextManager[None]:
         return nullcontext()
 
     def _insert(self, kind: str, priority: int, t: float, created: float, payload: bytes, key: str | None) -> int | None:
