@@ -503,7 +503,9 @@ class Sender:
             if delay <= 0:
                 continue
             if self.idle:
-                self.clock.wait(self.wake, delay)  # nothing to send: until a message arrives
+                if stop.is_set():  # a stop's wake may have come before the clear above: not slept on
+                    continue
+                self.clock.wait(self.wake, delay)  # nothing to send: until a message arrives (or a stop)
             else:
                 self.clock.wait(stop, delay)  # back-off or rate limit: only stopping cuts it short
 
