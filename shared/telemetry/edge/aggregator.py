@@ -41,10 +41,9 @@ _ROW = {key: i for i, key in enumerate(_FIELDS)}
 _EMPTY = np.array([0.0, 0.0, 0.0, np.inf, np.inf, -np.inf, np.inf, np.inf, np.nan, -np.inf, np.nan])
 
 
-def _empty(size: int, windows: int | None = None) -> np.ndarray:
-    """Statistics of no sample, for ``size`` signals (of ``windows`` windows)."""
-    shape = (len(_FIELDS), size) if windows is None else (windows, len(_FIELDS), size)
-    out = np.empty(shape)
+def _empty(size: int) -> np.ndarray:
+    """Statistics of no sample, for ``size`` signals."""
+    out = np.empty((len(_FIELDS), size))
     out[...] = _EMPTY[:, None]
     return out
 
@@ -348,18 +347,18 @@ class WindowAggregator:
             uniq, which = np.unique(window, return_inverse=True)
             ks = uniq.tolist()
         opened = [i for i, k in enumerate(ks) if k not in self.open]
-        if opened:
-            store = _empty(size, len(opened))
+        if opened:  # one store for them all: window j's signal i in column j * size + i
+            store = _empty(size * len(opened))
             if len(opened) == len(ks):
-                store[which, :, sid] = r.T
+                store[:, which * size + sid] = r
             else:
                 place = np.full(len(ks), -1)
                 place[opened] = np.arange(len(opened))
                 at = place[which]
                 mine = at >= 0
-                store[at[mine], :, sid[mine]] = r[:, mine].T
+                store[:, at[mine] * size + sid[mine]] = r[:, mine]
             for j, i in enumerate(opened):
-                self.open[ks[i]] = _Window(store[j])
+                self.open[ks[i]] = _Window(store[:, j * size:(j + 1) * size])
         if len(opened) < len(ks):
             fresh = set(opened)
             for i, k in enumerate(ks):
@@ -560,7 +559,6 @@ class Aggregation:
         return self._group_of[signal]
 
     def add(self, batch: FlatBatch, watermark: float) -> list[Window]:
-        groups = self._groups
         if batch.names != self._names:  # per name of the batch: its group (-1: not selected), its number there
             where = self._where
             pairs = [where.get(n) or self._place(n) for n in batch.names]
@@ -568,39 +566,33 @@ class Aggregation:
             self._route = np.array([p[0] for p in pairs], dtype=np.int64)
             self._local = np.array([p[1] for p in pairs], dtype=np.int64)
             self._distinct = len(set(batch.names)) == len(batch.names)
+        if not len(batch):
+            return self._sorted([m for aggregator in self._groups for m in aggregator.advance(watermark)])
+        # each name's samples are together (FlatBatch): one run per name, routed as a whole
+        starts, lengths = _runs(batch.ids)
+        name = batch.ids[starts]
+        group, sid = self._route[name], self._local[name]
+        skipped = int(lengths[group < 0].sum())
+        if skipped:
+            self.stats["samples_not_selected"] += skipped
         out = []
-        if len(batch):
-            # each name's samples are together (FlatBatch): one run per name, routed as a whole
-            starts, lengths = _runs(batch.ids)
-            name = batch.ids[starts]
-            group, sid = self._route[name], self._local[name]
-            skipped = int(lengths[group < 0].sum())
-            if skipped:
-                self.stats["samples_not_selected"] += skipped
-        for g, aggregator in enumerate(groups):
-            if not len(batch):
+        for g, aggregator in enumerate(self._groups):
+            runs = np.flatnonzero(group == g)
+            if not len(runs):
                 out += aggregator.advance(watermark)
                 continue
-            if len(groups) == 1 and not skipped:
-                mine = slice(None)
-                t, v = batch.t, batch.v
+            a, b = int(runs[0]), int(runs[-1])
+            if b - a + 1 == len(runs):  # consecutive runs (all of them, with one group): a slice
+                lo, hi = int(starts[a]), int(starts[b] + lengths[b])
+                t, v = batch.t[lo:hi], batch.v[lo:hi]
             else:
-                mine = np.flatnonzero(group == g)
-                if not len(mine):
-                    out += aggregator.advance(watermark)
-                    continue
-                a, b = int(mine[0]), int(mine[-1])
-                if b - a + 1 == len(mine):  # consecutive runs: a slice of the batch
-                    lo, hi = int(starts[a]), int(starts[b] + lengths[b])
-                    t, v = batch.t[lo:hi], batch.v[lo:hi]
-                else:
-                    n = lengths[mine]
-                    take = np.repeat(starts[mine] - (np.cumsum(n) - n), n) + np.arange(int(n.sum()))
-                    t, v = batch.t[take], batch.v[take]
+                n = lengths[runs]
+                take = np.repeat(starts[runs] - (np.cumsum(n) - n), n) + np.arange(int(n.sum()))
+                t, v = batch.t[take], batch.v[take]
             if self._distinct:
-                out += aggregator.add_runs(sid[mine], lengths[mine], t, v, watermark)
+                out += aggregator.add_runs(sid[runs], lengths[runs], t, v, watermark)
             else:  # a name twice in the batch: its runs are one signal's
-                out += aggregator.add_samples(np.repeat(sid[mine], lengths[mine]), t, v, watermark)
+                out += aggregator.add_samples(np.repeat(sid[runs], lengths[runs]), t, v, watermark)
         return self._sorted(out)
 
     def process(self, message: Signals | EndOfStream) -> list[Window]:
