@@ -300,8 +300,9 @@ def _quantize(table: Table, res: Mapping[str, Resolution], single: np.ndarray) -
     one sample, ``single``) is on its grid, else NaN."""
     n = len(table.names)
     pairs = [(r[0], r[1]) if r is not None and math.isfinite(r[0]) and math.isfinite(r[1]) and r[0] != 0
-             else (np.nan, 0.0) for r in map(res.get, table.names)]
-    scale, offset = np.array(pairs, np.float64).reshape(n, 2).T.copy()
+             else (math.nan, 0.0) for r in map(res.get, table.names)]
+    scale = np.array([r[0] for r in pairs], np.float64)
+    offset = np.array([r[1] for r in pairs], np.float64)
     ok = ~np.isnan(scale)
     if len(table) and ok.any():
         sc, off = scale[table.sid], offset[table.sid]
@@ -393,15 +394,19 @@ def _read_uvarints(raw: bytes, count: int) -> np.ndarray:
     last = b < 0x80
     if int(last.sum()) != count or (len(b) and not last[-1]):
         raise WireError(f"payload integer column of {len(b)} bytes does not hold {count} values")
-    if not count:
-        return np.zeros(0, np.uint64)
+    if count == len(b):  # every value one byte
+        return b.astype(np.uint64)
     ends = np.flatnonzero(last)
-    starts = np.concatenate(([0], ends[:-1] + 1))
-    pos = np.arange(len(b)) - np.repeat(starts, ends - starts + 1)
-    if pos.max() > 9 or (b[pos == 9] > 1).any():
+    lengths = np.diff(ends, prepend=-1)
+    width = int(lengths.max())
+    if width > 10 or (width == 10 and (b[ends[lengths == 10]] > 1).any()):
         raise WireError("payload integer column has a value over 64 bits")
-    parts = (b & 0x7F).astype(np.uint64) << (7 * pos).astype(np.uint64)
-    return np.add.reduceat(parts, starts)
+    starts = ends - (lengths - 1)
+    out = (b[starts] & 0x7F).astype(np.uint64)
+    for j in range(1, width):  # each value's (j+1)-th byte, where it has one
+        more = np.flatnonzero(lengths > j)
+        out[more] |= (b[starts[more] + j] & 0x7F).astype(np.uint64) << np.uint64(7 * j)
+    return out
 
 
 def _read_varints(raw: bytes, count: int) -> np.ndarray:
@@ -599,14 +604,15 @@ def encode(p: Payload, *, codec: str = "zlib", level: int | None = None, schema:
     # the cells of a signal (its windows and their counts) are those of an earlier signal more
     # often than not (signals of one CAN message decode from the same frames): say which
     bounds = np.searchsorted(sid, np.arange(n_sig + 1))
-    same = np.zeros(n_sig, np.int64)
-    seen: dict[bytes, int] = {}
-    for i in range(n_sig):
-        a, b = int(bounds[i]), int(bounds[i + 1])
-        key = window[a:b].tobytes() + b"|" + count[a:b].tobytes()
+    same_list = [0] * n_sig
+    seen: dict[tuple[bytes, bytes], int] = {}
+    windows, counts = window.astype(np.int64).tobytes(), count.tobytes()  # a signal's: 8 bytes a cell
+    for i, (a, b) in enumerate(zip((8 * bounds[:-1]).tolist(), (8 * bounds[1:]).tolist())):
+        key = (windows[a:b], counts[a:b])
         if key in seen:
-            same[i] = i - seen[key]
+            same_list[i] = i - seen[key]
         seen[key] = i
+    same = np.array(same_list, np.int64)
     own = same == 0
     mine = own[sid]
     first = _starts(sid)
