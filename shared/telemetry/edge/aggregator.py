@@ -467,28 +467,28 @@ class Publisher:
         be over ``max_bytes``."""
         g = self.group
         j = self._period(windows[0].start)
-        # the windows' stores side by side: (statistic, signal, window), so that the cells
-        # present, read in order, are in the table's order (by signal, then window)
+        # the windows' stores, one after the other: the cells present, read signal by signal
+        # (window by window within each), are in the table's order
         stores = []
         for w in windows:
             cells = w.signals
             assert isinstance(cells, Cells)
             stores.append(cells.a)
         size = max(a.shape[1] for a in stores)
-        stores = [a if a.shape[1] == size else np.concatenate((a, _empty(size - a.shape[1])), axis=1) for a in stores]
-        every = np.stack(stores, axis=2).reshape(len(_FIELDS), size * len(windows))
-        at = np.flatnonzero(every[COUNT] > 0)
-        sid, slot = np.divmod(at, len(windows))
-        cols = every[:, at]
+        every = np.stack([a if a.shape[1] == size else np.concatenate((a, _empty(size - a.shape[1])), axis=1)
+                          for a in stores])
+        sid, slot = np.nonzero(every[:, COUNT, :].T > 0)
         first = np.ones(len(sid), dtype=bool)
         np.not_equal(sid[1:], sid[:-1], out=first[1:])
         present = sid[first]
-        count = cols[COUNT]
+        count = every[slot, COUNT, sid]
         stats = {key: count.astype(np.int64) if key == "count" else
-                 np.sqrt(np.maximum(cols[M2], 0.0) / count) if key == "std" else cols[_ROW[key]] for key in self.stats}
-        ks = np.array([round(w.start / g.width) for w in windows], np.int64)
-        table = wire.Table(tuple(g.names[i] for i in present.tolist()), ks[slot], np.cumsum(first) - 1, stats)
-        if (np.diff(ks) <= 0).any():  # windows not in order (they come in order, as they close)
+                 np.sqrt(np.maximum(every[slot, M2, sid], 0.0) / count) if key == "std" else every[slot, _ROW[key], sid]
+                 for key in self.stats}
+        ks = [round(w.start / g.width) for w in windows]
+        table = wire.Table(tuple(g.names[i] for i in present.tolist()), np.array(ks, np.int64)[slot],
+                           np.cumsum(first) - 1, stats)
+        if sorted(set(ks)) != ks:  # windows not in order (they come in order, as they close)
             table = table.sorted()
         late = sum(w.late_samples for w in windows)
         oldest = min((w.late_oldest for w in windows if w.late_oldest is not None), default=None)
