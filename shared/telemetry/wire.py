@@ -397,7 +397,9 @@ def _read_uvarints(raw: bytes, count: int) -> np.ndarray:
     if count == len(b):  # every value one byte
         return b.astype(np.uint64)
     ends = np.flatnonzero(last)
-    lengths = np.diff(ends, prepend=-1)
+    lengths = np.empty_like(ends)
+    lengths[0] = ends[0] + 1
+    np.subtract(ends[1:], ends[:-1], out=lengths[1:])
     width = int(lengths.max())
     if width > 10 or (width == 10 and (b[ends[lengths == 10]] > 1).any()):
         raise WireError("payload integer column has a value over 64 bits")
