@@ -475,15 +475,20 @@ class Publisher:
             assert isinstance(cells, Cells)
             stores.append(cells.a)
         size = max(a.shape[1] for a in stores)
-        every = np.stack([a if a.shape[1] == size else np.concatenate((a, _empty(size - a.shape[1])), axis=1)
-                          for a in stores])
-        sid, slot = np.nonzero(every[:, COUNT, :].T > 0)
+        stores = [a if a.shape[1] == size else np.concatenate((a, _empty(size - a.shape[1])), axis=1) for a in stores]
+        counts = np.stack([a[COUNT] for a in stores])
+        sid, slot = np.nonzero(counts.T > 0)
+        at = slot * size + sid
+
+        def column(row: int) -> np.ndarray:  # a statistic of every cell present
+            return np.concatenate([a[row] for a in stores])[at]
+
         first = np.ones(len(sid), dtype=bool)
         np.not_equal(sid[1:], sid[:-1], out=first[1:])
         present = sid[first]
-        count = every[slot, COUNT, sid]
+        count = counts.ravel()[at]
         stats = {key: count.astype(np.int64) if key == "count" else
-                 np.sqrt(np.maximum(every[slot, M2, sid], 0.0) / count) if key == "std" else every[slot, _ROW[key], sid]
+                 np.sqrt(np.maximum(column(M2), 0.0) / count) if key == "std" else column(_ROW[key])
                  for key in self.stats}
         ks = [round(w.start / g.width) for w in windows]
         table = wire.Table(tuple(g.names[i] for i in present.tolist()), np.array(ks, np.int64)[slot],
