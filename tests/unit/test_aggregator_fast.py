@@ -60,7 +60,11 @@ def streams(draw, odd_times: bool = True):
             vs += draw(st.lists(values, min_size=n, max_size=n))
             counts.append(n)
         ids = np.repeat(np.arange(len(names), dtype=np.int64), counts)
-        batches.append((FlatBatch(tuple(names), ids, np.array(ts, float), np.array(vs, float)), t + span))
+        tt, vv = np.array(ts, float), np.array(vs, float)
+        if len(ids) and draw(st.integers(0, 9)) == 0:  # a name's samples apart (not as FlatBatch promises)
+            mixed = np.array(draw(st.permutations(range(len(ids)))), np.int64)
+            ids, tt, vv = ids[mixed], tt[mixed], vv[mixed]
+        batches.append((FlatBatch(tuple(names), ids, tt, vv), t + span))
         t += span if draw(st.integers(0, 9)) else draw(st.floats(min_value=0.0, max_value=1e4))
     return batches
 

@@ -240,8 +240,8 @@ class WindowAggregator:
     def add_runs(self, sid: np.ndarray, lengths: np.ndarray, t: np.ndarray, v: np.ndarray,
                  watermark: float | None = None) -> list[Window]:
         """Fold in samples given as runs: ``lengths[i]`` samples of signal ``sid[i]``, one after
-        the other (a batch as the reader makes it)."""
-        newest = self._fold_runs(sid, lengths, t, v) if len(t) else None
+        the other, each signal in one run (a batch as the reader makes it)."""
+        newest = self._fold_runs(sid, lengths, t, v, distinct=True) if len(t) else None
         if newest is None:
             newest = self._fold_any(np.repeat(sid, lengths), t, v)
         return self.advance(newest if watermark is None else max(watermark, newest))
@@ -270,14 +270,16 @@ class WindowAggregator:
             self.stats["late_unreported"] += self._late
         return out
 
-    def _fold_runs(self, sid: np.ndarray, lengths: np.ndarray, t: np.ndarray, v: np.ndarray) -> float | None:
-        """The common case without a sort or a copy of the samples: runs of distinct signals,
-        each in time order, every sample sound and none late. Folds them in and returns the
-        newest time; or changes nothing and returns None (not that case: ``_fold_any``)."""
+    def _fold_runs(self, sid: np.ndarray, lengths: np.ndarray, t: np.ndarray, v: np.ndarray,
+                   distinct: bool = False) -> float | None:
+        """The common case without a sort or a copy of the samples: runs of distinct signals
+        (``distinct``: known to be), each in time order, every sample sound and none late.
+        Folds them in and returns the newest time; or changes nothing and returns None (not
+        that case: ``_fold_any``)."""
         keep = lengths > 0
         if not keep.all():
             sid, lengths = sid[keep], lengths[keep]
-        if len(np.unique(sid)) != len(sid):
+        if not distinct and len(np.unique(sid)) != len(sid):
             return None
         n = len(t)
         run_at = np.cumsum(lengths) - lengths
@@ -577,6 +579,8 @@ class Aggregation:
         starts, lengths = _runs(batch.ids)
         name = batch.ids[starts]
         group, sid = self._route[name], self._local[name]
+        # one run per name (as FlatBatch promises), and names distinct: one run per signal
+        distinct = self._distinct and int(np.bincount(name, minlength=1).max()) == 1
         skipped = int(lengths[group < 0].sum())
         if skipped:
             self.stats["samples_not_selected"] += skipped
@@ -594,9 +598,9 @@ class Aggregation:
                 n = lengths[runs]
                 take = np.repeat(starts[runs] - (np.cumsum(n) - n), n) + np.arange(int(n.sum()))
                 t, v = batch.t[take], batch.v[take]
-            if self._distinct:
+            if distinct:
                 out += aggregator.add_runs(sid[runs], lengths[runs], t, v, watermark)
-            else:  # a name twice in the batch: its runs are one signal's
+            else:  # a name twice in the batch, or a name's samples apart: a signal in several runs
                 out += aggregator.add_samples(np.repeat(sid[runs], lengths[runs]), t, v, watermark)
         return self._sorted(out)
 
