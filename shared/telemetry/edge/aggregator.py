@@ -5,10 +5,14 @@ the first group whose pattern matches, else the default group. Window ``k`` of a
 ``W`` covers event times ``[k*W, (k+1)*W)``; a sample at time ``t`` belongs to window
 ``floor(t / W)``.
 
-Each batch is grouped by window with one sort and reduced with ``ufunc.reduceat``: the Python
-loop runs over (signal, window) pairs, never over samples. Partial results merge exactly
-(counts, sums of squared deviations by Chan's formula), so the statistics do not depend on how
-the stream was cut into batches.
+A batch as the reader makes it (each signal's samples together, in time order) is routed to its
+groups run by run and cut into runs of (signal, window) without a sort; any other batch is
+sorted first. The runs are reduced with ``ufunc.reduceat``. Each open window keeps its
+statistics in one 2-D array (a row per statistic, a column per signal), the windows a batch
+opens in one array together, so a batch is folded in with a few vector operations: Python
+loops run over windows, never over samples or (signal, window) cells. Partial results merge
+exactly (counts, sums of squared deviations by Chan's formula), so the statistics do not
+depend on how the stream was cut into batches.
 
 A window closes when the stream's event time (the end of the latest batch; on a quiet live bus,
 the reader's idle ticks) has passed its end plus ``lateness_seconds``, and at the end of the
