@@ -299,25 +299,24 @@ def _quantize(table: Table, res: Mapping[str, Resolution], single: np.ndarray) -
     """Per name: its (scale, offset) if every exact statistic of it (and the mean of a cell of
     one sample, ``single``) is on its grid, else NaN."""
     n = len(table.names)
-    scale = np.full(n, np.nan)
-    offset = np.zeros(n)
-    for i, name in enumerate(table.names):
-        r = res.get(name)
-        if r is not None and math.isfinite(r[0]) and math.isfinite(r[1]) and r[0] != 0:
-            scale[i], offset[i] = r
+    pairs = [(r[0], r[1]) if r is not None and math.isfinite(r[0]) and math.isfinite(r[1]) and r[0] != 0
+             else (math.nan, 0.0) for r in map(res.get, table.names)]
+    scale = np.array([r[0] for r in pairs], np.float64)
+    offset = np.array([r[1] for r in pairs], np.float64)
     ok = ~np.isnan(scale)
     if len(table) and ok.any():
         sc, off = scale[table.sid], offset[table.sid]
         bad = np.zeros(n, dtype=bool)
-        every = np.ones(len(table), dtype=bool)
-        checks = [(table.stats[s], every) for s in VALUE_STATS if s in table.stats]
+        exact = [table.stats[s] for s in VALUE_STATS if s in table.stats]
+        checks = [(np.stack(exact), sc, off, table.sid)] if exact else []  # every cell
         if "mean" in table.stats:
-            checks.append((table.stats["mean"], single))
-        for x, cells in checks:
-            x, s_, o_, sid = x[cells], sc[cells], off[cells], table.sid[cells]
+            checks.append((table.stats["mean"][single], sc[single], off[single], table.sid[single]))
+        for x, s_, o_, sid in checks:
             with np.errstate(invalid="ignore", over="ignore"):
                 q = np.rint((x - o_) / s_)
                 miss = ~((q * s_ + o_ == x) & (np.abs(q) < _MAX_EXACT))
+            if miss.ndim > 1:
+                miss = miss.any(axis=0)
             bad[sid[miss & ok[sid]]] = True
         scale[bad] = np.nan
     return np.stack((scale, offset))
@@ -354,21 +353,22 @@ def _uvarints(u: np.ndarray) -> bytes:
                 value >>= 7
             few.append(value)
         return bytes(few)
-    if int(u.max()) <= 0x7F:  # every value one byte: the usual column of small offsets
+    top = int(u.max())
+    if top <= 0x7F:  # every value one byte: the usual column of small offsets
         return u.astype(np.uint8).tobytes()
-    nbytes = np.ones(len(u), np.int64)
-    rest = u >> np.uint64(7)
-    while rest.any():
-        nbytes += rest > 0
+    width = (top.bit_length() + 6) // 7  # bytes of the largest value
+    groups = np.empty((len(u), width), np.uint8)  # each value's 7-bit groups, low first
+    longer = np.empty((len(u), width), bool)  # whether a value has more after each group
+    rest = u.copy()
+    for j in range(width):
+        groups[:, j] = rest & np.uint64(0x7F)
         rest >>= np.uint64(7)
-    out = np.zeros(int(nbytes.sum()), np.uint8)
-    at = np.concatenate(([0], np.cumsum(nbytes)[:-1]))
-    v = u.copy()
-    for j in range(int(nbytes.max())):
-        m = nbytes > j
-        out[at[m] + j] = (v[m] & np.uint64(0x7F)).astype(np.uint8) | ((nbytes[m] > j + 1).astype(np.uint8) << 7)
-        v[m] >>= np.uint64(7)
-    return out.tobytes()
+        np.greater(rest, 0, out=longer[:, j])
+    groups[longer] |= 0x80
+    keep = np.empty_like(longer)  # a value's bytes: its first, and one more after each that has more
+    keep[:, 0] = True
+    keep[:, 1:] = longer[:, :-1]
+    return groups[keep].tobytes()
 
 
 def _varints(x: np.ndarray) -> bytes:
@@ -394,15 +394,21 @@ def _read_uvarints(raw: bytes, count: int) -> np.ndarray:
     last = b < 0x80
     if int(last.sum()) != count or (len(b) and not last[-1]):
         raise WireError(f"payload integer column of {len(b)} bytes does not hold {count} values")
-    if not count:
-        return np.zeros(0, np.uint64)
+    if count == len(b):  # every value one byte
+        return b.astype(np.uint64)
     ends = np.flatnonzero(last)
-    starts = np.concatenate(([0], ends[:-1] + 1))
-    pos = np.arange(len(b)) - np.repeat(starts, ends - starts + 1)
-    if pos.max() > 9 or (b[pos == 9] > 1).any():
+    lengths = np.empty_like(ends)
+    lengths[0] = ends[0] + 1
+    np.subtract(ends[1:], ends[:-1], out=lengths[1:])
+    width = int(lengths.max())
+    if width > 10 or (width == 10 and (b[ends[lengths == 10]] > 1).any()):
         raise WireError("payload integer column has a value over 64 bits")
-    parts = (b & 0x7F).astype(np.uint64) << (7 * pos).astype(np.uint64)
-    return np.add.reduceat(parts, starts)
+    starts = ends - (lengths - 1)
+    out = (b[starts] & 0x7F).astype(np.uint64)
+    for j in range(1, width):  # each value's (j+1)-th byte, where it has one
+        more = np.flatnonzero(lengths > j)
+        out[more] |= (b[starts[more] + j] & 0x7F).astype(np.uint64) << np.uint64(7 * j)
+    return out
 
 
 def _read_varints(raw: bytes, count: int) -> np.ndarray:
@@ -468,11 +474,12 @@ def _grids(t: Table, res: Mapping[str, Resolution], count: np.ndarray, rounded: 
         return out
     exact = [t.stats[s] for s in VALUE_STATS if s in t.stats]
     single = count == 1
+    bounds = np.searchsorted(t.sid, np.arange(len(t.names) + 1))  # the table is by signal, then window
     for i in candidates:
-        cells = t.sid == i
+        cells = slice(int(bounds[i]), int(bounds[i + 1]))
         values = [x[cells] for x in exact]
         if "mean" in t.stats:
-            values.append(t.stats["mean"][cells & single])
+            values.append(t.stats["mean"][cells][single[cells]])
         found = np.concatenate(values) if values else np.zeros(0)
         if not len(found):
             continue  # nothing to infer a grid from
@@ -497,6 +504,23 @@ def _grids(t: Table, res: Mapping[str, Resolution], count: np.ndarray, rounded: 
     return out
 
 
+def _renumbered(t: Table, order: np.ndarray) -> Table:
+    """The table with its signals renumbered: signal ``order[i]`` becomes ``i``; its cells
+    ordered by signal, then window, as ``Table.sorted`` would: each signal's block of cells
+    moved as a whole when the table is in that order already (no sort of the cells)."""
+    inverse = np.empty_like(order)
+    inverse[order] = np.arange(len(order))
+    names = tuple(t.names[i] for i in order.tolist())
+    sid = t.sid
+    if len(sid) > 1 and not ((sid[1:] > sid[:-1]) | ((sid[1:] == sid[:-1]) & (t.window[1:] > t.window[:-1]))).all():
+        return Table(names, t.window, inverse[sid], t.stats).sorted()
+    bounds = np.searchsorted(sid, np.arange(len(order) + 1))
+    n = np.diff(bounds)[order]
+    take = np.repeat(bounds[:-1][order] - (np.cumsum(n) - n), n) + np.arange(int(n.sum()))
+    return Table(names, t.window[take], np.repeat(np.arange(len(order), dtype=np.int64), n),
+                 {k: v[take] for k, v in t.stats.items()})
+
+
 def encode(p: Payload, *, codec: str = "zlib", level: int | None = None, schema: Schema | None = None,
            layout: int = VERSION) -> bytes:
     """The payload as bytes (layout 3; ``layout=2`` writes the previous one, for tests of the
@@ -509,13 +533,16 @@ def encode(p: Payload, *, codec: str = "zlib", level: int | None = None, schema:
     if schema is None and p.schema is not None:
         schema = _SCHEMAS.get(p.schema)
     t = p.table
+    where: list[int] = []  # each name's place in the schema, -1 if it has none
     if schema is not None:  # signals in the schema's order (so runs say which), the others after
-        rank = np.array([schema.index.get(n, len(schema.names) + i) for i, n in enumerate(t.names)], np.int64)
+        places = schema.index
+        where = [places.get(n, -1) for n in t.names]
+        n_schema = len(schema.names)
+        rank = np.array([w if w >= 0 else n_schema + i for i, w in enumerate(where)], np.int64)
         if len(rank) and (np.diff(rank) < 0).any():
             order = np.argsort(rank, kind="stable")
-            inverse = np.empty_like(order)
-            inverse[order] = np.arange(len(order))
-            t = Table(tuple(t.names[i] for i in order.tolist()), t.window, inverse[t.sid], t.stats).sorted()
+            t = _renumbered(t, order)
+            where = [where[i] for i in order.tolist()]
     for stat in t.stats:
         if stat not in STATISTICS:
             raise ValueError(f"unknown statistic {stat!r}")
@@ -525,7 +552,10 @@ def encode(p: Payload, *, codec: str = "zlib", level: int | None = None, schema:
     count = t.stats["count"].astype(np.int64)
     # each name's resolution: the schema's if it has the name, else what the payload's ``res`` says
     # (its ``get`` may know names no schema lists: a J1939 signal's, whatever its source address)
-    res = {n: schema.res[schema.index[n]] if schema is not None and n in schema.index else p.res.get(n) for n in t.names}
+    if schema is not None:
+        res = {n: schema.res[w] if w >= 0 else p.res.get(n) for n, w in zip(t.names, where)}
+    else:
+        res = {n: p.res.get(n) for n in t.names}
     grids = _grids(t, res, count, rounded=layout == 3 and not p.thinned)
     inferred = dict(res)
     for i, s in grids.items():
@@ -540,7 +570,8 @@ def encode(p: Payload, *, codec: str = "zlib", level: int | None = None, schema:
         head["part"] = list(p.part)
     if p.thinned:
         head["thinned"] = dict(p.thinned)
-    dbc_res = [[float(scale[i]), float(offset[i])] if exact[i] and i not in grids else None for i in range(len(t.names))]
+    dbc_res = [[sc_i, off_i] if ok and i not in grids else None
+               for i, (sc_i, off_i, ok) in enumerate(zip(scale.tolist(), offset.tolist(), exact.tolist()))]
     dictionary: dict[str, Any]
     runs = b""
     if schema is None:
@@ -548,7 +579,7 @@ def encode(p: Payload, *, codec: str = "zlib", level: int | None = None, schema:
     else:
         # names by their place in the schema; the few it does not have, by name; and which
         # signals go as float in this payload although the schema gives them a resolution
-        index = np.array([schema.index.get(n, -1) for n in t.names], np.int64)
+        index = np.array(where, np.int64)
         extra = np.flatnonzero(index < 0).tolist()
         present = np.zeros(len(schema.names), np.int8)
         present[index[index >= 0]] = 1
@@ -557,7 +588,7 @@ def encode(p: Payload, *, codec: str = "zlib", level: int | None = None, schema:
         dictionary = {"schema": schema.id}
         if extra:
             dictionary["extra"] = {"names": [t.names[i] for i in extra], "res": [dbc_res[i] for i in extra]}
-        as_float = [i for i in range(len(t.names)) if index[i] >= 0 and not exact[i] and schema.res[index[i]] is not None]
+        as_float = [i for i, w in enumerate(where) if w >= 0 and not exact[i] and schema.res[w] is not None]
         if as_float:
             dictionary["as_float"] = as_float
     on_grid = [[i, s] for i, s in grids.items() if exact[i]]
@@ -575,14 +606,15 @@ def encode(p: Payload, *, codec: str = "zlib", level: int | None = None, schema:
     # the cells of a signal (its windows and their counts) are those of an earlier signal more
     # often than not (signals of one CAN message decode from the same frames): say which
     bounds = np.searchsorted(sid, np.arange(n_sig + 1))
-    same = np.zeros(n_sig, np.int64)
-    seen: dict[bytes, int] = {}
-    for i in range(n_sig):
-        a, b = int(bounds[i]), int(bounds[i + 1])
-        key = window[a:b].tobytes() + b"|" + count[a:b].tobytes()
+    same_list = [0] * n_sig
+    seen: dict[tuple[bytes, bytes], int] = {}
+    windows, counts = window.astype(np.int64).tobytes(), count.tobytes()  # a signal's: 8 bytes a cell
+    for i, (a, b) in enumerate(zip((8 * bounds[:-1]).tolist(), (8 * bounds[1:]).tolist())):
+        key = (windows[a:b], counts[a:b])
         if key in seen:
-            same[i] = i - seen[key]
+            same_list[i] = i - seen[key]
         seen[key] = i
+    same = np.array(same_list, np.int64)
     own = same == 0
     mine = own[sid]
     first = _starts(sid)
@@ -891,14 +923,16 @@ def _times(r: Any, stats: Sequence[str], cells: int, collapsed: np.ndarray, wide
 
 
 def _payload(head: Mapping[str, Any], table: Table, scale: np.ndarray, offset: np.ndarray, dbc: np.ndarray,
-             schema: Any) -> Payload:
+             schema: Any, res: dict[str, Resolution] | None = None) -> Payload:
     """The decoded payload (both layouts) from its checked header and its cells; ``dbc``: the
-    signals whose (scale, offset) is the DBC's (a float signal sent on a grid has none)."""
+    signals whose (scale, offset) is the DBC's (a float signal sent on a grid has none); or
+    ``res``, those resolutions by name, already made."""
     late = head.get("late", {})
     part = head.get("part", [0, 1])
     return Payload(head["vehicle"], head["seq"], head["group"], float(head["width"]), float(head["start"]),
                    float(head["end"]), table, late.get("samples", 0), late.get("oldest"), (int(part[0]), int(part[1])),
                    head.get("thinned"),
+                   res if res is not None else
                    {n: (float(scale[i]), float(offset[i])) if dbc[i] else None for i, n in enumerate(table.names)},
                    schema)
 
@@ -995,24 +1029,17 @@ def _decode_v2(body: bytes, schema: Schema | None, version: int = 2) -> Payload:
     r = _Reader2(body)
     try:
         head = _check_header(json.loads(r.section(), parse_constant=_no_constant), 2)
-        dictionary = json.loads(r.section(), parse_constant=_no_constant)
+        raw_dictionary = r.section()
+        dictionary = json.loads(raw_dictionary, parse_constant=_no_constant)
     except ValueError as exc:
         if isinstance(exc, WireError):
             raise
         raise WireError(f"aggregates header or dictionary is not JSON: {exc}") from None
     if not isinstance(dictionary, dict):
         raise WireError("aggregates dictionary is not a JSON object")
-    names: Any
-    res: Any
-    if "schema" in dictionary:
-        names, res = _by_schema2(dictionary, r, schema)
-    else:
-        names, res = dictionary.get("names"), dictionary.get("res")
-    if not (isinstance(names, list) and isinstance(res, list) and len(names) == len(res)
-            and all(isinstance(x, str) and x for x in names) and len(set(names)) == len(names)):
-        raise WireError("aggregates dictionary: names must be distinct strings, one resolution each")
+    names, res, scale, offset, by_name = _signals2(dictionary, raw_dictionary, r, schema)
     n_sig = len(names)
-    scale, offset = _resolutions(names, res)
+    scale, offset = scale.copy(), offset.copy()
     dbc = ~np.isnan(scale)
     grid = dictionary.get("grid", []) if version == 2 else _grid_section(r)
     if not (isinstance(grid, list) and all(isinstance(g, list) and len(g) == 2 and _count(g[0]) and g[0] < n_sig
@@ -1102,8 +1129,43 @@ def _decode_v2(body: bytes, schema: Schema | None, version: int = 2) -> Payload:
     _times(r, stats, cells, collapsed, wide, start, cols)
     if r.at != len(r.body):
         raise WireError(f"aggregates body has {len(r.body) - r.at} bytes after its last column")
-    table = Table(tuple(names), window, sid, {x: cols[x] for x in stats})
-    return _payload(head, table, scale, offset, dbc, dictionary.get("schema"))
+    table = Table(names, window, sid, {x: cols[x] for x in stats})
+    return _payload(head, table, scale, offset, dbc, dictionary.get("schema"), dict(by_name))
+
+
+_Signals = tuple[tuple[str, ...], list[Any], np.ndarray, np.ndarray, dict[str, Resolution]]
+_KNOWN_SIGNALS: dict[tuple[str | None, bytes, bytes], _Signals] = {}  # a few dictionaries, checked
+
+
+def _signals2(dictionary: dict[str, Any], raw: bytes, r: _Reader2, schema: Schema | None) -> _Signals:
+    """A layout-2 or -3 payload's signals, checked: names, resolutions as the dictionary lists
+    them, (scale, offset) columns (``_resolutions``) and by name. A vehicle's payloads repeat
+    the same few dictionaries (and presence runs), so each is read and checked once: the
+    arrays returned are shared, not to be changed."""
+    runs = b""
+    if "schema" in dictionary:
+        schema, extra, as_float = _schema_of2(dictionary, schema)
+        runs = r.section()
+    key = (schema.id if schema is not None and "schema" in dictionary else None, raw, runs)
+    known = _KNOWN_SIGNALS.get(key)
+    if known is not None:
+        return known
+    names: Any
+    res: Any
+    if "schema" in dictionary:
+        assert schema is not None
+        names, res = _present2(runs, schema, extra, as_float)
+    else:
+        names, res = dictionary.get("names"), dictionary.get("res")
+    if not (isinstance(names, list) and isinstance(res, list) and len(names) == len(res)
+            and all(isinstance(x, str) and x for x in names) and len(set(names)) == len(names)):
+        raise WireError("aggregates dictionary: names must be distinct strings, one resolution each")
+    scale, offset = _resolutions(names, res)
+    by_name = {n: (s, o) if s == s else None for n, s, o in zip(names, scale.tolist(), offset.tolist())}
+    if len(_KNOWN_SIGNALS) >= 64:  # bounded: a long-running decoder sees many vehicles
+        _KNOWN_SIGNALS.clear()
+    known = _KNOWN_SIGNALS[key] = (tuple(names), res, scale, offset, by_name)
+    return known
 
 
 def _grid_section(r: _Reader2) -> list[list[int]]:
@@ -1119,9 +1181,9 @@ def _grid_section(r: _Reader2) -> list[list[int]]:
     return [[int(i), int(s)] for i, s in pairs.tolist()]
 
 
-def _by_schema2(dictionary: dict[str, Any], r: _Reader2, schema: Schema | None) -> tuple[list[str], list[Any]]:
-    """Names and resolutions of a layout-2 payload that numbers its signals in a schema: runs
-    over the schema's signals (absent, present, absent, ...), then ``extra`` by name."""
+def _schema_of2(dictionary: dict[str, Any], schema: Schema | None) -> tuple[Schema, Mapping[str, Any], list[Any]]:
+    """The schema a layout-2 payload numbers its signals in (``schema`` if it is that one, else
+    a registered one), its ``extra`` and its ``as_float``, checked."""
     wanted = dictionary.get("schema")
     if schema is None or schema.id != wanted:
         schema = _SCHEMAS.get(str(wanted))
@@ -1133,8 +1195,13 @@ def _by_schema2(dictionary: dict[str, Any], r: _Reader2, schema: Schema | None) 
     if not (isinstance(extra, dict) and isinstance(extra.get("names"), list) and isinstance(extra.get("res"), list)
             and len(extra["names"]) == len(extra["res"]) and isinstance(as_float, list)):
         raise WireError("aggregates dictionary: a schema payload's 'extra' is {names, res}, its 'as_float' a list")
+    return schema, extra, as_float
+
+
+def _present2(raw: bytes, schema: Schema, extra: Mapping[str, Any], as_float: list[Any]) -> tuple[list[str], list[Any]]:
+    """Names and resolutions of a layout-2 payload that numbers its signals in a schema: runs
+    (``raw``) over the schema's signals (absent, present, absent, ...), then ``extra`` by name."""
     n_schema = len(schema.names)
-    raw = r.section()
     runs = _read_uvarints(raw, int((np.frombuffer(raw, np.uint8) < 0x80).sum())).astype(np.int64)
     if int(runs.sum()) > n_schema or (len(runs) > 1 and (runs[1:] == 0).any()):
         raise WireError(f"aggregates payload: presence runs that do not fit a schema of {n_schema} signals")

@@ -5,10 +5,14 @@ the first group whose pattern matches, else the default group. Window ``k`` of a
 ``W`` covers event times ``[k*W, (k+1)*W)``; a sample at time ``t`` belongs to window
 ``floor(t / W)``.
 
-Each batch is grouped by window with one sort and reduced with ``ufunc.reduceat``: the Python
-loop runs over (signal, window) pairs, never over samples. Partial results merge exactly
-(counts, sums of squared deviations by Chan's formula), so the statistics do not depend on how
-the stream was cut into batches.
+A batch as the reader makes it (each signal's samples together, in time order) is routed to its
+groups run by run and cut into runs of (signal, window) without a sort; any other batch is
+sorted first. The runs are reduced with ``ufunc.reduceat``. Each open window keeps its
+statistics in one 2-D array (a row per statistic, a column per signal), the windows a batch
+opens in one array together, so a batch is folded in with a few vector operations: Python
+loops run over windows, never over samples or (signal, window) cells. Partial results merge
+exactly (counts, sums of squared deviations by Chan's formula), so the statistics do not
+depend on how the stream was cut into batches.
 
 A window closes when the stream's event time (the end of the latest batch; on a quiet live bus,
 the reader's idle ticks) has passed its end plus ``lateness_seconds``, and at the end of the
@@ -19,7 +23,6 @@ windows per group stay open, so memory is bounded whatever the timestamps do.
 
 from __future__ import annotations
 
-import dataclasses
 import fnmatch
 import math
 from collections import Counter
@@ -36,70 +39,86 @@ MAX_MAGNITUDE = 1e100  # as decode.MAX_MAGNITUDE: a value beyond it is no measur
 
 
 _FIELDS = ("count", "mean", "m2", "min", "t_min", "max", "t_max", "first_t", "first", "last_t", "last")
-_EMPTY = {"count": 0, "mean": 0.0, "m2": 0.0, "min": np.inf, "t_min": np.inf, "max": -np.inf, "t_max": np.inf,
-          "first_t": np.inf, "first": np.nan, "last_t": -np.inf, "last": np.nan}
-_FLOATS = _FIELDS[1:]
-_EMPTY_FLOATS = np.array([_EMPTY[key] for key in _FLOATS])[:, None]
+COUNT, MEAN, M2, MIN, T_MIN, MAX, T_MAX, FIRST_T, FIRST, LAST_T, LAST = range(len(_FIELDS))
+_ROW = {key: i for i, key in enumerate(_FIELDS)}
+# an empty cell: no samples; min and max lose to any value, first and last to any time
+_EMPTY = np.array([0.0, 0.0, 0.0, np.inf, np.inf, -np.inf, np.inf, np.inf, np.nan, -np.inf, np.nan])
+
+
+def _empty(size: int) -> np.ndarray:
+    """Statistics of no sample, for ``size`` signals."""
+    out = np.empty((len(_FIELDS), size))
+    out[...] = _EMPTY[:, None]
+    return out
 
 
 class _Window:
-    """Running statistics of every signal of a group in one window: one array per statistic,
-    indexed by the group's signal number."""
+    """Running statistics of every signal of a group in one window: one 2-D array ``a``, a row
+    per statistic (``_FIELDS``; the count as float64, exact below 2**53), a column per signal
+    number of the group."""
 
-    def __init__(self, size: int, sid: np.ndarray | None = None, r: Mapping[str, np.ndarray] | None = None) -> None:
-        """Empty, or holding the partial statistics ``r`` of signals ``sid`` (a window a batch opens)."""
-        floats = np.empty((len(_FLOATS), size))  # one allocation for every float statistic
-        floats[:] = _EMPTY_FLOATS
-        self.a = dict(zip(_FLOATS, floats))
-        self.a["count"] = np.zeros(size, dtype=np.int64)
-        if sid is not None and r is not None:
-            for key in _FIELDS:
-                self.a[key][sid] = r[key]
+    def __init__(self, a: np.ndarray) -> None:
+        self.a = a
 
     def grow(self, size: int) -> None:
-        have = len(self.a["count"])
+        have = self.a.shape[1]
         if size > have:
-            for key in _FIELDS:
-                self.a[key] = np.concatenate((self.a[key], np.full(size - have, _EMPTY[key], dtype=self.a[key].dtype)))
+            self.a = np.concatenate((self.a, _empty(size - have)), axis=1)
 
-    def merge(self, sid: np.ndarray, r: dict[str, np.ndarray]) -> None:
-        """Fold in partial statistics of signals ``sid`` (each at most once): Chan's formula for
-        mean and squared deviations, earliest time on ties of min and max."""
-        a = self.a
-        n_a, n_b = a["count"][sid], r["count"]
+    def merge(self, sid: np.ndarray, r: np.ndarray) -> None:
+        """Fold in partial statistics ``r`` (rows as ``a``'s) of signals ``sid`` (each at most
+        once): Chan's formula for mean and squared deviations, earliest time on ties of min and
+        max."""
+        cur = self.a[:, sid]
+        n_a, n_b = cur[COUNT], r[COUNT]
         n = n_a + n_b
-        delta = r["mean"] - a["mean"][sid]
-        a["mean"][sid] += delta * n_b / n
-        a["m2"][sid] += r["m2"] + delta * delta * n_a * n_b / n
-        a["count"][sid] = n
-        for ext, better in (("min", np.less), ("max", np.greater)):
-            cur, cur_t = a[ext][sid], a[f"t_{ext}"][sid]
-            take = better(r[ext], cur) | ((r[ext] == cur) & (r[f"t_{ext}"] < cur_t))
-            a[ext][sid] = np.where(take, r[ext], cur)
-            a[f"t_{ext}"][sid] = np.where(take, r[f"t_{ext}"], cur_t)
-        take = r["first_t"] < a["first_t"][sid]
-        a["first_t"][sid] = np.where(take, r["first_t"], a["first_t"][sid])
-        a["first"][sid] = np.where(take, r["first"], a["first"][sid])
-        take = r["last_t"] >= a["last_t"][sid]
-        a["last_t"][sid] = np.where(take, r["last_t"], a["last_t"][sid])
-        a["last"][sid] = np.where(take, r["last"], a["last"][sid])
-
-    def cells(self, names: list[str]) -> Cells:
-        a = self.a
-        present = np.flatnonzero(a["count"] > 0)
-        stats = {key: a[key][present] for key in ("count", "min", "max", "mean", "last", "first", "t_min", "t_max")}
-        stats["std"] = np.sqrt(np.maximum(a["m2"][present], 0.0) / a["count"][present])
-        return Cells(names, present, stats)
+        delta = r[MEAN] - cur[MEAN]
+        out = np.empty_like(cur)
+        out[COUNT] = n
+        out[MEAN] = cur[MEAN] + delta * n_b / n
+        out[M2] = cur[M2] + (r[M2] + delta * delta * n_a * n_b / n)
+        for ext, t_ext, better in ((MIN, T_MIN, np.less), (MAX, T_MAX, np.greater)):
+            take = better(r[ext], cur[ext]) | ((r[ext] == cur[ext]) & (r[t_ext] < cur[t_ext]))
+            out[ext] = np.where(take, r[ext], cur[ext])
+            out[t_ext] = np.where(take, r[t_ext], cur[t_ext])
+        take = r[FIRST_T] < cur[FIRST_T]
+        out[FIRST_T] = np.where(take, r[FIRST_T], cur[FIRST_T])
+        out[FIRST] = np.where(take, r[FIRST], cur[FIRST])
+        take = r[LAST_T] >= cur[LAST_T]
+        out[LAST_T] = np.where(take, r[LAST_T], cur[LAST_T])
+        out[LAST] = np.where(take, r[LAST], cur[LAST])
+        self.a[:, sid] = out
 
 
 class Cells(Mapping[str, Mapping[str, float]]):
-    """The statistics of a closed window in columns (signal numbers of its group, one array per
-    statistic); read as ``{signal: {statistic: value}}`` only when someone asks (tests, tools):
-    the aggregates payload is made from the columns."""
+    """The statistics of a closed window: the window's store (a row per statistic, a column per
+    signal number of its group), read in columns (``sid``, ``stats``: signals present, one array
+    per statistic) or as ``{signal: {statistic: value}}`` only when someone asks (tests, tools):
+    the aggregates payload is made from the store."""
 
-    def __init__(self, names: list[str], sid: np.ndarray, stats: dict[str, np.ndarray]) -> None:
-        self.names, self.sid, self.stats = names, sid, stats
+    def __init__(self, names: list[str], a: np.ndarray) -> None:
+        self.names, self.a = names, a
+        self._cols: tuple[np.ndarray, dict[str, np.ndarray]] | None = None
         self._dict: dict[str, dict[str, float]] | None = None
+
+    def _columns(self) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        if self._cols is None:
+            a = self.a
+            present = np.flatnonzero(a[COUNT] > 0)
+            count = a[COUNT, present]
+            stats = {key: a[_ROW[key], present] for key in ("min", "max", "mean", "last", "first", "t_min", "t_max")}
+            stats["count"] = count.astype(np.int64)
+            stats["std"] = np.sqrt(np.maximum(a[M2, present], 0.0) / count)
+            self._cols = present, stats
+        return self._cols
+
+    @property
+    def sid(self) -> np.ndarray:
+        return self._columns()[0]
+
+    @property
+    def stats(self) -> dict[str, np.ndarray]:
+        return self._columns()[1]
 
     def _as_dict(self) -> dict[str, dict[str, float]]:
         if self._dict is None:
@@ -138,24 +157,44 @@ def window_reduce(sid: np.ndarray, t: np.ndarray, v: np.ndarray, width: float) -
     np.not_equal(k[1:], k[:-1], out=new[1:])
     new[1:] |= sid[1:] != sid[:-1]
     starts = np.flatnonzero(new)
-    ends = np.append(starts[1:], len(k))
-    counts = ends - starts
-    mean = np.add.reduceat(v, starts) / counts
-    dev = v - np.repeat(mean, counts)
-    vmin = np.minimum.reduceat(v, starts)
-    vmax = np.maximum.reduceat(v, starts)
-    out = {
-        "window": k[starts], "sid": sid[starts], "count": counts, "mean": mean,
-        "m2": np.add.reduceat(dev * dev, starts), "min": vmin, "max": vmax,
-        # the earliest time at which each pair's min (max) occurs
-        "t_min": np.minimum.reduceat(np.where(v == np.repeat(vmin, counts), t, np.inf), starts),
-        "t_max": np.minimum.reduceat(np.where(v == np.repeat(vmax, counts), t, np.inf), starts),
-        "first_t": t[starts], "first": v[starts], "last_t": t[ends - 1], "last": v[ends - 1],
-    }
+    out = _reduce(t, v, starts)
+    r = dict(zip(_FIELDS, out))
+    r["count"] = r["count"].astype(np.int64)
+    r["window"], r["sid"] = k[starts], sid[starts]
     if order is None:  # pairs in (signal, window) order: into (window, signal) order
-        pairs = np.lexsort((out["sid"], out["window"]))
-        out = {key: value[pairs] for key, value in out.items()}
+        pairs = np.lexsort((r["sid"], r["window"]))
+        r = {key: value[pairs] for key, value in r.items()}
+    return r
+
+
+def _reduce(t: np.ndarray, v: np.ndarray, starts: np.ndarray) -> np.ndarray:
+    """The statistics (rows as ``_FIELDS``) of each run of samples ``starts[i]:starts[i+1]`` (in
+    time order, or sorted by time with ties in batch order)."""
+    ends = np.append(starts[1:], len(t))
+    counts = ends - starts
+    out = np.empty((len(_FIELDS), len(starts)))
+    out[COUNT] = counts
+    mean = out[MEAN]
+    np.divide(np.add.reduceat(v, starts), counts, out=mean)
+    dev = v - np.repeat(mean, counts)
+    out[M2] = np.add.reduceat(dev * dev, starts)
+    vmin, vmax = out[MIN], out[MAX]
+    np.minimum.reduceat(v, starts, out=vmin)
+    np.maximum.reduceat(v, starts, out=vmax)
+    # the earliest time at which each run's min (max) occurs
+    out[T_MIN] = np.minimum.reduceat(np.where(v == np.repeat(vmin, counts), t, np.inf), starts)
+    out[T_MAX] = np.minimum.reduceat(np.where(v == np.repeat(vmax, counts), t, np.inf), starts)
+    out[FIRST_T], out[FIRST] = t[starts], v[starts]
+    out[LAST_T], out[LAST] = t[ends - 1], v[ends - 1]
     return out
+
+
+def _runs(ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Where each run of equal ``ids`` starts, and its length."""
+    n = len(ids)
+    at = np.flatnonzero(ids[1:] != ids[:-1]) + 1 if n > 1 else np.zeros(0, np.int64)
+    starts = np.concatenate(([0], at)).astype(np.int64)
+    return starts, np.diff(np.append(starts, n))
 
 
 class WindowAggregator:
@@ -194,14 +233,21 @@ class WindowAggregator:
 
     def add_samples(self, sid: np.ndarray, t: np.ndarray, v: np.ndarray, watermark: float | None = None) -> list[Window]:
         """Fold in samples of this group's signals (numbered by ``sid``)."""
-        with np.errstate(invalid="ignore"):
-            sound = (np.abs(v) <= MAX_MAGNITUDE) & np.isfinite(t)  # NaN: False
-        if not sound.all():  # no sum or square of a window may overflow (the reader drops these first)
-            self.stats["dropped_samples"] += int(len(sound) - sound.sum())
-            sid, t, v = sid[sound], t[sound], v[sound]
+        newest = None
         if len(t):
-            self._fold(sid, t, v)
-        newest = float(t.max()) if len(t) else -math.inf
+            starts, lengths = _runs(sid)
+            newest = self._fold_runs(sid[starts], lengths, t, v)
+        if newest is None:
+            newest = self._fold_any(sid, t, v)
+        return self.advance(newest if watermark is None else max(watermark, newest))
+
+    def add_runs(self, sid: np.ndarray, lengths: np.ndarray, t: np.ndarray, v: np.ndarray,
+                 watermark: float | None = None) -> list[Window]:
+        """Fold in samples given as runs: ``lengths[i]`` samples of signal ``sid[i]``, one after
+        the other, each signal in one run (a batch as the reader makes it)."""
+        newest = self._fold_runs(sid, lengths, t, v, distinct=True) if len(t) else None
+        if newest is None:
+            newest = self._fold_any(np.repeat(sid, lengths), t, v)
         return self.advance(newest if watermark is None else max(watermark, newest))
 
     def advance(self, watermark: float) -> list[Window]:
@@ -216,6 +262,9 @@ class WindowAggregator:
                 return k <= last
 
             out += self._close(forced)
+        for window in self.open.values():  # a window left open keeps its own store, not its batch's
+            if window.a.base is not None:
+                window.a = window.a.copy()
         return out
 
     def flush(self) -> list[Window]:
@@ -225,7 +274,55 @@ class WindowAggregator:
             self.stats["late_unreported"] += self._late
         return out
 
-    def _fold(self, sid: np.ndarray, t: np.ndarray, v: np.ndarray) -> None:
+    def _fold_runs(self, sid: np.ndarray, lengths: np.ndarray, t: np.ndarray, v: np.ndarray,
+                   distinct: bool = False) -> float | None:
+        """The common case without a sort or a copy of the samples: runs of distinct signals
+        (``distinct``: known to be), each in time order, every sample sound and none late.
+        Folds them in and returns the newest time; or changes nothing and returns None (not
+        that case: ``_fold_any``)."""
+        keep = lengths > 0
+        if not keep.all():
+            sid, lengths = sid[keep], lengths[keep]
+        if not distinct and len(np.unique(sid)) != len(sid):
+            return None
+        n = len(t)
+        run_at = np.cumsum(lengths) - lengths
+        if n > 1:
+            inorder = t[1:] >= t[:-1]  # NaN: False
+            inorder[run_at[1:] - 1] = True
+            if not inorder.all():
+                return None
+        with np.errstate(invalid="ignore", over="ignore"):
+            kf = np.floor(t / self.width)
+            k = kf.astype(np.int64)
+        if self.closed_through is not None and not (kf[run_at] > self.closed_through).all():
+            return None  # late samples (or NaN times)
+        new = np.empty(n, dtype=bool)
+        new[0] = True
+        np.not_equal(k[1:], k[:-1], out=new[1:])
+        new[run_at] = True
+        starts = np.flatnonzero(new)
+        # every value within MAX_MAGNITUDE (min and max are; a NaN makes them NaN), every time
+        # finite (in time order, so the first and the last are); else (sums that overflowed,
+        # or worse) all this is thrown away
+        with np.errstate(invalid="ignore", over="ignore"):
+            r = _reduce(t, v, starts)
+            sound = (r[MIN] >= -MAX_MAGNITUDE).all() and (r[MAX] <= MAX_MAGNITUDE).all() and \
+                np.isfinite(r[FIRST_T]).all() and np.isfinite(r[LAST_T]).all()
+        if not sound:
+            return None
+        self._merge(k[starts], sid[np.searchsorted(run_at, starts, side="right") - 1], r)
+        return float(r[LAST_T].max())
+
+    def _fold_any(self, sid: np.ndarray, t: np.ndarray, v: np.ndarray) -> float:
+        """Any samples: unsound ones dropped, late ones counted, the rest sorted into their
+        windows (``window_reduce``) and folded in. Returns the newest sound sample's time."""
+        with np.errstate(invalid="ignore"):
+            sound = (np.abs(v) <= MAX_MAGNITUDE) & np.isfinite(t)  # NaN: False
+        if not sound.all():  # no sum or square of a window may overflow (the reader drops these first)
+            self.stats["dropped_samples"] += int(len(sound) - sound.sum())
+            sid, t, v = sid[sound], t[sound], v[sound]
+        newest = float(t.max()) if len(t) else -math.inf
         if self.closed_through is not None:
             late = np.floor(t / self.width) <= self.closed_through
             if late.any():
@@ -235,20 +332,46 @@ class WindowAggregator:
                 self._late_oldest = min(self._late_oldest, float(t[late].min()))
                 keep = ~late
                 sid, t, v = sid[keep], t[keep], v[keep]
-                if not len(t):
-                    return
-        r = window_reduce(sid, t, v, self.width)
-        windows = r["window"]
-        bounds = np.flatnonzero(np.diff(windows)) + 1
-        for a, b in zip([0, *bounds.tolist()], [*bounds.tolist(), len(windows)]):
-            k = int(windows[a])
-            part = {key: r[key][a:b] for key in _FIELDS}
-            window = self.open.get(k)
-            if window is None:  # a window this batch opens: its statistics are the batch's
-                self.open[k] = _Window(len(self.names), r["sid"][a:b], part)
+        if len(t):
+            r = window_reduce(sid, t, v, self.width)
+            self._merge(r["window"], r["sid"], np.stack([r[key] for key in _FIELDS]).astype(np.float64))
+        return newest
+
+    def _merge(self, window: np.ndarray, sid: np.ndarray, r: np.ndarray) -> None:
+        """Fold in the statistics ``r`` (rows as ``_FIELDS``) of cells (``window``, ``sid``),
+        each pair at most once: the windows a batch opens get one store for all of them, the
+        statistics put in place; the few already open merge theirs."""
+        size = len(self.names)
+        lo, hi = int(window.min()), int(window.max())
+        if hi - lo < 4 * len(window) + 64:  # windows close together (as a batch's are): no sort
+            seen = np.zeros(hi - lo + 1, dtype=bool)
+            slot = window - lo
+            seen[slot] = True
+            ks = (np.flatnonzero(seen) + lo).tolist()
+            which = (np.cumsum(seen) - 1)[slot]
+        else:
+            uniq, which = np.unique(window, return_inverse=True)
+            ks = uniq.tolist()
+        opened = [i for i, k in enumerate(ks) if k not in self.open]
+        if opened:  # one store for them all: window j's signal i in column j * size + i
+            store = _empty(size * len(opened))
+            if len(opened) == len(ks):
+                store[:, which * size + sid] = r
             else:
-                window.grow(len(self.names))
-                window.merge(r["sid"][a:b], part)
+                place = np.full(len(ks), -1)
+                place[opened] = np.arange(len(opened))
+                at = place[which]
+                mine = at >= 0
+                store[:, at[mine] * size + sid[mine]] = r[:, mine]
+            for j, i in enumerate(opened):
+                self.open[ks[i]] = _Window(store[:, j * size:(j + 1) * size])
+        if len(opened) < len(ks):
+            fresh = set(opened)
+            for i, k in enumerate(ks):
+                if i not in fresh:
+                    cells = which == i
+                    self.open[k].grow(size)
+                    self.open[k].merge(sid[cells], r[:, cells])
 
     def _close(self, due: Callable[[int], bool]) -> list[Window]:
         out = []
@@ -266,7 +389,7 @@ class WindowAggregator:
                     group=self.group,
                     start=k * self.width,
                     end=(k + 1) * self.width,
-                    signals=window.cells(self.names),
+                    signals=Cells(self.names, window.a),
                     late_samples=self._late,
                     late_oldest=self._late_oldest if self._late else None,
                 )
@@ -350,22 +473,34 @@ class Publisher:
         be over ``max_bytes``."""
         g = self.group
         j = self._period(windows[0].start)
-        sids: list[np.ndarray] = []
-        ks: list[np.ndarray] = []
-        cols: dict[str, list[np.ndarray]] = {key: [] for key in self.stats}
+        # the windows' stores, one after the other: the cells present, read signal by signal
+        # (window by window within each), are in the table's order
+        stores = []
         for w in windows:
             cells = w.signals
             assert isinstance(cells, Cells)
-            sids.append(cells.sid)
-            ks.append(np.full(len(cells.sid), round(w.start / g.width), np.int64))
-            for key in self.stats:
-                cols[key].append(cells.stats[key])
-        sid = np.concatenate(sids)
-        present = np.unique(sid)
-        remap = np.zeros(len(g.names), np.int64)
-        remap[present] = np.arange(len(present))
-        table = wire.Table(tuple(g.names[i] for i in present.tolist()), np.concatenate(ks), remap[sid],
-                           {key: np.concatenate(v) for key, v in cols.items()}).sorted()
+            stores.append(cells.a)
+        size = max(a.shape[1] for a in stores)
+        stores = [a if a.shape[1] == size else np.concatenate((a, _empty(size - a.shape[1])), axis=1) for a in stores]
+        counts = np.stack([a[COUNT] for a in stores])
+        sid, slot = np.nonzero(counts.T > 0)
+        at = slot * size + sid
+
+        def column(row: int) -> np.ndarray:  # a statistic of every cell present
+            return np.concatenate([a[row] for a in stores])[at]
+
+        first = np.ones(len(sid), dtype=bool)
+        np.not_equal(sid[1:], sid[:-1], out=first[1:])
+        present = sid[first]
+        count = counts.ravel()[at]
+        stats = {key: count.astype(np.int64) if key == "count" else
+                 np.sqrt(np.maximum(column(M2), 0.0) / count) if key == "std" else column(_ROW[key])
+                 for key in self.stats}
+        ks = [round(w.start / g.width) for w in windows]
+        table = wire.Table(tuple(g.names[i] for i in present.tolist()), np.array(ks, np.int64)[slot],
+                           np.cumsum(first) - 1, stats)
+        if sorted(set(ks)) != ks:  # windows not in order (they come in order, as they close)
+            table = table.sorted()
         late = sum(w.late_samples for w in windows)
         oldest = min((w.late_oldest for w in windows if w.late_oldest is not None), default=None)
         payload = wire.Payload(g.vehicle, seq, g.group, g.width, j * self.period, (j + 1) * self.period, table,
@@ -403,8 +538,12 @@ class Aggregation:
                                            codec=cfg.codec, max_bytes=max_bytes, schema=self.schema)
                            for name, a in self.groups.items()}
         self.payload_seq = 0
-        self._route: dict[str, str | None] = {}
+        self._groups = list(self.groups.values())
+        self._group_of: dict[str, str | None] = {}
         self._where: dict[str, tuple[int, int]] = {}  # name -> (group number, signal number)
+        self._names: tuple[str, ...] | None = None  # the names of the last batch, and per name:
+        self._route = self._local = np.zeros(0, np.int64)  # its group number, its signal number
+        self._distinct = True
         self.stats: Counter[str] = Counter()
         self.seq = 0
 
@@ -419,7 +558,7 @@ class Aggregation:
 
     def group_of(self, signal: str) -> str | None:
         """The group a signal is aggregated in, or None if it is not selected."""
-        if signal not in self._route:
+        if signal not in self._group_of:
             selected = any(fnmatch.fnmatchcase(signal, p) for p in self.cfg.include) and not any(
                 fnmatch.fnmatchcase(signal, p) for p in self.cfg.exclude
             )
@@ -427,32 +566,46 @@ class Aggregation:
             if selected:
                 group = next((g.name for g in self.cfg.groups if any(fnmatch.fnmatchcase(signal, p) for p in g.signals)),
                              DEFAULT_GROUP)
-            self._route[signal] = group
-        return self._route[signal]
+            self._group_of[signal] = group
+        return self._group_of[signal]
 
     def add(self, batch: FlatBatch, watermark: float) -> list[Window]:
-        groups = list(self.groups.values())
-        # per name of the batch: its group (-1: not selected) and its number in that group
-        where = self._where
-        pairs = [where.get(n) or self._place(n) for n in batch.names]
-        route = np.array([p[0] for p in pairs], dtype=np.int64)
-        local = np.array([p[1] for p in pairs], dtype=np.int64)
+        if batch.names != self._names:  # per name of the batch: its group (-1: not selected), its number there
+            where = self._where
+            pairs = [where.get(n) or self._place(n) for n in batch.names]
+            self._names = batch.names
+            self._route = np.array([p[0] for p in pairs], dtype=np.int64)
+            self._local = np.array([p[1] for p in pairs], dtype=np.int64)
+            self._distinct = len(set(batch.names)) == len(batch.names)
+        if not len(batch):
+            return self._sorted([m for aggregator in self._groups for m in aggregator.advance(watermark)])
+        # each name's samples are together (FlatBatch): one run per name, routed as a whole
+        starts, lengths = _runs(batch.ids)
+        name = batch.ids[starts]
+        group, sid = self._route[name], self._local[name]
+        # one run per name (as FlatBatch promises), and names distinct: one run per signal
+        distinct = self._distinct and int(np.bincount(name, minlength=1).max()) == 1
+        skipped = int(lengths[group < 0].sum())
+        if skipped:
+            self.stats["samples_not_selected"] += skipped
         out = []
-        if len(batch):
-            group = route[batch.ids]
-            sid = local[batch.ids]
-            skipped = int(np.count_nonzero(group < 0))
-            if skipped:
-                self.stats["samples_not_selected"] += skipped
-            present = set(np.unique(group).tolist()) if len(groups) > 1 else {0 if skipped < len(batch) else -1}
-        else:
-            present = set()
-        for g, aggregator in enumerate(groups):
-            if g in present:
-                mask = group == g
-                out += aggregator.add_samples(sid[mask], batch.t[mask], batch.v[mask], watermark)
-            else:
+        for g, aggregator in enumerate(self._groups):
+            runs = np.flatnonzero(group == g)
+            if not len(runs):
                 out += aggregator.advance(watermark)
+                continue
+            a, b = int(runs[0]), int(runs[-1])
+            if b - a + 1 == len(runs):  # consecutive runs (all of them, with one group): a slice
+                lo, hi = int(starts[a]), int(starts[b] + lengths[b])
+                t, v = batch.t[lo:hi], batch.v[lo:hi]
+            else:
+                n = lengths[runs]
+                take = np.repeat(starts[runs] - (np.cumsum(n) - n), n) + np.arange(int(n.sum()))
+                t, v = batch.t[take], batch.v[take]
+            if distinct:
+                out += aggregator.add_runs(sid[runs], lengths[runs], t, v, watermark)
+            else:  # a name twice in the batch, or a name's samples apart: a signal in several runs
+                out += aggregator.add_samples(np.repeat(sid[runs], lengths[runs]), t, v, watermark)
         return self._sorted(out)
 
     def process(self, message: Signals | EndOfStream) -> list[Window]:
@@ -488,11 +641,10 @@ class Aggregation:
     def _sorted(self, out: list[Window]) -> list[Window]:
         """In event-time order, numbered across groups: (vehicle, kind, seq) is unique."""
         out.sort(key=lambda m: (m.end, m.group))
-        numbered = []
-        for message in out:
+        for message in out:  # made by the groups just now, seen by no one yet: numbered in place
             self.seq += 1
-            numbered.append(dataclasses.replace(message, seq=self.seq))
-        return numbered
+            object.__setattr__(message, "seq", self.seq)
+        return out
 
     def totals(self) -> Counter[str]:
         total = Counter(self.stats)

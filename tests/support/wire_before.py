@@ -1,0 +1,1228 @@
+"""telemetry.wire as it was before encode and decode took fewer passes (main at 836fc76): the
+reference the tests compare the wire format with, byte for byte. Its docstrings are as they were.
+
+The compact wire format of aggregates, shared by the device (encode) and the cloud (decode).
+
+One payload carries the windows of one window group over one publish period, as columns of
+(window, signal) *cells* (docs/MESSAGES.md, "windows"). Each signal's values are integers at the
+signal's DBC resolution (``raw = (value - offset) / scale``), delta-coded along time, so a signal
+that barely moves costs a few bits per window; a cell whose statistics collapse (one sample, or
+``min == max``) carries one value; names travel once per payload (or as runs over the DBC's
+schema); the signals of one CAN message share their window and count columns; integers are
+varints; an IEEE float signal whose values sit on a power-of-two grid travels as integers too;
+the body is raw deflate with a preset dictionary (layout 3; decode also reads layouts 1 and 2).
+
+Exactness: ``min``, ``max``, ``first``, ``last`` and a collapsed cell's value come back bit for
+bit (the encoder checks every one and sends a signal whose values are not on its DBC grid as
+float64 instead); ``mean`` within half a DBC step (layout 3: it travels rounded to the step; a
+float signal on an inferred grid ``2**-s``, ``s >= 8``, to that grid; exact, from its sum of raw
+values, on a coarser grid and in a thinned payload); ``std`` within half a step;
+``t_min``/``t_max`` to the microsecond.
+
+This module needs numpy and the standard library only , so the
+cloud-side decoder runs wherever numpy does.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import math
+import struct
+import zlib
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+MAGIC = b"TLMA"
+VERSION = 3  # the layout encode writes; decode reads 1, 2 and 3 (a spool may hold any)
+READS = (1, 2, 3)
+KIND = "aggregates"
+CONTENT_TYPE = "application/vnd.telemetry.windows"  # MQTT 5 content type of a payload
+
+ROW_COLUMNS = ("vehicle", "group", "window_start", "window_end", "signal", "statistic", "value")
+STATISTICS = ("count", "min", "max", "mean", "last", "std", "first", "t_min", "t_max")
+DEFAULT_STATS = ("count", "min", "max", "mean")
+CODECS = ("zlib", "none")  # zstd measured 7 % smaller at level 19 (docs/MESSAGES.md): not worth a native wheel
+VALUE_STATS = ("min", "max", "first", "last")  # exact, and equal in a collapsed cell
+_LEN = struct.Struct("<I")
+_INTS = (np.int8, np.int16, np.int32, np.int64)
+_INT_BOUNDS = tuple((int(np.iinfo(t).min), int(np.iinfo(t).max)) for t in _INTS)
+_MAX_EXACT = 2.0**52  # raw values beyond this are sent as float64
+
+
+class WireError(ValueError):
+    """A payload that is not a valid windows payload, with the reason."""
+
+
+Resolution = tuple[float, float] | None  # (scale, offset) from the DBC; None: float64 on the wire
+
+
+@dataclass(frozen=True)
+class Schema:
+    """Every signal of a vehicle's DBC files, sorted, with its resolution: a payload names its
+    signals by their number in it instead of by name (a 200-signal dictionary costs a kilobyte
+    per payload). Both ends build it from the same DBC files (``aggregator.dbc_resolutions``);
+    its ``id``, a hash of the list, says whether they did. Signals outside it travel by name."""
+
+    names: tuple[str, ...]
+    res: tuple[Resolution, ...]
+
+    @classmethod
+    def of(cls, res: Mapping[str, Resolution]) -> Schema:
+        names = tuple(sorted(res))
+        return cls(names, tuple(res[n] for n in names))
+
+    def to_json(self) -> str:
+        """The schema as a file (what the cloud decoder is deployed with, instead of the DBC)."""
+        return json.dumps({"id": self.id, "names": list(self.names), "res": [list(r) if r else None for r in self.res]},
+                          separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, text: str) -> Schema:
+        data = json.loads(text)
+        schema = cls(tuple(data["names"]), tuple((float(r[0]), float(r[1])) if r else None for r in data["res"]))
+        if data.get("id") not in (None, schema.id):
+            raise WireError(f"schema file says id {data.get('id')!r} but its signals make {schema.id!r}")
+        return schema
+
+    @property
+    def id(self) -> str:
+        cached = self.__dict__.get("_id")
+        if cached is None:
+            text = json.dumps([list(self.names), [list(r) if r else None for r in self.res]], separators=(",", ":"))
+            cached = hashlib.sha256(text.encode()).hexdigest()[:16]
+            object.__setattr__(self, "_id", cached)
+        return cached
+
+    @property
+    def index(self) -> dict[str, int]:
+        cached = self.__dict__.get("_index")
+        if cached is None:
+            cached = {n: i for i, n in enumerate(self.names)}
+            object.__setattr__(self, "_index", cached)
+        return cached
+
+
+_SCHEMAS: dict[str, Schema] = {}
+
+
+def register(schema: Schema) -> Schema:
+    """Make ``schema`` known to ``decode`` in this process (a component or a tool that has the
+    vehicle's DBC files registers theirs)."""
+    _SCHEMAS[schema.id] = schema
+    return schema
+
+
+@dataclass(frozen=True)
+class Table:
+    """Statistics of (window, signal) cells in columns, ordered by signal, then window."""
+
+    names: tuple[str, ...]
+    window: np.ndarray  # int64: the window's index k (it covers [k*width, (k+1)*width))
+    sid: np.ndarray  # int64: index into names
+    stats: Mapping[str, np.ndarray]  # statistic -> float64 per cell (count: int64)
+
+    def __len__(self) -> int:
+        return int(self.window.shape[0])
+
+    @classmethod
+    def empty(cls, stats: Sequence[str] = STATISTICS) -> Table:
+        return cls((), np.empty(0, np.int64), np.empty(0, np.int64),
+                   {s: np.empty(0, np.int64 if s == "count" else np.float64) for s in stats})
+
+    def sorted(self) -> Table:
+        order = np.lexsort((self.window, self.sid))
+        return Table(self.names, self.window[order], self.sid[order], {k: v[order] for k, v in self.stats.items()})
+
+    def select(self, stats: Sequence[str]) -> Table:
+        return Table(self.names, self.window, self.sid, {s: self.stats[s] for s in stats})
+
+
+@dataclass(frozen=True)
+class Payload:
+    """A decoded (or to-be-encoded) aggregates payload: its header and its cells."""
+
+    vehicle: str
+    seq: int
+    group: str
+    width: float  # window length, seconds (after thinning: the thinned length)
+    start: float  # the publish period [start, end) the windows fall in
+    end: float
+    table: Table
+    late_samples: int = 0
+    late_oldest: float | None = None
+    part: tuple[int, int] = (0, 1)  # (i, n): a period too big for one publish is split by signal
+    thinned: Mapping[str, Any] | None = None  # {"factor": f, "from_width": w, "stats": [...]} when thinned
+    res: Mapping[str, Resolution] = field(default_factory=dict)
+    schema: str | None = None  # the id of the schema its signals were numbered in (decoded payloads)
+
+    @property
+    def key(self) -> str:
+        """The identity the cloud de-duplicates by: the same however often it is produced or sent."""
+        i, n = self.part
+        return f"{self.group}/{self.start!r}" + (f"/{i}of{n}" if n > 1 else "")
+
+    @property
+    def stats(self) -> tuple[str, ...]:
+        return tuple(self.table.stats)
+
+    def rows(self) -> Iterator[tuple[str, str, float, float, str, str, float]]:
+        """(vehicle, group, window start, window end, signal, statistic, value), one per value."""
+        t = self.table
+        starts = (t.window * self.width).tolist()
+        names = [t.names[i] for i in t.sid.tolist()]
+        cols = {s: v.tolist() for s, v in t.stats.items()}
+        for i, start in enumerate(starts):
+            for stat, values in cols.items():
+                yield self.vehicle, self.group, start, start + self.width, names[i], stat, values[i]
+
+    def columns(self) -> dict[str, np.ndarray]:
+        """Its rows as columns (``ROW_COLUMNS``: one row per window, signal and statistic),
+        without a Python object per value: what CSV, Parquet and the cloud decoder write."""
+        t = self.table
+        stats = list(t.stats)
+        n, m = len(t), len(stats)
+        start = t.window * self.width
+        names = np.asarray(t.names, dtype=object)
+        return {
+            "vehicle": np.full(n * m, self.vehicle, dtype=object),
+            "group": np.full(n * m, self.group, dtype=object),
+            "window_start": np.repeat(start, m),
+            "window_end": np.repeat(start + self.width, m),
+            "signal": np.repeat(names[t.sid] if n else np.empty(0, object), m),
+            "statistic": np.tile(np.asarray(stats, dtype=object), n),
+            "value": np.stack([t.stats[s].astype(np.float64) for s in stats], axis=1).ravel() if n else np.empty(0),
+        }
+
+    def window_messages(self) -> list[dict[str, Any]]:
+        """Each window as a ``window`` message (messages.Window's JSON form: ``window``,
+        ``signals``; the payload's ``seq`` and ``late`` on each): what tools and
+        tests compare."""
+        late = {"samples": self.late_samples, "oldest": self.late_oldest}
+        return [{"v": 1, "kind": "window", "vehicle": self.vehicle, "seq": self.seq, "group": self.group,
+                 "window": {"start": start, "end": start + self.width}, "signals": dict(sorted(signals.items())),
+                 "late": late}
+                for start, signals in sorted(self.windows().items())]
+
+    def windows(self) -> dict[float, dict[str, dict[str, float]]]:
+        """{window start: {signal: {statistic: value}}}: the readable form (tests, tools)."""
+        out: dict[float, dict[str, dict[str, float]]] = {}
+        for _, _, start, _, name, stat, value in self.rows():
+            out.setdefault(start, {}).setdefault(name, {})[stat] = value
+        return out
+
+
+# -- encoding ------------------------------------------------------------------------------------
+
+
+def _starts(sid: np.ndarray) -> np.ndarray:
+    """True where a new signal's run of cells begins."""
+    first = np.ones(len(sid), dtype=bool)
+    if len(sid) > 1:
+        np.not_equal(sid[1:], sid[:-1], out=first[1:])
+    return first
+
+
+def _delta(x: np.ndarray, first: np.ndarray) -> np.ndarray:
+    d = np.empty_like(x)
+    if len(x):
+        d[0] = x[0]
+        np.subtract(x[1:], x[:-1], out=d[1:])
+        d[first] = x[first]
+    return d
+
+
+def _undelta(d: np.ndarray, first: np.ndarray) -> np.ndarray:
+    if not len(d):
+        return d
+    c = np.cumsum(d)
+    starts = np.flatnonzero(first)
+    base = c[starts] - d[starts]
+    return c - base[np.cumsum(first) - 1]
+
+
+def _ints(x: np.ndarray) -> bytes:
+    """An int64 array in the narrowest integer type that holds it: a type code, then the data."""
+    code = len(_INTS) - 1
+    if len(x):
+        lo, hi = int(x.min()), int(x.max())
+        code = next(i for i, bound in enumerate(_INT_BOUNDS) if bound[0] <= lo and hi <= bound[1])
+    else:
+        code = 0
+    return bytes((code,)) + x.astype(np.dtype(_INTS[code]).newbyteorder("<"), copy=False).tobytes()
+
+
+def _floats(x: np.ndarray) -> bytes:
+    """Float values: float32 when every one of them is one (IEEE float signals of 32 bits are
+    the common case), else float64; a type byte (4 or 8) first."""
+    x = np.asarray(x, np.float64)
+    with np.errstate(over="ignore", invalid="ignore"):
+        narrow = x.astype("<f4")
+    if np.array_equal(narrow.astype(np.float64), x, equal_nan=True):
+        return b"\x04" + narrow.tobytes()
+    return b"\x08" + x.astype("<f8").tobytes()
+
+
+class _Reader:
+    def __init__(self, body: bytes) -> None:
+        self.body, self.at = body, 0
+
+    def section(self) -> bytes:
+        if self.at + _LEN.size > len(self.body):
+            raise WireError("payload body ends early")
+        (n,) = _LEN.unpack_from(self.body, self.at)
+        self.at += _LEN.size
+        if self.at + n > len(self.body):
+            raise WireError("payload body ends early")
+        out = self.body[self.at:self.at + n]
+        self.at += n
+        return out
+
+    def ints(self, count: int) -> np.ndarray:
+        raw = self.section()
+        if not raw or raw[0] >= len(_INTS):
+            raise WireError("payload has an integer column of unknown type")
+        dtype = np.dtype(_INTS[raw[0]]).newbyteorder("<")
+        if len(raw) - 1 != count * dtype.itemsize:
+            raise WireError(f"payload integer column of {len(raw) - 1} bytes, {count} values expected")
+        return np.frombuffer(raw, dtype, count, 1).astype(np.int64)
+
+    def floats(self, count: int) -> np.ndarray:
+        raw = self.section()
+        if not raw or raw[0] not in (4, 8) or len(raw) - 1 != raw[0] * count:
+            raise WireError(f"payload float column of {len(raw)} bytes, {count} values expected")
+        return np.frombuffer(raw, "<f4" if raw[0] == 4 else "<f8", count, 1).astype(np.float64)
+
+
+def _quantize(table: Table, res: Mapping[str, Resolution], single: np.ndarray) -> np.ndarray:
+    """Per name: its (scale, offset) if every exact statistic of it (and the mean of a cell of
+    one sample, ``single``) is on its grid, else NaN."""
+    n = len(table.names)
+    scale = np.full(n, np.nan)
+    offset = np.zeros(n)
+    for i, name in enumerate(table.names):
+        r = res.get(name)
+        if r is not None and math.isfinite(r[0]) and math.isfinite(r[1]) and r[0] != 0:
+            scale[i], offset[i] = r
+    ok = ~np.isnan(scale)
+    if len(table) and ok.any():
+        sc, off = scale[table.sid], offset[table.sid]
+        bad = np.zeros(n, dtype=bool)
+        every = np.ones(len(table), dtype=bool)
+        checks = [(table.stats[s], every) for s in VALUE_STATS if s in table.stats]
+        if "mean" in table.stats:
+            checks.append((table.stats["mean"], single))
+        for x, cells in checks:
+            x, s_, o_, sid = x[cells], sc[cells], off[cells], table.sid[cells]
+            with np.errstate(invalid="ignore", over="ignore"):
+                q = np.rint((x - o_) / s_)
+                miss = ~((q * s_ + o_ == x) & (np.abs(q) < _MAX_EXACT))
+            bad[sid[miss & ok[sid]]] = True
+        scale[bad] = np.nan
+    return np.stack((scale, offset))
+
+
+_REF_ORDER = ("mean", "min", "max", "first", "last")  # the first of these present is the reference
+_OUTER = struct.Struct("<4sBBI")  # magic, version, codec, the body's uncompressed size
+
+
+# -- layouts 2 and 3: varints, shared cell columns, inferred grids, a preset dictionary ----------
+
+# The preset dictionary of the deflate stream of layouts 2 and 3 (RFC 1951 raw deflate, no zlib
+# wrapper): the JSON a header and a dictionary are made of, so a header costs its values, not its
+# keys. Part of the layout: changing it needs a new version.
+_ZDICT = (b'{"schema":"","extra":{"names":[],"res":[]},"as_float":[],"grid":[[0,12]]}'
+          b'"thinned":{"factor":2,"from_width":1.0,"stats":["count","mean"]},"part":[0,2],'
+          b'"late":{"samples":0,"oldest":null},'
+          b'"stats":["count","min","max","mean","last","std","first","t_min","t_max"]}'
+          b'{"vehicle":"","seq":1,"group":"default","width":1.0,"start":0.0,"end":60.0,'
+          b'"stats":["count","min","max","mean"]}')
+_MAX_GRID = 60  # an IEEE float signal on a grid finer than 2**-60 travels as float
+_ROUND_GRID = 8  # layout 3: the mean of a signal on an inferred grid 2**-s, s >= 8, is rounded to it
+_MAX_GRID_RAW = 2.0**40  # and one whose values on the grid are this large (a float32 needs 24 bits)
+
+
+def _uvarints(u: np.ndarray) -> bytes:
+    """Unsigned LEB128: 7 bits a byte, low first, the high bit set on every byte but a value's last."""
+    u = np.asarray(u, np.uint64)
+    if len(u) <= 4:  # a length, a count: numpy's calls would cost more than the bytes
+        few = bytearray()
+        for value in u.tolist():
+            while value > 0x7F:
+                few.append(value & 0x7F | 0x80)
+                value >>= 7
+            few.append(value)
+        return bytes(few)
+    if int(u.max()) <= 0x7F:  # every value one byte: the usual column of small offsets
+        return u.astype(np.uint8).tobytes()
+    nbytes = np.ones(len(u), np.int64)
+    rest = u >> np.uint64(7)
+    while rest.any():
+        nbytes += rest > 0
+        rest >>= np.uint64(7)
+    out = np.zeros(int(nbytes.sum()), np.uint8)
+    at = np.concatenate(([0], np.cumsum(nbytes)[:-1]))
+    v = u.copy()
+    for j in range(int(nbytes.max())):
+        m = nbytes > j
+        out[at[m] + j] = (v[m] & np.uint64(0x7F)).astype(np.uint8) | ((nbytes[m] > j + 1).astype(np.uint8) << 7)
+        v[m] >>= np.uint64(7)
+    return out.tobytes()
+
+
+def _varints(x: np.ndarray) -> bytes:
+    """Signed integers, zigzag (0, -1, 1, -2, ... as 0, 1, 2, 3, ...) then LEB128: a small value
+    is one byte whatever the column's largest."""
+    x = np.asarray(x, np.int64)
+    return _uvarints(((x << 1) ^ (x >> 63)).view(np.uint64))
+
+
+def _offsets(x: np.ndarray) -> bytes:
+    """A statistic relative to the reference: its sign is most often the same for every cell
+    (``min`` at or below the mean, ``max`` at or above), so a byte says it once (1: none
+    negative, 2: none positive, sent negated; 0: zigzag) and the values follow unsigned."""
+    if not len(x) or x.min() >= 0:
+        return b"\x01" + _uvarints(x.astype(np.uint64))
+    if x.max() <= 0:
+        return b"\x02" + _uvarints((-x).astype(np.uint64))
+    return b"\x00" + _varints(x)
+
+
+def _read_uvarints(raw: bytes, count: int) -> np.ndarray:
+    b = np.frombuffer(raw, np.uint8)
+    last = b < 0x80
+    if int(last.sum()) != count or (len(b) and not last[-1]):
+        raise WireError(f"payload integer column of {len(b)} bytes does not hold {count} values")
+    if not count:
+        return np.zeros(0, np.uint64)
+    ends = np.flatnonzero(last)
+    starts = np.concatenate(([0], ends[:-1] + 1))
+    pos = np.arange(len(b)) - np.repeat(starts, ends - starts + 1)
+    if pos.max() > 9 or (b[pos == 9] > 1).any():
+        raise WireError("payload integer column has a value over 64 bits")
+    parts = (b & 0x7F).astype(np.uint64) << (7 * pos).astype(np.uint64)
+    return np.add.reduceat(parts, starts)
+
+
+def _read_varints(raw: bytes, count: int) -> np.ndarray:
+    u = _read_uvarints(raw, count)
+    return (u >> np.uint64(1)).astype(np.int64) ^ -(u & np.uint64(1)).astype(np.int64)
+
+
+def _floats2(x: np.ndarray) -> bytes:
+    """Float values: a type byte (4: float32, when every one is one; 8: float64), then the values
+    byte-transposed (every value's first byte, then every second byte, ...): the sign and
+    exponent bytes of a signal's values are alike, and deflate finds them together."""
+    x = np.asarray(x, np.float64)
+    with np.errstate(over="ignore", invalid="ignore"):
+        narrow = x.astype("<f4")
+    wide = not np.array_equal(narrow.astype(np.float64), x, equal_nan=True)
+    data = x.astype("<f8") if wide else narrow
+    width = 8 if wide else 4
+    return bytes((width,)) + data.view(np.uint8).reshape(-1, width).T.tobytes()
+
+
+def _split_delta(x: np.ndarray, first: np.ndarray) -> np.ndarray:
+    """A column delta-coded along time per signal, as each signal's first value, then the deltas."""
+    d = _delta(x, first)
+    return np.concatenate((d[first], d[~first]))
+
+
+def _join_delta(col: np.ndarray, first: np.ndarray) -> np.ndarray:
+    d = np.empty_like(col)
+    n = int(first.sum())
+    d[first], d[~first] = col[:n], col[n:]
+    return _undelta(d, first)
+
+
+def _first_window(start: float, width: float) -> int:
+    """The index of the window a period starts with (a period starts on a window's start)."""
+    k = start / width
+    return round(k) if abs(k) < 2.0**62 else 0
+
+
+def _grid(x: np.ndarray) -> int | None:
+    """The smallest s >= 0 such that every value times 2**s is an integer (an IEEE float signal
+    decoded from a sensor's integer, such as raw / 4096), or None if none is fine enough."""
+    x = np.abs(x[x != 0])
+    if not len(x):
+        return 0
+    if not np.isfinite(x).all():
+        return None
+    mant, exp = np.frexp(x)
+    m = (mant * 2.0**53).astype(np.int64)  # exact: 53 bits
+    low = np.log2((m & -m).astype(np.float64)).astype(np.int64)  # trailing zero bits
+    s = max(0, int(-(exp - 53 + low).min()))
+    return s if s <= _MAX_GRID else None
+
+
+def _grids(t: Table, res: Mapping[str, Resolution], count: np.ndarray, rounded: bool = False) -> dict[int, int]:
+    """Per signal without a resolution: the power-of-two grid its values are on in this payload,
+    if every exact statistic is on it and every mean is a sum of samples on it (so the mean
+    travels as exactly as a DBC signal's); with ``rounded`` (layout 3), a grid of ``2**-8`` or
+    finer needs no more than the exact statistics: the mean travels rounded to it."""
+    out: dict[int, int] = {}
+    candidates = [i for i, n in enumerate(t.names) if res.get(n) is None]
+    if not candidates:
+        return out
+    exact = [t.stats[s] for s in VALUE_STATS if s in t.stats]
+    single = count == 1
+    for i in candidates:
+        cells = t.sid == i
+        values = [x[cells] for x in exact]
+        if "mean" in t.stats:
+            values.append(t.stats["mean"][cells & single])
+        found = np.concatenate(values) if values else np.zeros(0)
+        if not len(found):
+            continue  # nothing to infer a grid from
+        s = _grid(found)
+        if s is None or not (np.abs(found) * 2.0**s < _MAX_GRID_RAW).all():
+            continue  # a grid that fine is no sensor's: the values are decimals, not integers scaled
+        if "mean" in t.stats and not (rounded and s >= _ROUND_GRID):
+            # each cell's sum of raw values must be a whole number, exact, and give back the very
+            # mean (as the decoder computes it) bit for bit; not where the mean travels rounded
+            # to the grid (layout 3, ``rounded``): there it is within half a step however the
+            # aggregator folded its float sums, and the grid is the same whatever the batches
+            mean, n = t.stats["mean"][cells], count[cells]
+            with np.errstate(invalid="ignore", over="ignore"):
+                total = n * mean * 2.0**s
+                whole = np.rint(total)
+                if not ((np.abs(total - whole) <= 1e-6) & (np.abs(total) < _MAX_EXACT)).all():
+                    continue
+                q = np.floor_divide(whole, n)
+                if not np.array_equal((q + (whole - q * n) / n) * 2.0**-s + 0.0, mean):
+                    continue
+        out[i] = s
+    return out
+
+
+def encode(p: Payload, *, codec: str = "zlib", level: int | None = None, schema: Schema | None = None,
+           layout: int = VERSION) -> bytes:
+    """The payload as bytes (layout 3; ``layout=2`` writes the previous one, for tests of the
+    decoder): ``TLMA``, version, codec, the body's size, then the compressed body: the header
+    (JSON), the signal dictionary (JSON), then the columns (docs/MESSAGES.md)."""
+    if codec not in CODECS:
+        raise ValueError(f"unknown codec {codec!r} (known: {', '.join(CODECS)})")
+    if layout not in (2, 3):
+        raise ValueError(f"encode writes layout 2 or 3, not {layout!r}")
+    if schema is None and p.schema is not None:
+        schema = _SCHEMAS.get(p.schema)
+    t = p.table
+    if schema is not None:  # signals in the schema's order (so runs say which), the others after
+        rank = np.array([schema.index.get(n, len(schema.names) + i) for i, n in enumerate(t.names)], np.int64)
+        if len(rank) and (np.diff(rank) < 0).any():
+            order = np.argsort(rank, kind="stable")
+            inverse = np.empty_like(order)
+            inverse[order] = np.arange(len(order))
+            t = Table(tuple(t.names[i] for i in order.tolist()), t.window, inverse[t.sid], t.stats).sorted()
+    for stat in t.stats:
+        if stat not in STATISTICS:
+            raise ValueError(f"unknown statistic {stat!r}")
+    if "count" not in t.stats:
+        raise ValueError("a windows payload always carries 'count'")
+    stats = [x for x in STATISTICS if x in t.stats]
+    count = t.stats["count"].astype(np.int64)
+    # each name's resolution: the schema's if it has the name, else what the payload's ``res`` says
+    # (its ``get`` may know names no schema lists: a J1939 signal's, whatever its source address)
+    res = {n: schema.res[schema.index[n]] if schema is not None and n in schema.index else p.res.get(n) for n in t.names}
+    grids = _grids(t, res, count, rounded=layout == 3 and not p.thinned)
+    inferred = dict(res)
+    for i, s in grids.items():
+        inferred[t.names[i]] = (2.0**-s, 0.0)
+    scale, offset = _quantize(t, inferred, count == 1)
+    exact = ~np.isnan(scale)
+    head: dict[str, Any] = {"vehicle": p.vehicle, "seq": p.seq, "group": p.group, "width": p.width,
+                            "start": p.start, "end": p.end, "stats": stats}
+    if p.late_samples or p.late_oldest is not None:
+        head["late"] = {"samples": p.late_samples, "oldest": p.late_oldest}
+    if p.part != (0, 1):
+        head["part"] = list(p.part)
+    if p.thinned:
+        head["thinned"] = dict(p.thinned)
+    dbc_res = [[float(scale[i]), float(offset[i])] if exact[i] and i not in grids else None for i in range(len(t.names))]
+    dictionary: dict[str, Any]
+    runs = b""
+    if schema is None:
+        dictionary = {"names": list(t.names), "res": dbc_res}
+    else:
+        # names by their place in the schema; the few it does not have, by name; and which
+        # signals go as float in this payload although the schema gives them a resolution
+        index = np.array([schema.index.get(n, -1) for n in t.names], np.int64)
+        extra = np.flatnonzero(index < 0).tolist()
+        present = np.zeros(len(schema.names), np.int8)
+        present[index[index >= 0]] = 1
+        edges = np.flatnonzero(np.diff(np.concatenate(([0], present, [0]))))
+        runs = _uvarints(np.diff(np.concatenate(([0], edges))).astype(np.uint64))
+        dictionary = {"schema": schema.id}
+        if extra:
+            dictionary["extra"] = {"names": [t.names[i] for i in extra], "res": [dbc_res[i] for i in extra]}
+        as_float = [i for i in range(len(t.names)) if index[i] >= 0 and not exact[i] and schema.res[index[i]] is not None]
+        if as_float:
+            dictionary["as_float"] = as_float
+    on_grid = [[i, s] for i, s in grids.items() if exact[i]]
+    if on_grid and layout == 2:
+        dictionary["grid"] = on_grid
+    sections: list[bytes] = [_json(head), _json(dictionary)]
+    if schema is not None:
+        sections.append(runs)
+    if layout == 3:  # the grids as a count column: position (from the previous one's), s; ...
+        flat = np.asarray(on_grid, np.int64).reshape(-1, 2)
+        flat[1:, 0] -= flat[:-1, 0].copy()
+        sections.append(_uvarints(flat.ravel().astype(np.uint64)))
+    sid, window = t.sid, t.window
+    n_sig = len(t.names)
+    # the cells of a signal (its windows and their counts) are those of an earlier signal more
+    # often than not (signals of one CAN message decode from the same frames): say which
+    bounds = np.searchsorted(sid, np.arange(n_sig + 1))
+    same = np.zeros(n_sig, np.int64)
+    seen: dict[bytes, int] = {}
+    for i in range(n_sig):
+        a, b = int(bounds[i]), int(bounds[i + 1])
+        key = window[a:b].tobytes() + b"|" + count[a:b].tobytes()
+        if key in seen:
+            same[i] = i - seen[key]
+        seen[key] = i
+    own = same == 0
+    mine = own[sid]
+    first = _starts(sid)
+    k0 = int(window.min()) if len(window) else 0
+    # the first window's index, from the period's first: a small number (the header has the start)
+    sections.append(_varints(np.asarray([k0 - _first_window(p.start, p.width)], np.int64)))
+    sections.append(_uvarints(same.astype(np.uint64)))
+    sections.append(_uvarints(np.diff(bounds)[own].astype(np.uint64)))
+    sections.append(_varints(_split_delta(window[mine] - k0, first[mine])))
+    sections.append(_varints(_split_delta(count[mine], first[mine])))
+    if "min" in t.stats and "max" in t.stats:
+        collapsed = (count == 1) | (t.stats["min"] == t.stats["max"])
+    else:
+        collapsed = count == 1
+    sections.append(np.packbits(collapsed).tobytes())
+    wide = ~collapsed
+    cell_exact = exact[sid]
+    ints, floats = wide & cell_exact, wide & ~cell_exact
+    sc = np.where(cell_exact, scale[sid], 1.0)
+    off = np.where(cell_exact, offset[sid], 0.0)
+    start = window * p.width
+    ref = next((x for x in _REF_ORDER if x in t.stats), None)
+
+    def q(values: np.ndarray, cells: np.ndarray) -> np.ndarray:
+        with np.errstate(invalid="ignore", over="ignore"):
+            r = np.rint((values[cells] - off[cells]) / sc[cells])
+        return np.where(np.isfinite(r), r, 0).astype(np.int64)
+
+    def us(values: np.ndarray, cells: np.ndarray) -> bytes:
+        with np.errstate(invalid="ignore", over="ignore"):
+            r = np.rint((values[cells] - start[cells]) * 1e6)
+        return _varints(np.where(np.isfinite(r), r, 0).astype(np.int64))
+
+    if ref is not None:
+        # a collapsed cell: one value (an exact statistic's, if there is one), along time
+        one = t.stats[next(x for x in (*VALUE_STATS, "mean") if x in t.stats)]
+        c_int, c_float = collapsed & cell_exact, collapsed & ~cell_exact
+        sections.append(_varints(_split_delta(q(one, c_int), _starts(sid[c_int]))))
+        sections.append(_floats2(one[c_float]))
+        # the reference statistic of the other cells along time, the rest relative to it. The
+        # mean as the exact sum of raw values S: floor(S / count) is the reference, S mod count
+        # travels too (so the mean is exact, and the same however the samples were batched)
+        if ref == "mean":
+            # layout 3: the mean rounded to the step (within half a step), but where it travels
+            # exact (``_exact_means``) as in layout 2
+            coarse = [i for i, s in grids.items() if s < _ROUND_GRID]
+            summed = _exact_means(ints, sid, coarse, len(t.names), p.thinned, layout)
+            # Both from the exact sum of raw values S (whole: the same however the samples were
+            # batched), the rounding in integers (half up), so that the rounded mean does not
+            # depend on how the aggregator folded its float sums either
+            with np.errstate(invalid="ignore", over="ignore"):
+                total = np.rint(count[ints] * ((t.stats["mean"][ints] - off[ints]) / sc[ints]))
+            total = np.where(np.isfinite(total), total, 0).astype(np.int64)
+            n = count[ints]
+            ref_q = np.where(summed[ints], np.floor_divide(total, n), np.floor_divide(2 * total + n, 2 * n))
+            sections.append(_varints(_split_delta(ref_q, _starts(sid[ints]))))
+            sections.append(_uvarints((total - ref_q * n)[summed[ints]].astype(np.uint64)))
+        else:
+            ref_q = q(t.stats[ref], ints)
+            sections.append(_varints(_split_delta(ref_q, _starts(sid[ints]))))
+        sections.append(_floats2(t.stats[ref][floats]))
+        for stat in ("mean", "min", "max", "first", "last"):
+            if stat in t.stats and stat != ref:
+                sections.append(_offsets(q(t.stats[stat], ints) - ref_q))
+                sections.append(_floats2(t.stats[stat][floats]))
+    if "std" in t.stats:  # in steps of the DBC's resolution; as float for the others (an inferred grid too)
+        by_grid = np.zeros(len(t.names), bool)
+        by_grid[list(grids)] = True
+        steps_of, as_is = ints & ~by_grid[sid], wide & (~cell_exact | by_grid[sid])
+        with np.errstate(invalid="ignore", over="ignore"):
+            steps = np.rint(t.stats["std"][steps_of] / np.abs(sc[steps_of]))
+        sections.append(_uvarints(np.where(np.isfinite(steps), np.maximum(steps, 0), 0).astype(np.uint64)))
+        sections.append(_floats2(t.stats["std"][as_is]))
+    if "t_min" in t.stats or "t_max" in t.stats:
+        sections.append(us(t.stats["t_min" if "t_min" in t.stats else "t_max"], collapsed))
+        for stat in ("t_min", "t_max"):
+            if stat in t.stats:
+                sections.append(us(t.stats[stat], wide))
+    body = b"".join(_uvarints(np.asarray([len(x)], np.uint64)) + x for x in sections)
+    return _OUTER.pack(MAGIC, layout, CODECS.index(codec), len(body)) + _compress(body, codec, level)
+
+
+def _exact_means(ints: np.ndarray, sid: np.ndarray, on_grid: Sequence[int], n_sig: int,
+                 thinned: Mapping[str, Any] | None, layout: int) -> np.ndarray:
+    """Per cell: whether its mean travels as the exact sum of its raw values (``floor(S /
+    count)``, then ``S mod count``) rather than rounded to the step. Layout 2: every cell. Layout
+    3: the cells of a signal on an inferred grid coarser than ``2**-_ROUND_GRID`` (``on_grid``:
+    a float signal whose values happen to be whole numbers has no step to round to), and every
+    cell of a thinned payload (its means are sums of means already rounded: whole steps, sent
+    exactly, so the mean stays within half a step of the samples' whatever the thinning)."""
+    if layout == 2 or thinned:
+        return ints.copy()
+    by_grid = np.zeros(n_sig, bool)
+    by_grid[list(on_grid)] = True
+    return ints & by_grid[sid]
+
+
+def _json(value: Any) -> bytes:
+    return json.dumps(value, separators=(",", ":"), allow_nan=False).encode()
+
+
+def _compress(body: bytes, codec: str, level: int | None) -> bytes:
+    if codec == "zlib":  # layouts 2 and 3: raw deflate with the layout's preset dictionary
+        z = zlib.compressobj(9 if level is None else level, zlib.DEFLATED, -15, 9, zlib.Z_DEFAULT_STRATEGY, _ZDICT)
+        return z.compress(body) + z.flush()
+    return body
+
+
+def _decompress(data: bytes, codec: str, size: int, version: int = VERSION) -> bytes:
+    try:
+        if codec == "zlib":
+            z = zlib.decompressobj() if version == 1 else zlib.decompressobj(-15, _ZDICT)
+            out = z.decompress(data, size + 1)
+            if not z.eof or z.unused_data or z.unconsumed_tail:
+                raise WireError(f"aggregates body is not one complete deflate stream of {size} bytes")
+        else:
+            out = data
+    except zlib.error as exc:
+        raise WireError(f"aggregates body does not decompress ({codec}): {exc}") from None
+    if len(out) != size:
+        raise WireError(f"aggregates body is {len(out)} bytes; its prefix says {size}")
+    return out
+
+
+MAX_BODY = 64 * 1024 * 1024
+
+
+def from_outbox_line(line: Mapping[str, Any]) -> Payload | None:
+    """The aggregates payload of one line of a replay's cloud.jsonl (``payload_base64``), or
+    None for a JSON publish."""
+    data = line.get("payload_base64")
+    if data is None:
+        return None
+    return decode(base64.b64decode(data))
+
+
+def is_payload(data: Any) -> bool:
+    """Whether ``data`` is an aggregates payload (by its magic)."""
+    return isinstance(data, (bytes, bytearray, memoryview)) and bytes(data[:4]) == MAGIC
+
+
+def codec_of(data: bytes) -> str:
+    """The codec a payload's body was compressed with."""
+    if not is_payload(data) or len(data) < _OUTER.size or data[5] >= len(CODECS):
+        raise WireError("not an aggregates payload (no TLMA prefix)")
+    return CODECS[data[5]]
+
+
+def _check_header(head: Any, version: int) -> dict[str, Any]:
+    if version == 1 and (not isinstance(head, dict) or head.get("v") != 1 or head.get("kind") != KIND):
+        got = (head.get("v"), head.get("kind")) if isinstance(head, dict) else head
+        raise WireError(f"aggregates header of version/kind {got!r} (the layout says v1 {KIND})")
+    if not isinstance(head, dict):
+        raise WireError("aggregates header is not a JSON object")
+    for key in ("vehicle", "group"):
+        if not isinstance(head.get(key), str) or not head[key]:
+            raise WireError(f"aggregates header without a {key}")
+    for key in ("width", "start", "end"):
+        if not _finite(head.get(key)):
+            raise WireError(f"aggregates header {key} is not a finite number")
+    if not head["width"] > 0 or not head["start"] < head["end"]:
+        raise WireError("aggregates header: width must be positive and start before end")
+    for key in ("seq", "cells", "signals") if version == 1 else ("seq",):
+        if not _count(head.get(key)):
+            raise WireError(f"aggregates header {key} is not a count")
+    stats = head.get("stats")
+    if not isinstance(stats, list) or "count" not in stats or stats != [x for x in STATISTICS if x in stats]:
+        raise WireError(f"aggregates header stats {stats!r}: 'count' and any of {', '.join(STATISTICS)}, in that order")
+    late = head.get("late", {})
+    if not isinstance(late, dict) or not _count(late.get("samples", 0)) or \
+            not (late.get("oldest") is None or _finite(late.get("oldest"))):
+        raise WireError("aggregates header late must be {samples: count, oldest: number or null}")
+    part = head.get("part", [0, 1])
+    if not (isinstance(part, list) and len(part) == 2 and all(_count(x) for x in part) and part[0] < part[1]):
+        raise WireError("aggregates header part must be [i, n] with i < n")
+    thinned = head.get("thinned")
+    if thinned is not None and not isinstance(thinned, dict):
+        raise WireError("aggregates header thinned must be an object")
+    return head
+
+
+def decode(data: bytes | bytearray | memoryview, schema: Schema | None = None) -> Payload:
+    """A payload back, checked: every length against the payload's own; WireError if malformed.
+    A payload that names its signals by a schema needs that schema: given, or registered."""
+    data = bytes(data)
+    if not is_payload(data) or len(data) < _OUTER.size:
+        raise WireError("not an aggregates payload (no TLMA prefix)")
+    _, version, codec_id, size = _OUTER.unpack_from(data)
+    if version not in READS:
+        raise WireError(f"aggregates payload of version {version} (this build reads {', '.join(f'v{v}' for v in READS)})")
+    if codec_id >= len(CODECS):
+        raise WireError(f"aggregates payload of unknown codec {codec_id}")
+    if size > MAX_BODY:
+        raise WireError(f"aggregates body of {size} bytes is over {MAX_BODY}")
+    body = _decompress(data[_OUTER.size:], CODECS[codec_id], size, version)
+    if version >= 2:
+        return _decode_v2(body, schema, version)
+    r = _Reader(body)  # layout 1
+    try:
+        head = _check_header(json.loads(r.section(), parse_constant=_no_constant), 1)
+        dictionary = json.loads(r.section(), parse_constant=_no_constant)
+    except ValueError as exc:
+        if isinstance(exc, WireError):
+            raise
+        raise WireError(f"aggregates header or dictionary is not JSON: {exc}") from None
+    n_sig = head["signals"]
+    names: Any
+    res: Any
+    if isinstance(dictionary, dict) and "schema" in dictionary:
+        names, res = _by_schema(dictionary, r, schema)
+    else:
+        names = dictionary.get("names") if isinstance(dictionary, dict) else None
+        res = dictionary.get("res") if isinstance(dictionary, dict) else None
+    if not (isinstance(names, list) and isinstance(res, list) and len(names) == len(res) == n_sig
+            and all(isinstance(x, str) and x for x in names) and len(set(names)) == n_sig):
+        raise WireError("aggregates dictionary: names must be distinct strings, one resolution each")
+    scale, offset = _resolutions(names, res)
+    cells = head["cells"]
+    per_signal = r.ints(n_sig)
+    if (per_signal < 0).any() or int(per_signal.sum()) != cells:
+        raise WireError("aggregates payload: cells per signal do not add up")
+    sid = np.repeat(np.arange(n_sig, dtype=np.int64), per_signal)
+    first = _starts(sid)
+    k0 = int(r.ints(1)[0])
+    window = _undelta(r.ints(cells), first) + k0
+    count = _undelta(r.ints(cells), first)
+    if len(count) and (count < 1).any():
+        raise WireError("aggregates payload has a cell with no samples")
+    collapsed, cell_exact, sc, off = _cells(r.section(), cells, sid, scale, offset)
+    wide = ~collapsed
+    ints, floats = wide & cell_exact, wide & ~cell_exact
+    start = window * float(head["width"])
+    stats: list[str] = head["stats"]
+    ref = next((x for x in _REF_ORDER if x in stats), None)
+    cols: dict[str, np.ndarray] = {"count": count}
+
+    def values(q: np.ndarray, cells_mask: np.ndarray, out: np.ndarray) -> None:
+        out[cells_mask] = q.astype(np.float64) * sc[cells_mask] + off[cells_mask]
+
+    if ref is not None:
+        c_int, c_float = collapsed & cell_exact, collapsed & ~cell_exact
+        one = np.zeros(cells)
+        values(_undelta(r.ints(int(c_int.sum())), _starts(sid[c_int])), c_int, one)
+        one[c_float] = r.floats(int(c_float.sum()))
+        ref_q = _undelta(r.ints(int(ints.sum())), _starts(sid[ints]))
+        rem = r.ints(int(ints.sum())) if ref == "mean" else None
+        for stat in ("mean", "min", "max", "first", "last"):
+            if stat not in stats:
+                continue
+            x = one.copy()
+            if stat == "mean" and rem is not None:
+                x[ints] = (ref_q + rem / count[ints]) * sc[ints] + off[ints]
+            else:
+                values(ref_q if stat == ref else ref_q + r.ints(int(ints.sum())), ints, x)
+            x[floats] = r.floats(int(floats.sum()))
+            cols[stat] = x
+    if "std" in stats:
+        x = np.zeros(cells)
+        x[ints] = r.ints(int(ints.sum())) * np.abs(sc[ints])
+        x[floats] = r.floats(int(floats.sum()))
+        cols["std"] = x
+    _times(r, stats, cells, collapsed, wide, start, cols)
+    if r.at != len(r.body):
+        raise WireError(f"aggregates body has {len(r.body) - r.at} bytes after its last column")
+    table = Table(tuple(names), window, sid, {x: cols[x] for x in stats})
+    return _payload(head, table, scale, offset, ~np.isnan(scale),
+                    dictionary.get("schema") if isinstance(dictionary, dict) else None)
+
+
+def _resolutions(names: list[str], res: list[Any]) -> tuple[np.ndarray, np.ndarray]:
+    """The dictionary's resolutions as (scale, offset) columns: NaN scale where a signal has
+    none (an IEEE float); a resolution that is not two finite numbers, scale not 0, refused."""
+    scale = np.full(len(names), np.nan)
+    offset = np.zeros(len(names))
+    for i, x in enumerate(res):
+        if x is not None:
+            if not (isinstance(x, list) and len(x) == 2 and all(_finite(v) for v in x) and x[0] != 0):
+                raise WireError(f"aggregates dictionary: resolution of {names[i]!r} is not [scale, offset]")
+            scale[i], offset[i] = x
+    return scale, offset
+
+
+def _cells(flags: bytes, cells: int, sid: np.ndarray, scale: np.ndarray,
+           offset: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Per cell (both layouts): collapsed (its flag), exact (its signal has a resolution), and
+    the scale and offset its integers are read with (1 and 0 for a float cell)."""
+    if len(flags) != (cells + 7) // 8:
+        raise WireError("aggregates payload: collapse flags of the wrong length")
+    collapsed = np.unpackbits(np.frombuffer(flags, np.uint8), count=cells).astype(bool)
+    cell_exact = ~np.isnan(scale)[sid]
+    return collapsed, cell_exact, np.where(cell_exact, scale[sid], 1.0), np.where(cell_exact, offset[sid], 0.0)
+
+
+def _times(r: Any, stats: Sequence[str], cells: int, collapsed: np.ndarray, wide: np.ndarray, start: np.ndarray,
+           cols: dict[str, np.ndarray]) -> None:
+    """``t_min`` and ``t_max`` (both layouts): microseconds from the window's start, one value
+    for a collapsed cell, one each for the others."""
+    if "t_min" in stats or "t_max" in stats:
+        one_t = np.zeros(cells)
+        one_t[collapsed] = start[collapsed] + r.ints(int(collapsed.sum())) / 1e6
+        for stat in ("t_min", "t_max"):
+            if stat in stats:
+                x = one_t.copy()
+                x[wide] = start[wide] + r.ints(int(wide.sum())) / 1e6
+                cols[stat] = x
+
+
+def _payload(head: Mapping[str, Any], table: Table, scale: np.ndarray, offset: np.ndarray, dbc: np.ndarray,
+             schema: Any) -> Payload:
+    """The decoded payload (both layouts) from its checked header and its cells; ``dbc``: the
+    signals whose (scale, offset) is the DBC's (a float signal sent on a grid has none)."""
+    late = head.get("late", {})
+    part = head.get("part", [0, 1])
+    return Payload(head["vehicle"], head["seq"], head["group"], float(head["width"]), float(head["start"]),
+                   float(head["end"]), table, late.get("samples", 0), late.get("oldest"), (int(part[0]), int(part[1])),
+                   head.get("thinned"),
+                   {n: (float(scale[i]), float(offset[i])) if dbc[i] else None for i, n in enumerate(table.names)},
+                   schema)
+
+
+def _by_schema(dictionary: dict[str, Any], r: _Reader, schema: Schema | None) -> tuple[list[str], list[Any]]:
+    """Names and resolutions of a payload that numbers its signals in a schema."""
+    wanted = dictionary.get("schema")
+    if schema is None or schema.id != wanted:
+        schema = _SCHEMAS.get(str(wanted))
+    if schema is None:
+        raise WireError(f"aggregates payload names its signals by schema {wanted!r}, which this decoder does not have: "
+                        "give it the vehicle's DBC files (decode-cloud --dbc, or the configuration)")
+    extra, as_float = dictionary.get("extra"), dictionary.get("as_float")
+    if not (isinstance(extra, dict) and isinstance(extra.get("names"), list) and isinstance(extra.get("res"), list)
+            and len(extra["names"]) == len(extra["res"]) and isinstance(as_float, list)):
+        raise WireError("aggregates dictionary: a schema payload needs 'extra' {names, res} and 'as_float'")
+    n_schema = len(schema.names)
+    bits = r.section()
+    if len(bits) != (n_schema + 7) // 8:
+        raise WireError(f"aggregates payload: a presence bitmap of {len(bits)} bytes for a schema of {n_schema} signals")
+    present = np.unpackbits(np.frombuffer(bits, np.uint8), count=n_schema).astype(bool)
+    return _named(schema, present, extra, as_float)
+
+
+def _named(schema: Schema, present: np.ndarray, extra: Mapping[str, Any], as_float: list[Any]) -> tuple[list[str], list[Any]]:
+    """Names and resolutions (both layouts): the schema's signals present, then ``extra``'s by
+    name; a signal listed in ``as_float`` travels as float (no resolution)."""
+    n_schema = len(schema.names)
+    index = np.concatenate((np.flatnonzero(present), n_schema + np.arange(len(extra["names"]))))
+    names = [schema.names[i] if i < n_schema else extra["names"][i - n_schema] for i in index.tolist()]
+    res: list[Any] = [list(schema.res[i]) if i < n_schema and schema.res[i] is not None else
+                      (None if i < n_schema else extra["res"][i - n_schema]) for i in index.tolist()]
+    for i in as_float:
+        if not _count(i) or i >= len(res):
+            raise WireError("aggregates dictionary: 'as_float' must list signal positions")
+        res[i] = None
+    return names, res
+
+
+class _Reader2:
+    """Layout 2's body: sections, each a LEB128 length and its bytes."""
+
+    def __init__(self, body: bytes) -> None:
+        self.body, self.at = body, 0
+
+    def section(self) -> bytes:
+        n, shift = 0, 0
+        while True:
+            if self.at >= len(self.body) or shift > 28:
+                raise WireError("payload body ends early")
+            byte = self.body[self.at]
+            self.at += 1
+            n |= (byte & 0x7F) << shift
+            shift += 7
+            if byte < 0x80:
+                break
+        if self.at + n > len(self.body):
+            raise WireError("payload body ends early")
+        out = self.body[self.at:self.at + n]
+        self.at += n
+        return out
+
+    def ints(self, count: int) -> np.ndarray:
+        return _read_varints(self.section(), count)
+
+    def offsets(self, count: int) -> np.ndarray:
+        raw = self.section()
+        if not raw or raw[0] > 2:
+            raise WireError("payload offset column without its sign byte")
+        if raw[0] == 0:
+            return _read_varints(raw[1:], count)
+        u = _read_uvarints(raw[1:], count)
+        if len(u) and u.max() > np.uint64(2**62):
+            raise WireError("payload offset column has a value out of range")
+        return u.astype(np.int64) * (1 if raw[0] == 1 else -1)
+
+    def uints(self, count: int) -> np.ndarray:
+        u = _read_uvarints(self.section(), count)
+        if len(u) and u.max() > np.uint64(2**62):
+            raise WireError("payload count column has a value out of range")
+        return u.astype(np.int64)
+
+    def floats(self, count: int) -> np.ndarray:
+        raw = self.section()
+        if not raw or raw[0] not in (4, 8) or len(raw) - 1 != raw[0] * count:
+            raise WireError(f"payload float column of {len(raw)} bytes, {count} values expected")
+        width = raw[0]
+        data = np.frombuffer(raw, np.uint8, count * width, 1).reshape(width, count).T.copy()
+        return data.view("<f4" if width == 4 else "<f8").reshape(count).astype(np.float64)
+
+
+def _decode_v2(body: bytes, schema: Schema | None, version: int = 2) -> Payload:
+    """Layouts 2 and 3 (which differ only in how the mean travels: ``_exact_means``)."""
+    r = _Reader2(body)
+    try:
+        head = _check_header(json.loads(r.section(), parse_constant=_no_constant), 2)
+        dictionary = json.loads(r.section(), parse_constant=_no_constant)
+    except ValueError as exc:
+        if isinstance(exc, WireError):
+            raise
+        raise WireError(f"aggregates header or dictionary is not JSON: {exc}") from None
+    if not isinstance(dictionary, dict):
+        raise WireError("aggregates dictionary is not a JSON object")
+    names: Any
+    res: Any
+    if "schema" in dictionary:
+        names, res = _by_schema2(dictionary, r, schema)
+    else:
+        names, res = dictionary.get("names"), dictionary.get("res")
+    if not (isinstance(names, list) and isinstance(res, list) and len(names) == len(res)
+            and all(isinstance(x, str) and x for x in names) and len(set(names)) == len(names)):
+        raise WireError("aggregates dictionary: names must be distinct strings, one resolution each")
+    n_sig = len(names)
+    scale, offset = _resolutions(names, res)
+    dbc = ~np.isnan(scale)
+    grid = dictionary.get("grid", []) if version == 2 else _grid_section(r)
+    if not (isinstance(grid, list) and all(isinstance(g, list) and len(g) == 2 and _count(g[0]) and g[0] < n_sig
+                                           and _count(g[1]) and g[1] <= _MAX_GRID and res[g[0]] is None for g in grid)):
+        raise WireError("aggregates dictionary: 'grid' must list [position, s] of signals without a resolution")
+    for i, s in grid:
+        scale[i], offset[i] = 2.0**-s, 0.0
+    k0 = int(r.ints(1)[0]) + _first_window(float(head["start"]), float(head["width"]))
+    same = r.uints(n_sig)
+    if (same > np.arange(n_sig)).any():
+        raise WireError("aggregates payload: a signal shares the cells of a signal after it")
+    own = same == 0
+    n_own = int(own.sum())
+    own_cells = r.uints(n_own)
+    own_sid = np.repeat(np.arange(n_own, dtype=np.int64), own_cells)
+    own_first = _starts(own_sid)
+    total_own = int(own_cells.sum())
+    own_window = _join_delta(r.ints(total_own), own_first) + k0
+    own_count = _join_delta(r.ints(total_own), own_first)
+    # each signal's cells: its own, or those of the signal it shares them with
+    src = np.arange(n_sig) - same  # pointer jumping: each points back until a signal with its own
+    while n_sig:
+        further = src[src]
+        if np.array_equal(further, src):
+            break
+        src = further
+    own_no = np.cumsum(own) - 1
+    per_signal = own_cells[own_no[src]] if n_sig else np.zeros(0, np.int64)
+    cells = int(per_signal.sum())
+    sid = np.repeat(np.arange(n_sig, dtype=np.int64), per_signal)
+    own_at = np.concatenate(([0], np.cumsum(own_cells)[:-1])).astype(np.int64)
+    at = np.repeat(own_at[own_no[src]] - np.concatenate(([0], np.cumsum(per_signal)[:-1])), per_signal) + np.arange(cells)
+    window, count = own_window[at], own_count[at]
+    if len(count) and (count < 1).any():
+        raise WireError("aggregates payload has a cell with no samples")
+    first = _starts(sid)
+    if len(window) and (np.diff(window)[~first[1:]] <= 0).any():
+        raise WireError("aggregates payload: a signal's windows are not in order")
+    collapsed, cell_exact, sc, off = _cells(r.section(), cells, sid, scale, offset)
+    wide = ~collapsed
+    ints, floats = wide & cell_exact, wide & ~cell_exact
+    start = window * float(head["width"])
+    stats: list[str] = head["stats"]
+    ref = next((x for x in _REF_ORDER if x in stats), None)
+    cols: dict[str, np.ndarray] = {"count": count}
+    n_ints, n_floats = int(ints.sum()), int(floats.sum())
+
+    def values(q: np.ndarray, mask: np.ndarray, out: np.ndarray) -> None:
+        out[mask] = q.astype(np.float64) * sc[mask] + off[mask]
+
+    if ref is not None:
+        c_int, c_float = collapsed & cell_exact, collapsed & ~cell_exact
+        one = np.zeros(cells)
+        values(_join_delta(r.ints(int(c_int.sum())), _starts(sid[c_int])), c_int, one)
+        one[c_float] = r.floats(int(c_float.sum()))
+        ref_q = _join_delta(r.ints(n_ints), _starts(sid[ints]))
+        rem = None
+        if ref == "mean":  # the remainders of the means that travel as sums; the others are rounded
+            coarse = [i for i, s in grid if s < _ROUND_GRID]
+            summed = _exact_means(ints, sid, coarse, n_sig, head.get("thinned"), version)
+            rem = np.zeros(cells)
+            rem[summed] = r.uints(int(summed.sum())) / count[summed]
+            rem = rem[ints]
+        ref_f = r.floats(n_floats)
+        for stat in ("mean", "min", "max", "first", "last"):
+            if stat not in stats:
+                continue
+            x = one.copy()
+            if stat == ref:
+                if rem is not None:
+                    x[ints] = (ref_q + rem) * sc[ints] + off[ints]
+                else:
+                    values(ref_q, ints, x)
+                x[floats] = ref_f
+            else:
+                values(ref_q + r.offsets(n_ints), ints, x)
+                x[floats] = r.floats(n_floats)
+            cols[stat] = x
+    if "std" in stats:
+        by_grid = np.zeros(n_sig, bool)
+        by_grid[[i for i, _ in grid]] = True
+        steps_of, as_is = ints & ~by_grid[sid], wide & (~cell_exact | by_grid[sid])
+        x = np.zeros(cells)
+        x[steps_of] = r.uints(int(steps_of.sum())) * np.abs(sc[steps_of])
+        x[as_is] = r.floats(int(as_is.sum()))
+        cols["std"] = x
+    _times(r, stats, cells, collapsed, wide, start, cols)
+    if r.at != len(r.body):
+        raise WireError(f"aggregates body has {len(r.body) - r.at} bytes after its last column")
+    table = Table(tuple(names), window, sid, {x: cols[x] for x in stats})
+    return _payload(head, table, scale, offset, dbc, dictionary.get("schema"))
+
+
+def _grid_section(r: _Reader2) -> list[list[int]]:
+    """Layout 3's grids: a count column of (position from the previous one's, s) pairs."""
+    raw = r.section()
+    flat = _read_uvarints(raw, int((np.frombuffer(raw, np.uint8) < 0x80).sum()))
+    if len(flat) % 2 or (len(flat) and flat.max() > np.uint64(2**31)):
+        raise WireError("aggregates payload: grids must be pairs of (position, s)")
+    pairs = flat.astype(np.int64).reshape(-1, 2)
+    if (pairs[1:, 0] < 1).any():
+        raise WireError("aggregates payload: grid positions must increase")
+    pairs[:, 0] = np.cumsum(pairs[:, 0])
+    return [[int(i), int(s)] for i, s in pairs.tolist()]
+
+
+def _by_schema2(dictionary: dict[str, Any], r: _Reader2, schema: Schema | None) -> tuple[list[str], list[Any]]:
+    """Names and resolutions of a layout-2 payload that numbers its signals in a schema: runs
+    over the schema's signals (absent, present, absent, ...), then ``extra`` by name."""
+    wanted = dictionary.get("schema")
+    if schema is None or schema.id != wanted:
+        schema = _SCHEMAS.get(str(wanted))
+    if schema is None:
+        raise WireError(f"aggregates payload names its signals by schema {wanted!r}, which this decoder does not have: "
+                        "give it the vehicle's DBC files (decode-cloud --dbc, or the configuration)")
+    extra = dictionary.get("extra", {"names": [], "res": []})
+    as_float = dictionary.get("as_float", [])
+    if not (isinstance(extra, dict) and isinstance(extra.get("names"), list) and isinstance(extra.get("res"), list)
+            and len(extra["names"]) == len(extra["res"]) and isinstance(as_float, list)):
+        raise WireError("aggregates dictionary: a schema payload's 'extra' is {names, res}, its 'as_float' a list")
+    n_schema = len(schema.names)
+    raw = r.section()
+    runs = _read_uvarints(raw, int((np.frombuffer(raw, np.uint8) < 0x80).sum())).astype(np.int64)
+    if int(runs.sum()) > n_schema or (len(runs) > 1 and (runs[1:] == 0).any()):
+        raise WireError(f"aggregates payload: presence runs that do not fit a schema of {n_schema} signals")
+    present = np.zeros(n_schema, bool)
+    edges = np.cumsum(runs)
+    for a, b in zip(edges[0::2].tolist(), edges[1::2].tolist()):
+        present[a:b] = True
+    return _named(schema, present, extra, as_float)
+
+
+def _finite(x: Any) -> bool:
+    return type(x) in (int, float) and math.isfinite(x)
+
+
+def _count(x: Any) -> bool:
+    return type(x) is int and x >= 0
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+# -- thinning ------------------------------------------------------------------------------------
+
+
+def thin(p: Payload, factor: int, stats: Sequence[str] | None = None) -> Payload:
+    """Fewer bytes for the same period: windows merged ``factor`` to one (exactly, from the
+    statistics that are there), and/or fewer statistics. Says so in ``thinned``."""
+    t = p.table
+    keep = tuple(s for s in (stats or t.stats) if s in t.stats)
+    if "count" not in keep:
+        keep = ("count", *keep)
+    if factor > 1 and len(t):
+        k = t.window // factor
+        order = np.lexsort((t.window, k, t.sid))
+        sid, kk = t.sid[order], k[order]
+        s = {name: v[order] for name, v in t.stats.items()}
+        new = _starts(sid) | np.concatenate(([True], kk[1:] != kk[:-1]))
+        b = np.flatnonzero(new)
+        e = np.append(b[1:], len(sid))
+        n = s["count"].astype(np.float64)
+        total = np.add.reduceat(n, b)
+        out: dict[str, np.ndarray] = {"count": np.add.reduceat(s["count"], b)}
+        if "mean" in s:
+            mean = np.add.reduceat(n * s["mean"], b) / total
+            out["mean"] = mean
+            if "std" in s:
+                dev = s["mean"] - np.repeat(mean, e - b)
+                out["std"] = np.sqrt(np.maximum(np.add.reduceat(n * (s["std"] ** 2 + dev * dev), b) / total, 0.0))
+        if "min" in s:
+            out["min"] = np.minimum.reduceat(s["min"], b)
+        if "max" in s:
+            out["max"] = np.maximum.reduceat(s["max"], b)
+        if "first" in s:
+            out["first"] = s["first"][b]
+        if "last" in s:
+            out["last"] = s["last"][e - 1]
+        for ext, t_ext in (("min", "t_min"), ("max", "t_max")):
+            if t_ext in s and ext in s:
+                at = np.where(s[ext] == np.repeat(out[ext], e - b), s[t_ext], np.inf)
+                out[t_ext] = np.minimum.reduceat(at, b)
+        keep = tuple(x for x in keep if x in out)
+        t = Table(t.names, kk[b], sid[b], {x: out[x] for x in keep})
+    else:
+        factor = 1
+        t = t.select(keep)
+    previous = dict(p.thinned or {})
+    thinned = {"factor": factor * int(previous.get("factor", 1)), "from_width": previous.get("from_width", p.width),
+               "stats": list(keep)}
+    return Payload(p.vehicle, p.seq, p.group, p.width * factor, p.start, p.end, t, p.late_samples, p.late_oldest,
+                   p.part, thinned, p.res, p.schema)
+
+
+def split(p: Payload, parts: int) -> list[Payload]:
+    """The payload cut by signal into ``parts`` payloads of about equal cells (for the size cap)."""
+    t = p.table
+    bounds = np.searchsorted(t.sid, np.linspace(0, len(t.names), parts + 1).round().astype(np.int64))
+    out = []
+    for i in range(parts):
+        a, b = int(bounds[i]), int(bounds[i + 1])
+        ids = np.unique(t.sid[a:b])
+        remap = np.full(len(t.names), -1, np.int64)
+        remap[ids] = np.arange(len(ids))
+        names = tuple(t.names[j] for j in ids.tolist())
+        sub = Table(names, t.window[a:b], remap[t.sid[a:b]], {s: v[a:b] for s, v in t.stats.items()})
+        out.append(Payload(p.vehicle, p.seq, p.group, p.width, p.start, p.end, sub, p.late_samples, p.late_oldest,
+                           (i, parts), p.thinned, p.res, p.schema))
+    return out

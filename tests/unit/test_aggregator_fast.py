@@ -1,0 +1,173 @@
+"""The aggregator's fast paths (a batch's runs of signals reduced without a sort or per-group
+masks, each window's statistics in one 2-D store, payload columns gathered from the stores)
+against the aggregator as it was (``support.aggregator_before``, with the wire format as it
+was): the same aggregates payloads byte for byte, the same windows and counters, for any
+stream cut into any batches, adversarial values and times included."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from support import aggregator_before as before
+from telemetry.edge.aggregator import Aggregation, Resolutions, WindowAggregator
+from telemetry.edge.config import parse_config
+from telemetry.edge.messages import EndOfStream, FlatBatch, Signals
+
+NAMES = ["A.x", "A.y", "B.z", "C.temp", "C.skip", "D.Module"]
+RES = {"A.x": (0.5, 0.0), "A.y": (0.1, -40.0), "B.z": None, "C.temp": (1.0, 0.0), "D.Module": (1.0, 0.0)}
+
+ODD_VALUES = [float("nan"), float("inf"), -float("inf"), 1e300, -1e100, 1e100, 1.0000000000000002e100, -0.0, 5e-324]
+values = st.one_of(
+    st.integers(min_value=-400, max_value=400).map(lambda k: k * 0.5),  # on A.x's grid
+    st.floats(min_value=-1e6, max_value=1e6, allow_nan=False),
+    st.sampled_from(ODD_VALUES),
+)
+ODD_TIMES = [float("nan"), float("inf"), -float("inf"), 1e300]
+
+
+@st.composite
+def streams(draw, odd_times: bool = True):
+    """Batches as the reader makes them (each name's samples together, usually in time order),
+    or not quite: unsorted or repeated times, a name twice, NaN and infinite times and values,
+    empty batches, huge jumps in time."""
+    t = draw(st.floats(min_value=-30.0, max_value=1e6))
+    batches = []
+    for _ in range(draw(st.integers(min_value=1, max_value=8))):
+        names = draw(st.lists(st.sampled_from(NAMES), max_size=len(NAMES), unique=True))
+        if names and draw(st.integers(0, 9)) == 0:
+            names.append(names[0])  # a name twice in one batch
+        ts: list[float] = []
+        vs: list[float] = []
+        counts = []
+        span = draw(st.floats(min_value=0.0, max_value=8.0))
+        for _ in names:
+            n = draw(st.integers(min_value=0, max_value=12))
+            times = sorted(draw(st.lists(st.floats(min_value=t, max_value=t + span), min_size=n, max_size=n)))
+            shape = draw(st.integers(0, 11))
+            if shape == 0 and n > 1:
+                times = times[::-1]  # out of order
+            elif shape == 1 and n > 1:
+                times[1] = times[0]  # a repeated time
+            elif shape == 2 and n and odd_times:
+                times[draw(st.integers(0, n - 1))] = draw(st.sampled_from(ODD_TIMES))
+            elif shape == 3 and n:
+                times = [x - draw(st.floats(min_value=0.0, max_value=6.0)) for x in times]  # late
+            ts += times
+            vs += draw(st.lists(values, min_size=n, max_size=n))
+            counts.append(n)
+        ids = np.repeat(np.arange(len(names), dtype=np.int64), counts)
+        tt, vv = np.array(ts, float), np.array(vs, float)
+        if len(ids) and draw(st.integers(0, 9)) == 0:  # a name's samples apart (not as FlatBatch promises)
+            mixed = np.array(draw(st.permutations(range(len(ids)))), np.int64)
+            ids, tt, vv = ids[mixed], tt[mixed], vv[mixed]
+        batches.append((FlatBatch(tuple(names), ids, tt, vv), t + span))
+        t += span if draw(st.integers(0, 9)) else draw(st.floats(min_value=0.0, max_value=1e4))
+    return batches
+
+
+CONFIGS = [
+    {},
+    {"window_seconds": 0.5, "publish_seconds": 2.0, "exclude": ["*.Module"], "lateness_seconds": 0.7,
+     "stats": ["count", "min", "max", "mean", "last", "std", "first", "t_min", "t_max"],
+     "groups": [{"name": "slow", "signals": ["C.*"], "window_seconds": 3.0, "publish_seconds": 9.0},
+                {"name": "drive", "signals": ["A.y"], "window_seconds": 0.25, "stats": ["count", "max"]}]},
+    {"window_seconds": 1.0, "publish_seconds": 1.0, "max_open_windows": 2, "stats": ["count", "mean", "std"]},
+    {"window_seconds": 2.5, "publish_seconds": 5.0, "stats": ["count", "first", "last", "t_min"],
+     "groups": [{"name": "b", "signals": ["B.*", "A.x"], "window_seconds": 0.1}]},
+]
+
+
+def pair(config: dict, with_res: bool, max_bytes: int) -> tuple[Aggregation, before.Aggregation]:
+    cfg = parse_config({"vehicle": "car", "aggregator": config}).aggregator
+    new = Aggregation(cfg, "car", res=Resolutions(RES, {}) if with_res else None, max_bytes=max_bytes)
+    old = before.Aggregation(cfg, "car", res=before.Resolutions(RES, {}) if with_res else None, max_bytes=max_bytes)
+    return new, old
+
+
+def messages(batches) -> list:
+    out: list = [Signals("s", i, 0.0, end, {}, batch) for i, (batch, end) in enumerate(batches)]
+    return [*out, EndOfStream("s", len(out), None, {})]
+
+
+def readable(windows) -> str:
+    return json.dumps([w.encode() for w in windows], sort_keys=True)
+
+
+@settings(max_examples=60)
+@given(streams(), st.sampled_from(range(len(CONFIGS))), st.booleans(), st.sampled_from([100_000, 700]))
+def test_payloads_are_the_bytes_the_aggregator_made_before(batches, config, with_res, max_bytes):
+    new, old = pair(CONFIGS[config], with_res, max_bytes)
+    for message in messages(batches):
+        got, want = new.publish(message), old.publish(message)
+        assert [a.to_bytes() for a in got] == [a.to_bytes() for a in want]
+        assert [a.key for a in got] == [a.key for a in want]
+    assert new.totals() == old.totals()
+
+
+@settings(max_examples=60)
+@given(streams(), st.sampled_from(range(len(CONFIGS))))
+def test_windows_are_the_windows_the_aggregator_made_before(batches, config):
+    new, old = pair(CONFIGS[config], False, 100_000)
+    for message in messages(batches):
+        assert readable(new.process(message)) == readable(old.process(message))
+    assert new.totals() == old.totals()
+
+
+@settings(max_examples=80)
+@given(st.data(), st.sampled_from([0.1, 1.0, 7.5]))
+def test_a_group_fed_samples_in_any_order_is_as_before(data, width):
+    """``add_samples`` with signal numbers in any order (interleaved, repeated runs), or as the
+    reader's runs: the fast path where it applies, the sorting path where not, as before."""
+    n = data.draw(st.integers(min_value=0, max_value=40))
+    sid = np.array(data.draw(st.lists(st.integers(0, 3), min_size=n, max_size=n)), np.int64)
+    if data.draw(st.booleans()):
+        sid = np.sort(sid, kind="stable")
+    t = np.array(data.draw(st.lists(st.floats(min_value=-5.0, max_value=30.0), min_size=n, max_size=n)))
+    if data.draw(st.booleans()):
+        t = np.sort(t)
+    v = np.array(data.draw(st.lists(values, min_size=n, max_size=n)))
+    new, old = WindowAggregator(width, "car", lateness=0.3), before.WindowAggregator(width, "car", lateness=0.3)
+    for agg in (new, old):
+        for name in ("a", "b", "c", "d"):
+            agg.sid(name)
+    cuts = sorted(data.draw(st.lists(st.integers(0, n), max_size=4)))
+    for a, b in zip([0, *cuts], [*cuts, n]):
+        watermark = data.draw(st.one_of(st.none(), st.floats(min_value=-5.0, max_value=40.0)))
+        assert readable(new.add_samples(sid[a:b], t[a:b], v[a:b], watermark)) == \
+            readable(old.add_samples(sid[a:b], t[a:b], v[a:b], watermark))
+    assert readable(new.flush()) == readable(old.flush())
+    assert new.stats == old.stats
+
+
+def test_the_fast_path_takes_a_batch_as_the_reader_makes_it():
+    """A batch of runs in time order is reduced without the sorting path (``window_reduce``),
+    and gives what it gave before; one with a signal's times out of order takes that path."""
+    import telemetry.edge.aggregator as aggregator
+
+    calls = []
+    original = aggregator.window_reduce
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return original(*args, **kwargs)
+
+    aggregator.window_reduce = counted
+    try:
+        new, old = WindowAggregator(1.0, "car"), before.WindowAggregator(1.0, "car")
+        for agg in (new, old):
+            for name in ("a", "b", "c"):
+                agg.sid(name)
+        sid = np.array([0, 0, 0, 1, 1, 2])
+        t = np.array([0.1, 0.5, 1.5, 0.2, 2.2, 1.0])
+        v = np.array([1.0, 2.0, 3.0, 4.0, 5.0, 6.0])
+        assert readable(new.add_samples(sid, t, v, 5.0)) == readable(old.add_samples(sid, t, v, 5.0))
+        assert calls == []
+        t2 = np.array([5.5, 5.1, 6.5, 5.2, 7.2, 6.0])
+        assert readable(new.add_samples(sid, t2, v, 9.0)) == readable(old.add_samples(sid, t2, v, 9.0))
+        assert calls == [1]
+    finally:
+        aggregator.window_reduce = original
