@@ -507,3 +507,236 @@ class MessagePlan:
             for branch, chosen in members:
                 out.append(Block(branch.names, branch.ranks, rows[chosen], values[at:at + len(chosen)]))
                 at += len(chosen)
+
+
+# -- many plans over one batch -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Cells:
+    """Decoded values, one per (frame, signal): the frame's row in the batch, the signal's number
+    (``Program.names``), its place among the values cantools returns for the frame, the value."""
+
+    rows: np.ndarray  # int64
+    names: np.ndarray  # int64
+    ranks: np.ndarray  # int64
+    values: np.ndarray  # float64
+
+
+@dataclass(frozen=True)
+class _Mux:
+    """A multiplexer of a node: its selector, and the node number of each of its values (sorted),
+    or, when a value is beyond what a float64 holds exactly, the branches by value."""
+
+    selector: _Single
+    keys: np.ndarray | None  # int64, ascending
+    children: np.ndarray  # node numbers, in the order of keys
+    by_key: dict[int, int]
+
+    def children_of(self, selector: _Converted) -> np.ndarray:
+        """The node number each frame's selector value picks, -1 where none (cantools raises)."""
+        values, exact = selector
+        if exact is None:  # int() of a float: truncated; a NaN or an infinity raises
+            valid = np.isfinite(values)
+            keys: np.ndarray = np.trunc(values)
+        else:
+            keys, valid = exact, np.ones(len(exact), bool)
+        child = np.full(len(keys), -1, np.int64)
+        if self.keys is None:  # a value beyond 2**53: Python's ints decide, one value at a time
+            for i in np.flatnonzero(valid).tolist():
+                child[i] = self.by_key.get(int(keys[i]), -1)
+            return child
+        if not len(self.keys):
+            return child
+        inside = valid & (keys >= int(self.keys[0])) & (keys <= int(self.keys[-1]))  # exact: |key| <= 2**53
+        wanted = keys[inside].astype(np.int64)
+        at = np.searchsorted(self.keys, wanted)
+        child[inside] = np.where(self.keys[at] == wanted, self.children[at], -1)
+        return child
+
+
+@dataclass(frozen=True)
+class _Extra:
+    """What a node reads one signal at a time (its singles, each with its signal's number and
+    rank) and its multiplexers."""
+
+    width: int  # payload bytes its message's plan reads
+    singles: tuple[tuple[_Single, int, int], ...]
+    muxes: tuple[_Mux, ...]
+
+
+class Program:
+    """The plans of every message of a decoder as one set of tables, so that a batch of frames
+    of many ids is decoded in a fixed number of numpy calls, not a few per message: every node of
+    every plan is numbered, and every signal read from a 64-bit window (the common case) is one
+    row of a table of cells (which window, shift, mask, sign, scale, offset, name, rank). A batch
+    is expanded into one (frame, cell) pair per value and computed at once, with the very
+    arithmetic of ``_Window.values``; the rest (floats, multiplexers, spilling or big-integer
+    signals) is read per node as ``MessagePlan`` reads it, and a multiplexer's value picks each
+    frame's next node, level after level."""
+
+    _KINDS = 2 * 57  # (byte, intel) of a window: byte * 2 + intel; a 64-byte payload's start at bytes 0-56
+
+    def __init__(self) -> None:
+        self.names: list[str] = []  # signal number -> name
+        self._numbers: dict[str, int] = {}
+        self._nodes: list[_Node] = []  # kept, so that id() of a numbered node stays its own
+        self._node_numbers: dict[int, int] = {}
+        self._fits: list[bool] = []
+        self._extra: list[_Extra | None] = []
+        self._span: list[tuple[int, int]] = []  # node -> (first cell, cells)
+        self._cells: list[tuple[int, int, int, int, float, float, int, int]] = []
+        self._tables: dict[str, np.ndarray] | None = None
+
+    def name_number(self, name: str) -> int:
+        number = self._numbers.get(name)
+        if number is None:
+            number = self._numbers[name] = len(self.names)
+            self.names.append(name)
+        return number
+
+    def add(self, plan: MessagePlan) -> int:
+        """The number of the plan's root node (its tree numbered, once)."""
+        return self._add(plan.root, plan.width)
+
+    def _add(self, node: _Node, width: int) -> int:
+        number = self._node_numbers.get(id(node))
+        if number is not None:
+            return number
+        number = self._node_numbers[id(node)] = len(self._nodes)
+        self._nodes.append(node)
+        self._tables = None
+        names = [self.name_number(name) for name in node.names]
+        first = len(self._cells)
+        for window in node.windows:
+            unused = window.unused if window.unused is not None else np.zeros(len(window.columns), np.uint64)
+            for j, column in enumerate(window.columns.tolist()):
+                self._cells.append((window.byte * 2 + window.intel, int(window.shifts[j]), int(window.masks[j]),
+                                    int(unused[j]), float(window.scales[j]), float(window.offsets[j]),
+                                    names[column], node.ranks[column]))
+        self._span.append((first, len(self._cells) - first))
+        self._fits.append(node.fits)
+        self._extra.append(None)
+        if node.singles or node.muxes:
+            muxes = []
+            for selector, branches in node.muxes:
+                by_key = {key: self._add(child, width) for key, child in branches.items()}
+                keys = sorted(by_key)
+                exact = all(-_EXACT <= key <= _EXACT for key in keys)
+                muxes.append(_Mux(selector, np.array(keys, np.int64) if exact else None,
+                                  np.array([by_key[key] for key in keys], np.int64), by_key))
+            singles = tuple((s, names[s.column], node.ranks[s.column]) for s in node.singles)
+            self._extra[number] = _Extra(width, singles, tuple(muxes))
+        return number
+
+    def _table(self) -> dict[str, np.ndarray]:
+        if self._tables is None:
+            cells = list(zip(*self._cells)) if self._cells else [()] * 8
+            self._tables = {
+                "fits": np.array(self._fits, bool),
+                "extra": np.array([e is not None for e in self._extra], bool),
+                "first": np.array([s for s, _ in self._span], np.int64),
+                "count": np.array([n for _, n in self._span], np.int64),
+                "kind": np.array(cells[0], np.int64),
+                "shift": np.array(cells[1], np.uint64),
+                "mask": np.array(cells[2], np.uint64),
+                "unused": np.array(cells[3], np.uint64),
+                "scale": np.array(cells[4], np.float64),
+                "offset": np.array(cells[5], np.float64),
+                "name": np.array(cells[6], np.int64),
+                "rank": np.array(cells[7], np.int64),
+            }
+        return self._tables
+
+    def run(self, data: np.ndarray, rows: np.ndarray, roots: np.ndarray, failed: np.ndarray) -> Cells:
+        """The values of the frames at ``rows`` of a batch (``data``: its payload matrix), each
+        decoded by the plan whose root is ``roots``; the payloads must be at least as long as
+        their message (``MessagePlan.decode`` checks that). A frame that fails (a layout longer
+        than the message, a multiplexer value without a branch) is set in ``failed`` (indexed by
+        row) and gives no value."""
+        tables = self._table()
+        window_rows: list[np.ndarray] = []
+        window_cells: list[np.ndarray] = []
+        parts: list[tuple[np.ndarray, int, int, np.ndarray]] = []
+        with np.errstate(all="ignore"):  # inf and NaN are values here, as in Python's floats
+            while len(rows):
+                fits = tables["fits"][roots]
+                if not fits.all():
+                    failed[rows[~fits]] = True
+                    rows, roots = rows[fits], roots[fits]
+                count = tables["count"][roots]
+                if total := int(count.sum()):
+                    ends = np.cumsum(count)
+                    window_rows.append(np.repeat(rows, count))
+                    window_cells.append(np.arange(total) + np.repeat(tables["first"][roots] - (ends - count), count))
+                extra = tables["extra"][roots]
+                if not extra.any():
+                    break
+                rows, roots = self._extras(data, rows[extra], roots[extra], failed, parts)
+            cells = self._windows(data, np.concatenate(window_rows) if window_rows else np.empty(0, np.int64),
+                                  np.concatenate(window_cells) if window_cells else np.empty(0, np.int64))
+        if parts:
+            cells = Cells(np.concatenate([cells.rows, *(p[0] for p in parts)]),
+                          np.concatenate([cells.names, *(np.full(len(p[0]), p[1], np.int64) for p in parts)]),
+                          np.concatenate([cells.ranks, *(np.full(len(p[0]), p[2], np.int64) for p in parts)]),
+                          np.concatenate([cells.values, *(p[3] for p in parts)]))
+        if failed[cells.rows].any():  # cantools raises for the whole frame: none of its values
+            keep = ~failed[cells.rows]
+            cells = Cells(cells.rows[keep], cells.names[keep], cells.ranks[keep], cells.values[keep])
+        return cells
+
+    def _extras(self, data: np.ndarray, rows: np.ndarray, roots: np.ndarray, failed: np.ndarray,
+                parts: list[tuple[np.ndarray, int, int, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
+        """The singles of the nodes at ``roots``, read node by node, and the next level's nodes."""
+        next_rows: list[np.ndarray] = []
+        next_roots: list[np.ndarray] = []
+        for number in np.unique(roots).tolist():
+            extra = self._extra[number]
+            assert extra is not None
+            at = rows[roots == number] if len(roots) > 1 else rows
+            payload = data[at]
+            if payload.shape[1] < extra.width:
+                payload = np.pad(payload, ((0, 0), (0, extra.width - payload.shape[1])))
+            words = _Payload(payload)
+            selectors: dict[int, _Converted] = {}
+            for single, name, rank in extra.singles:
+                selectors[single.column] = converted = single.values(words)
+                parts.append((at, name, rank, converted[0]))
+            for mux in extra.muxes:
+                child = mux.children_of(selectors[mux.selector.column])
+                found = child >= 0
+                if not found.all():  # cantools: "expected multiplexer id ..., but got ..."
+                    failed[at[~found]] = True
+                next_rows.append(at[found])
+                next_roots.append(child[found])
+        if not next_rows:
+            return np.empty(0, np.int64), np.empty(0, np.int64)
+        return np.concatenate(next_rows), np.concatenate(next_roots)
+
+    def _windows(self, data: np.ndarray, rows: np.ndarray, cells: np.ndarray) -> Cells:
+        """Every (frame, window cell) pair at once, as ``_Window.values`` computes them."""
+        tables = self._table()
+        if not len(cells):
+            return Cells(rows, cells, cells, np.empty(0))
+        kind = tables["kind"][cells]
+        present = np.flatnonzero(np.bincount(kind, minlength=self._KINDS))
+        if len(present) == 1:
+            word = _window_words(data, int(present[0]))[rows]
+        else:
+            where = np.zeros(self._KINDS, np.int64)
+            where[present] = np.arange(len(present))
+            words = np.stack([_window_words(data, k) for k in present.tolist()])
+            word = words[where[kind], rows]
+        raw = (word >> tables["shift"][cells]) & tables["mask"][cells]
+        unused = tables["unused"][cells]
+        values = ((raw << unused).view(np.int64) >> unused.view(np.int64)).astype(np.float64)
+        values *= tables["scale"][cells]
+        values += tables["offset"][cells]
+        return Cells(rows, tables["name"][cells], tables["rank"][cells], values)
+
+
+def _window_words(data: np.ndarray, kind: int) -> np.ndarray:
+    """Every frame's 64-bit window of kind ``byte * 2 + intel`` as uint64."""
+    byte, intel = divmod(kind, 2)
+    window = np.ascontiguousarray(data[:, byte:byte + 8])
+    return window.view("<u8" if intel else ">u8").reshape(-1).astype(np.uint64)
