@@ -397,3 +397,26 @@ def test_one_program_over_many_ids_equals_cantools_on_hostile_payloads(tmp_path_
         counted = {name: len(rows) for name, rows in vectorised.event_rows.items()}
         assert counted == {name: n for name, n in vectorised.frames.items()
                            if name in ("error", "remote", "unknown_id", "decode_error")}
+
+
+def test_an_id_both_standard_and_extended_is_counted_once_per_id_as_cantools_per_frame(tmp_path):
+    # GIVEN a DBC with a standard and an extended frame of the same number, and frames of both,
+    # of an unknown number in both forms, some short (decode errors), some longer (mismatch)
+    (tmp_path / "car.dbc").write_text("""VERSION ""
+BO_ 16 Std: 2 X
+ SG_ A : 0|16@1+ (1,0) [0|0] "" Y
+BO_ 2147483664 Ext: 2 X
+ SG_ B : 0|16@1- (0.5,0) [0|0] "" Y
+""")
+    decoder = DbcDecoder([tmp_path / "car.dbc"])
+    frames = Frames.from_messages([
+        frame(1.0, 0x20, b"\x01"), frame(1.1, 0x10, b"\x01\x02", is_extended_id=True), frame(1.2, 0x10, b"\x01"),
+        frame(1.3, 0x20, b"\x01", is_extended_id=True), frame(1.4, 0x10, b"\x01", is_extended_id=True),
+        frame(1.5, 0x10, b"\x01\x02\x03"), frame(1.6, 0x10, b"\x01\x02\x03", is_extended_id=True),
+    ])
+    vectorised, each = decoder.decode_frames(frames), decoder.decode_each(frames)
+    # THEN each number is counted once, both forms together, as cantools frame by frame counts it
+    assert_same(vectorised, each)
+    assert vectorised.unknown_ids == {0x20: 2}
+    assert vectorised.decode_errors == {0x10: 2}
+    assert vectorised.length_mismatch == each.length_mismatch == {0x10: 4}

@@ -1,9 +1,10 @@
 """Decoding CAN frames into signal columns with the vehicle's DBC files (cantools).
 
 Load once, index once: the DBCs are loaded and their frames indexed by (id, extended) when the
-decoder is built, and each message is compiled into a vectorised plan (``plan.py``). Decoding a
-batch then groups its frames by id and decodes all frames of one message with a few numpy calls
-per signal, giving exactly what cantools' ``decode`` gives frame by frame. A message the plan
+decoder is built, and each message is compiled into a vectorised plan (``plan.py``), all of them
+held by one ``Program``. Decoding a batch then groups its frames by id and decodes the frames of
+every planned message at once, in a fixed number of numpy calls whatever its number of ids and
+signals, giving exactly what cantools' ``decode`` gives frame by frame. A message the plan
 cannot express is decoded by cantools frame by frame (``fallback_messages``); ``decode_each``
 decodes a whole batch that way and is the reference the vectorised path is tested against.
 
@@ -283,7 +284,7 @@ class DbcDecoder:
         if not known.all():
             per_id = np.bincount(group, minlength=len(found))
             for i in in_order[~known[in_order]].tolist():
-                unknown[int(frame_ids[i])] = [int(rows[first[i]]), int(per_id[i])]
+                unknown.setdefault(int(frame_ids[i]), [int(rows[first[i]]), 0])[1] += int(per_id[i])
             events["unknown_id"] = rows[~known[group]]
         lengths = frames.length[rows].astype(np.int64)
         mismatch: Counter[int] = Counter()
@@ -295,9 +296,10 @@ class DbcDecoder:
                 entry = slots[i][0]
                 assert entry is not None
                 frame_id = int(frame_ids[i])
-                mismatch[frame_id] = int(odd_per_id[i])
-                seen = ", ".join(str(v) for v in np.unique(lengths[odd & (group == i)]).tolist())
-                reasons[frame_id] = f"{entry.message.name}: {seen} data bytes, the DBC says {entry.message.length}"
+                mismatch[frame_id] += int(odd_per_id[i])  # an id both standard and extended: both
+                if frame_id not in reasons:
+                    seen = ", ".join(str(v) for v in np.unique(lengths[odd & (group == i)]).tolist())
+                    reasons[frame_id] = f"{entry.message.name}: {seen} data bytes, the DBC says {entry.message.length}"
         failed = np.zeros(n, bool)
         frame_roots = roots[group]
         planned = frame_roots >= 0
@@ -336,7 +338,9 @@ class DbcDecoder:
             first_bad = np.full(len(found), n, np.int64)
             np.minimum.at(first_bad, bad_group, bad_rows)
             for i in np.flatnonzero(per_id).tolist():
-                failed_ids[int(frame_ids[i])] = [int(first_bad[i]), int(per_id[i])]
+                record = failed_ids.setdefault(int(frame_ids[i]), [int(first_bad[i]), 0])
+                record[0] = min(record[0], int(first_bad[i]))
+                record[1] += int(per_id[i])
                 LOG.debug("cannot decode 0x%X: %d frames", int(frame_ids[i]), int(per_id[i]))
             counts["decode_error"] = int(failed_here.sum())
             events["decode_error"] = bad_rows
