@@ -420,3 +420,17 @@ BO_ 2147483664 Ext: 2 X
     assert vectorised.unknown_ids == {0x20: 2}
     assert vectorised.decode_errors == {0x10: 2}
     assert vectorised.length_mismatch == each.length_mismatch == {0x10: 4}
+
+
+def test_a_batch_run_a_slice_at_a_time_decodes_the_same(monkeypatch):
+    # GIVEN the sample drive's first frames, and a program that takes at most 7 values a step
+    from telemetry.tools.paths import SAMPLE  # not "from conftest": two conftest modules exist
+
+    monkeypatch.setattr("telemetry.edge.plan._MOST_CELLS", 7)
+    decoder = DbcDecoder([SAMPLE / "solar_car.dbc"])
+    read = [m for m in itertools.islice(LogSource(SAMPLE / "drive.log").frames(threading.Event()), 3000) if m]
+    frames = Frames.from_messages(read)
+    # THEN the same as cantools frame by frame (multiplexed cells, every id of the car)
+    decoded = decoder.decode_frames(frames)
+    assert_same(decoded, decoder.decode_each(frames))
+    assert len(decoded.batch) > 10000

@@ -592,7 +592,17 @@ class Program:
         decoded by the plan whose root is ``roots``; the payloads must be at least as long as
         their message (``MessagePlan.decode`` checks that). A frame that fails (a layout longer
         than the message, a multiplexer value without a branch) is set in ``failed`` (indexed by
-        row) and gives no value."""
+        row) and gives no value. A batch of many values is run a slice of frames at a time, so
+        that the arrays of one step stay small (about ``_MOST_CELLS`` values)."""
+        tables = self._table()
+        ends = np.cumsum(tables["count"][roots])
+        if len(ends) > 1 and ends[-1] > _MOST_CELLS:
+            cuts = [0, *np.searchsorted(ends, np.arange(_MOST_CELLS, int(ends[-1]), _MOST_CELLS)).tolist(), len(rows)]
+            parts = [self._run(data, rows[lo:hi], roots[lo:hi], failed) for lo, hi in itertools.pairwise(cuts) if hi > lo]
+            return Cells(*(np.concatenate([getattr(c, f) for c in parts]) for f in ("rows", "names", "ranks", "values")))
+        return self._run(data, rows, roots, failed)
+
+    def _run(self, data: np.ndarray, rows: np.ndarray, roots: np.ndarray, failed: np.ndarray) -> Cells:
         tables = self._table()
         window_rows: list[np.ndarray] = []
         window_cells: list[np.ndarray] = []
@@ -684,6 +694,9 @@ class Program:
                 value[linear] = value[linear] * scales[these][linear] + offsets[these][linear]
                 values[these] = value
         return Cells(rows, tables["name"][cells], tables["rank"][cells], values)
+
+
+_MOST_CELLS = 1 << 16  # values computed in one step (a few MB of working arrays)
 
 
 def _window_words(data: np.ndarray, kind: int) -> np.ndarray:
