@@ -56,8 +56,8 @@ class Unsupported(Exception):
 
 @dataclass(frozen=True)
 class Block:
-    """The values of some signals in the frames that carry them all: one multiplexing node's
-    signals in the frames that reach it."""
+    """The values of some signals in the frames that carry them all (``MessagePlan.decode`` and
+    the decoder's cantools fallback give one block per signal)."""
 
     names: tuple[str, ...]
     ranks: tuple[int, ...]  # where cantools puts each signal among those it returns for a frame
