@@ -1,9 +1,10 @@
 """Decoding CAN frames into signal columns with the vehicle's DBC files (cantools).
 
 Load once, index once: the DBCs are loaded and their frames indexed by (id, extended) when the
-decoder is built, and each message is compiled into a vectorised plan (``plan.py``). Decoding a
-batch then groups its frames by id and decodes all frames of one message with a few numpy calls
-per signal, giving exactly what cantools' ``decode`` gives frame by frame. A message the plan
+decoder is built, and each message is compiled into a vectorised plan (``plan.py``), all of them
+held by one ``Program``. Decoding a batch then groups its frames by id and decodes the frames of
+every planned message at once, in a fixed number of numpy calls whatever its number of ids and
+signals, giving exactly what cantools' ``decode`` gives frame by frame. A message the plan
 cannot express is decoded by cantools frame by frame (``fallback_messages``); ``decode_each``
 decodes a whole batch that way and is the reference the vectorised path is tested against.
 
@@ -33,7 +34,7 @@ import numpy as np
 from .errors import DbcError
 from .frames import Frames
 from .messages import FlatBatch
-from .plan import Block, MessagePlan, Unsupported
+from .plan import Block, Cells, MessagePlan, Program, Unsupported
 
 LOG = logging.getLogger(__name__)
 
@@ -231,6 +232,8 @@ class DbcDecoder:
         self._index: dict[tuple[int, bool], _Entry] = {}
         self._pgns: dict[int, tuple[Any, str]] = {}  # J1939 PGN -> (message, source)
         self._by_sa: dict[int, _Entry] = {}  # (PGN << 8 | source address) -> its entry
+        self._program = Program()  # every plan, numbered as its frames first come
+        self._slots: dict[int, tuple[_Entry | None, int]] = {}  # frame key -> entry, root node
         loaded: list[tuple[Path, Any]] = [(Path(path), load_dbc(path)) for path in dbc_paths]
         names = Counter(m.name for _, db in loaded for m in db.messages)
         for path, db in loaded:
@@ -293,67 +296,104 @@ class DbcDecoder:
         return self.decode_frames(Frames.from_messages(frames))
 
     def decode_frames(self, frames: Frames) -> DecodedBatch:
-        """The batch id by id, all frames of one message at once by its plan (or by cantools
-        frame by frame, for a fallback message); the result is the one ``decode_each`` gives."""
-        counts: Counter[str] = Counter(read=len(frames))
-        unknown: dict[int, list[int]] = {}  # id -> [first frame, frames]
-        failed: dict[int, list[int]] = {}
-        blocks: list[Block] = []
-        fallback = 0
-        mismatch: Counter[int] = Counter()
-        reasons: dict[int, str] = {}
+        """The whole batch at once: its frames grouped by id, every frame of a planned message
+        decoded by the decoder's ``Program`` (every plan as one set of tables), a fallback
+        message's frames by cantools frame by frame; the result is the one ``decode_each`` gives."""
+        n = len(frames)
+        counts: Counter[str] = Counter(read=n)
         error = frames.error
         remote = frames.remote & ~error
-        rows_of: dict[str, list[np.ndarray]] = {"error": [np.flatnonzero(error)], "remote": [np.flatnonzero(remote)],
-                                                "unknown_id": [], "decode_error": []}
         rows = np.flatnonzero(~(error | frames.remote))
         keys = frames.id[rows].astype(np.int64) | (frames.extended[rows].astype(np.int64) << 32)
         found, first, group = np.unique(keys, return_index=True, return_inverse=True)
-        order = np.argsort(group, kind="stable")
-        bounds = np.searchsorted(group[order], np.arange(len(found) + 1))
-        for i in np.argsort(first, kind="stable").tolist():  # ids as they first appear
-            key = int(found[i])
+        slots = [self._slot(key) for key in found.tolist()]
+        known = np.array([entry is not None for entry, _ in slots], bool)
+        roots = np.array([root for _, root in slots], np.int64)
+        need = np.array([entry.message.length if entry is not None else 0 for entry, _ in slots], np.int64)
+        frame_ids = found & 0xFFFFFFFF
+        in_order = np.argsort(first, kind="stable")  # ids as they first appear
+        events: dict[str, np.ndarray] = {}
+        unknown: dict[int, list[int]] = {}  # id -> [first frame, frames]
+        if not known.all():
+            per_id = np.bincount(group, minlength=len(found))
+            for i in in_order[~known[in_order]].tolist():
+                unknown.setdefault(int(frame_ids[i]), [int(rows[first[i]]), 0])[1] += int(per_id[i])
+            events["unknown_id"] = rows[~known[group]]
+        lengths = frames.length[rows].astype(np.int64)
+        mismatch: Counter[int] = Counter()
+        reasons: dict[int, str] = {}
+        odd = known[group] & (lengths != need[group])
+        if odd.any():
+            odd_per_id = np.bincount(group[odd], minlength=len(found))
+            for i in in_order[odd_per_id[in_order] > 0].tolist():
+                entry = slots[i][0]
+                assert entry is not None
+                frame_id = int(frame_ids[i])
+                mismatch[frame_id] += int(odd_per_id[i])  # an id both standard and extended: both
+                if frame_id not in reasons:
+                    seen = ", ".join(str(v) for v in np.unique(lengths[odd & (group == i)]).tolist())
+                    reasons[frame_id] = f"{entry.message.name}: {seen} data bytes, the DBC says {entry.message.length}"
+        failed = np.zeros(n, bool)
+        frame_roots = roots[group]
+        planned = frame_roots >= 0
+        short = planned & (lengths < need[group])  # cantools refuses a short payload
+        failed[rows[short]] = True
+        go = planned & ~short
+        cells = self._program.run(frames.data, rows[go], frame_roots[go], failed)
+        fallback = 0
+        if (by_cantools := known & (roots < 0)).any():
+            parts = [cells]
+            for i in in_order[by_cantools[in_order]].tolist():
+                entry = slots[i][0]
+                assert entry is not None
+                at = rows[group == i]
+                fallback += len(at)
+                ok, decoded = self._decode_rows(entry, frames, at)
+                failed[at[~ok]] = True
+                for block in decoded:
+                    size = len(block.rows)
+                    parts.append(Cells(at[block.rows], np.full(size, self._program.name_number(block.names[0]), np.int64),
+                                       np.full(size, block.ranks[0], np.int64), block.values[:, 0]))
+            cells = Cells(*(np.concatenate([getattr(c, f) for c in parts]) for f in ("rows", "names", "ranks", "values")))
+        failed_here = failed[rows]
+        if decoded_here := int(known[group].sum()) - int(failed_here.sum()):
+            counts["decoded"] = decoded_here
+        for name, flags in (("error", error), ("remote", remote)):
+            if c := int(flags.sum()):
+                counts[name] = c
+                events[name] = np.flatnonzero(flags)
+        if unknown:
+            counts["unknown_id"] = sum(c for _, c in unknown.values())
+        failed_ids: dict[int, list[int]] = {}  # id -> [first failed frame, frames]
+        if failed_here.any():
+            bad_group, bad_rows = group[failed_here], rows[failed_here]
+            per_id = np.bincount(bad_group, minlength=len(found))
+            first_bad = np.full(len(found), n, np.int64)
+            np.minimum.at(first_bad, bad_group, bad_rows)
+            for i in np.flatnonzero(per_id).tolist():
+                record = failed_ids.setdefault(int(frame_ids[i]), [int(first_bad[i]), 0])
+                record[0] = min(record[0], int(first_bad[i]))
+                record[1] += int(per_id[i])
+                LOG.debug("cannot decode 0x%X: %d frames", int(frame_ids[i]), int(per_id[i]))
+            counts["decode_error"] = int(failed_here.sum())
+            events["decode_error"] = bad_rows
+        batch, non_finite = _flatten(cells, frames.t, self._program.names)
+        events = {name: events[name] for name in ("error", "remote", "unknown_id", "decode_error") if name in events}
+        return DecodedBatch(batch, counts, _in_order(unknown), _in_order(failed_ids), sum(non_finite.values()),
+                            fallback, events, non_finite, mismatch, reasons)
+
+    def _slot(self, key: int) -> tuple[_Entry | None, int]:
+        """The entry of a frame key (id | extended << 32) and its plan's root node in the
+        program (-1: cantools decodes it frame by frame); (None, -1) for an id no DBC knows."""
+        slot = self._slots.get(key)
+        if slot is None:
             frame_id = key & 0xFFFFFFFF
-            at = rows[order[bounds[i]:bounds[i + 1]]]  # the id's frames, in batch order
             entry = self._index.get((frame_id, bool(key >> 32)))
             if entry is None and key >> 32 and self._pgns:
                 entry = self._j1939(frame_id)
-            if entry is None:
-                unknown.setdefault(frame_id, [int(at[0]), 0])[1] += len(at)
-                rows_of["unknown_id"].append(at)
-                continue
-            lengths = frames.length[at]
-            if (odd := lengths != entry.message.length).any():
-                mismatch[frame_id] += int(odd.sum())
-                if frame_id not in reasons:
-                    seen = ", ".join(str(n) for n in np.unique(lengths[odd]).tolist())
-                    reasons[frame_id] = f"{entry.message.name}: {seen} data bytes, the DBC says {entry.message.length}"
-            if entry.plan is None:
-                fallback += len(at)
-                ok, decoded = self._decode_rows(entry, frames, at)
-            else:
-                ok, decoded = entry.plan.decode(frames.data[at], frames.length[at])
-            blocks.extend(Block(b.names, b.ranks, at[b.rows], b.values) for b in decoded)
-            if decoded_here := int(ok.sum()):
-                counts["decoded"] += decoded_here
-            if decoded_here < len(at):
-                bad = at[~ok]
-                rows_of["decode_error"].append(bad)
-                record = failed.setdefault(frame_id, [int(bad[0]), 0])
-                record[0] = min(record[0], int(bad[0]))
-                record[1] += len(bad)
-                LOG.debug("cannot decode 0x%X: %d of %d frames", frame_id, len(bad), len(at))
-        for name, flags in (("error", error), ("remote", remote)):
-            if n := int(flags.sum()):
-                counts[name] = n
-        if unknown:
-            counts["unknown_id"] = sum(n for _, n in unknown.values())
-        if failed:
-            counts["decode_error"] = sum(n for _, n in failed.values())
-        batch, non_finite = _flatten(blocks, frames.t)
-        events = {name: np.concatenate(rows) for name, rows in rows_of.items() if sum(len(r) for r in rows)}
-        return DecodedBatch(batch, counts, _in_order(unknown), _in_order(failed), sum(non_finite.values()), fallback,
-                            events, non_finite, mismatch, reasons)
+            root = self._program.add(entry.plan) if entry is not None and entry.plan is not None else -1
+            slot = self._slots[key] = (entry, root)
+        return slot
 
     def _j1939(self, frame_id: int) -> _Entry | None:
         """The entry of a J1939 frame, by its PGN; one per (PGN, source address), named by both."""
@@ -460,50 +500,32 @@ def _in_order(counts: dict[int, list[int]]) -> Counter[int]:
     return Counter({key: n for key, (_, n) in sorted(counts.items(), key=lambda item: item[1][0])})
 
 
-def _flatten(blocks: list[Block], times: np.ndarray) -> tuple[FlatBatch, Counter[str]]:
-    """The blocks as one FlatBatch, as decoding frame by frame builds it: a name is numbered
+def _flatten(cells: Cells, times: np.ndarray, names: Sequence[str]) -> tuple[FlatBatch, Counter[str]]:
+    """The cells as one FlatBatch, as decoding frame by frame builds it: a name is numbered
     when its first finite value comes (batch order, then the signal's place in its frame), and
-    each name's samples are contiguous, in batch order. Non-finite values are counted, left out."""
+    each name's samples are contiguous, in batch order. Values that are not finite or beyond
+    ``MAX_MAGNITUDE`` are counted (per name, names in the order such values come), left out."""
     non_finite: Counter[str] = Counter()
-    pieces: dict[str, list[tuple[np.ndarray, np.ndarray, np.ndarray]]] = {}  # name -> (rows, times, values)
-    first: dict[str, tuple[int, int]] = {}  # name -> (row, rank) of its first finite value
-
-    def add(name: str, rank: int, rows: np.ndarray, t: np.ndarray, v: np.ndarray) -> None:
-        key = (int(rows[0]), rank)
-        if name in pieces:
-            pieces[name].append((rows, t, v))
-            first[name] = min(first[name], key)
-        else:
-            pieces[name] = [(rows, t, v)]
-            first[name] = key
-
-    for block in blocks:
-        t = times[block.rows]
-        with np.errstate(invalid="ignore"):
-            finite = np.abs(block.values) <= MAX_MAGNITUDE  # NaN: False
-        if finite.all():
-            for j, name in enumerate(block.names):
-                add(name, block.ranks[j], block.rows, t, block.values[:, j])
-            continue
-        for j, name in enumerate(block.names):
-            keep = finite[:, j]
-            if dropped := int(len(keep) - keep.sum()):
-                non_finite[name] += dropped
-            if keep.any():
-                add(name, block.ranks[j], block.rows[keep], t[keep], block.values[keep, j])
-    if not pieces:
+    rows, numbers, ranks, values = cells.rows, cells.names, cells.ranks, cells.values
+    with np.errstate(invalid="ignore"):
+        finite = np.abs(values) <= MAX_MAGNITUDE  # NaN: False
+    if not finite.all():
+        dropped = ~finite
+        in_order = numbers[dropped][np.lexsort((ranks[dropped], rows[dropped]))]
+        seen, at, tally = np.unique(in_order, return_index=True, return_counts=True)
+        for i in np.argsort(at, kind="stable").tolist():
+            non_finite[names[int(seen[i])]] = int(tally[i])
+        rows, numbers, ranks, values = rows[finite], numbers[finite], ranks[finite], values[finite]
+    if not len(rows):
         return FlatBatch.empty(), non_finite
-    names = sorted(pieces, key=first.__getitem__)
-    ts: list[np.ndarray] = []
-    vs: list[np.ndarray] = []
-    for name in names:
-        parts = pieces[name]
-        if len(parts) == 1:
-            ts.append(parts[0][1])
-            vs.append(parts[0][2])
-        else:  # one name from several branches of a multiplexer, or from several messages
-            order = np.argsort(np.concatenate([p[0] for p in parts]), kind="stable")
-            ts.append(np.concatenate([p[1] for p in parts])[order])
-            vs.append(np.concatenate([p[2] for p in parts])[order])
-    ids = np.repeat(np.arange(len(names), dtype=np.int64), [len(t) for t in ts])
-    return FlatBatch(tuple(names), ids, np.concatenate(ts), np.concatenate(vs)), non_finite
+    # a name's place: that of its first value, the least (row, rank) of its cells
+    none = np.iinfo(np.int64).max
+    first = np.full(len(names), none, np.int64)
+    np.minimum.at(first, numbers, rows * (int(ranks.max()) + 1) + ranks)
+    present = np.flatnonzero(first < none)
+    named = present[np.argsort(first[present], kind="stable")]
+    place = np.empty(len(names), np.int64)
+    place[named] = np.arange(len(named))
+    ids = place[numbers]
+    order = np.argsort(ids * (int(rows.max()) + 1) + rows, kind="stable")
+    return FlatBatch(tuple(names[i] for i in named.tolist()), ids[order], times[rows[order]], values[order]), non_finite

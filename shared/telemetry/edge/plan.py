@@ -1,10 +1,11 @@
 """Decoding plans: one DBC message compiled once into numpy operations over all its frames.
 
 cantools decodes one payload per call (two bitstruct unpacks, then one conversion per signal in
-Python); a batch holds thousands of frames of a few dozen ids. A plan decodes every frame of one
-message at once: the integer signals read from one 64-bit window of the payload are shifted,
-masked, sign-extended and scaled together as one [frames, signals] array, so a message costs a
-few numpy calls whatever its number of signals. It is compiled from cantools' own model of
+Python); a batch holds thousands of frames of a few dozen ids. A plan says how every signal of
+one message is read: an integer signal (or an IEEE float) from one 64-bit window of the payload,
+shifted, masked, sign-extended and scaled. A ``Program`` holds the plans of every message of a
+decoder as one table of such cells and decodes a whole batch, all its ids at once, in a fixed
+number of numpy calls whatever its number of messages and signals. A plan is compiled from cantools' own model of
 the message (``Message.signal_tree``, ``Signal.start/length/byte_order/is_signed``, the signal's
 conversion object) and reproduces what cantools 45 returns, bit for bit:
 
@@ -32,7 +33,6 @@ from __future__ import annotations
 import itertools
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -56,8 +56,8 @@ class Unsupported(Exception):
 
 @dataclass(frozen=True)
 class Block:
-    """The values of some signals in the frames that carry them all: one multiplexing node's
-    signals in the frames that reach it."""
+    """The values of some signals in the frames that carry them all (``MessagePlan.decode`` and
+    the decoder's cantools fallback give one block per signal)."""
 
     names: tuple[str, ...]
     ranks: tuple[int, ...]  # where cantools puts each signal among those it returns for a frame
@@ -157,8 +157,6 @@ class _Payload:
     def byte(self, index: int) -> np.ndarray:
         return self.data[:, index].astype(np.uint64)
 
-    def take(self, index: np.ndarray) -> _Payload:
-        return _Payload(self.data[index])
 
 
 # -- what the bits mean ----------------------------------------------------------------------------
@@ -244,6 +242,22 @@ def _reader(signal: Any) -> Callable[[np.ndarray], np.ndarray]:
     return lambda raw: raw
 
 
+def _float_steps(signal: Any) -> tuple[float, float, bool] | None:
+    """What ``_converter`` does to an IEEE float signal's value (a float64 from its 16, 32 or 64
+    bits): nothing (``identity``), or ``value * scale + offset`` in float64; None for a signal
+    that is no such float (call it after ``_converter``, which refuses what it cannot convert)."""
+    conversion = signal.conversion
+    if not conversion.is_float or signal.length not in _FLOAT_BITS:
+        return None
+    if type(conversion) is NamedSignalConversion:
+        conversion = BaseConversion.factory(conversion.scale, conversion.offset, None, conversion.is_float)
+    if type(conversion) is IdentityConversion:
+        return 1.0, 0.0, True
+    if type(conversion) not in (LinearIntegerConversion, LinearConversion):
+        return None
+    return float(conversion.scale), float(conversion.offset), False
+
+
 # Up to 2**53 every integer is a float: an integer computation that stays below it gives the same
 # result in float64, where one numpy expression decodes a whole window of signals at once.
 _EXACT = 1 << 53
@@ -282,7 +296,8 @@ def _linear(signal: Any) -> tuple[float, float] | None:
 
 @dataclass(frozen=True)
 class _Window:
-    """Integer signals read from one 64-bit window and scaled together: ``[rows, signals]``."""
+    """Integer signals read from one 64-bit window, each shifted, masked, sign-extended, then
+    ``float(value) * scale + offset`` in float64 (``Program._windows`` computes them)."""
 
     intel: bool
     byte: int
@@ -292,17 +307,6 @@ class _Window:
     unused: np.ndarray | None  # uint64 bits above a signed value (None: no signed value)
     scales: np.ndarray
     offsets: np.ndarray
-
-    def values(self, payload: _Payload) -> np.ndarray:
-        raw = (payload.word(self.intel, self.byte)[:, None] >> self.shifts) & self.masks
-        if self.unused is None:
-            numbers = raw.view(np.int64)
-        else:  # two's complement: the sign bit moved to bit 63, then an arithmetic shift back
-            numbers = (raw << self.unused).view(np.int64) >> self.unused.view(np.int64)
-        values = numbers.astype(np.float64)
-        values *= self.scales
-        values += self.offsets
-        return values
 
 
 # -- the multiplexing tree ------------------------------------------------------------------------
@@ -316,6 +320,7 @@ class _Single:
     bits: _Bits
     raw: Callable[[np.ndarray], np.ndarray]
     convert: Callable[[np.ndarray], _Converted]
+    floating: tuple[float, float, bool] | None = None  # an IEEE float's (scale, offset, identity): _float_steps
 
     def values(self, payload: _Payload) -> _Converted:
         return self.convert(self.raw(self.bits.read(payload)))
@@ -332,27 +337,6 @@ class _Node:
     singles: tuple[_Single, ...]
     muxes: tuple[tuple[_Single, dict[int, _Node]], ...]
     fits: bool  # False: cantools' formats are longer than the message; every frame here fails
-
-    @cached_property
-    def layout(self) -> tuple[Any, ...] | None:
-        """Where and how this node's values are read, when that is all it does (windows only: no
-        float, multiplexer or spilling signal, no deeper level): two branches of a multiplexer
-        with the same layout (cells 1-3 of module 1 and cells 4-6 of module 2, say) are read in
-        one pass. None otherwise."""
-        if not self.fits or self.singles or self.muxes or not self.names:
-            return None
-        return (len(self.names), *((w.intel, w.byte, w.columns.tobytes(), w.shifts.tobytes(), w.masks.tobytes(),
-                                    None if w.unused is None else w.unused.tobytes(), w.scales.tobytes(),
-                                    w.offsets.tobytes()) for w in self.windows))
-
-    def values(self, payload: _Payload, rows: int) -> np.ndarray:
-        """The values of its windows' signals: ``[rows, names]`` (singles' columns left to fill)."""
-        if len(self.windows) == 1 and not self.singles:
-            return self.windows[0].values(payload)  # the common case: one window has every column, in order
-        values = np.empty((rows, len(self.names)))
-        for window in self.windows:
-            values[:, window.columns] = window.values(payload)
-        return values
 
 
 def _window(intel: bool, byte: int, members: list[tuple[int, Any, _Bits, tuple[float, float]]]) -> _Window:
@@ -388,7 +372,7 @@ def _compile_node(message: Any, tree: Sequence[Any], names: Mapping[str, str], r
         if linear is not None and branches is None and not bits.spill:
             windows.setdefault((bits.intel, bits.byte), []).append((column, signal, bits, linear))
         else:
-            singles[signal.name] = _Single(column, bits, _reader(signal), _converter(signal))
+            singles[signal.name] = _Single(column, bits, _reader(signal), _converter(signal), _float_steps(signal))
     muxes = tuple(
         (singles[name], {int(value): _compile_node(message, subtree, names, ranks) for value, subtree in branches.items()})
         for name, branches in entries
@@ -433,77 +417,290 @@ class MessagePlan:
     def decode(self, data: np.ndarray, length: np.ndarray) -> tuple[np.ndarray, list[Block]]:
         """``data``: uint8 [n, 8 or more], zero-padded payloads of n frames of this message;
         ``length``: their real lengths. Returns which frames decode (cantools raises on the
-        others) and the signals' values in those frames."""
+        others) and each signal's values in the frames that carry it (a block per signal), read
+        by a ``Program`` of this plan alone."""
         failed = length < self.length
-        blocks: list[Block] = []
+        if data.shape[1] < self.width:
+            data = np.pad(data, ((0, 0), (0, self.width - data.shape[1])))
+        program = Program()
+        program.add(self)
         rows = np.flatnonzero(~failed)
-        if rows.size:
-            payload = data[rows] if rows.size < len(length) else data
-            if payload.shape[1] < self.width:
-                payload = np.pad(payload, ((0, 0), (0, self.width - payload.shape[1])))
-            with np.errstate(all="ignore"):  # inf and NaN are values here, as in Python's floats
-                self._run(self.root, rows, _Payload(payload), failed, blocks)
-        if not failed.any():
-            return ~failed, blocks
-        kept = []
-        for block in blocks:
-            keep = ~failed[block.rows]
-            if keep.all():
-                kept.append(block)
-            elif keep.any():
-                kept.append(Block(block.names, block.ranks, block.rows[keep], block.values[keep]))
-        return ~failed, kept
+        cells = program.run(data, rows, np.zeros(len(rows), np.int64), failed)
+        order = np.lexsort((cells.rows, cells.names))
+        numbers, at = np.unique(cells.names[order], return_index=True)
+        blocks = []
+        for number, lo, hi in zip(numbers.tolist(), at.tolist(), [*at[1:].tolist(), len(order)]):
+            chosen = order[lo:hi]
+            blocks.append(Block((program.names[number],), (int(cells.ranks[chosen[0]]),), cells.rows[chosen],
+                                cells.values[chosen][:, None]))
+        return ~failed, blocks
 
-    def _run(self, node: _Node, rows: np.ndarray, payload: _Payload, failed: np.ndarray, out: list[Block]) -> None:
-        if not node.fits:
-            failed[rows] = True
-            return
-        values = node.values(payload, len(rows))
-        selectors = {}
-        for single in node.singles:
-            selectors[single.column] = converted = single.values(payload)
-            values[:, single.column] = converted[0]
-        if node.names:
-            out.append(Block(node.names, node.ranks, rows, values))
-        for selector, branches in node.muxes:
-            self._select(selectors[selector.column], branches, rows, payload, failed, out)
 
-    def _select(self, selector: _Converted, branches: dict[int, _Node], rows: np.ndarray, payload: _Payload,
-                failed: np.ndarray, out: list[Block]) -> None:
+# -- many plans over one batch -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Cells:
+    """Decoded values, one per (frame, signal): the frame's row in the batch, the signal's number
+    (``Program.names``), its place among the values cantools returns for the frame, the value."""
+
+    rows: np.ndarray  # int64
+    names: np.ndarray  # int64
+    ranks: np.ndarray  # int64
+    values: np.ndarray  # float64
+
+
+@dataclass(frozen=True)
+class _Mux:
+    """A multiplexer of a node: its selector, and the node number of each of its values (sorted),
+    or, when a value is beyond what a float64 holds exactly, the branches by value."""
+
+    selector: _Single
+    keys: np.ndarray | None  # int64, ascending
+    children: np.ndarray  # node numbers, in the order of keys
+    by_key: dict[int, int]
+
+    def children_of(self, selector: _Converted) -> np.ndarray:
+        """The node number each frame's selector value picks, -1 where none (cantools raises)."""
         values, exact = selector
         if exact is None:  # int() of a float: truncated; a NaN or an infinity raises
             valid = np.isfinite(values)
-            failed[rows[~valid]] = True
-            keys: np.ndarray = np.trunc(values[valid])
-            positions = np.flatnonzero(valid)
+            keys: np.ndarray = np.trunc(values)
         else:
-            keys, positions = exact, np.arange(len(rows))
-        found, group = np.unique(keys, return_inverse=True)
-        if len(found) == 1:
-            order, bounds = np.arange(len(keys)), np.array([0, len(keys)])
-        else:
-            order = np.argsort(group, kind="stable")
-            bounds = np.searchsorted(group[order], np.arange(len(found) + 1))
-        alike: dict[Any, list[tuple[_Node, np.ndarray]]] = {}  # branches read in one pass, by layout
-        for i, key in enumerate(found.tolist()):
-            chosen = positions[order[bounds[i]:bounds[i + 1]]]
-            branch = branches.get(int(key))
-            if branch is None:  # cantools: "expected multiplexer id ..., but got ..."
-                failed[rows[chosen]] = True
-            elif (layout := branch.layout) is not None and len(chosen) < len(rows):
-                alike.setdefault(layout, []).append((branch, chosen))
-            elif len(chosen) == len(rows):
-                self._run(branch, rows, payload, failed, out)
-            else:
-                self._run(branch, rows[chosen], payload.take(chosen), failed, out)
-        for members in alike.values():
-            if len(members) == 1:
-                branch, chosen = members[0]
-                self._run(branch, rows[chosen], payload.take(chosen), failed, out)
+            keys, valid = exact, np.ones(len(exact), bool)
+        child = np.full(len(keys), -1, np.int64)
+        if self.keys is None:  # a value beyond 2**53: Python's ints decide, one value at a time
+            for i in np.flatnonzero(valid).tolist():
+                child[i] = self.by_key.get(int(keys[i]), -1)
+            return child
+        if not len(self.keys):
+            return child
+        inside = valid & (keys >= int(self.keys[0])) & (keys <= int(self.keys[-1]))  # exact: |key| <= 2**53
+        wanted = keys[inside].astype(np.int64)
+        at = np.searchsorted(self.keys, wanted)
+        child[inside] = np.where(self.keys[at] == wanted, self.children[at], -1)
+        return child
+
+
+@dataclass(frozen=True)
+class _Extra:
+    """What a node reads one signal at a time (its singles, each with its signal's number and
+    rank) and its multiplexers."""
+
+    width: int  # payload bytes its message's plan reads
+    singles: tuple[tuple[_Single, int, int], ...]
+    muxes: tuple[_Mux, ...]
+
+
+class Program:
+    """The plans of every message of a decoder as one set of tables, so that a batch of frames
+    of many ids is decoded in a fixed number of numpy calls, not a few per message: every node of
+    every plan is numbered, and every signal read from a 64-bit window (integers with an exact
+    float64 scaling, and IEEE floats: nearly all) is one row of a table of cells (which window,
+    shift, mask, sign, scale, offset, name, rank). A batch is expanded into one (frame, cell)
+    pair per value and computed at once. The rest (multiplexers, signals that spill past a
+    window, integers whose scaling needs exact big-integer arithmetic) is read node by node by
+    its ``_Single``, and a multiplexer's value picks each frame's next node, level after level."""
+
+    _KINDS = 2 * 57  # (byte, intel) of a window: byte * 2 + intel; a 64-byte payload's start at bytes 0-56
+
+    def __init__(self) -> None:
+        self.names: list[str] = []  # signal number -> name
+        self._numbers: dict[str, int] = {}
+        self._nodes: list[_Node] = []  # kept, so that id() of a numbered node stays its own
+        self._node_numbers: dict[int, int] = {}
+        self._fits: list[bool] = []
+        self._extra: list[_Extra | None] = []
+        self._span: list[tuple[int, int]] = []  # node -> (first cell, cells)
+        self._cells: list[tuple[int, int, int, int, float, float, int, int, int, bool]] = []
+        self._tables: dict[str, np.ndarray] | None = None
+
+    def name_number(self, name: str) -> int:
+        number = self._numbers.get(name)
+        if number is None:
+            number = self._numbers[name] = len(self.names)
+            self.names.append(name)
+        return number
+
+    def add(self, plan: MessagePlan) -> int:
+        """The number of the plan's root node (its tree numbered, once)."""
+        return self._add(plan.root, plan.width)
+
+    def _add(self, node: _Node, width: int) -> int:
+        number = self._node_numbers.get(id(node))
+        if number is not None:
+            return number
+        number = self._node_numbers[id(node)] = len(self._nodes)
+        self._nodes.append(node)
+        self._tables = None
+        names = [self.name_number(name) for name in node.names]
+        first = len(self._cells)
+        for window in node.windows:
+            unused = window.unused if window.unused is not None else np.zeros(len(window.columns), np.uint64)
+            for j, column in enumerate(window.columns.tolist()):
+                self._cells.append((window.byte * 2 + window.intel, int(window.shifts[j]), int(window.masks[j]),
+                                    int(unused[j]), float(window.scales[j]), float(window.offsets[j]),
+                                    names[column], node.ranks[column], 0, False))
+        selectors = {selector.column for selector, _ in node.muxes}
+        singles = []
+        for single in node.singles:
+            bits, steps = single.bits, single.floating
+            if steps is None or bits.spill or single.column in selectors:
+                singles.append((single, names[single.column], node.ranks[single.column]))
                 continue
-            every = np.concatenate([chosen for _, chosen in members])
-            values = members[0][0].values(payload.take(every), len(every))  # the same arithmetic, row by row
-            at = 0
-            for branch, chosen in members:
-                out.append(Block(branch.names, branch.ranks, rows[chosen], values[at:at + len(chosen)]))
-                at += len(chosen)
+            # an IEEE float read from its window: a cell too
+            self._cells.append((bits.byte * 2 + bits.intel, bits.offset if bits.intel else 64 - bits.offset - bits.length,
+                                (1 << bits.length) - 1, 0, steps[0], steps[1], names[single.column],
+                                node.ranks[single.column], bits.length, steps[2]))
+        self._span.append((first, len(self._cells) - first))
+        self._fits.append(node.fits)
+        self._extra.append(None)
+        if singles or node.muxes:
+            muxes = []
+            for selector, branches in node.muxes:
+                by_key = {key: self._add(child, width) for key, child in branches.items()}
+                keys = sorted(by_key)
+                exact = all(-_EXACT <= key <= _EXACT for key in keys)
+                muxes.append(_Mux(selector, np.array(keys, np.int64) if exact else None,
+                                  np.array([by_key[key] for key in keys], np.int64), by_key))
+            self._extra[number] = _Extra(width, tuple(singles), tuple(muxes))
+        return number
+
+    def _table(self) -> dict[str, np.ndarray]:
+        if self._tables is None:
+            cells = list(zip(*self._cells)) if self._cells else [()] * 10
+            self._tables = {
+                "fits": np.array(self._fits, bool),
+                "extra": np.array([e is not None for e in self._extra], bool),
+                "first": np.array([s for s, _ in self._span], np.int64),
+                "count": np.array([n for _, n in self._span], np.int64),
+                "kind": np.array(cells[0], np.int64),
+                "shift": np.array(cells[1], np.uint64),
+                "mask": np.array(cells[2], np.uint64),
+                "unused": np.array(cells[3], np.uint64),
+                "scale": np.array(cells[4], np.float64),
+                "offset": np.array(cells[5], np.float64),
+                "name": np.array(cells[6], np.int64),
+                "rank": np.array(cells[7], np.int64),
+                "float": np.array(cells[8], np.int64),  # an IEEE float's bits (16, 32, 64), or 0
+                "identity": np.array(cells[9], bool),  # a float taken as it is (no scale, no offset)
+            }
+        return self._tables
+
+    def run(self, data: np.ndarray, rows: np.ndarray, roots: np.ndarray, failed: np.ndarray) -> Cells:
+        """The values of the frames at ``rows`` of a batch (``data``: its payload matrix), each
+        decoded by the plan whose root is ``roots``; the payloads must be at least as long as
+        their message (``MessagePlan.decode`` checks that). A frame that fails (a layout longer
+        than the message, a multiplexer value without a branch) is set in ``failed`` (indexed by
+        row) and gives no value. A batch of many values is run a slice of frames at a time, so
+        that the arrays of one step stay small (about ``_MOST_CELLS`` values)."""
+        tables = self._table()
+        ends = np.cumsum(tables["count"][roots])
+        if len(ends) > 1 and ends[-1] > _MOST_CELLS:
+            cuts = [0, *np.searchsorted(ends, np.arange(_MOST_CELLS, int(ends[-1]), _MOST_CELLS)).tolist(), len(rows)]
+            parts = [self._run(data, rows[lo:hi], roots[lo:hi], failed) for lo, hi in itertools.pairwise(cuts) if hi > lo]
+            return Cells(*(np.concatenate([getattr(c, f) for c in parts]) for f in ("rows", "names", "ranks", "values")))
+        return self._run(data, rows, roots, failed)
+
+    def _run(self, data: np.ndarray, rows: np.ndarray, roots: np.ndarray, failed: np.ndarray) -> Cells:
+        tables = self._table()
+        window_rows: list[np.ndarray] = []
+        window_cells: list[np.ndarray] = []
+        parts: list[tuple[np.ndarray, int, int, np.ndarray]] = []
+        with np.errstate(all="ignore"):  # inf and NaN are values here, as in Python's floats
+            while len(rows):
+                fits = tables["fits"][roots]
+                if not fits.all():
+                    failed[rows[~fits]] = True
+                    rows, roots = rows[fits], roots[fits]
+                count = tables["count"][roots]
+                if total := int(count.sum()):
+                    ends = np.cumsum(count)
+                    window_rows.append(np.repeat(rows, count))
+                    window_cells.append(np.arange(total) + np.repeat(tables["first"][roots] - (ends - count), count))
+                extra = tables["extra"][roots]
+                if not extra.any():
+                    break
+                rows, roots = self._extras(data, rows[extra], roots[extra], failed, parts)
+            cells = self._windows(data, np.concatenate(window_rows) if window_rows else np.empty(0, np.int64),
+                                  np.concatenate(window_cells) if window_cells else np.empty(0, np.int64))
+        if parts:
+            cells = Cells(np.concatenate([cells.rows, *(p[0] for p in parts)]),
+                          np.concatenate([cells.names, *(np.full(len(p[0]), p[1], np.int64) for p in parts)]),
+                          np.concatenate([cells.ranks, *(np.full(len(p[0]), p[2], np.int64) for p in parts)]),
+                          np.concatenate([cells.values, *(p[3] for p in parts)]))
+        if failed[cells.rows].any():  # cantools raises for the whole frame: none of its values
+            keep = ~failed[cells.rows]
+            cells = Cells(cells.rows[keep], cells.names[keep], cells.ranks[keep], cells.values[keep])
+        return cells
+
+    def _extras(self, data: np.ndarray, rows: np.ndarray, roots: np.ndarray, failed: np.ndarray,
+                parts: list[tuple[np.ndarray, int, int, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
+        """The singles of the nodes at ``roots``, read node by node, and the next level's nodes."""
+        next_rows: list[np.ndarray] = []
+        next_roots: list[np.ndarray] = []
+        for number in np.unique(roots).tolist():
+            extra = self._extra[number]
+            assert extra is not None
+            at = rows[roots == number] if len(roots) > 1 else rows
+            payload = data[at]
+            if payload.shape[1] < extra.width:
+                payload = np.pad(payload, ((0, 0), (0, extra.width - payload.shape[1])))
+            words = _Payload(payload)
+            selectors: dict[int, _Converted] = {}
+            for single, name, rank in extra.singles:
+                selectors[single.column] = converted = single.values(words)
+                parts.append((at, name, rank, converted[0]))
+            for mux in extra.muxes:
+                child = mux.children_of(selectors[mux.selector.column])
+                found = child >= 0
+                if not found.all():  # cantools: "expected multiplexer id ..., but got ..."
+                    failed[at[~found]] = True
+                next_rows.append(at[found])
+                next_roots.append(child[found])
+        if not next_rows:
+            return np.empty(0, np.int64), np.empty(0, np.int64)
+        return np.concatenate(next_rows), np.concatenate(next_roots)
+
+    def _windows(self, data: np.ndarray, rows: np.ndarray, cells: np.ndarray) -> Cells:
+        """Every (frame, window cell) pair at once: the integer's bits shifted and masked, its sign
+        bit moved to bit 63 and shifted back (two's complement), then ``float(value) * scale +
+        offset``; an IEEE float's bits as that float, then ``_converter``'s steps."""
+        tables = self._table()
+        if not len(cells):
+            return Cells(rows, cells, cells, np.empty(0))
+        kind = tables["kind"][cells]
+        present = np.flatnonzero(np.bincount(kind, minlength=self._KINDS))
+        if len(present) == 1:
+            word = _window_words(data, int(present[0]))[rows]
+        else:
+            where = np.zeros(self._KINDS, np.int64)
+            where[present] = np.arange(len(present))
+            words = np.stack([_window_words(data, k) for k in present.tolist()])
+            word = words[where[kind], rows]
+        raw = (word >> tables["shift"][cells]) & tables["mask"][cells]
+        unused = tables["unused"][cells]
+        values = ((raw << unused).view(np.int64) >> unused.view(np.int64)).astype(np.float64)
+        scales, offsets = tables["scale"][cells], tables["offset"][cells]
+        values *= scales
+        values += offsets
+        bits = tables["float"][cells]
+        if bits.any():  # IEEE floats: their bits as the float they are, then _converter's steps
+            for size, (unsigned, floating) in _FLOAT_BITS.items():
+                if not (these := bits == size).any():
+                    continue
+                value = raw[these].astype(unsigned).view(floating).astype(np.float64)
+                linear = ~tables["identity"][cells[these]]
+                value[linear] = value[linear] * scales[these][linear] + offsets[these][linear]
+                values[these] = value
+        return Cells(rows, tables["name"][cells], tables["rank"][cells], values)
+
+
+_MOST_CELLS = 1 << 16  # values computed in one step (a few MB of working arrays)
+
+
+def _window_words(data: np.ndarray, kind: int) -> np.ndarray:
+    """Every frame's 64-bit window of kind ``byte * 2 + intel`` as uint64."""
+    byte, intel = divmod(kind, 2)
+    window = np.ascontiguousarray(data[:, byte:byte + 8])
+    return window.view("<u8" if intel else ">u8").reshape(-1).astype(np.uint64)
