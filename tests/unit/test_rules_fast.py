@@ -4,8 +4,8 @@ the MAD is 0, duplicate and unsorted times, one sample, batches cut anywhere).""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 import warnings
+from collections.abc import Mapping
 from unittest import mock
 
 import numpy as np
