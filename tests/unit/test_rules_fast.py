@@ -9,14 +9,16 @@ from collections.abc import Mapping
 from unittest import mock
 
 import numpy as np
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from numpy.lib.stride_tricks import sliding_window_view
 
 from telemetry.edge.config import parse_config
 from telemetry.edge.messages import FlatBatch
 from telemetry.edge.rules import Metrics, Rule, zscore
+from telemetry.edge.rules import spread as spread_rule
 from telemetry.edge.rules.base import NO_EVENTS, by_key_then_time
+from telemetry.edge.rules.spread import SpreadEvaluator
 from telemetry.edge.rules.zscore import ZScoreEvaluator, median_mad
 
 
@@ -65,6 +67,83 @@ class ZScoreReference(ZScoreEvaluator):
         if not hot and not (x > 0).any():
             return None
         return Metrics(list(batch.names), ids, t, x, v, {"threshold": self.rule.threshold}, {"z": z})
+
+
+# -- the reference: the spread rule as it was (a NaN table filled down by fancy indexing) ----------
+
+
+class SpreadReference(SpreadEvaluator):
+    def metrics(self, batch: FlatBatch, frames: Mapping[str, int], now: float, hot: bool,
+                events: Mapping[str, np.ndarray] = NO_EVENTS) -> Metrics | None:
+        sel = self.select(batch)
+        if sel is None:
+            return None
+        cols_of_name = self.per_name(batch.names, self.latest.number)
+        if not len(sel[1]):
+            return None
+        order = np.argsort(sel[1], kind="stable")
+        col, t, v = cols_of_name[sel[0][order]], sel[1][order], sel[2][order]
+        width = len(self.latest.names)
+        # Samples stamped at the same moment are simultaneous: the state is judged once per
+        # instant, after all of them (a table row per instant, not per sample: a frame carries
+        # several cells). Of one signal's samples in an instant the last counts; they are
+        # adjacent here (a batch holds each signal's samples together, and the sort is stable).
+        new_instant = np.concatenate(([True], t[1:] != t[:-1]))
+        instant = np.cumsum(new_instant) - 1
+        last = np.concatenate(((instant[1:] != instant[:-1]) | (col[1:] != col[:-1]), [True]))
+        instant, col, v = instant[last], col[last], v[last]
+        t = t[np.concatenate((new_instant[1:], [True]))]  # each instant's time
+        n = len(t)
+        # the table's columns are the signals in name order: of equal values, the first by name
+        # is the highest (lowest), not the first the batches happened to show
+        by_name = np.argsort(np.array(self.latest.names))
+        place = np.empty(width, dtype=np.int64)
+        place[by_name] = np.arange(width)
+        col = place[col]
+        # A table of every signal's latest value at each instant, a block of rows at a time:
+        # memory stays a few MB, however many samples a batch holds.
+        rows_at_once = max(1, spread_rule.CELLS_AT_ONCE // max(width, 1))
+        parts: list[tuple[np.ndarray, ...]] = []
+        latest = self.latest.values[by_name]
+        for a in range(0, n, rows_at_once):
+            b = min(n, a + rows_at_once)
+            lo_i, hi_i = np.searchsorted(instant, [a, b])
+            table = np.full((b - a + 1, width), np.nan)
+            table[0] = latest
+            table[instant[lo_i:hi_i] - a + 1, col[lo_i:hi_i]] = v[lo_i:hi_i]
+            # carry each signal's latest value down the rows (forward fill)
+            row = np.where(np.isnan(table), 0, np.arange(b - a + 1)[:, None])
+            np.maximum.accumulate(row, axis=0, out=row)
+            table = table[row, np.arange(width)]
+            latest = table[-1].copy()
+            table = table[1:]
+            unknown = np.isnan(table)  # a signal not seen yet
+            counted = width - np.sum(unknown, axis=1)
+            known = counted >= 2
+            if not known.any():
+                continue
+            table = table[known]
+            hi = lo = table
+            if unknown.any():
+                unknown = unknown[known]
+                hi, lo = np.where(unknown, -np.inf, table), np.where(unknown, np.inf, table)
+            # at each point: how many signals are known, and which are highest and lowest
+            rows = np.arange(len(table))
+            highest, lowest = hi.argmax(axis=1), lo.argmin(axis=1)
+            parts.append((t[a:b][known], hi[rows, highest] - lo[rows, lowest], counted[known],
+                          by_name[highest], by_name[lowest]))
+        self.latest.values = np.empty(width)
+        self.latest.values[by_name] = latest
+        if not parts:
+            return None
+        t, spread, signals, highest, lowest = (np.concatenate(c) for c in zip(*parts))
+        x = spread - self.rule.max_spread
+        if not hot and not (x > 0).any():
+            return None
+        extra = {"signals": signals, "highest": highest, "lowest": lowest}
+        names = list(self.latest.names)
+        return Metrics([self.rule.name], np.zeros(len(t), dtype=np.int64), t, x, spread,
+                       {"max_spread": self.rule.max_spread}, extra, {"highest": names, "lowest": names})
 
 
 # -- inputs ---------------------------------------------------------------------------------------
@@ -119,6 +198,7 @@ def same_metrics(got: Metrics | None, want: Metrics | None) -> None:
 
 
 @given(st.lists(st.lists(VALUES, min_size=1, max_size=12), min_size=1, max_size=30), st.booleans())
+@settings(max_examples=100)
 def test_median_mad_of_sorted_rows_is_numpys(rows, full):
     n = max(len(r) for r in rows)
     w = np.array([r + [np.nan] * (n - len(r)) for r in rows])
@@ -135,7 +215,8 @@ def test_median_mad_of_sorted_rows_is_numpys(rows, full):
     np.testing.assert_array_equal(mad, want_mad)
 
 
-@given(flat_batches(), st.integers(5, 12), st.data())
+@given(flat_batches(max_samples=30), st.integers(5, 12), st.data())
+@settings(max_examples=80)
 def test_the_zscore_metric_is_the_per_baseline_medians_one(batches, baseline, data):
     warmup = data.draw(st.integers(2, baseline))
     min_scale = data.draw(st.sampled_from([0.0, 0.0, 0.5]))
@@ -144,6 +225,21 @@ def test_the_zscore_metric_is_the_per_baseline_medians_one(batches, baseline, da
     fast, slow = r.evaluator(), ZScoreReference(r)
     with mock.patch.object(zscore, "CELLS_AT_ONCE", cells), np.errstate(all="ignore"), warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
+        for i, batch in enumerate(batches):
+            hot = i % 2 == 1
+            same_metrics(fast.metrics(batch, {}, 0.0, hot), slow.metrics(batch, {}, 0.0, hot))
+
+
+# -- spread ------------------------------------------------------------------------------------
+
+
+@given(flat_batches(names=("C.v2", "C.v0", "C.v1", "D.v3"), max_samples=12), st.data())
+@settings(max_examples=80)
+def test_the_spread_metric_is_the_nan_table_one(batches, data):
+    cells = data.draw(st.sampled_from([spread_rule.CELLS_AT_ONCE, 1, 4, 9]))  # blocks of rows
+    r = rule(kind="spread", signals="C.*", max_spread=1.0)
+    fast, slow = r.evaluator(), SpreadReference(r)
+    with mock.patch.object(spread_rule, "CELLS_AT_ONCE", cells), np.errstate(all="ignore"):
         for i, batch in enumerate(batches):
             hot = i % 2 == 1
             same_metrics(fast.metrics(batch, {}, 0.0, hot), slow.metrics(batch, {}, 0.0, hot))

@@ -10,7 +10,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 
 from ..errors import ConfigError
 from ..messages import FlatBatch
-from .base import CELLS_AT_ONCE, NO_EVENTS, Evaluator, Metrics, Rule, by_key_then_time
+from .base import CELLS_AT_ONCE, NO_EVENTS, Evaluator, Metrics, Rule
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -45,10 +45,10 @@ class ZScoreEvaluator(Evaluator[ZScoreRule]):
 
     def metrics(self, batch: FlatBatch, frames: Mapping[str, int], now: float, hot: bool,
                 events: Mapping[str, np.ndarray] = NO_EVENTS) -> Metrics | None:
-        sel = self.select(batch)
+        sel = self.select(batch, ordered=True)
         if sel is None:
             return None
-        ids, t, v = by_key_then_time(*sel)
+        ids, t, v = sel
         size = self.rule.baseline
         z = np.zeros(len(v))
         x = np.full(len(v), -np.inf)
