@@ -19,6 +19,7 @@ from telemetry.edge.rules import Metrics, Rule, zscore
 from telemetry.edge.rules import spread as spread_rule
 from telemetry.edge.rules.base import NO_EVENTS, by_key_then_time
 from telemetry.edge.rules.spread import SpreadEvaluator
+from telemetry.edge.rules.stale import StaleEvaluator
 from telemetry.edge.rules.zscore import ZScoreEvaluator, median_mad
 
 
@@ -146,6 +147,49 @@ class SpreadReference(SpreadEvaluator):
                        {"max_spread": self.rule.max_spread}, extra, {"highest": names, "lowest": names})
 
 
+# -- the reference: the stale rule as it was (one sort of all its samples by key, then time) ------
+
+
+class StaleReference(StaleEvaluator):
+    def metrics(self, batch: FlatBatch, frames: Mapping[str, int], now: float, hot: bool,
+                events: Mapping[str, np.ndarray] = NO_EVENTS) -> Metrics | None:
+        timeout = self.rule.timeout
+        assert timeout is not None  # check() requires it
+        points: list[tuple[int, float, float, float]] = []  # key, time, age, silent_for
+        k = t = silent = np.empty(0)
+        keep = np.empty(0, bool)
+        sel = self.select(batch)
+        if sel is not None:
+            key_of_name = self.per_name(batch.names, self.key_number)
+            k, t = by_key_then_time(key_of_name[sel[0]], sel[1])
+            first = np.concatenate(([True], k[1:] != k[:-1]))
+            prev = np.concatenate(([np.nan], t[:-1]))
+            prev[first] = self.seen.values[k[first]]
+            silent = t - prev
+            ended = np.flatnonzero(silent > timeout)  # silences that ended inside this batch
+            for i in ended.tolist():
+                self._silence(int(k[i]), float(prev[i]), float(t[i]), points)
+            # the samples are points while an alert may be in flight: always when the rule is
+            # hot, else those of keys whose silence ended here (a clear delay runs on them)
+            keep = np.ones(len(t), bool) if hot else np.isin(k, k[ended])
+            last = np.append(np.flatnonzero(first)[1:], len(k)) - 1
+            self.seen.values[k[last]] = t[last]
+        # silences still going on at the batch's event time
+        for key in np.flatnonzero(now - self.seen.values > timeout).tolist():
+            self._silence(key, float(self.seen.values[key]), now, points)
+        if not points and not keep.any():
+            return None
+        silent = np.where(silent > timeout, silent, np.nan)
+        pk, pt, page, psilent = (np.array(c, dtype=float) for c in zip(*points)) if points else (np.empty(0),) * 4
+        kk = np.concatenate((k[keep], pk)).astype(np.int64)
+        tt = np.concatenate((t[keep], pt))
+        age = np.concatenate((np.zeros(int(keep.sum())), page))
+        silent_for = np.concatenate((silent[keep], psilent))
+        kk, tt, age, silent_for = by_key_then_time(kk, tt, age, silent_for)
+        x = np.where(age > 0, age - timeout + self.EPSILON, age - timeout)
+        return Metrics(list(self.seen.names), kk, tt, x, age, {"timeout": timeout}, {"silent_for": silent_for})
+
+
 # -- inputs ---------------------------------------------------------------------------------------
 
 # few distinct values (ties, constant runs: MAD 0), signed zeros, the extremes
@@ -170,6 +214,8 @@ def flat_batches(draw, names=("A.x", "A.y", "B.z"), max_samples=60):
                 continue
             steps = draw(st.lists(st.sampled_from([0.0, 0.1, 0.5, 1.0, 4.0, -0.3]), min_size=n, max_size=n))
             t = t0 + np.cumsum(steps)
+            if draw(st.integers(0, 9)) == 0:  # a time that is not a number
+                t[draw(st.integers(0, n - 1))] = np.nan
             v = np.array(draw(st.lists(VALUES, min_size=n, max_size=n)), float)
             cols[name] = (t, v)
         t0 += 50.0
@@ -243,3 +289,18 @@ def test_the_spread_metric_is_the_nan_table_one(batches, data):
         for i, batch in enumerate(batches):
             hot = i % 2 == 1
             same_metrics(fast.metrics(batch, {}, 0.0, hot), slow.metrics(batch, {}, 0.0, hot))
+
+
+# -- stale -------------------------------------------------------------------------------------
+
+
+@given(flat_batches(names=("A.x", "A.y", "B.z", "A.w", "C.q"), max_samples=12), st.sampled_from(["message", "signal"]),
+       st.sampled_from([0.0, 0.7]), st.data())
+@settings(max_examples=80)
+def test_the_stale_metric_is_the_one_sort_one(batches, scope, delay, data):
+    r = rule(kind="stale", signals=["A.*", "B.*"], timeout=1.5, scope=scope, min_duration=delay)
+    fast, slow = r.evaluator(), StaleReference(r)
+    for batch in batches:
+        hot = data.draw(st.booleans())
+        now = float(np.nanmax(batch.t, initial=0.0)) + data.draw(st.sampled_from([0.0, 1.0, 3.0]))
+        same_metrics(fast.metrics(batch, {}, now, hot), slow.metrics(batch, {}, now, hot))

@@ -168,7 +168,7 @@ class Evaluator(Generic[R_co]):
         hits = self.name_mask(batch.names)
         if not hits.any():
             return None
-        runs = _layout(batch)
+        runs = layout(batch)
         if runs is None:  # not one run per signal in table order: the samples one by one
             mask = hits[batch.ids]
             sel = batch.ids[mask], batch.t[mask], batch.v[mask]
@@ -197,7 +197,7 @@ class Evaluator(Generic[R_co]):
 _last_layout: tuple[FlatBatch | None, tuple[np.ndarray, np.ndarray] | None] = (None, None)  # a batch, its layout
 
 
-def _layout(batch: FlatBatch) -> tuple[np.ndarray, np.ndarray] | None:
+def layout(batch: FlatBatch) -> tuple[np.ndarray, np.ndarray] | None:
     """Where each signal's samples start in a batch (``bounds[i]:bounds[i + 1]``) and which
     signals' samples are not in time order; None if the batch does not hold each signal's
     samples in one run, in table order (the reader's batches do). Every rule asks this of the

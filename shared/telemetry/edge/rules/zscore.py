@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
-from numpy.lib.stride_tricks import sliding_window_view
+from numpy.lib.stride_tricks import as_strided
 
 from ..errors import ConfigError
 from ..messages import FlatBatch
@@ -57,7 +57,7 @@ class ZScoreEvaluator(Evaluator[ZScoreRule]):
             name = batch.names[ids[a]]
             history = self.history.get(name, np.empty(0))
             padded = np.concatenate((np.full(size - len(history), np.nan), history, v[a:b]))
-            every = sliding_window_view(padded, size)[: b - a]
+            every = as_strided(padded, (b - a, size), padded.strides * 2, writeable=False)  # the baselines
             # how many values (not NaN) each baseline holds, from a running count
             nans = np.concatenate(([0], np.cumsum(np.isnan(padded))))
             counts = size - (nans[size:size + b - a] - nans[: b - a])
