@@ -134,13 +134,18 @@ class Detector:
     def _step(self, rule: Rule, m: Metric, now: float) -> list[Alert]:
         state = self.states.setdefault((rule.name, m.key), _State())
         out: list[Alert] = []
-        violated = m.x > 0
-        normal = m.x <= -rule.hysteresis
-        # hysteresis: between the two bands the state stays what it was
-        marker = np.where(violated, 1, np.where(normal, 0, -1))
-        last = np.maximum.accumulate(np.where(marker >= 0, np.arange(len(marker)), -1))
-        h = np.where(last >= 0, marker[np.maximum(last, 0)] == 1, state.violated)
-        bounds = [0, *(np.flatnonzero(h[1:] != h[:-1]) + 1).tolist(), len(h)]
+        lowest, highest = float(m.x.min()), float(m.x.max())  # NaN if one is: then neither test holds
+        if highest <= -rule.hysteresis or lowest > 0:  # one band throughout (the usual batch)
+            h = np.full(len(m.x), lowest > 0)
+            bounds = [0, len(h)]
+        else:
+            violated = m.x > 0
+            normal = m.x <= -rule.hysteresis
+            # hysteresis: between the two bands the state stays what it was
+            marker = np.where(violated, 1, np.where(normal, 0, -1))
+            last = np.maximum.accumulate(np.where(marker >= 0, np.arange(len(marker)), -1))
+            h = np.where(last >= 0, marker[np.maximum(last, 0)] == 1, state.violated)
+            bounds = [0, *(np.flatnonzero(h[1:] != h[:-1]) + 1).tolist(), len(h)]
         for a, b in itertools.pairwise(bounds):
             t = m.t[a:b]
             if h[a]:
@@ -181,6 +186,10 @@ class Detector:
         far is worse than the one last sent."""
         every = self.cfg.update_seconds
         while lo < hi:
+            # nothing can be due: the points end before the next update may go (times are sorted;
+            # a NaN time fails this test and takes the long way), or the worst cannot grow
+            if m.t[hi - 1] < state.last_sent + every or (not violated and not state.worst_x > state.sent_worst_x):
+                break
             worst = np.full(hi - lo, state.worst_x)
             if violated:
                 np.maximum(worst, np.maximum.accumulate(m.x[lo:hi]), out=worst)

@@ -111,15 +111,22 @@ class Metrics:
     labels: dict[str, list[str]] = field(default_factory=dict)
 
     def violated_keys(self) -> set[int]:
-        return set(np.unique(self.k[self.x > 0]).tolist())
+        return _distinct(self.k[self.x > 0])
 
     def present_keys(self) -> set[int]:
-        return set(np.unique(self.k).tolist())
+        return _distinct(self.k)
 
     def metric(self, key: int) -> Metric:
         a, b = np.searchsorted(self.k, [key, key + 1])
         return Metric(self.keys[key], self.t[a:b], self.x[a:b], self.value[a:b], self.detail,
                       {name: arr[a:b] for name, arr in self.extra.items()}, self.labels)
+
+
+def _distinct(k: np.ndarray) -> set[int]:
+    """The keys in ``k``: where it changes from one point to the next (its points come key by key)."""
+    if not len(k):
+        return set()
+    return set(k[np.concatenate(([True], k[1:] != k[:-1]))].tolist())
 
 
 R_co = TypeVar("R_co", bound=Rule, covariant=True)
