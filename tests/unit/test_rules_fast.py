@@ -4,6 +4,7 @@ the MAD is 0, duplicate and unsorted times, one sample, batches cut anywhere).""
 
 from __future__ import annotations
 
+import itertools
 import warnings
 from collections.abc import Mapping
 from unittest import mock
@@ -13,11 +14,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from numpy.lib.stride_tricks import sliding_window_view
 
-from telemetry.edge.config import parse_config
-from telemetry.edge.messages import FlatBatch
+from telemetry.edge.config import DetectorConfig, parse_config
+from telemetry.edge.detector import CLEARED, RAISED, UPDATE, Detector, _State
+from telemetry.edge.messages import Alert, FlatBatch
 from telemetry.edge.rules import Metrics, Rule, zscore
 from telemetry.edge.rules import spread as spread_rule
-from telemetry.edge.rules.base import NO_EVENTS, by_key_then_time
+from telemetry.edge.rules.base import NO_EVENTS, Metric, by_key_then_time
 from telemetry.edge.rules.spread import SpreadEvaluator
 from telemetry.edge.rules.stale import StaleEvaluator
 from telemetry.edge.rules.zscore import ZScoreEvaluator, median_mad
@@ -190,6 +192,75 @@ class StaleReference(StaleEvaluator):
         return Metrics(list(self.seen.names), kk, tt, x, age, {"timeout": timeout}, {"silent_for": silent_for})
 
 
+# -- the reference: the detector's state machine as it was (numpy over every run of points) -------
+
+
+class DetectorReference(Detector):
+    def _step(self, rule: Rule, m: Metric, now: float) -> list[Alert]:
+        state = self.states.setdefault((rule.name, m.key), _State())
+        out: list[Alert] = []
+        violated = m.x > 0
+        normal = m.x <= -rule.hysteresis
+        # hysteresis: between the two bands the state stays what it was
+        marker = np.where(violated, 1, np.where(normal, 0, -1))
+        last = np.maximum.accumulate(np.where(marker >= 0, np.arange(len(marker)), -1))
+        h = np.where(last >= 0, marker[np.maximum(last, 0)] == 1, state.violated)
+        bounds = [0, *(np.flatnonzero(h[1:] != h[:-1]) + 1).tolist(), len(h)]
+        for a, b in itertools.pairwise(bounds):
+            t = m.t[a:b]
+            if h[a]:
+                state.clearing_since = None
+                if not state.active:
+                    if state.pending_since is None:
+                        state.pending_since = float(t[0])
+                    i = int(np.searchsorted(t, state.pending_since + rule.min_duration, side="left"))
+                    if i >= len(t):
+                        continue
+                    self._raise(rule, m, state, a + i)
+                    out.append(self._message(rule, m, state, RAISED, a + i))
+                    a += i + 1
+                self._while_active(rule, m, state, a, b, True, out)
+            else:
+                state.pending_since = None
+                if not state.active:
+                    continue
+                if state.clearing_since is None:
+                    state.clearing_since = float(t[0])
+                hold = rule.clear_duration
+                if state.flapping:
+                    hold = max(hold, self.cfg.flap_hold_seconds)
+                i = int(np.searchsorted(t, state.clearing_since + hold, side="left"))
+                self._while_active(rule, m, state, a, a + i, False, out)
+                if i < len(t):
+                    out.append(self._message(rule, m, state, CLEARED, a + i))
+                    state.active = False
+                    state.clearing_since = None
+                    self.stats["alerts_cleared"] += 1
+        state.violated = bool(h[-1])
+        return out
+
+    def _while_active(self, rule: Rule, m: Metric, state: _State, lo: int, hi: int, violated: bool,
+                      out: list[Alert]) -> None:
+        """Points ``lo:hi`` of an active alert: track its worst (where violated), and send an
+        update at each point due (``update_seconds`` after its last message) where the worst so
+        far is worse than the one last sent."""
+        every = self.cfg.update_seconds
+        while lo < hi:
+            worst = np.full(hi - lo, state.worst_x)
+            if violated:
+                np.maximum(worst, np.maximum.accumulate(m.x[lo:hi]), out=worst)
+            due = np.flatnonzero((m.t[lo:hi] >= state.last_sent + every) & (worst > state.sent_worst_x))
+            if not len(due):
+                break
+            i = lo + int(due[0])
+            if violated:
+                self._track_worst(m, state, lo, i + 1)
+            out.append(self._message(rule, m, state, UPDATE, i))
+            lo = i + 1
+        if violated:
+            self._track_worst(m, state, lo, hi)
+
+
 # -- inputs ---------------------------------------------------------------------------------------
 
 # few distinct values (ties, constant runs: MAD 0), signed zeros, the extremes
@@ -304,3 +375,37 @@ def test_the_stale_metric_is_the_one_sort_one(batches, scope, delay, data):
         hot = data.draw(st.booleans())
         now = float(np.nanmax(batch.t, initial=0.0)) + data.draw(st.sampled_from([0.0, 1.0, 3.0]))
         same_metrics(fast.metrics(batch, {}, now, hot), slow.metrics(batch, {}, now, hot))
+
+
+# -- the state machine -------------------------------------------------------------------------
+
+MACHINE_RULES = [
+    dict(name="lim", kind="limit", signals="A.*", min=-5.0, max=5.0, hysteresis=0.5),
+    dict(name="lim-slow", kind="limit", signals="B.*", max=3.0, min_duration=0.3, clear_duration=0.2),
+    dict(name="quiet", kind="stale", signals="B.*", timeout=0.5),
+    dict(name="spread", kind="spread", signals="A.*", max_spread=6.0, hysteresis=1.0),
+]
+
+
+@given(st.lists(st.tuples(st.sampled_from(["A.x", "A.y", "B.z"]), st.sampled_from([0.0, 0.0625, 0.25, 0.5, 0.75]),
+                          st.one_of(st.floats(-9, 9).map(lambda x: round(x, 1)), st.just(np.nan))),
+                min_size=1, max_size=150), st.lists(st.integers(1, 149), max_size=6), st.sampled_from([0.0, 0.25, 1.0]))
+@settings(max_examples=200)
+def test_the_state_machine_decides_as_the_numpy_one(samples, cuts, update_seconds):
+    """Times on a binary grid, so that points fall exactly when an update is due."""
+    names = np.array([s[0] for s in samples])
+    t = 100.0 + np.cumsum([s[1] for s in samples])
+    v = np.array([s[2] for s in samples])
+    rules = tuple(rule(**r) for r in MACHINE_RULES)
+    cfg = DetectorConfig(update_seconds=update_seconds, flap_raises=3, flap_window_seconds=2.0, flap_hold_seconds=0.5)
+    fast, slow = Detector(rules, "car", cfg), DetectorReference(rules, "car", cfg)
+    bounds = sorted({0, len(t), *[c for c in cuts if c < len(t)]})
+    for a, b in itertools.pairwise(bounds):
+        table = tuple(n for n in ("A.x", "A.y", "B.z") if (names[a:b] == n).any())
+        parts = [np.flatnonzero(names[a:b] == n) + a for n in table]
+        batch = FlatBatch(table, np.repeat(np.arange(len(table)), [len(p) for p in parts]),
+                          np.concatenate((parts and [t[p] for p in parts]) or [np.empty(0)]),
+                          np.concatenate((parts and [v[p] for p in parts]) or [np.empty(0)]))
+        now = float(t[b - 1])
+        with np.errstate(invalid="ignore"):
+            assert [m.encode() for m in fast.add(batch, None, now)] == [m.encode() for m in slow.add(batch, None, now)]

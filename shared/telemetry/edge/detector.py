@@ -42,6 +42,7 @@ from .rules import Metric, Rule
 LOG = logging.getLogger(__name__)
 
 RAISED, UPDATE, CLEARED = "raised", "update", "cleared"
+_FEW = 16  # an active alert's violated points up to this many are followed one by one
 
 
 # -- the state machine every rule shares ---------------------------------------------------------
@@ -185,6 +186,16 @@ class Detector:
         update at each point due (``update_seconds`` after its last message) where the worst so
         far is worse than the one last sent."""
         every = self.cfg.update_seconds
+        if violated and hi - lo <= _FEW:
+            xs = m.x[lo:hi].tolist()
+            if not any(x != x for x in xs):  # no NaN (a NaN stops the worst's tracking: the long way)
+                # a few points (a silence, a spike): the same, point by point, without numpy
+                for i, (t, x) in enumerate(zip(m.t[lo:hi].tolist(), xs), lo):
+                    if x > state.worst_x:
+                        self._track_worst(m, state, i, i + 1)
+                    if t >= state.last_sent + every and state.worst_x > state.sent_worst_x:
+                        out.append(self._message(rule, m, state, UPDATE, i))
+                return
         while lo < hi:
             # nothing can be due: the points end before the next update may go (times are sorted;
             # a NaN time fails this test and takes the long way), or the worst cannot grow
