@@ -274,7 +274,7 @@ VALUES = st.one_of(
 @st.composite
 def flat_batches(draw, names=("A.x", "A.y", "B.z"), max_samples=60):
     """Batches as the reader makes them (each signal's samples contiguous, signals in table
-    order), with unsorted and duplicate times now and then."""
+    order), with unsorted and duplicate times now and then, and signals with the same times."""
     out = []
     t0 = 0.0
     for _ in range(draw(st.integers(1, 5))):
@@ -283,10 +283,14 @@ def flat_batches(draw, names=("A.x", "A.y", "B.z"), max_samples=60):
             n = draw(st.integers(0, max_samples))
             if not n:
                 continue
-            steps = draw(st.lists(st.sampled_from([0.0, 0.1, 0.5, 1.0, 4.0, -0.3]), min_size=n, max_size=n))
-            t = t0 + np.cumsum(steps)
-            if draw(st.integers(0, 9)) == 0:  # a time that is not a number
-                t[draw(st.integers(0, n - 1))] = np.nan
+            if cols and draw(st.integers(0, 2)) == 0:  # the times of the signal before (one frame, two signals)
+                t = list(cols.values())[-1][0].copy()
+                n = len(t)
+            else:
+                steps = draw(st.lists(st.sampled_from([0.0, 0.1, 0.5, 1.0, 4.0, -0.3]), min_size=n, max_size=n))
+                t = t0 + np.cumsum(steps)
+                if draw(st.integers(0, 9)) == 0:  # a time that is not a number
+                    t[draw(st.integers(0, n - 1))] = np.nan
             v = np.array(draw(st.lists(VALUES, min_size=n, max_size=n)), float)
             cols[name] = (t, v)
         t0 += 50.0

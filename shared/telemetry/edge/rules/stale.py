@@ -92,7 +92,9 @@ class StaleEvaluator(Evaluator[StaleRule]):
                 t = batch.t[starts[0]:ends[-1]]
             else:
                 t = np.concatenate([batch.t[a:b] for a, b in zip(starts.tolist(), ends.tolist())])
-            if len(names) > 1 or runs[1][names[0]]:
+            if len(names) > 1 and _same_rising_times(t, ends - starts):
+                t = np.repeat(t[: ends[0] - starts[0]], len(names))  # what the sort gives, without it
+            elif len(names) > 1 or runs[1][names[0]]:
                 t = t[np.argsort(t, kind="stable")]
             ks.append(np.full(len(t), key, np.int64))
             ts.append(t)
@@ -118,7 +120,10 @@ class StaleEvaluator(Evaluator[StaleRule]):
                 self._silence(int(k[i]), float(prev[i]), float(t[i]), points)
             # the samples are points while an alert may be in flight: always when the rule is
             # hot, else those of keys whose silence ended here (a clear delay runs on them)
-            keep = np.ones(len(t), bool) if hot else np.isin(k, k[ended])
+            if hot:
+                keep = np.ones(len(t), bool)
+            else:
+                keep = np.isin(k, k[ended]) if len(ended) else np.zeros(len(t), bool)
             last = np.append(np.flatnonzero(first)[1:], len(k)) - 1
             self.seen.values[k[last]] = t[last]
         # silences still going on at the batch's event time
@@ -135,3 +140,13 @@ class StaleEvaluator(Evaluator[StaleRule]):
         kk, tt, age, silent_for = by_key_then_time(kk, tt, age, silent_for)
         x = np.where(age > 0, age - timeout + self.EPSILON, age - timeout)
         return Metrics(list(self.seen.names), kk, tt, x, age, {"timeout": timeout}, {"silent_for": silent_for})
+
+
+def _same_rising_times(t: np.ndarray, lengths: np.ndarray) -> bool:
+    """Whether ``t`` is one strictly rising run of times repeated (bit for bit) once per signal
+    (``lengths``): the signals of one message, decoded from the same frames."""
+    n = int(lengths[0])
+    if not n or not (lengths == n).all():
+        return False
+    runs = t.reshape(len(lengths), n)
+    return bool((runs[0, 1:] > runs[0, :-1]).all() and (runs.view(np.int64) == runs[0].view(np.int64)).all())
