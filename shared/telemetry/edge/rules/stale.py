@@ -137,7 +137,8 @@ class StaleEvaluator(Evaluator[StaleRule]):
         tt = np.concatenate((t[keep], pt))
         age = np.concatenate((np.zeros(int(keep.sum())), page))
         silent_for = np.concatenate((silent[keep], psilent))
-        kk, tt, age, silent_for = by_key_then_time(kk, tt, age, silent_for)
+        if points:  # the samples kept are in order already: only points among them need a sort
+            kk, tt, age, silent_for = by_key_then_time(kk, tt, age, silent_for)
         x = np.where(age > 0, age - timeout + self.EPSILON, age - timeout)
         return Metrics(list(self.seen.names), kk, tt, x, age, {"timeout": timeout}, {"silent_for": silent_for})
 
