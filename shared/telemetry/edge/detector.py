@@ -18,7 +18,8 @@ An alert is raised once, updated, cleared once; its id is deterministic (vehicle
 event time it was raised) so the cloud can drop duplicates. Alerts are published as soon as the
 batch that raises them is processed, never at the end of a window.
 
-The state machine loops over runs of constant state (the rare changes), never over samples.
+The state machine loops over runs of constant state (the rare changes), never over samples
+(but over the few points, up to ``_FEW``, of a short violated run of an active alert).
 Every decision is taken at a point's event time, never at a batch's end, so the alerts of a
 replay do not depend on how its frames were batched (tested).
 """
