@@ -18,7 +18,8 @@ An alert is raised once, updated, cleared once; its id is deterministic (vehicle
 event time it was raised) so the cloud can drop duplicates. Alerts are published as soon as the
 batch that raises them is processed, never at the end of a window.
 
-The state machine loops over runs of constant state (the rare changes), never over samples.
+The state machine loops over runs of constant state (the rare changes), never over samples
+(but over the few points, up to ``_FEW``, of a short violated run of an active alert).
 Every decision is taken at a point's event time, never at a batch's end, so the alerts of a
 replay do not depend on how its frames were batched (tested).
 """
@@ -42,6 +43,7 @@ from .rules import Metric, Rule
 LOG = logging.getLogger(__name__)
 
 RAISED, UPDATE, CLEARED = "raised", "update", "cleared"
+_FEW = 16  # an active alert's violated points up to this many are followed one by one
 
 
 # -- the state machine every rule shares ---------------------------------------------------------
@@ -134,13 +136,18 @@ class Detector:
     def _step(self, rule: Rule, m: Metric, now: float) -> list[Alert]:
         state = self.states.setdefault((rule.name, m.key), _State())
         out: list[Alert] = []
-        violated = m.x > 0
-        normal = m.x <= -rule.hysteresis
-        # hysteresis: between the two bands the state stays what it was
-        marker = np.where(violated, 1, np.where(normal, 0, -1))
-        last = np.maximum.accumulate(np.where(marker >= 0, np.arange(len(marker)), -1))
-        h = np.where(last >= 0, marker[np.maximum(last, 0)] == 1, state.violated)
-        bounds = [0, *(np.flatnonzero(h[1:] != h[:-1]) + 1).tolist(), len(h)]
+        lowest, highest = float(m.x.min()), float(m.x.max())  # NaN if one is: then neither test holds
+        if highest <= -rule.hysteresis or lowest > 0:  # one band throughout (the usual batch)
+            h = np.full(len(m.x), lowest > 0)
+            bounds = [0, len(h)]
+        else:
+            violated = m.x > 0
+            normal = m.x <= -rule.hysteresis
+            # hysteresis: between the two bands the state stays what it was
+            marker = np.where(violated, 1, np.where(normal, 0, -1))
+            last = np.maximum.accumulate(np.where(marker >= 0, np.arange(len(marker)), -1))
+            h = np.where(last >= 0, marker[np.maximum(last, 0)] == 1, state.violated)
+            bounds = [0, *(np.flatnonzero(h[1:] != h[:-1]) + 1).tolist(), len(h)]
         for a, b in itertools.pairwise(bounds):
             t = m.t[a:b]
             if h[a]:
@@ -180,7 +187,21 @@ class Detector:
         update at each point due (``update_seconds`` after its last message) where the worst so
         far is worse than the one last sent."""
         every = self.cfg.update_seconds
+        if violated and hi - lo <= _FEW:
+            xs = m.x[lo:hi].tolist()
+            if not any(x != x for x in xs):  # no NaN (a NaN stops the worst's tracking: the long way)
+                # a few points (a silence, a spike): the same, point by point, without numpy
+                for i, (t, x) in enumerate(zip(m.t[lo:hi].tolist(), xs), lo):
+                    if x > state.worst_x:
+                        self._track_worst(m, state, i, i + 1)
+                    if t >= state.last_sent + every and state.worst_x > state.sent_worst_x:
+                        out.append(self._message(rule, m, state, UPDATE, i))
+                return
         while lo < hi:
+            # nothing can be due: the points end before the next update may go (times are sorted;
+            # a NaN time fails this test and takes the long way), or the worst cannot grow
+            if m.t[hi - 1] < state.last_sent + every or (not violated and not state.worst_x > state.sent_worst_x):
+                break
             worst = np.full(hi - lo, state.worst_x)
             if violated:
                 np.maximum(worst, np.maximum.accumulate(m.x[lo:hi]), out=worst)

@@ -111,15 +111,22 @@ class Metrics:
     labels: dict[str, list[str]] = field(default_factory=dict)
 
     def violated_keys(self) -> set[int]:
-        return set(np.unique(self.k[self.x > 0]).tolist())
+        return _distinct(self.k[self.x > 0])
 
     def present_keys(self) -> set[int]:
-        return set(np.unique(self.k).tolist())
+        return _distinct(self.k)
 
     def metric(self, key: int) -> Metric:
         a, b = np.searchsorted(self.k, [key, key + 1])
         return Metric(self.keys[key], self.t[a:b], self.x[a:b], self.value[a:b], self.detail,
                       {name: arr[a:b] for name, arr in self.extra.items()}, self.labels)
+
+
+def _distinct(k: np.ndarray) -> set[int]:
+    """The keys in ``k``: where it changes from one point to the next (its points come key by key)."""
+    if not len(k):
+        return set()
+    return set(k[np.concatenate(([True], k[1:] != k[:-1]))].tolist())
 
 
 R_co = TypeVar("R_co", bound=Rule, covariant=True)
@@ -160,13 +167,31 @@ class Evaluator(Generic[R_co]):
             self._numbers[names] = out
         return out
 
-    def select(self, batch: FlatBatch) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
-        """The samples of matching signals: (name number, time, value)."""
+    def select(self, batch: FlatBatch, ordered: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+        """The samples of matching signals: (name number, time, value); ``ordered``: sorted by
+        name number, then time (``by_key_then_time``). Matching signals next to each other in
+        the batch's table are one slice of its columns (a view, no copy), and signals whose
+        samples are already in time order need no sort."""
         hits = self.name_mask(batch.names)
         if not hits.any():
             return None
-        mask = hits[batch.ids]
-        return batch.ids[mask], batch.t[mask], batch.v[mask]
+        runs = layout(batch)
+        if runs is None:  # not one run per signal in table order: the samples one by one
+            mask = hits[batch.ids]
+            sel = batch.ids[mask], batch.t[mask], batch.v[mask]
+            return by_key_then_time(*sel) if ordered else sel  # type: ignore[return-value]
+        bounds, unordered = runs
+        edges = np.flatnonzero(np.diff(np.concatenate(([False], hits, [False]))))
+        starts, ends = bounds[edges[0::2]].tolist(), bounds[edges[1::2]].tolist()
+        if len(starts) == 1:
+            a, b = starts[0], ends[0]
+            sel = batch.ids[a:b], batch.t[a:b], batch.v[a:b]
+        else:
+            sel = tuple(np.concatenate([col[a:b] for a, b in zip(starts, ends)])  # type: ignore[assignment]
+                        for col in (batch.ids, batch.t, batch.v))
+        if ordered and unordered[hits].any():
+            return by_key_then_time(*sel)  # type: ignore[return-value]
+        return sel
 
     def metrics(self, batch: FlatBatch, frames: Mapping[str, int], now: float, hot: bool,
                 events: Mapping[str, np.ndarray] = NO_EVENTS) -> Metrics | None:
@@ -174,6 +199,30 @@ class Evaluator(Generic[R_co]):
         ``hot``: some key of this rule is not idle, so its metrics are wanted even when clean;
         ``events``: per frame counter, the event times of the frames it counted."""
         raise NotImplementedError
+
+
+_last_layout: tuple[FlatBatch | None, tuple[np.ndarray, np.ndarray] | None] = (None, None)  # a batch, its layout
+
+
+def layout(batch: FlatBatch) -> tuple[np.ndarray, np.ndarray] | None:
+    """Where each signal's samples start in a batch (``bounds[i]:bounds[i + 1]``) and which
+    signals' samples are not in time order; None if the batch does not hold each signal's
+    samples in one run, in table order (the reader's batches do). Every rule asks this of the
+    same batch, so the answer for the last batch is kept."""
+    global _last_layout
+    last = _last_layout  # one read: detectors in other threads may replace it
+    if last[0] is batch:
+        return last[1]
+    ids, t = batch.ids, batch.t
+    out: tuple[np.ndarray, np.ndarray] | None = None
+    if not len(ids) or (ids[1:] >= ids[:-1]).all():
+        bounds = np.searchsorted(ids, np.arange(len(batch.names) + 1))
+        unordered = np.zeros(len(batch.names), bool)
+        # a later sample of a signal before an earlier one, or a NaN time (it compares false)
+        unordered[ids[1:][(ids[1:] == ids[:-1]) & ~(t[1:] >= t[:-1])]] = True
+        out = (bounds, unordered)
+    _last_layout = (batch, out)
+    return out
 
 
 def _matches(name: str, patterns: tuple[str, ...]) -> bool:

@@ -10,7 +10,7 @@ import numpy as np
 
 from ..errors import ConfigError
 from ..messages import FlatBatch
-from .base import NO_EVENTS, Evaluator, Metrics, Rule, by_key_then_time
+from .base import NO_EVENTS, Evaluator, Metrics, Rule
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -34,7 +34,7 @@ class LimitRule(Rule):
 class LimitEvaluator(Evaluator[LimitRule]):
     def metrics(self, batch: FlatBatch, frames: Mapping[str, int], now: float, hot: bool,
                 events: Mapping[str, np.ndarray] = NO_EVENTS) -> Metrics | None:
-        sel = self.select(batch)
+        sel = self.select(batch, ordered=True)
         if sel is None:
             return None
         ids, t, v = sel
@@ -43,5 +43,4 @@ class LimitEvaluator(Evaluator[LimitRule]):
         x = np.maximum(v - hi, lo - v)
         if not hot and not (x > 0).any():
             return None
-        ids, t, x, v = by_key_then_time(ids, t, x, v)
         return Metrics(list(batch.names), ids, t, x, v, {"min": self.rule.min, "max": self.rule.max})

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..messages import FlatBatch
-from .base import NO_EVENTS, Evaluator, Metrics, Rule, by_key_then_time
+from .base import NO_EVENTS, Evaluator, Metrics, Rule
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -35,10 +35,10 @@ class RateEvaluator(Evaluator[RateRule]):
 
     def metrics(self, batch: FlatBatch, frames: Mapping[str, int], now: float, hot: bool,
                 events: Mapping[str, np.ndarray] = NO_EVENTS) -> Metrics | None:
-        sel = self.select(batch)
+        sel = self.select(batch, ordered=True)
         if sel is None:
             return None
-        ids, t, v = by_key_then_time(*sel)
+        ids, t, v = sel
         first = np.flatnonzero(np.concatenate(([True], ids[1:] != ids[:-1])))
         last = np.append(first[1:], len(ids)) - 1
         prev_t = np.concatenate(([np.nan], t[:-1]))

@@ -32,6 +32,7 @@ class SpreadEvaluator(Evaluator[SpreadRule]):
     def __init__(self, rule: SpreadRule) -> None:
         super().__init__(rule)
         self.latest = Index()  # per signal: its latest value
+        self.scratch: list[np.ndarray] = [np.empty(0, np.int64)]  # the table's memory, kept
 
     def metrics(self, batch: FlatBatch, frames: Mapping[str, int], now: float, hot: bool,
                 events: Mapping[str, np.ndarray] = NO_EVENTS) -> Metrics | None:
@@ -61,32 +62,31 @@ class SpreadEvaluator(Evaluator[SpreadRule]):
         place[by_name] = np.arange(width)
         col = place[col]
         # A table of every signal's latest value at each instant, a block of rows at a time:
-        # memory stays a few MB, however many samples a batch holds.
+        # memory stays a few MB, however many samples a batch holds. A NaN sample changes
+        # nothing: the signal keeps its latest value.
+        ok = ~np.isnan(v)
+        instant, col, v = instant[ok], col[ok], v[ok]
         rows_at_once = max(1, CELLS_AT_ONCE // max(width, 1))
         parts: list[tuple[np.ndarray, ...]] = []
         latest = self.latest.values[by_name]
         for a in range(0, n, rows_at_once):
             b = min(n, a + rows_at_once)
             lo_i, hi_i = np.searchsorted(instant, [a, b])
-            table = np.full((b - a + 1, width), np.nan)
-            table[0] = latest
-            table[instant[lo_i:hi_i] - a + 1, col[lo_i:hi_i]] = v[lo_i:hi_i]
-            # carry each signal's latest value down the rows (forward fill)
-            row = np.where(np.isnan(table), 0, np.arange(b - a + 1)[:, None])
-            np.maximum.accumulate(row, axis=0, out=row)
-            table = table[row, np.arange(width)]
+            table = _forward_filled(latest, instant[lo_i:hi_i] - a, col[lo_i:hi_i], v[lo_i:hi_i], b - a, self.scratch)
             latest = table[-1].copy()
-            table = table[1:]
-            unknown = np.isnan(table)  # a signal not seen yet
-            counted = width - np.sum(unknown, axis=1)
-            known = counted >= 2
-            if not known.any():
-                continue
-            table = table[known]
             hi = lo = table
-            if unknown.any():
-                unknown = unknown[known]
+            if np.isnan(table[0]).any():  # a signal not seen yet (once seen, a signal stays known)
+                unknown = np.isnan(table)
+                counted = width - np.sum(unknown, axis=1)
+                known = counted >= 2
+                if not known.any():
+                    continue
+                table, unknown = table[known], unknown[known]
                 hi, lo = np.where(unknown, -np.inf, table), np.where(unknown, np.inf, table)
+            elif width < 2:
+                continue
+            else:
+                counted, known = np.full(len(table), width), slice(None)  # type: ignore[assignment]
             # at each point: how many signals are known, and which are highest and lowest
             rows = np.arange(len(table))
             highest, lowest = hi.argmax(axis=1), lo.argmin(axis=1)
@@ -104,3 +104,38 @@ class SpreadEvaluator(Evaluator[SpreadRule]):
         names = list(self.latest.names)
         return Metrics([self.rule.name], np.zeros(len(t), dtype=np.int64), t, x, spread,
                        {"max_spread": self.rule.max_spread}, extra, {"highest": names, "lowest": names})
+
+
+def _forward_filled(latest: np.ndarray, row: np.ndarray, col: np.ndarray, v: np.ndarray, n: int,
+                    scratch: list[np.ndarray]) -> np.ndarray:
+    """The ``n`` rows of a table whose column ``col[i]`` takes the value ``v[i]`` from row
+    ``row[i]`` on (``row`` sorted, one value per row and column), and ``latest`` before its
+    first. Each column is runs of one value: a running count of the runs started gives each
+    cell its run, then one ``take`` (column by column) and one transposing copy. The table and
+    its working arrays live in ``scratch`` (kept by the caller, grown as needed, overwritten by
+    the next call): a fresh array of this size costs more in page faults than its filling."""
+    width = len(latest)
+    cells = width * n
+    if len(scratch[0]) < cells:
+        scratch[:] = [np.empty(cells, np.int64), np.empty(cells), np.empty(cells)]
+    count, by_col, table = (a[:cells] for a in scratch)
+    order = np.argsort(col.astype(np.int16) if width < 1 << 15 else col, kind="stable")  # by column, then row
+    per_col = np.bincount(col, minlength=width)
+    first = np.concatenate(([0], np.cumsum(per_col + 1)[:-1]))  # where each column's runs start
+    runs = len(col) + width
+    is_first = np.zeros(runs, bool)
+    is_first[first] = True
+    values, start = np.empty(runs), np.zeros(runs, np.int64)
+    values[first] = latest
+    values[~is_first] = v[order]
+    start[~is_first] = row[order]
+    start += np.repeat(np.arange(width) * n, per_col + 1)  # where each run starts in the column-by-column table
+    used = np.append(start[1:] > start[:-1], True)  # not a run of no rows (``latest``, replaced in its first row)
+    count.fill(0)
+    count[start[used]] = 1
+    np.cumsum(count, out=count)
+    count -= 1
+    np.take(values[used], count, out=by_col)
+    out = table.reshape(n, width)
+    np.copyto(out, by_col.reshape(width, n).T)
+    return out

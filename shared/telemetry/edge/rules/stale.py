@@ -9,7 +9,7 @@ import numpy as np
 
 from ..errors import ConfigError
 from ..messages import FlatBatch
-from .base import NO_EVENTS, Evaluator, Index, Metrics, Rule, by_key_then_time
+from .base import NO_EVENTS, Evaluator, Index, Metrics, Rule, by_key_then_time, layout
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -45,6 +45,7 @@ class StaleEvaluator(Evaluator[StaleRule]):
         super().__init__(rule)
         self.seen = Index()  # per key: when it was last seen
         self.flagged: dict[int, float] = {}  # key -> the last-seen time whose silence was reported
+        self._groups: dict[tuple[str, ...], list[tuple[int, np.ndarray]]] = {}  # per table: each key's signals
 
     def key_number(self, signal: str) -> int:
         return self.seen.number(signal.split(".", 1)[0] if self.rule.scope == "message" else signal)
@@ -63,6 +64,43 @@ class StaleEvaluator(Evaluator[StaleRule]):
             out.append((key, start + delay, timeout + delay, np.nan))
         self.flagged[key] = since
 
+    def keyed(self, batch: FlatBatch) -> tuple[np.ndarray, np.ndarray] | None:
+        """The samples of matching signals as (key, time), sorted by key, then time (stable:
+        equal times in the batch's order), as ``by_key_then_time`` sorts them; None if none.
+        A key's signals are taken from the batch's per-signal runs and sorted key by key, which
+        is a merge of runs already in time order (a message's signals: the same times)."""
+        runs = layout(batch)
+        if runs is None:
+            sel = self.select(batch)
+            if sel is None:
+                return None
+            return by_key_then_time(self.per_name(batch.names, self.key_number)[sel[0]], sel[1])  # type: ignore[return-value]
+        groups = self._groups.get(batch.names)
+        if groups is None:
+            key_of_name = self.per_name(batch.names, self.key_number)
+            groups = [(key, np.flatnonzero(key_of_name == key)) for key in np.unique(key_of_name[key_of_name >= 0]).tolist()]
+            if len(self._groups) >= 256:
+                self._groups.clear()
+            self._groups[batch.names] = groups
+        if not groups:
+            return None
+        bounds = runs[0]
+        ks, ts = [], []
+        for key, names in groups:
+            starts, ends = bounds[names], bounds[names + 1]
+            if len(names) == 1 or (starts[1:] == ends[:-1]).all():  # one slice of the batch
+                t = batch.t[starts[0]:ends[-1]]
+            else:
+                t = np.concatenate([batch.t[a:b] for a, b in zip(starts.tolist(), ends.tolist())])
+            if len(names) > 1 and _same_rising_times(t, ends - starts):
+                t = np.repeat(t[: ends[0] - starts[0]], len(names))  # what the sort gives, without it
+            elif len(names) > 1 or runs[1][names[0]]:
+                t = t[np.argsort(t, kind="stable")]
+            ks.append(np.full(len(t), key, np.int64))
+            ts.append(t)
+        k, t = np.concatenate(ks), np.concatenate(ts)
+        return (k, t) if len(k) else None
+
     def metrics(self, batch: FlatBatch, frames: Mapping[str, int], now: float, hot: bool,
                 events: Mapping[str, np.ndarray] = NO_EVENTS) -> Metrics | None:
         timeout = self.rule.timeout
@@ -70,10 +108,9 @@ class StaleEvaluator(Evaluator[StaleRule]):
         points: list[tuple[int, float, float, float]] = []  # key, time, age, silent_for
         k = t = silent = np.empty(0)
         keep = np.empty(0, bool)
-        sel = self.select(batch)
+        sel = self.keyed(batch)
         if sel is not None:
-            key_of_name = self.per_name(batch.names, self.key_number)
-            k, t = by_key_then_time(key_of_name[sel[0]], sel[1])
+            k, t = sel
             first = np.concatenate(([True], k[1:] != k[:-1]))
             prev = np.concatenate(([np.nan], t[:-1]))
             prev[first] = self.seen.values[k[first]]
@@ -83,7 +120,10 @@ class StaleEvaluator(Evaluator[StaleRule]):
                 self._silence(int(k[i]), float(prev[i]), float(t[i]), points)
             # the samples are points while an alert may be in flight: always when the rule is
             # hot, else those of keys whose silence ended here (a clear delay runs on them)
-            keep = np.ones(len(t), bool) if hot else np.isin(k, k[ended])
+            if hot:
+                keep = np.ones(len(t), bool)
+            else:
+                keep = np.isin(k, k[ended]) if len(ended) else np.zeros(len(t), bool)
             last = np.append(np.flatnonzero(first)[1:], len(k)) - 1
             self.seen.values[k[last]] = t[last]
         # silences still going on at the batch's event time
@@ -97,6 +137,17 @@ class StaleEvaluator(Evaluator[StaleRule]):
         tt = np.concatenate((t[keep], pt))
         age = np.concatenate((np.zeros(int(keep.sum())), page))
         silent_for = np.concatenate((silent[keep], psilent))
-        kk, tt, age, silent_for = by_key_then_time(kk, tt, age, silent_for)
+        if points:  # the samples kept are in order already: only points among them need a sort
+            kk, tt, age, silent_for = by_key_then_time(kk, tt, age, silent_for)
         x = np.where(age > 0, age - timeout + self.EPSILON, age - timeout)
         return Metrics(list(self.seen.names), kk, tt, x, age, {"timeout": timeout}, {"silent_for": silent_for})
+
+
+def _same_rising_times(t: np.ndarray, lengths: np.ndarray) -> bool:
+    """Whether ``t`` is one strictly rising run of times repeated (bit for bit) once per signal
+    (``lengths``): the signals of one message, decoded from the same frames."""
+    n = int(lengths[0])
+    if not n or not (lengths == n).all():
+        return False
+    runs = t.reshape(len(lengths), n)
+    return bool((runs[0, 1:] > runs[0, :-1]).all() and (runs.view(np.int64) == runs[0].view(np.int64)).all())

@@ -6,11 +6,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
-from numpy.lib.stride_tricks import sliding_window_view
+from numpy.lib.stride_tricks import as_strided
 
 from ..errors import ConfigError
 from ..messages import FlatBatch
-from .base import CELLS_AT_ONCE, NO_EVENTS, Evaluator, Metrics, Rule, by_key_then_time
+from .base import CELLS_AT_ONCE, NO_EVENTS, Evaluator, Metrics, Rule
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -45,10 +45,10 @@ class ZScoreEvaluator(Evaluator[ZScoreRule]):
 
     def metrics(self, batch: FlatBatch, frames: Mapping[str, int], now: float, hot: bool,
                 events: Mapping[str, np.ndarray] = NO_EVENTS) -> Metrics | None:
-        sel = self.select(batch)
+        sel = self.select(batch, ordered=True)
         if sel is None:
             return None
-        ids, t, v = by_key_then_time(*sel)
+        ids, t, v = sel
         size = self.rule.baseline
         z = np.zeros(len(v))
         x = np.full(len(v), -np.inf)
@@ -57,18 +57,20 @@ class ZScoreEvaluator(Evaluator[ZScoreRule]):
             name = batch.names[ids[a]]
             history = self.history.get(name, np.empty(0))
             padded = np.concatenate((np.full(size - len(history), np.nan), history, v[a:b]))
-            every = sliding_window_view(padded, size)[: b - a]
+            every = as_strided(padded, (b - a, size), padded.strides * 2, writeable=False)  # the baselines
+            # how many values (not NaN) each baseline holds, from a running count
+            nans = np.concatenate(([0], np.cumsum(np.isnan(padded))))
+            counts = size - (nans[size:size + b - a] - nans[: b - a])
             step = max(1, CELLS_AT_ONCE // size)  # a block of baselines at a time: bounded memory
             for c in range(0, b - a, step):
-                windows = every[c:c + step]
-                ready = np.sum(~np.isnan(windows), axis=1) >= self.rule.warmup
+                ready = counts[c:c + step] >= self.rule.warmup
                 if not ready.any():
                     continue
-                w = windows[ready]
-                # a full baseline has no gaps: the plain median is much faster than nanmedian
-                median_of = np.median if len(history) + c >= size else np.nanmedian
-                median = median_of(w, axis=1)
-                mad = median_of(np.abs(w - median[:, None]), axis=1)
+                windows = every[c:c + step]
+                w = np.sort(windows if ready.all() else windows[ready], axis=1)  # NaN last
+                # a full baseline has no gaps: it is judged as np.median would (a NaN in it makes
+                # the median NaN), one with gaps as np.nanmedian would
+                median, mad = median_mad(w, counts[c:c + step][ready], len(history) + c >= size)
                 scale = np.maximum(1.4826 * mad, self.rule.min_scale)
                 here = slice(a + c, a + c + len(windows))
                 dev = v[here][ready] - median
@@ -80,3 +82,42 @@ class ZScoreEvaluator(Evaluator[ZScoreRule]):
         if not hot and not (x > 0).any():
             return None
         return Metrics(list(batch.names), ids, t, x, v, {"threshold": self.rule.threshold}, {"z": z})
+
+
+def median_mad(w: np.ndarray, counts: np.ndarray, full: bool) -> tuple[np.ndarray, np.ndarray]:
+    """The median of each row of ``w`` (each baseline, sorted, NaN last; ``counts``: the values
+    of each that are not NaN) and the median of its absolute deviations from it (MAD), with the
+    values ``np.median`` (``full``) or ``np.nanmedian`` (not ``full``) gives on the unsorted rows.
+
+    Sorting the rows (numpy's vectorised sort) costs less than the two partitions the two medians
+    take, and on a sorted row the MAD needs no second sort: the deviations fall then rise along
+    it, so its k smallest are a run of k neighbours, and the k-th smallest is the least, over
+    every run of k, of the larger of its two ends."""
+    n = w.shape[1]
+    if full:
+        k = n // 2
+        median = w[:, k] if n % 2 else (w[:, k - 1] + w[:, k]) / 2
+        median = np.where(counts < n, np.nan, median)  # a NaN in the row makes it NaN
+        dev = np.abs(w - median[:, None])  # its NaNs (inf - inf gives some too) reach the MAD
+        kth = _kth_of_valley(dev, k) if n % 2 else (_kth_of_valley(dev, k - 1) + _kth_of_valley(dev, k)) / 2
+        return median, kth
+    rows = np.arange(len(w))
+    median = _middle(w, counts, rows)
+    dev = np.sort(np.abs(w - median[:, None]), axis=1)
+    return median, _middle(dev, n - np.sum(np.isnan(dev), axis=1), rows)
+
+
+def _kth_of_valley(dev: np.ndarray, k: int) -> np.ndarray:
+    """The k-th smallest (from 0) of each row, its values falling then rising along it."""
+    n = dev.shape[1]
+    return np.min(np.maximum(dev[:, : n - k], dev[:, k:]), axis=1)
+
+
+def _middle(w: np.ndarray, counts: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """np.nanmedian's median of sorted rows with ``counts`` values each (NaN after them): the
+    sum of the two middle values (the middle one twice, for an odd count) halved; NaN for none."""
+    high = counts // 2
+    low = np.where(counts % 2 == 1, high, high - 1)
+    with np.errstate(invalid="ignore"):
+        out = (w[rows, np.maximum(low, 0)] + w[rows, np.minimum(high, w.shape[1] - 1)]) / 2
+    return np.where(counts > 0, out, np.nan)
