@@ -24,6 +24,7 @@ import threading
 import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 from itertools import chain
 from typing import Any, ClassVar
 
@@ -204,6 +205,21 @@ class FlatBatch:
             np.concatenate([c.t for c in columns.values()]).astype(np.float64, copy=False),
             np.concatenate([c.v for c in columns.values()]).astype(np.float64, copy=False),
         )
+
+    @cached_property
+    def layout(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """Where each signal's samples start (``bounds[i]:bounds[i + 1]``) and which signals'
+        samples are not in time order; None if the batch does not hold each signal's samples in
+        one run, in table order (the reader's batches do). Worked out once a batch: every rule
+        of the detector asks it."""
+        ids, t = self.ids, self.t
+        if len(ids) and not (ids[1:] >= ids[:-1]).all():
+            return None
+        bounds = np.searchsorted(ids, np.arange(len(self.names) + 1))
+        unordered = np.zeros(len(self.names), bool)
+        # a later sample of a signal before an earlier one, or a NaN time (it compares false)
+        unordered[ids[1:][(ids[1:] == ids[:-1]) & ~(t[1:] >= t[:-1])]] = True
+        return bounds, unordered
 
     def bounds(self) -> np.ndarray:
         """Where each name's samples start (and the last one ends): ``bounds[i]:bounds[i+1]``."""

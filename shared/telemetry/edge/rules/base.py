@@ -175,7 +175,7 @@ class Evaluator(Generic[R_co]):
         hits = self.name_mask(batch.names)
         if not hits.any():
             return None
-        runs = layout(batch)
+        runs = batch.layout
         if runs is None:  # not one run per signal in table order: the samples one by one
             mask = hits[batch.ids]
             sel = batch.ids[mask], batch.t[mask], batch.v[mask]
@@ -199,30 +199,6 @@ class Evaluator(Generic[R_co]):
         ``hot``: some key of this rule is not idle, so its metrics are wanted even when clean;
         ``events``: per frame counter, the event times of the frames it counted."""
         raise NotImplementedError
-
-
-_last_layout: tuple[FlatBatch | None, tuple[np.ndarray, np.ndarray] | None] = (None, None)  # a batch, its layout
-
-
-def layout(batch: FlatBatch) -> tuple[np.ndarray, np.ndarray] | None:
-    """Where each signal's samples start in a batch (``bounds[i]:bounds[i + 1]``) and which
-    signals' samples are not in time order; None if the batch does not hold each signal's
-    samples in one run, in table order (the reader's batches do). Every rule asks this of the
-    same batch, so the answer for the last batch is kept."""
-    global _last_layout
-    last = _last_layout  # one read: detectors in other threads may replace it
-    if last[0] is batch:
-        return last[1]
-    ids, t = batch.ids, batch.t
-    out: tuple[np.ndarray, np.ndarray] | None = None
-    if not len(ids) or (ids[1:] >= ids[:-1]).all():
-        bounds = np.searchsorted(ids, np.arange(len(batch.names) + 1))
-        unordered = np.zeros(len(batch.names), bool)
-        # a later sample of a signal before an earlier one, or a NaN time (it compares false)
-        unordered[ids[1:][(ids[1:] == ids[:-1]) & ~(t[1:] >= t[:-1])]] = True
-        out = (bounds, unordered)
-    _last_layout = (batch, out)
-    return out
 
 
 def _matches(name: str, patterns: tuple[str, ...]) -> bool:

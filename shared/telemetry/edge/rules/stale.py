@@ -9,7 +9,7 @@ import numpy as np
 
 from ..errors import ConfigError
 from ..messages import FlatBatch
-from .base import NO_EVENTS, Evaluator, Index, Metrics, Rule, by_key_then_time, layout
+from .base import NO_EVENTS, Evaluator, Index, Metrics, Rule, by_key_then_time
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -69,7 +69,7 @@ class StaleEvaluator(Evaluator[StaleRule]):
         equal times in the batch's order), as ``by_key_then_time`` sorts them; None if none.
         A key's signals are taken from the batch's per-signal runs and sorted key by key, which
         is a merge of runs already in time order (a message's signals: the same times)."""
-        runs = layout(batch)
+        runs = batch.layout
         if runs is None:
             sel = self.select(batch)
             if sel is None:
