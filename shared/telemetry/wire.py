@@ -1135,6 +1135,7 @@ def _decode_v2(body: bytes, schema: Schema | None, version: int = 2) -> Payload:
 
 _Signals = tuple[tuple[str, ...], list[Any], np.ndarray, np.ndarray, dict[str, Resolution]]
 _KNOWN_SIGNALS: dict[tuple[str | None, bytes, bytes], _Signals] = {}  # a few dictionaries, checked
+_KNOWN_MAX_BYTES = 16_384  # a dictionary remembered is at most this (some 400 names): 32 of them hold about 25 MB at worst
 
 
 def _signals2(dictionary: dict[str, Any], raw: bytes, r: _Reader2, schema: Schema | None) -> _Signals:
@@ -1162,9 +1163,11 @@ def _signals2(dictionary: dict[str, Any], raw: bytes, r: _Reader2, schema: Schem
         raise WireError("aggregates dictionary: names must be distinct strings, one resolution each")
     scale, offset = _resolutions(names, res)
     by_name = {n: (s, o) if s == s else None for n, s, o in zip(names, scale.tolist(), offset.tolist())}
-    if len(_KNOWN_SIGNALS) >= 64:  # bounded: a long-running decoder sees many vehicles
-        _KNOWN_SIGNALS.clear()
-    known = _KNOWN_SIGNALS[key] = (tuple(names), res, scale, offset, by_name)
+    known = (tuple(names), res, scale, offset, by_name)
+    if len(raw) + len(runs) <= _KNOWN_MAX_BYTES:  # a vehicle's few dictionaries; not a huge one a sender made up
+        if len(_KNOWN_SIGNALS) >= 32:  # bounded: a long-running decoder sees many vehicles
+            _KNOWN_SIGNALS.clear()
+        _KNOWN_SIGNALS[key] = known
     return known
 
 

@@ -8,6 +8,7 @@ import pytest
 from support.helpers import frame
 from telemetry.edge.decode import DbcDecoder, load_dbc
 from telemetry.edge.errors import DbcError
+from telemetry.edge.frames import Frames
 
 TWO = """VERSION ""
 BO_ 256 Second: 2 X
@@ -101,13 +102,13 @@ def test_a_dbc_is_parsed_once_a_process_until_its_content_changes(tmp_path, monk
     parse. A file rewritten (here with the same size, in the same instant) is parsed again, and a
     broken file is refused every time it is read, not remembered."""
     calls = []
-    real = cantools.database.load_file
+    real = cantools.database.load_string
 
     def counting(*args, **kwargs):
         calls.append(args[0])
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(cantools.database, "load_file", counting)
+    monkeypatch.setattr(cantools.database, "load_string", counting)
     path = tmp_path / "car.dbc"
     path.write_text(TWO)
     first = load_dbc(path)
@@ -124,3 +125,19 @@ def test_a_dbc_is_parsed_once_a_process_until_its_content_changes(tmp_path, monk
     path.write_text(TWO)
     assert load_dbc(path) is first  # the same content again: the one parse of it
     assert len(calls) == 4
+
+
+def test_ids_no_dbc_knows_are_counted_not_remembered(sample_dbc):
+    """A bus or a log of random ids (noise, a hostile device) must not grow the reader: each
+    batch counts them, the decoder keeps nothing of them."""
+    decoder = DbcDecoder([sample_dbc])
+    gps = cantools.database.load_file(str(sample_dbc)).get_message_by_name("GPS_Position")
+    known = decoder.decode_frames(Frames.from_messages([frame(1.0, gps.frame_id, gps.encode(
+        {"Latitude": -33.9, "Longitude": 151.2}), is_extended_id=True)]))
+    remembered = len(decoder._slots)
+    for start in range(0, 20_000, 5_000):
+        ids = range(0x10000000 + start, 0x10000000 + start + 5_000)
+        out = decoder.decode_frames(Frames.from_messages([frame(1.0, i, bytes(8)) for i in ids]))
+        assert out.frames["unknown_id"] == 5_000 and len(out.unknown_ids) == 5_000
+    assert len(decoder._slots) == remembered
+    assert known.frames["decoded"] == 1

@@ -145,3 +145,24 @@ def test_decoded_payloads_share_nothing_a_caller_could_change():
                          {"count": np.ones(1, np.int64), "mean": np.array([0.25])})
     a = wire.decode(wire.encode(wire.Payload("car", 1, "g", 1.0, 0.0, 60.0, on_grid, res=RES), schema=SCHEMA), SCHEMA)
     assert a.table.stats["mean"].tolist() == [0.25] and a.res["C.f"] is None
+
+
+def test_a_huge_dictionary_is_checked_every_time_not_remembered():
+    """The decoder remembers a vehicle's few small dictionaries; one a sender made huge (names of
+    a hundred thousand signals) is read and checked, never kept, so a long-running decoder's
+    memory does not follow what the wire sends."""
+    def payload(n: int, prefix: str) -> bytes:
+        names = tuple(f"{prefix}_Message_With_A_Long_Name.Signal_{i:06d}" for i in range(n))
+        table = wire.Table(names, np.zeros(n, np.int64), np.arange(n, dtype=np.int64),
+                           {"count": np.ones(n, np.int64), "mean": np.arange(n, dtype=np.float64)})
+        return wire.encode(wire.Payload("car", 1, "g", 1.0, 0.0, 60.0, table))
+
+    wire._KNOWN_SIGNALS.clear()
+    small = wire.decode(payload(20, "Small"))
+    assert len(wire._KNOWN_SIGNALS) == 1
+    huge = payload(5_000, "Huge")
+    for _ in range(2):
+        decoded = wire.decode(huge)
+        assert len(decoded.table.names) == 5_000 and decoded.table.stats["mean"][-1] == 4_999.0
+    assert len(wire._KNOWN_SIGNALS) == 1
+    assert wire.decode(payload(20, "Small")).table.names == small.table.names

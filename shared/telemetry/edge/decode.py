@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import fnmatch
 import hashlib
+import io
 import logging
 import re
 import threading
@@ -110,13 +111,14 @@ def load_dbc(path: str | Path) -> Any:
     if not path.is_file():
         raise DbcError(f"{path}: DBC file not found")
     try:
-        key = (str(path.resolve()), hashlib.sha256(path.read_bytes()).hexdigest())
+        data = path.read_bytes()
     except OSError as exc:
         raise DbcError(f"{path}: cannot read the DBC file: {exc.strerror or exc}") from None
+    key = (str(path.resolve()), hashlib.sha256(data).hexdigest())
     with _LOADED_LOCK:
         db = _LOADED.get(key)
     if db is None:
-        db = _parse_dbc(path)
+        db = _parse_dbc(path, data)  # the bytes hashed, not a second read a deploy could change
         with _LOADED_LOCK:
             _LOADED[key] = db
             while len(_LOADED) > _LOADED_MAX:
@@ -130,15 +132,17 @@ def forget_loaded_dbcs() -> None:
         _LOADED.clear()
 
 
-def _parse_dbc(path: Path) -> Any:
+def _parse_dbc(path: Path, data: bytes) -> Any:
+    # as cantools.database.load_file reads a DBC: cp1252, undecodable bytes replaced, newlines universal
+    text = io.TextIOWrapper(io.BytesIO(data), encoding="cp1252", errors="replace").read()
     try:
-        db = cantools.database.load_file(str(path), database_format="dbc", strict=False)
+        db = cantools.database.load_string(text, database_format="dbc", strict=False)
     except Exception as exc:  # cantools raises ParseError, UnsupportedDatabaseFormatError, ...
         reason = " ".join(str(exc).split())
         raise DbcError(f"{path}: not a valid DBC file: {reason}") from exc
     if not isinstance(db, cantools.database.can.Database) or not db.messages:
         raise DbcError(f"{path}: DBC file defines no messages")
-    _check_every_signal_loaded(path, db)
+    _check_every_signal_loaded(path, text, db)
     return db
 
 
@@ -149,14 +153,14 @@ _LONG_SIGNAL = re.compile(r'^BA_\s+"SystemSignalLongSymbol"\s+SG_\s+(\d+)\s+(\w+
 INDEPENDENT = "VECTOR__INDEPENDENT_SIG_MSG"
 
 
-def _check_every_signal_loaded(path: Path, db: Any) -> None:
+def _check_every_signal_loaded(path: Path, text: str, db: Any) -> None:
     """cantools skips a signal line it cannot parse (a DBC cut short, a typo) without a word;
     a signal that silently never decodes is worse than a refused file. What cantools leaves out
     by design is not refused: the signals of Vector's ``VECTOR__INDEPENDENT_SIG_MSG``, and a
     short name its ``SystemSignalLongSymbol`` attribute replaces with the long one. The same
     signal name twice in one message is refused: only one of them could ever decode."""
     loaded = {m.frame_id | (0x80000000 if m.is_extended_frame else 0): {s.name for s in m.signals} for m in db.messages}
-    lines = path.read_text(errors="replace").splitlines()
+    lines = text.splitlines()
     for line in lines:  # long names: the SG_ line has the short one
         if long := _LONG_SIGNAL.match(line):
             names = loaded.get(int(long.group(1)))
@@ -384,14 +388,17 @@ class DbcDecoder:
 
     def _slot(self, key: int) -> tuple[_Entry | None, int]:
         """The entry of a frame key (id | extended << 32) and its plan's root node in the
-        program (-1: cantools decodes it frame by frame); (None, -1) for an id no DBC knows."""
+        program (-1: cantools decodes it frame by frame); (None, -1) for an id no DBC knows.
+        Only known ids are remembered: a bus (or a log) of random ids must not grow the reader."""
         slot = self._slots.get(key)
         if slot is None:
             frame_id = key & 0xFFFFFFFF
             entry = self._index.get((frame_id, bool(key >> 32)))
             if entry is None and key >> 32 and self._pgns:
                 entry = self._j1939(frame_id)
-            root = self._program.add(entry.plan) if entry is not None and entry.plan is not None else -1
+            if entry is None:
+                return None, -1
+            root = self._program.add(entry.plan) if entry.plan is not None else -1
             slot = self._slots[key] = (entry, root)
         return slot
 

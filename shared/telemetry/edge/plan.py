@@ -593,7 +593,8 @@ class Program:
         their message (``MessagePlan.decode`` checks that). A frame that fails (a layout longer
         than the message, a multiplexer value without a branch) is set in ``failed`` (indexed by
         row) and gives no value. A batch of many values is run a slice of frames at a time, so
-        that the arrays of one step stay small (about ``_MOST_CELLS`` values)."""
+        that the value arrays of one step stay small (about ``_MOST_CELLS`` values; the payload
+        words are read for the whole batch, once a step, a few bytes a frame)."""
         tables = self._table()
         ends = np.cumsum(tables["count"][roots])
         if len(ends) > 1 and ends[-1] > _MOST_CELLS:
