@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from unittest import mock
 
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from numpy.lib.stride_tricks import sliding_window_view
@@ -18,12 +19,20 @@ from telemetry.edge.config import DetectorConfig, parse_config
 from telemetry.edge.detector import CLEARED, RAISED, UPDATE, Detector, _State
 from telemetry.edge.messages import Alert, FlatBatch
 from telemetry.edge.rules import Metrics, Rule, zscore
+from telemetry.edge.rules import base as rules_base
 from telemetry.edge.rules import spread as spread_rule
 from telemetry.edge.rules.base import NO_EVENTS, Metric, by_key_then_time
 from telemetry.edge.rules.spread import SpreadEvaluator
 from telemetry.edge.rules.stale import StaleEvaluator
 from telemetry.edge.rules.zscore import ZScoreEvaluator, median_mad
 
+
+@pytest.fixture(autouse=True)
+def select_by_runs_whatever_the_size():
+    """These batches are small: selected by runs anyway, the path big batches take (a small
+    batch's mask path is the one test_rules.py exercises)."""
+    with mock.patch.object(rules_base, "_RUNS_FROM", 0):
+        yield
 
 def rule(**kw) -> Rule:
     kw.setdefault("name", "r")

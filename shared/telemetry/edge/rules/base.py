@@ -24,6 +24,9 @@ from ..errors import ConfigError
 from ..messages import SEVERITIES, FlatBatch
 
 NO_EVENTS: Mapping[str, np.ndarray] = {}
+# A batch of at least this many samples is selected from by its runs (slices, a few calls
+# whatever its size); a smaller one by a mask (fewer numpy calls: a live batch at the car's rate)
+_RUNS_FROM = 8192
 # A rule that works on a table of (samples x signals) or (samples x baseline) builds it this many
 # cells at a time (2 MB of floats): its memory is linear in the batch, with a small constant.
 CELLS_AT_ONCE = 1 << 18
@@ -175,8 +178,8 @@ class Evaluator(Generic[R_co]):
         hits = self.name_mask(batch.names)
         if not hits.any():
             return None
-        runs = batch.layout
-        if runs is None:  # not one run per signal in table order: the samples one by one
+        runs = batch.layout if len(batch) >= _RUNS_FROM else None
+        if runs is None:  # a small batch, or not one run per signal in table order: by a mask
             mask = hits[batch.ids]
             sel = batch.ids[mask], batch.t[mask], batch.v[mask]
             return by_key_then_time(*sel) if ordered else sel  # type: ignore[return-value]
