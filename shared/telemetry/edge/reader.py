@@ -237,11 +237,10 @@ class LimitCheck:
         names = batch.names
         for i, evaluator in enumerate(self.evaluators):
             rule = evaluator.rule
-            mask = evaluator.name_mask(names)
-            if not len(batch) or not mask.any():
+            selected = evaluator.select(batch) if len(batch) else None
+            if selected is None:
                 continue
-            mine = mask[batch.ids]
-            ids, v = batch.ids[mine], batch.v[mine]  # each signal's samples contiguous, in order
+            ids, _, v = selected  # each signal's samples contiguous, in order
             lo = -math.inf if rule.min is None else rule.min
             hi = math.inf if rule.max is None else rule.max
             over = (v < lo) | (v > hi)

@@ -133,6 +133,18 @@ def _distinct(k: np.ndarray) -> set[int]:
 
 
 R_co = TypeVar("R_co", bound=Rule, covariant=True)
+T = TypeVar("T")
+
+
+def per_table(cache: dict[tuple[str, ...], T], names: tuple[str, ...], make: Callable[[], T]) -> T:
+    """What ``make`` gives for a batch's name table, kept per table in ``cache``: batches repeat
+    the same few tables (256 at most are kept, then all forgotten at once)."""
+    out = cache.get(names)
+    if out is None:
+        if len(cache) >= 256:
+            cache.clear()
+        out = cache[names] = make()
+    return out
 
 
 class Evaluator(Generic[R_co]):
@@ -148,27 +160,15 @@ class Evaluator(Generic[R_co]):
     def name_mask(self, names: tuple[str, ...]) -> np.ndarray:
         """Which of a batch's signal names the rule's patterns match. Batches repeat the same
         name tables, so the answer is kept per table (a few of them at most)."""
-        mask = self._masks.get(names)
-        if mask is None:
-            match = self._match
-            mask = np.array([match[n] if n in match else match.setdefault(n, _matches(n, self.rule.signals))
-                             for n in names], dtype=bool)
-            if len(self._masks) >= 256:
-                self._masks.clear()
-            self._masks[names] = mask
-        return mask
+        match = self._match
+        return per_table(self._masks, names, lambda: np.array(
+            [match[n] if n in match else match.setdefault(n, _matches(n, self.rule.signals)) for n in names], dtype=bool))
 
     def per_name(self, names: tuple[str, ...], number: Callable[[str], int]) -> np.ndarray:
         """``number(name)`` for each matching name of a batch's table (-1 for the others), kept
         per table like ``name_mask``."""
-        out = self._numbers.get(names)
-        if out is None:
-            mask = self.name_mask(names)
-            out = np.array([number(n) if hit else -1 for n, hit in zip(names, mask.tolist())], dtype=np.int64)
-            if len(self._numbers) >= 256:
-                self._numbers.clear()
-            self._numbers[names] = out
-        return out
+        return per_table(self._numbers, names, lambda: np.array(
+            [number(n) if hit else -1 for n, hit in zip(names, self.name_mask(names).tolist())], dtype=np.int64))
 
     def select(self, batch: FlatBatch, ordered: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
         """The samples of matching signals: (name number, time, value); ``ordered``: sorted by

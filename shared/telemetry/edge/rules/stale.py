@@ -9,7 +9,7 @@ import numpy as np
 
 from ..errors import ConfigError
 from ..messages import FlatBatch
-from .base import NO_EVENTS, Evaluator, Index, Metrics, Rule, by_key_then_time
+from .base import NO_EVENTS, Evaluator, Index, Metrics, Rule, by_key_then_time, per_table
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -64,6 +64,11 @@ class StaleEvaluator(Evaluator[StaleRule]):
             out.append((key, start + delay, timeout + delay, np.nan))
         self.flagged[key] = since
 
+    def _key_groups(self, names: tuple[str, ...]) -> list[tuple[int, np.ndarray]]:
+        """Each key of a name table and the numbers of its signals there."""
+        key_of_name = self.per_name(names, self.key_number)
+        return [(key, np.flatnonzero(key_of_name == key)) for key in np.unique(key_of_name[key_of_name >= 0]).tolist()]
+
     def keyed(self, batch: FlatBatch) -> tuple[np.ndarray, np.ndarray] | None:
         """The samples of matching signals as (key, time), sorted by key, then time (stable:
         equal times in the batch's order), as ``by_key_then_time`` sorts them; None if none.
@@ -75,13 +80,7 @@ class StaleEvaluator(Evaluator[StaleRule]):
             if sel is None:
                 return None
             return by_key_then_time(self.per_name(batch.names, self.key_number)[sel[0]], sel[1])  # type: ignore[return-value]
-        groups = self._groups.get(batch.names)
-        if groups is None:
-            key_of_name = self.per_name(batch.names, self.key_number)
-            groups = [(key, np.flatnonzero(key_of_name == key)) for key in np.unique(key_of_name[key_of_name >= 0]).tolist()]
-            if len(self._groups) >= 256:
-                self._groups.clear()
-            self._groups[batch.names] = groups
+        groups = per_table(self._groups, batch.names, lambda: self._key_groups(batch.names))
         if not groups:
             return None
         bounds = runs[0]
