@@ -23,9 +23,9 @@ import test_vector_decode as generated
 from cantools.database.can import Message, Signal
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
+
 from support import limit_before
 from support.helpers import frame
-
 from telemetry.edge.config import load_config, parse_config
 from telemetry.edge.decode import DbcDecoder
 from telemetry.edge.frames import Frames
@@ -195,7 +195,7 @@ SIG_VALTYPE_ 256 Temp : 2;
         return Frames.from_messages([frame(i, 256, np.float64(v).tobytes()) for i, v in enumerate(values)])
 
     def cells(*pairs: tuple[int, float]) -> Frames:
-        return Frames.from_messages([frame(i, 257, bytes([m]) + int(round(v * 1000)).to_bytes(2, "little"))
+        return Frames.from_messages([frame(i, 257, bytes([m]) + round(v * 1000).to_bytes(2, "little"))
                                      for i, (m, v) in enumerate(pairs)])
 
     # WHEN batches come: THEN a crossing is said once, again after the signal came back inside,
