@@ -211,3 +211,25 @@ SIG_VALTYPE_ 256 Temp : 2;
     assert answers == [False, True, False, False, True, False, False, False, False, True,
                        False, True, True, False, True, False, True]
     assert new.crossings == old.crossings == 7
+
+
+@settings(max_examples=40)
+@given(frames=st.lists(st.tuples(st.sampled_from([0x0CF004, 0x18FEF1, 0x500]), st.integers(0, 7), st.integers(0, 255),
+                                 st.one_of(st.binary(min_size=8, max_size=8), st.binary(max_size=8))), max_size=60),
+       limits=st.lists(st.tuples(st.sampled_from(["EEC1@sa*.*", "EEC1@sa0A.EngineSpeed", "CCVS1@sa*.*", "*.DoorOpen"]),
+                                 st.sampled_from([None, 0.0, 10.0, 100.0, 1000.0, 5000.0]),
+                                 st.sampled_from([None, 0.0, 10.0, 100.0, 1000.0, 5000.0])), min_size=1, max_size=3),
+       cut=st.integers(0, 60))
+def test_j1939_signals_are_watched_per_source_address_as_before(frames, limits, cut):
+    # GIVEN a J1939 DBC (signals named per source address), frames of every priority and source
+    # address (short payloads among them), and limit rules over some of them
+    dbc = Path(__file__).resolve().parents[1] / "faults" / "data" / "j1939.dbc"
+    decoder = DbcDecoder([dbc])
+    messages = [frame(i * 0.01, pgn if pgn == 0x500 else (priority << 26) | (pgn << 8) | sa, data)
+                for i, (pgn, priority, sa, data) in enumerate(frames)]
+    rules = config_rules(dbc, [{"name": f"r{i}", "kind": "limit", "signals": pattern, **bounds(low, high)}
+                               for i, (pattern, low, high) in enumerate(limits)])
+    new, old = LimitCheck(rules), limit_before.LimitCheck(rules)
+    # WHEN both check the frames in two batches; THEN the same answers
+    batches = [Frames.from_messages(part) for part in (messages[:cut], messages[cut:]) if part]
+    same_answers([(new, old)], batches, decoder)
