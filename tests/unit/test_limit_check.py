@@ -90,7 +90,7 @@ def same_answers(checks: list[tuple[LimitCheck, limit_before.LimitCheck]], batch
     event(f"crossings: {[min(old.crossings, 3) for _, old in checks]}")
 
 
-@settings(max_examples=80, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@settings(max_examples=60, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 @given(data=st.data())
 def test_the_check_answers_as_the_whole_decode_did(tmp_path_factory, data):
     # GIVEN up to four generated messages and a message only cantools decodes (a 72-bit signal)
