@@ -556,9 +556,9 @@ class CanReaderComponent:
 
     def _limit_crossed(self, frames: Frames) -> bool:
         """Whether frames just read take a signal across a limit rule: only those that can carry
-        one are decoded for the check (the batch is decoded once, when published)."""
-        watched = self.limits.watched(frames, self.decoder.names_of)
-        return bool(len(watched)) and self.limits.crossed(self.decoder.decode_frames(watched).batch)
+        one, and only their watched signals, are decoded for the check (the batch is decoded
+        once, when published)."""
+        return self.limits.check(frames, self.decoder)
 
     def _flush(self) -> None:
         """The open batch goes out: the frames admitted so far and those not yet admitted."""

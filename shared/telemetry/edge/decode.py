@@ -295,6 +295,14 @@ class DbcDecoder:
             entry = self._j1939(frame_id)
         return tuple(entry.names.values()) if entry is not None else ()
 
+    def plan_of(self, frame_id: int, extended: bool) -> MessagePlan | None:
+        """The compiled plan of this id's message (its signals named as ``names_of`` names
+        them); None for a message cantools decodes frame by frame, or an id the DBCs do not define."""
+        entry = self._index.get((frame_id, extended))
+        if entry is None and extended and self._pgns:
+            entry = self._j1939(frame_id)
+        return entry.plan if entry is not None else None
+
     def decode(self, frames: Sequence[can.Message]) -> DecodedBatch:
         """python-can's frames, converted to columns once and decoded by ``decode_frames``."""
         return self.decode_frames(Frames.from_messages(frames))

@@ -436,6 +436,37 @@ class MessagePlan:
         return ~failed, blocks
 
 
+def only(plan: MessagePlan, keep: frozenset[str]) -> MessagePlan:
+    """The plan reading just the signals named in ``keep`` (by the names they travel under) and
+    the multiplexers, with the whole tree of branches: run by a ``Program``, a frame fails where
+    the whole plan's does (a multiplexer value without a branch, a layout longer than the
+    message), and each kept signal gets the whole plan's value, computed the same way. The
+    multiplexers' own values come too (the caller leaves out what it did not ask for)."""
+    return MessagePlan(plan.length, plan.width, _only(plan.root, keep))
+
+
+def _only(node: _Node, keep: frozenset[str]) -> _Node:
+    selectors = {selector.column for selector, _ in node.muxes}
+    windows = []
+    for window in node.windows:
+        wanted = np.array([node.names[column] in keep for column in window.columns.tolist()], bool)
+        if wanted.all():
+            windows.append(window)
+        elif wanted.any():
+            windows.append(_Window(window.intel, window.byte, window.columns[wanted], window.shifts[wanted],
+                                   window.masks[wanted], None if window.unused is None else window.unused[wanted],
+                                   window.scales[wanted], window.offsets[wanted]))
+    return _Node(
+        node.names,
+        node.ranks,
+        tuple(windows),
+        tuple(s for s in node.singles if node.names[s.column] in keep or s.column in selectors),
+        tuple((selector, {value: _only(child, keep) for value, child in branches.items()})
+              for selector, branches in node.muxes),
+        node.fits,
+    )
+
+
 # -- many plans over one batch -----------------------------------------------------------------------
 
 

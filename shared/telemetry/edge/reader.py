@@ -24,9 +24,11 @@ import can
 import numpy as np
 
 from . import messages
-from .decode import Decoder
+from .decode import MAX_MAGNITUDE, Decoder
 from .frames import Frames
+from .plan import Program, only
 from .rules import LimitRule, Rule
+from .rules.base import per_table
 
 LOG = logging.getLogger(__name__)
 
@@ -203,14 +205,34 @@ class LimitCheck:
     the alert does not wait for the batch to fill. Only a hint: the detector judges every sample
     as always. A batch is cut short when a (rule, signal) starts being across its limit, not
     again while it stays there (a signal parked beyond a limit must not cut every batch short).
-    Only the frames that can carry a signal of a limit rule are decoded for it (``watched``):
-    the open batch is decoded once, when it is published."""
+
+    The reader checks the frames it has just admitted (``check``): only those whose id can carry
+    a signal of a limit rule, and of them only the watched signals (and the multiplexers that
+    choose them) are decoded, by a small ``Program`` of plans cut down to them (``plan.only``),
+    built once per decoder as ids first come; the open batch is decoded once, when it is
+    published. Every (rule, signal) pair is one row of a table (the rule's bounds, and whether
+    the pair's last checked sample was across), so a check is a fixed number of numpy calls.
+    A ``LimitCheck`` is made anew when a deployment changes the rules."""
 
     def __init__(self, rules: Sequence[Rule]) -> None:
         self.evaluators = [r.evaluator() for r in rules if isinstance(r, LimitRule)]
-        self._across: set[tuple[int, str]] = set()  # (rule, signal) last seen across its limit
         self._watch: dict[int, bool] = {}  # frame key (id | extended << 32) -> carries a watched signal
         self.crossings = 0
+        # (rule, signal) pairs, those of one signal together, numbered as the signal first comes
+        self._slots: dict[str, int] = {}  # signal name -> its slot
+        self._first = np.zeros(0, np.int64)  # slot -> its first pair
+        self._count = np.zeros(0, np.int64)  # slot -> its pairs (the limit rules watching it)
+        self._lo = np.zeros(0)  # pair -> its rule's minimum (-inf: none)
+        self._hi = np.zeros(0)  # ... maximum (inf: none)
+        self._across = np.zeros(0, bool)  # pair -> its last checked sample was across
+        self._pair_slot = np.zeros(0, np.int64)  # pair -> its signal's slot
+        # per slot, the band inside every one of its rules' limits (a sample outside it is across
+        # some rule: v < the greatest minimum or v > the least maximum), and whether a pair is across
+        self._band_lo = np.zeros(0)
+        self._band_hi = np.zeros(0)
+        self._hot = np.zeros(0, bool)
+        self._tables: dict[tuple[str, ...], np.ndarray] = {}  # a batch's name table -> slots
+        self._decoding: _WatchedDecode | None = None
 
     def watched(self, frames: Frames, names_of: Callable[[int, bool], tuple[str, ...]]) -> Frames:
         """The frames of ``frames`` whose id can carry a signal some limit rule watches
@@ -230,36 +252,165 @@ class LimitCheck:
             hits.append(hit)
         return frames.take(np.array(hits, dtype=bool)[which])
 
+    def check(self, frames: Frames, decoder: Decoder) -> bool:
+        """Whether frames just admitted start a crossing: the answer of
+        ``crossed(decoder.decode_frames(watched(frames, decoder.names_of)).batch)``, with only the
+        watched signals decoded (a decoder without plans, ``plan_of``, decodes the watched frames whole)."""
+        if not self.evaluators or not len(frames):
+            return False
+        decoding = self._decoding
+        if decoding is None or decoding.decoder is not decoder:
+            decoding = self._decoding = _WatchedDecode(decoder, self)
+        return self._judge(*decoding.samples(frames))
+
     def crossed(self, batch: messages.FlatBatch) -> bool:
-        """True when a sample of ``batch`` starts a crossing: it is across its rule's limit, and
-        the signal's sample before it (in this batch, or the last one checked) was not."""
-        new = False
-        names = batch.names
-        for i, evaluator in enumerate(self.evaluators):
-            rule = evaluator.rule
-            selected = evaluator.select(batch) if len(batch) else None
-            if selected is None:
-                continue
-            ids, _, v = selected  # each signal's samples contiguous, in order
-            lo = -math.inf if rule.min is None else rule.min
-            hi = math.inf if rule.max is None else rule.max
-            over = (v < lo) | (v > hi)
-            first = np.ones(len(ids), dtype=bool)
-            first[1:] = ids[1:] != ids[:-1]
-            before = np.empty(len(ids), dtype=bool)
-            before[1:] = over[:-1]
-            before[first] = [(i, names[k]) in self._across for k in ids[first].tolist()]
-            if (over & ~before).any():
-                new = True
-            last = np.append(first[1:], True)  # each signal's latest sample: where it is now
-            for k, now in zip(ids[last].tolist(), over[last].tolist()):
-                if now:
-                    self._across.add((i, names[k]))
-                else:
-                    self._across.discard((i, names[k]))
-        if new:
+        """True when a sample of ``batch`` (a decoded batch: each signal's samples contiguous, in
+        order) starts a crossing: it is across its rule's limit, and the signal's sample before
+        it (in this batch, or the last one checked) was not."""
+        if not len(batch):
+            return False
+        slots = per_table(self._tables, batch.names, lambda: np.array([self.slot(n) for n in batch.names], np.int64))
+        return self._judge(slots[batch.ids], np.arange(len(batch)), batch.v)
+
+    def slot(self, name: str) -> int:
+        """A signal's slot in the table of pairs; its pairs (one per limit rule that watches it,
+        none for a signal no limit rule watches) are added when it first comes."""
+        slot = self._slots.get(name)
+        if slot is None:
+            rules = [e.rule for e in self.evaluators if e.name_mask((name,))[0]]
+            slot = self._slots[name] = len(self._slots)
+            self._first = np.append(self._first, len(self._lo))
+            self._count = np.append(self._count, len(rules))
+            self._lo = np.append(self._lo, [-math.inf if r.min is None else r.min for r in rules])
+            self._hi = np.append(self._hi, [math.inf if r.max is None else r.max for r in rules])
+            self._across = np.append(self._across, np.zeros(len(rules), bool))
+            self._pair_slot = np.append(self._pair_slot, np.full(len(rules), slot, np.int64))
+            self._band_lo = np.append(self._band_lo, max((r.min for r in rules if r.min is not None), default=-math.inf))
+            self._band_hi = np.append(self._band_hi, min((r.max for r in rules if r.max is not None), default=math.inf))
+            self._hot = np.append(self._hot, False)
+        return slot
+
+    def watches(self, name: str) -> bool:
+        """Whether some limit rule watches this signal."""
+        slot = self.slot(name)  # first: it may grow the table
+        return bool(self._count[slot])
+
+    def _judge(self, slots: np.ndarray, position: np.ndarray, v: np.ndarray) -> bool:
+        """Samples (each signal's slot, its place among that signal's samples, its value): one
+        per (sample, pair of its signal), put in order by pair then place; a sample starts a
+        crossing when it is across and the one before it (or the pair's state) was not."""
+        # the common case: no sample across any rule, and no signal of the check across before
+        # (nothing starts, nothing changes): two comparisons a sample, no sort
+        if not ((v < self._band_lo[slots]) | (v > self._band_hi[slots])).any() and not self._hot[slots].any():
+            return False
+        count = self._count[slots]
+        if not count.any():
+            return False
+        if (count == 1).all():
+            pair = self._first[slots]
+        else:
+            ends = np.cumsum(count)
+            total = int(ends[-1])
+            pair = np.repeat(self._first[slots] - ends + count, count) + np.arange(total)
+            v, position = np.repeat(v, count), np.repeat(position, count)
+        order = np.argsort(pair * (int(position.max()) + 1) + position, kind="stable")
+        pair, v = pair[order], v[order]
+        over = (v < self._lo[pair]) | (v > self._hi[pair])  # NaN: never across
+        first = np.ones(len(pair), bool)
+        first[1:] = pair[1:] != pair[:-1]
+        before = np.empty(len(pair), bool)
+        before[1:] = over[:-1]
+        before[first] = self._across[pair[first]]
+        last = np.ones(len(pair), bool)
+        last[:-1] = first[1:]
+        self._across[pair[last]] = over[last]  # each pair's latest sample: where it is now
+        self._hot[:] = False
+        self._hot[self._pair_slot[self._across]] = True
+        if (over & ~before).any():
             self.crossings += 1
-        return new
+            return True
+        return False
+
+
+class _WatchedDecode:
+    """A decoder's frames as a ``LimitCheck`` decodes them: per frame key (id | extended << 32),
+    whether it carries a watched signal and how it is decoded (the message's plan cut down to
+    the watched signals, in one ``Program``; or, for a message cantools decodes frame by frame,
+    the decoder itself), as sorted arrays looked up by one ``searchsorted`` a check."""
+
+    NOTHING, PLANNED, WHOLE = 0, 1, 2
+    MOST_KEYS = 4096  # ids that carry no watched signal (unknown ones too) are forgotten past this
+
+    def __init__(self, decoder: Decoder, check: LimitCheck) -> None:
+        self.decoder = decoder
+        self.check = check
+        self.program = Program()
+        self.slot_of = np.zeros(0, np.int64)  # the program's signal number -> the check's slot
+        self.known: dict[int, tuple[int, int, int]] = {}  # key -> (how, root node, bytes needed)
+        self.keys = np.zeros(0, np.int64)  # sorted
+        self.how = self.root = self.need = np.zeros(0, np.int64)
+
+    def samples(self, frames: Frames) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The watched signals' samples of ``frames`` as ``decode_frames`` gives them (what fails
+        to decode gives none; values not finite or beyond ``MAX_MAGNITUDE`` left out): each
+        signal's slot, the frame's row, the value."""
+        keys = frames.id.astype(np.int64) | (frames.extended.astype(np.int64) << 32)
+        keys[frames.error | frames.remote] = -1
+        at = self._lookup(keys)
+        how = self.how[at]
+        parts = []
+        if len(planned := np.flatnonzero(how == self.PLANNED)):
+            ok = frames.length[planned] >= self.need[at[planned]]  # cantools refuses a short payload
+            rows = planned[ok]
+            cells = self.program.run(frames.data, rows, self.root[at[rows]], np.zeros(len(frames), bool))
+            with np.errstate(invalid="ignore"):
+                keep = np.abs(cells.values) <= MAX_MAGNITUDE  # NaN: False
+            parts.append((self.slot_of[cells.names[keep]], cells.rows[keep], cells.values[keep]))
+        if len(whole := np.flatnonzero(how == self.WHOLE)):
+            # the frames' rows as their times: each sample says which frame it came from
+            batch = self.decoder.decode_frames(dataclasses.replace(frames.take(whole), t=whole.astype(np.float64))).batch
+            slots = np.array([self.check.slot(n) for n in batch.names], np.int64)
+            parts.append((slots[batch.ids], batch.t.astype(np.int64), batch.v))
+        if not parts:
+            return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0)
+        if len(parts) == 1:
+            return parts[0]
+        return tuple(np.concatenate(p) for p in zip(*parts))  # type: ignore[return-value]
+
+    def _lookup(self, keys: np.ndarray) -> np.ndarray:
+        """Each key's place in the tables, learning the keys not seen yet."""
+        for _ in range(2):
+            at = np.searchsorted(self.keys, keys)
+            np.minimum(at, len(self.keys) - 1, out=at)
+            if len(self.keys) and (self.keys[at] == keys).all():
+                return at
+            self._learn(np.unique(keys).tolist())
+        raise AssertionError("every key was learnt")
+
+    def _learn(self, keys: list[int]) -> None:
+        known = self.known
+        if len(known) + len(keys) > self.MOST_KEYS:  # a bus of random ids must not grow the reader
+            self.known = known = {key: found for key, found in known.items() if found[0] != self.NOTHING}
+        plan_of = getattr(self.decoder, "plan_of", None)
+        for key in keys:
+            if key in known:
+                continue
+            frame_id, extended = key & 0xFFFFFFFF, bool(key >> 32)
+            names = self.decoder.names_of(frame_id, extended) if key >= 0 else ()
+            watched = frozenset(n for n in names if self.check.watches(n))
+            plan = plan_of(frame_id, extended) if watched and plan_of is not None else None
+            if not watched:
+                known[key] = (self.NOTHING, -1, 0)
+            elif plan is None:
+                known[key] = (self.WHOLE, -1, 0)
+            else:
+                known[key] = (self.PLANNED, self.program.add(only(plan, watched)), plan.length)
+        if len(self.slot_of) < len(self.program.names):
+            self.slot_of = np.array([self.check.slot(n) for n in self.program.names], np.int64)
+        order = sorted(known)
+        self.keys = np.array(order, np.int64)
+        found = np.array([known[key] for key in order], np.int64).reshape(-1, 3)
+        self.how, self.root, self.need = found[:, 0], found[:, 1], found[:, 2]
 
 
 class ReaderCore:
