@@ -378,11 +378,20 @@ def _decimals(b: _Block, s: np.ndarray, e: np.ndarray) -> tuple[np.ndarray, np.n
     rounds the decimal: the same float, bit for bit.
     """
     length = e - s
-    dots = np.flatnonzero(b.a == 46)
-    k = np.searchsorted(dots, s)
-    dot = dots[np.minimum(k, len(dots) - 1)] if len(dots) else s
-    place = dot - s  # of the first dot
-    layout = (length >= 3) & (length <= _WIDEST_DECIMAL) & (k < len(dots)) & (place >= 1) & (place <= length - 2)
+    # The first dot's place: where the first token has it, on every line that has a dot there
+    # within the token (an earlier dot in a token makes it no decimal either way: that place is
+    # not a digit); on the other lines, found by a search of the block's dots.
+    place = np.full(len(s), -1)
+    guess = _place_in_first(b, s, e, b".")
+    if guess >= 1:
+        place[(b.at(s + guess) == 46) & (length - 2 >= guess)] = guess
+    rest = np.flatnonzero(place < 0)
+    if len(rest):
+        dots = np.flatnonzero(b.a == 46)
+        k = np.searchsorted(dots, s[rest])
+        if len(dots):
+            place[rest] = np.where(k < len(dots), dots[np.minimum(k, len(dots) - 1)] - s[rest], -1)
+    layout = (length >= 3) & (length <= _WIDEST_DECIMAL) & (place >= 1) & (place <= length - 2)
     key = np.where(layout, length * 32 + place, 0)
     t = np.zeros(len(s))
     ok = np.zeros(len(s), bool)
@@ -410,6 +419,11 @@ def _decimals(b: _Block, s: np.ndarray, e: np.ndarray) -> tuple[np.ndarray, np.n
 
 
 _DECIMAL = re.compile(rb"[0-9]+\.[0-9]+")
+
+
+def _place_in_first(b: _Block, s: np.ndarray, e: np.ndarray, char: bytes) -> int:
+    """Where ``char`` first is in the first of the tokens ``[s, e)`` (-1: not there, or no token)."""
+    return bytes(b.a[s[0]:e[0]]).find(char) if len(s) and e[0] > s[0] else -1
 
 
 def _byte_tokens(b: _Block, first: np.ndarray, count: np.ndarray, base: int,
@@ -586,12 +600,20 @@ class _Candump(_Parser):
         ok &= (b.at(s0) == ord("(")) & (b.at(e0 - 1) == ord(")"))
         t, good_t = _decimals(b, s0 + 1, e0 - 1)
         ok &= good_t
-        hashes = np.flatnonzero(a == ord("#"))
-        k = np.searchsorted(hashes, s2)
-        h = hashes[np.minimum(k, len(hashes) - 1)] if len(hashes) else e2
-        ok &= (k < len(hashes)) & (h < e2)
-        h = np.where(ok, h, s2)
+        # The first "#" of the frame token: after the 3 or 8 hex digits of a standard or extended
+        # id on nearly every line (there, the digits before it say it is the first); on the other
+        # lines, found by a search of the block's "#"s.
+        h = s2.copy()
+        for width in (3, 8):
+            h[(h == s2) & (b.at(s2 + width) == ord("#"))] += width
         can_id, good_id = _integers(b, s2, h, 16, 8)
+        rest = np.flatnonzero(~good_id)
+        if len(rest):
+            hashes = np.flatnonzero(a == ord("#"))
+            k = np.searchsorted(hashes, s2[rest])
+            h_rest = hashes[np.minimum(k, len(hashes) - 1)] if len(hashes) else e2[rest]
+            h[rest] = np.where(ok[rest] & (k < len(hashes)) & (h_rest < e2[rest]), h_rest, s2[rest])
+            can_id[rest], good_id[rest] = _integers(b, s2[rest], h[rest], 16, 8)
         ok &= good_id
         fd = (h + 1 < e2) & (b.at(h + 1) == ord("#"))
         ok &= ~fd | ((b.at(h + 2) - np.uint8(48)) < 10)  # python-can: int() of the one flags character
