@@ -459,7 +459,7 @@ def _spaced_hex_payload(b: _Block, first: np.ndarray, count: np.ndarray) -> tupl
         rows = np.flatnonzero(count == size)
         window = b.windows(start[rows], 3 * size)  # with the separator after the last byte
         nibbles = _DIGIT[16].take(window)
-        data[rows, :size] = (nibbles[:, 0::3] << 4) | nibbles[:, 1::3]
+        _put(data, rows, size, (nibbles[:, 0::3] << 4) | nibbles[:, 1::3])
         ok[rows] = True
         ok[rows[_rows_with(nibbles[:, 0::3] >= 16)]] = False
         ok[rows[_rows_with(nibbles[:, 1::3] >= 16)]] = False
@@ -475,9 +475,18 @@ def _hex_payload(b: _Block, s: np.ndarray, pairs: np.ndarray) -> tuple[np.ndarra
     for size in _widths(pairs, FD):
         rows = np.flatnonzero(pairs == size)
         nibbles = _DIGIT[16].take(b.windows(s[rows], 2 * size))
-        data[rows, :size] = (nibbles[:, 0::2] << 4) | nibbles[:, 1::2]
+        _put(data, rows, size, (nibbles[:, 0::2] << 4) | nibbles[:, 1::2])
         ok[rows[_rows_with(nibbles >= 16)]] = False
     return data, ok
+
+
+def _put(data: np.ndarray, rows: np.ndarray, size: int, values: np.ndarray) -> None:
+    """``data[rows, :size] = values``; as a slice when ``rows`` are all the rows (the usual block of
+    one payload length: numpy copies a slice at once, fancy-indexed rows one at a time)."""
+    if len(rows) == len(data):
+        data[:, :size] = values
+    else:
+        data[rows, :size] = values
 
 
 def _starts_with(b: _Block, s: np.ndarray, text: bytes, fold: bool = False) -> np.ndarray:
