@@ -11,6 +11,7 @@ import numpy as np
 from telemetry.edge.logparse import (
     _CAN_ID_MASK,
     _DECIMAL,
+    _DIGIT,
     _EXACT,
     _FD_LENGTH,
     _POW10F,
@@ -22,11 +23,11 @@ from telemetry.edge.logparse import (
     _Block,
     _Candump,
     _frames,
-    _hex_payload,
     _integers,
     _powers,
     _Rows,
     _rows_with,
+    _widths,
 )
 
 
@@ -70,6 +71,18 @@ def _decimals_before(b: _Block, s: np.ndarray, e: np.ndarray) -> tuple[np.ndarra
     return t, ok
 
 
+def _hex_payload_before(b: _Block, s: np.ndarray, pairs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Payloads written as one hex string (``0102AB``) starting at ``s``, ``pairs`` bytes long."""
+    data = np.zeros((b.n, FD if pairs.max(initial=0) > CLASSIC else CLASSIC), np.uint8)
+    ok = np.ones(b.n, bool)
+    for size in _widths(pairs, FD):
+        rows = np.flatnonzero(pairs == size)
+        nibbles = _DIGIT[16].take(b.windows(s[rows], 2 * size))
+        data[rows, :size] = (nibbles[:, 0::2] << 4) | nibbles[:, 1::2]
+        ok[rows[_rows_with(nibbles >= 16)]] = False
+    return data, ok
+
+
 class CandumpBefore(_Candump):
     def fast(self, b: _Block) -> tuple[_Rows, np.ndarray]:
         a, ntok = b.a, b.ntok
@@ -99,7 +112,7 @@ class CandumpBefore(_Candump):
         ok &= remote | ((size % 2 == 0) & (size <= 2 * np.where(fd, FD, CLASSIC)))
         ok &= ~fd | remote | _FD_LENGTH[np.minimum(size // 2, FD + 1)]  # other lengths: python-can's, then refused
         pairs = np.where(ok & ~remote, size // 2, 0)
-        data, good_data = _hex_payload(b, data_start, pairs)
+        data, good_data = _hex_payload_before(b, data_start, pairs)
         ok &= good_data
         value = can_id.astype(np.int64)
         error = ((value & CAN_ERR_FLAG) != 0) & ((value & CAN_ERR_BUSERROR) != 0)

@@ -472,6 +472,14 @@ def _hex_payload(b: _Block, s: np.ndarray, pairs: np.ndarray) -> tuple[np.ndarra
     """Payloads written as one hex string (``0102AB``) starting at ``s``, ``pairs`` bytes long."""
     data = np.zeros((b.n, FD if pairs.max(initial=0) > CLASSIC else CLASSIC), np.uint8)
     ok = np.ones(b.n, bool)
+    if data.shape[1] == CLASSIC and len(s):
+        # classic frames of any lengths at once: 16 digits read from every line, each line's
+        # own length of them kept (what lies past a line's payload is neither read nor checked)
+        nibbles = _DIGIT[16].take(b.windows(s, 2 * CLASSIC))
+        mine = np.arange(2 * CLASSIC) < 2 * pairs[:, None]
+        ok[_rows_with((nibbles >= 16) & mine)] = False
+        np.copyto(data, (nibbles[:, 0::2] << 4) | nibbles[:, 1::2], where=mine[:, 0::2])
+        return data, ok
     for size in _widths(pairs, FD):
         rows = np.flatnonzero(pairs == size)
         nibbles = _DIGIT[16].take(b.windows(s[rows], 2 * size))
