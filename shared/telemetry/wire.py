@@ -392,23 +392,23 @@ def _offsets(x: np.ndarray) -> bytes:
 def _read_uvarints(raw: bytes, count: int) -> np.ndarray:
     b = np.frombuffer(raw, np.uint8)
     last = b < 0x80
-    if int(last.sum()) != count or (len(b) and not last[-1]):
+    if np.count_nonzero(last) != count or (len(b) and not last[-1]):
         raise WireError(f"payload integer column of {len(b)} bytes does not hold {count} values")
     if count == len(b):  # every value one byte
         return b.astype(np.uint64)
-    ends = np.flatnonzero(last)
-    lengths = np.empty_like(ends)
-    lengths[0] = ends[0] + 1
-    np.subtract(ends[1:], ends[:-1], out=lengths[1:])
+    ends = last.nonzero()[0]
+    starts = np.empty_like(ends)
+    starts[0] = 0
+    np.add(ends[:-1], 1, out=starts[1:])
+    lengths = ends - starts + 1
     width = int(lengths.max())
     if width > 10 or (width == 10 and (b[ends[lengths == 10]] > 1).any()):
         raise WireError("payload integer column has a value over 64 bits")
-    starts = ends - (lengths - 1)
-    out = (b[starts] & 0x7F).astype(np.uint64)
-    for j in range(1, width):  # each value's (j+1)-th byte, where it has one
-        more = np.flatnonzero(lengths > j)
-        out[more] |= (b[starts[more] + j] & 0x7F).astype(np.uint64) << np.uint64(7 * j)
-    return out
+    # each byte's 7 bits moved to their place in its value (7 times its place in the value), the
+    # values' bytes added up: their bits do not overlap (a 10th byte is 0 or 1: bit 63)
+    bits = (b & 0x7F).astype(np.uint64)
+    bits <<= ((np.arange(len(b)) - np.repeat(starts, lengths)) * 7).astype(np.uint64)
+    return np.add.reduceat(bits, starts)
 
 
 def _read_varints(raw: bytes, count: int) -> np.ndarray:

@@ -515,6 +515,21 @@ def _in_order(counts: dict[int, list[int]]) -> Counter[int]:
     return Counter({key: n for key, (_, n) in sorted(counts.items(), key=lambda item: item[1][0])})
 
 
+def _by_name_then_row(ids: np.ndarray, rows: np.ndarray, names: int) -> np.ndarray:
+    """The stable order of the cells by (``ids``, ``rows``): ``np.argsort(ids * (rows.max() + 1)
+    + rows, kind="stable")``. Cells come in row order for most names, so they are sorted by name
+    alone first (numpy's stable sort of 16-bit integers is a radix sort, ten times quicker than
+    the merge sort of 64-bit keys) and the keys checked: if they are in order there, that is the
+    same permutation (ties keep the cells' order either way); if not, the full sort."""
+    key = ids * (int(rows.max()) + 1) + rows
+    if names <= np.iinfo(np.int16).max:
+        order = np.argsort(ids.astype(np.int16), kind="stable")
+        ordered = key[order]
+        if len(ordered) < 2 or bool((ordered[1:] >= ordered[:-1]).all()):
+            return order
+    return np.argsort(key, kind="stable")
+
+
 def _flatten(cells: Cells, times: np.ndarray, names: Sequence[str]) -> tuple[FlatBatch, Counter[str]]:
     """The cells as one FlatBatch, as decoding frame by frame builds it: a name is numbered
     when its first finite value comes (batch order, then the signal's place in its frame), and
@@ -542,5 +557,5 @@ def _flatten(cells: Cells, times: np.ndarray, names: Sequence[str]) -> tuple[Fla
     place = np.empty(len(names), np.int64)
     place[named] = np.arange(len(named))
     ids = place[numbers]
-    order = np.argsort(ids * (int(rows.max()) + 1) + rows, kind="stable")
+    order = _by_name_then_row(ids, rows, len(named))
     return FlatBatch(tuple(names[i] for i in named.tolist()), ids[order], times[rows[order]], values[order]), non_finite

@@ -378,11 +378,20 @@ def _decimals(b: _Block, s: np.ndarray, e: np.ndarray) -> tuple[np.ndarray, np.n
     rounds the decimal: the same float, bit for bit.
     """
     length = e - s
-    dots = np.flatnonzero(b.a == 46)
-    k = np.searchsorted(dots, s)
-    dot = dots[np.minimum(k, len(dots) - 1)] if len(dots) else s
-    place = dot - s  # of the first dot
-    layout = (length >= 3) & (length <= _WIDEST_DECIMAL) & (k < len(dots)) & (place >= 1) & (place <= length - 2)
+    # The first dot's place: where the first token has it, on every line that has a dot there
+    # within the token (an earlier dot in a token makes it no decimal either way: that place is
+    # not a digit); on the other lines, found by a search of the block's dots.
+    place = np.full(len(s), -1)
+    guess = _place_in_first(b, s, e, b".")
+    if guess >= 1:
+        place[(b.at(s + guess) == 46) & (length - 2 >= guess)] = guess
+    rest = np.flatnonzero(place < 0)
+    if len(rest):
+        dots = np.flatnonzero(b.a == 46)
+        k = np.searchsorted(dots, s[rest])
+        if len(dots):
+            place[rest] = np.where(k < len(dots), dots[np.minimum(k, len(dots) - 1)] - s[rest], -1)
+    layout = (length >= 3) & (length <= _WIDEST_DECIMAL) & (place >= 1) & (place <= length - 2)
     key = np.where(layout, length * 32 + place, 0)
     t = np.zeros(len(s))
     ok = np.zeros(len(s), bool)
@@ -410,6 +419,11 @@ def _decimals(b: _Block, s: np.ndarray, e: np.ndarray) -> tuple[np.ndarray, np.n
 
 
 _DECIMAL = re.compile(rb"[0-9]+\.[0-9]+")
+
+
+def _place_in_first(b: _Block, s: np.ndarray, e: np.ndarray, char: bytes) -> int:
+    """Where ``char`` first is in the first of the tokens ``[s, e)`` (-1: not there, or no token)."""
+    return bytes(b.a[s[0]:e[0]]).find(char) if len(s) and e[0] > s[0] else -1
 
 
 def _byte_tokens(b: _Block, first: np.ndarray, count: np.ndarray, base: int,
@@ -445,7 +459,7 @@ def _spaced_hex_payload(b: _Block, first: np.ndarray, count: np.ndarray) -> tupl
         rows = np.flatnonzero(count == size)
         window = b.windows(start[rows], 3 * size)  # with the separator after the last byte
         nibbles = _DIGIT[16].take(window)
-        data[rows, :size] = (nibbles[:, 0::3] << 4) | nibbles[:, 1::3]
+        _put(data, rows, size, (nibbles[:, 0::3] << 4) | nibbles[:, 1::3])
         ok[rows] = True
         ok[rows[_rows_with(nibbles[:, 0::3] >= 16)]] = False
         ok[rows[_rows_with(nibbles[:, 1::3] >= 16)]] = False
@@ -458,12 +472,29 @@ def _hex_payload(b: _Block, s: np.ndarray, pairs: np.ndarray) -> tuple[np.ndarra
     """Payloads written as one hex string (``0102AB``) starting at ``s``, ``pairs`` bytes long."""
     data = np.zeros((b.n, FD if pairs.max(initial=0) > CLASSIC else CLASSIC), np.uint8)
     ok = np.ones(b.n, bool)
+    if data.shape[1] == CLASSIC and len(s):
+        # classic frames of any lengths at once: 16 digits read from every line, each line's
+        # own length of them kept (what lies past a line's payload is neither read nor checked)
+        nibbles = _DIGIT[16].take(b.windows(s, 2 * CLASSIC))
+        mine = np.arange(2 * CLASSIC) < 2 * pairs[:, None]
+        ok[_rows_with((nibbles >= 16) & mine)] = False
+        np.copyto(data, (nibbles[:, 0::2] << 4) | nibbles[:, 1::2], where=mine[:, 0::2])
+        return data, ok
     for size in _widths(pairs, FD):
         rows = np.flatnonzero(pairs == size)
         nibbles = _DIGIT[16].take(b.windows(s[rows], 2 * size))
-        data[rows, :size] = (nibbles[:, 0::2] << 4) | nibbles[:, 1::2]
+        _put(data, rows, size, (nibbles[:, 0::2] << 4) | nibbles[:, 1::2])
         ok[rows[_rows_with(nibbles >= 16)]] = False
     return data, ok
+
+
+def _put(data: np.ndarray, rows: np.ndarray, size: int, values: np.ndarray) -> None:
+    """``data[rows, :size] = values``; as a slice when ``rows`` are all the rows (the usual block of
+    one payload length: numpy copies a slice at once, fancy-indexed rows one at a time)."""
+    if len(rows) == len(data):
+        data[:, :size] = values
+    else:
+        data[rows, :size] = values
 
 
 def _starts_with(b: _Block, s: np.ndarray, text: bytes, fold: bool = False) -> np.ndarray:
@@ -586,12 +617,20 @@ class _Candump(_Parser):
         ok &= (b.at(s0) == ord("(")) & (b.at(e0 - 1) == ord(")"))
         t, good_t = _decimals(b, s0 + 1, e0 - 1)
         ok &= good_t
-        hashes = np.flatnonzero(a == ord("#"))
-        k = np.searchsorted(hashes, s2)
-        h = hashes[np.minimum(k, len(hashes) - 1)] if len(hashes) else e2
-        ok &= (k < len(hashes)) & (h < e2)
-        h = np.where(ok, h, s2)
+        # The first "#" of the frame token: after the 3 or 8 hex digits of a standard or extended
+        # id on nearly every line (there, the digits before it say it is the first); on the other
+        # lines, found by a search of the block's "#"s.
+        h = s2.copy()
+        for width in (3, 8):
+            h[(h == s2) & (b.at(s2 + width) == ord("#"))] += width
         can_id, good_id = _integers(b, s2, h, 16, 8)
+        rest = np.flatnonzero(~good_id)
+        if len(rest):
+            hashes = np.flatnonzero(a == ord("#"))
+            k = np.searchsorted(hashes, s2[rest])
+            h_rest = hashes[np.minimum(k, len(hashes) - 1)] if len(hashes) else e2[rest]
+            h[rest] = np.where(ok[rest] & (k < len(hashes)) & (h_rest < e2[rest]), h_rest, s2[rest])
+            can_id[rest], good_id[rest] = _integers(b, s2[rest], h[rest], 16, 8)
         ok &= good_id
         fd = (h + 1 < e2) & (b.at(h + 1) == ord("#"))
         ok &= ~fd | ((b.at(h + 2) - np.uint8(48)) < 10)  # python-can: int() of the one flags character

@@ -141,6 +141,14 @@ _PREFIX = struct.Struct("<4sI")
 _COLUMNS = {"t": "<f8", "v": "<f8"}
 
 
+def _compact(value: Any) -> bytes:
+    return json.dumps(value, separators=(",", ":"), allow_nan=False).encode()
+
+
+_COLUMNS_JSON = _compact(_COLUMNS)
+_NAMES_JSON: dict[tuple[str, ...], bytes] = {}  # a reader's few name tables, as JSON
+
+
 def _binary_head(payload: bytes, magic: bytes, kind: str, what: str, plural: str) -> tuple[Mapping[str, Any], int]:
     """The JSON header of a binary layout (magic, uint32 length, header), checked, and where the
     rest of the payload starts. ``what`` names the layout in the reasons ("binary <what> ...")."""
@@ -267,17 +275,23 @@ class Signals(Message):
     def to_bytes(self) -> bytes:
         """The binary form: the columns as raw float64 buffers, the rest in a JSON header."""
         batch = self.batch
-        head = self._head()
-        head["names"] = list(batch.names)
-        head["counts"] = np.diff(batch.bounds()).tolist()
-        head["columns"] = _COLUMNS
         events = self._events()
-        head["events"] = {key: len(times) for key, times in events.items()}
-        text = json.dumps(head, separators=(",", ":"), allow_nan=False).encode()
+        # the header as json.dumps writes {**_head(), "names", "counts", "columns", "events"};
+        # the names' JSON (the longest part) is kept for the next batch of the same names
+        names = _NAMES_JSON.get(batch.names)
+        if names is None:
+            if len(_NAMES_JSON) >= 16:
+                _NAMES_JSON.clear()
+            names = _NAMES_JSON[batch.names] = _compact(list(batch.names))
+        text = b"".join((_compact(self._head())[:-1], b',"names":', names,
+                         b',"counts":', _compact(np.diff(batch.bounds()).tolist()),
+                         b',"columns":', _COLUMNS_JSON,
+                         b',"events":', _compact({key: len(times) for key, times in events.items()}), b"}"))
         text += b" " * (-(len(text) + _PREFIX.size) % 8)
+        # the columns' buffers joined as they are (one copy, not two)
         return b"".join((_PREFIX.pack(COLUMNS_MAGIC, len(text)), text,
-                         batch.t.astype("<f8", copy=False).tobytes(), batch.v.astype("<f8", copy=False).tobytes(),
-                         *(times.astype("<f8", copy=False).tobytes() for times in events.values())))
+                         np.ascontiguousarray(batch.t, "<f8").data, np.ascontiguousarray(batch.v, "<f8").data,
+                         *(np.ascontiguousarray(times, "<f8").data for times in events.values())))
 
     @classmethod
     def from_bytes(cls, payload: bytes | bytearray | memoryview) -> Signals:
@@ -291,7 +305,10 @@ class Signals(Message):
             raise MessageError("binary signals 'names' must be a list of distinct non-empty strings")
         if not isinstance(counts, list) or len(counts) != len(names):
             raise MessageError("binary signals 'counts' must be a list with one count per name")
-        total = sum(_count(n, "counts[]") for n in counts)
+        if all(type(n) is int for n in counts) and min(counts, default=0) >= 0:  # JSON's whole numbers
+            total = sum(counts)
+        else:
+            total = sum(_count(n, "counts[]") for n in counts)  # the one refused, named
         event_counts = _table(head.get("events", {}), "binary signals 'events'")
         if not event_counts.keys() <= set(EVENT_COUNTERS):
             raise MessageError(f"binary signals 'events' of unknown counters: {sorted(set(event_counts) - set(EVENT_COUNTERS))}")
@@ -305,7 +322,7 @@ class Signals(Message):
         for key, n in event_counts.items():
             events[key] = np.frombuffer(payload, "<f8", n, at)
             at += 8 * n
-        batch = FlatBatch(tuple(names), np.repeat(np.arange(len(names)), counts), t, v)
+        batch = FlatBatch(tuple(names), np.repeat(np.arange(len(names)), np.array(counts, np.int64)), t, v)
         return cls._checked(head, batch, events)
 
     @classmethod

@@ -1,0 +1,61 @@
+"""The candump parser's first dot and first "#" of a line taken where the block's first line has
+them, against the parser as it was (``support.logparse_before``): the same frames, the same bad
+records and the same count of lines left to python-can, for lines of any layout: timestamps of
+other widths or with a second dot, ids of other lengths, "#" and "##" in odd places, lines cut
+short, blank and foreign lines."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
+
+from support.logparse_before import CandumpBefore
+from telemetry.edge.frames import Frames
+from telemetry.edge.logparse import ParseCounts, _Candump, _LineReader
+
+FIELDS = ("t", "id", "extended", "error", "remote", "fd", "length", "data")
+
+digits = st.text("0123456789", min_size=0, max_size=12)
+hexes = st.text("0123456789abcdefABCDEF", min_size=0, max_size=10)
+stamp = st.one_of(st.just("1782900000.003379"), st.builds(lambda a, b: f"{a}.{b}", digits, digits),
+                  st.builds(lambda a, b, c: f"{a}.{b}.{c}", digits, digits, digits), digits, st.just("1.5"))
+can_id = st.one_of(st.sampled_from(["100", "1AB", "18FF50E5", "7ff", "1FFFFFFF", "20000080"]), hexes,
+                   st.text("0123456789ABC#", max_size=9))
+body = st.one_of(st.sampled_from(["003990FDA4010000", "", "R", "R5", "#1", "#0AABB", "##", "#R", "11#22", "1"]),
+                 hexes, st.text("0123456789ABCDEFR#", max_size=18))
+line = st.one_of(
+    st.builds(lambda t, i, d, end: f"({t}) can0 {i}#{d}{end}", stamp, can_id, body,
+              st.sampled_from(["", " R", " T", " x", "  R", " R extra"])),
+    st.builds(lambda t, bus, rest: f"({t}) {bus} {rest}", stamp, st.sampled_from(["can0", "vcan0", "c", "a.b"]),
+              st.text("0123456789ABC#R .", max_size=24)),
+    st.sampled_from(["", "   ", "# a comment", "(1.0) can0", "(1.0)", "garbage"]),
+)
+
+
+def parse(parser_type: type, path: Path, chunk_frames: int) -> tuple[Frames, list, ParseCounts]:
+    bad: list = []
+    counts = ParseCounts()
+    parser = parser_type(path, bad, counts)
+    with open(path, "rb") as file:
+        chunks = list(parser.body(_LineReader(file, chunk_frames), 0, chunk_frames))
+    return Frames.concat(chunks) if chunks else Frames.empty(), bad, counts
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(line, min_size=1, max_size=30), st.integers(1, 12), st.booleans())
+@example(["(123456.1) can0 100#00", "(1.5) a.b 100#00"], 5, True)  # the first line's dot place: past the token here
+@example(["(1.0) can0 100#00", "(1.0) can0 12##311", "(1.0) can0 1#2#3", "(1.0) can0 18FF50E5#R"], 5, True)
+def test_candump_lines_are_read_as_before(tmp_path_factory, lines, chunk_frames, newline_at_end):
+    path = tmp_path_factory.mktemp("log") / "x.log"
+    path.write_text("\n".join(lines) + ("\n" if newline_at_end else ""))
+    got, got_bad, got_counts = parse(_Candump, path, chunk_frames)
+    want, want_bad, want_counts = parse(CandumpBefore, path, chunk_frames)
+    assert len(got) == len(want)
+    for name in FIELDS:
+        a, b = getattr(got, name), getattr(want, name)
+        assert a.dtype == b.dtype and np.array_equal(a, b), name
+    assert got_bad == want_bad
+    assert got_counts == want_counts
