@@ -4,9 +4,12 @@ written, not in every process that imports the package (``telemetry/edge/lazymf4
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 SAMPLE = ROOT / "vehicles" / "sample"
@@ -17,6 +20,8 @@ HEAVY = ("asammdf", "pandas")
 SCRIPT = r'''
 import json, sys, threading
 from pathlib import Path
+
+import pytest
 HEAVY = ("asammdf", "pandas")
 loaded = lambda: sorted(m for m in HEAVY if m in sys.modules)
 out, drive, short = Path(sys.argv[1]), sys.argv[2], sys.argv[3]
@@ -73,3 +78,48 @@ def test_an_mf4_is_read_when_asammdf_is_imported_first(tmp_path):
     # THEN python-can reads and writes it as before
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[(291, b'\\x01\\x02')]"
+
+
+def test_start_forkserver_launches_the_server_with_the_components_preloaded_and_returns():
+    from telemetry.tools.forkserver import PRELOAD, start_forkserver
+
+    # WHEN a command starts the forkserver early (twice: the second is a no-op)
+    start_forkserver()
+    start_forkserver()
+    # THEN one server, a child of this process, is importing (or has imported) the components
+    mine = [pid for pid in map(int, filter(str.isdigit, os.listdir("/proc")))
+            if _parent(pid) == os.getpid() and b"forkserver" in _cmdline(pid)]
+    assert len(mine) == 1
+    assert all(module.encode() in _cmdline(mine[0]) for module in PRELOAD)
+
+
+def _parent(pid: int) -> int | None:
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
+
+
+def test_a_processes_replay_starts_the_forkserver_before_its_own_start_up(tmp_path, monkeypatch):
+    from telemetry.edge.errors import ConfigError
+    from telemetry.tools import replay as replay_module
+
+    calls: list[str] = []
+
+    def config(*args, **kwargs):
+        calls.append("config")
+        raise ConfigError("stop here")
+
+    monkeypatch.setattr(replay_module, "start_forkserver", lambda: calls.append("forkserver"))
+    monkeypatch.setattr(replay_module, "resolve_config", config)
+    for processes in (False, True):
+        with pytest.raises(ConfigError):
+            replay_module.replay(SAMPLE / "drive.log", out_dir=tmp_path, processes=processes)
+    assert calls == ["config", "forkserver", "config"]  # threads: no server; processes: the server first

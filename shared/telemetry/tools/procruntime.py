@@ -45,6 +45,7 @@ from telemetry.edge.config import VehicleConfig
 from telemetry.edge.errors import RecipeError, TransportError
 from telemetry.edge.messages import Message
 from telemetry.edge.transport import CloudTransport, Handler
+from telemetry.tools.forkserver import start_forkserver
 from telemetry.tools.recipes import Recipe, check_recipes, load_recipes
 from telemetry.tools.runtime import LambdaContext, Nucleus, as_json_event, hosted_module_name, load_hosted
 
@@ -53,9 +54,6 @@ LOG = logging.getLogger(__name__)
 START_TIMEOUT = 120.0  # building a component: importing numpy and cantools, loading DBCs
 STOP_TIMEOUT = 30.0  # a child's own stop waits up to 10 s for its loop and 10 s for its worker
 _STOP = object()
-# What the forkserver imports before it forks a child (numpy, cantools, python-can: most of a
-# component's start-up). Measured: four components built in 1.3 s, against 5.3 s spawned.
-PRELOAD = ("telemetry.edge.components", "telemetry.tools.procruntime")
 
 
 def _portable(exc: BaseException) -> BaseException:
@@ -449,8 +447,9 @@ class ProcessRuntime(Nucleus):
         self.order = check_recipes(self.recipes)
         ctx = multiprocessing.get_context(self.method)
         if self.method == "forkserver":
-            # The server imports the heavy modules once; each child is a fork of it, ready.
-            ctx.set_forkserver_preload(list(PRELOAD))
+            # The server imports the heavy modules once (forkserver.PRELOAD); each child is a fork of it,
+            # ready. A replay has usually started it already (``start_forkserver``).
+            start_forkserver()
         level = logging.getLogger().getEffectiveLevel()
         try:
             # Every child builds its component at once (imports, DBCs: the slow part, in
