@@ -256,6 +256,13 @@ class _Process:
         self.ended = False  # its process has ended and been waited for
         self.receiver = threading.Thread(target=self._receive, name=f"from-{recipe.name}", daemon=True)
         self.receiver.start()
+        # Events (and the stop after them) are written to the child by a thread of their own: a
+        # publisher's thread hands an event over and goes back to its own pipe, instead of waiting
+        # while a busy child reads a large batch (its receiving thread needs the child's GIL for
+        # every chunk). The slots still bound what is in flight; the order is kept.
+        self._outbox: queue.SimpleQueue[tuple[Any, ...] | None] = queue.SimpleQueue()
+        self.sender = threading.Thread(target=self._send_events, name=f"to-{recipe.name}", daemon=True)
+        self.sender.start()
 
     @property
     def name(self) -> str:
@@ -294,14 +301,19 @@ class _Process:
                     return
         with self._idle:
             self.in_flight += 1
-        try:
-            self.send(("event", wire))
-        except OSError:  # it has just exited: counted, and drain() does not wait for it
-            self.stats["lost_to_exit"] += 1
-            self._slots.release()
-            with self._idle:
-                self.in_flight -= 1
-                self._idle.notify_all()
+        self._outbox.put(("event", wire))
+
+    def _send_events(self) -> None:
+        while (message := self._outbox.get()) is not None:
+            try:
+                self.send(message)
+            except (OSError, ValueError):  # it has exited (or been closed): counted, drain() does not wait for it
+                if message[0] == "event":
+                    self.stats["lost_to_exit"] += 1
+                    self._slots.release()
+                    with self._idle:
+                        self.in_flight -= 1
+                        self._idle.notify_all()
 
     def wait_idle(self, deadline: float) -> None:
         with self._idle:
@@ -379,7 +391,7 @@ class _Process:
         failed, self.stopping = self.stopping, True
         if not self.gone and not failed:
             try:
-                self.send(("stop",))
+                self._outbox.put(("stop",))  # after every event handed over before it
                 # a start given up on (another component failed) may leave its "built" or
                 # "started" unread: it comes before the answer to "stop"
                 while self.expect("stopped", "built", "started", timeout=timeout)[0] != "stopped":
@@ -394,6 +406,8 @@ class _Process:
         if self.process.is_alive():
             self.process.kill()
             self.process.join(5)
+        self._outbox.put(None)
+        self.sender.join(5)
         self.conn.close()
         self.receiver.join(5)
         self.ended = True
