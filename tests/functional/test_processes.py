@@ -93,6 +93,9 @@ def test_each_component_runs_in_its_own_process_and_gets_its_events_as_its_recip
     cloud = InMemoryCloudTransport()
     with ProcessRuntime(ROOT / "recipes", cfg, cloud, env={"TELEMETRY_LOG": str(short_drive)}) as runtime:
         pids = runtime.pids()
+        # forks of a forkserver that imported the components: none has loaded asammdf or pandas
+        # (python-can's .mf4 support, deferred by telemetry/edge/lazymf4.py): none of their libraries is mapped
+        mapped = {pid: Path(f"/proc/{pid}/maps").read_text() for pid in pids}
         # a malformed JSON message reaches the uploader (json) as an object it refuses; a
         # malformed signals message reaches the aggregator and the detector (binary) as bytes
         runtime.deliver("telemetry/aggregates", b'{"hello": "world"}')
@@ -102,6 +105,8 @@ def test_each_component_runs_in_its_own_process_and_gets_its_events_as_its_recip
         malformed = {name: runtime.component(name).counters().get("malformed") for name in runtime.started}
         aggregates = runtime.component("telemetry.Aggregator").counters()["windows"]
     assert len(set(pids)) == 4 and os.getpid() not in pids
+    assert all("/numpy/" in maps for maps in mapped.values())  # (what a loaded package's libraries look like)
+    assert [pid for pid, maps in mapped.items() if "/pandas/" in maps or "/asammdf/" in maps] == []
     assert malformed == {"telemetry.Uploader": 1, "telemetry.Aggregator": 1, "telemetry.AnomalyDetector": 1,
                          "telemetry.CanReader": None}
     assert aggregates == 26  # the short drive (20 s): 5 s windows (4), 10 s for temperatures (2), 1 s for the drive group (20)

@@ -297,6 +297,34 @@ class Signals(Message):
     def from_bytes(cls, payload: bytes | bytearray | memoryview) -> Signals:
         """The binary form back, checked: every length is checked against the payload's own."""
         payload = bytes(payload)
+        head, start, names, counts, total, event_counts = cls._layout(payload)
+        t = np.frombuffer(payload, "<f8", total, start)
+        v = np.frombuffer(payload, "<f8", total, start + 8 * total)
+        events, at = {}, start + 16 * total
+        for key, n in event_counts.items():
+            events[key] = np.frombuffer(payload, "<f8", n, at)
+            at += 8 * n
+        batch = FlatBatch(tuple(names), np.repeat(np.arange(len(names)), np.array(counts, np.int64)), t, v)
+        return cls._checked(head, batch, events)
+
+    @classmethod
+    def head_from_bytes(cls, payload: bytes | bytearray | memoryview) -> SignalsHead:
+        """What the binary form says of itself, without building its batch: for a listener that
+        only counts (a replay's taps, in another process than the components). It makes every
+        check ``from_bytes`` makes, finite times and values included: a payload that one refuses,
+        the other refuses, with the same reason."""
+        payload = bytes(payload)
+        head, start, _, _, total, event_counts = cls._layout(payload)
+        values = np.frombuffer(payload, "<f8", 2 * total, start)  # the times, then the values
+        events = np.frombuffer(payload, "<f8", sum(event_counts.values()), start + 16 * total)
+        span_start, span_end, frames, seq = _signals_checks(head, (values,), (events,))
+        return SignalsHead(str(head.get("source", "")), seq, span_start, span_end, frames, total)
+
+    @classmethod
+    def _layout(cls, payload: bytes) -> tuple[Mapping[str, Any], int, list[str], list[int], int, dict[str, int]]:
+        """The header of the binary form and where its columns lie: (header, where the columns
+        start, names, counts, samples, event times per counter), every length checked against the
+        payload's own."""
         head, start = _binary_head(payload, COLUMNS_MAGIC, SIGNALS, "signals payload", "signals")
         if head.get("columns") != _COLUMNS:
             raise MessageError(f"binary signals columns {head.get('columns')!r} (this build reads {_COLUMNS})")
@@ -316,14 +344,7 @@ class Signals(Message):
         expected = start + 16 * total + 8 * n_events
         if len(payload) != expected:
             raise MessageError(f"binary signals payload is {len(payload)} bytes; its header says {expected}")
-        t = np.frombuffer(payload, "<f8", total, start)
-        v = np.frombuffer(payload, "<f8", total, start + 8 * total)
-        events, at = {}, start + 16 * total
-        for key, n in event_counts.items():
-            events[key] = np.frombuffer(payload, "<f8", n, at)
-            at += 8 * n
-        batch = FlatBatch(tuple(names), np.repeat(np.arange(len(names)), np.array(counts, np.int64)), t, v)
-        return cls._checked(head, batch, events)
+        return head, start, names, counts, total, dict(event_counts)
 
     @classmethod
     def decode(cls, event: Mapping[str, Any]) -> Signals:
@@ -357,17 +378,38 @@ class Signals(Message):
     @classmethod
     def _checked(cls, event: Mapping[str, Any], batch: FlatBatch, events: dict[str, np.ndarray]) -> Signals:
         """What both forms share: the span, the counters, finite times and values."""
-        span = _table(_field(event, "span"), "signals message 'span'")
-        try:
-            start, end = _number(span.get("start"), "span.start"), _number(span.get("end"), "span.end")
-        except MessageError:
-            raise MessageError("signals message without a numeric 'span' {start, end}") from None
-        if not (np.isfinite(batch.t).all() and np.isfinite(batch.v).all()):  # a null, or a NaN a sender let through
-            raise MessageError("signals message has a time or value that is not a finite number")
-        if not all(np.isfinite(times).all() for times in events.values()):
-            raise MessageError("signals message has an event time that is not a finite number")
-        frames = _counters(event.get("frames", {}), "frames")
-        return cls(str(event.get("source", "")), _count(event.get("seq", 0), "seq"), start, end, frames, batch, events)
+        start, end, frames, seq = _signals_checks(event, (batch.t, batch.v), tuple(events.values()))
+        return cls(str(event.get("source", "")), seq, start, end, frames, batch, events)
+
+
+@dataclass(frozen=True)
+class SignalsHead:
+    """A signals batch without its samples (``Signals.head_from_bytes``): its span, its frame
+    counters and how many samples it holds."""
+
+    source: str
+    seq: int
+    start: float
+    end: float
+    frames: Mapping[str, int]
+    samples: int
+
+
+def _signals_checks(event: Mapping[str, Any], columns: tuple[np.ndarray, ...],
+                    event_times: tuple[np.ndarray, ...]) -> tuple[float, float, dict[str, int], int]:
+    """The checks of a signals batch past its layout: its span, finite times and values (in
+    ``columns``) and event times, its counters. (start, end, frames, seq)."""
+    span = _table(_field(event, "span"), "signals message 'span'")
+    try:
+        start, end = _number(span.get("start"), "span.start"), _number(span.get("end"), "span.end")
+    except MessageError:
+        raise MessageError("signals message without a numeric 'span' {start, end}") from None
+    if not all(np.isfinite(column).all() for column in columns):  # a null, or a NaN a sender let through
+        raise MessageError("signals message has a time or value that is not a finite number")
+    if not all(np.isfinite(times).all() for times in event_times):
+        raise MessageError("signals message has an event time that is not a finite number")
+    frames = _counters(event.get("frames", {}), "frames")
+    return start, end, frames, _count(event.get("seq", 0), "seq")
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,11 @@ the same answers (``wait_for_sources``, ``drain``, ``component(name).counters()`
   that transport raises is raised in the child. Any transport works, the component never knows.
 
 Children are ``multiprocessing`` processes of the ``forkserver`` context (the parent has threads,
-so no plain fork; the server imports numpy, cantools and python-can once, then forks each child), talking over ``Pipe`` connections, each guarded by a lock per direction. Stopping
+so no plain fork; the server imports numpy, cantools and python-can once, then forks each child;
+``forkserver.start_forkserver`` starts it early), talking over ``Pipe`` connections whose socket
+buffers hold a large batch whole where the system allows. Each end writes from one thread of its
+own, in order (the parent: one per child for its events; a child: one for all it says), so that
+neither a publisher nor a component's worker waits on a busy reader at the other end. Stopping
 goes in reverse start order; a child that does not stop in time is terminated, then killed.
 """
 
@@ -30,12 +34,14 @@ import multiprocessing
 import pickle
 import queue
 import resource
+import socket
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
+from multiprocessing.reduction import ForkingPickler
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +51,7 @@ from telemetry.edge.config import VehicleConfig
 from telemetry.edge.errors import RecipeError, TransportError
 from telemetry.edge.messages import Message
 from telemetry.edge.transport import CloudTransport, Handler
+from telemetry.tools.forkserver import start_forkserver
 from telemetry.tools.recipes import Recipe, check_recipes, load_recipes
 from telemetry.tools.runtime import LambdaContext, Nucleus, as_json_event, hosted_module_name, load_hosted
 
@@ -53,9 +60,25 @@ LOG = logging.getLogger(__name__)
 START_TIMEOUT = 120.0  # building a component: importing numpy and cantools, loading DBCs
 STOP_TIMEOUT = 30.0  # a child's own stop waits up to 10 s for its loop and 10 s for its worker
 _STOP = object()
-# What the forkserver imports before it forks a child (numpy, cantools, python-can: most of a
-# component's start-up). Measured: four components built in 1.3 s, against 5.3 s spawned.
-PRELOAD = ("telemetry.edge.components", "telemetry.tools.procruntime")
+OUTBOX = 4  # messages a child has said and its sender thread has not yet written
+SOCKET_BUFFER = 4 << 20  # bytes each way of a child's connection, if the system allows (``_widen``)
+
+
+def _widen(conn: Connection) -> None:
+    """Let the connection's socket hold a large signals batch whole (as far as the system allows:
+    ``net.core.wmem_max``/``rmem_max``): written in one call, read in one, instead of in 200 kB
+    turns of the writer and the reader (each a wait for the reader's GIL in a busy child)."""
+    try:
+        sock = socket.socket(fileno=conn.fileno())
+    except OSError:  # not a socket (another start method's pipe): as it is
+        return
+    try:
+        for option in (socket.SO_SNDBUF, socket.SO_RCVBUF):
+            sock.setsockopt(socket.SOL_SOCKET, option, SOCKET_BUFFER)
+    except OSError:
+        pass
+    finally:
+        sock.detach()
 
 
 def _portable(exc: BaseException) -> BaseException:
@@ -88,20 +111,41 @@ class _Child:
     Child -> parent: ("built", info) | ("failed", exception), ("started", info),
     ("publish", topic, wire), ("cloud", topic, payload), ("done", seconds, error | None),
     ("source_done", None | exception), ("reply", value), ("stopped",).
+
+    What the child sends is pickled by the caller (as it is at that moment) and written by one
+    thread, in order: the worker goes on with its next event instead of waiting to get its GIL
+    back after each write (another thread of the child, reading the next large batch, has it).
+    A handler's publishes reach the parent before its "done", a source's before "source_done".
     """
 
     def __init__(self, conn: Connection, spec: _ChildSpec) -> None:
         self.conn = conn
         self.spec = spec
-        self._send_lock = threading.Lock()
         self._cloud_lock = threading.Lock()
         self.inbox: queue.Queue[Any] = queue.Queue()  # bounded by the parent's slots
         self.control: queue.Queue[tuple[Any, ...]] = queue.Queue()
         self.cloud_answers: queue.Queue[BaseException | None] = queue.Queue()
+        # bounded: a publisher ahead of the parent waits, as it waited on the connection before
+        self._outbox: queue.Queue[memoryview | None] = queue.Queue(maxsize=OUTBOX)
+        self._sender = threading.Thread(target=self._send_all, name="to-nucleus", daemon=True)
+        self._broken = False  # the parent is gone: what is said now reaches no one
 
     def send(self, message: tuple[Any, ...]) -> None:
-        with self._send_lock:
-            self.conn.send(message)
+        data = ForkingPickler.dumps(message)
+        while not self._broken:
+            try:
+                self._outbox.put(data, timeout=0.5)
+                return
+            except queue.Full:
+                continue
+
+    def _send_all(self) -> None:
+        while (data := self._outbox.get()) is not None:
+            try:
+                self.conn.send_bytes(data)
+            except (OSError, ValueError):  # the parent is gone: nothing more reaches it
+                self._broken = True
+                return
 
     # the LocalTransport and the CloudTransport of the component
     def publish(self, topic: str, message: Message) -> None:
@@ -121,6 +165,17 @@ class _Child:
             raise error
 
     def serve(self) -> None:
+        self._sender.start()
+        try:
+            self._serve()
+        finally:  # everything said reaches the parent before the connection closes
+            try:
+                self._outbox.put(None, timeout=10)
+            except queue.Full:  # the parent has stopped reading: the process ends anyway
+                pass
+            self._sender.join(10)
+
+    def _serve(self) -> None:
         receiver = threading.Thread(target=self._receive, name="from-nucleus", daemon=True)
         receiver.start()
         try:
@@ -238,6 +293,8 @@ class _Process:
         self.runtime = runtime
         self.recipe = recipe
         self.conn, child_conn = ctx.Pipe(duplex=True)
+        _widen(self.conn)
+        _widen(child_conn)
         self.process = ctx.Process(target=_child_main, args=(child_conn, spec), name=f"component-{recipe.name}", daemon=True)
         self.process.start()
         child_conn.close()
@@ -258,6 +315,13 @@ class _Process:
         self.ended = False  # its process has ended and been waited for
         self.receiver = threading.Thread(target=self._receive, name=f"from-{recipe.name}", daemon=True)
         self.receiver.start()
+        # Events (and the stop after them) are written to the child by a thread of their own: a
+        # publisher's thread hands an event over and goes back to its own pipe, instead of waiting
+        # while a busy child reads a large batch (its receiving thread needs the child's GIL for
+        # every chunk). The slots still bound what is in flight; the order is kept.
+        self._outbox: queue.SimpleQueue[tuple[Any, ...] | None] = queue.SimpleQueue()
+        self.sender = threading.Thread(target=self._send_events, name=f"to-{recipe.name}", daemon=True)
+        self.sender.start()
 
     @property
     def name(self) -> str:
@@ -296,14 +360,19 @@ class _Process:
                     return
         with self._idle:
             self.in_flight += 1
-        try:
-            self.send(("event", wire))
-        except OSError:  # it has just exited: counted, and drain() does not wait for it
-            self.stats["lost_to_exit"] += 1
-            self._slots.release()
-            with self._idle:
-                self.in_flight -= 1
-                self._idle.notify_all()
+        self._outbox.put(("event", wire))
+
+    def _send_events(self) -> None:
+        while (message := self._outbox.get()) is not None:
+            try:
+                self.send(message)
+            except (OSError, ValueError):  # it has exited (or been closed): counted, drain() does not wait for it
+                if message[0] == "event":
+                    self.stats["lost_to_exit"] += 1
+                    self._slots.release()
+                    with self._idle:
+                        self.in_flight -= 1
+                        self._idle.notify_all()
 
     def wait_idle(self, deadline: float) -> None:
         with self._idle:
@@ -381,7 +450,7 @@ class _Process:
         failed, self.stopping = self.stopping, True
         if not self.gone and not failed:
             try:
-                self.send(("stop",))
+                self._outbox.put(("stop",))  # after every event handed over before it
                 # a start given up on (another component failed) may leave its "built" or
                 # "started" unread: it comes before the answer to "stop"
                 while self.expect("stopped", "built", "started", timeout=timeout)[0] != "stopped":
@@ -396,6 +465,8 @@ class _Process:
         if self.process.is_alive():
             self.process.kill()
             self.process.join(5)
+        self._outbox.put(None)
+        self.sender.join(5)
         self.conn.close()
         self.receiver.join(5)
         self.ended = True
@@ -449,8 +520,9 @@ class ProcessRuntime(Nucleus):
         self.order = check_recipes(self.recipes)
         ctx = multiprocessing.get_context(self.method)
         if self.method == "forkserver":
-            # The server imports the heavy modules once; each child is a fork of it, ready.
-            ctx.set_forkserver_preload(list(PRELOAD))
+            # The server imports the heavy modules once (forkserver.PRELOAD); each child is a fork of it,
+            # ready. A replay has usually started it already (``start_forkserver``).
+            start_forkserver()
         level = logging.getLogger().getEffectiveLevel()
         try:
             # Every child builds its component at once (imports, DBCs: the slow part, in

@@ -24,6 +24,7 @@ from telemetry.edge.logparse import asc_start_time
 from telemetry.edge.messages import Alert, delivered, dumps
 from telemetry.edge.transport import OutboxFile
 from telemetry.tools.export import FORMATS, ExportError, SignalsWriter, write_aggregates
+from telemetry.tools.forkserver import start_forkserver
 from telemetry.tools.paths import RECIPES
 from telemetry.tools.procruntime import ProcessRuntime
 from telemetry.tools.report import alert_intervals, report_data, signal_units, write_report
@@ -76,6 +77,8 @@ def replay(
     ``taps`` (made here if not given) hears what the components publish; the report is drawn
     from it. A rule whose patterns match no signal of the DBCs is refused before anything runs.
     ``export`` (format, folder) writes the decoded signals and the windows there (``export.py``)."""
+    if processes:
+        start_forkserver()  # its imports run while this process reads the configuration and the DBCs
     cfg = resolve_config(config, dbc)
     check_rules_match(cfg)
     if export is not None and export[0] not in FORMATS:

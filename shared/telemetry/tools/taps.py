@@ -10,7 +10,7 @@ the wire format to the cloud is the uploader's business, the messages are what t
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -70,6 +70,20 @@ class ReplayTaps:
         return topics
 
     def take(self, event: Any) -> None:
+        if self.on_signals is None and type(event) is bytes and event[:4] == messages.COLUMNS_MAGIC:
+            # A signals batch as its own bytes: the components decode theirs in their own
+            # processes (``ProcessRuntime``), so nothing would share a decoding here; only its
+            # header is read (checked as a decoding checks it). In one process it comes
+            # ``Shared``, decoded once for the aggregator, the detector and these taps.
+            try:
+                head = Signals.head_from_bytes(event)
+            except MessageError:
+                with self._lock:
+                    self.refused += 1
+                return
+            with self._lock:
+                self._signals(head.frames, head.samples, head.start, head.end)
+            return
         try:
             message = messages.decode(event)
         except MessageError:
@@ -90,10 +104,7 @@ class ReplayTaps:
                     self.uplink.append((item.event_time, len(item.to_bytes())))
                     self._advance(item.t)
                 elif isinstance(item, Signals):
-                    self.frames_read += int(item.frames.get("read", 0))
-                    if len(item.batch) or item.frames:
-                        self._advance(item.end)
-                        self.first = item.start if self.first is None else min(self.first, item.start)
+                    self._signals(item.frames, len(item.batch), item.start, item.end)
                 elif isinstance(item, EndOfStream):
                     self.ended = True
         if self.on_signals is not None and isinstance(message, Signals):
@@ -102,6 +113,12 @@ class ReplayTaps:
             for item in items:
                 if isinstance(item, Alert):
                     self.on_alert(item)
+
+    def _signals(self, frames: Mapping[str, int], samples: int, start: float, end: float) -> None:
+        self.frames_read += int(frames.get("read", 0))
+        if samples or frames:
+            self._advance(end)
+            self.first = start if self.first is None else min(self.first, start)
 
     def _advance(self, t: float) -> None:
         if self.latest is None or t > self.latest:

@@ -11,6 +11,10 @@ STRICT_EXIT = 3  # --strict and the replay has warnings
 
 
 def _do_replay(args: argparse.Namespace) -> int:
+    if getattr(args, "processes", False):
+        from telemetry.tools.forkserver import start_forkserver
+
+        start_forkserver()  # its imports overlap with this process's own, just below
     from telemetry.edge.messages import Alert
     from telemetry.tools.progress import Progress
     from telemetry.tools.replay import alert_line, format_summary, replay
