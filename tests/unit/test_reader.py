@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import itertools
 import threading
 from pathlib import Path
@@ -261,32 +260,6 @@ def test_limit_check_says_when_a_crossing_starts():
     assert not check.crossed(batch(X=[1e9]))  # no rule watches it
     assert not check.crossed(messages.FlatBatch.empty())
     assert check.crossings == 4
-
-
-def test_the_limit_check_decodes_only_frames_that_can_carry_a_watched_signal(sample_drive_frames, decoder):
-    from telemetry.edge.config import parse_config
-    from telemetry.edge.reader import LimitCheck
-
-    def check(*patterns):
-        rules = [{"name": f"r{i}", "kind": "limit", "signals": p, "max": 1.0} for i, p in enumerate(patterns)]
-        return LimitCheck(parse_config({"vehicle": "v", "dbc": [str(SAMPLE_DBC)], "rules": rules}, base=Path("/")).rules)
-
-    db = cantools.database.load_file(str(SAMPLE_DBC))
-    pack, cells = (db.get_message_by_name(n).frame_id for n in ("BMS_PackStatus", "BMS_CellVoltages"))
-    error = sample_drive_frames.error.copy()
-    error[np.flatnonzero(sample_drive_frames.id == pack)[0]] = True  # an error frame with the pack's id
-    frames = dataclasses.replace(sample_drive_frames, error=error)
-    data = ~(frames.error | frames.remote)
-    assert (~np.isin(frames.id[data], [m.frame_id for m in db.messages])).any()  # unknown ids among them
-    # one watched signal: exactly that message's data frames, in order (no error frame, no unknown id)
-    watched = check("BMS_PackStatus.PackCurrent").watched(frames, decoder.names_of)
-    assert np.array_equal(watched.t, frames.t[(frames.id == pack) & data]) and len(watched)
-    # a multiplexed branch's signal watches its message; two rules watch the union
-    watched = check("BMS_CellVoltages.Cell3*", "BMS_PackStatus.SOC").watched(frames, decoder.names_of)
-    assert np.array_equal(watched.t, frames.t[np.isin(frames.id, [pack, cells]) & data])
-    # nothing watched (no signal matches, or no limit rule at all): nothing decoded
-    assert len(check("Nope.*").watched(frames, decoder.names_of)) == 0
-    assert len(LimitCheck([]).watched(frames, decoder.names_of)) == 0
 
 
 SAMPLE = Path(__file__).resolve().parents[2] / "vehicles" / "sample"

@@ -17,7 +17,7 @@ import dataclasses
 import logging
 import math
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import can
@@ -216,7 +216,6 @@ class LimitCheck:
 
     def __init__(self, rules: Sequence[Rule]) -> None:
         self.evaluators = [r.evaluator() for r in rules if isinstance(r, LimitRule)]
-        self._watch: dict[int, bool] = {}  # frame key (id | extended << 32) -> carries a watched signal
         self.crossings = 0
         # (rule, signal) pairs, those of one signal together, numbered as the signal first comes
         self._slots: dict[str, int] = {}  # signal name -> its slot
@@ -234,28 +233,11 @@ class LimitCheck:
         self._tables: dict[tuple[str, ...], np.ndarray] = {}  # a batch's name table -> slots
         self._decoding: _WatchedDecode | None = None
 
-    def watched(self, frames: Frames, names_of: Callable[[int, bool], tuple[str, ...]]) -> Frames:
-        """The frames of ``frames`` whose id can carry a signal some limit rule watches
-        (``names_of``: the decoder's names of an id's signals); error and remote frames carry none."""
-        if not self.evaluators or not len(frames):
-            return frames.take(slice(0, 0))
-        keys = frames.id.astype(np.int64) | (frames.extended.astype(np.int64) << 32)
-        keys[frames.error | frames.remote] = -1
-        watch = self._watch
-        found, which = np.unique(keys, return_inverse=True)
-        hits = []
-        for key in found.tolist():
-            hit = watch.get(key)
-            if hit is None:
-                names = names_of(key & 0xFFFFFFFF, bool(key >> 32)) if key >= 0 else ()
-                hit = watch[key] = any(e.name_mask(names).any() for e in self.evaluators) if names else False
-            hits.append(hit)
-        return frames.take(np.array(hits, dtype=bool)[which])
-
     def check(self, frames: Frames, decoder: Decoder) -> bool:
         """Whether frames just admitted start a crossing: the answer of
-        ``crossed(decoder.decode_frames(watched(frames, decoder.names_of)).batch)``, with only the
-        watched signals decoded (a decoder without plans, ``plan_of``, decodes the watched frames whole)."""
+        ``crossed(decoder.decode_frames(frames).batch)``, with only the frames that can carry a
+        watched signal decoded, and of them only the watched signals (a decoder without plans,
+        ``plan_of``, decodes those frames whole)."""
         if not self.evaluators or not len(frames):
             return False
         decoding = self._decoding
