@@ -39,7 +39,7 @@ class SpreadEvaluator(Evaluator[SpreadRule]):
         sel = self.select(batch)
         if sel is None:
             return None
-        cols_of_name = self.per_name(batch.names, self.latest.number)
+        cols_of_name = self.per_name(batch.names, self.latest.number, batch.memo)
         if not len(sel[1]):
             return None
         order = np.argsort(sel[1], kind="stable")
