@@ -283,7 +283,8 @@ def _select(batch: FlatBatch, hits: np.ndarray, ordered: bool) -> tuple[np.ndarr
             sel = by_key_then_time(*sel)  # type: ignore[assignment]
     else:
         bounds, unordered = runs
-        edges = np.flatnonzero(np.diff(np.concatenate(([False], hits, [False]))))
+        padded = np.concatenate(([False], hits, [False]))
+        edges = np.flatnonzero(padded[1:] != padded[:-1])
         starts, ends = bounds[edges[0::2]].tolist(), bounds[edges[1::2]].tolist()
         if len(starts) == 1:
             a, b = starts[0], ends[0]
