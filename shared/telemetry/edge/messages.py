@@ -229,6 +229,12 @@ class FlatBatch:
         unordered[ids[1:][(ids[1:] == ids[:-1]) & ~(t[1:] >= t[:-1])]] = True
         return bounds, unordered
 
+    @cached_property
+    def memo(self) -> dict[Any, Any]:
+        """What the detector's rules work out once from this batch and share (the numbers of its
+        names, each set of signals' samples): every rule of the detector looks at the same batch."""
+        return {}
+
     def bounds(self) -> np.ndarray:
         """Where each name's samples start (and the last one ends): ``bounds[i]:bounds[i+1]``."""
         return np.searchsorted(self.ids, np.arange(len(self.names) + 1))

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import fnmatch
 import math
+import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Generic, TypeVar
@@ -147,54 +148,117 @@ def per_table(cache: dict[tuple[str, ...], T], names: tuple[str, ...], make: Cal
     return out
 
 
+# -- names: a number per signal name, the same for every rule -----------------------------------
+
+_NAMES: dict[str, int] = {}  # every name seen, numbered in that order
+_NAMES_LOCK = threading.Lock()
+_MAX_NAMES = 1 << 16  # then all forgotten at once (a new generation): names from the wire are not trusted
+_generation = 0
+
+
+def numbered(batch_names: tuple[str, ...], memo: dict[Any, Any] | None = None) -> tuple[np.ndarray, int]:
+    """The number of each name of a table (the same name, the same number, in every batch and
+    for every rule) and the generation of the numbering. ``memo``: a batch's (``FlatBatch.memo``),
+    where the answer is kept for the other rules of the batch."""
+    if memo is not None:
+        got = memo.get("numbered")
+        if got is not None and got[0] is batch_names:
+            return got[1], got[2]
+    get = _NAMES.get
+    numbers = [get(n, -1) for n in batch_names]
+    generation = _generation
+    if -1 in numbers:
+        numbers, generation = _number(batch_names)
+    out = np.array(numbers, dtype=np.int64)
+    if memo is not None:
+        memo["numbered"] = (batch_names, out, generation)
+    return out, generation
+
+
+def _number(batch_names: tuple[str, ...]) -> tuple[list[int], int]:
+    global _generation
+    with _NAMES_LOCK:
+        if len(_NAMES) + len(batch_names) > _MAX_NAMES:
+            _NAMES.clear()
+            _generation += 1
+        return [_NAMES.setdefault(n, len(_NAMES)) for n in batch_names], _generation
+
+
+class PerName:
+    """``value(name)`` for each name of a table, worked out once per name (by its number, see
+    ``numbered``), so that a table never seen before costs a numpy lookup, not a loop over its
+    names (a live batch's table is new more often than not: its signals in the order they came)."""
+
+    UNKNOWN = -2
+
+    def __init__(self, value: Callable[[str], int]) -> None:
+        self.value = value
+        self.values = np.empty(0, np.int64)  # by name number; UNKNOWN: not asked yet
+        self.generation = -1
+        self._last: tuple[tuple[str, ...] | None, np.ndarray] = (None, self.values)
+
+    def of(self, names: tuple[str, ...], memo: dict[Any, Any] | None = None) -> np.ndarray:
+        last = self._last
+        if last[0] is names:
+            return last[1]
+        numbers, generation = numbered(names, memo)
+        if generation != self.generation:
+            self.values, self.generation = np.empty(0, np.int64), generation
+        if len(self.values) < len(_NAMES):  # every number is below it
+            grown = np.full(max(len(_NAMES), 2 * len(self.values)), self.UNKNOWN, np.int64)
+            grown[:len(self.values)] = self.values
+            self.values = grown
+        out = self.values[numbers]
+        if len(out) and out.min() == self.UNKNOWN:
+            for i in np.flatnonzero(out == self.UNKNOWN).tolist():
+                self.values[numbers[i]] = self.value(names[i])
+            out = self.values[numbers]
+        self._last = (names, out)
+        return out
+
+
 class Evaluator(Generic[R_co]):
     """Turns a batch into the rule's Metrics, or None when there is nothing for the state machine
     to look at (no violation, and no key of this rule in a non-idle state)."""
 
     def __init__(self, rule: R_co) -> None:
         self.rule = rule
-        self._match: dict[str, bool] = {}
-        self._masks: dict[tuple[str, ...], np.ndarray] = {}
-        self._numbers: dict[tuple[str, ...], np.ndarray] = {}
+        self._match = PerName(lambda n: int(self.matches(n)))
+        self._mask: tuple[tuple[str, ...] | None, np.ndarray] = (None, np.empty(0, bool))
+        self._numbers: PerName | None = None
 
-    def name_mask(self, names: tuple[str, ...]) -> np.ndarray:
-        """Which of a batch's signal names the rule's patterns match. Batches repeat the same
-        name tables, so the answer is kept per table (a few of them at most)."""
-        match = self._match
-        return per_table(self._masks, names, lambda: np.array(
-            [match[n] if n in match else match.setdefault(n, _matches(n, self.rule.signals)) for n in names], dtype=bool))
+    def matches(self, name: str) -> bool:
+        """Whether the rule's patterns match a signal name."""
+        return _matches(name, self.rule.signals)
 
-    def per_name(self, names: tuple[str, ...], number: Callable[[str], int]) -> np.ndarray:
-        """``number(name)`` for each matching name of a batch's table (-1 for the others), kept
-        per table like ``name_mask``."""
-        return per_table(self._numbers, names, lambda: np.array(
-            [number(n) if hit else -1 for n, hit in zip(names, self.name_mask(names).tolist())], dtype=np.int64))
+    def name_mask(self, names: tuple[str, ...], memo: dict[Any, Any] | None = None) -> np.ndarray:
+        """Which of a batch's signal names the rule's patterns match (each name is matched once)."""
+        last = self._mask
+        if last[0] is not names:
+            last = self._mask = (names, self._match.of(names, memo) > 0)
+        return last[1]
+
+    def per_name(self, names: tuple[str, ...], number: Callable[[str], int],
+                 memo: dict[Any, Any] | None = None) -> np.ndarray:
+        """``number(name)`` for each matching name of a batch's table (-1 for the others), asked
+        once per name (an evaluator passes the same ``number`` every time)."""
+        if self._numbers is None:
+            self._numbers = PerName(lambda n: number(n) if self.matches(n) else -1)
+        return self._numbers.of(names, memo)
 
     def select(self, batch: FlatBatch, ordered: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
         """The samples of matching signals: (name number, time, value); ``ordered``: sorted by
-        name number, then time (``by_key_then_time``). Matching signals next to each other in
-        the batch's table are one slice of its columns (a view, no copy), and signals whose
-        samples are already in time order need no sort."""
-        hits = self.name_mask(batch.names)
-        if not hits.any():
-            return None
-        runs = batch.layout if len(batch) >= _RUNS_FROM else None
-        if runs is None:  # a small batch, or not one run per signal in table order: by a mask
-            mask = hits[batch.ids]
-            sel = batch.ids[mask], batch.t[mask], batch.v[mask]
-            return by_key_then_time(*sel) if ordered else sel  # type: ignore[return-value]
-        bounds, unordered = runs
-        edges = np.flatnonzero(np.diff(np.concatenate(([False], hits, [False]))))
-        starts, ends = bounds[edges[0::2]].tolist(), bounds[edges[1::2]].tolist()
-        if len(starts) == 1:
-            a, b = starts[0], ends[0]
-            sel = batch.ids[a:b], batch.t[a:b], batch.v[a:b]
-        else:
-            sel = tuple(np.concatenate([col[a:b] for a, b in zip(starts, ends)])  # type: ignore[assignment]
-                        for col in (batch.ids, batch.t, batch.v))
-        if ordered and unordered[hits].any():
-            return by_key_then_time(*sel)  # type: ignore[return-value]
-        return sel
+        name number, then time (``by_key_then_time``). Read-only: the rules of a batch that
+        match the same signals share them (kept in ``batch.memo``). Matching signals next to
+        each other in the batch's table are one slice of its columns (a view, no copy), and
+        signals whose samples are already in time order need no sort."""
+        memo = batch.memo
+        hits = self.name_mask(batch.names, memo)
+        key = (hits.tobytes(), ordered)
+        sel = memo.get(key, memo)
+        if sel is memo:
+            sel = memo[key] = _select(batch, hits, ordered)
+        return sel  # type: ignore[no-any-return]
 
     def metrics(self, batch: FlatBatch, frames: Mapping[str, int], now: float, hot: bool,
                 events: Mapping[str, np.ndarray] = NO_EVENTS) -> Metrics | None:
@@ -206,6 +270,33 @@ class Evaluator(Generic[R_co]):
 
 def _matches(name: str, patterns: tuple[str, ...]) -> bool:
     return any(fnmatch.fnmatchcase(name, p) for p in patterns)
+
+
+def _select(batch: FlatBatch, hits: np.ndarray, ordered: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    if not hits.any():
+        return None
+    runs = batch.layout if len(batch) >= _RUNS_FROM else None
+    if runs is None:  # a small batch, or not one run per signal in table order: by a mask
+        mask = hits[batch.ids]
+        sel = batch.ids[mask], batch.t[mask], batch.v[mask]
+        if ordered:
+            sel = by_key_then_time(*sel)  # type: ignore[assignment]
+    else:
+        bounds, unordered = runs
+        padded = np.concatenate(([False], hits, [False]))
+        edges = np.flatnonzero(padded[1:] != padded[:-1])
+        starts, ends = bounds[edges[0::2]].tolist(), bounds[edges[1::2]].tolist()
+        if len(starts) == 1:
+            a, b = starts[0], ends[0]
+            sel = batch.ids[a:b], batch.t[a:b], batch.v[a:b]
+        else:
+            sel = tuple(np.concatenate([col[a:b] for a, b in zip(starts, ends)])  # type: ignore[assignment]
+                        for col in (batch.ids, batch.t, batch.v))
+        if ordered and unordered[hits].any():
+            sel = by_key_then_time(*sel)  # type: ignore[assignment]
+    for column in sel:
+        column.flags.writeable = False
+    return sel
 
 
 class Index:

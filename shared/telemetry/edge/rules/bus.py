@@ -53,6 +53,9 @@ class BusEvaluator(Evaluator[BusRule]):
         new = events.get(counter)
         if new is None:
             new = np.full(int(frames.get(counter, 0)), now)
+        if not len(new) and not len(self.times):  # no such frame, none in a window: nothing to look at
+            self.until = max(self.until, now)
+            return None
         new = np.sort(new)
         times = self.times = np.sort(np.concatenate((self.times, new))) if len(new) else self.times
         leave = times + width

@@ -33,13 +33,14 @@ class SpreadEvaluator(Evaluator[SpreadRule]):
         super().__init__(rule)
         self.latest = Index()  # per signal: its latest value
         self.scratch: list[np.ndarray] = [np.empty(0, np.int64)]  # the table's memory, kept
+        self._by_name = (0, np.empty(0, np.int64), np.empty(0, np.int64))  # (width, signals in name order, place of each)
 
     def metrics(self, batch: FlatBatch, frames: Mapping[str, int], now: float, hot: bool,
                 events: Mapping[str, np.ndarray] = NO_EVENTS) -> Metrics | None:
         sel = self.select(batch)
         if sel is None:
             return None
-        cols_of_name = self.per_name(batch.names, self.latest.number)
+        cols_of_name = self.per_name(batch.names, self.latest.number, batch.memo)
         if not len(sel[1]):
             return None
         order = np.argsort(sel[1], kind="stable")
@@ -57,9 +58,12 @@ class SpreadEvaluator(Evaluator[SpreadRule]):
         n = len(t)
         # the table's columns are the signals in name order: of equal values, the first by name
         # is the highest (lowest), not the first the batches happened to show
-        by_name = np.argsort(np.array(self.latest.names))
-        place = np.empty(width, dtype=np.int64)
-        place[by_name] = np.arange(width)
+        if self._by_name[0] != width:  # the signals only grow: worked out again when one is added
+            by_name = np.argsort(np.array(self.latest.names))
+            place = np.empty(width, dtype=np.int64)
+            place[by_name] = np.arange(width)
+            self._by_name = (width, by_name, place)
+        _, by_name, place = self._by_name
         col = place[col]
         # A table of every signal's latest value at each instant, a block of rows at a time:
         # memory stays a few MB, however many samples a batch holds. A NaN sample changes

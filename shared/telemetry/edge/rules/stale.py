@@ -9,6 +9,7 @@ import numpy as np
 
 from ..errors import ConfigError
 from ..messages import FlatBatch
+from . import base
 from .base import NO_EVENTS, Evaluator, Index, Metrics, Rule, by_key_then_time, per_table
 
 
@@ -73,13 +74,14 @@ class StaleEvaluator(Evaluator[StaleRule]):
         """The samples of matching signals as (key, time), sorted by key, then time (stable:
         equal times in the batch's order), as ``by_key_then_time`` sorts them; None if none.
         A key's signals are taken from the batch's per-signal runs and sorted key by key, which
-        is a merge of runs already in time order (a message's signals: the same times)."""
-        runs = batch.layout
-        if runs is None:
+        is a merge of runs already in time order (a message's signals: the same times); a small
+        batch's are sorted at once, as ``Evaluator.select`` takes them by a mask."""
+        runs = batch.layout if len(batch) >= base._RUNS_FROM else None
+        if runs is None:  # a small batch (its sort costs less than a loop over its keys), or not in runs
             sel = self.select(batch)
             if sel is None:
                 return None
-            return by_key_then_time(self.per_name(batch.names, self.key_number)[sel[0]], sel[1])  # type: ignore[return-value]
+            return by_key_then_time(self.per_name(batch.names, self.key_number, batch.memo)[sel[0]], sel[1])  # type: ignore[return-value]
         groups = per_table(self._groups, batch.names, lambda: self._key_groups(batch.names))
         if not groups:
             return None

@@ -49,36 +49,54 @@ class ZScoreEvaluator(Evaluator[ZScoreRule]):
         if sel is None:
             return None
         ids, t, v = sel
-        size = self.rule.baseline
+        size, warmup = self.rule.baseline, self.rule.warmup
         z = np.zeros(len(v))
         x = np.full(len(v), -np.inf)
-        bounds = np.flatnonzero(np.concatenate(([True], ids[1:] != ids[:-1], [True])))
-        for a, b in zip(bounds[:-1].tolist(), bounds[1:].tolist()):
-            name = batch.names[ids[a]]
+        # Every signal's baselines at once: one array of each signal's history (NaN before it
+        # fills) then its samples, signal after signal; sample i's baseline is the ``size``
+        # values before it there, from ``i + size * (its signal's rank)``.
+        first = np.flatnonzero(np.concatenate(([True], ids[1:] != ids[:-1]))) if len(ids) else np.empty(0, np.int64)
+        lengths = np.diff(np.append(first, len(ids)))
+        names = [batch.names[i] for i in ids[first].tolist()]
+        pieces, held = [], []
+        for name, a, b in zip(names, first.tolist(), (first + lengths).tolist()):
             history = self.history.get(name, np.empty(0))
-            padded = np.concatenate((np.full(size - len(history), np.nan), history, v[a:b]))
-            every = as_strided(padded, (b - a, size), padded.strides * 2, writeable=False)  # the baselines
-            # how many values (not NaN) each baseline holds, from a running count
-            nans = np.concatenate(([0], np.cumsum(np.isnan(padded))))
-            counts = size - (nans[size:size + b - a] - nans[: b - a])
-            step = max(1, CELLS_AT_ONCE // size)  # a block of baselines at a time: bounded memory
-            for c in range(0, b - a, step):
-                ready = counts[c:c + step] >= self.rule.warmup
-                if not ready.any():
-                    continue
-                windows = every[c:c + step]
-                w = np.sort(windows if ready.all() else windows[ready], axis=1)  # NaN last
-                # a full baseline has no gaps: it is judged as np.median would (a NaN in it makes
-                # the median NaN), one with gaps as np.nanmedian would
-                median, mad = median_mad(w, counts[c:c + step][ready], len(history) + c >= size)
-                scale = np.maximum(1.4826 * mad, self.rule.min_scale)
-                here = slice(a + c, a + c + len(windows))
-                dev = v[here][ready] - median
-                with np.errstate(divide="ignore", invalid="ignore"):
-                    zz = np.where(scale > 0, dev / np.where(scale > 0, scale, 1.0), np.where(dev == 0, 0.0, np.inf))
-                z[here][ready] = zz
-                x[here][ready] = np.abs(zz) - self.rule.threshold
-            self.history[name] = padded[~np.isnan(padded)][-size:]
+            pieces += [np.full(size - len(history), np.nan), history, v[a:b]]
+            held.append(len(history))
+        padded = np.concatenate(pieces) if pieces else np.empty(0)
+        rank = np.repeat(np.arange(len(first)), lengths)
+        start = np.arange(len(v)) + rank * size
+        nans = np.concatenate(([0], np.cumsum(np.isnan(padded))))
+        counts = size - (nans[start + size] - nans[start])  # the values (not NaN) of each baseline
+        # A full baseline has no gaps: it is judged as np.median would (a NaN in it makes the
+        # median NaN), one with gaps as np.nanmedian would; which one is decided per block of
+        # ``step`` baselines of a signal, at the block's first (as the blocks went, signal by signal)
+        step = max(1, CELLS_AT_ONCE // size)
+        within = np.arange(len(v)) - np.repeat(first, lengths)
+        full = np.repeat(np.array(held, np.int64), lengths) + within // step * step >= size
+        every = as_strided(padded, (max(len(padded) - size + 1, 0), size), padded.strides * 2, writeable=False)
+        ready = np.flatnonzero(counts >= warmup)
+        for c in range(0, len(ready), step):  # a block of baselines at a time: bounded memory
+            rows = ready[c:c + step]
+            w = every[start[rows]]
+            w.sort(axis=1)  # NaN last
+            is_full = full[rows]
+            if is_full.all() or not is_full.any():
+                median, mad = median_mad(w, counts[rows], bool(is_full[0]))
+            else:
+                median, mad = np.empty(len(rows)), np.empty(len(rows))
+                for part in (is_full, ~is_full):
+                    median[part], mad[part] = median_mad(w[part], counts[rows][part], bool(part is is_full))
+            scale = np.maximum(1.4826 * mad, self.rule.min_scale)
+            dev = v[rows] - median
+            with np.errstate(divide="ignore", invalid="ignore"):
+                zz = np.where(scale > 0, dev / np.where(scale > 0, scale, 1.0), np.where(dev == 0, 0.0, np.inf))
+            z[rows] = zz
+            x[rows] = np.abs(zz) - self.rule.threshold
+        valid = ~np.isnan(padded)
+        for name, s, a, b in zip(names, range(len(names)), first.tolist(), (first + lengths).tolist()):
+            segment = slice(a + s * size, b + (s + 1) * size)
+            self.history[name] = padded[segment][valid[segment]][-size:]
         if not hot and not (x > 0).any():
             return None
         return Metrics(list(batch.names), ids, t, x, v, {"threshold": self.rule.threshold}, {"z": z})
