@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import threading
+import time
 from collections import Counter
 from pathlib import Path
 from unittest import mock
@@ -13,6 +15,7 @@ import pytest
 
 from support.helpers import columns, set_queue_sizes
 from support.reference import messages_of
+from telemetry.edge.components import AggregatorComponent
 from telemetry.edge.config import load_config
 from telemetry.edge.errors import DbcError
 from telemetry.edge.messages import Signals
@@ -40,20 +43,37 @@ def test_components_start_in_dependency_order_and_stop_in_reverse(short_drive):
 
 
 def test_a_full_queue_slows_the_reader_down_and_loses_nothing(project, short_drive, tmp_path):
-    # GIVEN the same drive through the normal recipes and through queues of one message
+    # GIVEN the same drive through the normal recipes and through queues of one message, cut into
+    # 2 s batches (windows and alerts do not depend on it), and an aggregator that takes its
+    # first batch only once the reader has found its queue full (deterministic: not a race
+    # between the reader and a busy aggregator)
     normal = replay(short_drive, out_dir=tmp_path / "normal", config=SAMPLE / "vehicle.toml")
     set_queue_sizes(project, 1)
     cfg = load_config(SAMPLE / "vehicle.toml")
+    cfg = dataclasses.replace(cfg, reader=dataclasses.replace(cfg.reader, replay_batch_seconds=2.0))
     cloud = InMemoryCloudTransport()
-    with LocalRuntime(project / "recipes", cfg, cloud, env={"TELEMETRY_LOG": str(short_drive)}) as runtime:
+    runtime = LocalRuntime(project / "recipes", cfg, cloud, env={"TELEMETRY_LOG": str(short_drive)})
+    take_first = AggregatorComponent.on_message
+    held = threading.Event()
+
+    def after_a_full_queue(component: AggregatorComponent, message: object) -> None:
+        if not held.is_set():
+            held.set()
+            deadline = time.monotonic() + 30
+            while not runtime.runner("telemetry.Aggregator").stats["publisher_waits"] and time.monotonic() < deadline:
+                time.sleep(0.005)
+        take_first(component, message)
+
+    with mock.patch.object(AggregatorComponent, "on_message", after_a_full_queue), runtime:
         runtime.wait_for_sources(timeout=60)
         runtime.drain()
         waits = sum(runtime.runner(n).stats["publisher_waits"] for n in runtime.started)
         reader = runtime.component("telemetry.CanReader")
         assert reader.counters()["frames_read"] == normal["frames_read"]
+        assert reader.counters()["batches"] > 3
     # THEN publishers had to wait for full queues, and the cloud got exactly the same messages
     # (bundled differently: how many go in one publish depends on timing)
-    assert waits > 0
+    assert held.is_set() and waits > 0
     expected = messages_of(cloud_lines(tmp_path / "normal"))
     got = cloud.delivered()
     key = lambda m: json.dumps(m, sort_keys=True)  # noqa: E731
