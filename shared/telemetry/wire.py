@@ -10,8 +10,8 @@ varints; an IEEE float signal whose values sit on a power-of-two grid travels as
 the body is raw deflate with a preset dictionary (layout 3; decode also reads layouts 1 and 2).
 
 Exactness: ``min``, ``max``, ``first``, ``last`` and a collapsed cell's value come back bit for
-bit (the encoder checks every one and sends a signal whose values are not on its DBC grid as
-float64 instead); ``mean`` within half a DBC step (layout 3: it travels rounded to the step; a
+bit (the encoder checks every one and sends a signal whose values are not on its DBC grid, or
+are too large for the integers they would travel as, as float64 instead); ``mean`` within half a DBC step (layout 3: it travels rounded to the step; a
 float signal on an inferred grid ``2**-s``, ``s >= 8``, to that grid; exact, from its sum of raw
 values, on a coarser grid and in a thinned payload); ``std`` within half a step;
 ``t_min``/``t_max`` to the microsecond.
@@ -295,9 +295,15 @@ class _Reader:
         return np.frombuffer(raw, "<f4" if raw[0] == 4 else "<f8", count, 1).astype(np.float64)
 
 
-def _quantize(table: Table, res: Mapping[str, Resolution], single: np.ndarray) -> np.ndarray:
+def _quantize(table: Table, res: Mapping[str, Resolution], count: np.ndarray, collapsed: np.ndarray,
+              by_grid: np.ndarray) -> np.ndarray:
     """Per name: its (scale, offset) if every exact statistic of it (and the mean of a cell of
-    one sample, ``single``) is on its grid, else NaN."""
+    one sample) is on its grid, and every integer its other cells' statistics travel as fits
+    its column, else NaN: a mean's sum of raw values ``S = count * (mean - offset) / scale`` an
+    int64 (a microsecond timestamp of 1.7e15 in a window of 10,000 samples makes S 1.7e19: it
+    would wrap), a std in steps a uint64 (but on an inferred grid, ``by_grid``, where std travels
+    as float)."""
+    single = count == 1
     n = len(table.names)
     pairs = [(r[0], r[1]) if r is not None and math.isfinite(r[0]) and math.isfinite(r[1]) and r[0] != 0
              else (math.nan, 0.0) for r in map(res.get, table.names)]
@@ -318,6 +324,15 @@ def _quantize(table: Table, res: Mapping[str, Resolution], single: np.ndarray) -
             if miss.ndim > 1:
                 miss = miss.any(axis=0)
             bad[sid[miss & ok[sid]]] = True
+        wide = ~collapsed
+        with np.errstate(invalid="ignore", over="ignore"):
+            if "mean" in table.stats:  # as ``encode`` computes S (NaN: never below the bound)
+                total = count[wide] * ((table.stats["mean"][wide] - off[wide]) / sc[wide])
+                bad[table.sid[wide][~(np.abs(total) < 2.0**63)]] = True
+            if "std" in table.stats:
+                steps_of = wide & ~by_grid[table.sid]
+                steps = table.stats["std"][steps_of] / np.abs(sc[steps_of])
+                bad[table.sid[steps_of][~(steps < 2.0**64)]] = True
         scale[bad] = np.nan
     return np.stack((scale, offset))
 
@@ -560,7 +575,13 @@ def encode(p: Payload, *, codec: str = "zlib", level: int | None = None, schema:
     inferred = dict(res)
     for i, s in grids.items():
         inferred[t.names[i]] = (2.0**-s, 0.0)
-    scale, offset = _quantize(t, inferred, count == 1)
+    if "min" in t.stats and "max" in t.stats:
+        collapsed = (count == 1) | (t.stats["min"] == t.stats["max"])
+    else:
+        collapsed = count == 1
+    by_grid = np.zeros(len(t.names), bool)
+    by_grid[list(grids)] = True
+    scale, offset = _quantize(t, inferred, count, collapsed, by_grid)
     exact = ~np.isnan(scale)
     head: dict[str, Any] = {"vehicle": p.vehicle, "seq": p.seq, "group": p.group, "width": p.width,
                             "start": p.start, "end": p.end, "stats": stats}
@@ -625,10 +646,6 @@ def encode(p: Payload, *, codec: str = "zlib", level: int | None = None, schema:
     sections.append(_uvarints(np.diff(bounds)[own].astype(np.uint64)))
     sections.append(_varints(_split_delta(window[mine] - k0, first[mine])))
     sections.append(_varints(_split_delta(count[mine], first[mine])))
-    if "min" in t.stats and "max" in t.stats:
-        collapsed = (count == 1) | (t.stats["min"] == t.stats["max"])
-    else:
-        collapsed = count == 1
     sections.append(np.packbits(collapsed).tobytes())
     wide = ~collapsed
     cell_exact = exact[sid]
@@ -669,9 +686,10 @@ def encode(p: Payload, *, codec: str = "zlib", level: int | None = None, schema:
                 total = np.rint(count[ints] * ((t.stats["mean"][ints] - off[ints]) / sc[ints]))
             total = np.where(np.isfinite(total), total, 0).astype(np.int64)
             n = count[ints]
-            ref_q = np.where(summed[ints], np.floor_divide(total, n), np.floor_divide(2 * total + n, 2 * n))
+            whole, rest = np.divmod(total, n)  # floor((2S + n) / 2n) without 2S, which would wrap past 2**62
+            ref_q = np.where(summed[ints], whole, whole + (2 * rest >= n))
             sections.append(_varints(_split_delta(ref_q, _starts(sid[ints]))))
-            sections.append(_uvarints((total - ref_q * n)[summed[ints]].astype(np.uint64)))
+            sections.append(_uvarints(rest[summed[ints]].astype(np.uint64)))
         else:
             ref_q = q(t.stats[ref], ints)
             sections.append(_varints(_split_delta(ref_q, _starts(sid[ints]))))
@@ -681,8 +699,6 @@ def encode(p: Payload, *, codec: str = "zlib", level: int | None = None, schema:
                 sections.append(_offsets(q(t.stats[stat], ints) - ref_q))
                 sections.append(_floats2(t.stats[stat][floats]))
     if "std" in t.stats:  # in steps of the DBC's resolution; as float for the others (an inferred grid too)
-        by_grid = np.zeros(len(t.names), bool)
-        by_grid[list(grids)] = True
         steps_of, as_is = ints & ~by_grid[sid], wide & (~cell_exact | by_grid[sid])
         with np.errstate(invalid="ignore", over="ignore"):
             steps = np.rint(t.stats["std"][steps_of] / np.abs(sc[steps_of]))

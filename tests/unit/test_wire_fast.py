@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from support import wire_before
+from support import wire_before, wire_range
 from telemetry import wire
 
 uint64s = st.one_of(st.integers(min_value=0, max_value=300), st.integers(min_value=0, max_value=2**64 - 1),
@@ -118,7 +118,11 @@ def test_payload_bytes_and_what_they_decode_to_are_as_before(case):
     old = wire_before.Payload("car", 3, "g", 2.0, 0.0, 24.0, wire_before.Table(table.names, table.window, table.sid,
                               table.stats), 1, 0.5, thinned=thin, res=RES)
     data = wire.encode(new, schema=SCHEMA if by_schema else None, layout=layout)
-    assert data == wire_before.encode(old, schema=SCHEMA_BEFORE if by_schema else None, layout=layout)
+    old_data = wire_before.encode(old, schema=SCHEMA_BEFORE if by_schema else None, layout=layout)
+    if data != old_data:  # only where the old encoder's integers overflowed: the cells it got wrong are fixed, no other broken
+        old_off = {c[:3] for c in wire_range.off(old, wire_before.decode(old_data, SCHEMA_BEFORE))}
+        assert {c[:3] for c in wire_range.off(new, wire.decode(data, SCHEMA))} < old_off
+        return
     for _ in range(2):  # the second time from the decoder's memory of the dictionary
         got, want = wire.decode(data, SCHEMA), wire_before.decode(data, SCHEMA_BEFORE)
         assert got.table.names == want.table.names and got.res == want.res and got.schema == want.schema
