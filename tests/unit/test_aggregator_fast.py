@@ -113,8 +113,12 @@ def test_payloads_are_the_bytes_the_aggregator_made_before(batches, config, with
         if [a.to_bytes() for a in got] != [a.to_bytes() for a in want]:
             # only where the old encoder's integers overflowed (a mean or std of huge values in
             # many samples came back wrong): the new payloads fix those cells and break none
-            old_off = {c[:3] for a in want for c in wire_range.off(a.payload, wire_before.decode(a.to_bytes()))}
             new_off = {c[:3] for a in got for c in wire_range.off(a.payload, wire.decode(a.to_bytes()))}
+            try:
+                old_off = {c[:3] for a in want for c in wire_range.off(a.payload, wire_before.decode(a.to_bytes()))}
+            except wire_before.WireError:  # the old payload did not even decode: the new one does, right
+                assert not new_off
+                continue
             assert new_off < old_off
             continue
         assert [a.key for a in got] == [a.key for a in want]
