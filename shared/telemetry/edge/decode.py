@@ -316,7 +316,7 @@ class DbcDecoder:
         error = frames.error
         remote = frames.remote & ~error
         rows = np.flatnonzero(~(error | frames.remote))
-        keys = frames.id[rows].astype(np.int64) | (frames.extended[rows].astype(np.int64) << 32)
+        keys = frames.keys(rows)
         found, first, group = np.unique(keys, return_index=True, return_inverse=True)
         slots = [self._slot(key) for key in found.tolist()]
         known = np.array([entry is not None for entry, _ in slots], bool)

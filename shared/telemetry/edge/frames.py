@@ -85,6 +85,11 @@ class Frames:
             for i in range(len(self))
         ]
 
+    def keys(self, rows: np.ndarray | slice = slice(None)) -> np.ndarray:
+        """The frame key (id | extended << 32) of the frames at ``rows``: a standard and an
+        extended frame of the same id number are different messages."""
+        return self.id[rows].astype(np.int64) | (self.extended[rows].astype(np.int64) << 32)
+
     def take(self, index: np.ndarray | slice) -> Frames:
         """The frames at ``index`` (a slice, a boolean mask or positions)."""
         return Frames(self.t[index], self.id[index], self.extended[index], self.error[index], self.remote[index],

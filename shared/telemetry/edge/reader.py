@@ -336,7 +336,7 @@ class _WatchedDecode:
         """The watched signals' samples of ``frames`` as ``decode_frames`` gives them (what fails
         to decode gives none; values not finite or beyond ``MAX_MAGNITUDE`` left out): each
         signal's slot, the frame's row, the value."""
-        keys = frames.id.astype(np.int64) | (frames.extended.astype(np.int64) << 32)
+        keys = frames.keys()
         keys[frames.error | frames.remote] = -1
         at = self._lookup(keys)
         how = self.how[at]
