@@ -14,10 +14,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from telemetry.edge import messages
 from telemetry.edge.aggregator import Aggregation
 from telemetry.edge.config import load_config
 from telemetry.edge.decode import DbcDecoder
 from telemetry.edge.detector import Detector
+from telemetry.edge.errors import MessageError
 from telemetry.edge.frames import Frames
 from telemetry.edge.reader import ReaderCore
 from telemetry.edge.sources import LogSource
@@ -119,3 +121,72 @@ def test_a_gap_in_the_recording_is_no_fault(drive, clean):
     assert faults["frames_quarantined"] == 0 and faults["clock_epochs"] == [] and faults["clock_gaps"] == 1
     assert core.totals["signal_samples"] == clean[0].totals["signal_samples"]
     assert core.last_time == pytest.approx(drive.t[-1] + 600.0)
+
+
+@pytest.mark.parametrize("t0", [1e100, -1e100, 1.7829e12, 1.7829e15, messages.MAX_EVENT_TIME + 10.0])
+def test_a_log_whose_every_time_is_past_2255_is_quarantined_whole_and_nothing_reaches_the_components(drive, t0):
+    # GIVEN the drive with every time moved past 2**53 us either side of 1970 (a log in ms or us
+    # read as seconds: 1.78e12, 1.78e15; a corrupt field: 1e100), frames agreeing with each other
+    t = t0 + (drive.t - drive.t[0]) * (1 if abs(t0) < 1e17 else 0)
+    core, totals, aggregates, alerts = replay(with_time(drive, t))
+    # THEN every frame is quarantined, counted, none decoded, and no window or alert is made of them
+    assert core.faults()["frames_quarantined"] == len(drive)
+    assert core.totals["signal_samples"] == 0 and core.totals["read"] == 0
+    assert aggregates == [] and alerts == [] and totals["windows"] == 0
+
+
+def test_the_stream_may_run_up_to_2255_and_not_past_it(drive):
+    # GIVEN the drive ending exactly at the bound, then the same frames again just past it
+    span = float(drive.t[-1] - drive.t[0])
+    before = drive.t - drive.t[-1] + messages.MAX_EVENT_TIME
+    after = drive.t - drive.t[0] + messages.MAX_EVENT_TIME + 1e-3
+    core, _, aggregates, _ = replay(with_time(Frames.concat([drive, drive]), np.concatenate([before, after])))
+    # THEN the first copy is decoded, the second quarantined, and every window is inside the bound
+    assert core.faults()["frames_quarantined"] == len(drive)
+    assert core.totals["read"] == len(drive) and span > 0
+    assert aggregates and max(a.start for a in aggregates) <= messages.MAX_EVENT_TIME
+
+
+def test_a_clock_reset_shift_cannot_carry_frames_past_2255(drive):
+    # GIVEN a stream reaching 1 s before the bound, whose logger's clock is then set back an hour:
+    # the new epoch continues event time from the clock, which would carry it past the bound
+    half = len(drive) // 2
+    t = drive.t - drive.t[half - 1] + messages.MAX_EVENT_TIME - 1.0
+    t[half:] -= 3600.0
+    core, _, aggregates, _ = replay(with_time(drive, t))
+    # THEN the first half and the second's first second are decoded, the rest is counted, and
+    # nothing admitted lies past the bound
+    faults = core.faults()
+    assert len(faults["clock_epochs"]) == 1
+    kept = int((drive.t[half:] - drive.t[half] + t[half - 1] + 1e-6 <= messages.MAX_EVENT_TIME).sum())
+    assert 0 < faults["frames_quarantined"] < len(drive) - half
+    assert core.totals["read"] + faults["frames_quarantined"] == len(drive)
+    assert core.last_time is not None and core.last_time <= messages.MAX_EVENT_TIME
+    assert core.totals["read"] >= half + kept - 16  # up to one confirmation's frames held at the bound
+    assert all(a.start <= messages.MAX_EVENT_TIME for a in aggregates)
+
+
+@pytest.mark.parametrize("where", ["samples", "event_times", "span"])
+def test_a_signals_message_with_a_time_past_2255_is_refused_in_every_form(drive, where):
+    # GIVEN a signals batch of the drive with one time past the bound
+    message = ReaderCore(DECODER, "test").batch_message(drive.take(slice(0, 500)))
+    far = messages.MAX_EVENT_TIME * 1.5
+    if where == "samples":
+        t = message.batch.t.copy()
+        t[-1] = far
+        message = dataclasses.replace(message, batch=dataclasses.replace(message.batch, t=t))
+    elif where == "event_times":
+        message = dataclasses.replace(message, events={"error": np.array([far])})
+    else:
+        message = dataclasses.replace(message, end=far)
+    # THEN its binary form, its header alone and its JSON form are each refused, with the reason
+    for read in (messages.Signals.from_bytes, messages.Signals.head_from_bytes):
+        with pytest.raises(MessageError, match=r"beyond .* 1970"):
+            read(message.to_bytes())
+    with pytest.raises(MessageError, match=r"beyond .* 1970"):
+        messages.Signals.decode(message.encode())
+    # AND an end of stream dated past it too; one at the bound is taken
+    with pytest.raises(MessageError, match=r"beyond .* 1970"):
+        messages.EndOfStream.decode({"v": 1, "kind": "end_of_stream", "end": -far, "totals": {}})
+    assert messages.EndOfStream.decode({"v": 1, "kind": "end_of_stream", "end": messages.MAX_EVENT_TIME,
+                                        "totals": {}}).end == messages.MAX_EVENT_TIME

@@ -118,3 +118,26 @@ def test_decode_errors_are_counted_per_id_with_the_reason_in_the_report(tmp_path
     blob = json.loads(page.split('<script id="data" type="application/json">', 1)[1].split("</script>", 1)[0])
     assert blob["decode_errors"] == [{"id": "0x300", "frames": 2, "reason": "Wrong data size: 1 instead of 8 bytes"}]
     assert summary["time_base"] == "relative: the log's timestamps start near 0 (it carries no date)"
+
+
+def test_a_log_in_milliseconds_read_as_seconds_is_quarantined_and_said_first(tmp_path, capsys):
+    # GIVEN a candump whose logger wrote milliseconds where seconds belong (year 58,000) and two
+    # garbage times, every frame of the sample car
+    lines = [f"({1.7829e12 + i * 10:.3f}) can0 300#0000000000000000\n" for i in range(40)]
+    lines += ["(1e100) can0 300#0000000000000000\n", "(-1e100) can0 300#0000000000000000\n"]
+    log = tmp_path / "ms.log"
+    log.write_text("".join(lines))
+    args = ["replay", str(log), "--dbc", str(SAMPLE / "solar_car.dbc"), "--out", str(tmp_path / "out")]
+    # THEN the replay runs, decodes none, and says why in its first line and in the counts
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    first = out.splitlines()[0]
+    assert first.startswith("WARNING: 42 frames quarantined for their timestamps (never decoded)")
+    assert "past 2255" in first and "milliseconds or microseconds" in first
+    assert "quarantined                42   frames" in out
+    assert "no data frames" not in out  # the log has them: they were set aside
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["frames_quarantined"] == 42 and summary["frames_decoded"] == 0 and summary["aggregates"] == 0
+    assert summary["malformed_messages"] == {} and summary["handler_errors"] == []
+    # AND --strict fails it
+    assert main([*args, "--strict"]) == 3

@@ -61,6 +61,12 @@ FRAME_COUNTERS = (
 # The counters whose frames' event times a signals batch carries (bus rules count them in time).
 EVENT_COUNTERS = ("error", "remote", "unknown_id", "decode_error")
 
+# The latest event time, in seconds either side of 1970, that any component takes: 2**53 us
+# (2255-06-05), as far as a float64 count of seconds holds whole microseconds. A time past it is no
+# CAN frame's (a log in milliseconds or microseconds read as seconds, a corrupt field): the reader
+# quarantines such a frame (``ClockGuard``), and a signals message carrying one is refused.
+MAX_EVENT_TIME = 2.0 ** 53 / 1e6
+
 
 # -- checks shared by the decoders -----------------------------------------------------------------
 
@@ -321,9 +327,10 @@ class Signals(Message):
         the other refuses, with the same reason."""
         payload = bytes(payload)
         head, start, _, _, total, event_counts = cls._layout(payload)
-        values = np.frombuffer(payload, "<f8", 2 * total, start)  # the times, then the values
+        times = np.frombuffer(payload, "<f8", total, start)
+        values = np.frombuffer(payload, "<f8", total, start + 8 * total)
         events = np.frombuffer(payload, "<f8", sum(event_counts.values()), start + 16 * total)
-        span_start, span_end, frames, seq = _signals_checks(head, (values,), (events,))
+        span_start, span_end, frames, seq = _signals_checks(head, times, values, (events,))
         return SignalsHead(str(head.get("source", "")), seq, span_start, span_end, frames, total)
 
     @classmethod
@@ -384,7 +391,7 @@ class Signals(Message):
     @classmethod
     def _checked(cls, event: Mapping[str, Any], batch: FlatBatch, events: dict[str, np.ndarray]) -> Signals:
         """What both forms share: the span, the counters, finite times and values."""
-        start, end, frames, seq = _signals_checks(event, (batch.t, batch.v), tuple(events.values()))
+        start, end, frames, seq = _signals_checks(event, batch.t, batch.v, tuple(events.values()))
         return cls(str(event.get("source", "")), seq, start, end, frames, batch, events)
 
 
@@ -401,19 +408,29 @@ class SignalsHead:
     samples: int
 
 
-def _signals_checks(event: Mapping[str, Any], columns: tuple[np.ndarray, ...],
+def _within(times: np.ndarray) -> bool:
+    """Every (finite) time within ``MAX_EVENT_TIME`` of 1970."""
+    return not len(times) or bool(max(-float(times.min()), float(times.max())) <= MAX_EVENT_TIME)
+
+
+def _signals_checks(event: Mapping[str, Any], times: np.ndarray, values: np.ndarray,
                     event_times: tuple[np.ndarray, ...]) -> tuple[float, float, dict[str, int], int]:
-    """The checks of a signals batch past its layout: its span, finite times and values (in
-    ``columns``) and event times, its counters. (start, end, frames, seq)."""
+    """The checks of a signals batch past its layout: its span, its samples' times and its event
+    times finite and within ``MAX_EVENT_TIME``, its values finite, its counters.
+    (start, end, frames, seq)."""
     span = _table(_field(event, "span"), "signals message 'span'")
     try:
         start, end = _number(span.get("start"), "span.start"), _number(span.get("end"), "span.end")
     except MessageError:
         raise MessageError("signals message without a numeric 'span' {start, end}") from None
-    if not all(np.isfinite(column).all() for column in columns):  # a null, or a NaN a sender let through
+    if not (np.isfinite(times).all() and np.isfinite(values).all()):  # a null, or a NaN a sender let through
         raise MessageError("signals message has a time or value that is not a finite number")
-    if not all(np.isfinite(times).all() for times in event_times):
+    if not all(np.isfinite(column).all() for column in event_times):
         raise MessageError("signals message has an event time that is not a finite number")
+    if not (_within(times) and all(_within(column) for column in event_times)
+            and abs(start) <= MAX_EVENT_TIME and abs(end) <= MAX_EVENT_TIME):
+        raise MessageError(f"signals message has a time beyond {MAX_EVENT_TIME:.0f} s either side of 1970 "
+                           "(2255): not an event time in seconds")
     frames = _counters(event.get("frames", {}), "frames")
     return start, end, frames, _count(event.get("seq", 0), "seq")
 
@@ -436,6 +453,8 @@ class EndOfStream(Message):
     @classmethod
     def decode(cls, event: Mapping[str, Any]) -> EndOfStream:
         end = _or_none(_number(event.get("end"), "end", optional=True))
+        if end is not None and abs(end) > MAX_EVENT_TIME:
+            raise MessageError(f"end_of_stream 'end' {end!r} is beyond {MAX_EVENT_TIME:.0f} s either side of 1970 (2255)")
         return cls(str(event.get("source", "")), _count(event.get("seq", 0), "seq"), end,
                    _counters(event.get("totals", {}), "totals"))
 

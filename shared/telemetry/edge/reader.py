@@ -26,6 +26,7 @@ import numpy as np
 from . import messages
 from .decode import MAX_MAGNITUDE, Decoder
 from .frames import Frames
+from .messages import MAX_EVENT_TIME
 from .plan import Program, only
 from .rules import LimitRule, Rule
 from .rules.base import per_table
@@ -118,7 +119,9 @@ class ClockGuard:
     clock, so event time never runs backwards (no late samples, no alert storm); a later jump
     forward past the clock ends the shift. A held frame that is not confirmed is quarantined:
     counted, never decoded. The first frames of a stream are judged against the median of the
-    first ``confirm`` of them, so a bad first timestamp does not set the clock either."""
+    first ``confirm`` of them, so a bad first timestamp does not set the clock either. A frame
+    whose time is not finite, or is past ``MAX_EVENT_TIME`` (2255) either side of 1970, is always
+    quarantined: however many agree, such times are no CAN frame's."""
 
     def __init__(self, skew: float = 5.0, confirm: int = 16) -> None:
         self.skew = float(skew)
@@ -140,14 +143,16 @@ class ClockGuard:
         if self.clock is not None:
             before = np.maximum.accumulate(np.concatenate(([self.clock], t)))[:-1]
             if (np.abs(t - before) <= self.skew).all():  # the common case: one comparison a frame
-                self.clock = max(self.clock, float(t.max()))
-                return frames if t is frames.t else dataclasses.replace(frames, t=t)
+                high = float(t.max())
+                if high <= MAX_EVENT_TIME and float(t.min()) >= -MAX_EVENT_TIME:
+                    self.clock = max(self.clock, high)
+                    return frames if t is frames.t else dataclasses.replace(frames, t=t)
         return self._judge(frames)
 
     def _judge(self, frames: Frames) -> Frames:
         raw = frames.t.tolist()
         if self.clock is None:  # the start of the stream: the median of its first frames
-            first = [x for x in raw[:self.confirm] if math.isfinite(x)]
+            first = [x for x in raw[:self.confirm] if abs(x) <= MAX_EVENT_TIME]  # NaN: False
             if not first:
                 self.quarantined += len(raw)
                 return frames.take(np.zeros(len(raw), bool))
@@ -159,13 +164,13 @@ class ClockGuard:
         low = high = 0.0
         for i, x in enumerate(raw):
             s = x + offset
-            if abs(s - clock) <= skew:
+            if abs(s - clock) <= skew and abs(s) <= MAX_EVENT_TIME:
                 keep[i], shifted[i] = True, s
                 clock = max(clock, s)
                 self.quarantined += len(held)
                 held = []
                 continue
-            if not math.isfinite(x):
+            if not abs(x) <= MAX_EVENT_TIME:  # not finite, or past 2255: never confirmed
                 self.quarantined += 1
                 continue
             if held and max(high, x) - min(low, x) <= skew:
@@ -183,7 +188,10 @@ class ClockGuard:
                     if low >= clock:
                         offset = 0.0
                 for j in held:
-                    keep[j], shifted[j] = True, raw[j] + offset
+                    if abs(raw[j] + offset) <= MAX_EVENT_TIME:
+                        keep[j], shifted[j] = True, raw[j] + offset
+                    else:  # shifted past 2255: as a time there is
+                        self.quarantined += 1
                 clock = max(clock, float(shifted[held].max()))
                 held = []
         self.clock, self.offset = clock, offset

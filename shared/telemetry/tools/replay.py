@@ -167,8 +167,12 @@ def warnings(summary: dict[str, Any]) -> list[str]:
                    f"is this the right DBC for this log?"
                    + (f" Most frequent unknown ids: {top}." if top else "")
                    + (f" {summary['decode_errors']} frames of known ids failed to decode." if summary["decode_errors"] else ""))
-    elif not data_frames:
+    elif not data_frames and not summary.get("frames_quarantined"):
         out.append("the log holds no data frames")
+    if summary.get("frames_quarantined"):
+        out.append(f"{summary['frames_quarantined']} frames quarantined for their timestamps (never decoded): too far "
+                   f"from the stream's event time and not confirmed by the frames after them, not finite, or past "
+                   f"2255 (a log in milliseconds or microseconds read as seconds?); docs/CONFIG.md, \"Event time\"")
     if summary["handler_errors"]:
         out.append(f"{len(summary['handler_errors'])} handler errors (listed below)")
     return out
@@ -222,6 +226,8 @@ def format_summary(summary: dict[str, Any], alerts: Sequence[Alert], *, verbose:
         f"  frames read        {s['frames_read']:>10}   ({s['frames_decoded']} decoded, {s['error_frames']} error, "
         f"{s['remote_frames']} remote, {s['frames_unknown_id']} unknown id, {s['decode_errors']} decode errors)",
         f"  bad log lines      {s['bad_lines']:>10}",
+        *([f"  quarantined        {s['frames_quarantined']:>10}   frames, for their timestamps (never decoded)"]
+          if s.get("frames_quarantined") else []),
         f"  signal samples     {s['signal_samples']:>10}   in {s['batches']} batches",
         f"  aggregates         {s['aggregates']:>10}   payloads of {s.get('windows', 0)} windows ({s['late_samples']} late samples)",
         f"  alerts             {s['alerts']:>10}   ({s['alerts_raised']} raised, {s['alerts_updated']} updated, "
