@@ -1285,9 +1285,10 @@ def _decode_v2(body: bytes, schema: Schema | None, version: int = 2) -> Payload:
     """Layouts 2 and 3 (which differ only in how the mean travels: ``_exact_means``). The
     columns are read at once (``_Columns``), the delta-coded ones joined two at a time
     (``_join``), the value statistics made as one matrix, the layout of the cells remembered
-    (``_Cells``); every check of the layout is
-    made in the order a column by column reading made it (a malformed payload is refused with
-    the same reason), a count that says more cells than the payload holds before any cell is."""
+    (``_Cells``). Every check of the layout is made in the order a column by column reading made
+    it, so a malformed payload is refused with the same reason; where that reading failed with
+    numpy's error instead (a count of more cells than the payload holds, to allocate; a first
+    window past int64), this says why, in a WireError."""
     r = _Reader2(body)
     try:
         head = _check_header(_json_of(r.section()), 2)
@@ -1326,6 +1327,8 @@ def _decode_v2(body: bytes, schema: Schema | None, version: int = 2) -> Payload:
     total_own = layout.total_own
     c.ints(total_own)
     windows_at = c.span[0]
+    if not -(2**63) <= k0 < 2**63:  # (numpy's OverflowError before)
+        raise WireError("aggregates payload: its first window is out of range")
     c.ints(total_own)
     own_window, own_count = layout.join(c.signed[windows_at:c.span[1]])  # the windows' column, then the counts'
     own_window = own_window + k0
