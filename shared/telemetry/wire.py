@@ -1085,6 +1085,13 @@ class _Columns:
         size = len(body)
         self.bounds: list[tuple[int, int]] = []  # each section's bytes, as far as the body has them
         for _ in kinds:
+            if at < size and body[at] < 0x80:  # a length of one byte (most are)
+                n, at = body[at], at + 1
+                if at + n > size:
+                    break
+                self.bounds.append((at, at + n))
+                at += n
+                continue
             n, shift, ended = 0, 0, False
             while at < size and shift <= 28:
                 byte = body[at]
