@@ -1235,6 +1235,7 @@ class _Cells:
         self.later = np.zeros(0, np.int64)
         self.own_sid = np.zeros(0, np.int64)
         self.per_signal: np.ndarray | None = None
+        self.own_no = np.zeros(0, np.int64)  # each signal's cells: those of this signal with its own
         self.cells = 0
         self.sid: np.ndarray | None = None
         self.at: np.ndarray | None = None  # each cell's among the own cells (None: every signal has its own)
@@ -1262,7 +1263,7 @@ class _Cells:
                     if np.array_equal(further, src):
                         break
                     src = further
-                self.own_no = (np.cumsum(self.same == 0) - 1)[src]  # each signal's cells: that signal's
+                self.own_no = (np.cumsum(self.same == 0) - 1)[src]
                 self.per_signal = self.own_cells[self.own_no]
                 self.cells = int(self.per_signal.sum())
         return self.cells
