@@ -23,7 +23,9 @@ cloud-side decoder runs wherever numpy does.
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
+import itertools
 import json
 import math
 import struct
@@ -448,13 +450,6 @@ def _split_delta(x: np.ndarray, first: np.ndarray) -> np.ndarray:
     """A column delta-coded along time per signal, as each signal's first value, then the deltas."""
     d = _delta(x, first)
     return np.concatenate((d[first], d[~first]))
-
-
-def _join_delta(col: np.ndarray, first: np.ndarray) -> np.ndarray:
-    d = np.empty_like(col)
-    n = int(first.sum())
-    d[first], d[~first] = col[:n], col[n:]
-    return _undelta(d, first)
 
 
 def _first_window(start: float, width: float) -> int:
@@ -989,7 +984,8 @@ def _named(schema: Schema, present: np.ndarray, extra: Mapping[str, Any], as_flo
 
 
 class _Reader2:
-    """Layout 2's body: sections, each a LEB128 length and its bytes."""
+    """Layout 2's body: sections, each a LEB128 length and its bytes (the header, the dictionary,
+    the presence runs and the grids; the columns after them are read by ``_Columns``)."""
 
     def __init__(self, body: bytes) -> None:
         self.body, self.at = body, 0
@@ -1011,42 +1007,301 @@ class _Reader2:
         self.at += n
         return out
 
-    def ints(self, count: int) -> np.ndarray:
-        return _read_varints(self.section(), count)
 
-    def offsets(self, count: int) -> np.ndarray:
-        raw = self.section()
-        if not raw or raw[0] > 2:
-            raise WireError("payload offset column without its sign byte")
-        if raw[0] == 0:
-            return _read_varints(raw[1:], count)
-        u = _read_uvarints(raw[1:], count)
-        if len(u) and u.max() > np.uint64(2**62):
-            raise WireError("payload offset column has a value out of range")
-        return u.astype(np.int64) * (1 if raw[0] == 1 else -1)
+_U62 = np.uint64(2**62)  # a count or an offset column's largest value
+_NO_FLOATS = np.zeros(0)
+_NO_FLOATS.setflags(write=False)
+
+
+@functools.lru_cache(maxsize=64)
+def _column_kinds(stats: tuple[str, ...]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The sections after the grids of a layout-2 or -3 body, by kind, as the header's statistics
+    make them (``encode``): ``v`` signed varints, ``u`` unsigned, ``o`` offsets (a sign byte,
+    then varints), ``f`` floats, ``b`` the collapse flags; and the value statistics, the
+    reference first, the others in the order they travel."""
+    kinds = ["v", "u", "u", "v", "v", "b"]  # first window, shared cells, cells, windows, counts, flags
+    ref = next((x for x in _REF_ORDER if x in stats), None)
+    if ref is not None:  # collapsed cells (integers, floats), the reference (its remainders), the others
+        kinds += ["v", "f", "v", *(["u"] if ref == "mean" else []), "f"]
+        kinds += ["o", "f"] * sum(1 for x in _REF_ORDER if x in stats and x != ref)
+    if "std" in stats:
+        kinds += ["u", "f"]
+    if "t_min" in stats or "t_max" in stats:
+        kinds += ["v"] * (1 + ("t_min" in stats) + ("t_max" in stats))
+    return tuple(kinds), tuple(x for x in _REF_ORDER if x in stats)
+
+
+def _uvarint_columns(raw: bytes, lengths: Sequence[int]) -> tuple[np.ndarray, list[int], list[bool], list[bool], int]:
+    """Columns of unsigned LEB128 varints laid end to end (``lengths``: each column's bytes), read
+    in one pass: every value (a column's last byte ends its last value, whatever it says); where
+    each column's values begin (and where the last ends); whether each column's last byte does
+    end a value; whether a column has a value over 64 bits (``_read_uvarints`` refuses both); the
+    most bytes a value has."""
+    b = np.frombuffer(raw, np.uint8)
+    n = len(b)
+    bytes_at = list(itertools.accumulate(lengths, initial=0))
+    lasts = [e - 1 for a, e in itertools.pairwise(bytes_at) if e > a]
+    last = b < 0x80
+    ended = iter(last[lasts].tolist())
+    complete = [next(ended) if e > a else True for a, e in itertools.pairwise(bytes_at)]
+    last[lasts] = True
+    ends = last.nonzero()[0]
+    at = np.searchsorted(ends, bytes_at).tolist()
+    if len(ends) == n:  # every value one byte
+        return b.astype(np.uint64), at, complete, [False] * len(lengths), 1
+    starts = np.empty_like(ends)
+    starts[0] = 0
+    np.add(ends[:-1], 1, out=starts[1:])
+    widths = ends - starts
+    widths += 1
+    widest = int(np.maximum.reduce(widths))
+    over = [False] * len(lengths)
+    if widest >= 10:
+        bad = (widths > 10) | ((widths == 10) & (b[ends] > 1))
+        seen = np.concatenate(([0], bad.cumsum()))[at]
+        over = (seen[1:] > seen[:-1]).tolist()
+    # as _read_uvarints: each byte's 7 bits moved to their place in its value; a value the sum
+    # of its bytes (their bits do not overlap), each the difference of the running sum at its
+    # last byte and at the last byte before it (the running sum wraps in uint64: the difference
+    # does not)
+    shift = np.arange(n) - starts.repeat(widths)
+    shift *= 7
+    bits = (b & 0x7F).astype(np.uint64)
+    bits <<= shift.astype(np.uint64)
+    total = bits.cumsum()[ends]
+    total[1:] -= total[:-1].copy()
+    return total, at, complete, over, widest
+
+
+class _Columns:
+    """The columns of a layout-2 or -3 body (its sections after the grids, of the ``kinds`` its
+    header's statistics make): split at once, and the integers of every varint column read in
+    one numpy pass (``_uvarint_columns``); then handed out in order, each with the checks and the
+    reasons of ``_Reader2``'s column by column reading (a section the body does not have, or a
+    column that does not hold the values it must, is refused where it is reached)."""
+
+    def __init__(self, body: bytes, at: int, kinds: Sequence[str]) -> None:
+        self.body, self.at, self.next = body, at, 0
+        size = len(body)
+        self.bounds: list[tuple[int, int]] = []  # each section's bytes, as far as the body has them
+        for _ in kinds:
+            if at < size and body[at] < 0x80:  # a length of one byte (most are)
+                n, at = body[at], at + 1
+                if at + n > size:
+                    break
+                self.bounds.append((at, at + n))
+                at += n
+                continue
+            n, shift, ended = 0, 0, False
+            while at < size and shift <= 28:
+                byte = body[at]
+                at += 1
+                n |= (byte & 0x7F) << shift
+                shift += 7
+                if byte < 0x80:
+                    ended = True
+                    break
+            if not ended or at + n > size:
+                break
+            self.bounds.append((at, at + n))
+            at += n
+        spans = [(a + (kind == "o" and a < e), e) for (a, e), kind in zip(self.bounds, kinds) if kind in ("v", "u", "o")]
+        self.column = list(itertools.accumulate((kind in ("v", "u", "o") for kind in kinds[:len(self.bounds)]),
+                                                initial=0))  # a varint section's number among them
+        self.sizes = [e - a for a, e in spans]
+        self.u, self.values_at, self.complete, self.over, widest = _uvarint_columns(
+            b"".join([body[a:e] for a, e in spans]), self.sizes)
+        u = self.u
+        self.signed = (u >> np.uint64(1)).view(np.int64)  # zigzag: (u >> 1) ^ -(u & 1)
+        sign = (u & np.uint64(1)).view(np.int64)
+        np.negative(sign, out=sign)
+        self.signed ^= sign
+        self.big = widest >= 9 and bool(np.maximum.reduce(u) > _U62)  # a value too large for a count somewhere
+        self.span = (0, 0)  # the values of the last integer column read
+
+    def _take(self) -> int:
+        i = self.next
+        if i >= len(self.bounds):
+            raise WireError("payload body ends early")
+        self.next = i + 1
+        self.at = self.bounds[i][1]
+        return i
+
+    def _values(self, i: int, count: int) -> tuple[int, int]:
+        j = self.column[i]
+        a, e = self.values_at[j], self.values_at[j + 1]
+        if not self.complete[j] or e - a != count:
+            raise WireError(f"payload integer column of {self.sizes[j]} bytes does not hold {count} values")
+        if self.over[j]:
+            raise WireError("payload integer column has a value over 64 bits")
+        return a, e
+
+    def section(self) -> bytes:
+        a, e = self.bounds[self._take()]
+        return self.body[a:e]
+
+    def peek(self, n: int) -> tuple[bytes, ...] | None:
+        """The bytes of the next ``n`` sections, if the body has them."""
+        if self.next + n > len(self.bounds):
+            return None
+        return tuple(self.body[a:e] for a, e in self.bounds[self.next:self.next + n])
+
+    def skip(self, n: int) -> None:
+        for _ in range(n):
+            self._take()
+
+    def ints(self, count: int) -> np.ndarray:
+        a, e = self.span = self._values(self._take(), count)
+        return self.signed[a:e]
 
     def uints(self, count: int) -> np.ndarray:
-        u = _read_uvarints(self.section(), count)
-        if len(u) and u.max() > np.uint64(2**62):
+        a, e = self._values(self._take(), count)
+        u = self.u[a:e]
+        if self.big and len(u) and u.max() > _U62:
             raise WireError("payload count column has a value out of range")
-        return u.astype(np.int64)
+        return u.view(np.int64)
+
+    def offsets(self, count: int) -> np.ndarray:
+        i = self._take()
+        at, end = self.bounds[i]
+        if at == end or self.body[at] > 2:
+            raise WireError("payload offset column without its sign byte")
+        a, e = self._values(i, count)
+        if self.body[at] == 0:
+            return self.signed[a:e]
+        u = self.u[a:e]
+        if self.big and len(u) and u.max() > _U62:
+            raise WireError("payload offset column has a value out of range")
+        return u.view(np.int64) if self.body[at] == 1 else -u.view(np.int64)
 
     def floats(self, count: int) -> np.ndarray:
-        raw = self.section()
-        if not raw or raw[0] not in (4, 8) or len(raw) - 1 != raw[0] * count:
-            raise WireError(f"payload float column of {len(raw)} bytes, {count} values expected")
-        width = raw[0]
-        data = np.frombuffer(raw, np.uint8, count * width, 1).reshape(width, count).T.copy()
+        a, e = self.bounds[self._take()]
+        width = self.body[a] if a < e else 0
+        if width not in (4, 8) or e - a - 1 != width * count:
+            raise WireError(f"payload float column of {e - a} bytes, {count} values expected")
+        if not count:
+            return _NO_FLOATS
+        data = np.frombuffer(self.body, np.uint8, count * width, a + 1).reshape(width, count).T.copy()
         return data.view("<f4" if width == 4 else "<f8").reshape(count).astype(np.float64)
 
 
+_Plan = tuple[np.ndarray, np.ndarray]
+
+
+def _join_plan(first: np.ndarray, starts: Sequence[int]) -> _Plan:
+    """How to join columns written by ``_split_delta`` and laid end to end (the i-th begins at
+    ``starts[i]``, the first at 0; ``first`` true where a signal's run of cells begins, and at
+    each column's first cell): where each cell's value is in them (a run's first among its
+    column's first values, a delta after them, in order), and where each cell's run begins."""
+    n = len(first)
+    rank = first.cumsum()  # the runs begun up to each cell
+    if not n:
+        return rank, rank
+    before = [int(rank[s - 1]) if s else 0 for s in starts]  # the runs begun before each column
+    firsts, deltas = rank - 1, np.arange(n) - rank
+    for s, e, b, b_next in zip(starts, [*starts[1:], n], before, [*before[1:], int(rank[-1])]):
+        if s:
+            firsts[s:e] += s - b
+        deltas[s:e] += b_next
+    return np.where(first, firsts, deltas), first.nonzero()[0][rank - 1]
+
+
+def _join(col: np.ndarray, plan: _Plan) -> np.ndarray:
+    """The columns' values (``_join_delta`` of each, in one pass): the sums wrap in int64 as
+    ``_undelta``'s do, and a column's values do not depend on the others'."""
+    at, run_start = plan
+    if not len(col):
+        return np.empty_like(col)
+    d = col[at]
+    total = d.cumsum()
+    return total - (total - d)[run_start]
+
+
+class _Cells:
+    """Where the cells of a layout-2 or -3 payload are, from its columns of shared cells
+    (``same``) and cells per signal that has its own (``own_cells``), both checked: the cells
+    that travel (``total_own``), and each signal's (its own, or those of the signal it shares
+    them with). A vehicle's payloads repeat a few of these: ``_decode_v2`` remembers them
+    (``_KNOWN_CELLS``), and each part is made when first needed (after the checks the payload's
+    columns make of it: a count column that says more cells than a payload holds allocates
+    nothing)."""
+
+    def __init__(self, same: np.ndarray, own_cells: np.ndarray) -> None:
+        self.same, self.own_cells = same.copy(), own_cells.copy()
+        self.n_sig, self.n_own = len(same), len(own_cells)
+        self.total_own = int(own_cells.sum())
+        self.plan: _Plan | None = None
+        self.own_first = np.zeros(0, bool)
+        self.later = np.zeros(0, np.int64)
+        self.own_sid = np.zeros(0, np.int64)
+        self.per_signal: np.ndarray | None = None
+        self.own_no = np.zeros(0, np.int64)  # each signal's cells: those of this signal with its own
+        self.cells = 0
+        self.sid: np.ndarray | None = None
+        self.at: np.ndarray | None = None  # each cell's among the own cells (None: every signal has its own)
+
+    def join(self, columns: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The own cells' windows (from the first's) and counts, from their columns (one after
+        the other)."""
+        if self.plan is None:
+            self.own_sid = np.arange(self.n_own, dtype=np.int64).repeat(self.own_cells)
+            self.own_first = _starts(self.own_sid)
+            self.later = (~self.own_first[1:]).nonzero()[0]  # the cells after a signal's first, less one
+            self.plan = _join_plan(np.concatenate((self.own_first, self.own_first)), (0, self.total_own))
+        joined = _join(columns, self.plan)
+        return joined[:self.total_own], joined[self.total_own:]
+
+    def count(self) -> int:
+        """How many cells the signals have in all."""
+        if self.per_signal is None:
+            if self.n_own == self.n_sig:  # no signal shares another's cells
+                self.per_signal, self.cells = self.own_cells, self.total_own
+            else:
+                src = np.arange(self.n_sig) - self.same  # pointer jumping: each back to a signal with its own
+                while True:
+                    further = src[src]
+                    if np.array_equal(further, src):
+                        break
+                    src = further
+                self.own_no = (np.cumsum(self.same == 0) - 1)[src]
+                self.per_signal = self.own_cells[self.own_no]
+                self.cells = int(self.per_signal.sum())
+        return self.cells
+
+    def expand(self) -> tuple[np.ndarray, np.ndarray | None]:
+        """Each cell's signal, and where its window and count are among the own cells (None:
+        where they are)."""
+        if self.sid is None:
+            self.count()
+            if self.n_own == self.n_sig:
+                self.sid = self.own_sid
+            else:
+                per_signal, cells = self.per_signal, self.cells
+                assert per_signal is not None
+                self.sid = np.repeat(np.arange(self.n_sig, dtype=np.int64), per_signal)
+                own_at = np.concatenate(([0], np.cumsum(self.own_cells)[:-1])).astype(np.int64)
+                self.at = np.repeat(own_at[self.own_no] - np.concatenate(([0], np.cumsum(per_signal)[:-1])),
+                                    per_signal) + np.arange(cells)
+        return self.sid, self.at
+
+
+_KNOWN_CELLS: dict[tuple[int, bytes, bytes], _Cells] = {}  # a few layouts of cells
+_KNOWN_CELLS_MAX = 4096  # a layout remembered has at most this many cells (32 of them: some 7 MB at worst)
+
+
 def _decode_v2(body: bytes, schema: Schema | None, version: int = 2) -> Payload:
-    """Layouts 2 and 3 (which differ only in how the mean travels: ``_exact_means``)."""
+    """Layouts 2 and 3 (which differ only in how the mean travels: ``_exact_means``). The
+    columns are read at once (``_Columns``), the delta-coded ones joined two at a time
+    (``_join``), the value statistics made as one matrix, the layout of the cells remembered
+    (``_Cells``). Every check of the layout is made in the order a column by column reading made
+    it, so a malformed payload is refused with the same reason; where that reading failed with
+    numpy's error instead (a count of more cells than the payload holds, to allocate; a first
+    window past int64), this says why, in a WireError."""
     r = _Reader2(body)
     try:
-        head = _check_header(json.loads(r.section(), parse_constant=_no_constant), 2)
+        head = _check_header(_json_of(r.section()), 2)
         raw_dictionary = r.section()
-        dictionary = json.loads(raw_dictionary, parse_constant=_no_constant)
+        dictionary = _json_of(raw_dictionary)
     except ValueError as exc:
         if isinstance(exc, WireError):
             raise
@@ -1055,96 +1310,130 @@ def _decode_v2(body: bytes, schema: Schema | None, version: int = 2) -> Payload:
         raise WireError("aggregates dictionary is not a JSON object")
     names, res, scale, offset, by_name = _signals2(dictionary, raw_dictionary, r, schema)
     n_sig = len(names)
-    scale, offset = scale.copy(), offset.copy()
-    dbc = ~np.isnan(scale)
     grid = dictionary.get("grid", []) if version == 2 else _grid_section(r)
     if not (isinstance(grid, list) and all(isinstance(g, list) and len(g) == 2 and _count(g[0]) and g[0] < n_sig
                                            and _count(g[1]) and g[1] <= _MAX_GRID and res[g[0]] is None for g in grid)):
         raise WireError("aggregates dictionary: 'grid' must list [position, s] of signals without a resolution")
-    for i, s in grid:
-        scale[i], offset[i] = 2.0**-s, 0.0
-    k0 = int(r.ints(1)[0]) + _first_window(float(head["start"]), float(head["width"]))
-    same = r.uints(n_sig)
-    if (same > np.arange(n_sig)).any():
-        raise WireError("aggregates payload: a signal shares the cells of a signal after it")
-    own = same == 0
-    n_own = int(own.sum())
-    own_cells = r.uints(n_own)
-    own_sid = np.repeat(np.arange(n_own, dtype=np.int64), own_cells)
-    own_first = _starts(own_sid)
-    total_own = int(own_cells.sum())
-    own_window = _join_delta(r.ints(total_own), own_first) + k0
-    own_count = _join_delta(r.ints(total_own), own_first)
-    # each signal's cells: its own, or those of the signal it shares them with
-    src = np.arange(n_sig) - same  # pointer jumping: each points back until a signal with its own
-    while n_sig:
-        further = src[src]
-        if np.array_equal(further, src):
-            break
-        src = further
-    own_no = np.cumsum(own) - 1
-    per_signal = own_cells[own_no[src]] if n_sig else np.zeros(0, np.int64)
-    cells = int(per_signal.sum())
-    sid = np.repeat(np.arange(n_sig, dtype=np.int64), per_signal)
-    own_at = np.concatenate(([0], np.cumsum(own_cells)[:-1])).astype(np.int64)
-    at = np.repeat(own_at[own_no[src]] - np.concatenate(([0], np.cumsum(per_signal)[:-1])), per_signal) + np.arange(cells)
-    window, count = own_window[at], own_count[at]
-    if len(count) and (count < 1).any():
-        raise WireError("aggregates payload has a cell with no samples")
-    first = _starts(sid)
-    if len(window) and (np.diff(window)[~first[1:]] <= 0).any():
-        raise WireError("aggregates payload: a signal's windows are not in order")
-    collapsed, cell_exact, sc, off = _cells(r.section(), cells, sid, scale, offset)
-    wide = ~collapsed
-    ints, floats = wide & cell_exact, wide & ~cell_exact
-    start = window * float(head["width"])
+    if grid:  # the arrays of _signals2 are shared: changed in a copy
+        scale, offset = scale.copy(), offset.copy()
+        for i, s in grid:
+            scale[i], offset[i] = 2.0**-s, 0.0
     stats: list[str] = head["stats"]
-    ref = next((x for x in _REF_ORDER if x in stats), None)
+    kinds, rows = _column_kinds(tuple(stats))
+    c = _Columns(body, r.at, kinds)
+    k0 = int(c.ints(1)[0]) + _first_window(float(head["start"]), float(head["width"]))
+    raw = c.peek(2)
+    key = (n_sig, raw[0], raw[1]) if raw is not None else None
+    layout = _KNOWN_CELLS.get(key) if key is not None else None
+    if layout is not None:  # the same columns as a payload before: the same values, which passed
+        c.skip(2)
+    else:
+        same = c.uints(n_sig)
+        if (same > np.arange(n_sig)).any():
+            raise WireError("aggregates payload: a signal shares the cells of a signal after it")
+        layout = _Cells(same, c.uints(int(np.count_nonzero(same == 0))))
+    total_own = layout.total_own
+    c.ints(total_own)
+    windows_at = c.span[0]
+    if not -(2**63) <= k0 < 2**63:  # (numpy's OverflowError before)
+        raise WireError("aggregates payload: its first window is out of range")
+    c.ints(total_own)
+    own_window, own_count = layout.join(c.signed[windows_at:c.span[1]])  # the windows' column, then the counts'
+    own_window = own_window + k0
+    # the checks of every signal's cells, made on the cells that travel (a signal that shares
+    # another's has the very same)
+    if total_own and np.count_nonzero(own_count < 1):
+        raise WireError("aggregates payload has a cell with no samples")
+    if total_own > 1 and np.count_nonzero((own_window[1:] - own_window[:-1])[layout.later] <= 0):
+        raise WireError("aggregates payload: a signal's windows are not in order")
+    cells = layout.count()
+    flags = c.section()
+    if len(flags) != (cells + 7) // 8:
+        raise WireError("aggregates payload: collapse flags of the wrong length")
+    sid, at = layout.expand()
+    if key is not None and cells <= _KNOWN_CELLS_MAX and key not in _KNOWN_CELLS:
+        if len(_KNOWN_CELLS) >= 32:  # bounded: a long-running decoder sees many vehicles
+            _KNOWN_CELLS.clear()
+        _KNOWN_CELLS[key] = layout
+    window, count = (own_window, own_count) if at is None else (own_window[at], own_count[at])
+    sid = sid.copy()  # the table's own: a layout remembered is shared
+    collapsed = np.unpackbits(np.frombuffer(flags, np.uint8), count=cells).view(bool)
+    wide = ~collapsed
+    n_wide = int(np.count_nonzero(wide))
+    dbc = ~np.isnan(scale)  # a signal's integers read at its step (a float signal's travel as float)
+    cell_exact = None if dbc.all() else dbc[sid]
+    floats = c_float = None  # the cells of float signals (none in the usual payload)
+    if cell_exact is None:  # every cell's values at its signal's step
+        ints, n_ints, n_c, n_floats, n_cf = wide, n_wide, cells - n_wide, 0, 0
+        kind = wide  # the collapsed cells, then the others (argsort)
+    else:
+        ints, c_int = wide & cell_exact, collapsed & cell_exact
+        floats, c_float = wide & ~cell_exact, collapsed & ~cell_exact
+        n_ints, n_c = int(np.count_nonzero(ints)), int(np.count_nonzero(c_int))
+        n_floats, n_cf = n_wide - n_ints, cells - n_wide - n_c
+        kind = wide + 2 * ~cell_exact  # the collapsed cells at a step, the others, then the float cells
     cols: dict[str, np.ndarray] = {"count": count}
-    n_ints, n_floats = int(ints.sum()), int(floats.sum())
-
-    def values(q: np.ndarray, mask: np.ndarray, out: np.ndarray) -> None:
-        out[mask] = q.astype(np.float64) * sc[mask] + off[mask]
-
-    if ref is not None:
-        c_int, c_float = collapsed & cell_exact, collapsed & ~cell_exact
-        one = np.zeros(cells)
-        values(_join_delta(r.ints(int(c_int.sum())), _starts(sid[c_int])), c_int, one)
-        one[c_float] = r.floats(int(c_float.sum()))
-        ref_q = _join_delta(r.ints(n_ints), _starts(sid[ints]))
+    if rows:  # the reference (the first of _REF_ORDER there is), then the other value statistics
+        c.ints(n_c)
+        one_at = c.span[0]
+        one_f = c.floats(n_cf)
+        c.ints(n_ints)
+        one_ref = c.signed[one_at:c.span[1]]  # the collapsed cells' column, then the reference's
         rem = None
-        if ref == "mean":  # the remainders of the means that travel as sums; the others are rounded
+        if rows[0] == "mean":  # the remainders of the means that travel as sums; the others are rounded
             coarse = [i for i, s in grid if s < _ROUND_GRID]
-            summed = _exact_means(ints, sid, coarse, n_sig, head.get("thinned"), version)
-            rem = np.zeros(cells)
-            rem[summed] = r.uints(int(summed.sum())) / count[summed]
-            rem = rem[ints]
-        ref_f = r.floats(n_floats)
-        for stat in ("mean", "min", "max", "first", "last"):
-            if stat not in stats:
-                continue
-            x = one.copy()
-            if stat == ref:
-                if rem is not None:
-                    x[ints] = (ref_q + rem) * sc[ints] + off[ints]
-                else:
-                    values(ref_q, ints, x)
-                x[floats] = ref_f
-            else:
-                values(ref_q + r.offsets(n_ints), ints, x)
-                x[floats] = r.floats(n_floats)
-            cols[stat] = x
+            summed = _exact_means(ints, sid, coarse, n_sig, head.get("thinned"), version) \
+                if version == 2 or head.get("thinned") or coarse else None  # else none
+            rem_u = c.uints(0 if summed is None else int(np.count_nonzero(summed)))
+            if len(rem_u):
+                rem = np.zeros(cells)
+                rem[summed] = rem_u / count[summed]
+                rem = rem[ints]
+        ref_f = c.floats(n_floats)
+        offsets, others_f = [], []
+        for _ in rows[1:]:
+            offsets.append(c.offsets(n_ints))
+            others_f.append(c.floats(n_floats))
+        # the cells at a step: the collapsed ones' integers and the reference's joined in one
+        # pass, then each value statistic a row (the collapsed cell's value, or the reference
+        # plus the statistic's offset), all at the step at once
+        at_b = np.argsort(kind, kind="stable")[:n_c + n_ints]
+        sid_b = sid[at_b]
+        first_b = _starts(sid_b)
+        if 0 < n_c < len(first_b):
+            first_b[n_c] = True
+        q = _join(one_ref, _join_plan(first_b, (0, n_c)))
+        values = np.empty((len(rows), len(at_b)))
+        values[:, :n_c] = q[:n_c]
+        ref_q = q[n_c:]
+        values[0, n_c:] = ref_q if rem is None else ref_q + rem
+        for row, offset_q in enumerate(offsets, 1):
+            values[row, n_c:] = ref_q + offset_q
+        values *= scale[sid_b]
+        values += offset[sid_b]
+        out = np.empty((len(rows), cells))
+        out[:, at_b] = values
+        if c_float is not None and n_cf:
+            out[:, c_float] = one_f
+        if floats is not None and n_floats:
+            out[:, floats] = np.stack((ref_f, *others_f))
+        cols.update(zip(rows, out))
     if "std" in stats:
-        by_grid = np.zeros(n_sig, bool)
-        by_grid[[i for i, _ in grid]] = True
-        steps_of, as_is = ints & ~by_grid[sid], wide & (~cell_exact | by_grid[sid])
+        steps_of, as_is = ints, floats
+        if grid:  # a float signal on a grid: its std as float
+            by_grid = np.zeros(n_sig, bool)
+            by_grid[[i for i, _ in grid]] = True
+            steps_of, as_is = ints & ~by_grid[sid], wide & (~dbc[sid] | by_grid[sid])
         x = np.zeros(cells)
-        x[steps_of] = r.uints(int(steps_of.sum())) * np.abs(sc[steps_of])
-        x[as_is] = r.floats(int(as_is.sum()))
+        x[steps_of] = c.uints(int(np.count_nonzero(steps_of))) * np.abs(scale[sid[steps_of]])
+        std_f = c.floats(0 if as_is is None else int(np.count_nonzero(as_is)))
+        if as_is is not None:
+            x[as_is] = std_f
         cols["std"] = x
-    _times(r, stats, cells, collapsed, wide, start, cols)
-    if r.at != len(r.body):
-        raise WireError(f"aggregates body has {len(r.body) - r.at} bytes after its last column")
+    if "t_min" in stats or "t_max" in stats:
+        _times(c, stats, cells, collapsed, wide, window * float(head["width"]), cols)
+    if c.at != len(body):
+        raise WireError(f"aggregates body has {len(body) - c.at} bytes after its last column")
     table = Table(names, window, sid, {x: cols[x] for x in stats})
     return _payload(head, table, scale, offset, dbc, dictionary.get("schema"), dict(by_name))
 
@@ -1190,6 +1479,8 @@ def _signals2(dictionary: dict[str, Any], raw: bytes, r: _Reader2, schema: Schem
 def _grid_section(r: _Reader2) -> list[list[int]]:
     """Layout 3's grids: a count column of (position from the previous one's, s) pairs."""
     raw = r.section()
+    if not raw:  # no grids (the usual payload)
+        return []
     flat = _read_uvarints(raw, int((np.frombuffer(raw, np.uint8) < 0x80).sum()))
     if len(flat) % 2 or (len(flat) and flat.max() > np.uint64(2**31)):
         raise WireError("aggregates payload: grids must be pairs of (position, s)")
@@ -1241,6 +1532,14 @@ def _count(x: Any) -> bool:
 
 def _no_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
+
+
+_JSON = json.JSONDecoder(parse_constant=_no_constant)
+
+
+def _json_of(raw: bytes) -> Any:
+    """``json.loads(raw, parse_constant=_no_constant)``, without a decoder made each time."""
+    return _JSON.decode(raw.decode(json.detect_encoding(raw), "surrogatepass"))
 
 
 # -- thinning ------------------------------------------------------------------------------------
