@@ -400,9 +400,10 @@ def _uvarint(n: int) -> bytes:
 
 def _leb128(u: np.ndarray) -> bytes:
     """The unsigned LEB128 bytes of every value of ``u`` (uint64), one after the other."""
-    if not len(u) or int(u.max()) <= 0x7F:  # every value one byte
+    top = int(np.maximum.reduce(u)) if len(u) else 0
+    if top <= 0x7F:  # every value one byte
         return u.astype(np.uint8).tobytes()
-    width = (int(u.max()).bit_length() + 6) // 7  # bytes of the largest value
+    width = (top.bit_length() + 6) // 7  # bytes of the largest value
     groups = np.empty((len(u), width), np.uint8)  # each value's 7-bit groups, low first
     longer = np.empty((len(u), width), bool)  # whether a value has more after each group
     rest = u.copy()
@@ -463,7 +464,7 @@ class _Body:
         bounds = list(itertools.accumulate(map(len, self.columns), initial=0))  # in values
         if len(data) > bounds[-1]:  # some longer than a byte: in bytes
             last = np.zeros(bounds[-1] + 1, np.int64)
-            last[1:] = np.flatnonzero(np.frombuffer(data, np.uint8) < 0x80) + 1
+            last[1:] = (np.frombuffer(data, np.uint8) < 0x80).nonzero()[0] + 1
             bounds = last[bounds].tolist()
         out = []
         for part in self.parts:
@@ -856,8 +857,11 @@ def _exact_means(ints: np.ndarray, sid: np.ndarray, on_grid: Sequence[int], n_si
     return ints & by_grid[sid]
 
 
+_JSON = json.JSONEncoder(separators=(",", ":"), allow_nan=False)  # as json.dumps with these, made once
+
+
 def _json(value: Any) -> bytes:
-    return json.dumps(value, separators=(",", ":"), allow_nan=False).encode()
+    return _JSON.encode(value).encode()
 
 
 def _compress(body: bytes, codec: str, level: int | None) -> bytes:

@@ -368,11 +368,12 @@ class WindowAggregator:
             if len(opened) == len(ks):
                 store[:, which * size + sid] = r
             else:
-                place = np.full(len(ks), -1)
+                place = np.empty(len(ks), np.int64)
+                place.fill(-1)
                 place[opened] = np.arange(len(opened))
-                at = place[which]
+                at = place.take(which)
                 mine = at >= 0
-                store[:, at[mine] * size + sid[mine]] = r[:, mine]
+                store[:, (at * size + sid).compress(mine)] = r.compress(mine, axis=1)
             for j, i in enumerate(opened):
                 self.open[ks[i]] = _Window(store[:, j * size:(j + 1) * size])
         if len(opened) < len(ks):
@@ -381,7 +382,7 @@ class WindowAggregator:
                 if i not in fresh:
                     cells = which == i
                     self.open[k].grow(size)
-                    self.open[k].merge(sid[cells], r[:, cells])
+                    self.open[k].merge(sid.compress(cells), r.compress(cells, axis=1))
 
     def _close(self, due: Callable[[int], bool]) -> list[Window]:
         out = []
