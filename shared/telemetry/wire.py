@@ -621,15 +621,16 @@ def _renumbered(t: Table, order: np.ndarray) -> Table:
                  {k: v.take(take) for k, v in t.stats.items()})
 
 
-_PLACES: dict[tuple[str, tuple[str, ...]], tuple[list[int], np.ndarray | None, bytes]] = {}
+_Places = tuple[list[int], np.ndarray | None, bytes, list[Resolution]]
+_PLACES: dict[tuple[str, tuple[str, ...]], _Places] = {}
 
 
-def _places(schema: Schema, names: tuple[str, ...]) -> tuple[list[int], np.ndarray | None, bytes]:
+def _places(schema: Schema, names: tuple[str, ...]) -> _Places:
     """A payload's names in a schema: each one's place in it (-1 if it has none), in the order
     ``encode`` sends them (the schema's, then the others); the order that renumbers the table
     into it (None if it is in it); the presence runs over the schema's signals (absent, present,
-    ...). The same for every payload of a window group with the same signals: remembered for a
-    few sets of names."""
+    ...); each one's resolution in the schema (None if it has none). The same for every payload
+    of a window group with the same signals: remembered for a few sets of names."""
     key = (schema.id, names)
     known = _PLACES.get(key)
     if known is not None:
@@ -647,7 +648,7 @@ def _places(schema: Schema, names: tuple[str, ...]) -> tuple[list[int], np.ndarr
     present[index[index >= 0]] = 1
     edges = np.flatnonzero(np.diff(np.concatenate(([0], present, [0]))))
     runs = _uvarints(np.diff(np.concatenate(([0], edges))).astype(np.uint64))
-    known = (where, order, runs)
+    known = (where, order, runs, [schema.res[w] if w >= 0 else None for w in where])
     if len(names) <= 1024:  # a vehicle's few sets of names, not a huge one a caller made up
         if len(_PLACES) >= 64:
             _PLACES.clear()
@@ -671,8 +672,9 @@ def encode(p: Payload, *, codec: str = "zlib", level: int | None = None, schema:
     t = p.table
     where: list[int] = []  # each name's place in the schema, -1 if it has none
     runs = b""
+    in_schema: list[Resolution] = []
     if schema is not None:  # signals in the schema's order (so runs say which), the others after
-        where, order, runs = _places(schema, t.names)
+        where, order, runs, in_schema = _places(schema, t.names)
         if order is not None:
             t = _renumbered(t, order)
     for stat in t.stats:
@@ -685,7 +687,9 @@ def encode(p: Payload, *, codec: str = "zlib", level: int | None = None, schema:
     # each name's resolution: the schema's if it has the name, else what the payload's ``res`` says
     # (its ``get`` may know names no schema lists: a J1939 signal's, whatever its source address)
     if schema is not None:
-        res = {n: schema.res[w] if w >= 0 else p.res.get(n) for n, w in zip(t.names, where)}
+        res = dict(zip(t.names, in_schema))
+        for i in [i for i, w in enumerate(where) if w < 0]:
+            res[t.names[i]] = p.res.get(t.names[i])
     else:
         res = {n: p.res.get(n) for n in t.names}
     grids = _grids(t, res, count, rounded=layout == 3 and not p.thinned)

@@ -5,9 +5,11 @@ the first group whose pattern matches, else the default group. Window ``k`` of a
 ``W`` covers event times ``[k*W, (k+1)*W)``; a sample at time ``t`` belongs to window
 ``floor(t / W)``.
 
-A batch as the reader makes it (each signal's samples together, in time order) is routed to its
-groups run by run and cut into runs of (signal, window) without a sort; any other batch is
-sorted first. The runs are reduced with ``ufunc.reduceat``. Each open window keeps its
+A batch as the reader makes it (each signal's samples together, in time order) is cut into runs
+of (signal, window) without a sort or a copy, each run's windows its group's, and the runs of
+every group are reduced in one pass (``ufunc.reduceat``), then folded into their groups; a batch
+that is not quite that (a name twice, a run out of order, a late or unsound sample) is routed to its groups
+run by run and each group folds its own, sorting what needs it. Each open window keeps its
 statistics in one 2-D array (a row per statistic, a column per signal), the windows a batch
 opens in one array together, so a batch is folded in with a few vector operations: Python
 loops run over windows, never over samples or (signal, window) cells. Partial results merge
