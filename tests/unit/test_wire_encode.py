@@ -8,11 +8,14 @@ any order, in a schema or not, layouts 2 and 3, thinned or not, split or not."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from support import wire_encode_before as before
 from telemetry import wire
+
+pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")  # both encoders' overflow in NaN, inf, 1e300
 
 RES = {"A.x": (0.5, 0.0), "A.y": (0.1, -40.0), "B.z": (1.0, 0.0), "B.w": None, "C.f": None,
        "C.g": (2.0**-12, 0.0), "D.us": (1.0, 0.0), "X.extra": (0.25, 1.0), "Y.float": None}
