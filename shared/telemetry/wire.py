@@ -226,15 +226,6 @@ def _starts(sid: np.ndarray) -> np.ndarray:
     return first
 
 
-def _delta(x: np.ndarray, first: np.ndarray) -> np.ndarray:
-    d = np.empty_like(x)
-    if len(x):
-        d[0] = x[0]
-        np.subtract(x[1:], x[:-1], out=d[1:])
-        d[first] = x[first]
-    return d
-
-
 def _undelta(d: np.ndarray, first: np.ndarray) -> np.ndarray:
     if not len(d):
         return d
@@ -298,45 +289,48 @@ class _Reader:
 
 
 def _quantize(table: Table, res: Mapping[str, Resolution], count: np.ndarray, collapsed: np.ndarray,
-              by_grid: np.ndarray) -> np.ndarray:
+              by_grid: np.ndarray) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
     """Per name: its (scale, offset) if every exact statistic of it (and the mean of a cell of
     one sample) is on its grid, and every integer its other cells' statistics travel as fits
     its column, else NaN: a mean's sum of raw values ``S = count * (mean - offset) / scale`` an
     int64 (a microsecond timestamp of 1.7e15 in a window of 10,000 samples makes S 1.7e19: it
     would wrap), a std in steps a uint64 (but on an inferred grid, ``by_grid``, where std travels
-    as float)."""
+    as float). And per cell, what ``encode`` sends of them, computed once for the check and the
+    columns (anything in a cell of a name without a resolution): each exact statistic's and the
+    mean's raw value ``rint((x - offset) / scale)`` by statistic, S as ``"sum"``, the std in
+    steps ``std / |scale|`` as ``"steps"``."""
     single = count == 1
-    n = len(table.names)
     pairs = [(r[0], r[1]) if r is not None and math.isfinite(r[0]) and math.isfinite(r[1]) and r[0] != 0
              else (math.nan, 0.0) for r in map(res.get, table.names)]
     scale = np.array([r[0] for r in pairs], np.float64)
     offset = np.array([r[1] for r in pairs], np.float64)
-    ok = ~np.isnan(scale)
-    if len(table) and ok.any():
-        sc, off = scale[table.sid], offset[table.sid]
-        bad = np.zeros(n, dtype=bool)
-        exact = [table.stats[s] for s in VALUE_STATS if s in table.stats]
-        checks = [(np.stack(exact), sc, off, table.sid)] if exact else []  # every cell
-        if "mean" in table.stats:
-            checks.append((table.stats["mean"][single], sc[single], off[single], table.sid[single]))
-        for x, s_, o_, sid in checks:
-            with np.errstate(invalid="ignore", over="ignore"):
-                q = np.rint((x - o_) / s_)
-                miss = ~((q * s_ + o_ == x) & (np.abs(q) < _MAX_EXACT))
-            if miss.ndim > 1:
-                miss = miss.any(axis=0)
-            bad[sid[miss & ok[sid]]] = True
-        wide = ~collapsed
-        with np.errstate(invalid="ignore", over="ignore"):
-            if "mean" in table.stats:  # as ``encode`` computes S (NaN: never below the bound)
-                total = count[wide] * ((table.stats["mean"][wide] - off[wide]) / sc[wide])
-                bad[table.sid[wide][~(np.abs(total) < 2.0**63)]] = True
-            if "std" in table.stats:
-                steps_of = wide & ~by_grid[table.sid]
-                steps = table.stats["std"][steps_of] / np.abs(sc[steps_of])
-                bad[table.sid[steps_of][~(steps < 2.0**64)]] = True
-        scale[bad] = np.nan
-    return np.stack((scale, offset))
+    keys = [s for s in (*VALUE_STATS, "mean") if s in table.stats]
+    if not len(table) or not np.count_nonzero(scale == scale):  # no cell could travel as integers
+        nothing = np.zeros(len(table))
+        return scale, offset, {key: nothing for key in (*keys, "sum", "steps")}
+    sid = table.sid
+    sc, off = scale.take(sid), offset.take(sid)
+    cells: dict[str, np.ndarray] = {}
+    bad = None  # per cell: its name's values do not fit
+    with np.errstate(invalid="ignore", over="ignore"):
+        if keys:  # every exact statistic of every cell; the mean of a cell of one sample
+            x = np.array([table.stats[s] for s in keys])
+            raw = (x - off) / sc
+            q = np.rint(raw)
+            miss = (q * sc + off != x) | (np.abs(q) >= _MAX_EXACT)  # NaN: a miss
+            if keys[-1] == "mean":
+                miss[-1] &= single
+                cells["sum"] = total = count * raw[-1]  # as ``encode`` computes S (NaN: never below the bound)
+                miss[-1] |= ~(collapsed | (np.abs(total) < 2.0**63))
+            bad = np.logical_or.reduce(miss, axis=0)
+            cells.update(zip(keys, q))
+        if "std" in table.stats:
+            cells["steps"] = steps = table.stats["std"] / np.abs(sc)
+            too_many = ~(collapsed | by_grid.take(sid) | (steps < 2.0**64))
+            bad = too_many if bad is None else bad | too_many
+    if bad is not None and np.count_nonzero(bad):
+        scale[sid.compress(bad)] = np.nan
+    return scale, offset, cells
 
 
 _REF_ORDER = ("mean", "min", "max", "first", "last")  # the first of these present is the reference
@@ -395,15 +389,91 @@ def _varints(x: np.ndarray) -> bytes:
     return _uvarints(((x << 1) ^ (x >> 63)).view(np.uint64))
 
 
-def _offsets(x: np.ndarray) -> bytes:
-    """A statistic relative to the reference: its sign is most often the same for every cell
-    (``min`` at or below the mean, ``max`` at or above), so a byte says it once (1: none
-    negative, 2: none positive, sent negated; 0: zigzag) and the values follow unsigned."""
-    if not len(x) or x.min() >= 0:
-        return b"\x01" + _uvarints(x.astype(np.uint64))
-    if x.max() <= 0:
-        return b"\x02" + _uvarints((-x).astype(np.uint64))
-    return b"\x00" + _varints(x)
+def _uvarint(n: int) -> bytes:
+    """One unsigned LEB128 value (a section's length), in Python: numpy's calls would cost more."""
+    out = bytearray()
+    while n > 0x7F:
+        out.append(n & 0x7F | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+def _leb128(u: np.ndarray) -> bytes:
+    """The unsigned LEB128 bytes of every value of ``u`` (uint64), one after the other."""
+    top = int(np.maximum.reduce(u)) if len(u) else 0
+    if top <= 0x7F:  # every value one byte
+        return u.astype(np.uint8).tobytes()
+    width = (top.bit_length() + 6) // 7  # bytes of the largest value
+    groups = np.empty((len(u), width), np.uint8)  # each value's 7-bit groups, low first
+    longer = np.empty((len(u), width), bool)  # whether a value has more after each group
+    rest = u.copy()
+    for j in range(width):
+        groups[:, j] = rest & np.uint64(0x7F)
+        rest >>= np.uint64(7)
+        np.greater(rest, 0, out=longer[:, j])
+    groups[longer] |= 0x80
+    keep = np.empty_like(longer)  # a value's bytes: its first, and one more after each that has more
+    keep[:, 0] = True
+    keep[:, 1:] = longer[:, :-1]
+    return groups[keep].tobytes()
+
+
+class _Body:
+    """A payload's body as ``encode`` writes it: its sections in order, each its LEB128 length
+    and its bytes. The integer columns among them are kept as arrays and written as LEB128 all
+    at once (``bytes``): a payload has a dozen or more, most of a few values, and numpy's calls
+    column by column cost more than the values."""
+
+    def __init__(self) -> None:
+        self.parts: list[bytes | int] = []  # a section's bytes, or the number of an integer column
+        self.prefixes: list[bytes] = []  # per integer column: the bytes before its values (a sign)
+        self.columns: list[np.ndarray] = []
+        self.signed: list[bool] = []  # per integer column: zigzag (signed) or not
+
+    def raw(self, data: bytes) -> None:
+        self.parts.append(data)
+
+    def uints(self, u: np.ndarray, prefix: bytes = b"") -> None:
+        """A column of unsigned integers (as uint64: a negative int64 wraps, as ``_uvarints``)."""
+        self._column(u, prefix, False)
+
+    def ints(self, x: np.ndarray, prefix: bytes = b"") -> None:
+        """A column of signed integers (int64), zigzag (0, -1, 1, -2, ... as 0, 1, 2, 3, ...)."""
+        self._column(x, prefix, True)
+
+    def _column(self, x: np.ndarray, prefix: bytes, signed: bool) -> None:
+        self.parts.append(len(self.columns))
+        self.prefixes.append(prefix)
+        self.columns.append(x)
+        self.signed.append(signed)
+
+    def bytes(self) -> bytes:
+        signed = [x for x, s in zip(self.columns, self.signed) if s]
+        if signed:
+            x = np.concatenate(signed, dtype=np.int64)
+            zigzag = ((x << 1) ^ (x >> 63)).view(np.uint64)
+        pieces, at = [], 0
+        for column, s in zip(self.columns, self.signed):
+            if s:
+                pieces.append(zigzag[at:at + len(column)])
+                at += len(column)
+            else:
+                pieces.append(column)
+        data = _leb128(np.concatenate(pieces, dtype=np.uint64, casting="unsafe") if pieces else np.zeros(0, np.uint64))
+        # where each column's bytes end: after its last value's last byte (the one below 0x80)
+        bounds = list(itertools.accumulate(map(len, self.columns), initial=0))  # in values
+        if len(data) > bounds[-1]:  # some longer than a byte: in bytes
+            last = np.zeros(bounds[-1] + 1, np.int64)
+            last[1:] = (np.frombuffer(data, np.uint8) < 0x80).nonzero()[0] + 1
+            bounds = last[bounds].tolist()
+        out = []
+        for part in self.parts:
+            if isinstance(part, int):
+                part = self.prefixes[part] + data[bounds[part]:bounds[part + 1]]
+            out.append(_uvarint(len(part)))
+            out.append(part)
+        return b"".join(out)
 
 
 def _read_uvarints(raw: bytes, count: int) -> np.ndarray:
@@ -437,6 +507,8 @@ def _floats2(x: np.ndarray) -> bytes:
     """Float values: a type byte (4: float32, when every one is one; 8: float64), then the values
     byte-transposed (every value's first byte, then every second byte, ...): the sign and
     exponent bytes of a signal's values are alike, and deflate finds them together."""
+    if not len(x):  # no float cell (the usual case): the type byte alone
+        return b"\x04"
     x = np.asarray(x, np.float64)
     with np.errstate(over="ignore", invalid="ignore"):
         narrow = x.astype("<f4")
@@ -447,9 +519,20 @@ def _floats2(x: np.ndarray) -> bytes:
 
 
 def _split_delta(x: np.ndarray, first: np.ndarray) -> np.ndarray:
-    """A column delta-coded along time per signal, as each signal's first value, then the deltas."""
-    d = _delta(x, first)
-    return np.concatenate((d[first], d[~first]))
+    """A column delta-coded along time per signal, as each signal's first value, then the deltas
+    (of each row of ``x``, if it has rows: columns of the same cells)."""
+    d = np.empty_like(x)
+    d[..., :1] = x[..., :1]
+    np.subtract(x[..., 1:], x[..., :-1], out=d[..., 1:])
+    return np.concatenate((x.compress(first, axis=-1), d.compress(~first, axis=-1)), axis=-1)
+
+
+def _firsts(sid: np.ndarray) -> np.ndarray:
+    """True where a new signal's run of cells begins (as ``_starts``, in fewer of numpy's calls)."""
+    first = np.empty(len(sid), dtype=bool)
+    first[:1] = True
+    np.not_equal(sid[1:], sid[:-1], out=first[1:])
+    return first
 
 
 def _first_window(start: float, width: float) -> int:
@@ -518,24 +601,62 @@ def _renumbered(t: Table, order: np.ndarray) -> Table:
     """The table with its signals renumbered: signal ``order[i]`` becomes ``i``; its cells
     ordered by signal, then window, as ``Table.sorted`` would: each signal's block of cells
     moved as a whole when the table is in that order already (no sort of the cells)."""
-    inverse = np.empty_like(order)
-    inverse[order] = np.arange(len(order))
     names = tuple(t.names[i] for i in order.tolist())
-    sid = t.sid
-    if len(sid) > 1 and not ((sid[1:] > sid[:-1]) | ((sid[1:] == sid[:-1]) & (t.window[1:] > t.window[:-1]))).all():
-        return Table(names, t.window, inverse[sid], t.stats).sorted()
-    bounds = np.searchsorted(sid, np.arange(len(order) + 1))
-    n = np.diff(bounds)[order]
-    take = np.repeat(bounds[:-1][order] - (np.cumsum(n) - n), n) + np.arange(int(n.sum()))
-    return Table(names, t.window[take], np.repeat(np.arange(len(order), dtype=np.int64), n),
-                 {k: v[take] for k, v in t.stats.items()})
+    sid, window = t.sid, t.window
+    if len(sid) > 1 and np.count_nonzero((sid[1:] > sid[:-1]) | ((sid[1:] == sid[:-1]) & (window[1:] > window[:-1]))) \
+            < len(sid) - 1:
+        inverse = np.empty_like(order)
+        inverse[order] = np.arange(len(order))
+        return Table(names, window, inverse[sid], t.stats).sorted()
+    bounds = sid.searchsorted(np.arange(len(order) + 1))
+    n = (bounds[1:] - bounds[:-1])[order]
+    take = (bounds[:-1][order] - (n.cumsum() - n)).repeat(n) + np.arange(int(bounds[-1] - bounds[0]))
+    return Table(names, window.take(take), np.arange(len(order), dtype=np.int64).repeat(n),
+                 {k: v.take(take) for k, v in t.stats.items()})
+
+
+_Places = tuple[list[int], np.ndarray | None, bytes, list[Resolution]]
+_PLACES: dict[tuple[str, tuple[str, ...]], _Places] = {}
+
+
+def _places(schema: Schema, names: tuple[str, ...]) -> _Places:
+    """A payload's names in a schema: each one's place in it (-1 if it has none), in the order
+    ``encode`` sends them (the schema's, then the others); the order that renumbers the table
+    into it (None if it is in it); the presence runs over the schema's signals (absent, present,
+    ...); each one's resolution in the schema (None if it has none). The same for every payload
+    of a window group with the same signals: remembered for a few sets of names."""
+    key = (schema.id, names)
+    known = _PLACES.get(key)
+    if known is not None:
+        return known
+    places = schema.index
+    where = [places.get(n, -1) for n in names]
+    n_schema = len(schema.names)
+    rank = np.array([w if w >= 0 else n_schema + i for i, w in enumerate(where)], np.int64)
+    order = None
+    if len(rank) and (np.diff(rank) < 0).any():
+        order = np.argsort(rank, kind="stable")
+        where = [where[i] for i in order.tolist()]
+    index = np.array(where, np.int64)
+    present = np.zeros(n_schema, np.int8)
+    present[index[index >= 0]] = 1
+    edges = np.flatnonzero(np.diff(np.concatenate(([0], present, [0]))))
+    runs = _uvarints(np.diff(np.concatenate(([0], edges))).astype(np.uint64))
+    known = (where, order, runs, [schema.res[w] if w >= 0 else None for w in where])
+    if len(names) <= 1024:  # a vehicle's few sets of names, not a huge one a caller made up
+        if len(_PLACES) >= 64:
+            _PLACES.clear()
+        _PLACES[key] = known
+    return known
 
 
 def encode(p: Payload, *, codec: str = "zlib", level: int | None = None, schema: Schema | None = None,
            layout: int = VERSION) -> bytes:
     """The payload as bytes (layout 3; ``layout=2`` writes the previous one, for tests of the
     decoder): ``TLMA``, version, codec, the body's size, then the compressed body: the header
-    (JSON), the signal dictionary (JSON), then the columns (docs/MESSAGES.md)."""
+    (JSON), the signal dictionary (JSON), then the columns (docs/MESSAGES.md). Its columns are
+    computed for all cells at once, a few of numpy's calls each, and its integer columns written
+    in one pass (``_Body``): a payload of a few hundred cells costs numpy's calls, not its values."""
     if codec not in CODECS:
         raise ValueError(f"unknown codec {codec!r} (known: {', '.join(CODECS)})")
     if layout not in (2, 3):
@@ -544,15 +665,12 @@ def encode(p: Payload, *, codec: str = "zlib", level: int | None = None, schema:
         schema = _SCHEMAS.get(p.schema)
     t = p.table
     where: list[int] = []  # each name's place in the schema, -1 if it has none
+    runs = b""
+    in_schema: list[Resolution] = []
     if schema is not None:  # signals in the schema's order (so runs say which), the others after
-        places = schema.index
-        where = [places.get(n, -1) for n in t.names]
-        n_schema = len(schema.names)
-        rank = np.array([w if w >= 0 else n_schema + i for i, w in enumerate(where)], np.int64)
-        if len(rank) and (np.diff(rank) < 0).any():
-            order = np.argsort(rank, kind="stable")
+        where, order, runs, in_schema = _places(schema, t.names)
+        if order is not None:
             t = _renumbered(t, order)
-            where = [where[i] for i in order.tolist()]
     for stat in t.stats:
         if stat not in STATISTICS:
             raise ValueError(f"unknown statistic {stat!r}")
@@ -563,7 +681,9 @@ def encode(p: Payload, *, codec: str = "zlib", level: int | None = None, schema:
     # each name's resolution: the schema's if it has the name, else what the payload's ``res`` says
     # (its ``get`` may know names no schema lists: a J1939 signal's, whatever its source address)
     if schema is not None:
-        res = {n: schema.res[w] if w >= 0 else p.res.get(n) for n, w in zip(t.names, where)}
+        res = dict(zip(t.names, in_schema))
+        for i in [i for i, w in enumerate(where) if w < 0]:
+            res[t.names[i]] = p.res.get(t.names[i])
     else:
         res = {n: p.res.get(n) for n in t.names}
     grids = _grids(t, res, count, rounded=layout == 3 and not p.thinned)
@@ -575,9 +695,11 @@ def encode(p: Payload, *, codec: str = "zlib", level: int | None = None, schema:
     else:
         collapsed = count == 1
     by_grid = np.zeros(len(t.names), bool)
-    by_grid[list(grids)] = True
-    scale, offset = _quantize(t, inferred, count, collapsed, by_grid)
-    exact = ~np.isnan(scale)
+    if grids:
+        by_grid[list(grids)] = True
+    scale, offset, raw = _quantize(t, inferred, count, collapsed, by_grid)
+    exact = scale == scale  # not NaN
+    exact_list = exact.tolist()
     head: dict[str, Any] = {"vehicle": p.vehicle, "seq": p.seq, "group": p.group, "width": p.width,
                             "start": p.start, "end": p.end, "stats": stats}
     if p.late_samples or p.late_oldest is not None:
@@ -586,126 +708,136 @@ def encode(p: Payload, *, codec: str = "zlib", level: int | None = None, schema:
         head["part"] = list(p.part)
     if p.thinned:
         head["thinned"] = dict(p.thinned)
-    dbc_res = [[sc_i, off_i] if ok and i not in grids else None
-               for i, (sc_i, off_i, ok) in enumerate(zip(scale.tolist(), offset.tolist(), exact.tolist()))]
+    scales, offsets = scale.tolist(), offset.tolist()
+
+    def dbc_res(i: int) -> list[float] | None:
+        return [scales[i], offsets[i]] if exact_list[i] and i not in grids else None
+
     dictionary: dict[str, Any]
-    runs = b""
     if schema is None:
-        dictionary = {"names": list(t.names), "res": dbc_res}
+        dictionary = {"names": list(t.names), "res": [dbc_res(i) for i in range(len(t.names))]}
     else:
         # names by their place in the schema; the few it does not have, by name; and which
         # signals go as float in this payload although the schema gives them a resolution
-        index = np.array(where, np.int64)
-        extra = np.flatnonzero(index < 0).tolist()
-        present = np.zeros(len(schema.names), np.int8)
-        present[index[index >= 0]] = 1
-        edges = np.flatnonzero(np.diff(np.concatenate(([0], present, [0]))))
-        runs = _uvarints(np.diff(np.concatenate(([0], edges))).astype(np.uint64))
         dictionary = {"schema": schema.id}
+        extra = [i for i, w in enumerate(where) if w < 0]
         if extra:
-            dictionary["extra"] = {"names": [t.names[i] for i in extra], "res": [dbc_res[i] for i in extra]}
-        as_float = [i for i, w in enumerate(where) if w >= 0 and not exact[i] and schema.res[w] is not None]
+            dictionary["extra"] = {"names": [t.names[i] for i in extra], "res": [dbc_res(i) for i in extra]}
+        as_float = [i for i, w in enumerate(where) if w >= 0 and not exact_list[i] and schema.res[w] is not None]
         if as_float:
             dictionary["as_float"] = as_float
-    on_grid = [[i, s] for i, s in grids.items() if exact[i]]
+    on_grid = [[i, s] for i, s in grids.items() if exact_list[i]]
     if on_grid and layout == 2:
         dictionary["grid"] = on_grid
-    sections: list[bytes] = [_json(head), _json(dictionary)]
+    body = _Body()
+    body.raw(_json(head))
+    body.raw(_json(dictionary))
     if schema is not None:
-        sections.append(runs)
+        body.raw(runs)
     if layout == 3:  # the grids as a count column: position (from the previous one's), s; ...
         flat = np.asarray(on_grid, np.int64).reshape(-1, 2)
         flat[1:, 0] -= flat[:-1, 0].copy()
-        sections.append(_uvarints(flat.ravel().astype(np.uint64)))
-    sid, window = t.sid, t.window
+        body.uints(flat.ravel())
+    sid, window = t.sid, t.window.astype(np.int64, copy=False)
     n_sig = len(t.names)
     # the cells of a signal (its windows and their counts) are those of an earlier signal more
     # often than not (signals of one CAN message decode from the same frames): say which
-    bounds = np.searchsorted(sid, np.arange(n_sig + 1))
+    bounds = sid.searchsorted(np.arange(n_sig + 1))
     same_list = [0] * n_sig
-    seen: dict[tuple[bytes, bytes], int] = {}
-    windows, counts = window.astype(np.int64).tobytes(), count.tobytes()  # a signal's: 8 bytes a cell
-    for i, (a, b) in enumerate(zip((8 * bounds[:-1]).tolist(), (8 * bounds[1:]).tolist())):
-        key = (windows[a:b], counts[a:b])
+    seen: dict[bytes, int] = {}
+    pairs = np.array([window, count]).T.tobytes()  # a cell's window and count: 16 bytes
+    at = (16 * bounds).tolist()
+    for i in range(n_sig):
+        key = pairs[at[i]:at[i + 1]]
         if key in seen:
             same_list[i] = i - seen[key]
         seen[key] = i
     same = np.array(same_list, np.int64)
     own = same == 0
-    mine = own[sid]
-    first = _starts(sid)
-    k0 = int(window.min()) if len(window) else 0
+    mine = own.take(sid)
+    first = _firsts(sid)
+    k0 = int(np.minimum.reduce(window)) if len(window) else 0
     # the first window's index, from the period's first: a small number (the header has the start)
-    sections.append(_varints(np.asarray([k0 - _first_window(p.start, p.width)], np.int64)))
-    sections.append(_uvarints(same.astype(np.uint64)))
-    sections.append(_uvarints(np.diff(bounds)[own].astype(np.uint64)))
-    sections.append(_varints(_split_delta(window[mine] - k0, first[mine])))
-    sections.append(_varints(_split_delta(count[mine], first[mine])))
-    sections.append(np.packbits(collapsed).tobytes())
+    body.ints(np.array([k0 - _first_window(p.start, p.width)], np.int64))
+    body.uints(same)
+    body.uints((bounds[1:] - bounds[:-1]).compress(own))
+    windows_counts = _split_delta(np.array([window - k0, count]).compress(mine, axis=1), first.compress(mine))
+    body.ints(windows_counts[0])
+    body.ints(windows_counts[1])
+    body.raw(np.packbits(collapsed).tobytes())
     wide = ~collapsed
-    cell_exact = exact[sid]
+    cell_exact = exact.take(sid)
     ints, floats = wide & cell_exact, wide & ~cell_exact
-    sc = np.where(cell_exact, scale[sid], 1.0)
-    off = np.where(cell_exact, offset[sid], 0.0)
-    start = window * p.width
-    ref = next((x for x in _REF_ORDER if x in t.stats), None)
-
-    def q(values: np.ndarray, cells: np.ndarray) -> np.ndarray:
-        with np.errstate(invalid="ignore", over="ignore"):
-            r = np.rint((values[cells] - off[cells]) / sc[cells])
-        return np.where(np.isfinite(r), r, 0).astype(np.int64)
-
-    def us(values: np.ndarray, cells: np.ndarray) -> bytes:
-        with np.errstate(invalid="ignore", over="ignore"):
-            r = np.rint((values[cells] - start[cells]) * 1e6)
-        return _varints(np.where(np.isfinite(r), r, 0).astype(np.int64))
-
-    if ref is not None:
-        # a collapsed cell: one value (an exact statistic's, if there is one), along time
-        one = t.stats[next(x for x in (*VALUE_STATS, "mean") if x in t.stats)]
-        c_int, c_float = collapsed & cell_exact, collapsed & ~cell_exact
-        sections.append(_varints(_split_delta(q(one, c_int), _starts(sid[c_int]))))
-        sections.append(_floats2(one[c_float]))
-        # the reference statistic of the other cells along time, the rest relative to it. The
-        # mean as the exact sum of raw values S: floor(S / count) is the reference, S mod count
-        # travels too (so the mean is exact, and the same however the samples were batched)
-        if ref == "mean":
-            # layout 3: the mean rounded to the step (within half a step), but where it travels
-            # exact (``_exact_means``) as in layout 2
-            coarse = [i for i, s in grids.items() if s < _ROUND_GRID]
-            summed = _exact_means(ints, sid, coarse, len(t.names), p.thinned, layout)
-            # Both from the exact sum of raw values S (whole: the same however the samples were
-            # batched), the rounding in integers (half up), so that the rounded mean does not
-            # depend on how the aggregator folded its float sums either
-            with np.errstate(invalid="ignore", over="ignore"):
-                total = np.rint(count[ints] * ((t.stats["mean"][ints] - off[ints]) / sc[ints]))
-            total = np.where(np.isfinite(total), total, 0).astype(np.int64)
-            n = count[ints]
-            whole, rest = np.divmod(total, n)  # floor((2S + n) / 2n) without 2S, which would wrap past 2**62
-            ref_q = np.where(summed[ints], whole, whole + (2 * rest >= n))
-            sections.append(_varints(_split_delta(ref_q, _starts(sid[ints]))))
-            sections.append(_uvarints(rest[summed[ints]].astype(np.uint64)))
-        else:
-            ref_q = q(t.stats[ref], ints)
-            sections.append(_varints(_split_delta(ref_q, _starts(sid[ints]))))
-        sections.append(_floats2(t.stats[ref][floats]))
-        for stat in ("mean", "min", "max", "first", "last"):
-            if stat in t.stats and stat != ref:
-                sections.append(_offsets(q(t.stats[stat], ints) - ref_q))
-                sections.append(_floats2(t.stats[stat][floats]))
-    if "std" in t.stats:  # in steps of the DBC's resolution; as float for the others (an inferred grid too)
-        steps_of, as_is = ints & ~by_grid[sid], wide & (~cell_exact | by_grid[sid])
-        with np.errstate(invalid="ignore", over="ignore"):
-            steps = np.rint(t.stats["std"][steps_of] / np.abs(sc[steps_of]))
-        sections.append(_uvarints(np.where(np.isfinite(steps), np.maximum(steps, 0), 0).astype(np.uint64)))
-        sections.append(_floats2(t.stats["std"][as_is]))
-    if "t_min" in t.stats or "t_max" in t.stats:
-        sections.append(us(t.stats["t_min" if "t_min" in t.stats else "t_max"], collapsed))
-        for stat in ("t_min", "t_max"):
-            if stat in t.stats:
-                sections.append(us(t.stats[stat], wide))
-    body = b"".join(_uvarints(np.asarray([len(x)], np.uint64)) + x for x in sections)
-    return _OUTER.pack(MAGIC, layout, CODECS.index(codec), len(body)) + _compress(body, codec, level)
+    some_floats = bool(np.count_nonzero(floats))
+    with np.errstate(invalid="ignore", over="ignore"):
+        ref = next((x for x in _REF_ORDER if x in t.stats), None)
+        if ref is not None:
+            # the raw values of the exact statistics (``_quantize``'s): in the cells of signals
+            # with a resolution, whole numbers below 2**52 (the others' are never sent)
+            keys = [s for s in (*VALUE_STATS, "mean") if s in t.stats]
+            q = np.array([raw[s] for s in keys]).astype(np.int64)
+            row = {s: i for i, s in enumerate(keys)}
+            # a collapsed cell: one value (an exact statistic's, if there is one), along time
+            c_int, c_float = collapsed & cell_exact, collapsed & ~cell_exact
+            body.ints(_split_delta(q[row[keys[0]]].compress(c_int), _firsts(sid.compress(c_int))))
+            body.raw(_floats2(t.stats[keys[0]].compress(c_float)))
+            # the reference statistic of the other cells along time, the rest relative to it. The
+            # mean as the exact sum of raw values S: floor(S / count) is the reference, S mod count
+            # travels too (so the mean is exact, and the same however the samples were batched)
+            q_ints = q.compress(ints, axis=1)
+            ints_first = _firsts(sid.compress(ints))
+            if ref == "mean":
+                # layout 3: the mean rounded to the step (within half a step), but where it
+                # travels exact (``_exact_means``) as in layout 2; none does in a layout-3
+                # payload not thinned without a coarse grid (the usual)
+                coarse = [i for i, s in grids.items() if s < _ROUND_GRID]
+                summed = _exact_means(ints, sid, coarse, n_sig, p.thinned, layout).compress(ints) \
+                    if coarse or layout == 2 or p.thinned else None
+                # Both from the exact sum of raw values S (whole: the same however the samples
+                # were batched; below 2**63, ``_quantize``), the rounding in integers (half up),
+                # so that the rounded mean does not depend on how the aggregator folded its
+                # float sums either
+                total = np.rint(raw["sum"].compress(ints)).astype(np.int64)
+                n = count.compress(ints)
+                whole, rest = np.divmod(total, n)  # floor((2S + n) / 2n) without 2S, which would wrap past 2**62
+                rounded = whole + (2 * rest >= n)
+                ref_q = rounded if summed is None else np.where(summed, whole, rounded)
+                body.ints(_split_delta(ref_q, ints_first))
+                body.uints(rest[:0] if summed is None else rest.compress(summed))
+            else:
+                ref_q = q_ints[row[ref]]
+                body.ints(_split_delta(ref_q, ints_first))
+            body.raw(_floats2(t.stats[ref].compress(floats)) if some_floats else b"\x04")
+            others = [s for s in ("min", "max", "first", "last") if s in t.stats and s != ref]
+            if others:
+                relative = q_ints[[row[s] for s in others]] - ref_q
+                low = np.minimum.reduce(relative, axis=1).tolist() if len(ref_q) else [0] * len(others)
+                high = np.maximum.reduce(relative, axis=1).tolist() if len(ref_q) else [0] * len(others)
+                for i, stat in enumerate(others):
+                    # its sign is most often the same for every cell (``min`` at or below the
+                    # mean, ``max`` at or above), so a byte says it once (1: none negative, 2:
+                    # none positive, sent negated; 0: zigzag) and the values follow unsigned
+                    if low[i] >= 0:
+                        body.uints(relative[i], b"\x01")
+                    elif high[i] <= 0:
+                        body.uints(-relative[i], b"\x02")
+                    else:
+                        body.ints(relative[i], b"\x00")
+                    body.raw(_floats2(t.stats[stat].compress(floats)) if some_floats else b"\x04")
+        if "std" in t.stats:  # in steps of the DBC's resolution; as float for the others (an inferred grid too)
+            steps_of, as_is = ints & ~by_grid.take(sid), wide & (~cell_exact | by_grid.take(sid))
+            steps = np.rint(raw["steps"].compress(steps_of))
+            body.uints(np.where(np.isfinite(steps), np.maximum(steps, 0), 0).astype(np.uint64))
+            body.raw(_floats2(t.stats["std"].compress(as_is)))
+        times = [x for x in ("t_min", "t_max") if x in t.stats]
+        if times:  # microseconds from the window's start: one value for a collapsed cell, one each for the others
+            us = np.rint((np.array([t.stats[x] for x in times]) - window * p.width) * 1e6)
+            us = np.where(np.isfinite(us), us, 0).astype(np.int64)
+            body.ints(us[0].compress(collapsed))
+            for i in range(len(times)):
+                body.ints(us[i].compress(wide))
+    data = body.bytes()
+    return _OUTER.pack(MAGIC, layout, CODECS.index(codec), len(data)) + _compress(data, codec, level)
 
 
 def _exact_means(ints: np.ndarray, sid: np.ndarray, on_grid: Sequence[int], n_sig: int,
@@ -723,8 +855,11 @@ def _exact_means(ints: np.ndarray, sid: np.ndarray, on_grid: Sequence[int], n_si
     return ints & by_grid[sid]
 
 
+_JSON = json.JSONEncoder(separators=(",", ":"), allow_nan=False)  # as json.dumps with these, made once
+
+
 def _json(value: Any) -> bytes:
-    return json.dumps(value, separators=(",", ":"), allow_nan=False).encode()
+    return _JSON.encode(value).encode()
 
 
 def _compress(body: bytes, codec: str, level: int | None) -> bytes:

@@ -188,3 +188,45 @@ def test_the_fast_path_takes_a_batch_as_the_reader_makes_it():
         assert calls == [1]
     finally:
         aggregator.window_reduce = original
+
+
+@settings(max_examples=60)
+@given(streams(), st.sampled_from(range(len(CONFIGS))), st.booleans())
+def test_every_group_folded_at_once_is_each_group_folded_alone(batches, config, with_res):
+    """``Aggregation._fold_together`` (every group's runs reduced in one pass, where the batch
+    has them) against each group folding its own runs (``WindowAggregator.add_runs``, what it
+    does when that case does not hold): the same windows, payloads and counters."""
+    cfg = parse_config({"vehicle": "car", "aggregator": CONFIGS[config]}).aggregator
+    res = Resolutions(RES, {}) if with_res else None
+    together, alone = Aggregation(cfg, "car", res=res, max_bytes=700), Aggregation(cfg, "car", res=res, max_bytes=700)
+    alone._fold_together = lambda *args: None  # type: ignore[method-assign]
+    for message in messages(batches):
+        got, want = together.publish(message), alone.publish(message)
+        assert [a.to_bytes() for a in got] == [a.to_bytes() for a in want]
+        assert json.dumps([a.payload.window_messages() for a in got]) == json.dumps([a.payload.window_messages() for a in want])
+    assert together.totals() == alone.totals()
+
+
+def test_a_batch_as_the_reader_makes_it_is_folded_for_every_group_at_once():
+    """Runs of three groups, interleaved (a group's runs not together), in time order: one
+    pass for all of them, and the windows each group would have made alone."""
+    cfg = parse_config({"vehicle": "car", "aggregator": CONFIGS[1]}).aggregator
+    names = ("A.x", "C.temp", "A.y", "B.z", "C.skip")  # default, slow, drive, default, slow
+    n = 40
+    batch = FlatBatch(names, np.repeat(np.arange(5, dtype=np.int64), n), np.tile(np.linspace(0.0, 7.9, n), 5),
+                      np.arange(5 * n, dtype=np.float64) * 0.5)
+    together, alone = Aggregation(cfg, "car"), Aggregation(cfg, "car")
+    alone._fold_together = lambda *args: None  # type: ignore[method-assign]
+    calls = []
+    original = together._fold_together
+
+    def counted(*args):
+        result = original(*args)
+        calls.append(result is not None)
+        return result
+
+    together._fold_together = counted  # type: ignore[method-assign]
+    got, want = together.add(batch, 8.0), alone.add(batch, 8.0)
+    assert calls == [True] and len(got) > 3
+    assert readable(got) == readable(want)
+    assert readable(together.flush()) == readable(alone.flush())

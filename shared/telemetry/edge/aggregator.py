@@ -5,9 +5,11 @@ the first group whose pattern matches, else the default group. Window ``k`` of a
 ``W`` covers event times ``[k*W, (k+1)*W)``; a sample at time ``t`` belongs to window
 ``floor(t / W)``.
 
-A batch as the reader makes it (each signal's samples together, in time order) is routed to its
-groups run by run and cut into runs of (signal, window) without a sort; any other batch is
-sorted first. The runs are reduced with ``ufunc.reduceat``. Each open window keeps its
+A batch as the reader makes it (each signal's samples together, in time order) is cut into runs
+of (signal, window) without a sort or a copy, each run's windows its group's, and the runs of
+every group are reduced in one pass (``ufunc.reduceat``), then folded into their groups; a batch
+that is not quite that (a name twice, a run out of order, a late or unsound sample) is routed to its groups
+run by run and each group folds its own, sorting what needs it. Each open window keeps its
 statistics in one 2-D array (a row per statistic, a column per signal), the windows a batch
 opens in one array together, so a batch is folded in with a few vector operations: Python
 loops run over windows, never over samples or (signal, window) cells. Partial results merge
@@ -41,6 +43,7 @@ MAX_MAGNITUDE = 1e100  # as decode.MAX_MAGNITUDE: a value beyond it is no measur
 _FIELDS = ("count", "mean", "m2", "min", "t_min", "max", "t_max", "first_t", "first", "last_t", "last")
 COUNT, MEAN, M2, MIN, T_MIN, MAX, T_MAX, FIRST_T, FIRST, LAST_T, LAST = range(len(_FIELDS))
 _ROW = {key: i for i, key in enumerate(_FIELDS)}
+_EXT, _T_EXT, _FIRST_LAST_T = [MIN, MAX], [T_MIN, T_MAX], [FIRST_T, LAST_T]
 # an empty cell: no samples; min and max lose to any value, first and last to any time
 _EMPTY = np.array([0.0, 0.0, 0.0, np.inf, np.inf, -np.inf, np.inf, np.inf, np.nan, -np.inf, np.nan])
 
@@ -69,7 +72,7 @@ class _Window:
         """Fold in partial statistics ``r`` (rows as ``a``'s) of signals ``sid`` (each at most
         once): Chan's formula for mean and squared deviations, earliest time on ties of min and
         max."""
-        cur = self.a[:, sid]
+        cur = self.a.take(sid, axis=1)
         n_a, n_b = cur[COUNT], r[COUNT]
         n = n_a + n_b
         delta = r[MEAN] - cur[MEAN]
@@ -170,31 +173,40 @@ def window_reduce(sid: np.ndarray, t: np.ndarray, v: np.ndarray, width: float) -
 def _reduce(t: np.ndarray, v: np.ndarray, starts: np.ndarray) -> np.ndarray:
     """The statistics (rows as ``_FIELDS``) of each run of samples ``starts[i]:starts[i+1]`` (in
     time order, or sorted by time with ties in batch order)."""
-    ends = np.append(starts[1:], len(t))
+    ends = np.empty_like(starts)
+    ends[:-1] = starts[1:]
+    ends[-1:] = len(t)
     counts = ends - starts
     out = np.empty((len(_FIELDS), len(starts)))
     out[COUNT] = counts
     mean = out[MEAN]
     np.divide(np.add.reduceat(v, starts), counts, out=mean)
-    dev = v - np.repeat(mean, counts)
+    dev = v - mean.repeat(counts)
     out[M2] = np.add.reduceat(dev * dev, starts)
-    vmin, vmax = out[MIN], out[MAX]
-    np.minimum.reduceat(v, starts, out=vmin)
-    np.maximum.reduceat(v, starts, out=vmax)
-    # the earliest time at which each run's min (max) occurs
-    out[T_MIN] = np.minimum.reduceat(np.where(v == np.repeat(vmin, counts), t, np.inf), starts)
-    out[T_MAX] = np.minimum.reduceat(np.where(v == np.repeat(vmax, counts), t, np.inf), starts)
-    out[FIRST_T], out[FIRST] = t[starts], v[starts]
-    out[LAST_T], out[LAST] = t[ends - 1], v[ends - 1]
+    np.minimum.reduceat(v, starts, out=out[MIN])
+    np.maximum.reduceat(v, starts, out=out[MAX])
+    # the earliest time at which each run's min (max) occurs: both at once
+    at_ext = np.where(v == out[_EXT].repeat(counts, axis=1), t, np.inf)
+    out[_T_EXT] = np.minimum.reduceat(at_ext, starts, axis=1)
+    last = ends - 1
+    out[FIRST_T], out[FIRST] = t.take(starts), v.take(starts)
+    out[LAST_T], out[LAST] = t.take(last), v.take(last)
     return out
 
 
 def _runs(ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Where each run of equal ``ids`` starts, and its length."""
     n = len(ids)
-    at = np.flatnonzero(ids[1:] != ids[:-1]) + 1 if n > 1 else np.zeros(0, np.int64)
-    starts = np.concatenate(([0], at)).astype(np.int64)
-    return starts, np.diff(np.append(starts, n))
+    if not n:
+        return np.zeros(1, np.int64), np.zeros(1, np.int64)
+    new = np.empty(n, dtype=bool)
+    new[0] = True
+    np.not_equal(ids[1:], ids[:-1], out=new[1:])
+    starts = new.nonzero()[0].astype(np.int64, copy=False)
+    lengths = np.empty_like(starts)
+    np.subtract(starts[1:], starts[:-1], out=lengths[:-1])
+    lengths[-1] = n - starts[-1]
+    return starts, lengths
 
 
 class WindowAggregator:
@@ -281,38 +293,38 @@ class WindowAggregator:
         Folds them in and returns the newest time; or changes nothing and returns None (not
         that case: ``_fold_any``)."""
         keep = lengths > 0
-        if not keep.all():
+        if np.count_nonzero(keep) < len(lengths):
             sid, lengths = sid[keep], lengths[keep]
         if not distinct and len(np.unique(sid)) != len(sid):
             return None
         n = len(t)
-        run_at = np.cumsum(lengths) - lengths
+        run_at = lengths.cumsum() - lengths
         if n > 1:
             inorder = t[1:] >= t[:-1]  # NaN: False
             inorder[run_at[1:] - 1] = True
-            if not inorder.all():
+            if np.count_nonzero(inorder) < n - 1:
                 return None
         with np.errstate(invalid="ignore", over="ignore"):
             kf = np.floor(t / self.width)
             k = kf.astype(np.int64)
-        if self.closed_through is not None and not (kf[run_at] > self.closed_through).all():
-            return None  # late samples (or NaN times)
+            if self.closed_through is not None and np.count_nonzero(kf.take(run_at) > self.closed_through) < len(run_at):
+                return None  # late samples (or NaN times)
         new = np.empty(n, dtype=bool)
         new[0] = True
         np.not_equal(k[1:], k[:-1], out=new[1:])
         new[run_at] = True
-        starts = np.flatnonzero(new)
+        starts = new.nonzero()[0]
         # every value within MAX_MAGNITUDE (min and max are; a NaN makes them NaN), every time
         # finite (in time order, so the first and the last are); else (sums that overflowed,
         # or worse) all this is thrown away
         with np.errstate(invalid="ignore", over="ignore"):
             r = _reduce(t, v, starts)
-            sound = (r[MIN] >= -MAX_MAGNITUDE).all() and (r[MAX] <= MAX_MAGNITUDE).all() and \
-                np.isfinite(r[FIRST_T]).all() and np.isfinite(r[LAST_T]).all()
+            sound = np.minimum.reduce(r[MIN]) >= -MAX_MAGNITUDE and np.maximum.reduce(r[MAX]) <= MAX_MAGNITUDE and \
+                np.count_nonzero(np.isfinite(r[_FIRST_LAST_T])) == 2 * len(starts)
         if not sound:
             return None
-        self._merge(k[starts], sid[np.searchsorted(run_at, starts, side="right") - 1], r)
-        return float(r[LAST_T].max())
+        self._merge(k.take(starts), sid.take(run_at.searchsorted(starts, side="right") - 1), r)
+        return float(np.maximum.reduce(r[LAST_T]))
 
     def _fold_any(self, sid: np.ndarray, t: np.ndarray, v: np.ndarray) -> float:
         """Any samples: unsound ones dropped, late ones counted, the rest sorted into their
@@ -342,13 +354,13 @@ class WindowAggregator:
         each pair at most once: the windows a batch opens get one store for all of them, the
         statistics put in place; the few already open merge theirs."""
         size = len(self.names)
-        lo, hi = int(window.min()), int(window.max())
+        lo, hi = int(np.minimum.reduce(window)), int(np.maximum.reduce(window))
         if hi - lo < 4 * len(window) + 64:  # windows close together (as a batch's are): no sort
             seen = np.zeros(hi - lo + 1, dtype=bool)
             slot = window - lo
             seen[slot] = True
-            ks = (np.flatnonzero(seen) + lo).tolist()
-            which = (np.cumsum(seen) - 1)[slot]
+            ks = (seen.nonzero()[0] + lo).tolist()
+            which = (seen.cumsum() - 1).take(slot)
         else:
             uniq, which = np.unique(window, return_inverse=True)
             ks = uniq.tolist()
@@ -358,11 +370,12 @@ class WindowAggregator:
             if len(opened) == len(ks):
                 store[:, which * size + sid] = r
             else:
-                place = np.full(len(ks), -1)
+                place = np.empty(len(ks), np.int64)
+                place.fill(-1)
                 place[opened] = np.arange(len(opened))
-                at = place[which]
+                at = place.take(which)
                 mine = at >= 0
-                store[:, at[mine] * size + sid[mine]] = r[:, mine]
+                store[:, (at * size + sid).compress(mine)] = r.compress(mine, axis=1)
             for j, i in enumerate(opened):
                 self.open[ks[i]] = _Window(store[:, j * size:(j + 1) * size])
         if len(opened) < len(ks):
@@ -371,7 +384,7 @@ class WindowAggregator:
                 if i not in fresh:
                     cells = which == i
                     self.open[k].grow(size)
-                    self.open[k].merge(sid[cells], r[:, cells])
+                    self.open[k].merge(sid.compress(cells), r.compress(cells, axis=1))
 
     def _close(self, due: Callable[[int], bool]) -> list[Window]:
         out = []
@@ -482,23 +495,21 @@ class Publisher:
             stores.append(cells.a)
         size = max(a.shape[1] for a in stores)
         stores = [a if a.shape[1] == size else np.concatenate((a, _empty(size - a.shape[1])), axis=1) for a in stores]
-        counts = np.stack([a[COUNT] for a in stores])
-        sid, slot = np.nonzero(counts.T > 0)
+        every = np.concatenate(stores, axis=1)
+        sid, slot = (every[COUNT].reshape(len(stores), size).T > 0).nonzero()
         at = slot * size + sid
-
-        def column(row: int) -> np.ndarray:  # a statistic of every cell present
-            return np.concatenate([a[row] for a in stores])[at]
-
-        first = np.ones(len(sid), dtype=bool)
+        cells = every.take(at, axis=1)  # the statistics of every cell present, a row each
+        first = np.empty(len(sid), dtype=bool)
+        first[:1] = True
         np.not_equal(sid[1:], sid[:-1], out=first[1:])
-        present = sid[first]
-        count = counts.ravel()[at]
+        present = sid.compress(first)
+        count = cells[COUNT]
         stats = {key: count.astype(np.int64) if key == "count" else
-                 np.sqrt(np.maximum(column(M2), 0.0) / count) if key == "std" else column(_ROW[key])
+                 np.sqrt(np.maximum(cells[M2], 0.0) / count) if key == "std" else cells[_ROW[key]]
                  for key in self.stats}
         ks = [round(w.start / g.width) for w in windows]
-        table = wire.Table(tuple(g.names[i] for i in present.tolist()), np.array(ks, np.int64)[slot],
-                           np.cumsum(first) - 1, stats)
+        table = wire.Table(tuple(g.names[i] for i in present.tolist()), np.array(ks, np.int64).take(slot),
+                           first.cumsum() - 1, stats)
         if sorted(set(ks)) != ks:  # windows not in order (they come in order, as they close)
             table = table.sorted()
         late = sum(w.late_samples for w in windows)
@@ -581,16 +592,20 @@ class Aggregation:
             return self._sorted([m for aggregator in self._groups for m in aggregator.advance(watermark)])
         # each name's samples are together (FlatBatch): one run per name, routed as a whole
         starts, lengths = _runs(batch.ids)
-        name = batch.ids[starts]
-        group, sid = self._route[name], self._local[name]
+        name = batch.ids.take(starts)
+        group, sid = self._route.take(name), self._local.take(name)
         # one run per name (as FlatBatch promises), and names distinct: one run per signal
         distinct = self._distinct and int(np.bincount(name, minlength=1).max()) == 1
-        skipped = int(lengths[group < 0].sum())
-        if skipped:
-            self.stats["samples_not_selected"] += skipped
+        unselected = group < 0
+        if np.count_nonzero(unselected):
+            self.stats["samples_not_selected"] += int(lengths[unselected].sum())
+        if distinct:
+            together = self._fold_together(batch.t, batch.v, starts, lengths, group, sid, watermark)
+            if together is not None:
+                return self._sorted(together)
         out = []
         for g, aggregator in enumerate(self._groups):
-            runs = np.flatnonzero(group == g)
+            runs = (group == g).nonzero()[0]
             if not len(runs):
                 out += aggregator.advance(watermark)
                 continue
@@ -599,14 +614,60 @@ class Aggregation:
                 lo, hi = int(starts[a]), int(starts[b] + lengths[b])
                 t, v = batch.t[lo:hi], batch.v[lo:hi]
             else:
-                n = lengths[runs]
-                take = np.repeat(starts[runs] - (np.cumsum(n) - n), n) + np.arange(int(n.sum()))
-                t, v = batch.t[take], batch.v[take]
+                n = lengths.take(runs)
+                take = (starts.take(runs) - (n.cumsum() - n)).repeat(n) + np.arange(int(n.sum()))
+                t, v = batch.t.take(take), batch.v.take(take)
             if distinct:
-                out += aggregator.add_runs(sid[runs], lengths[runs], t, v, watermark)
+                out += aggregator.add_runs(sid.take(runs), lengths.take(runs), t, v, watermark)
             else:  # a name twice in the batch, or a name's samples apart: a signal in several runs
                 out += aggregator.add_samples(np.repeat(sid[runs], lengths[runs]), t, v, watermark)
         return self._sorted(out)
+
+    def _fold_together(self, t: np.ndarray, v: np.ndarray, starts: np.ndarray, lengths: np.ndarray,
+                       group: np.ndarray, sid: np.ndarray, watermark: float) -> list[Window] | None:
+        """The common case, every group's runs at once (``WindowAggregator._fold_runs`` for all
+        groups in one pass, the samples where the batch has them): runs of distinct signals,
+        each in time order, every sample sound and none late. Folds them in and returns the
+        windows closed; or changes nothing and returns None (not that case: each group folds
+        its own). A run's windows are its group's; a run not selected is reduced too, and
+        thrown away."""
+        n = len(t)
+        if n > 1:
+            inorder = t[1:] >= t[:-1]  # NaN: False
+            inorder[starts[1:] - 1] = True
+            if np.count_nonzero(inorder) < n - 1:
+                return None
+        widths = np.array([1.0, *(a.width for a in self._groups)])  # by group + 1 (0: not selected)
+        closed = np.array([-math.inf, *(-math.inf if a.closed_through is None else a.closed_through for a in self._groups)])
+        with np.errstate(invalid="ignore", over="ignore"):
+            kf = np.floor(t / widths.take(group + 1).repeat(lengths))
+            k = kf.astype(np.int64)
+            if np.count_nonzero(kf.take(starts) > closed.take(group + 1)) < len(starts):
+                return None  # late samples (or NaN times)
+            new = np.empty(n, dtype=bool)
+            new[0] = True
+            np.not_equal(k[1:], k[:-1], out=new[1:])
+            new[starts] = True
+            cells = new.nonzero()[0]
+            r = _reduce(t, v, cells)
+            run = starts.searchsorted(cells, side="right") - 1
+            cell_group = group.take(run)
+            # every value within MAX_MAGNITUDE, every time finite (as ``_fold_runs``)
+            unsound = ~((r[MIN] >= -MAX_MAGNITUDE) & (r[MAX] <= MAX_MAGNITUDE)) | ~np.isfinite(r[FIRST_T]) | \
+                ~np.isfinite(r[LAST_T])
+        if np.count_nonzero(unsound & (cell_group >= 0)):
+            return None
+        cell_k, cell_sid = k.take(cells), sid.take(run)
+        out = []
+        for g, aggregator in enumerate(self._groups):
+            mine = (cell_group == g).nonzero()[0]
+            if not len(mine):
+                out += aggregator.advance(watermark)
+                continue
+            r_g = r.take(mine, axis=1)
+            aggregator._merge(cell_k.take(mine), cell_sid.take(mine), r_g)
+            out += aggregator.advance(max(watermark, float(np.maximum.reduce(r_g[LAST_T]))))
+        return out
 
     def process(self, message: Signals | EndOfStream) -> list[Window]:
         """A signals or end_of_stream message in, the aggregates it completes out."""
