@@ -855,11 +855,11 @@ def _exact_means(ints: np.ndarray, sid: np.ndarray, on_grid: Sequence[int], n_si
     return ints & by_grid[sid]
 
 
-_JSON = json.JSONEncoder(separators=(",", ":"), allow_nan=False)  # as json.dumps with these, made once
+_JSON_ENCODER = json.JSONEncoder(separators=(",", ":"), allow_nan=False)  # as json.dumps with these, made once
 
 
 def _json(value: Any) -> bytes:
-    return _JSON.encode(value).encode()
+    return _JSON_ENCODER.encode(value).encode()
 
 
 def _compress(body: bytes, codec: str, level: int | None) -> bytes:
@@ -1669,12 +1669,12 @@ def _no_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
-_JSON = json.JSONDecoder(parse_constant=_no_constant)
+_JSON_DECODER = json.JSONDecoder(parse_constant=_no_constant)
 
 
 def _json_of(raw: bytes) -> Any:
     """``json.loads(raw, parse_constant=_no_constant)``, without a decoder made each time."""
-    return _JSON.decode(raw.decode(json.detect_encoding(raw), "surrogatepass"))
+    return _JSON_DECODER.decode(raw.decode(json.detect_encoding(raw), "surrogatepass"))
 
 
 # -- thinning ------------------------------------------------------------------------------------
