@@ -45,6 +45,8 @@ from multiprocessing.reduction import ForkingPickler
 from pathlib import Path
 from typing import Any
 
+from telemetry import wire
+from telemetry.edge.aggregator import dbc_resolutions
 from telemetry.edge.clock import SystemClock
 from telemetry.edge.components import LambdaAdapter, Services
 from telemetry.edge.config import VehicleConfig
@@ -518,6 +520,11 @@ class ProcessRuntime(Nucleus):
     # -- lifecycle ---------------------------------------------------------------------------------
     def start(self) -> None:
         self.order = check_recipes(self.recipes)
+        if self.config.dbc:
+            # The aggregator's payloads number their signals in the DBC's schema. In one process
+            # the components register it where the taps listen; here they register it in their
+            # own processes, so the nucleus does for whoever listens in this one (a replay's taps).
+            wire.register(wire.Schema.of(dbc_resolutions(self.config.dbc)))
         ctx = multiprocessing.get_context(self.method)
         if self.method == "forkserver":
             # The server imports the heavy modules once (forkserver.PRELOAD); each child is a fork of it,
