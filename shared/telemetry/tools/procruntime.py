@@ -520,11 +520,6 @@ class ProcessRuntime(Nucleus):
     # -- lifecycle ---------------------------------------------------------------------------------
     def start(self) -> None:
         self.order = check_recipes(self.recipes)
-        if self.config.dbc:
-            # The aggregator's payloads number their signals in the DBC's schema. In one process
-            # the components register it where the taps listen; here they register it in their
-            # own processes, so the nucleus does for whoever listens in this one (a replay's taps).
-            wire.register(wire.Schema.of(dbc_resolutions(self.config.dbc)))
         ctx = multiprocessing.get_context(self.method)
         if self.method == "forkserver":
             # The server imports the heavy modules once (forkserver.PRELOAD); each child is a fork of it,
@@ -540,6 +535,12 @@ class ProcessRuntime(Nucleus):
             for recipe in self.order:
                 process = self._processes[recipe.name]
                 process.info.update(process.expect("built", timeout=START_TIMEOUT)[1])
+            if self.config.dbc:
+                # The aggregator's payloads number their signals in the DBC's schema. In one
+                # process the components register it where the taps listen; here they register
+                # it in their own processes, so the nucleus does for whoever listens in this one
+                # (a replay's taps). Once every component is built: a broken DBC is theirs to report.
+                wire.register(wire.Schema.of(dbc_resolutions(self.config.dbc)))
             for recipe in self.order:
                 process = self._processes[recipe.name]
                 process.send(("start",))
