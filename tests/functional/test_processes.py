@@ -13,12 +13,14 @@ from pathlib import Path
 import pytest
 
 from support.helpers import set_queue_sizes
+from telemetry import wire
 from telemetry.edge.config import load_config
 from telemetry.edge.errors import DbcError
 from telemetry.edge.transport import InMemoryCloudTransport
 from telemetry.tools import replay as replay_module
 from telemetry.tools.procruntime import ProcessRuntime
 from telemetry.tools.replay import messages_from_outbox, replay
+from telemetry.tools.taps import ReplayTaps
 
 ROOT = Path(__file__).resolve().parents[2]
 SAMPLE = ROOT / "vehicles" / "sample"
@@ -64,11 +66,39 @@ def windows_and_alerts(out: Path) -> tuple[list[dict], list[dict]]:
     return windows, alerts
 
 
-def test_the_sample_drive_in_four_processes_gives_what_one_process_gives(tmp_path, runtimes):
-    # GIVEN the demo's replay in one process and in four
+class HeardTaps(ReplayTaps):
+    """A replay's taps that also keep every payload of the components' topics as it was heard."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.heard: dict[str, list[bytes]] = {}
+
+    def attach(self, runtime) -> list[str]:
+        topics = super().attach(runtime)
+        for topic in topics:
+            runtime.subscribe(topic, lambda event, topic=topic: self.heard.setdefault(topic, []).append(
+                bytes(event) if isinstance(event, bytes) else json.dumps(event, sort_keys=True).encode()))
+        return topics
+
+
+def test_the_sample_drive_in_four_processes_gives_what_one_process_gives(tmp_path, runtimes, monkeypatch):
+    # GIVEN the demo's replay in one process and in four, each by a process that has not loaded the
+    # vehicle's wire schema yet (a fresh `telemetry replay`): in four, no component runs in it
     config = SAMPLE / "vehicle.toml"
-    one = replay(SAMPLE / "drive.log", out_dir=tmp_path / "one", config=config)
-    four = replay(SAMPLE / "drive.log", out_dir=tmp_path / "four", config=config, processes=True)
+    taps_one, taps_four = HeardTaps(), HeardTaps()
+    monkeypatch.setattr(wire, "_SCHEMAS", {})
+    one = replay(SAMPLE / "drive.log", out_dir=tmp_path / "one", config=config, taps=taps_one)
+    monkeypatch.setattr(wire, "_SCHEMAS", {})
+    four = replay(SAMPLE / "drive.log", out_dir=tmp_path / "four", config=config, processes=True, taps=taps_four)
+    # THEN every component published the same bytes, in the same order, on every topic
+    assert taps_four.heard.keys() == taps_one.heard.keys() == {"telemetry/signals", "telemetry/aggregates", "telemetry/alerts"}
+    for topic, payloads in taps_one.heard.items():
+        assert taps_four.heard[topic] == payloads, topic
+    # AND the replay's taps (its report) read every aggregates payload and alert in both
+    assert taps_four.refused == taps_one.refused == 0
+    assert [p.window_messages() for p in taps_four.payloads] == [p.window_messages() for p in taps_one.payloads]
+    assert len(taps_one.payloads) == one["aggregates"] > 0
+    assert taps_four.alerts == taps_one.alerts and len(taps_one.alerts) == one["alerts"]
     # THEN the cloud got the same alerts and the same windows (bundled as timing made them)
     windows_one, alerts_one = windows_and_alerts(tmp_path / "one")
     windows_four, alerts_four = windows_and_alerts(tmp_path / "four")

@@ -24,7 +24,8 @@ so no plain fork; the server imports numpy, cantools and python-can once, then f
 buffers hold a large batch whole where the system allows. Each end writes from one thread of its
 own, in order (the parent: one per child for its events; a child: one for all it says), so that
 neither a publisher nor a component's worker waits on a busy reader at the other end. Stopping
-goes in reverse start order; a child that does not stop in time is terminated, then killed.
+goes in reverse start order, each child told once the one before has answered; their processes'
+ends are then waited for together, and a child that does not stop in time is terminated, then killed.
 """
 
 from __future__ import annotations
@@ -45,6 +46,8 @@ from multiprocessing.reduction import ForkingPickler
 from pathlib import Path
 from typing import Any
 
+from telemetry import wire
+from telemetry.edge.aggregator import dbc_resolutions
 from telemetry.edge.clock import SystemClock
 from telemetry.edge.components import LambdaAdapter, Services
 from telemetry.edge.config import VehicleConfig
@@ -312,6 +315,7 @@ class _Process:
         self.source_error: BaseException | None = None
         self.gone = False
         self.stopping = False  # told to stop, or failed (it exits by itself)
+        self.asked = False  # told to stop (``ask_to_stop``)
         self.ended = False  # its process has ended and been waited for
         self.receiver = threading.Thread(target=self._receive, name=f"from-{recipe.name}", daemon=True)
         self.receiver.start()
@@ -443,10 +447,16 @@ class _Process:
 
     # -- stopping ----------------------------------------------------------------------------
     def stop(self, timeout: float = STOP_TIMEOUT) -> None:
+        """Ask the child to stop and wait for its process to end; once."""
+        self.ask_to_stop(timeout)
+        self.end()
+
+    def ask_to_stop(self, timeout: float = STOP_TIMEOUT) -> None:
         """Ask the child to stop (unless it has failed: then it is ending by itself) and wait for
-        its process to end; once."""
-        if self.ended:
+        its answer: what it published as it stopped has been routed when this returns. Once."""
+        if self.ended or self.asked:
             return
+        self.asked = True
         failed, self.stopping = self.stopping, True
         if not self.gone and not failed:
             try:
@@ -457,6 +467,12 @@ class _Process:
                     pass
             except Exception as exc:  # it is ended below either way
                 LOG.warning("%s: did not stop cleanly: %s", self.name, exc)
+
+    def end(self) -> None:
+        """Wait for its process to end (terminated, then killed, if it does not); once."""
+        if self.ended:
+            return
+        self.stopping = True
         self.process.join(5)
         if self.process.is_alive():
             LOG.warning("%s: terminating its process", self.name)
@@ -533,6 +549,12 @@ class ProcessRuntime(Nucleus):
             for recipe in self.order:
                 process = self._processes[recipe.name]
                 process.info.update(process.expect("built", timeout=START_TIMEOUT)[1])
+            if self.config.dbc:
+                # The aggregator's payloads number their signals in the DBC's schema. In one
+                # process the components register it where the taps listen; here they register
+                # it in their own processes, so the nucleus does for whoever listens in this one
+                # (a replay's taps). Once every component is built: a broken DBC is theirs to report.
+                wire.register(wire.Schema.of(dbc_resolutions(self.config.dbc)))
             for recipe in self.order:
                 process = self._processes[recipe.name]
                 process.send(("start",))
@@ -574,16 +596,20 @@ class ProcessRuntime(Nucleus):
 
     def stop(self) -> None:
         """Stop components in reverse start order (dependents before their dependencies); every
-        child process has ended when this returns."""
+        child process has ended when this returns. A component is told to stop once the one
+        before it has answered (what that one published as it stopped has been routed to it);
+        the processes' ends are waited for after, together."""
         names = [r.name for r in self.order if r.name in self._processes]
         for name in reversed(names):
             process = self._processes[name]
             if process.ended:
                 continue
-            process.stop()  # one that failed to start too: its process is waited for
+            process.ask_to_stop()  # one that failed to start too: its process is waited for below
             if self.runners.pop(name, None) is not None:
                 self.stopped.append(name)
                 LOG.info("stopped %s", name)
+        for name in reversed(names):
+            self._processes[name].end()
 
     def runner(self, name: str) -> _Process:
         return self._processes[name]
