@@ -34,7 +34,7 @@ import numpy as np
 
 from .. import wire
 from .config import AggregatorConfig
-from .messages import Aggregates, EndOfStream, FlatBatch, Signals, Window
+from .messages import MAX_EVENT_TIME, Aggregates, EndOfStream, FlatBatch, Signals, Window
 
 DEFAULT_GROUP = "default"
 MAX_MAGNITUDE = 1e100  # as decode.MAX_MAGNITUDE: a value beyond it is no measurement
@@ -315,12 +315,12 @@ class WindowAggregator:
         new[run_at] = True
         starts = new.nonzero()[0]
         # every value within MAX_MAGNITUDE (min and max are; a NaN makes them NaN), every time
-        # finite (in time order, so the first and the last are); else (sums that overflowed,
+        # within MAX_EVENT_TIME (in time order, so the first and the last are); else (sums that overflowed,
         # or worse) all this is thrown away
         with np.errstate(invalid="ignore", over="ignore"):
             r = _reduce(t, v, starts)
             sound = np.minimum.reduce(r[MIN]) >= -MAX_MAGNITUDE and np.maximum.reduce(r[MAX]) <= MAX_MAGNITUDE and \
-                np.count_nonzero(np.isfinite(r[_FIRST_LAST_T])) == 2 * len(starts)
+                np.count_nonzero(np.abs(r[_FIRST_LAST_T]) <= MAX_EVENT_TIME) == 2 * len(starts)
         if not sound:
             return None
         self._merge(k.take(starts), sid.take(run_at.searchsorted(starts, side="right") - 1), r)
@@ -330,7 +330,7 @@ class WindowAggregator:
         """Any samples: unsound ones dropped, late ones counted, the rest sorted into their
         windows (``window_reduce``) and folded in. Returns the newest sound sample's time."""
         with np.errstate(invalid="ignore"):
-            sound = (np.abs(v) <= MAX_MAGNITUDE) & np.isfinite(t)  # NaN: False
+            sound = (np.abs(v) <= MAX_MAGNITUDE) & (np.abs(t) <= MAX_EVENT_TIME)  # NaN: False
         if not sound.all():  # no sum or square of a window may overflow (the reader drops these first)
             self.stats["dropped_samples"] += int(len(sound) - sound.sum())
             sid, t, v = sid[sound], t[sound], v[sound]
@@ -652,9 +652,9 @@ class Aggregation:
             r = _reduce(t, v, cells)
             run = starts.searchsorted(cells, side="right") - 1
             cell_group = group.take(run)
-            # every value within MAX_MAGNITUDE, every time finite (as ``_fold_runs``)
-            unsound = ~((r[MIN] >= -MAX_MAGNITUDE) & (r[MAX] <= MAX_MAGNITUDE)) | ~np.isfinite(r[FIRST_T]) | \
-                ~np.isfinite(r[LAST_T])
+            # every value within MAX_MAGNITUDE, every time within MAX_EVENT_TIME (as ``_fold_runs``)
+            unsound = ~((r[MIN] >= -MAX_MAGNITUDE) & (r[MAX] <= MAX_MAGNITUDE)) | \
+                ~(np.abs(r[FIRST_T]) <= MAX_EVENT_TIME) | ~(np.abs(r[LAST_T]) <= MAX_EVENT_TIME)
         if np.count_nonzero(unsound & (cell_group >= 0)):
             return None
         cell_k, cell_sid = k.take(cells), sid.take(run)
