@@ -38,6 +38,7 @@ from telemetry.edge.reader import batch_ends
 from telemetry.edge.rules import LimitRule, RateRule
 from telemetry.edge.sources import LogSource
 from telemetry.tools import livebench, memory
+from telemetry.tools.forkserver import start_forkserver
 from telemetry.tools.paths import SAMPLE
 from telemetry.tools.replay import resolve_config
 
@@ -440,6 +441,10 @@ def main() -> int:
     p.add_argument("--no-memory", dest="memory", action="store_false",
                    help="skip the peak memory of each component (./build.sh memory)")
     args = p.parse_args()
+    if args.frames:
+        # as `telemetry replay --processes` does first thing: the forkserver's imports overlap with
+        # this process's work, not with the timed replay in processes
+        start_forkserver()
     config = args.config or (str(SAMPLE / "vehicle.toml") if args.log == str(SAMPLE / "drive.log") else None)
     cfg = resolve_config(config, args.dbc)
     reader = cfg.reader
