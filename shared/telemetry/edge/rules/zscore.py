@@ -78,7 +78,9 @@ class ZScoreEvaluator(Evaluator[ZScoreRule]):
         full = np.repeat(np.array(held, np.int64), lengths) + within // step * step >= size
         every = np.ndarray((max(len(padded) - size + 1, 0), size), padded.dtype, padded, 0, padded.strides * 2)
         every.flags.writeable = False
-        ready = np.flatnonzero(counts >= warmup)
+        # a clean batch (the common case) is told so without its baselines (see _cannot_cross)
+        clean = not hot and len(v) and not nans[-1] and self._cannot_cross(v, padded, start, within)
+        ready = np.flatnonzero(counts >= warmup) if not clean else np.empty(0, np.int64)
         if len(self.scratch) < min(len(ready), step) * size:
             self.scratch = np.empty(min(len(ready), step) * size)
         for c in range(0, len(ready), step):  # a block of baselines at a time: bounded memory
@@ -105,6 +107,45 @@ class ZScoreEvaluator(Evaluator[ZScoreRule]):
         if not hot and not (x > 0).any():
             return None
         return Metrics(list(batch.names), ids, t, x, v, {"threshold": self.rule.threshold}, {"z": z})
+
+
+    # baselines judged together by their common part (see _cannot_cross)
+    SHARED = 8
+
+    def _cannot_cross(self, v: np.ndarray, padded: np.ndarray, start: np.ndarray, within: np.ndarray) -> bool:
+        """Whether no sample's robust z-score can pass the threshold, told from bounds on the
+        median and MAD of its baseline, every baseline being full and ``padded`` without NaN;
+        False when that cannot be told (the baselines then decide, as always when it is hot).
+
+        The baselines of B (``SHARED``) consecutive samples of a signal share all but B - 1 of
+        their values: the core, sorted once for them. A baseline's r-th smallest value lies
+        between the core's (r - B + 1)-th and r-th, so its median lies between the core's
+        (k - B)-th and k-th (k = baseline // 2, from 0). Its (k - 1)-th smallest deviation from
+        the median, and so its MAD, is at least the core's (k - B)-th smallest distance from
+        that range: nearer than that lie at most k - B of the core and the B - 1 others, fewer
+        than k. A sample whose distance from the range, over the smallest scale so allowed, is
+        within the threshold has a z-score within it. The rounded numbers keep these orders
+        (each step rounds monotonically); values so large that the sum of two overflows are
+        left to the baselines."""
+        size, k = self.rule.baseline, self.rule.baseline // 2
+        shared = min(self.SHARED, k, size - k)
+        if shared < 1 or not np.abs(padded).max(initial=0.0) <= 1e300:
+            return False
+        head = within % shared == 0
+        heads = np.flatnonzero(head)
+        width = size - shared + 1
+        if len(heads) * width > CELLS_AT_ONCE:  # bounded memory: the baselines decide
+            return False
+        block = np.cumsum(head) - 1
+        cores = np.ndarray((len(padded) - width + 1, width), padded.dtype, padded, 0, padded.strides * 2)[start[heads] + shared - 1]
+        cores.sort(axis=1)
+        low, high = cores[:, k - shared], cores[:, k]
+        distance = np.maximum(low[:, None] - cores, cores - high[:, None])
+        np.maximum(distance, 0.0, out=distance)  # falls then rises along the sorted core
+        scale = np.maximum(1.4826 * _kth_of_valley(distance, k - shared), self.rule.min_scale)[block]
+        deviation = np.maximum(v - low[block], high[block] - v)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return bool(((scale > 0) & (deviation / np.where(scale > 0, scale, 1.0) <= self.rule.threshold)).all())
 
 
 def median_mad(w: np.ndarray, counts: np.ndarray, full: bool,
