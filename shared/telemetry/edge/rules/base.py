@@ -17,6 +17,7 @@ import math
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any, ClassVar, Generic, TypeVar
 
 import numpy as np
@@ -297,6 +298,85 @@ def _select(batch: FlatBatch, hits: np.ndarray, ordered: bool) -> tuple[np.ndarr
     for column in sel:
         column.flags.writeable = False
     return sel
+
+
+class RunStats:
+    """A few numbers of each name's run of samples in a batch held in runs (``FlatBatch.layout``),
+    one entry per name of its table, each worked out on first use with a fixed number of numpy
+    calls over the whole batch (see ``run_stats``)."""
+
+    def __init__(self, batch: FlatBatch, bounds: np.ndarray, unordered: np.ndarray) -> None:
+        self.batch, self.bounds, self.unordered = batch, bounds, unordered
+        self.count = np.diff(bounds)  # samples
+        some = self.count > 0
+        self.some, self.starts, self.ends = some, bounds[:-1][some], bounds[1:][some]
+
+    def _per_run(self, ufunc: np.ufunc, column: np.ndarray, none: float) -> np.ndarray:
+        out = np.full(len(self.count), none)
+        if len(self.starts):
+            out[self.some] = ufunc.reduceat(column, self.starts)
+        return out
+
+    @cached_property
+    def v_max(self) -> np.ndarray:
+        """The largest value (-inf for no sample; NaN where one is NaN)."""
+        return self._per_run(np.maximum, self.batch.v, -np.inf)
+
+    @cached_property
+    def v_min(self) -> np.ndarray:
+        """The smallest value (inf for no sample; NaN where one is NaN)."""
+        return self._per_run(np.minimum, self.batch.v, np.inf)
+
+    @cached_property
+    def v_last(self) -> np.ndarray:
+        """The last value in the run's order (NaN for no sample)."""
+        out = np.full(len(self.count), np.nan)
+        out[self.some] = self.batch.v[self.ends - 1]
+        return out
+
+    @cached_property
+    def ordered(self) -> np.ndarray:
+        """Its times are in order, none NaN: a stable sort by time keeps the run as it is."""
+        t_first, t_last = self.t_first, self.t_last
+        return ~self.unordered & (t_first == t_first) & (t_last == t_last)
+
+    @cached_property
+    def t_first(self) -> np.ndarray:
+        """The first time (inf for no sample)."""
+        out = np.full(len(self.count), np.inf)
+        out[self.some] = self.batch.t[self.starts]
+        return out
+
+    @cached_property
+    def t_last(self) -> np.ndarray:
+        """The last time (-inf for no sample)."""
+        out = np.full(len(self.count), -np.inf)
+        out[self.some] = self.batch.t[self.ends - 1]
+        return out
+
+    @cached_property
+    def t_step(self) -> np.ndarray:
+        """The longest step from one time to the next (-inf for fewer than two samples; NaN
+        where a time is NaN)."""
+        t = self.batch.t
+        steps = np.empty(len(t))
+        np.subtract(t[1:], t[:-1], out=steps[:-1])
+        if len(self.ends):
+            steps[self.ends - 1] = -np.inf  # from one run to the next: not a step
+        return self._per_run(np.maximum, steps, -np.inf)
+
+
+def run_stats(batch: FlatBatch) -> RunStats | None:
+    """The batch's ``RunStats``, the same for every rule (kept in ``batch.memo``); None for a
+    batch not held in runs, or too small to be selected from by runs (``_RUNS_FROM``): the rules
+    then take their general path. The rules use them to tell at once that a batch cannot matter
+    to them (no value beyond a limit, no silence: the common case), without selecting its samples."""
+    memo = batch.memo
+    got = memo.get("run_stats", memo)
+    if got is memo:
+        runs = batch.layout if len(batch) >= _RUNS_FROM else None
+        got = memo["run_stats"] = None if runs is None else RunStats(batch, *runs)
+    return got  # type: ignore[no-any-return]
 
 
 class Index:

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..messages import FlatBatch
-from .base import CELLS_AT_ONCE, NO_EVENTS, Evaluator, Index, Metrics, Rule
+from .base import CELLS_AT_ONCE, NO_EVENTS, Evaluator, Index, Metrics, Rule, per_table, run_stats
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -34,13 +34,54 @@ class SpreadEvaluator(Evaluator[SpreadRule]):
         self.latest = Index()  # per signal: its latest value
         self.scratch: list[np.ndarray] = [np.empty(0, np.int64)]  # the table's memory, kept
         self._by_name = (0, np.empty(0, np.int64), np.empty(0, np.int64))  # (width, signals in name order, place of each)
+        self._columns: dict[tuple[str, ...], tuple[np.ndarray, np.ndarray] | None] = {}  # per table, see _quiet
+
+    def _columns_of(self, names: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray] | None:
+        """A table's matching signals (their numbers there) and the column of each; None if two
+        share a column (one name twice in the table)."""
+        signals = np.flatnonzero(self.name_mask(names))
+        columns = self.per_name(names, self.latest.number)[signals]
+        return (signals, columns) if len(np.unique(columns)) == len(columns) else None
+
+    def _quiet(self, batch: FlatBatch) -> bool:
+        """Whether the batch cannot take the spread beyond ``max_spread`` at any instant, told
+        without building its table (the common case), and if so the latest values taken from it.
+
+        Every value in the table is one of the batch's or a latest one, so no spread in it is
+        wider than the largest of them minus the smallest (the rounded differences are ordered
+        as the exact ones). Each signal's latest value is then its run's last (``run_stats``),
+        when its times are in order and none of its values is NaN (a NaN changes nothing); False,
+        for the table to decide, otherwise."""
+        stats = run_stats(batch)
+        if stats is None:
+            return False
+        columns = per_table(self._columns, batch.names, lambda: self._columns_of(batch.names))
+        if columns is None:
+            return False
+        signals, cols = columns
+        if not stats.ordered[signals].all():
+            return False
+        highest, lowest = stats.v_max[signals], stats.v_min[signals]
+        latest = self.latest.values
+        # NaN if a value of the batch is (a latest one is NaN until its signal is known)
+        high = np.maximum(highest.max(initial=-np.inf), np.fmax.reduce(latest, initial=-np.inf))
+        low = np.minimum(lowest.min(initial=np.inf), np.fmin.reduce(latest, initial=np.inf))
+        assert self.rule.max_spread is not None  # check() requires it
+        if not (high - low) - self.rule.max_spread <= 0:  # a NaN value, or maybe beyond
+            return False
+        seen = stats.count[signals] > 0
+        latest[cols[seen]] = stats.v_last[signals[seen]]
+        return True
 
     def metrics(self, batch: FlatBatch, frames: Mapping[str, int], now: float, hot: bool,
                 events: Mapping[str, np.ndarray] = NO_EVENTS) -> Metrics | None:
-        sel = self.select(batch)
-        if sel is None:
+        if not self.name_mask(batch.names, batch.memo).any():
             return None
         cols_of_name = self.per_name(batch.names, self.latest.number, batch.memo)
+        if not hot and self._quiet(batch):
+            return None
+        sel = self.select(batch)
+        assert sel is not None  # a name matches
         if not len(sel[1]):
             return None
         order = np.argsort(sel[1], kind="stable")

@@ -10,7 +10,7 @@ import numpy as np
 from ..errors import ConfigError
 from ..messages import FlatBatch
 from . import base
-from .base import NO_EVENTS, Evaluator, Index, Metrics, Rule, by_key_then_time, per_table
+from .base import NO_EVENTS, Evaluator, Index, Metrics, Rule, by_key_then_time, per_table, run_stats
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -47,6 +47,7 @@ class StaleEvaluator(Evaluator[StaleRule]):
         self.seen = Index()  # per key: when it was last seen
         self.flagged: dict[int, float] = {}  # key -> the last-seen time whose silence was reported
         self._groups: dict[tuple[str, ...], list[tuple[int, np.ndarray]]] = {}  # per table: each key's signals
+        self._by_key: dict[tuple[str, ...], tuple[np.ndarray, ...]] = {}  # per table: its signals key by key
 
     def key_number(self, signal: str) -> int:
         return self.seen.number(signal.split(".", 1)[0] if self.rule.scope == "message" else signal)
@@ -69,6 +70,47 @@ class StaleEvaluator(Evaluator[StaleRule]):
         """Each key of a name table and the numbers of its signals there."""
         key_of_name = self.per_name(names, self.key_number)
         return [(key, np.flatnonzero(key_of_name == key)) for key in np.unique(key_of_name[key_of_name >= 0]).tolist()]
+
+    def _signals_by_key(self, names: tuple[str, ...]) -> tuple[np.ndarray, ...]:
+        """A name table's matching signals (their numbers there) key by key, where each key's
+        signals start among them, how many it has, and the keys."""
+        key_of_name = self.per_name(names, self.key_number)
+        hit = np.flatnonzero(key_of_name >= 0)
+        signals = hit[np.argsort(key_of_name[hit], kind="stable")]
+        keys_of = key_of_name[signals]
+        starts = np.flatnonzero(np.concatenate(([True], keys_of[1:] != keys_of[:-1]))) if len(signals) else hit
+        return signals, starts, np.diff(np.append(starts, len(signals))), keys_of[starts]
+
+    def _quiet(self, batch: FlatBatch, timeout: float) -> tuple[np.ndarray, np.ndarray] | None:
+        """The keys seen in the batch and the last time each was seen, if no silence of a key
+        ended in it (the common case); None if one did, or if it cannot be told this way.
+
+        Told without sorting, from each signal's first and last time and longest step between
+        two of its times (``run_stats``): a key's times are the union of its signals'; no step
+        between two of them is longer than a signal's own (its times are among them), nor than
+        the distance from the key's first time to the signal's first or from the signal's last
+        to the key's last. So if one signal of each key has none of the three longer than
+        ``timeout``, no step of its key is (times are rounded the same way: the rounded
+        differences are ordered as the exact ones)."""
+        stats = run_stats(batch)
+        if stats is None:
+            return None
+        signals, starts, sizes, keys = per_table(self._by_key, batch.names, lambda: self._signals_by_key(batch.names))
+        if not len(signals):
+            return keys, np.empty(0)
+        if not stats.ordered[signals].all():
+            return None
+        first, last, step = stats.t_first[signals], stats.t_last[signals], stats.t_step[signals]
+        since, until = np.minimum.reduceat(first, starts), np.maximum.reduceat(last, starts)
+        # of a signal with no sample: first - since is inf (or NaN), it covers nothing
+        longest = np.maximum(np.maximum(step, first - np.repeat(since, sizes)), np.repeat(until, sizes) - last)
+        present = since <= until
+        if not (np.logical_or.reduceat(longest <= timeout, starts) | ~present).all():
+            return None
+        keys, since, until = keys[present], since[present], until[present]
+        if (since - self.seen.values[keys] > timeout).any():  # the silence before its first time
+            return None
+        return keys, until
 
     def keyed(self, batch: FlatBatch) -> tuple[np.ndarray, np.ndarray] | None:
         """The samples of matching signals as (key, time), sorted by key, then time (stable:
@@ -109,7 +151,10 @@ class StaleEvaluator(Evaluator[StaleRule]):
         points: list[tuple[int, float, float, float]] = []  # key, time, age, silent_for
         k = t = silent = np.empty(0)
         keep = np.empty(0, bool)
-        sel = self.keyed(batch)
+        quiet = None if hot else self._quiet(batch, timeout)
+        if quiet is not None:  # no silence ended: no sample is a point, only the last times change
+            self.seen.values[quiet[0]] = quiet[1]
+        sel = None if quiet is not None else self.keyed(batch)
         if sel is not None:
             k, t = sel
             first = np.concatenate(([True], k[1:] != k[:-1]))

@@ -6,7 +6,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
-from numpy.lib.stride_tricks import as_strided
 
 from ..errors import ConfigError
 from ..messages import FlatBatch
@@ -42,6 +41,9 @@ class ZScoreEvaluator(Evaluator[ZScoreRule]):
     def __init__(self, rule: ZScoreRule) -> None:
         super().__init__(rule)
         self.history: dict[str, np.ndarray] = {}
+        # the MAD's working rows: memory kept and reused (a fresh array of this size, beside the
+        # baselines, costs more in page faults than its filling)
+        self.scratch = np.empty(0)
 
     def metrics(self, batch: FlatBatch, frames: Mapping[str, int], now: float, hot: bool,
                 events: Mapping[str, np.ndarray] = NO_EVENTS) -> Metrics | None:
@@ -74,15 +76,20 @@ class ZScoreEvaluator(Evaluator[ZScoreRule]):
         step = max(1, CELLS_AT_ONCE // size)
         within = np.arange(len(v)) - np.repeat(first, lengths)
         full = np.repeat(np.array(held, np.int64), lengths) + within // step * step >= size
-        every = as_strided(padded, (max(len(padded) - size + 1, 0), size), padded.strides * 2, writeable=False)
-        ready = np.flatnonzero(counts >= warmup)
+        every = np.ndarray((max(len(padded) - size + 1, 0), size), padded.dtype, padded, 0, padded.strides * 2)
+        every.flags.writeable = False
+        # a clean batch (the common case) is told so without its baselines (see _cannot_cross)
+        clean = not hot and len(v) and not nans[-1] and self._cannot_cross(v, padded, start, within)
+        ready = np.flatnonzero(counts >= warmup) if not clean else np.empty(0, np.int64)
+        if len(self.scratch) < min(len(ready), step) * size:
+            self.scratch = np.empty(min(len(ready), step) * size)
         for c in range(0, len(ready), step):  # a block of baselines at a time: bounded memory
             rows = ready[c:c + step]
             w = every[start[rows]]
             w.sort(axis=1)  # NaN last
             is_full = full[rows]
             if is_full.all() or not is_full.any():
-                median, mad = median_mad(w, counts[rows], bool(is_full[0]))
+                median, mad = median_mad(w, counts[rows], bool(is_full[0]), self.scratch)
             else:
                 median, mad = np.empty(len(rows)), np.empty(len(rows))
                 for part in (is_full, ~is_full):
@@ -102,10 +109,51 @@ class ZScoreEvaluator(Evaluator[ZScoreRule]):
         return Metrics(list(batch.names), ids, t, x, v, {"threshold": self.rule.threshold}, {"z": z})
 
 
-def median_mad(w: np.ndarray, counts: np.ndarray, full: bool) -> tuple[np.ndarray, np.ndarray]:
+    # baselines judged together by their common part (see _cannot_cross)
+    SHARED = 8
+
+    def _cannot_cross(self, v: np.ndarray, padded: np.ndarray, start: np.ndarray, within: np.ndarray) -> bool:
+        """Whether no sample's robust z-score can pass the threshold, told from bounds on the
+        median and MAD of its baseline, every baseline being full and ``padded`` without NaN;
+        False when that cannot be told (the baselines then decide, as always when it is hot).
+
+        The baselines of B (``SHARED``) consecutive samples of a signal share all but B - 1 of
+        their values: the core, sorted once for them. A baseline's r-th smallest value lies
+        between the core's (r - B + 1)-th and r-th, so its median lies between the core's
+        (k - B)-th and k-th (k = baseline // 2, from 0). Its (k - 1)-th smallest deviation from
+        the median, and so its MAD, is at least the core's (k - B)-th smallest distance from
+        that range: nearer than that lie at most k - B of the core and the B - 1 others, fewer
+        than k. A sample whose distance from the range, over the smallest scale so allowed, is
+        within the threshold has a z-score within it. The rounded numbers keep these orders
+        (each step rounds monotonically); values so large that the sum of two overflows are
+        left to the baselines."""
+        size, k = self.rule.baseline, self.rule.baseline // 2
+        shared = min(self.SHARED, k, size - k)
+        if shared < 1 or not np.abs(padded).max(initial=0.0) <= 1e300:
+            return False
+        head = within % shared == 0
+        heads = np.flatnonzero(head)
+        width = size - shared + 1
+        if len(heads) * width > CELLS_AT_ONCE:  # bounded memory: the baselines decide
+            return False
+        block = np.cumsum(head) - 1
+        cores = np.ndarray((len(padded) - width + 1, width), padded.dtype, padded, 0, padded.strides * 2)[start[heads] + shared - 1]
+        cores.sort(axis=1)
+        low, high = cores[:, k - shared], cores[:, k]
+        distance = np.maximum(low[:, None] - cores, cores - high[:, None])
+        np.maximum(distance, 0.0, out=distance)  # falls then rises along the sorted core
+        scale = np.maximum(1.4826 * _kth_of_valley(distance, k - shared), self.rule.min_scale)[block]
+        deviation = np.maximum(v - low[block], high[block] - v)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return bool(((scale > 0) & (deviation / np.where(scale > 0, scale, 1.0) <= self.rule.threshold)).all())
+
+
+def median_mad(w: np.ndarray, counts: np.ndarray, full: bool,
+               scratch: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """The median of each row of ``w`` (each baseline, sorted, NaN last; ``counts``: the values
     of each that are not NaN) and the median of its absolute deviations from it (MAD), with the
     values ``np.median`` (``full``) or ``np.nanmedian`` (not ``full``) gives on the unsorted rows.
+    ``scratch``: memory for the work (at least ``w.size`` floats), then ``w`` is overwritten.
 
     Sorting the rows (numpy's vectorised sort) costs less than the two partitions the two medians
     take, and on a sorted row the MAD needs no second sort: the deviations fall then rise along
@@ -116,19 +164,27 @@ def median_mad(w: np.ndarray, counts: np.ndarray, full: bool) -> tuple[np.ndarra
         k = n // 2
         median = w[:, k] if n % 2 else (w[:, k - 1] + w[:, k]) / 2
         median = np.where(counts < n, np.nan, median)  # a NaN in the row makes it NaN
-        dev = np.abs(w - median[:, None])  # its NaNs (inf - inf gives some too) reach the MAD
-        kth = _kth_of_valley(dev, k) if n % 2 else (_kth_of_valley(dev, k - 1) + _kth_of_valley(dev, k)) / 2
-        return median, kth
+        # its NaNs (inf - inf gives some too) reach the MAD
+        if scratch is None:
+            dev = np.abs(w - median[:, None])
+        else:
+            dev = np.subtract(w, median[:, None], out=w)
+            np.abs(dev, out=dev)
+        if n % 2:
+            return median, _kth_of_valley(dev, k, scratch)
+        return median, (_kth_of_valley(dev, k - 1, scratch) + _kth_of_valley(dev, k, scratch)) / 2
     rows = np.arange(len(w))
     median = _middle(w, counts, rows)
     dev = np.sort(np.abs(w - median[:, None]), axis=1)
     return median, _middle(dev, n - np.sum(np.isnan(dev), axis=1), rows)
 
 
-def _kth_of_valley(dev: np.ndarray, k: int) -> np.ndarray:
-    """The k-th smallest (from 0) of each row, its values falling then rising along it."""
-    n = dev.shape[1]
-    return np.min(np.maximum(dev[:, : n - k], dev[:, k:]), axis=1)
+def _kth_of_valley(dev: np.ndarray, k: int, scratch: np.ndarray | None = None) -> np.ndarray:
+    """The k-th smallest (from 0) of each row, its values falling then rising along it.
+    ``scratch``: memory for the work (at least ``dev.size`` floats)."""
+    rows, n = dev.shape
+    out = None if scratch is None else scratch[: rows * (n - k)].reshape(rows, n - k)
+    return np.min(np.maximum(dev[:, : n - k], dev[:, k:], out=out), axis=1)
 
 
 def _middle(w: np.ndarray, counts: np.ndarray, rows: np.ndarray) -> np.ndarray:
