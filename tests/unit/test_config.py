@@ -132,3 +132,12 @@ def test_a_rule_table_becomes_an_instance_of_its_kind_with_the_defaults_of_that_
     assert rules[0].signals == ("A.*",) and rules[0].severity == "warning" and rules[0].min_duration == 0.0
     assert rules[1] == BusRule(name="b", counter="error", max_per_second=2.0)
     assert rules[1].signals == ("bus.*",) and rules[1].window_seconds == 5.0
+
+
+def test_an_unknown_statistic_is_named_on_one_line_whatever_it_holds():
+    # hypothesis (tests/faults/test_fuzz.py) found a statistic named "\n" printed raw
+    with pytest.raises(ConfigError) as refused:
+        parse_config({"vehicle": "car", "aggregator": {"stats": ["count", "\n", "p99"]}})
+    message = str(refused.value)
+    assert "\n" not in message
+    assert "unknown statistic(s) '\\n', 'p99'" in message

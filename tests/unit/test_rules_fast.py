@@ -93,13 +93,15 @@ class SpreadReference(SpreadEvaluator):
         cols_of_name = self.per_name(batch.names, self.latest.number)
         if not len(sel[1]):
             return None
-        order = np.argsort(sel[1], kind="stable")
-        col, t, v = cols_of_name[sel[0][order]], sel[1][order], sel[2][order]
+        cols = cols_of_name[sel[0]]
+        order = np.lexsort((cols, sel[1]))  # by time, then signal; stable: batch order within
+        col, t, v = cols[order], sel[1][order], sel[2][order]
         width = len(self.latest.names)
         # Samples stamped at the same moment are simultaneous: the state is judged once per
         # instant, after all of them (a table row per instant, not per sample: a frame carries
         # several cells). Of one signal's samples in an instant the last counts; they are
-        # adjacent here (a batch holds each signal's samples together, and the sort is stable).
+        # adjacent here, in batch order (sorted by time, then signal: a batch whose signals'
+        # samples are not together, as FlatBatch promises they are, too).
         new_instant = np.concatenate(([True], t[1:] != t[:-1]))
         instant = np.cumsum(new_instant) - 1
         last = np.concatenate(((instant[1:] != instant[:-1]) | (col[1:] != col[:-1]), [True]))

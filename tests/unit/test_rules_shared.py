@@ -148,3 +148,16 @@ def test_a_shared_selection_cannot_be_written_to():
     for column in sel:
         assert not column.flags.writeable
     assert rule(kind="rate", signals="A.x", max_rate=1.0).evaluator().select(batch) is sel  # shared, not made again
+
+
+def test_the_spread_of_a_batch_whose_signals_are_not_together_takes_each_signals_last_sample_of_an_instant():
+    # hypothesis found it: C.v1's samples at t=0 are 0, then NaN (which changes nothing), with
+    # C.v0's between them; the last of C.v1 at t=0 is the NaN, so C.v1 is not known there yet
+    batch = FlatBatch(("C.v0", "C.v1", "B.z"), np.array([0, 0, 0, 0, 1, 0, 0, 1, 1, 1, 1, 0, 1, 2]),
+                      np.array([0, 0, 0, 0, 0, 0, 0, 0, 1, .5, 0, 0, .25, np.nan]),
+                      np.array([0, 0, 0, 0, 0, 0, 0, 0, 0, np.inf, np.nan, 0, 0, 0.]))
+    ((imbalance, plain),) = [(rule(**kw), cls) for kw, cls in RULES if kw["name"] == "imbalance"]
+    with np.errstate(all="ignore"):
+        got = imbalance.evaluator().metrics(batch, {}, 1.0, False)
+        same_metrics(got, plain(imbalance).metrics(copy(batch), {}, 1.0, False))
+    assert got is not None and list(got.t) == [0.25, 0.5, 1.0]

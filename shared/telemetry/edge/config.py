@@ -220,7 +220,7 @@ def _stats(value: Any, where: str) -> tuple[str, ...]:
         raise ConfigError(f"{where}: must be a list of statistics ({', '.join(wire.STATISTICS)})")
     unknown = [x for x in value if x not in wire.STATISTICS]
     if unknown:
-        raise ConfigError(f"{where}: unknown statistic(s) {', '.join(unknown)} (known: {', '.join(wire.STATISTICS)})")
+        raise ConfigError(f"{where}: unknown statistic(s) {', '.join(map(repr, unknown))} (known: {', '.join(wire.STATISTICS)})")
     # count always travels (a window's weight); the order is the canonical one
     return tuple(x for x in wire.STATISTICS if x in value or x == "count")
 
