@@ -364,22 +364,7 @@ def _uvarints(u: np.ndarray) -> bytes:
                 value >>= 7
             few.append(value)
         return bytes(few)
-    top = int(u.max())
-    if top <= 0x7F:  # every value one byte: the usual column of small offsets
-        return u.astype(np.uint8).tobytes()
-    width = (top.bit_length() + 6) // 7  # bytes of the largest value
-    groups = np.empty((len(u), width), np.uint8)  # each value's 7-bit groups, low first
-    longer = np.empty((len(u), width), bool)  # whether a value has more after each group
-    rest = u.copy()
-    for j in range(width):
-        groups[:, j] = rest & np.uint64(0x7F)
-        rest >>= np.uint64(7)
-        np.greater(rest, 0, out=longer[:, j])
-    groups[longer] |= 0x80
-    keep = np.empty_like(longer)  # a value's bytes: its first, and one more after each that has more
-    keep[:, 0] = True
-    keep[:, 1:] = longer[:, :-1]
-    return groups[keep].tobytes()
+    return _leb128(u)
 
 
 def _varints(x: np.ndarray) -> bytes:
