@@ -93,9 +93,10 @@ class SpreadReference(SpreadEvaluator):
         cols_of_name = self.per_name(batch.names, self.latest.number)
         if not len(sel[1]):
             return None
-        cols = cols_of_name[sel[0]]
-        order = np.lexsort((cols, sel[1]))  # by time, then signal; stable: batch order within
-        col, t, v = cols[order], sel[1][order], sel[2][order]
+        # by time, then signal in the order of their first samples, then batch order
+        first = np.unique(sel[0], return_index=True, return_inverse=True)
+        order = np.lexsort((first[1][first[2]], sel[1]))
+        col, t, v = cols_of_name[sel[0][order]], sel[1][order], sel[2][order]
         width = len(self.latest.names)
         # Samples stamped at the same moment are simultaneous: the state is judged once per
         # instant, after all of them (a table row per instant, not per sample: a frame carries
@@ -424,3 +425,16 @@ def test_the_state_machine_decides_as_the_numpy_one(samples, cuts, update_second
         now = float(t[b - 1])
         with np.errstate(invalid="ignore"):
             assert [m.encode() for m in fast.add(batch, None, now)] == [m.encode() for m in slow.add(batch, None, now)]
+
+
+def test_the_spread_of_samples_without_a_time_keeps_batch_order():
+    # hypothesis found it: two signals' samples at NaN times, each its own instant, in batch order
+    empty = FlatBatch((), np.zeros(0, np.int64), np.zeros(0), np.zeros(0))
+    for last in ([0.0, np.inf], [0.0, 0.0]):
+        batches = [FlatBatch(("C.v2", "C.v1", "D.v3"), np.repeat([0, 1, 2], 6), np.zeros(18), np.zeros(18)), empty, empty,
+                   FlatBatch(("C.v0", "C.v1"), np.array([0, 1]), np.array([np.nan, np.nan]), np.array(last))]
+        r = rule(kind="spread", signals="C.*", max_spread=1.0)
+        fast, slow = r.evaluator(), SpreadReference(r)
+        with np.errstate(all="ignore"):
+            for i, batch in enumerate(batches):
+                same_metrics(fast.metrics(batch, {}, 0.0, i % 2 == 1), slow.metrics(batch, {}, 0.0, i % 2 == 1))

@@ -87,16 +87,18 @@ class SpreadEvaluator(Evaluator[SpreadRule]):
         if batch.layout is not None:
             order = np.argsort(sel[1], kind="stable")
             col, t, v = cols_of_name[sel[0][order]], sel[1][order], sel[2][order]
-        else:  # a batch whose signals' samples are not together (not as FlatBatch promises)
-            cols = cols_of_name[sel[0]]
-            order = np.lexsort((cols, sel[1]))  # by time, then signal, stable
-            col, t, v = cols[order], sel[1][order], sel[2][order]
+        else:  # a batch whose signals' samples are not together (not as FlatBatch promises):
+            # by time, then signal in the order of their first samples, then batch order, which
+            # is what the stable sort gives a batch whose signals' samples are together
+            first = np.unique(sel[0], return_index=True, return_inverse=True)
+            order = np.lexsort((first[1][first[2]], sel[1]))
+            col, t, v = cols_of_name[sel[0][order]], sel[1][order], sel[2][order]
         width = len(self.latest.names)
         # Samples stamped at the same moment are simultaneous: the state is judged once per
         # instant, after all of them (a table row per instant, not per sample: a frame carries
         # several cells). Of one signal's samples in an instant the last counts; they are
         # adjacent here, in batch order (a batch holds each signal's samples together, and the
-        # sort is stable; else the sort is by time, then signal).
+        # sort is stable; else the sort is by time, then signal, as above).
         new_instant = np.concatenate(([True], t[1:] != t[:-1]))
         instant = np.cumsum(new_instant) - 1
         last = np.concatenate(((instant[1:] != instant[:-1]) | (col[1:] != col[:-1]), [True]))
