@@ -7,7 +7,7 @@ import json
 import random
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from telemetry import wire
@@ -337,7 +337,11 @@ def check_fit(entries: list[Entry], max_bytes: int, compress: bool, *, full: boo
         assert payload == reference
     if full and n < len(entries):  # full: one more would not have fitted, or nearly so
         more = len(uploader.pack(entries[:n + 1], vehicle="car", spool_id="ab12", compress=compress))
-        assert more > max_bytes if not compress else more > 0.9 * max_bytes
+        # compressed, fit measures its stream with sync flushes (a few bytes each, and a deflate
+        # block ended), which pack's one-go stream does not have: what they cost this bundle
+        # counts as full too (a 1 kB bundle of a dozen small items: about 100 bytes)
+        flushes = max(0, len(payload) - len(reference))
+        assert more > max_bytes if not compress else more > 0.9 * max_bytes - flushes
     return n
 
 
@@ -347,6 +351,9 @@ specs = st.lists(st.tuples(st.sampled_from(["noise", "same", "words"]), st.integ
 
 @settings(max_examples=150, deadline=None)
 @given(specs, st.integers(1_000, 130_000), st.booleans())
+@example([("noise", 1, 0), ("words", 893, 147), ("words", 199, 34), ("words", 354, 0), ("noise", 55, 240),
+          ("words", 91, 266), ("noise", 113, 0), ("words", 242, 233), ("words", 74, 0), ("noise", 5, 0),
+          ("noise", 1, 0), ("noise", 1, 0), ("noise", 1, 0)], 1000, True)  # 9 fitted in 990 B; 10 packed: 899 B
 def test_a_bundle_is_as_full_as_fits_and_never_over_the_limit(spec, max_bytes, compress):
     check_fit(entries_of(spec), max_bytes, compress)
 
