@@ -43,7 +43,7 @@ MAX_MAGNITUDE = 1e100  # as decode.MAX_MAGNITUDE: a value beyond it is no measur
 _FIELDS = ("count", "mean", "m2", "min", "t_min", "max", "t_max", "first_t", "first", "last_t", "last")
 COUNT, MEAN, M2, MIN, T_MIN, MAX, T_MAX, FIRST_T, FIRST, LAST_T, LAST = range(len(_FIELDS))
 _ROW = {key: i for i, key in enumerate(_FIELDS)}
-_EXT, _T_EXT, _FIRST_LAST_T = [MIN, MAX], [T_MIN, T_MAX], [FIRST_T, LAST_T]
+_EXT, _T_EXT = [MIN, MAX], [T_MIN, T_MAX]
 # an empty cell: no samples; min and max lose to any value, first and last to any time
 _EMPTY = np.array([0.0, 0.0, 0.0, np.inf, np.inf, -np.inf, np.inf, np.inf, np.nan, -np.inf, np.nan])
 
@@ -209,6 +209,34 @@ def _runs(ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return starts, lengths
 
 
+def _runs_in_order(t: np.ndarray, run_at: np.ndarray) -> bool:
+    """Whether the samples of each run (starting at ``run_at``) are in time order (NaN: not)."""
+    n = len(t)
+    if n < 2:
+        return True
+    inorder = t[1:] >= t[:-1]  # NaN: False
+    inorder[run_at[1:] - 1] = True
+    return bool(np.count_nonzero(inorder) == n - 1)
+
+
+def _cells(k: np.ndarray, run_at: np.ndarray) -> np.ndarray:
+    """Where each (run, window) cell starts, of samples in windows ``k`` and runs at ``run_at``."""
+    new = np.empty(len(k), dtype=bool)
+    new[0] = True
+    np.not_equal(k[1:], k[:-1], out=new[1:])
+    new[run_at] = True
+    return new.nonzero()[0]
+
+
+def _unsound(r: np.ndarray) -> np.ndarray:
+    """Which cells of statistics ``r`` (rows as ``_FIELDS``, each cell's samples in time order)
+    hold a value beyond MAX_MAGNITUDE (min or max does; a NaN makes them NaN) or a time beyond
+    MAX_EVENT_TIME (the first or the last is): sums that overflowed, or worse."""
+    with np.errstate(invalid="ignore"):
+        return ~((r[MIN] >= -MAX_MAGNITUDE) & (r[MAX] <= MAX_MAGNITUDE)) | \
+            ~(np.abs(r[FIRST_T]) <= MAX_EVENT_TIME) | ~(np.abs(r[LAST_T]) <= MAX_EVENT_TIME)
+
+
 class WindowAggregator:
     """Windows of one group: pure logic, samples in, closed-window aggregate messages out."""
 
@@ -297,31 +325,18 @@ class WindowAggregator:
             sid, lengths = sid[keep], lengths[keep]
         if not distinct and len(np.unique(sid)) != len(sid):
             return None
-        n = len(t)
         run_at = lengths.cumsum() - lengths
-        if n > 1:
-            inorder = t[1:] >= t[:-1]  # NaN: False
-            inorder[run_at[1:] - 1] = True
-            if np.count_nonzero(inorder) < n - 1:
-                return None
+        if not _runs_in_order(t, run_at):
+            return None
         with np.errstate(invalid="ignore", over="ignore"):
             kf = np.floor(t / self.width)
             k = kf.astype(np.int64)
             if self.closed_through is not None and np.count_nonzero(kf.take(run_at) > self.closed_through) < len(run_at):
                 return None  # late samples (or NaN times)
-        new = np.empty(n, dtype=bool)
-        new[0] = True
-        np.not_equal(k[1:], k[:-1], out=new[1:])
-        new[run_at] = True
-        starts = new.nonzero()[0]
-        # every value within MAX_MAGNITUDE (min and max are; a NaN makes them NaN), every time
-        # within MAX_EVENT_TIME (in time order, so the first and the last are); else (sums that overflowed,
-        # or worse) all this is thrown away
+        starts = _cells(k, run_at)
         with np.errstate(invalid="ignore", over="ignore"):
             r = _reduce(t, v, starts)
-            sound = np.minimum.reduce(r[MIN]) >= -MAX_MAGNITUDE and np.maximum.reduce(r[MAX]) <= MAX_MAGNITUDE and \
-                np.count_nonzero(np.abs(r[_FIRST_LAST_T]) <= MAX_EVENT_TIME) == 2 * len(starts)
-        if not sound:
+        if np.count_nonzero(_unsound(r)):  # all this is thrown away
             return None
         self._merge(k.take(starts), sid.take(run_at.searchsorted(starts, side="right") - 1), r)
         return float(np.maximum.reduce(r[LAST_T]))
@@ -631,12 +646,8 @@ class Aggregation:
         windows closed; or changes nothing and returns None (not that case: each group folds
         its own). A run's windows are its group's; a run not selected is reduced too, and
         thrown away."""
-        n = len(t)
-        if n > 1:
-            inorder = t[1:] >= t[:-1]  # NaN: False
-            inorder[starts[1:] - 1] = True
-            if np.count_nonzero(inorder) < n - 1:
-                return None
+        if not _runs_in_order(t, starts):
+            return None
         widths = np.array([1.0, *(a.width for a in self._groups)])  # by group + 1 (0: not selected)
         closed = np.array([-math.inf, *(-math.inf if a.closed_through is None else a.closed_through for a in self._groups)])
         with np.errstate(invalid="ignore", over="ignore"):
@@ -644,18 +655,11 @@ class Aggregation:
             k = kf.astype(np.int64)
             if np.count_nonzero(kf.take(starts) > closed.take(group + 1)) < len(starts):
                 return None  # late samples (or NaN times)
-            new = np.empty(n, dtype=bool)
-            new[0] = True
-            np.not_equal(k[1:], k[:-1], out=new[1:])
-            new[starts] = True
-            cells = new.nonzero()[0]
+            cells = _cells(k, starts)
             r = _reduce(t, v, cells)
-            run = starts.searchsorted(cells, side="right") - 1
-            cell_group = group.take(run)
-            # every value within MAX_MAGNITUDE, every time within MAX_EVENT_TIME (as ``_fold_runs``)
-            unsound = ~((r[MIN] >= -MAX_MAGNITUDE) & (r[MAX] <= MAX_MAGNITUDE)) | \
-                ~(np.abs(r[FIRST_T]) <= MAX_EVENT_TIME) | ~(np.abs(r[LAST_T]) <= MAX_EVENT_TIME)
-        if np.count_nonzero(unsound & (cell_group >= 0)):
+        run = starts.searchsorted(cells, side="right") - 1
+        cell_group = group.take(run)
+        if np.count_nonzero(_unsound(r) & (cell_group >= 0)):  # as ``_fold_runs``
             return None
         cell_k, cell_sid = k.take(cells), sid.take(run)
         out = []
