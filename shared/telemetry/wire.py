@@ -220,9 +220,9 @@ class Payload:
 
 def _starts(sid: np.ndarray) -> np.ndarray:
     """True where a new signal's run of cells begins."""
-    first = np.ones(len(sid), dtype=bool)
-    if len(sid) > 1:
-        np.not_equal(sid[1:], sid[:-1], out=first[1:])
+    first = np.empty(len(sid), dtype=bool)
+    first[:1] = True
+    np.not_equal(sid[1:], sid[:-1], out=first[1:])
     return first
 
 
@@ -357,21 +357,28 @@ def _uvarints(u: np.ndarray) -> bytes:
     """Unsigned LEB128: 7 bits a byte, low first, the high bit set on every byte but a value's last."""
     u = np.asarray(u, np.uint64)
     if len(u) <= 4:  # a length, a count: numpy's calls would cost more than the bytes
-        few = bytearray()
-        for value in u.tolist():
-            while value > 0x7F:
-                few.append(value & 0x7F | 0x80)
-                value >>= 7
-            few.append(value)
-        return bytes(few)
+        return b"".join(map(_uvarint, u.tolist()))
     return _leb128(u)
 
 
+def _zigzag(x: np.ndarray) -> np.ndarray:
+    """Signed integers (int64) as unsigned: 0, -1, 1, -2, ... as 0, 1, 2, 3, ..."""
+    return ((x << 1) ^ (x >> 63)).view(np.uint64)
+
+
+def _unzigzag(u: np.ndarray) -> np.ndarray:
+    """``_zigzag`` undone: (u >> 1) ^ -(u & 1), as int64, in place of a copy where it can."""
+    signed = (u >> np.uint64(1)).view(np.int64)
+    sign = (u & np.uint64(1)).view(np.int64)
+    np.negative(sign, out=sign)
+    signed ^= sign
+    return signed
+
+
 def _varints(x: np.ndarray) -> bytes:
-    """Signed integers, zigzag (0, -1, 1, -2, ... as 0, 1, 2, 3, ...) then LEB128: a small value
-    is one byte whatever the column's largest."""
-    x = np.asarray(x, np.int64)
-    return _uvarints(((x << 1) ^ (x >> 63)).view(np.uint64))
+    """Signed integers, zigzag (``_zigzag``) then LEB128: a small value is one byte whatever the
+    column's largest."""
+    return _uvarints(_zigzag(np.asarray(x, np.int64)))
 
 
 def _uvarint(n: int) -> bytes:
@@ -437,7 +444,7 @@ class _Body:
         signed = [x for x, s in zip(self.columns, self.signed) if s]
         if signed:
             x = np.concatenate(signed, dtype=np.int64)
-            zigzag = ((x << 1) ^ (x >> 63)).view(np.uint64)
+            zigzag = _zigzag(x)
         pieces, at = [], 0
         for column, s in zip(self.columns, self.signed):
             if s:
@@ -484,8 +491,7 @@ def _read_uvarints(raw: bytes, count: int) -> np.ndarray:
 
 
 def _read_varints(raw: bytes, count: int) -> np.ndarray:
-    u = _read_uvarints(raw, count)
-    return (u >> np.uint64(1)).astype(np.int64) ^ -(u & np.uint64(1)).astype(np.int64)
+    return _unzigzag(_read_uvarints(raw, count))
 
 
 def _floats2(x: np.ndarray) -> bytes:
@@ -510,14 +516,6 @@ def _split_delta(x: np.ndarray, first: np.ndarray) -> np.ndarray:
     d[..., :1] = x[..., :1]
     np.subtract(x[..., 1:], x[..., :-1], out=d[..., 1:])
     return np.concatenate((x.compress(first, axis=-1), d.compress(~first, axis=-1)), axis=-1)
-
-
-def _firsts(sid: np.ndarray) -> np.ndarray:
-    """True where a new signal's run of cells begins (as ``_starts``, in fewer of numpy's calls)."""
-    first = np.empty(len(sid), dtype=bool)
-    first[:1] = True
-    np.not_equal(sid[1:], sid[:-1], out=first[1:])
-    return first
 
 
 def _first_window(start: float, width: float) -> int:
@@ -740,7 +738,7 @@ def encode(p: Payload, *, codec: str = "zlib", level: int | None = None, schema:
     same = np.array(same_list, np.int64)
     own = same == 0
     mine = own.take(sid)
-    first = _firsts(sid)
+    first = _starts(sid)
     k0 = int(np.minimum.reduce(window)) if len(window) else 0
     # the first window's index, from the period's first: a small number (the header has the start)
     body.ints(np.array([k0 - _first_window(p.start, p.width)], np.int64))
@@ -764,13 +762,13 @@ def encode(p: Payload, *, codec: str = "zlib", level: int | None = None, schema:
             row = {s: i for i, s in enumerate(keys)}
             # a collapsed cell: one value (an exact statistic's, if there is one), along time
             c_int, c_float = collapsed & cell_exact, collapsed & ~cell_exact
-            body.ints(_split_delta(q[row[keys[0]]].compress(c_int), _firsts(sid.compress(c_int))))
+            body.ints(_split_delta(q[row[keys[0]]].compress(c_int), _starts(sid.compress(c_int))))
             body.raw(_floats2(t.stats[keys[0]].compress(c_float)))
             # the reference statistic of the other cells along time, the rest relative to it. The
             # mean as the exact sum of raw values S: floor(S / count) is the reference, S mod count
             # travels too (so the mean is exact, and the same however the samples were batched)
             q_ints = q.compress(ints, axis=1)
-            ints_first = _firsts(sid.compress(ints))
+            ints_first = _starts(sid.compress(ints))
             if ref == "mean":
                 # layout 3: the mean rounded to the step (within half a step), but where it
                 # travels exact (``_exact_means``) as in layout 2; none does in a layout-3
@@ -1232,10 +1230,7 @@ class _Columns:
         self.u, self.values_at, self.complete, self.over, widest = _uvarint_columns(
             b"".join([body[a:e] for a, e in spans]), self.sizes)
         u = self.u
-        self.signed = (u >> np.uint64(1)).view(np.int64)  # zigzag: (u >> 1) ^ -(u & 1)
-        sign = (u & np.uint64(1)).view(np.int64)
-        np.negative(sign, out=sign)
-        self.signed ^= sign
+        self.signed = _unzigzag(u)
         self.big = widest >= 9 and bool(np.maximum.reduce(u) > _U62)  # a value too large for a count somewhere
         self.span = (0, 0)  # the values of the last integer column read
 

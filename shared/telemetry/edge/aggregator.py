@@ -454,6 +454,12 @@ def dbc_resolutions(dbc_paths: Sequence[str]) -> Resolutions:
                        {k: v for k, v in every.items() if "@sa*." in k})
 
 
+def register_dbc_schema(dbc_paths: Sequence[str]) -> wire.Schema:
+    """The schema of the DBC files' signals (``dbc_resolutions``), registered, so that payloads
+    numbering their signals in it decode in this process."""
+    return wire.register(wire.Schema.of(dbc_resolutions(dbc_paths)))
+
+
 class Publisher:
     """The closed windows of one group, into one aggregates payload per publish period: the
     windows whose start is in ``[j*P, (j+1)*P)`` travel together, encoded once

@@ -33,9 +33,8 @@ from typing import Any
 
 import can
 
-from .. import wire
 from . import messages
-from .aggregator import Aggregation, dbc_resolutions
+from .aggregator import Aggregation, dbc_resolutions, register_dbc_schema
 from .clock import Clock, SystemClock
 from .component_config import config_from_component, watch
 from .config import VehicleConfig, load_config, rules_matching_nothing
@@ -807,7 +806,7 @@ class UploaderComponent(MessageComponent):
             path = services.env.get("TELEMETRY_SPOOL") or cfg.spool_path
             spool = MemorySpool(clock=services.clock) if path == ":memory:" else SqliteSpool(path, clock=services.clock)
         if services.config.dbc:  # the aggregator's payloads number their signals in the DBC's schema
-            wire.register(wire.Schema.of(dbc_resolutions(services.config.dbc)))
+            register_dbc_schema(services.config.dbc)
         self.core = Uploader(spool, services.cloud, cfg, vehicle=services.config.vehicle,
                              prefix=services.config.cloud_prefix, clock=services.clock)
 

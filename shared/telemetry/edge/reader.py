@@ -267,7 +267,7 @@ class LimitCheck:
         none for a signal no limit rule watches) are added when it first comes."""
         slot = self._slots.get(name)
         if slot is None:
-            rules = [e.rule for e in self.evaluators if e.name_mask((name,))[0]]
+            rules = [e.rule for e in self.evaluators if e.matches(name)]
             slot = self._slots[name] = len(self._slots)
             self._first = np.append(self._first, len(self._lo))
             self._count = np.append(self._count, len(rules))

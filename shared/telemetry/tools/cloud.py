@@ -63,12 +63,12 @@ def _decoded(data: bytes, where: str) -> wire.Payload:
 def register_schema(config: str | Path | None, dbc: list[str]) -> wire.Schema:
     """The schema of the vehicle's DBC files (``--dbc``, else the configuration's), registered
     so that payloads numbering their signals in it decode."""
-    from telemetry.edge.aggregator import dbc_resolutions
+    from telemetry.edge.aggregator import register_dbc_schema
     from telemetry.tools.replay import resolve_config
 
     if not dbc:
         dbc = list(resolve_config(config or SAMPLE / "vehicle.toml").dbc)
-    return wire.register(wire.Schema.of(dbc_resolutions(dbc)))
+    return register_dbc_schema(dbc)
 
 
 def convert(source: str | Path, out: str | Path, to: str) -> dict[str, Any]:

@@ -46,8 +46,7 @@ from multiprocessing.reduction import ForkingPickler
 from pathlib import Path
 from typing import Any
 
-from telemetry import wire
-from telemetry.edge.aggregator import dbc_resolutions
+from telemetry.edge.aggregator import register_dbc_schema
 from telemetry.edge.clock import SystemClock
 from telemetry.edge.components import LambdaAdapter, Services
 from telemetry.edge.config import VehicleConfig
@@ -554,7 +553,7 @@ class ProcessRuntime(Nucleus):
                 # process the components register it where the taps listen; here they register
                 # it in their own processes, so the nucleus does for whoever listens in this one
                 # (a replay's taps). Once every component is built: a broken DBC is theirs to report.
-                wire.register(wire.Schema.of(dbc_resolutions(self.config.dbc)))
+                register_dbc_schema(self.config.dbc)
             for recipe in self.order:
                 process = self._processes[recipe.name]
                 process.send(("start",))

@@ -34,6 +34,12 @@ _RUNS_FROM = 8192
 CELLS_AT_ONCE = 1 << 18
 
 
+def runs_of(batch: FlatBatch) -> tuple[np.ndarray, np.ndarray] | None:
+    """The batch's runs (``FlatBatch.layout``) where the rules select by them: a batch of at
+    least ``_RUNS_FROM`` samples (a smaller one is selected from whole, as quickly); else None."""
+    return batch.layout if len(batch) >= _RUNS_FROM else None
+
+
 @dataclass(frozen=True, kw_only=True)
 class Rule:
     """One detector rule: the keys every kind takes (see docs/CONFIG.md)."""
@@ -276,7 +282,7 @@ def _matches(name: str, patterns: tuple[str, ...]) -> bool:
 def _select(batch: FlatBatch, hits: np.ndarray, ordered: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
     if not hits.any():
         return None
-    runs = batch.layout if len(batch) >= _RUNS_FROM else None
+    runs = runs_of(batch)
     if runs is None:  # a small batch, or not one run per signal in table order: by a mask
         mask = hits[batch.ids]
         sel = batch.ids[mask], batch.t[mask], batch.v[mask]
@@ -374,7 +380,7 @@ def run_stats(batch: FlatBatch) -> RunStats | None:
     memo = batch.memo
     got = memo.get("run_stats", memo)
     if got is memo:
-        runs = batch.layout if len(batch) >= _RUNS_FROM else None
+        runs = runs_of(batch)
         got = memo["run_stats"] = None if runs is None else RunStats(batch, *runs)
     return got  # type: ignore[no-any-return]
 

@@ -9,8 +9,7 @@ import numpy as np
 
 from ..errors import ConfigError
 from ..messages import FlatBatch
-from . import base
-from .base import NO_EVENTS, Evaluator, Index, Metrics, Rule, by_key_then_time, per_table, run_stats
+from .base import NO_EVENTS, Evaluator, Index, Metrics, Rule, by_key_then_time, per_table, run_stats, runs_of
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -118,7 +117,7 @@ class StaleEvaluator(Evaluator[StaleRule]):
         A key's signals are taken from the batch's per-signal runs and sorted key by key, which
         is a merge of runs already in time order (a message's signals: the same times); a small
         batch's are sorted at once, as ``Evaluator.select`` takes them by a mask."""
-        runs = batch.layout if len(batch) >= base._RUNS_FROM else None
+        runs = runs_of(batch)
         if runs is None:  # a small batch (its sort costs less than a loop over its keys), or not in runs
             sel = self.select(batch)
             if sel is None:
