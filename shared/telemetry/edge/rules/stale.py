@@ -66,9 +66,10 @@ class StaleEvaluator(Evaluator[StaleRule]):
         self.flagged[key] = since
 
     def _key_groups(self, names: tuple[str, ...]) -> list[tuple[int, np.ndarray]]:
-        """Each key of a name table and the numbers of its signals there."""
-        key_of_name = self.per_name(names, self.key_number)
-        return [(key, np.flatnonzero(key_of_name == key)) for key in np.unique(key_of_name[key_of_name >= 0]).tolist()]
+        """Each key of a name table and the numbers of its signals there (``_signals_by_key``,
+        split key by key)."""
+        signals, starts, _, keys = per_table(self._by_key, names, lambda: self._signals_by_key(names))
+        return list(zip(keys.tolist(), np.split(signals, starts[1:]), strict=True)) if len(signals) else []
 
     def _signals_by_key(self, names: tuple[str, ...]) -> tuple[np.ndarray, ...]:
         """A name table's matching signals (their numbers there) key by key, where each key's
