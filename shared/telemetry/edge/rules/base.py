@@ -312,7 +312,9 @@ class RunStats:
     calls over the whole batch (see ``run_stats``)."""
 
     def __init__(self, batch: FlatBatch, bounds: np.ndarray, unordered: np.ndarray) -> None:
-        self.batch, self.bounds, self.unordered = batch, bounds, unordered
+        # its columns, not the batch: the batch keeps this in its memo, and a cycle would hold
+        # every batch's columns until the cyclic collector ran (several batches at a time)
+        self.t, self.v, self.bounds, self.unordered = batch.t, batch.v, bounds, unordered
         self.count = np.diff(bounds)  # samples
         some = self.count > 0
         self.some, self.starts, self.ends = some, bounds[:-1][some], bounds[1:][some]
@@ -326,18 +328,18 @@ class RunStats:
     @cached_property
     def v_max(self) -> np.ndarray:
         """The largest value (-inf for no sample; NaN where one is NaN)."""
-        return self._per_run(np.maximum, self.batch.v, -np.inf)
+        return self._per_run(np.maximum, self.v, -np.inf)
 
     @cached_property
     def v_min(self) -> np.ndarray:
         """The smallest value (inf for no sample; NaN where one is NaN)."""
-        return self._per_run(np.minimum, self.batch.v, np.inf)
+        return self._per_run(np.minimum, self.v, np.inf)
 
     @cached_property
     def v_last(self) -> np.ndarray:
         """The last value in the run's order (NaN for no sample)."""
         out = np.full(len(self.count), np.nan)
-        out[self.some] = self.batch.v[self.ends - 1]
+        out[self.some] = self.v[self.ends - 1]
         return out
 
     @cached_property
@@ -350,21 +352,21 @@ class RunStats:
     def t_first(self) -> np.ndarray:
         """The first time (inf for no sample)."""
         out = np.full(len(self.count), np.inf)
-        out[self.some] = self.batch.t[self.starts]
+        out[self.some] = self.t[self.starts]
         return out
 
     @cached_property
     def t_last(self) -> np.ndarray:
         """The last time (-inf for no sample)."""
         out = np.full(len(self.count), -np.inf)
-        out[self.some] = self.batch.t[self.ends - 1]
+        out[self.some] = self.t[self.ends - 1]
         return out
 
     @cached_property
     def t_step(self) -> np.ndarray:
         """The longest step from one time to the next (-inf for fewer than two samples; NaN
         where a time is NaN)."""
-        t = self.batch.t
+        t = self.t
         steps = np.empty(len(t))
         np.subtract(t[1:], t[:-1], out=steps[:-1])
         if len(self.ends):
