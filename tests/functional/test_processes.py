@@ -113,6 +113,11 @@ def test_the_sample_drive_in_four_processes_gives_what_one_process_gives(tmp_pat
     assert {k: four[k] for k in COUNTERS} == {k: one[k] for k in COUNTERS}
     assert four["handler_errors"] == [] and four["spool_left"] == 0
     assert four["local_messages"] == one["local_messages"]
+    # AND the summary says what each process cost: every component's did the work of a drive
+    cpu = four["cpu_seconds_processes"]
+    assert set(cpu) == set(four["peak_rss_mb_processes"]) | {"runtime"}
+    assert all(0 < seconds < 120 for seconds in cpu.values()), cpu
+    assert "cpu_seconds_processes" not in one
     # AND every component's process has ended
     assert len(runtimes) == 1
     assert_no_component_process_left(runtimes[0])

@@ -209,6 +209,9 @@ class _Child:
                     self.send(("reply", component.counters()))
                 elif what == "pending":
                     self.send(("reply", component.pending()))
+                elif what == "cpu":  # this process's CPU seconds so far, user and system
+                    usage = resource.getrusage(resource.RUSAGE_SELF)
+                    self.send(("reply", usage.ru_utime + usage.ru_stime))
                 else:  # "peak_rss": this process's, in kB
                     self.send(("reply", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss))
             elif kind in ("stop", "eof"):
@@ -616,6 +619,10 @@ class ProcessRuntime(Nucleus):
     def peak_rss_mb(self) -> dict[str, float]:
         """Each running component's process: its peak resident memory, in MB."""
         return {name: round(p.call("peak_rss") / 1024, 1) for name, p in self.runners.items() if not p.gone}
+
+    def cpu_seconds(self) -> dict[str, float]:
+        """Each running component's process: the CPU it has used (user and system), in seconds."""
+        return {name: round(p.call("cpu"), 2) for name, p in self.runners.items() if not p.gone}
 
     def pids(self) -> list[int]:
         return [p.process.pid for p in self._processes.values() if p.process.pid is not None]

@@ -101,7 +101,7 @@ def replay(
     for stale in (spool, Path(f"{spool}-wal"), Path(f"{spool}-shm")):
         stale.unlink(missing_ok=True)  # a replay starts with an empty spool
     env = {"TELEMETRY_LOG": str(Path(log).resolve()), "TELEMETRY_REPLAY_SPEED": str(speed), "TELEMETRY_SPOOL": str(spool)}
-    started = time.monotonic()
+    started, cpu_at_start = time.monotonic(), _own_cpu()
     try:
         runtime_class = ProcessRuntime if processes else LocalRuntime
         runtime = runtime_class(recipes_dir, cfg, metered, env=env, root=Path(recipes_dir).resolve().parent)
@@ -113,6 +113,7 @@ def replay(
             summary = build_summary(runtime, components.values(), cfg, log)
             if isinstance(runtime, ProcessRuntime):  # the components' memory is in their processes
                 summary["peak_rss_mb_processes"] = runtime.peak_rss_mb()
+                summary["cpu_seconds_processes"] = {**runtime.cpu_seconds(), "runtime": round(_own_cpu() - cpu_at_start, 2)}
         summary["uploader_limits_lifted"] = lifted
         summary["cloud_messages"] = cloud.messages
         summary["cloud_bytes"] = cloud.bytes
@@ -176,6 +177,11 @@ def warnings(summary: dict[str, Any]) -> list[str]:
     if summary["handler_errors"]:
         out.append(f"{len(summary['handler_errors'])} handler errors (listed below)")
     return out
+
+
+def _own_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 def build_summary(runtime: LocalRuntime | ProcessRuntime, components: Any, cfg: VehicleConfig, log: str | Path) -> dict[str, Any]:
@@ -244,6 +250,9 @@ def format_summary(summary: dict[str, Any], alerts: Sequence[Alert], *, verbose:
     if s.get("peak_rss_mb_processes"):
         lines.append("  processes          " + ", ".join(f"{name} {mb} MB" for name, mb in s["peak_rss_mb_processes"].items())
                      + " (peak RSS of each)")
+    if s.get("cpu_seconds_processes"):
+        lines.append("                     " + ", ".join(f"{name} {cpu:.2f}" for name, cpu in s["cpu_seconds_processes"].items())
+                     + " (CPU seconds of each; runtime: this process's, the nucleus's and the taps')")
     for record in s["bad_records"][:10]:
         lines.append(f"  bad line: {record}")
     if len(s["bad_records"]) > 10:
