@@ -31,11 +31,11 @@ class ReaderConfig:
     # crosses a limit rule (the alert's latency), else when full (the CPU per frame).
     limit_check_seconds: float = 0.1
     # A replay as fast as possible batches by these instead: batches that carry real work. The
-    # alerts and windows of a replay do not depend on its batches (tested). 20 s of the sample
-    # drive replays 15 % faster than 10 s; 30 s and more take the detector's peak memory to the
-    # 64 MB the recipes are sized for (./build.sh memory).
+    # alerts and windows of a replay do not depend on its batches (tested). 40 s of the sample
+    # drive (5,700 frames) replays about 1.1-1.3x as fast as 20 s, the detector at 61.5 MB peak
+    # (./build.sh memory; 63.6 MB at 60 s, the reader 64.9 MB at 12,288 frames: the 64 MB budget).
     replay_batch_frames: int = 8192
-    replay_batch_seconds: float = 20.0
+    replay_batch_seconds: float = 40.0
     # Event time (docs/CONFIG.md): a frame further than this from the stream's event time is
     # held, and admitted only if this many frames in a row agree with it (a gap, or a clock
     # reset: a new epoch); else it is quarantined.
