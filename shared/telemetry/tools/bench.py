@@ -7,6 +7,11 @@ Default data: the sample drive with the sample vehicle's configuration. The fram
 into the reader's batches first (not timed); then each stage is timed over all batches, best of
 ``--repeat`` runs. It prints figures and ratios; it asserts nothing about speed.
 
+The whole pipeline (the log repeated to ``--frames``, 300,000 by default): the naive loop
+(python-can's reader and cantools' decode, frame by frame), the reader's stages, and the whole
+replay in one process and in four, in ``--rounds`` rounds (3) of every stage in turn; each
+stage's best, and each round's ratio to that round's naive loop.
+
 Then, on the sample vehicle, the live stages of ``livebench`` (CPU of the four components on a
 python-can virtual bus at 2,000 and 8,000 frames/s, frames dropped, alert latency at the car's
 rate; ``--live-seconds 0`` skips them) and the peak memory of each component in its own process
@@ -359,9 +364,11 @@ def long_log(log: Path, frames: int, out: Path) -> tuple[Path, int]:
     return path, written
 
 
-def pipeline_stage(log: Path, cfg, config: str | None, dbc: list[str], frames: int, tmp: Path) -> None:
+def pipeline_stage(log: Path, cfg, config: str | None, dbc: list[str], frames: int, tmp: Path, rounds: int = 3) -> None:
     """Frames per second through the whole replay, against the naive loop (python-can's reader
-    and cantools' decode, frame by frame), on one long log, in the same run."""
+    and cantools' decode, frame by frame), on one long log, in the same run: ``rounds`` rounds of
+    every stage in turn, each stage's best, so that a busy moment of the machine does not land
+    on one side of a ratio only."""
     from telemetry.tools.replay import replay
 
     path, n = long_log(log, frames, tmp)
@@ -386,6 +393,7 @@ def pipeline_stage(log: Path, cfg, config: str | None, dbc: list[str], frames: i
     chunks: list[Frames] = []
 
     def parse_columns() -> None:
+        chunks.clear()
         chunks.extend(LogSource(path).frame_batches(threading.Event()))
 
     decoder = DbcDecoder(cfg.dbc)
@@ -397,31 +405,37 @@ def pipeline_stage(log: Path, cfg, config: str | None, dbc: list[str], frames: i
                 decoder.decode_frames(chunk.take(slice(start, end)))
                 start = end
 
-    def timed(fn: Callable[[], None]) -> float:
-        start = time.perf_counter()
-        fn()
-        return time.perf_counter() - start
+    summaries: list[dict] = []
 
-    naive_s, parse_s, columns_s = timed(naive), timed(parse), timed(parse_columns)
-    decode_s = timed(decode)
-    forget_loaded_dbcs()  # each replay parses its DBC files, as one started afresh does
-    start = time.perf_counter()
-    summary = replay(path, out_dir=tmp / "replay", config=config, dbc=dbc)
-    replay_s = time.perf_counter() - start
-    forget_loaded_dbcs()
-    start = time.perf_counter()
-    replay(path, out_dir=tmp / "replay-processes", config=config, dbc=dbc, processes=True)
-    processes_s = time.perf_counter() - start
+    def whole(processes: bool) -> Callable[[], None]:
+        def run() -> None:
+            forget_loaded_dbcs()  # each replay parses its DBC files, as one started afresh does
+            out = tmp / ("replay-processes" if processes else "replay")
+            summaries.append(replay(path, out_dir=out, config=config, dbc=dbc, processes=processes))
+        return run
+
+    stages = (("naive loop: can.LogReader + cantools decode", naive),
+              ("parse: python-can's reader, frame by frame", parse),
+              ("parse: bulk, into columns (frame_batches)", parse_columns),
+              ("decode: vectorised, in the reader's batches", decode),
+              ("whole replay, four components", whole(False)),
+              ("  the same, each component in its own process", whole(True)))
+    seconds: dict[str, list[float]] = {label: [] for label, _ in stages}
+    for _ in range(rounds):
+        for label, fn in stages:
+            start = time.perf_counter()
+            fn()
+            seconds[label].append(time.perf_counter() - start)
+    summary = summaries[0]
     print(f"\nwhole pipeline: {path.name}, {n:,} frames ({summary['frames_decoded']:,} decoded, "
-          f"{summary['aggregates']} aggregates, {summary['alerts']} alerts)")
-    print(f"{'stage':<48}{'frames/s':>16}{'vs naive loop':>16}")
-    for label, seconds in (("naive loop: can.LogReader + cantools decode", naive_s),
-                           ("parse: python-can's reader, frame by frame", parse_s),
-                           ("parse: bulk, into columns (frame_batches)", columns_s),
-                           ("decode: vectorised, in the reader's batches", decode_s),
-                           ("whole replay, four components", replay_s),
-                           ("  the same, each component in its own process", processes_s)):
-        print(f"{label:<48}{n / seconds:>16,.0f}{naive_s / seconds:>15.2f}x")
+          f"{summary['aggregates']} aggregates, {summary['alerts']} alerts); each stage's best of {rounds} rounds, "
+          f"the stages in turn in each round")
+    naive_s = min(seconds[stages[0][0]])
+    print(f"{'stage':<48}{'frames/s':>16}{'vs naive loop':>16}{'rounds, vs that round':>26}")
+    for label, _ in stages:
+        best_s = min(seconds[label])
+        per_round = " ".join(f"{a / b:.2f}x" for a, b in zip(seconds[stages[0][0]], seconds[label]))
+        print(f"{label:<48}{n / best_s:>16,.0f}{naive_s / best_s:>15.2f}x{per_round:>26}")
     print(f"replay peak RSS {summary['peak_rss_mb']} MB (one process, all four components); "
           f"{summary['cloud_bytes']:,} bytes to the cloud, {summary['evicted_messages']} evicted")
 
@@ -437,6 +451,8 @@ def main() -> int:
     p.add_argument("--no-spool", dest="spool", action="store_false", help="skip the spool stage")
     p.add_argument("--frames", type=int, default=300_000,
                    help="the whole-pipeline stage replays the log repeated to at least this many frames (0: skip)")
+    p.add_argument("--rounds", type=int, default=3,
+                   help="the whole-pipeline stage: rounds of all its stages in turn, each stage's best (default 3)")
     livebench.add_arguments(p)
     p.add_argument("--no-memory", dest="memory", action="store_false",
                    help="skip the peak memory of each component (./build.sh memory)")
@@ -485,7 +501,7 @@ def main() -> int:
         import tempfile
 
         with tempfile.TemporaryDirectory() as tmp:
-            pipeline_stage(Path(args.log), cfg, config, args.dbc, args.frames, Path(tmp))
+            pipeline_stage(Path(args.log), cfg, config, args.dbc, args.frames, Path(tmp), max(1, args.rounds))
     span = msgs[-1]["span"]["end"] - msgs[0]["span"]["start"] if msgs else 0.0
     total = agg_s + det_s
     print(f"\nthe recording spans {span:.0f} s; aggregating and checking it as configured takes {total:.3f} s "
