@@ -535,6 +535,9 @@ def _floats2(x: np.ndarray) -> bytes:
 def _split_delta(x: np.ndarray, first: np.ndarray) -> np.ndarray:
     """A column delta-coded along time per signal, as each signal's first value, then the deltas
     (of each row of ``x``, if it has rows: columns of the same cells)."""
+    if len(first) and first[0]:  # (as ``_starts`` makes it): the deltas are those past the first
+        later = (x[..., 1:] - x[..., :-1]).compress(~first[1:], axis=-1)
+        return np.concatenate((x.compress(first, axis=-1), later), axis=-1)
     d = np.empty_like(x)
     d[..., :1] = x[..., :1]
     np.subtract(x[..., 1:], x[..., :-1], out=d[..., 1:])

@@ -44,6 +44,8 @@ _FIELDS = ("count", "mean", "m2", "min", "t_min", "max", "t_max", "first_t", "fi
 COUNT, MEAN, M2, MIN, T_MIN, MAX, T_MAX, FIRST_T, FIRST, LAST_T, LAST = range(len(_FIELDS))
 _ROW = {key: i for i, key in enumerate(_FIELDS)}
 _EXT, _T_EXT = [MIN, MAX], [T_MIN, T_MAX]
+assert (MIN, T_MIN, MAX, T_MAX, FIRST_T, FIRST, LAST_T, LAST) == tuple(range(MIN, len(_FIELDS)))  # pairs from MIN on
+_SIGN = np.array([[1.0], [-1.0]])  # min as is, max negated: both the smaller wins
 # an empty cell: no samples; min and max lose to any value, first and last to any time
 _EMPTY = np.array([0.0, 0.0, 0.0, np.inf, np.inf, -np.inf, np.inf, np.inf, np.nan, -np.inf, np.nan])
 
@@ -71,7 +73,8 @@ class _Window:
     def merge(self, sid: np.ndarray, r: np.ndarray) -> None:
         """Fold in partial statistics ``r`` (rows as ``a``'s) of signals ``sid`` (each at most
         once): Chan's formula for mean and squared deviations, earliest time on ties of min and
-        max."""
+        max. The rows from ``MIN`` on are pairs of a value and its time, each pair taken from
+        ``r`` or kept as a whole: which, worked out for the four pairs at once."""
         cur = self.a.take(sid, axis=1)
         n_a, n_b = cur[COUNT], r[COUNT]
         n = n_a + n_b
@@ -80,16 +83,15 @@ class _Window:
         out[COUNT] = n
         out[MEAN] = cur[MEAN] + delta * n_b / n
         out[M2] = cur[M2] + (r[M2] + delta * delta * n_a * n_b / n)
-        for ext, t_ext, better in ((MIN, T_MIN, np.less), (MAX, T_MAX, np.greater)):
-            take = better(r[ext], cur[ext]) | ((r[ext] == cur[ext]) & (r[t_ext] < cur[t_ext]))
-            out[ext] = np.where(take, r[ext], cur[ext])
-            out[t_ext] = np.where(take, r[t_ext], cur[t_ext])
-        take = r[FIRST_T] < cur[FIRST_T]
-        out[FIRST_T] = np.where(take, r[FIRST_T], cur[FIRST_T])
-        out[FIRST] = np.where(take, r[FIRST], cur[FIRST])
-        take = r[LAST_T] >= cur[LAST_T]
-        out[LAST_T] = np.where(take, r[LAST_T], cur[LAST_T])
-        out[LAST] = np.where(take, r[LAST], cur[LAST])
+        take = np.empty((4, len(sid)), dtype=bool)  # per pair (min, max, first, last): r's
+        # min and max: the smaller value, the larger as the smaller negated (exact), or the
+        # same value at an earlier time
+        new, old = r[MIN:T_MAX:2] * _SIGN, cur[MIN:T_MAX:2] * _SIGN
+        np.logical_or(new < old, (new == old) & (r[T_MIN:FIRST_T:2] < cur[T_MIN:FIRST_T:2]), out=take[:2])
+        np.less(r[FIRST_T], cur[FIRST_T], out=take[2])
+        np.greater_equal(r[LAST_T], cur[LAST_T], out=take[3])
+        np.copyto(out[MIN:], cur[MIN:])
+        np.copyto(out[MIN:], r[MIN:], where=take.repeat(2, axis=0))
         self.a[:, sid] = out
 
 
