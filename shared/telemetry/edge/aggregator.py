@@ -477,6 +477,18 @@ class Publisher:
         self.pending: list[Window] = []
         self.j: int | None = None  # the period of the pending windows
         self.stats_out: Counter[str] = Counter()
+        self._order = np.zeros(0, np.int64)  # the group's first len() signals in the schema's order
+
+    def _in_schema_order(self, size: int) -> np.ndarray:
+        """The group's signals ``0 .. size-1`` in the order ``wire.encode`` sends them in (the
+        schema's, then those it does not have, in theirs): a table made in it needs no
+        renumbering there."""
+        if len(self._order) != size:
+            assert self.schema is not None
+            index, n_schema = self.schema.index, len(self.schema.names)
+            rank = [index.get(name, n_schema + i) for i, name in enumerate(self.group.names[:size])]
+            self._order = np.argsort(np.array(rank, np.int64), kind="stable")
+        return self._order
 
     def _period(self, start: float) -> int:
         return math.floor(start / self.period + 1e-9)
@@ -519,36 +531,56 @@ class Publisher:
         size = max(a.shape[1] for a in stores)
         stores = [a if a.shape[1] == size else np.concatenate((a, _empty(size - a.shape[1])), axis=1) for a in stores]
         every = np.concatenate(stores, axis=1)
-        sid, slot = (every[COUNT].reshape(len(stores), size).T > 0).nonzero()
-        at = slot * size + sid
-        cells = every.take(at, axis=1)  # the statistics of every cell present, a row each
+        present = every[COUNT].reshape(len(stores), size).T > 0  # per signal and window
+        late = sum(w.late_samples for w in windows)
+        oldest = min((w.late_oldest for w in windows if w.late_oldest is not None), default=None)
+        ks = [round(w.start / g.width) for w in windows]
+
+        def payload(table: wire.Table) -> wire.Payload:
+            return wire.Payload(g.vehicle, seq, g.group, g.width, j * self.period, (j + 1) * self.period, table,
+                                late, oldest, res=self.res)
+
+        if self.schema is not None:
+            # the signals in the order encode sends them in (the schema's): the same bytes,
+            # without encode renumbering the table; cut (below) as the table in the group's
+            # order would be, if one payload would be too large
+            order = self._in_schema_order(size)
+            rank, slot = present.take(order, axis=0).nonzero()
+            table = self._table(every, size, ks, order.take(rank), slot, rank)
+            data = wire.encode(payload(table), codec=self.codec, schema=self.schema)
+            if len(data) <= self.max_bytes or len(table.names) <= 1:
+                return [(payload(table), data)]
+        sid, slot = present.nonzero()
+        first = payload(self._table(every, size, ks, sid, slot, sid))
+        data = wire.encode(first, codec=self.codec, schema=self.schema)
+        parts = 1
+        while len(data) > self.max_bytes and parts < len(first.table.names):
+            parts = min(len(first.table.names), parts * 2)
+            pieces = wire.split(first, parts)
+            encoded = [wire.encode(p, codec=self.codec, schema=self.schema) for p in pieces]
+            if max(map(len, encoded)) <= self.max_bytes or parts == len(first.table.names):
+                self.stats_out["payloads_split"] += 1
+                return list(zip(pieces, encoded))
+        return [(first, data)]
+
+    def _table(self, every: np.ndarray, size: int, ks: list[int], sid: np.ndarray, slot: np.ndarray,
+               number: np.ndarray) -> wire.Table:
+        """The table of the cells present, signal ``sid[i]`` of window ``slot[i]``, in the order
+        of ``number`` (each signal's number in the table's order), then window."""
+        cells = every.take(slot * size + sid, axis=1)  # the statistics of every cell present, a row each
         first = np.empty(len(sid), dtype=bool)
         first[:1] = True
-        np.not_equal(sid[1:], sid[:-1], out=first[1:])
-        present = sid.compress(first)
+        np.not_equal(number[1:], number[:-1], out=first[1:])
         count = cells[COUNT]
         stats = {key: count.astype(np.int64) if key == "count" else
                  np.sqrt(np.maximum(cells[M2], 0.0) / count) if key == "std" else cells[_ROW[key]]
                  for key in self.stats}
-        ks = [round(w.start / g.width) for w in windows]
-        table = wire.Table(tuple(g.names[i] for i in present.tolist()), np.array(ks, np.int64).take(slot),
+        names = self.group.names
+        table = wire.Table(tuple(names[i] for i in sid.compress(first).tolist()), np.array(ks, np.int64).take(slot),
                            first.cumsum() - 1, stats)
         if sorted(set(ks)) != ks:  # windows not in order (they come in order, as they close)
             table = table.sorted()
-        late = sum(w.late_samples for w in windows)
-        oldest = min((w.late_oldest for w in windows if w.late_oldest is not None), default=None)
-        payload = wire.Payload(g.vehicle, seq, g.group, g.width, j * self.period, (j + 1) * self.period, table,
-                               late, oldest, res=self.res)
-        data = wire.encode(payload, codec=self.codec, schema=self.schema)
-        parts = 1
-        while len(data) > self.max_bytes and parts < len(table.names):
-            parts = min(len(table.names), parts * 2)
-            pieces = wire.split(payload, parts)
-            encoded = [wire.encode(p, codec=self.codec, schema=self.schema) for p in pieces]
-            if max(map(len, encoded)) <= self.max_bytes or parts == len(table.names):
-                self.stats_out["payloads_split"] += 1
-                return list(zip(pieces, encoded))
-        return [(payload, data)]
+        return table
 
 
 class Aggregation:
