@@ -546,10 +546,10 @@ class Publisher:
             # order would be, if one payload would be too large
             order = self._in_schema_order(size)
             rank, slot = present.take(order, axis=0).nonzero()
-            table = self._table(every, size, ks, order.take(rank), slot, rank)
-            data = wire.encode(payload(table), codec=self.codec, schema=self.schema)
-            if len(data) <= self.max_bytes or len(table.names) <= 1:
-                return [(payload(table), data)]
+            whole = payload(self._table(every, size, ks, order.take(rank), slot, rank))
+            data = wire.encode(whole, codec=self.codec, schema=self.schema)
+            if len(data) <= self.max_bytes or len(whole.table.names) <= 1:
+                return [(whole, data)]
         sid, slot = present.nonzero()
         first = payload(self._table(every, size, ks, sid, slot, sid))
         data = wire.encode(first, codec=self.codec, schema=self.schema)
