@@ -300,10 +300,7 @@ def _quantize(table: Table, res: Mapping[str, Resolution], count: np.ndarray, co
     mean's raw value ``rint((x - offset) / scale)`` by statistic, S as ``"sum"``, the std in
     steps ``std / |scale|`` as ``"steps"``."""
     single = count == 1
-    pairs = [(r[0], r[1]) if r is not None and math.isfinite(r[0]) and math.isfinite(r[1]) and r[0] != 0
-             else (math.nan, 0.0) for r in map(res.get, table.names)]
-    scale = np.array([r[0] for r in pairs], np.float64)
-    offset = np.array([r[1] for r in pairs], np.float64)
+    scale, offset = _scales(tuple(map(res.get, table.names)))
     keys = [s for s in (*VALUE_STATS, "mean") if s in table.stats]
     if not len(table) or not np.count_nonzero(scale == scale):  # no cell could travel as integers
         nothing = np.zeros(len(table))
@@ -329,8 +326,29 @@ def _quantize(table: Table, res: Mapping[str, Resolution], count: np.ndarray, co
             too_many = ~(collapsed | by_grid.take(sid) | (steps < 2.0**64))
             bad = too_many if bad is None else bad | too_many
     if bad is not None and np.count_nonzero(bad):
+        scale = scale.copy()  # its NaNs are this payload's (``_scales``' arrays are shared)
         scale[sid.compress(bad)] = np.nan
     return scale, offset, cells
+
+
+def _scales(res: tuple[Resolution, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """The scales and offsets of resolutions ``res`` (NaN and 0 where there is none, or it is no
+    grid: not finite, scale 0), read only: a window group's payloads have the same few sets,
+    remembered (``_scales_of``)."""
+    try:
+        return _scales_of(res)
+    except TypeError:  # a resolution that is no tuple (a list): not remembered
+        return _scales_of.__wrapped__(res)
+
+
+@functools.lru_cache(maxsize=64)
+def _scales_of(res: tuple[Resolution, ...]) -> tuple[np.ndarray, np.ndarray]:
+    pairs = [(r[0], r[1]) if r is not None and math.isfinite(r[0]) and math.isfinite(r[1]) and r[0] != 0
+             else (math.nan, 0.0) for r in res]
+    scale = np.array([r[0] for r in pairs], np.float64)
+    offset = np.array([r[1] for r in pairs], np.float64)
+    scale.flags.writeable = offset.flags.writeable = False
+    return scale, offset
 
 
 _REF_ORDER = ("mean", "min", "max", "first", "last")  # the first of these present is the reference
@@ -381,6 +399,10 @@ def _varints(x: np.ndarray) -> bytes:
     return _uvarints(_zigzag(np.asarray(x, np.int64)))
 
 
+_SEVEN = np.uint64(7)
+_UVARINT1 = [bytes((n,)) for n in range(0x80)]  # the values of one byte, made once
+
+
 def _uvarint(n: int) -> bytes:
     """One unsigned LEB128 value (a section's length), in Python: numpy's calls would cost more."""
     out = bytearray()
@@ -392,23 +414,23 @@ def _uvarint(n: int) -> bytes:
 
 
 def _leb128(u: np.ndarray) -> bytes:
-    """The unsigned LEB128 bytes of every value of ``u`` (uint64), one after the other."""
+    """The unsigned LEB128 bytes of every value of ``u`` (uint64), one after the other. Worked
+    out a byte at a time for every value at once: rows of the values' j-th byte, each a
+    contiguous array (numpy is slow along a short axis), interleaved at the end."""
     top = int(np.maximum.reduce(u)) if len(u) else 0
     if top <= 0x7F:  # every value one byte
         return u.astype(np.uint8).tobytes()
     width = (top.bit_length() + 6) // 7  # bytes of the largest value
-    groups = np.empty((len(u), width), np.uint8)  # each value's 7-bit groups, low first
-    longer = np.empty((len(u), width), bool)  # whether a value has more after each group
-    rest = u.copy()
-    for j in range(width):
-        groups[:, j] = rest & np.uint64(0x7F)
-        rest >>= np.uint64(7)
-        np.greater(rest, 0, out=longer[:, j])
-    groups[longer] |= 0x80
-    keep = np.empty_like(longer)  # a value's bytes: its first, and one more after each that has more
-    keep[:, 0] = True
-    keep[:, 1:] = longer[:, :-1]
-    return groups[keep].tobytes()
+    rest = np.empty((width, len(u)), np.uint64)  # row j: each value shifted right by 7j bits
+    rest[0] = u
+    for j in range(1, width):
+        np.right_shift(rest[j - 1], _SEVEN, out=rest[j])
+    keep = rest != 0  # a value's byte j > 0 is there if anything is left of it (its byte 0 always)
+    keep[0] = True
+    groups = rest.astype(np.uint8)  # the low 8 bits: the 7-bit group, and a bit to clear
+    groups &= 0x7F
+    groups[:-1] |= keep[1:].view(np.uint8) << 7  # the high bit: more bytes follow
+    return groups.T[keep.T].tobytes()  # value by value, its bytes low first
 
 
 class _Body:
@@ -463,7 +485,8 @@ class _Body:
         for part in self.parts:
             if isinstance(part, int):
                 part = self.prefixes[part] + data[bounds[part]:bounds[part + 1]]
-            out.append(_uvarint(len(part)))
+            n = len(part)
+            out.append(_UVARINT1[n] if n < 0x80 else _uvarint(n))
             out.append(part)
         return b"".join(out)
 
@@ -512,6 +535,9 @@ def _floats2(x: np.ndarray) -> bytes:
 def _split_delta(x: np.ndarray, first: np.ndarray) -> np.ndarray:
     """A column delta-coded along time per signal, as each signal's first value, then the deltas
     (of each row of ``x``, if it has rows: columns of the same cells)."""
+    if len(first) and first[0]:  # (as ``_starts`` makes it): the deltas are those past the first
+        later = (x[..., 1:] - x[..., :-1]).compress(~first[1:], axis=-1)
+        return np.concatenate((x.compress(first, axis=-1), later), axis=-1)
     d = np.empty_like(x)
     d[..., :1] = x[..., :1]
     np.subtract(x[..., 1:], x[..., :-1], out=d[..., 1:])

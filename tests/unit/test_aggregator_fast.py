@@ -261,3 +261,50 @@ def test_a_batch_as_the_reader_makes_it_is_folded_for_every_group_at_once():
     assert calls == [True] and len(got) > 3
     assert readable(got) == readable(want)
     assert readable(together.flush()) == readable(alone.flush())
+
+
+@settings(max_examples=40)
+@given(streams(), st.sampled_from(range(len(CONFIGS))), st.sampled_from([100_000, 700, 120]))
+def test_a_period_is_made_in_the_schemas_order_and_cut_in_the_groups(batches, config, max_bytes):
+    """With a schema, ``Publisher`` makes a period's table in the order ``wire.encode`` sends the
+    signals in (the schema's, then the names it lacks in the group's order), so encode never
+    renumbers it; a period cut for the size cap is cut from the table in the group's order. Where
+    a payload is the old aggregator's bytes (all but the cells its integers overflowed in,
+    ``test_payloads_are_the_bytes_the_aggregator_made_before``), its windows are the old one's."""
+    new, old = pair(CONFIGS[config], True, max_bytes)
+    renumbered = []
+    original = wire._renumbered
+
+    def spy(t, order):
+        renumbered.append(len(t.names))
+        return original(t, order)
+
+    wire._renumbered = spy
+    try:
+        for message in messages(batches):
+            got, want = new.publish(message), old.publish(dated(message))
+            for a, b in zip(got, want):
+                if a.to_bytes() == b.to_bytes():
+                    assert a.payload.windows() == b.payload.windows()
+            split = any(a.payload.part != (0, 1) for a in got)
+            assert not renumbered or split  # renumbered only where a period was cut
+            renumbered.clear()
+    finally:
+        wire._renumbered = original
+
+
+def test_names_in_no_order_of_the_schemas_travel_in_it():
+    """Signals first seen in an order other than the schema's (and one the schema lacks): the
+    period's table is in the schema's order, the one the lacking name last, and its bytes are
+    the old aggregator's."""
+    cfg = parse_config({"vehicle": "car", "aggregator": {"window_seconds": 1.0, "publish_seconds": 2.0}}).aggregator
+    new = Aggregation(cfg, "car", res=Resolutions(RES, {}))
+    old = before.Aggregation(cfg, "car", res=before.Resolutions(RES, {}))
+    names = ("D.Module", "C.skip", "A.y", "C.temp", "A.x")  # C.skip: not in the schema
+    batch = FlatBatch(names, np.repeat(np.arange(5, dtype=np.int64), 4), np.tile([0.1, 0.6, 1.1, 1.7], 5),
+                      np.arange(20, dtype=np.float64))
+    end = EndOfStream("s", 1, None, {})
+    got = new.publish(Signals("s", 0, 0.0, 2.0, {}, batch)) + new.publish(end)
+    want = old.publish(Signals("s", 0, 0.0, 2.0, {}, batch)) + old.publish(end)
+    assert [a.to_bytes() for a in got] == [a.to_bytes() for a in want] and len(got) == 1
+    assert got[0].payload.table.names == ("A.x", "A.y", "C.temp", "D.Module", "C.skip")

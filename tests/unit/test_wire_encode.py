@@ -121,3 +121,15 @@ def test_a_body_of_integer_columns_is_each_column_as_leb128(columns, raws):
             body.uints(x)
             want.append(wire._uvarints(x.astype(np.uint64)))
     assert body.bytes() == b"".join(wire._uvarint(len(x)) + x for x in want)
+
+
+def test_a_payload_whose_resolutions_are_lists_is_as_before():
+    """Resolutions are remembered by their tuple (``_scales``); a mapping that gives lists (as
+    JSON would) is read as well, not remembered, and the payload is the same bytes."""
+    table = wire.Table(("A.x", "B.z"), np.array([3, 3], np.int64), np.array([0, 1], np.int64),
+                       {"count": np.array([2, 1], np.int64), "min": np.array([1.5, 7.0]), "max": np.array([2.0, 7.0]),
+                        "mean": np.array([1.75, 7.0])})
+    as_lists = {"A.x": [0.5, 0.0], "B.z": [1.0, 0.0]}
+    p = wire.Payload("car", 1, "g", 2.0, 0.0, 84.0, table, res=as_lists)  # type: ignore[arg-type]
+    assert wire.encode(p) == before.encode(p)
+    assert wire.encode(p) == wire.encode(wire.Payload("car", 1, "g", 2.0, 0.0, 84.0, table, res=RES))

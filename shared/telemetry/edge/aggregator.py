@@ -44,6 +44,8 @@ _FIELDS = ("count", "mean", "m2", "min", "t_min", "max", "t_max", "first_t", "fi
 COUNT, MEAN, M2, MIN, T_MIN, MAX, T_MAX, FIRST_T, FIRST, LAST_T, LAST = range(len(_FIELDS))
 _ROW = {key: i for i, key in enumerate(_FIELDS)}
 _EXT, _T_EXT = [MIN, MAX], [T_MIN, T_MAX]
+assert (MIN, T_MIN, MAX, T_MAX, FIRST_T, FIRST, LAST_T, LAST) == tuple(range(MIN, len(_FIELDS)))  # pairs from MIN on
+_SIGN = np.array([[1.0], [-1.0]])  # min as is, max negated: both the smaller wins
 # an empty cell: no samples; min and max lose to any value, first and last to any time
 _EMPTY = np.array([0.0, 0.0, 0.0, np.inf, np.inf, -np.inf, np.inf, np.inf, np.nan, -np.inf, np.nan])
 
@@ -71,7 +73,8 @@ class _Window:
     def merge(self, sid: np.ndarray, r: np.ndarray) -> None:
         """Fold in partial statistics ``r`` (rows as ``a``'s) of signals ``sid`` (each at most
         once): Chan's formula for mean and squared deviations, earliest time on ties of min and
-        max."""
+        max. The rows from ``MIN`` on are pairs of a value and its time, each pair taken from
+        ``r`` or kept as a whole: which, worked out for the four pairs at once."""
         cur = self.a.take(sid, axis=1)
         n_a, n_b = cur[COUNT], r[COUNT]
         n = n_a + n_b
@@ -80,16 +83,15 @@ class _Window:
         out[COUNT] = n
         out[MEAN] = cur[MEAN] + delta * n_b / n
         out[M2] = cur[M2] + (r[M2] + delta * delta * n_a * n_b / n)
-        for ext, t_ext, better in ((MIN, T_MIN, np.less), (MAX, T_MAX, np.greater)):
-            take = better(r[ext], cur[ext]) | ((r[ext] == cur[ext]) & (r[t_ext] < cur[t_ext]))
-            out[ext] = np.where(take, r[ext], cur[ext])
-            out[t_ext] = np.where(take, r[t_ext], cur[t_ext])
-        take = r[FIRST_T] < cur[FIRST_T]
-        out[FIRST_T] = np.where(take, r[FIRST_T], cur[FIRST_T])
-        out[FIRST] = np.where(take, r[FIRST], cur[FIRST])
-        take = r[LAST_T] >= cur[LAST_T]
-        out[LAST_T] = np.where(take, r[LAST_T], cur[LAST_T])
-        out[LAST] = np.where(take, r[LAST], cur[LAST])
+        take = np.empty((4, len(sid)), dtype=bool)  # per pair (min, max, first, last): r's
+        # min and max: the smaller value, the larger as the smaller negated (exact), or the
+        # same value at an earlier time
+        new, old = r[MIN:T_MAX:2] * _SIGN, cur[MIN:T_MAX:2] * _SIGN
+        np.logical_or(new < old, (new == old) & (r[T_MIN:FIRST_T:2] < cur[T_MIN:FIRST_T:2]), out=take[:2])
+        np.less(r[FIRST_T], cur[FIRST_T], out=take[2])
+        np.greater_equal(r[LAST_T], cur[LAST_T], out=take[3])
+        np.copyto(out[MIN:], cur[MIN:])
+        np.copyto(out[MIN:], r[MIN:], where=take.repeat(2, axis=0))
         self.a[:, sid] = out
 
 
@@ -475,6 +477,18 @@ class Publisher:
         self.pending: list[Window] = []
         self.j: int | None = None  # the period of the pending windows
         self.stats_out: Counter[str] = Counter()
+        self._order = np.zeros(0, np.int64)  # the group's first len() signals in the schema's order
+
+    def _in_schema_order(self, size: int) -> np.ndarray:
+        """The group's signals ``0 .. size-1`` in the order ``wire.encode`` sends them in (the
+        schema's, then those it does not have, in theirs): a table made in it needs no
+        renumbering there."""
+        if len(self._order) != size:
+            assert self.schema is not None
+            index, n_schema = self.schema.index, len(self.schema.names)
+            rank = [index.get(name, n_schema + i) for i, name in enumerate(self.group.names[:size])]
+            self._order = np.argsort(np.array(rank, np.int64), kind="stable")
+        return self._order
 
     def _period(self, start: float) -> int:
         return math.floor(start / self.period + 1e-9)
@@ -517,36 +531,56 @@ class Publisher:
         size = max(a.shape[1] for a in stores)
         stores = [a if a.shape[1] == size else np.concatenate((a, _empty(size - a.shape[1])), axis=1) for a in stores]
         every = np.concatenate(stores, axis=1)
-        sid, slot = (every[COUNT].reshape(len(stores), size).T > 0).nonzero()
-        at = slot * size + sid
-        cells = every.take(at, axis=1)  # the statistics of every cell present, a row each
+        present = every[COUNT].reshape(len(stores), size).T > 0  # per signal and window
+        late = sum(w.late_samples for w in windows)
+        oldest = min((w.late_oldest for w in windows if w.late_oldest is not None), default=None)
+        ks = [round(w.start / g.width) for w in windows]
+
+        def payload(table: wire.Table) -> wire.Payload:
+            return wire.Payload(g.vehicle, seq, g.group, g.width, j * self.period, (j + 1) * self.period, table,
+                                late, oldest, res=self.res)
+
+        if self.schema is not None:
+            # the signals in the order encode sends them in (the schema's): the same bytes,
+            # without encode renumbering the table; cut (below) as the table in the group's
+            # order would be, if one payload would be too large
+            order = self._in_schema_order(size)
+            rank, slot = present.take(order, axis=0).nonzero()
+            whole = payload(self._table(every, size, ks, order.take(rank), slot, rank))
+            data = wire.encode(whole, codec=self.codec, schema=self.schema)
+            if len(data) <= self.max_bytes or len(whole.table.names) <= 1:
+                return [(whole, data)]
+        sid, slot = present.nonzero()
+        first = payload(self._table(every, size, ks, sid, slot, sid))
+        data = wire.encode(first, codec=self.codec, schema=self.schema)
+        parts = 1
+        while len(data) > self.max_bytes and parts < len(first.table.names):
+            parts = min(len(first.table.names), parts * 2)
+            pieces = wire.split(first, parts)
+            encoded = [wire.encode(p, codec=self.codec, schema=self.schema) for p in pieces]
+            if max(map(len, encoded)) <= self.max_bytes or parts == len(first.table.names):
+                self.stats_out["payloads_split"] += 1
+                return list(zip(pieces, encoded))
+        return [(first, data)]
+
+    def _table(self, every: np.ndarray, size: int, ks: list[int], sid: np.ndarray, slot: np.ndarray,
+               number: np.ndarray) -> wire.Table:
+        """The table of the cells present, signal ``sid[i]`` of window ``slot[i]``, in the order
+        of ``number`` (each signal's number in the table's order), then window."""
+        cells = every.take(slot * size + sid, axis=1)  # the statistics of every cell present, a row each
         first = np.empty(len(sid), dtype=bool)
         first[:1] = True
-        np.not_equal(sid[1:], sid[:-1], out=first[1:])
-        present = sid.compress(first)
+        np.not_equal(number[1:], number[:-1], out=first[1:])
         count = cells[COUNT]
         stats = {key: count.astype(np.int64) if key == "count" else
                  np.sqrt(np.maximum(cells[M2], 0.0) / count) if key == "std" else cells[_ROW[key]]
                  for key in self.stats}
-        ks = [round(w.start / g.width) for w in windows]
-        table = wire.Table(tuple(g.names[i] for i in present.tolist()), np.array(ks, np.int64).take(slot),
+        names = self.group.names
+        table = wire.Table(tuple(names[i] for i in sid.compress(first).tolist()), np.array(ks, np.int64).take(slot),
                            first.cumsum() - 1, stats)
         if sorted(set(ks)) != ks:  # windows not in order (they come in order, as they close)
             table = table.sorted()
-        late = sum(w.late_samples for w in windows)
-        oldest = min((w.late_oldest for w in windows if w.late_oldest is not None), default=None)
-        payload = wire.Payload(g.vehicle, seq, g.group, g.width, j * self.period, (j + 1) * self.period, table,
-                               late, oldest, res=self.res)
-        data = wire.encode(payload, codec=self.codec, schema=self.schema)
-        parts = 1
-        while len(data) > self.max_bytes and parts < len(table.names):
-            parts = min(len(table.names), parts * 2)
-            pieces = wire.split(payload, parts)
-            encoded = [wire.encode(p, codec=self.codec, schema=self.schema) for p in pieces]
-            if max(map(len, encoded)) <= self.max_bytes or parts == len(table.names):
-                self.stats_out["payloads_split"] += 1
-                return list(zip(pieces, encoded))
-        return [(payload, data)]
+        return table
 
 
 class Aggregation:
