@@ -21,8 +21,9 @@ the same answers (``wait_for_sources``, ``drain``, ``component(name).counters()`
 Children are ``multiprocessing`` processes of the ``forkserver`` context (the parent has threads,
 so no plain fork; the server imports numpy, cantools and python-can once, then forks each child;
 ``forkserver.start_forkserver`` starts it early), talking over ``Pipe`` connections whose socket
-buffers hold a large batch whole where the system allows. Each end writes from one thread of its
-own, in order (the parent: one per child for its events; a child: one for all it says), so that
+buffers hold a large batch whole where the system allows; an event goes to a child as its bytes,
+not pickled, and each end reads a message whole in one call (``_Frames``). Each end writes from
+one thread of its own, in order (the parent: one per child for its events; a child: one for all it says), so that
 neither a publisher nor a component's worker waits on a busy reader at the other end. Stopping
 goes in reverse start order, each child told once the one before has answered; their processes'
 ends are then waited for together, and a child that does not stop in time is terminated, then killed.
@@ -32,10 +33,12 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
+import os
 import pickle
 import queue
 import resource
 import socket
+import struct
 import threading
 import time
 from collections import Counter
@@ -81,6 +84,82 @@ def _widen(conn: Connection) -> None:
         pass
     finally:
         sock.detach()
+
+
+_EVENT = b"E"  # an event's frame: this byte, then the payload's bytes as published (not pickled)
+_HEADER = struct.Struct("!i")  # a frame's length, as ``Connection.send_bytes`` writes it
+_LONG_HEADER = struct.Struct("!Q")  # after a length of -1: a frame of 2 GB or more
+
+
+class _Frames:
+    """The messages of one end of a connection, read whole, and events written without pickling.
+
+    ``Connection.recv`` reads a large frame in as many ``read`` calls as the data arrives in,
+    each taking the GIL back (in a child, from a worker busy with the batch before) and copying
+    the chunk twice more (into a buffer, then out of the pickle). Here a frame is read by one
+    ``recv_into`` that waits, without the GIL, until the whole frame is there, into the buffer
+    it stays in. An event (``send_event``) is framed as ``_EVENT`` and the payload's bytes, written
+    by one ``sendmsg`` with no copy; every other message, and an event that is not ``bytes``, is
+    a pickled tuple (its first byte is pickle's PROTO opcode, never ``_EVENT``). The frames are
+    ``Connection``'s own (a length, then the bytes), so either side may use the plain methods.
+    Over a connection that is no socket, the plain methods are used."""
+
+    def __init__(self, conn: Connection) -> None:
+        self.conn = conn
+        self._sock: socket.socket | None = None
+        fd = os.dup(conn.fileno())  # its own descriptor of the connection: closed by ``close`` alone
+        try:
+            self._sock = socket.socket(fileno=fd)
+        except OSError:  # not a socket (another start method's pipe)
+            os.close(fd)
+
+    def recv(self) -> tuple[Any, ...]:
+        """The next message; EOFError once the other end has closed, OSError if this one was."""
+        if self._sock is None:
+            data: Any = self.conn.recv_bytes()
+        else:
+            size = _HEADER.unpack(self._read(_HEADER.size, first=True))[0]
+            if size == -1:
+                size = _LONG_HEADER.unpack(self._read(_LONG_HEADER.size))[0]
+            data = memoryview(self._read(size))
+        if data[:1] == _EVENT:
+            return ("event", bytes(data[1:]))
+        return tuple(ForkingPickler.loads(data))
+
+    def _read(self, size: int, first: bool = False) -> bytearray:
+        assert self._sock is not None
+        buf = bytearray(size)
+        view = memoryview(buf)
+        got = 0
+        while got < size:
+            n = self._sock.recv_into(view[got:], size - got, socket.MSG_WAITALL)
+            if n == 0:
+                if first and got == 0:
+                    raise EOFError
+                raise OSError("got end of file during message")
+            got += n
+        return buf
+
+    def send_event(self, wire: Any) -> None:
+        """An event's payload, to be received as ``("event", wire)`` (the caller holds the
+        connection's send lock)."""
+        if type(wire) is not bytes:  # received as it was sent: pickled
+            self.conn.send(("event", wire))
+            return
+        size = len(wire) + 1
+        if self._sock is None or size > 0x7FFFFFFF:
+            self.conn.send_bytes(_EVENT + wire)
+            return
+        parts = [_HEADER.pack(size) + _EVENT, wire]
+        total = _HEADER.size + size
+        sent = self._sock.sendmsg(parts)
+        if sent < total:  # interrupted part way (a signal): the rest, in order
+            self._sock.sendall(b"".join(parts)[sent:])
+
+    def close(self) -> None:
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
 
 
 def _portable(exc: BaseException) -> BaseException:
@@ -233,10 +312,12 @@ class _Child:
         return recipe, handler, adapter
 
     def _receive(self) -> None:
+        frames = _Frames(self.conn)
         while True:
             try:
-                message = self.conn.recv()
+                message = frames.recv()
             except (EOFError, OSError):  # the parent is gone: stop as if told to
+                frames.close()
                 self.cloud_answers.put(TransportError("the runtime's process has gone"))
                 self.control.put(("eof",))
                 return
@@ -304,6 +385,7 @@ class _Process:
         self.process.start()
         child_conn.close()
         self._send_lock = threading.Lock()
+        self._frames = _Frames(self.conn)
         self._call_lock = threading.Lock()
         # maxQueueSize events waiting, plus the one being handled (LocalRuntime's queue and worker)
         self._slots = threading.Semaphore(recipe.max_queue_size + 1)
@@ -335,7 +417,10 @@ class _Process:
 
     def send(self, message: tuple[Any, ...]) -> None:
         with self._send_lock:
-            self.conn.send(message)
+            if message[0] == "event":
+                self._frames.send_event(message[1])
+            else:
+                self.conn.send(message)
 
     def expect(self, *kinds: str, timeout: float) -> tuple[Any, ...]:
         """The child's next control message, which must be one of ``kinds`` (or "failed")."""
@@ -390,7 +475,7 @@ class _Process:
     def _receive(self) -> None:
         while True:
             try:
-                message = self.conn.recv()
+                message = self._frames.recv()
             except (EOFError, OSError):
                 break
             try:
@@ -487,6 +572,7 @@ class _Process:
         self.sender.join(5)
         self.conn.close()
         self.receiver.join(5)
+        self._frames.close()
         self.ended = True
 
 
