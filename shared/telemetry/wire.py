@@ -1749,3 +1749,136 @@ def split(p: Payload, parts: int) -> list[Payload]:
         out.append(Payload(p.vehicle, p.seq, p.group, p.width, p.start, p.end, sub, p.late_samples, p.late_oldest,
                            (i, parts), p.thinned, p.res, p.schema))
     return out
+
+
+# -- checking without reading the cells ----------------------------------------------------------
+
+
+def check(data: bytes | bytearray | memoryview, schema: Schema | None = None) -> dict[str, Any]:
+    """What ``decode`` refuses, refused with the same WireError, without making the payload's
+    values: its header (``vehicle``, ``seq``, ``group``, ``width``, ``start``, ``end`` and
+    ``part``, as ``decode``'s Payload has them). For whoever keeps the bytes as they came and
+    needs no value (the uploader spools them; the cloud gets those bytes). Layouts 2 and 3 are
+    checked here as ``_decode_v2`` checks them, in the same order (every length, count, order
+    and section it checks, from the same remembered dictionaries and cells); any other layout
+    is decoded."""
+    data = bytes(data)
+    if not is_payload(data) or len(data) < _OUTER.size:
+        raise WireError("not an aggregates payload (no TLMA prefix)")
+    _, version, codec_id, size = _OUTER.unpack_from(data)
+    if version not in (2, 3):
+        p = decode(data, schema)
+        return {"vehicle": p.vehicle, "seq": p.seq, "group": p.group, "width": p.width, "start": p.start,
+                "end": p.end, "part": p.part}
+    if codec_id >= len(CODECS):
+        raise WireError(f"aggregates payload of unknown codec {codec_id}")
+    if size > MAX_BODY:
+        raise WireError(f"aggregates body of {size} bytes is over {MAX_BODY}")
+    head = _check_v2(_decompress(data[_OUTER.size:], CODECS[codec_id], size, version), schema, version)
+    part = head.get("part", [0, 1])
+    return {"vehicle": head["vehicle"], "seq": head["seq"], "group": head["group"], "width": float(head["width"]),
+            "start": float(head["start"]), "end": float(head["end"]), "part": (int(part[0]), int(part[1]))}
+
+
+def _check_v2(body: bytes, schema: Schema | None, version: int) -> dict[str, Any]:
+    """``_decode_v2``'s checks, in its order, and its header: each column is read (``_Columns``:
+    its bytes, its number of values) but only the windows and counts are made of them (their
+    values are checked); the value statistics are not."""
+    r = _Reader2(body)
+    try:
+        head = _check_header(_json_of(r.section()), 2)
+        raw_dictionary = r.section()
+        dictionary = _json_of(raw_dictionary)
+    except ValueError as exc:
+        if isinstance(exc, WireError):
+            raise
+        raise WireError(f"aggregates header or dictionary is not JSON: {exc}") from None
+    if not isinstance(dictionary, dict):
+        raise WireError("aggregates dictionary is not a JSON object")
+    _, res, scale, _, _ = _signals2(dictionary, raw_dictionary, r, schema)
+    n_sig = len(res)
+    grid = dictionary.get("grid", []) if version == 2 else _grid_section(r)
+    if not (isinstance(grid, list) and all(isinstance(g, list) and len(g) == 2 and _count(g[0]) and g[0] < n_sig
+                                           and _count(g[1]) and g[1] <= _MAX_GRID and res[g[0]] is None for g in grid)):
+        raise WireError("aggregates dictionary: 'grid' must list [position, s] of signals without a resolution")
+    if grid:  # a signal on a grid is read at a step (the arrays of _signals2 are shared: changed in a copy)
+        scale = scale.copy()
+        for i, s in grid:
+            scale[i] = 2.0**-s
+    stats: list[str] = head["stats"]
+    kinds, rows = _column_kinds(tuple(stats))
+    c = _Columns(body, r.at, kinds)
+    k0 = int(c.ints(1)[0]) + _first_window(float(head["start"]), float(head["width"]))
+    raw = c.peek(2)
+    key = (n_sig, raw[0], raw[1]) if raw is not None else None
+    layout = _KNOWN_CELLS.get(key) if key is not None else None
+    if layout is not None:
+        c.skip(2)
+    else:
+        same = c.uints(n_sig)
+        if (same > np.arange(n_sig)).any():
+            raise WireError("aggregates payload: a signal shares the cells of a signal after it")
+        layout = _Cells(same, c.uints(int(np.count_nonzero(same == 0))))
+    total_own = layout.total_own
+    c.ints(total_own)
+    windows_at = c.span[0]
+    if not -(2**63) <= k0 < 2**63:
+        raise WireError("aggregates payload: its first window is out of range")
+    c.ints(total_own)
+    own_window, own_count = layout.join(c.signed[windows_at:c.span[1]])
+    own_window = own_window + k0
+    if total_own and np.count_nonzero(own_count < 1):
+        raise WireError("aggregates payload has a cell with no samples")
+    if total_own > 1 and np.count_nonzero((own_window[1:] - own_window[:-1])[layout.later] <= 0):
+        raise WireError("aggregates payload: a signal's windows are not in order")
+    cells = layout.count()
+    flags = c.section()
+    if len(flags) != (cells + 7) // 8:
+        raise WireError("aggregates payload: collapse flags of the wrong length")
+    sid, _ = layout.expand()
+    if key is not None and cells <= _KNOWN_CELLS_MAX and key not in _KNOWN_CELLS:
+        if len(_KNOWN_CELLS) >= 32:
+            _KNOWN_CELLS.clear()
+        _KNOWN_CELLS[key] = layout
+    collapsed = np.unpackbits(np.frombuffer(flags, np.uint8), count=cells).view(bool)
+    wide = ~collapsed
+    n_wide = int(np.count_nonzero(wide))
+    n_collapsed = cells - n_wide
+    dbc = ~np.isnan(scale)
+    floats = None  # the cells of float signals
+    if dbc.all():
+        ints, n_ints, n_c, n_floats, n_cf = wide, n_wide, n_collapsed, 0, 0
+    else:
+        cell_exact = dbc[sid]
+        ints, floats = wide & cell_exact, wide & ~cell_exact
+        n_ints, n_c = int(np.count_nonzero(ints)), int(np.count_nonzero(collapsed & cell_exact))
+        n_floats, n_cf = n_wide - n_ints, n_collapsed - n_c
+    if rows:
+        c.ints(n_c)
+        c.floats(n_cf)
+        c.ints(n_ints)
+        if rows[0] == "mean":
+            coarse = [i for i, s in grid if s < _ROUND_GRID]
+            summed = _exact_means(ints, sid, coarse, n_sig, head.get("thinned"), version) \
+                if version == 2 or head.get("thinned") or coarse else None
+            c.uints(0 if summed is None else int(np.count_nonzero(summed)))
+        c.floats(n_floats)
+        for _ in rows[1:]:
+            c.offsets(n_ints)
+            c.floats(n_floats)
+    if "std" in stats:
+        steps_of, as_is = ints, floats
+        if grid:
+            by_grid = np.zeros(n_sig, bool)
+            by_grid[[i for i, _ in grid]] = True
+            steps_of, as_is = ints & ~by_grid[sid], wide & (~dbc[sid] | by_grid[sid])
+        c.uints(int(np.count_nonzero(steps_of)))
+        c.floats(0 if as_is is None else int(np.count_nonzero(as_is)))
+    if "t_min" in stats or "t_max" in stats:  # as _times reads them
+        c.ints(n_collapsed)
+        for stat in ("t_min", "t_max"):
+            if stat in stats:
+                c.ints(n_wide)
+    if c.at != len(body):
+        raise WireError(f"aggregates body has {len(body) - c.at} bytes after its last column")
+    return head

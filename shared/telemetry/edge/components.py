@@ -284,9 +284,13 @@ class MessageComponent:
         self.status = StatusReporter(services, services.name or type(self).__name__)
         self._never = threading.Event()
 
+    def decode(self, event: Any) -> Any:
+        """The event as its typed message (``messages.decode``); MessageError if malformed."""
+        return messages.decode(event, *self.accepts)
+
     def handle(self, event: Any) -> None:
         try:
-            message = messages.decode(event, *self.accepts)
+            message = self.decode(event)
         except MessageError as exc:
             self._refused(str(exc))
             return
@@ -792,6 +796,9 @@ class AnomalyDetectorComponent(MessageComponent):
                 "alerts_updated": updated, "alerts_cleared": cleared, "alerts_active_at_end": len(self.core.active)}
 
 
+_SPOOLED = (messages.Aggregates, messages.CheckedAggregates, messages.Alert)  # what a batch brings the uploader
+
+
 class UploaderComponent(MessageComponent):
     """Aggregates and alerts into the durable spool; its pinned loop is the sender
     (``uploader.Uploader``)."""
@@ -810,16 +817,23 @@ class UploaderComponent(MessageComponent):
         self.core = Uploader(spool, services.cloud, cfg, vehicle=services.config.vehicle,
                              prefix=services.config.cloud_prefix, clock=services.clock)
 
+    def decode(self, event: Any) -> Any:
+        """Aggregates payloads are checked, not read (``CheckedAggregates``): the spool keeps
+        their bytes, and the cloud gets those; the same ones are refused, for the same reasons."""
+        return messages.decode(event, *self.accepts, values=False)
+
     def numbered(self, message: Any) -> list[tuple[str, int]]:
         """The aggregator numbers its aggregates payloads (the parts of a split period share one),
         the detector its alerts."""
         items = message.items if isinstance(message, messages.Batch) else (message,)
         return [(f"{m.payload.vehicle}/aggregates", m.payload.seq) if isinstance(m, messages.Aggregates)
-                else (f"{m.vehicle}/alerts", m.seq) for m in items if isinstance(m, (messages.Aggregates, messages.Alert))]
+                else (f"{m.vehicle}/aggregates", m.seq) if isinstance(m, messages.CheckedAggregates)
+                else (f"{m.vehicle}/alerts", m.seq) for m in items if isinstance(m, _SPOOLED)]
 
-    def on_message(self, message: messages.Aggregates | messages.Window | messages.Alert | messages.Batch) -> None:
+    def on_message(self, message: messages.Aggregates | messages.CheckedAggregates | messages.Window | messages.Alert
+                   | messages.Batch) -> None:
         if isinstance(message, messages.Batch):
-            self.core.accept_many([m for m in message.items if isinstance(m, (messages.Aggregates, messages.Alert))])
+            self.core.accept_many([m for m in message.items if isinstance(m, _SPOOLED)])
         else:
             self.core.accept(message)
 

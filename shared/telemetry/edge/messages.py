@@ -598,6 +598,40 @@ class Aggregates(Message):
         raise MessageError("aggregates travel binary (TLMA); this is a JSON object")
 
 
+@dataclass(frozen=True)
+class CheckedAggregates(Message):
+    """An aggregates payload checked as ``Aggregates.from_bytes`` checks it (the same refusals,
+    with the same reasons: ``wire.check``), its values not read: its header and its bytes. What
+    ``decode(..., values=False)`` gives whoever only keeps the bytes as they came (the uploader
+    spools them; IoT Core receives them)."""
+
+    kind: ClassVar[str] = AGGREGATES
+    binary: ClassVar[bool] = True
+    bundled: ClassVar[bool] = False
+    priority: ClassVar[int | None] = 2
+    cloud_topic: ClassVar[str | None] = "aggregates"
+
+    vehicle: str
+    seq: int
+    key: str  # as ``Aggregates.key`` (``wire.Payload.key``)
+    event_time: float  # as ``Aggregates.event_time``: the period's start
+    data: bytes = field(repr=False)
+
+    def to_bytes(self) -> bytes:
+        return self.data
+
+    @classmethod
+    def from_bytes(cls, data: bytes | bytearray | memoryview) -> CheckedAggregates:
+        data = bytes(data)
+        try:
+            head = wire.check(data)
+        except wire.WireError as exc:
+            raise MessageError(str(exc)) from None
+        i, n = head["part"]
+        key = f"{head['group']}/{head['start']!r}" + (f"/{i}of{n}" if n > 1 else "")  # wire.Payload.key
+        return cls(head["vehicle"], head["seq"], key, head["start"], data)
+
+
 def alert_id(vehicle: str, rule: str, key: str, raised_t: float) -> str:
     """An alert's id: deterministic, so the same raise in a re-run or a retry gets the same id."""
     return f"{vehicle}/{rule}/{key}/{raised_t:.6f}"
@@ -1045,7 +1079,8 @@ class Batch(Message):
         return b"".join((_PREFIX.pack(BATCH_MAGIC, len(head)), head, *wires))
 
     @classmethod
-    def from_bytes(cls, payload: bytes | bytearray | memoryview) -> Batch:
+    def from_bytes(cls, payload: bytes | bytearray | memoryview, *, values: bool = True) -> Batch:
+        """``values`` False: aggregates items checked, not read (``CheckedAggregates``)."""
         payload = bytes(payload)
         head, at = _binary_head(payload, BATCH_MAGIC, BATCH, "batch", "batches")
         of = head.get("of")
@@ -1061,7 +1096,7 @@ class Batch(Message):
         refused: list[str] = []
         for n in sizes:
             try:
-                good.append(decode(payload[at:at + n], of))
+                good.append(decode(payload[at:at + n], of, values=values))
             except MessageError as exc:
                 refused.append(f"in a batch: {exc}")
             at += n
@@ -1122,12 +1157,15 @@ class Shared(bytes):
         self.message: Message | None = None
 
 
-def decode(event: Any, *kinds: str) -> Message:
+def decode(event: Any, *kinds: str, values: bool = True) -> Message:
     """Check an incoming pub/sub event and return it as its typed message.
 
     ``event`` is what a handler receives: the decoded JSON object (``inputPayloadEncodingType``
     json), or the payload's bytes (binary): a binary signals batch, or JSON as bytes.
     Raises MessageError with a reason a person can act on; the caller counts it and carries on.
+    ``values`` False: an aggregates payload's bytes (alone or in a batch) are checked, refused
+    as they would be, but its values not read: a ``CheckedAggregates`` (a ``Shared`` payload is
+    read whole: its subscribers share one message).
     """
     if isinstance(event, Shared):
         with event.lock:  # the first subscriber decodes it; the others take its message
@@ -1142,6 +1180,10 @@ def decode(event: Any, *kinds: str) -> Message:
             cls = _BINARY[data[:4]]
             if kinds and cls.kind not in kinds:
                 raise MessageError(f"unexpected message kind {cls.kind!r} (expected {', '.join(kinds)})")
+            if not values and cls is Aggregates:
+                return CheckedAggregates.from_bytes(data)
+            if not values and cls is Batch:
+                return Batch.from_bytes(data, values=False)
             return cls.from_bytes(data)  # type: ignore[attr-defined, no-any-return]
         try:
             parsed = json.loads(data, parse_constant=_no_constant)

@@ -42,6 +42,10 @@ from .transport import CloudTransport
 LOG = logging.getLogger(__name__)
 
 
+# what the uploader spools: an aggregates payload (read, or only checked: its bytes are stored as
+# they came either way), a window (made an aggregates payload of its own), an alert
+Accepted = messages.Aggregates | messages.CheckedAggregates | messages.Window | messages.Alert
+
 _ALONE = tuple(kind for kind, cls in messages.KINDS.items() if not cls.bundled)  # aggregates
 
 
@@ -524,10 +528,10 @@ class Uploader:
         self.sender = Sender(spool, cloud, cfg, vehicle=vehicle, prefix=prefix, clock=clock)
         self._evict()  # a damaged spool file found at open is reported (a gap) at once
 
-    def accept(self, message: messages.Aggregates | messages.Window | messages.Alert) -> None:
+    def accept(self, message: Accepted) -> None:
         self.accept_many([message])
 
-    def accept_many(self, batch: Sequence[messages.Aggregates | messages.Window | messages.Alert]) -> None:
+    def accept_many(self, batch: Sequence[Accepted]) -> None:
         """Spool several messages in one transaction: one commit (one fsync) for all of them,
         all committed when this returns. A redelivered message (a key already waiting, or twice
         in ``batch``) is stored once. A single ``window`` becomes an aggregates payload of its own."""
