@@ -202,33 +202,34 @@ def _signals_head(payload: bytes) -> tuple[Mapping[str, Any], int, tuple[str, ..
                         and head.get("kind") == SIGNALS):
                     return head, end, names
     head, start = _binary_head(payload, COLUMNS_MAGIC, SIGNALS, "signals payload", "signals")
-    _learn_table(payload[_PREFIX.size:start], head.get("names"))
-    return head, start, None
+    return head, start, _learn_table(payload[_PREFIX.size:start], head.get("names"))
 
 
-def _learn_table(text: bytes, names: Any) -> None:
+def _learn_table(text: bytes, names: Any) -> tuple[str, ...] | None:
     """Keep a header's names (a valid table) by their JSON text, the second time that text comes
     (a live bus's tables are new more often than not: no cost for them), if it is certainly
     theirs: the one ``"names"`` key, after ``{`` or ``,``, its value up to the next
-    ``,"counts":``, and that text alone parses to the same names."""
+    ``,"counts":``, and that text alone parses to the same names. The table kept (checked), or
+    None: the header's names are yet to be checked."""
     at = text.find(_NAMES_KEY)
     stop = text.find(b',"counts":', at)
     if at <= 0 or stop < 0 or text[at - 1] not in b"{," or text.count(_NAMES_KEY) != 1:
-        return
+        return None
     value = text[at + len(_NAMES_KEY):stop]
     if value not in _TABLES:
         if len(_TABLES) >= 32:
             _TABLES.clear()
         _TABLES[value] = None  # seen once
-        return
+        return None
     if not isinstance(names, list) or not names or not all(isinstance(n, str) and n for n in names) or len(set(names)) != len(names):
-        return
+        return None
     try:
         if json.loads(value) != names:
-            return
+            return None
     except ValueError:
-        return
-    _TABLES[value] = tuple(names)
+        return None
+    table = _TABLES[value] = tuple(names)
+    return table
 
 
 def is_binary(payload: Any) -> bool:
