@@ -173,6 +173,65 @@ def _binary_head(payload: bytes, magic: bytes, kind: str, what: str, plural: str
     return head, _PREFIX.size + size
 
 
+_TABLES: dict[bytes, tuple[str, ...] | None] = {}  # a few name tables of signals headers read, by their JSON text
+_NAMES_KEY = b'"names":'
+
+
+def _signals_head(payload: bytes) -> tuple[Mapping[str, Any], int, tuple[str, ...] | None]:
+    """``_binary_head`` of a signals payload, and its names, checked, when its header names them
+    as one read before did (None: they are the header's own ``names``, to be checked). The names
+    are most of a header and batches repeat a few tables: a table seen before is looked up by its
+    JSON text and the rest of the header is parsed alone, with ``[]`` in its place. Taken only
+    where that text is certainly the value of the header's one ``"names"`` key (the key once in
+    the text, after ``{`` or ``,``: not inside a string; the parse then finds ``[]`` there), so
+    the header read is the one ``json.loads`` gives; anything else (and every refusal, with its
+    reason) is the whole parse's."""
+    if len(payload) > _PREFIX.size and payload[:4] == COLUMNS_MAGIC:
+        end = _PREFIX.size + _PREFIX.unpack_from(payload)[1]
+        text = payload[_PREFIX.size:end]
+        at = text.find(_NAMES_KEY)
+        if end <= len(payload) and at > 0 and text[at - 1] in b"{," and text.count(_NAMES_KEY) == 1:
+            stop = text.find(b',"counts":', at)
+            names = _TABLES.get(text[at + len(_NAMES_KEY):stop]) if stop > 0 else None
+            if names is not None:
+                try:
+                    head = json.loads(text[:at + len(_NAMES_KEY)] + b"[]" + text[stop:])
+                except ValueError:
+                    head = None
+                if (isinstance(head, dict) and head.get("names") == [] and head.get("v") == VERSION
+                        and head.get("kind") == SIGNALS):
+                    return head, end, names
+    head, start = _binary_head(payload, COLUMNS_MAGIC, SIGNALS, "signals payload", "signals")
+    return head, start, _learn_table(payload[_PREFIX.size:start], head.get("names"))
+
+
+def _learn_table(text: bytes, names: Any) -> tuple[str, ...] | None:
+    """Keep a header's names (a valid table) by their JSON text, the second time that text comes
+    (a live bus's tables are new more often than not: no cost for them), if it is certainly
+    theirs: the one ``"names"`` key, after ``{`` or ``,``, its value up to the next
+    ``,"counts":``, and that text alone parses to the same names. The table kept (checked), or
+    None: the header's names are yet to be checked."""
+    at = text.find(_NAMES_KEY)
+    stop = text.find(b',"counts":', at)
+    if at <= 0 or stop < 0 or text[at - 1] not in b"{," or text.count(_NAMES_KEY) != 1:
+        return None
+    value = text[at + len(_NAMES_KEY):stop]
+    if value not in _TABLES:
+        if len(_TABLES) >= 32:
+            _TABLES.clear()
+        _TABLES[value] = None  # seen once
+        return None
+    if not isinstance(names, list) or not names or not all(isinstance(n, str) and n for n in names) or len(set(names)) != len(names):
+        return None
+    try:
+        if json.loads(value) != names:
+            return None
+    except ValueError:
+        return None
+    table = _TABLES[value] = tuple(names)
+    return table
+
+
 def is_binary(payload: Any) -> bool:
     """A payload in one of the binary layouts (a signals batch, a batch of messages), as opposed
     to JSON."""
@@ -316,7 +375,7 @@ class Signals(Message):
         for key, n in event_counts.items():
             events[key] = np.frombuffer(payload, "<f8", n, at)
             at += 8 * n
-        batch = FlatBatch(tuple(names), np.repeat(np.arange(len(names)), np.array(counts, np.int64)), t, v)
+        batch = FlatBatch(names, np.repeat(np.arange(len(names)), np.array(counts, np.int64)), t, v)
         return cls._checked(head, batch, events)
 
     @classmethod
@@ -334,16 +393,19 @@ class Signals(Message):
         return SignalsHead(str(head.get("source", "")), seq, span_start, span_end, frames, total)
 
     @classmethod
-    def _layout(cls, payload: bytes) -> tuple[Mapping[str, Any], int, list[str], list[int], int, dict[str, int]]:
+    def _layout(cls, payload: bytes) -> tuple[Mapping[str, Any], int, tuple[str, ...], list[int], int, dict[str, int]]:
         """The header of the binary form and where its columns lie: (header, where the columns
         start, names, counts, samples, event times per counter), every length checked against the
         payload's own."""
-        head, start = _binary_head(payload, COLUMNS_MAGIC, SIGNALS, "signals payload", "signals")
+        head, start, names = _signals_head(payload)
         if head.get("columns") != _COLUMNS:
             raise MessageError(f"binary signals columns {head.get('columns')!r} (this build reads {_COLUMNS})")
-        names, counts = head.get("names"), head.get("counts")
-        if not isinstance(names, list) or not all(isinstance(n, str) and n for n in names) or len(set(names)) != len(names):
-            raise MessageError("binary signals 'names' must be a list of distinct non-empty strings")
+        counts = head.get("counts")
+        if names is None:
+            listed = head.get("names")
+            if not isinstance(listed, list) or not all(isinstance(n, str) and n for n in listed) or len(set(listed)) != len(listed):
+                raise MessageError("binary signals 'names' must be a list of distinct non-empty strings")
+            names = tuple(listed)
         if not isinstance(counts, list) or len(counts) != len(names):
             raise MessageError("binary signals 'counts' must be a list with one count per name")
         if all(type(n) is int for n in counts) and min(counts, default=0) >= 0:  # JSON's whole numbers

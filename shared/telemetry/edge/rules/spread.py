@@ -32,7 +32,7 @@ class SpreadEvaluator(Evaluator[SpreadRule]):
     def __init__(self, rule: SpreadRule) -> None:
         super().__init__(rule)
         self.latest = Index()  # per signal: its latest value
-        self.scratch: list[np.ndarray] = [np.empty(0, np.int64)]  # the table's memory, kept
+        self.scratch: list[np.ndarray] = [np.empty(0)]  # the table's memory, kept
         self._by_name = (0, np.empty(0, np.int64), np.empty(0, np.int64))  # (width, signals in name order, place of each)
         self._columns: dict[tuple[str, ...], tuple[np.ndarray, np.ndarray] | None] = {}  # per table, see _quiet
 
@@ -41,7 +41,8 @@ class SpreadEvaluator(Evaluator[SpreadRule]):
         share a column (one name twice in the table)."""
         signals = np.flatnonzero(self.name_mask(names))
         columns = self.per_name(names, self.latest.number)[signals]
-        return (signals, columns) if len(np.unique(columns)) == len(columns) else None
+        ordered = np.sort(columns)  # not np.unique: it imports numpy.ma (tens of ms) on first use
+        return (signals, columns) if not (ordered[1:] == ordered[:-1]).any() else None
 
     def _quiet(self, batch: FlatBatch) -> bool:
         """Whether the batch cannot take the spread beyond ``max_spread`` at any instant, told
@@ -163,15 +164,14 @@ def _forward_filled(latest: np.ndarray, row: np.ndarray, col: np.ndarray, v: np.
                     scratch: list[np.ndarray]) -> np.ndarray:
     """The ``n`` rows of a table whose column ``col[i]`` takes the value ``v[i]`` from row
     ``row[i]`` on (``row`` sorted, one value per row and column), and ``latest`` before its
-    first. Each column is runs of one value: a running count of the runs started gives each
-    cell its run, then one ``take`` (column by column) and one transposing copy. The table and
-    its working arrays live in ``scratch`` (kept by the caller, grown as needed, overwritten by
-    the next call): a fresh array of this size costs more in page faults than its filling."""
+    first. Each column is runs of one value: the runs, column after column, repeated each over
+    its rows, then one transposing copy. The table lives in ``scratch`` (kept by the caller,
+    grown as needed, overwritten by the next call): a fresh array of this size costs more in
+    page faults than its filling."""
     width = len(latest)
     cells = width * n
     if len(scratch[0]) < cells:
-        scratch[:] = [np.empty(cells, np.int64), np.empty(cells), np.empty(cells)]
-    count, by_col, table = (a[:cells] for a in scratch)
+        scratch[:] = [np.empty(cells)]
     order = np.argsort(col.astype(np.int16) if width < 1 << 15 else col, kind="stable")  # by column, then row
     per_col = np.bincount(col, minlength=width)
     first = np.concatenate(([0], np.cumsum(per_col + 1)[:-1]))  # where each column's runs start
@@ -184,11 +184,8 @@ def _forward_filled(latest: np.ndarray, row: np.ndarray, col: np.ndarray, v: np.
     start[~is_first] = row[order]
     start += np.repeat(np.arange(width) * n, per_col + 1)  # where each run starts in the column-by-column table
     used = np.append(start[1:] > start[:-1], True)  # not a run of no rows (``latest``, replaced in its first row)
-    count.fill(0)
-    count[start[used]] = 1
-    np.cumsum(count, out=count)
-    count -= 1
-    np.take(values[used], count, out=by_col)
-    out = table.reshape(n, width)
+    start = start[used]  # the first starts at 0: column 0's first run
+    by_col = np.repeat(values[used], np.diff(start, append=cells))
+    out = scratch[0][:cells].reshape(n, width)
     np.copyto(out, by_col.reshape(width, n).T)
     return out

@@ -11,6 +11,8 @@ from ..errors import ConfigError
 from ..messages import FlatBatch
 from .base import CELLS_AT_ONCE, NO_EVENTS, Evaluator, Metrics, Rule
 
+_NONE = np.empty(0)  # the history of a signal not seen yet
+
 
 @dataclass(frozen=True, kw_only=True)
 class ZScoreRule(Rule):
@@ -51,24 +53,55 @@ class ZScoreEvaluator(Evaluator[ZScoreRule]):
         if sel is None:
             return None
         ids, t, v = sel
-        size, warmup = self.rule.baseline, self.rule.warmup
-        z = np.zeros(len(v))
-        x = np.full(len(v), -np.inf)
+        size = self.rule.baseline
         # Every signal's baselines at once: one array of each signal's history (NaN before it
         # fills) then its samples, signal after signal; sample i's baseline is the ``size``
         # values before it there, from ``i + size * (its signal's rank)``.
         first = np.flatnonzero(np.concatenate(([True], ids[1:] != ids[:-1]))) if len(ids) else np.empty(0, np.int64)
-        lengths = np.diff(np.append(first, len(ids)))
+        starts = first.tolist()
+        ends = [*starts[1:], len(v)]
         names = [batch.names[i] for i in ids[first].tolist()]
         pieces, held = [], []
-        for name, a, b in zip(names, first.tolist(), (first + lengths).tolist()):
-            history = self.history.get(name, np.empty(0))
-            pieces += [np.full(size - len(history), np.nan), history, v[a:b]]
+        for name, a, b in zip(names, starts, ends):
+            history = self.history.get(name, _NONE)
+            if len(history) < size:
+                pieces.append(np.full(size - len(history), np.nan))
+            pieces += (history, v[a:b])
             held.append(len(history))
         padded = np.concatenate(pieces) if pieces else np.empty(0)
+        # a clean batch (the common case) is told so without its baselines (see _cannot_cross):
+        # only where every baseline is full (every history is: no gap) and none holds a NaN
+        if not hot and len(v) and min(held) >= size and self._cannot_cross(v, padded, starts, ends):
+            self._keep(names, padded, starts, ends, None)
+            return None
+        z, x, valid = self._scores(v, padded, first, held)
+        self._keep(names, padded, starts, ends, valid)
+        if not hot and not (x > 0).any():
+            return None
+        return Metrics(list(batch.names), ids, t, x, v, {"threshold": self.rule.threshold}, {"z": z})
+
+    def _keep(self, names: list[str], padded: np.ndarray, starts: list[int], ends: list[int],
+              valid: np.ndarray | None) -> None:
+        """Each signal's history for the next batch: the last ``size`` values (not NaN; ``valid``
+        says which are, None: all of them) of its part of ``padded``."""
+        size = self.rule.baseline
+        for s, (name, a, b) in enumerate(zip(names, starts, ends)):
+            segment = slice(a + s * size, b + (s + 1) * size)
+            kept = padded[segment] if valid is None else padded[segment][valid[segment]]
+            self.history[name] = kept[-size:].copy() if valid is None else kept[-size:]
+
+    def _scores(self, v: np.ndarray, padded: np.ndarray, first: np.ndarray,
+                held: list[int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Each sample's z-score and margin (-inf where its baseline holds fewer than ``warmup``
+        values), from its baseline's median and MAD; and which values of ``padded`` are not NaN."""
+        size, warmup = self.rule.baseline, self.rule.warmup
+        z = np.zeros(len(v))
+        x = np.full(len(v), -np.inf)
+        lengths = np.diff(np.append(first, len(v)))
         rank = np.repeat(np.arange(len(first)), lengths)
         start = np.arange(len(v)) + rank * size
-        nans = np.concatenate(([0], np.cumsum(np.isnan(padded))))
+        valid = ~np.isnan(padded)
+        nans = np.concatenate(([0], np.cumsum(~valid)))
         counts = size - (nans[start + size] - nans[start])  # the values (not NaN) of each baseline
         # A full baseline has no gaps: it is judged as np.median would (a NaN in it makes the
         # median NaN), one with gaps as np.nanmedian would; which one is decided per block of
@@ -78,9 +111,7 @@ class ZScoreEvaluator(Evaluator[ZScoreRule]):
         full = np.repeat(np.array(held, np.int64), lengths) + within // step * step >= size
         every = np.ndarray((max(len(padded) - size + 1, 0), size), padded.dtype, padded, 0, padded.strides * 2)
         every.flags.writeable = False
-        # a clean batch (the common case) is told so without its baselines (see _cannot_cross)
-        clean = not hot and len(v) and not nans[-1] and self._cannot_cross(v, padded, start, within)
-        ready = np.flatnonzero(counts >= warmup) if not clean else np.empty(0, np.int64)
+        ready = np.flatnonzero(counts >= warmup)
         if len(self.scratch) < min(len(ready), step) * size:
             self.scratch = np.empty(min(len(ready), step) * size)
         for c in range(0, len(ready), step):  # a block of baselines at a time: bounded memory
@@ -100,52 +131,52 @@ class ZScoreEvaluator(Evaluator[ZScoreRule]):
                 zz = np.where(scale > 0, dev / np.where(scale > 0, scale, 1.0), np.where(dev == 0, 0.0, np.inf))
             z[rows] = zz
             x[rows] = np.abs(zz) - self.rule.threshold
-        valid = ~np.isnan(padded)
-        for name, s, a, b in zip(names, range(len(names)), first.tolist(), (first + lengths).tolist()):
-            segment = slice(a + s * size, b + (s + 1) * size)
-            self.history[name] = padded[segment][valid[segment]][-size:]
-        if not hot and not (x > 0).any():
-            return None
-        return Metrics(list(batch.names), ids, t, x, v, {"threshold": self.rule.threshold}, {"z": z})
-
+        return z, x, valid
 
     # baselines judged together by their common part (see _cannot_cross)
     SHARED = 8
 
-    def _cannot_cross(self, v: np.ndarray, padded: np.ndarray, start: np.ndarray, within: np.ndarray) -> bool:
+    def _cannot_cross(self, v: np.ndarray, padded: np.ndarray, starts: list[int], ends: list[int]) -> bool:
         """Whether no sample's robust z-score can pass the threshold, told from bounds on the
-        median and MAD of its baseline, every baseline being full and ``padded`` without NaN;
-        False when that cannot be told (the baselines then decide, as always when it is hot).
+        median and MAD of its baseline, every baseline being full; False when that cannot be
+        told (a NaN in ``padded``: the baselines then decide, as always when it is hot).
+        ``starts``, ``ends``: where each signal's samples lie in ``v``.
 
-        The baselines of B (``SHARED``) consecutive samples of a signal share all but B - 1 of
-        their values: the core, sorted once for them. A baseline's r-th smallest value lies
-        between the core's (r - B + 1)-th and r-th, so its median lies between the core's
+        The baselines of B (``SHARED``) consecutive samples of a signal (a block) share all but
+        B - 1 of their values: the core, sorted once for them. A baseline's r-th smallest value
+        lies between the core's (r - B + 1)-th and r-th, so its median lies between the core's
         (k - B)-th and k-th (k = baseline // 2, from 0). Its (k - 1)-th smallest deviation from
         the median, and so its MAD, is at least the core's (k - B)-th smallest distance from
         that range: nearer than that lie at most k - B of the core and the B - 1 others, fewer
         than k. A sample whose distance from the range, over the smallest scale so allowed, is
-        within the threshold has a z-score within it. The rounded numbers keep these orders
-        (each step rounds monotonically); values so large that the sum of two overflows are
-        left to the baselines."""
+        within the threshold has a z-score within it; the farthest of a block is its largest or
+        its smallest value. The rounded numbers keep these orders (each step rounds
+        monotonically); values so large that the sum of two overflows, and NaN, are left to the
+        baselines."""
         size, k = self.rule.baseline, self.rule.baseline // 2
         shared = min(self.SHARED, k, size - k)
-        if shared < 1 or not np.abs(padded).max(initial=0.0) <= 1e300:
+        if shared < 1 or not np.abs(padded).max(initial=0.0) <= 1e300:  # NaN fails it too
             return False
-        head = within % shared == 0
-        heads = np.flatnonzero(head)
         width = size - shared + 1
+        heads: list[int] = []  # each block's first sample in v
+        cores: list[int] = []  # where its core starts in padded
+        for s, (a, b) in enumerate(zip(starts, ends)):
+            heads += range(a, b, shared)
+            at = a + s * size + shared - 1
+            cores += range(at, at + b - a, shared)
         if len(heads) * width > CELLS_AT_ONCE:  # bounded memory: the baselines decide
             return False
-        block = np.cumsum(head) - 1
-        cores = np.ndarray((len(padded) - width + 1, width), padded.dtype, padded, 0, padded.strides * 2)[start[heads] + shared - 1]
-        cores.sort(axis=1)
-        low, high = cores[:, k - shared], cores[:, k]
-        distance = np.maximum(low[:, None] - cores, cores - high[:, None])
+        core = np.ndarray((len(padded) - width + 1, width), padded.dtype, padded, 0, padded.strides * 2)[cores]
+        core.sort(axis=1)
+        low, high = core[:, k - shared], core[:, k]
+        distance = np.maximum(low[:, None] - core, core - high[:, None])
         np.maximum(distance, 0.0, out=distance)  # falls then rises along the sorted core
-        scale = np.maximum(1.4826 * _kth_of_valley(distance, k - shared), self.rule.min_scale)[block]
-        deviation = np.maximum(v - low[block], high[block] - v)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            return bool(((scale > 0) & (deviation / np.where(scale > 0, scale, 1.0) <= self.rule.threshold)).all())
+        scale = np.maximum(1.4826 * _kth_of_valley(distance, k - shared), self.rule.min_scale)
+        if not (scale > 0).all():
+            return False
+        # every value is finite and within 1e300: no division here can be by 0 or give NaN
+        deviation = np.maximum(np.maximum.reduceat(v, heads) - low, high - np.minimum.reduceat(v, heads))
+        return bool((deviation / scale <= self.rule.threshold).all())
 
 
 def median_mad(w: np.ndarray, counts: np.ndarray, full: bool,
