@@ -1430,14 +1430,13 @@ _KNOWN_CELLS: dict[tuple[int, bytes, bytes], _Cells] = {}  # a few layouts of ce
 _KNOWN_CELLS_MAX = 4096  # a layout remembered has at most this many cells (32 of them: some 7 MB at worst)
 
 
-def _decode_v2(body: bytes, schema: Schema | None, version: int = 2) -> Payload:
-    """Layouts 2 and 3 (which differ only in how the mean travels: ``_exact_means``). The
-    columns are read at once (``_Columns``), the delta-coded ones joined two at a time
-    (``_join``), the value statistics made as one matrix, the layout of the cells remembered
-    (``_Cells``). Every check of the layout is made in the order a column by column reading made
-    it, so a malformed payload is refused with the same reason; where that reading failed with
-    numpy's error instead (a count of more cells than the payload holds, to allocate; a first
-    window past int64), this says why, in a WireError."""
+def _open_v2(body: bytes, schema: Schema | None, version: int) -> tuple[Any, ...]:
+    """What ``_decode_v2`` and ``_check_v2`` read and check first, in this order: the header,
+    the dictionary and its signals (their grids), the columns' sections, the layout of the
+    cells (remembered), every cell's window and count, and the collapse flags' length. Returns
+    (head, dictionary, names, scale, offset, by_name, grid, stats, rows, columns, layout, own
+    windows, own counts, collapse flags, each cell's signal, where its window and count are
+    (None: in place))."""
     r = _Reader2(body)
     try:
         head = _check_header(_json_of(r.section()), 2)
@@ -1496,6 +1495,20 @@ def _decode_v2(body: bytes, schema: Schema | None, version: int = 2) -> Payload:
         if len(_KNOWN_CELLS) >= 32:  # bounded: a long-running decoder sees many vehicles
             _KNOWN_CELLS.clear()
         _KNOWN_CELLS[key] = layout
+    return head, dictionary, names, scale, offset, by_name, grid, stats, rows, c, layout, own_window, own_count, flags, sid, at
+
+
+def _decode_v2(body: bytes, schema: Schema | None, version: int = 2) -> Payload:
+    """Layouts 2 and 3 (which differ only in how the mean travels: ``_exact_means``). The
+    columns are read at once (``_Columns``), the delta-coded ones joined two at a time
+    (``_join``), the value statistics made as one matrix, the layout of the cells remembered
+    (``_Cells``). Every check of the layout is made in the order a column by column reading made
+    it, so a malformed payload is refused with the same reason; where that reading failed with
+    numpy's error instead (a count of more cells than the payload holds, to allocate; a first
+    window past int64), this says why, in a WireError."""
+    head, dictionary, names, scale, offset, by_name, grid, stats, rows, c, layout, own_window, own_count, flags, sid, at = \
+        _open_v2(body, schema, version)
+    n_sig, cells = len(names), layout.count()
     window, count = (own_window, own_count) if at is None else (own_window[at], own_count[at])
     sid = sid.copy()  # the table's own: a layout remembered is shared
     collapsed = np.unpackbits(np.frombuffer(flags, np.uint8), count=cells).view(bool)
@@ -1784,62 +1797,8 @@ def _check_v2(body: bytes, schema: Schema | None, version: int) -> dict[str, Any
     """``_decode_v2``'s checks, in its order, and its header: each column is read (``_Columns``:
     its bytes, its number of values) but only the windows and counts are made of them (their
     values are checked); the value statistics are not."""
-    r = _Reader2(body)
-    try:
-        head = _check_header(_json_of(r.section()), 2)
-        raw_dictionary = r.section()
-        dictionary = _json_of(raw_dictionary)
-    except ValueError as exc:
-        if isinstance(exc, WireError):
-            raise
-        raise WireError(f"aggregates header or dictionary is not JSON: {exc}") from None
-    if not isinstance(dictionary, dict):
-        raise WireError("aggregates dictionary is not a JSON object")
-    _, res, scale, _, _ = _signals2(dictionary, raw_dictionary, r, schema)
-    n_sig = len(res)
-    grid = dictionary.get("grid", []) if version == 2 else _grid_section(r)
-    if not (isinstance(grid, list) and all(isinstance(g, list) and len(g) == 2 and _count(g[0]) and g[0] < n_sig
-                                           and _count(g[1]) and g[1] <= _MAX_GRID and res[g[0]] is None for g in grid)):
-        raise WireError("aggregates dictionary: 'grid' must list [position, s] of signals without a resolution")
-    if grid:  # a signal on a grid is read at a step (the arrays of _signals2 are shared: changed in a copy)
-        scale = scale.copy()
-        for i, s in grid:
-            scale[i] = 2.0**-s
-    stats: list[str] = head["stats"]
-    kinds, rows = _column_kinds(tuple(stats))
-    c = _Columns(body, r.at, kinds)
-    k0 = int(c.ints(1)[0]) + _first_window(float(head["start"]), float(head["width"]))
-    raw = c.peek(2)
-    key = (n_sig, raw[0], raw[1]) if raw is not None else None
-    layout = _KNOWN_CELLS.get(key) if key is not None else None
-    if layout is not None:
-        c.skip(2)
-    else:
-        same = c.uints(n_sig)
-        if (same > np.arange(n_sig)).any():
-            raise WireError("aggregates payload: a signal shares the cells of a signal after it")
-        layout = _Cells(same, c.uints(int(np.count_nonzero(same == 0))))
-    total_own = layout.total_own
-    c.ints(total_own)
-    windows_at = c.span[0]
-    if not -(2**63) <= k0 < 2**63:
-        raise WireError("aggregates payload: its first window is out of range")
-    c.ints(total_own)
-    own_window, own_count = layout.join(c.signed[windows_at:c.span[1]])
-    own_window = own_window + k0
-    if total_own and np.count_nonzero(own_count < 1):
-        raise WireError("aggregates payload has a cell with no samples")
-    if total_own > 1 and np.count_nonzero((own_window[1:] - own_window[:-1])[layout.later] <= 0):
-        raise WireError("aggregates payload: a signal's windows are not in order")
-    cells = layout.count()
-    flags = c.section()
-    if len(flags) != (cells + 7) // 8:
-        raise WireError("aggregates payload: collapse flags of the wrong length")
-    sid, _ = layout.expand()
-    if key is not None and cells <= _KNOWN_CELLS_MAX and key not in _KNOWN_CELLS:
-        if len(_KNOWN_CELLS) >= 32:
-            _KNOWN_CELLS.clear()
-        _KNOWN_CELLS[key] = layout
+    head, _, names, scale, _, _, grid, stats, rows, c, layout, _, _, flags, sid, _ = _open_v2(body, schema, version)
+    n_sig, cells = len(names), layout.count()
     collapsed = np.unpackbits(np.frombuffer(flags, np.uint8), count=cells).view(bool)
     wide = ~collapsed
     n_wide = int(np.count_nonzero(wide))

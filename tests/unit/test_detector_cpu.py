@@ -14,6 +14,7 @@ import warnings
 import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from test_messages_fast import same
 
 from support import detector_cpu_before, messages_before
 from telemetry.edge import messages
@@ -143,16 +144,6 @@ def outcome(read, payload: bytes):
         return read(payload), None
     except (MessageError, ValueError) as exc:
         return None, f"{type(exc).__name__}: {exc}"
-
-
-def same(got: messages.Signals, want: messages.Signals) -> None:
-    assert (got.source, got.seq, got.start, got.end, dict(got.frames)) == \
-           (want.source, want.seq, want.start, want.end, dict(want.frames))
-    assert got.batch.names == want.batch.names
-    for a, b in ((got.batch.ids, want.batch.ids), (got.batch.t, want.batch.t), (got.batch.v, want.batch.v)):
-        assert a.dtype == b.dtype and a.tobytes() == b.tobytes()
-    assert got.events.keys() == want.events.keys()
-    assert all(got.events[k].tobytes() == want.events[k].tobytes() for k in got.events)
 
 
 CHANGES = ["none", "nested", "twice", "twice-other", "between", "spaces", "in-source", "broken", "empty-names"]
