@@ -141,6 +141,12 @@ class Table:
         return Table(self.names, self.window, self.sid, {s: self.stats[s] for s in stats})
 
 
+def payload_key(group: str, start: float, part: tuple[int, int]) -> str:
+    """A payload's identity (``Payload.key``): its group, its period's start, its part if cut."""
+    i, n = part
+    return f"{group}/{start!r}" + (f"/{i}of{n}" if n > 1 else "")
+
+
 @dataclass(frozen=True)
 class Payload:
     """A decoded (or to-be-encoded) aggregates payload: its header and its cells."""
@@ -162,8 +168,7 @@ class Payload:
     @property
     def key(self) -> str:
         """The identity the cloud de-duplicates by: the same however often it is produced or sent."""
-        i, n = self.part
-        return f"{self.group}/{self.start!r}" + (f"/{i}of{n}" if n > 1 else "")
+        return payload_key(self.group, self.start, self.part)
 
     @property
     def stats(self) -> tuple[str, ...]:

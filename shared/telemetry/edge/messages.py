@@ -26,7 +26,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 from itertools import chain
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeGuard
 
 import numpy as np
 
@@ -189,20 +189,34 @@ def _signals_head(payload: bytes) -> tuple[Mapping[str, Any], int, tuple[str, ..
     if len(payload) > _PREFIX.size and payload[:4] == COLUMNS_MAGIC:
         end = _PREFIX.size + _PREFIX.unpack_from(payload)[1]
         text = payload[_PREFIX.size:end]
-        at = text.find(_NAMES_KEY)
-        if end <= len(payload) and at > 0 and text[at - 1] in b"{," and text.count(_NAMES_KEY) == 1:
-            stop = text.find(b',"counts":', at)
-            names = _TABLES.get(text[at + len(_NAMES_KEY):stop]) if stop > 0 else None
-            if names is not None:
-                try:
-                    head = json.loads(text[:at + len(_NAMES_KEY)] + b"[]" + text[stop:])
-                except ValueError:
-                    head = None
-                if (isinstance(head, dict) and head.get("names") == [] and head.get("v") == VERSION
-                        and head.get("kind") == SIGNALS):
-                    return head, end, names
+        where = _names_value(text) if end <= len(payload) else None
+        names = _TABLES.get(text[where[0]:where[1]]) if where is not None else None
+        if where is not None and names is not None:
+            try:
+                head = json.loads(text[:where[0]] + b"[]" + text[where[1]:])
+            except ValueError:
+                head = None
+            if (isinstance(head, dict) and head.get("names") == [] and head.get("v") == VERSION
+                    and head.get("kind") == SIGNALS):
+                return head, end, names
     head, start = _binary_head(payload, COLUMNS_MAGIC, SIGNALS, "signals payload", "signals")
     return head, start, _learn_table(payload[_PREFIX.size:start], head.get("names"))
+
+
+def _names_value(text: bytes) -> tuple[int, int] | None:
+    """Where the value of a signals header's ``"names"`` key lies in its JSON text, when that is
+    certain: the key once in the text, after ``{`` or ``,`` (not inside a string), its value up
+    to the next ``,"counts":``; else None."""
+    at = text.find(_NAMES_KEY)
+    if at <= 0 or text[at - 1] not in b"{," or text.count(_NAMES_KEY) != 1:
+        return None
+    stop = text.find(b',"counts":', at)
+    return None if stop < 0 else (at + len(_NAMES_KEY), stop)
+
+
+def _distinct_names(names: Any) -> TypeGuard[list[str]]:
+    """A list of distinct non-empty strings (a signals header's ``names``)."""
+    return isinstance(names, list) and all(isinstance(n, str) and n for n in names) and len(set(names)) == len(names)
 
 
 def _learn_table(text: bytes, names: Any) -> tuple[str, ...] | None:
@@ -211,17 +225,16 @@ def _learn_table(text: bytes, names: Any) -> tuple[str, ...] | None:
     theirs: the one ``"names"`` key, after ``{`` or ``,``, its value up to the next
     ``,"counts":``, and that text alone parses to the same names. The table kept (checked), or
     None: the header's names are yet to be checked."""
-    at = text.find(_NAMES_KEY)
-    stop = text.find(b',"counts":', at)
-    if at <= 0 or stop < 0 or text[at - 1] not in b"{," or text.count(_NAMES_KEY) != 1:
+    where = _names_value(text)
+    if where is None:
         return None
-    value = text[at + len(_NAMES_KEY):stop]
+    value = text[where[0]:where[1]]
     if value not in _TABLES:
         if len(_TABLES) >= 32:
             _TABLES.clear()
         _TABLES[value] = None  # seen once
         return None
-    if not isinstance(names, list) or not names or not all(isinstance(n, str) and n for n in names) or len(set(names)) != len(names):
+    if not names or not _distinct_names(names):
         return None
     try:
         if json.loads(value) != names:
@@ -403,7 +416,7 @@ class Signals(Message):
         counts = head.get("counts")
         if names is None:
             listed = head.get("names")
-            if not isinstance(listed, list) or not all(isinstance(n, str) and n for n in listed) or len(set(listed)) != len(listed):
+            if not _distinct_names(listed):
                 raise MessageError("binary signals 'names' must be a list of distinct non-empty strings")
             names = tuple(listed)
         if not isinstance(counts, list) or len(counts) != len(names):
@@ -689,8 +702,7 @@ class CheckedAggregates(Message):
             head = wire.check(data)
         except wire.WireError as exc:
             raise MessageError(str(exc)) from None
-        i, n = head["part"]
-        key = f"{head['group']}/{head['start']!r}" + (f"/{i}of{n}" if n > 1 else "")  # wire.Payload.key
+        key = wire.payload_key(head["group"], head["start"], head["part"])
         return cls(head["vehicle"], head["seq"], key, head["start"], data)
 
 

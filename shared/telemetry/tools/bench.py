@@ -405,13 +405,14 @@ def pipeline_stage(log: Path, cfg, config: str | None, dbc: list[str], frames: i
                 decoder.decode_frames(chunk.take(slice(start, end)))
                 start = end
 
-    summaries: list[dict] = []
+    summary: dict = {}  # the first replay's
 
     def whole(processes: bool) -> Callable[[], None]:
         def run() -> None:
             forget_loaded_dbcs()  # each replay parses its DBC files, as one started afresh does
             out = tmp / ("replay-processes" if processes else "replay")
-            summaries.append(replay(path, out_dir=out, config=config, dbc=dbc, processes=processes))
+            result = replay(path, out_dir=out, config=config, dbc=dbc, processes=processes)
+            summary.update(summary or result)
         return run
 
     stages = (("naive loop: can.LogReader + cantools decode", naive),
@@ -426,7 +427,6 @@ def pipeline_stage(log: Path, cfg, config: str | None, dbc: list[str], frames: i
             start = time.perf_counter()
             fn()
             seconds[label].append(time.perf_counter() - start)
-    summary = summaries[0]
     print(f"\nwhole pipeline: {path.name}, {n:,} frames ({summary['frames_decoded']:,} decoded, "
           f"{summary['aggregates']} aggregates, {summary['alerts']} alerts); each stage's best of {rounds} rounds, "
           f"the stages in turn in each round")

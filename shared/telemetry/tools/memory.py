@@ -124,8 +124,7 @@ def main() -> int:
     ok = True
     for which, peak in results.items():
         want = int(math.ceil(peak * 1.5 / 16) * 16)
-        recipe = json.loads((ROOT / "recipes" / f"{RECIPE_OF[which]}.json").read_text())
-        kb = recipe["lambdaFunction"]["componentLambdaParameters"]["linuxProcessParams"]["containerParams"]["memorySizeInKB"]
+        kb = recipes[RECIPE_OF[which]].params["linuxProcessParams"]["containerParams"]["memorySizeInKB"]
         flag = "" if kb >= want * 1024 else "   <- update the recipe"
         ok &= not flag
         print(f"{which:<12}{peak:>10.1f}{want:>24}{kb:>24}{flag}")

@@ -288,9 +288,8 @@ class _Child:
                     self.send(("reply", component.counters()))
                 elif what == "pending":
                     self.send(("reply", component.pending()))
-                elif what == "cpu":  # this process's CPU seconds so far, user and system
-                    usage = resource.getrusage(resource.RUSAGE_SELF)
-                    self.send(("reply", usage.ru_utime + usage.ru_stime))
+                elif what == "cpu":
+                    self.send(("reply", cpu_seconds_used()))
                 else:  # "peak_rss": this process's, in kB
                     self.send(("reply", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss))
             elif kind in ("stop", "eof"):
@@ -360,6 +359,12 @@ class _CloudProxy:
 
     def close(self) -> None:
         pass
+
+
+def cpu_seconds_used() -> float:
+    """This process's CPU seconds so far, user and system."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 def _child_main(conn: Connection, spec: _ChildSpec) -> None:

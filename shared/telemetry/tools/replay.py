@@ -26,7 +26,7 @@ from telemetry.edge.transport import OutboxFile
 from telemetry.tools.export import FORMATS, ExportError, SignalsWriter, write_aggregates
 from telemetry.tools.forkserver import start_forkserver
 from telemetry.tools.paths import RECIPES
-from telemetry.tools.procruntime import ProcessRuntime
+from telemetry.tools.procruntime import ProcessRuntime, cpu_seconds_used
 from telemetry.tools.report import alert_intervals, report_data, signal_units, write_report
 from telemetry.tools.runtime import LocalRuntime
 from telemetry.tools.signals import check_rules_match, decode_error_reasons
@@ -101,7 +101,7 @@ def replay(
     for stale in (spool, Path(f"{spool}-wal"), Path(f"{spool}-shm")):
         stale.unlink(missing_ok=True)  # a replay starts with an empty spool
     env = {"TELEMETRY_LOG": str(Path(log).resolve()), "TELEMETRY_REPLAY_SPEED": str(speed), "TELEMETRY_SPOOL": str(spool)}
-    started, cpu_at_start = time.monotonic(), _own_cpu()
+    started, cpu_at_start = time.monotonic(), cpu_seconds_used()
     try:
         runtime_class = ProcessRuntime if processes else LocalRuntime
         runtime = runtime_class(recipes_dir, cfg, metered, env=env, root=Path(recipes_dir).resolve().parent)
@@ -113,7 +113,7 @@ def replay(
             summary = build_summary(runtime, components.values(), cfg, log)
             if isinstance(runtime, ProcessRuntime):  # the components' memory is in their processes
                 summary["peak_rss_mb_processes"] = runtime.peak_rss_mb()
-                summary["cpu_seconds_processes"] = {**runtime.cpu_seconds(), "runtime": round(_own_cpu() - cpu_at_start, 2)}
+                summary["cpu_seconds_processes"] = {**runtime.cpu_seconds(), "runtime": round(cpu_seconds_used() - cpu_at_start, 2)}
         summary["uploader_limits_lifted"] = lifted
         summary["cloud_messages"] = cloud.messages
         summary["cloud_bytes"] = cloud.bytes
@@ -177,11 +177,6 @@ def warnings(summary: dict[str, Any]) -> list[str]:
     if summary["handler_errors"]:
         out.append(f"{len(summary['handler_errors'])} handler errors (listed below)")
     return out
-
-
-def _own_cpu() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
 
 
 def build_summary(runtime: LocalRuntime | ProcessRuntime, components: Any, cfg: VehicleConfig, log: str | Path) -> dict[str, Any]:
