@@ -7,8 +7,10 @@ from __future__ import annotations
 import base64
 import dataclasses
 import json
+import os
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -17,6 +19,7 @@ from support.reference import compare, compare_counts, messages_of, reference
 from telemetry.edge.config import load_config
 from telemetry.tools.replay import replay
 from telemetry.tools.simulator import FAULTS, write_drive
+from telemetry.tools.taps import ReplayTaps
 
 ROOT = Path(__file__).resolve().parents[2]
 SAMPLE = ROOT / "vehicles" / "sample"
@@ -196,3 +199,30 @@ def test_the_alerts_and_windows_of_a_replay_do_not_depend_on_its_batches(tmp_pat
 def exact(window: dict) -> dict:
     return {**window, "signals": {name: {k: v for k, v in stats.items() if k not in ("mean", "std")}
                                   for name, stats in window["signals"].items()}}
+
+
+def test_a_replay_in_one_process_runs_its_components_threads_on_one_cpu(tmp_path):
+    # they share one interpreter lock: on one CPU its hand-offs are cheap (affinity.py)
+    mask = os.sched_getaffinity(0)
+    seen: list[tuple[str, frozenset[int]]] = []
+
+    def note(_message: object) -> None:
+        seen.append((threading.current_thread().name, frozenset(os.sched_getaffinity(0))))
+
+    taps = ReplayTaps(on_alert=note, on_signals=note)
+    summary = replay(DRIVE, out_dir=tmp_path / "one", config=SAMPLE / "vehicle.toml", taps=taps)
+    assert os.sched_getaffinity(0) == mask  # this thread's own mask, given back
+    threads = {name for name, _ in seen}
+    assert any("CanReader" in name for name in threads) and any("AnomalyDetector" in name for name in threads)
+    if len(mask) > 1:
+        assert summary["pinned_cpu"] in mask
+        assert {cpus for _, cpus in seen} == {frozenset({summary["pinned_cpu"]})}
+    else:
+        assert summary["pinned_cpu"] is None
+    seen.clear()
+    spread = replay(DRIVE, out_dir=tmp_path / "all", config=SAMPLE / "vehicle.toml", one_cpu=False,
+                    taps=ReplayTaps(on_alert=note, on_signals=note))
+    assert spread["pinned_cpu"] is None
+    assert {cpus for _, cpus in seen} == {frozenset(mask)}
+    assert (spread["alerts"], spread["aggregates"], spread["signal_samples"]) == (
+        summary["alerts"], summary["aggregates"], summary["signal_samples"])

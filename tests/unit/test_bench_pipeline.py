@@ -20,7 +20,8 @@ def test_each_stage_is_timed_in_every_round_against_that_round_s_naive_loop(tmp_
     out = capsys.readouterr().out
     assert "15,000 frames (" in out and "best of 2 rounds" in out
     rows = [line.split() for line in out.splitlines() if line.endswith("x") and line.split()[-2].endswith("x")]
-    assert len(rows) == 6, out
+    assert len(rows) == 7, out
+    assert "their threads on any CPU" in out
     for row in rows:
         *_, frames_per_s, best, first, second = row
         assert int(frames_per_s.replace(",", "")) > 0, row

@@ -407,11 +407,11 @@ def pipeline_stage(log: Path, cfg, config: str | None, dbc: list[str], frames: i
 
     summary: dict = {}  # the first replay's
 
-    def whole(processes: bool) -> Callable[[], None]:
+    def whole(processes: bool, one_cpu: bool = True) -> Callable[[], None]:
         def run() -> None:
             forget_loaded_dbcs()  # each replay parses its DBC files, as one started afresh does
             out = tmp / ("replay-processes" if processes else "replay")
-            result = replay(path, out_dir=out, config=config, dbc=dbc, processes=processes)
+            result = replay(path, out_dir=out, config=config, dbc=dbc, processes=processes, one_cpu=one_cpu)
             summary.update(summary or result)
         return run
 
@@ -420,6 +420,7 @@ def pipeline_stage(log: Path, cfg, config: str | None, dbc: list[str], frames: i
               ("parse: bulk, into columns (frame_batches)", parse_columns),
               ("decode: vectorised, in the reader's batches", decode),
               ("whole replay, four components", whole(False)),
+              ("  the same, their threads on any CPU", whole(False, one_cpu=False)),
               ("  the same, each component in its own process", whole(True)))
     seconds: dict[str, list[float]] = {label: [] for label, _ in stages}
     for _ in range(rounds):

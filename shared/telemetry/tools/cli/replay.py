@@ -37,7 +37,8 @@ def _do_replay(args: argparse.Namespace) -> int:
     export = (args.export[0], args.export[1]) if getattr(args, "export", None) else None
     try:
         summary = replay(args.log, out_dir=args.out, config=args.config, dbc=args.dbc, speed=args.speed,
-                         processes=getattr(args, "processes", False), taps=taps, export=export)
+                         processes=getattr(args, "processes", False), one_cpu=not getattr(args, "all_cpus", False),
+                         taps=taps, export=export)
     finally:
         if progress is not None:
             progress.stop()
@@ -76,4 +77,7 @@ def add_subparser(subparsers: Any) -> None:
     add_common(r)
     r.add_argument("--processes", action="store_true",
                    help="run each component in its own process, as on a core device (uses more cores)")
+    r.add_argument("--all-cpus", action="store_true",
+                   help="in one process, let the components' threads run on any CPU (by default they share one: "
+                        "they share one interpreter lock, and hand it over faster there)")
     r.set_defaults(func=_do_replay)
