@@ -33,6 +33,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 import numpy as np
 
 from .. import wire
+from . import arrays
 from .config import AggregatorConfig
 from .messages import MAX_EVENT_TIME, Aggregates, EndOfStream, FlatBatch, Signals, Window
 
@@ -149,7 +150,7 @@ def window_reduce(sid: np.ndarray, t: np.ndarray, v: np.ndarray, width: float) -
     signal. The samples are sorted first unless each signal's are together and in time order."""
     k = np.floor(t / width).astype(np.int64)
     same = sid[1:] == sid[:-1]
-    if bool(np.all(~same | (t[1:] >= t[:-1]))) and len(np.unique(sid[np.append(True, ~same)])) == int((~same).sum()) + 1:
+    if bool(np.all(~same | (t[1:] >= t[:-1]))) and len(arrays.distinct(sid[np.append(True, ~same)])) == int((~same).sum()) + 1:
         # each signal's samples together and in time order (a batch as the reader makes it): the
         # runs of (signal, window) are already there, no sort of the samples is needed; the pairs
         # are put in (window, signal) order after the reduction, a few per signal
@@ -325,7 +326,7 @@ class WindowAggregator:
         keep = lengths > 0
         if np.count_nonzero(keep) < len(lengths):
             sid, lengths = sid[keep], lengths[keep]
-        if not distinct and len(np.unique(sid)) != len(sid):
+        if not distinct and len(arrays.distinct(sid)) != len(sid):
             return None
         run_at = lengths.cumsum() - lengths
         if not _runs_in_order(t, run_at):

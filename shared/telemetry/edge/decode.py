@@ -32,6 +32,7 @@ import can
 import cantools
 import numpy as np
 
+from .arrays import distinct
 from .errors import DbcError
 from .frames import Frames
 from .messages import FlatBatch
@@ -343,7 +344,7 @@ class DbcDecoder:
                 frame_id = int(frame_ids[i])
                 mismatch[frame_id] += int(odd_per_id[i])  # an id both standard and extended: both
                 if frame_id not in reasons:
-                    seen = ", ".join(str(v) for v in np.unique(lengths[odd & (group == i)]).tolist())
+                    seen = ", ".join(str(v) for v in distinct(lengths[odd & (group == i)]).tolist())
                     reasons[frame_id] = f"{entry.message.name}: {seen} data bytes, the DBC says {entry.message.length}"
         failed = np.zeros(n, bool)
         frame_roots = roots[group]

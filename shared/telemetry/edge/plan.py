@@ -44,6 +44,8 @@ from cantools.database.conversion import (
     NamedSignalConversion,
 )
 
+from .arrays import distinct
+
 _INT64 = (-(1 << 63), (1 << 63) - 1)
 _UINT64 = (0, (1 << 64) - 1)
 _FLOAT_MAX = float(np.finfo(np.float64).max)
@@ -671,7 +673,7 @@ class Program:
         """The singles of the nodes at ``roots``, read node by node, and the next level's nodes."""
         next_rows: list[np.ndarray] = []
         next_roots: list[np.ndarray] = []
-        for number in np.unique(roots).tolist():
+        for number in distinct(roots).tolist():
             extra = self._extra[number]
             assert extra is not None
             at = rows[roots == number] if len(roots) > 1 else rows
