@@ -4,6 +4,8 @@ status 2, ``--debug`` re-raises them."""
 from __future__ import annotations
 
 import argparse
+import json
+import os
 from pathlib import Path
 
 import pytest
@@ -16,7 +18,8 @@ DBC = ROOT / "vehicles/sample/solar_car.dbc"
 
 # Each command and options its --help must mention.
 OPTIONS = {
-    "replay": ["log", "--dbc", "--config", "--out", "--speed", "--strict", "--verbose", "--export", "--debug"],
+    "replay": ["log", "--dbc", "--config", "--out", "--speed", "--strict", "--verbose", "--export", "--debug",
+               "--processes", "--all-cpus"],
     "demo": ["--out", "--speed", "--strict", "--verbose", "--export"],
     "signals": ["--dbc", "--log", "--config"],
     "run": ["--interface", "--channel", "--bitrate", "--config", "--out", "--endpoint", "--drain"],
@@ -100,3 +103,14 @@ def test_debug_is_also_taken_after_the_command(tmp_path):
         main(["replay", str(missing), "--dbc", str(DBC), "--out", str(tmp_path / "out"), "--debug"])
     assert parser().parse_args(["demo"]).debug is False
     assert parser().parse_args(["simulate", "--debug"]).debug is True
+
+
+def test_replay_shares_one_cpu_unless_all_cpus_is_given(tmp_path):
+    log = tmp_path / "start.log"
+    log.write_text("".join((ROOT / "vehicles/sample/drive.log").read_text().splitlines(keepends=True)[:3000]))
+    several = len(os.sched_getaffinity(0)) > 1
+    for flags, pinned in (([], several), (["--all-cpus"], False)):
+        out = tmp_path / ("out" + "".join(flags))
+        assert main(["replay", str(log), "--dbc", str(DBC), "--out", str(out), "--no-progress", *flags]) == 0
+        cpu = json.loads((out / "summary.json").read_text())["pinned_cpu"]
+        assert (cpu is not None) == pinned, flags
