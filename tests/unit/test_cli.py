@@ -22,7 +22,7 @@ OPTIONS = {
                "--processes", "--all-cpus"],
     "demo": ["--out", "--speed", "--strict", "--verbose", "--export"],
     "signals": ["--dbc", "--log", "--config"],
-    "run": ["--interface", "--channel", "--bitrate", "--config", "--out", "--endpoint", "--drain"],
+    "run": ["--interface", "--channel", "--bitrate", "--config", "--out", "--endpoint", "--drain", "--all-cpus"],
     "uploader": ["--config", "--spool", "--endpoint", "--port", "--cert", "--key", "--ca", "--client-id", "--drain"],
     "package": ["--arch", "--out", "--config"],
     "deploy": ["--thing-group", "--thing", "--bucket", "--role-arn", "--region", "--account", "--arch", "--config",

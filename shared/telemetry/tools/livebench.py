@@ -219,7 +219,10 @@ def run_live(rate: float, seconds: float, *, warmup: float = 2.0, alerts: int = 
     with tempfile.TemporaryDirectory() as tmp:
         env = {"TELEMETRY_CAN_INTERFACE": "virtual", "TELEMETRY_CAN_CHANNEL": channel, "TELEMETRY_LOG": "",
                "TELEMETRY_SPOOL": str(Path(tmp) / "spool.db") if spool == "file" else ":memory:"}
-        with LocalRuntime(recipes_dir, cfg, cloud, env=env, root=Path(recipes_dir).resolve().parent) as runtime:
+        # the components' threads on one CPU, as ``telemetry run`` runs them; the feeder thread
+        # (the bus, in a car) is started by this one, which is not pinned
+        with LocalRuntime(recipes_dir, cfg, cloud, env=env, root=Path(recipes_dir).resolve().parent,
+                          one_cpu=True) as runtime:
             if len(runtime.sources()) != 1:
                 raise SystemExit("expected exactly one source component (the CAN reader)")
             reader = runtime.sources()[0].component
@@ -369,7 +372,8 @@ def run(args: argparse.Namespace, log: str | Path = SAMPLE / "drive.log",
     if args.live_seconds <= 0:
         return []
     common = {"warmup": args.live_warmup, "log": str(log), "config": str(config), "spool": args.live_spool}
-    print(f"\nlive: the four components in one process on a python-can virtual bus, fed by a thread with "
+    print(f"\nlive: the four components in one process (their threads on one CPU, as `telemetry run` runs them) "
+          f"on a python-can virtual bus, fed by a thread with "
           f"{Path(log).name}'s frames (ids and payloads cycled, wall-clock timestamps); "
           f"{args.live_warmup:g} s warm-up, then {args.live_seconds:g} s measured; CPU in % of one core, "
           f"the feeder thread's own CPU (time.thread_time) subtracted; spool: {args.live_spool}")

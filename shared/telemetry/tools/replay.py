@@ -9,7 +9,6 @@ taps (``taps.py``), not read back from ``cloud.jsonl``.
 from __future__ import annotations
 
 import base64
-import contextlib
 import dataclasses
 import json
 import logging
@@ -24,7 +23,6 @@ from telemetry.edge.errors import ConfigError
 from telemetry.edge.logparse import asc_start_time
 from telemetry.edge.messages import Alert, delivered, dumps
 from telemetry.edge.transport import OutboxFile
-from telemetry.tools import affinity
 from telemetry.tools.export import FORMATS, ExportError, SignalsWriter, write_aggregates
 from telemetry.tools.forkserver import start_forkserver
 from telemetry.tools.paths import RECIPES
@@ -71,8 +69,8 @@ def replay(
 ) -> dict[str, Any]:
     """Replay ``log``; with ``processes``, each component runs in its own process (as on a core
     device, and on as many cores as there are), else all four in this one: their threads then run
-on one CPU (``one_cpu``; the one this thread is on), as they share one interpreter lock and hand
-it over more cheaply on one core than between cores (``affinity.py``).
+on one CPU (``one_cpu``: ``LocalRuntime``'s), as they share one interpreter lock and hand it over
+more cheaply on one core than between cores (``affinity.py``).
 
     As fast as possible (``speed`` 0), the uploader's pacing to the link (bytes and publishes per
     second, the hourly budget) and its spool cap are lifted: they are wall-clock and backlog
@@ -108,16 +106,18 @@ it over more cheaply on one core than between cores (``affinity.py``).
     env = {"TELEMETRY_LOG": str(Path(log).resolve()), "TELEMETRY_REPLAY_SPEED": str(speed), "TELEMETRY_SPOOL": str(spool)}
     started, cpu_at_start = time.monotonic(), cpu_seconds_used()
     try:
-        runtime_class = ProcessRuntime if processes else LocalRuntime
-        runtime = runtime_class(recipes_dir, cfg, metered, env=env, root=Path(recipes_dir).resolve().parent)
+        root = Path(recipes_dir).resolve().parent
+        runtime: LocalRuntime | ProcessRuntime
+        if processes:
+            runtime = ProcessRuntime(recipes_dir, cfg, metered, env=env, root=root)
+        else:
+            runtime = LocalRuntime(recipes_dir, cfg, metered, env=env, root=root, one_cpu=one_cpu)
         taps.attach(runtime)
-        pinned = affinity.one_cpu() if one_cpu and not processes else contextlib.nullcontext()
-        with pinned as cpu, runtime:
+        with runtime:
             runtime.wait_for_sources()
             runtime.drain()
             components = {name: runtime.component(name) for name in runtime.runners}
             summary = build_summary(runtime, components.values(), cfg, log)
-            summary["pinned_cpu"] = cpu  # the CPU the components' threads shared, if one
             if isinstance(runtime, ProcessRuntime):  # the components' memory is in their processes
                 summary["peak_rss_mb_processes"] = runtime.peak_rss_mb()
                 summary["cpu_seconds_processes"] = {**runtime.cpu_seconds(), "runtime": round(cpu_seconds_used() - cpu_at_start, 2)}
@@ -203,6 +203,7 @@ def build_summary(runtime: LocalRuntime | ProcessRuntime, components: Any, cfg: 
         "local_bytes": dict(runtime.published_bytes),
         "malformed_messages": malformed,
         "handler_errors": runtime.errors,
+        "pinned_cpu": getattr(runtime, "pinned_cpu", None),  # the CPU its threads share (LocalRuntime's one_cpu)
     })
     return summary
 

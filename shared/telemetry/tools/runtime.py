@@ -12,6 +12,7 @@ are stopped in reverse order.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import queue
@@ -31,6 +32,7 @@ from telemetry.edge.config import VehicleConfig
 from telemetry.edge.errors import RecipeError
 from telemetry.edge.messages import Message, Shared, is_binary
 from telemetry.edge.transport import CloudTransport, Handler
+from telemetry.tools import affinity
 from telemetry.tools.recipes import Recipe, check_recipes, import_handler, load_recipes
 
 LOG = logging.getLogger(__name__)
@@ -228,7 +230,12 @@ class Nucleus:
 
 
 class LocalRuntime(Nucleus):
-    """Runs the components of ``recipes/`` in one process. Use as a context manager."""
+    """Runs the components of ``recipes/`` in one process. Use as a context manager.
+
+    With ``one_cpu``, every thread it starts (the functions' workers, the pinned functions'
+    loops and the threads those start) runs on one CPU, the one ``start`` is called on
+    (``affinity.py``: they share one interpreter lock, handed over far more cheaply on one core);
+    ``pinned_cpu`` says which (None: not pinned). The caller's own thread is not pinned."""
 
     def __init__(
         self,
@@ -239,11 +246,14 @@ class LocalRuntime(Nucleus):
         env: Mapping[str, str] | None = None,
         clock: Clock | None = None,
         root: str | Path | None = None,
+        one_cpu: bool = False,
     ) -> None:
         super().__init__(recipes_dir, config, cloud, env=env, root=root)
         self.clock = clock or SystemClock()
         self.runners: dict[str, _Runner] = {}
         self._stopped: dict[str, _Runner] = {}
+        self.one_cpu = one_cpu
+        self.pinned_cpu: int | None = None
 
     def _hand(self, route: Any, wire: bytes, as_json: Callable[[], Any]) -> None:
         event = wire if route.recipe.binary_input else as_json()
@@ -258,8 +268,10 @@ class LocalRuntime(Nucleus):
             for topic in topic_owner.topics:
                 self._routes.setdefault(topic, [])
         try:
-            for recipe in self.order:
-                self._start(recipe)
+            with affinity.one_cpu() if self.one_cpu else contextlib.nullcontext() as cpu:
+                self.pinned_cpu = cpu  # the threads started here keep it; this one gets its own back
+                for recipe in self.order:
+                    self._start(recipe)
         except BaseException:
             self.stop()
             raise

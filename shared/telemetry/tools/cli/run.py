@@ -39,7 +39,8 @@ def live_run(args: argparse.Namespace, stop: threading.Event) -> dict[str, Any]:
     if args.bitrate:
         env["TELEMETRY_CAN_BITRATE"] = str(args.bitrate)
     try:
-        with LocalRuntime(args.recipes, cfg, cloud, env=env, root=Path(args.recipes).resolve().parent) as runtime:
+        with LocalRuntime(args.recipes, cfg, cloud, env=env, root=Path(args.recipes).resolve().parent,
+                          one_cpu=not args.all_cpus) as runtime:
             print(f"reading {args.interface} {args.channel}; Ctrl-C stops", flush=True)
             stop.wait()
             for adapter in runtime.sources():  # the reader first: its open batch, then end of stream
@@ -91,5 +92,8 @@ def add_subparser(subparsers: Any) -> None:
     r.add_argument("--ca", help="CA certificate to trust (PEM)")
     r.add_argument("--client-id")
     r.add_argument("--drain", type=float, default=30.0, help="seconds to wait at the end for the spool to empty")
+    r.add_argument("--all-cpus", action="store_true",
+                   help="let the components' threads run on any CPU (by default they share one: they share one "
+                        "interpreter lock, and hand it over faster there)")
     r.add_argument("--recipes", default=str(RECIPES), help=argparse.SUPPRESS)
     r.set_defaults(func=_do_run)
