@@ -8,6 +8,7 @@ import dataclasses
 import json
 import multiprocessing
 import os
+import threading
 from pathlib import Path
 
 import pytest
@@ -202,3 +203,34 @@ def test_a_component_that_fails_to_start_fails_the_replay_with_the_same_error(tm
     assert str(in_four.value).startswith(f"{bad}: not a valid DBC file")
     # the components that had started (the uploader, the aggregator...) were stopped, their processes ended
     assert_no_component_process_left(runtimes[0])
+
+
+def _cpus_allowed(status: Path) -> set[int]:
+    line = next(x for x in status.read_text().splitlines() if x.startswith("Cpus_allowed_list:"))
+    out: set[int] = set()
+    for part in line.split(":", 1)[1].strip().split(","):
+        lo, _, hi = part.partition("-")
+        out.update(range(int(lo), int(hi or lo) + 1))
+    return out
+
+
+@pytest.mark.parametrize("method", ["forkserver", "fork"])
+def test_one_cpu_pins_the_nucleus_s_relay_threads_and_no_component(short_drive, method):
+    # the threads relaying to and from the children (and the taps they call) share one CPU;
+    # a child runs on any, even one forked from a pinned thread (its spec gives it the mask back)
+    mask = os.sched_getaffinity(0)
+    cfg = load_config(SAMPLE / "vehicle.toml")
+    with ProcessRuntime(ROOT / "recipes", cfg, InMemoryCloudTransport(), env={"TELEMETRY_LOG": str(short_drive)},
+                        method=method, one_cpu=True) as runtime:
+        relays = {t.name: _cpus_allowed(Path(f"/proc/self/task/{t.native_id}/status"))
+                  for t in threading.enumerate() if t.name.startswith(("from-telemetry.", "to-telemetry."))}
+        children = [_cpus_allowed(Path(f"/proc/{pid}/status")) for pid in runtime.pids()]
+        runtime.wait_for_sources(timeout=60)
+        runtime.drain()
+        cpu = runtime.pinned_cpu
+    assert os.sched_getaffinity(0) == mask
+    assert len(relays) == 8 and children == [mask] * 4
+    if len(mask) > 1:
+        assert cpu in mask and all(cpus == {cpu} for cpus in relays.values())
+    else:
+        assert cpu is None

@@ -31,6 +31,7 @@ ends are then waited for together, and a child that does not stop in time is ter
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import multiprocessing
 import os
@@ -56,6 +57,7 @@ from telemetry.edge.config import VehicleConfig
 from telemetry.edge.errors import RecipeError, TransportError
 from telemetry.edge.messages import Message
 from telemetry.edge.transport import CloudTransport, Handler
+from telemetry.tools import affinity
 from telemetry.tools.forkserver import start_forkserver
 from telemetry.tools.recipes import Recipe, check_recipes, load_recipes
 from telemetry.tools.runtime import LambdaContext, Nucleus, as_json_event, hosted_module_name, load_hosted
@@ -181,6 +183,7 @@ class _ChildSpec:
     config: VehicleConfig
     env: Mapping[str, str]
     log_level: int
+    cpus: frozenset[int] | None = None  # its CPUs: the nucleus's before it pinned its own threads
 
 
 class _Child:
@@ -368,6 +371,8 @@ def cpu_seconds_used() -> float:
 
 
 def _child_main(conn: Connection, spec: _ChildSpec) -> None:
+    if spec.cpus:  # a fork or spawn of a pinned thread would be pinned too; a component is not
+        os.sched_setaffinity(0, spec.cpus)
     logging.basicConfig(level=spec.log_level, format="%(levelname)s %(name)s: %(message)s")
     try:
         _Child(conn, spec).serve()
@@ -613,11 +618,14 @@ class ProcessRuntime(Nucleus):
         env: Mapping[str, str] | None = None,
         root: str | Path | None = None,
         method: str = "forkserver",
+        one_cpu: bool = False,
     ) -> None:
         super().__init__(recipes_dir, config, cloud, env=env, root=root)
         self.recipes_dir = Path(recipes_dir)
         self.root = None if root is None else str(root)
         self.method = method
+        self.one_cpu = one_cpu
+        self.pinned_cpu: int | None = None  # the CPU the nucleus's own threads share (``one_cpu``)
         self.runners: dict[str, _Process] = {}  # started, by name
         self._processes: dict[str, _Process] = {}  # every child, started or not
 
@@ -633,12 +641,18 @@ class ProcessRuntime(Nucleus):
             # ready. A replay has usually started it already (``start_forkserver``).
             start_forkserver()
         level = logging.getLogger().getEffectiveLevel()
+        cpus = frozenset(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
         try:
             # Every child builds its component at once (imports, DBCs: the slow part, in
-            # parallel); they start in dependency order, as LocalRuntime starts them.
-            for recipe in self.order:
-                spec = _ChildSpec(str(self.recipes_dir), self.root, recipe.name, self.config, self.env, level)
-                self._processes[recipe.name] = _Process(self, recipe, ctx, spec)
+            # parallel); they start in dependency order, as LocalRuntime starts them. With
+            # ``one_cpu``, the threads that relay to and from each child (and the replay's taps
+            # they call) share one CPU, as LocalRuntime's do; the children run on any.
+            with affinity.one_cpu() if self.one_cpu else contextlib.nullcontext() as cpu:
+                self.pinned_cpu = cpu
+                for recipe in self.order:
+                    spec = _ChildSpec(str(self.recipes_dir), self.root, recipe.name, self.config, self.env, level,
+                                      cpus if cpu is not None else None)
+                    self._processes[recipe.name] = _Process(self, recipe, ctx, spec)
             for recipe in self.order:
                 process = self._processes[recipe.name]
                 process.info.update(process.expect("built", timeout=START_TIMEOUT)[1])

@@ -68,9 +68,10 @@ def replay(
     export: tuple[str, str | Path] | None = None,
 ) -> dict[str, Any]:
     """Replay ``log``; with ``processes``, each component runs in its own process (as on a core
-    device, and on as many cores as there are), else all four in this one: their threads then run
-on one CPU (``one_cpu``: ``LocalRuntime``'s), as they share one interpreter lock and hand it over
-more cheaply on one core than between cores (``affinity.py``).
+    device, and on as many cores as there are), else all four in this one. With ``one_cpu``, the
+threads of this process that do the work (the components' in one process; the nucleus's relays
+and the taps with ``processes``) share one CPU: they share one interpreter lock, and hand it over
+more cheaply on one core than between cores (``affinity.py``). The children run on any.
 
     As fast as possible (``speed`` 0), the uploader's pacing to the link (bytes and publishes per
     second, the hourly budget) and its spool cap are lifted: they are wall-clock and backlog
@@ -109,7 +110,7 @@ more cheaply on one core than between cores (``affinity.py``).
         root = Path(recipes_dir).resolve().parent
         runtime: LocalRuntime | ProcessRuntime
         if processes:
-            runtime = ProcessRuntime(recipes_dir, cfg, metered, env=env, root=root)
+            runtime = ProcessRuntime(recipes_dir, cfg, metered, env=env, root=root, one_cpu=one_cpu)
         else:
             runtime = LocalRuntime(recipes_dir, cfg, metered, env=env, root=root, one_cpu=one_cpu)
         taps.attach(runtime)
@@ -203,7 +204,7 @@ def build_summary(runtime: LocalRuntime | ProcessRuntime, components: Any, cfg: 
         "local_bytes": dict(runtime.published_bytes),
         "malformed_messages": malformed,
         "handler_errors": runtime.errors,
-        "pinned_cpu": getattr(runtime, "pinned_cpu", None),  # the CPU its threads share (LocalRuntime's one_cpu)
+        "pinned_cpu": getattr(runtime, "pinned_cpu", None),  # the CPU the runtime's threads share (its one_cpu)
     })
     return summary
 

@@ -78,6 +78,7 @@ def add_subparser(subparsers: Any) -> None:
     r.add_argument("--processes", action="store_true",
                    help="run each component in its own process, as on a core device (uses more cores)")
     r.add_argument("--all-cpus", action="store_true",
-                   help="in one process, let the components' threads run on any CPU (by default they share one: "
-                        "they share one interpreter lock, and hand it over faster there)")
+                   help="let this process's threads run on any CPU: the components' (or, with --processes, those "
+                        "relaying to them); by default they share one: they share one interpreter lock, and hand it "
+                        "over faster there")
     r.set_defaults(func=_do_replay)
