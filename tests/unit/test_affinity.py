@@ -50,3 +50,9 @@ def test_one_cpu_gives_the_mask_back_when_the_body_raises():
     except KeyError:
         pass
     assert os.sched_getaffinity(0) == mask
+
+
+def test_one_cpu_not_enabled_pins_nothing():
+    mask = os.sched_getaffinity(0)
+    with affinity.one_cpu(False) as cpu:
+        assert cpu is None and os.sched_getaffinity(0) == mask

@@ -38,12 +38,12 @@ def current_cpu() -> int | None:
 
 
 @contextlib.contextmanager
-def one_cpu() -> Iterator[int | None]:
+def one_cpu(enabled: bool = True) -> Iterator[int | None]:
     """Pin the calling thread (and the threads it starts) to one of its CPUs while inside; the
-    CPU, or None when nothing was pinned."""
+    CPU, or None when nothing was pinned (``enabled`` False: nothing is)."""
     get = getattr(os, "sched_getaffinity", None)
     set_ = getattr(os, "sched_setaffinity", None)
-    if get is None or set_ is None:
+    if not enabled or get is None or set_ is None:
         yield None
         return
     try:

@@ -31,7 +31,6 @@ ends are then waited for together, and a child that does not stop in time is ter
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import multiprocessing
 import os
@@ -647,7 +646,7 @@ class ProcessRuntime(Nucleus):
             # parallel); they start in dependency order, as LocalRuntime starts them. With
             # ``one_cpu``, the threads that relay to and from each child (and the replay's taps
             # they call) share one CPU, as LocalRuntime's do; the children run on any.
-            with affinity.one_cpu() if self.one_cpu else contextlib.nullcontext() as cpu:
+            with affinity.one_cpu(self.one_cpu) as cpu:
                 self.pinned_cpu = cpu
                 for recipe in self.order:
                     spec = _ChildSpec(str(self.recipes_dir), self.root, recipe.name, self.config, self.env, level,

@@ -69,9 +69,10 @@ def replay(
 ) -> dict[str, Any]:
     """Replay ``log``; with ``processes``, each component runs in its own process (as on a core
     device, and on as many cores as there are), else all four in this one. With ``one_cpu``, the
-threads of this process that do the work (the components' in one process; the nucleus's relays
-and the taps with ``processes``) share one CPU: they share one interpreter lock, and hand it over
-more cheaply on one core than between cores (``affinity.py``). The children run on any.
+    threads of this process that do the work (the components' in one process; the nucleus's
+    relays and the taps with ``processes``) share one CPU: they share one interpreter lock, and
+    hand it over more cheaply on one core than between cores (``affinity.py``). The children
+    run on any.
 
     As fast as possible (``speed`` 0), the uploader's pacing to the link (bytes and publishes per
     second, the hourly budget) and its spool cap are lifted: they are wall-clock and backlog

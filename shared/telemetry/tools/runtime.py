@@ -12,7 +12,6 @@ are stopped in reverse order.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import queue
@@ -268,7 +267,7 @@ class LocalRuntime(Nucleus):
             for topic in topic_owner.topics:
                 self._routes.setdefault(topic, [])
         try:
-            with affinity.one_cpu() if self.one_cpu else contextlib.nullcontext() as cpu:
+            with affinity.one_cpu(self.one_cpu) as cpu:
                 self.pinned_cpu = cpu  # the threads started here keep it; this one gets its own back
                 for recipe in self.order:
                     self._start(recipe)
