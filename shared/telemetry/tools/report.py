@@ -19,6 +19,7 @@ import html
 import json
 import math
 from collections.abc import Iterable, Mapping, Sequence
+from itertools import chain
 from pathlib import Path
 from typing import Any
 
@@ -325,7 +326,7 @@ def report_data(summary: Mapping[str, Any], payloads: Sequence[wire.Payload], al
 def write_report(path: str | Path, data: Mapping[str, Any]) -> Path:
     """Write the page: the template with the data embedded (``</`` escaped so that no value can
     end the script element)."""
-    blob = json.dumps(data, separators=(",", ":"), allow_nan=False).replace("</", "<\\/")
+    blob = dumps(data).replace("</", "<\\/")
     template = Path(__file__).with_name("report_template.html").read_text(encoding="utf-8")
     head, tail = template.split("__DATA__")
     page = head.replace("__TITLE__", html.escape(str(data.get("title", "Replay report"))), 1) + blob + tail
@@ -333,3 +334,68 @@ def write_report(path: str | Path, data: Mapping[str, Any]) -> Path:
     path.write_text(page, encoding="utf-8")
     return path
 
+
+
+_PLACE = "\x00series\x00"  # stands for the series while the rest is encoded (no page text has it)
+_NONE_TYPE = type(None)
+
+
+def dumps(data: Mapping[str, Any]) -> str:
+    """``json.dumps(data, separators=(",", ":"), allow_nan=False)``, the same text, with the
+    plots' numbers (``data["series"]``, most of the page) encoded by ``_series_json``: a float's
+    JSON text is its ``repr``, and a series repeats few distinct values (a message's signals
+    share their times; counts and flat signals repeat), so each distinct double is formatted
+    once. Anything that path does not take as it is (not a dict of dicts of lists of floats and
+    None, a non-finite float, a key that is not a str) goes through ``json.dumps`` whole."""
+    series = data.get("series") if isinstance(data, dict) else None
+    text = _series_json(series) if type(series) is dict and series else None
+    if text is None:
+        return json.dumps(data, separators=(",", ":"), allow_nan=False)
+    blob = json.dumps({**data, "series": _PLACE}, separators=(",", ":"), allow_nan=False)
+    place = json.dumps(_PLACE)
+    if blob.count(place) != 1:
+        return json.dumps(data, separators=(",", ":"), allow_nan=False)
+    return blob.replace(place, text, 1)
+
+
+class _NotPlain(Exception):
+    """A value ``_series_json`` leaves to ``json.dumps``."""
+
+
+class _Texts(dict[Any, str]):
+    """float -> its JSON text (``repr``), made on first sight. A zero is not kept: 0.0 and -0.0
+    are equal keys with two texts. NaN and inf are not JSON (``json.dumps`` says so itself)."""
+
+    def __missing__(self, value: float) -> str:
+        if not math.isfinite(value):
+            raise _NotPlain
+        text = repr(value)
+        if value != 0.0:
+            self[value] = text
+        return text
+
+
+def _series_json(series: dict[Any, Any]) -> str | None:
+    """The JSON text of ``{name: {key: [float or None, ...]}}`` as ``json.dumps`` writes it, or
+    None where it is not of that form or holds NaN or inf. Each column is checked to hold only
+    floats and None first: an int or a bool would be an equal key with another text."""
+    columns: list[list[Any]] = []
+    for name, s in series.items():
+        if type(name) is not str or type(s) is not dict:
+            return None
+        for key, column in s.items():
+            if type(key) is not str or type(column) is not list:
+                return None
+            columns.append(column)
+    if not set(map(type, chain.from_iterable(columns))) <= {float, _NONE_TYPE}:
+        return None
+    texts = _Texts({None: "null"})
+    text = texts.__getitem__
+    out: list[str] = []
+    try:
+        for name, s in series.items():
+            keys = [f"{json.dumps(key)}:[{','.join(map(text, column))}]" for key, column in s.items()]
+            out.append(f"{json.dumps(name)}:{{{','.join(keys)}}}")
+    except _NotPlain:
+        return None
+    return "{" + ",".join(out) + "}"
