@@ -89,8 +89,12 @@ def _r_list(x: np.ndarray) -> list[float | None]:
     10**6``); ``m / 10**k`` (or ``m * 10**-k``), with ``m`` and the power of ten exact, is one
     correctly rounded operation: the double nearest the decimal, which is what ``float`` reads
     from the formatted digits. Zero stays as it is. Values off that path (ties, |k| > 22, a
-    misjudged exponent, NaN and inf) go through ``_r`` itself."""
+    misjudged exponent, NaN and inf) go through ``_r`` itself. A column of whole numbers under
+    10**6 (counts, most of all) has at most six digits each: it is itself."""
     x = np.asarray(x, dtype=np.float64)
+    with np.errstate(invalid="ignore"):
+        if ((np.abs(x) < 1e6) & (np.rint(x) == x)).all():  # NaN and inf are not
+            return x.tolist()
     ax = np.abs(x)
     with np.errstate(all="ignore"):
         k = 5 - np.floor(np.log10(ax))
@@ -240,11 +244,15 @@ def alert_intervals(alerts: Sequence[Alert], t_end: float | None, plotted: Seque
         if a.state == "raised":
             rec["raised"] = a.t
     out = list(by_id.values())
+    drawn: dict[tuple[str, str], list[str]] = {}  # many alerts share a key and a rule
     for rec in out:
         end = rec["cleared"] if rec["cleared"] is not None else t_end
         rec["end"] = end if end is not None else rec["raised"]
         rec["duration"] = rec["end"] - rec["raised"]
-        rec["on"] = _drawn_on(rec["signal"], (rules or {}).get(rec["rule"], ()), plotted)
+        on = drawn.get((rec["signal"], rec["rule"]))
+        if on is None:
+            on = drawn[rec["signal"], rec["rule"]] = _drawn_on(rec["signal"], (rules or {}).get(rec["rule"], ()), plotted)
+        rec["on"] = list(on)
     return sorted(out, key=lambda r: (r["rule"], r["raised"]))
 
 
