@@ -92,3 +92,15 @@ def _drawn_on(key: str, patterns: Sequence[str], plotted: Sequence[str]) -> list
     if key.startswith("bus."):
         return []
     return [name for name in plotted if any(fnmatch.fnmatchcase(name, p) for p in patterns)]
+
+
+def _order(ids: np.ndarray, t0: np.ndarray, width: np.ndarray, lo: np.ndarray, hi: np.ndarray, mean: np.ndarray,
+           n: np.ndarray) -> np.ndarray:
+    """The rows by signal, then by (t0, t1, min, max, mean, n): by signal and t0 alone while
+    those are unique (the other columns then cannot reorder anything), else (a window heard
+    twice) by every column."""
+    order = np.lexsort((t0, ids))
+    i_s, t_s = ids[order], t0[order]
+    if np.isfinite(t_s).all() and ((i_s[1:] != i_s[:-1]) | (t_s[1:] > t_s[:-1])).all():
+        return order
+    return np.lexsort((n, mean, hi, lo, t0 + width, t0, ids))
