@@ -122,3 +122,28 @@ def test_alert_intervals_are_as_before(alert_list, t_end, with_rules):
     assert json.dumps(new) == json.dumps(old)  # NaN worst values compare as text
     ons = [rec["on"] for rec in new]
     assert len({id(on) for on in ons}) == len(ons)  # each record its own list, as before
+
+
+times = st.one_of(st.integers(0, 6).map(float), st.sampled_from([math.nan, math.inf, -math.inf, -0.0, 1e300]))
+
+
+@settings(max_examples=200)
+@given(st.lists(st.tuples(st.integers(0, 3), times, st.sampled_from([1.0, 2.0]), st.floats(-2, 2)), max_size=25),
+       st.booleans(), st.sampled_from([0, 2**15 - 1, 2**15, 70000]))
+def test_rows_are_ordered_as_before(rows, by_time, base):
+    if by_time:  # the usual case: each signal's rows come by time
+        rows = sorted(rows, key=lambda r: (r[1] if not math.isnan(r[1]) else 0.0))
+    ids = np.array([base + r[0] for r in rows], dtype=np.int64)
+    t0 = np.array([r[1] for r in rows], dtype=np.float64)
+    width = np.array([r[2] for r in rows], dtype=np.float64)
+    v = np.array([r[3] for r in rows], dtype=np.float64)
+    args = (ids, t0, width, v, v + 1, v * 2, np.ones(len(rows)))
+    assert report._order(*args).tolist() == report_before._order(*args).tolist()
+
+
+def test_rows_already_by_time_and_one_row_and_none():
+    for ids, t0 in (([0, 1, 0, 1], [1.0, 1.0, 2.0, 2.0]), ([5], [3.0]), ([], [])):
+        a = np.array(ids, dtype=np.int64)
+        t = np.array(t0, dtype=np.float64)
+        args = (a, t, t, t, t, t, t)
+        assert report._order(*args).tolist() == report_before._order(*args).tolist()

@@ -101,6 +101,6 @@ def _order(ids: np.ndarray, t0: np.ndarray, width: np.ndarray, lo: np.ndarray, h
     twice) by every column."""
     order = np.lexsort((t0, ids))
     i_s, t_s = ids[order], t0[order]
-    if np.isfinite(t_s).all() and ((i_s[1:] != i_s[:-1]) | (t_s[1:] > t_s[:-1])).all():
+    if np.isfinite(t_s).all() and ((i_s[1:] != i_s[:-1]) | (t_s[1:] != t_s[:-1])).all():
         return order
     return np.lexsort((n, mean, hi, lo, t0 + width, t0, ids))
