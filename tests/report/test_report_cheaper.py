@@ -113,7 +113,7 @@ alerts = st.builds(
 RULES = {"hot": ["A.*"], "spread": ["*.x", "B.?"], "stale": []}
 
 
-@settings(max_examples=150)
+@settings(max_examples=100)
 @given(st.lists(alerts, max_size=12), st.one_of(st.none(), st.floats(0, 200)), st.booleans())
 def test_alert_intervals_are_as_before(alert_list, t_end, with_rules):
     rules = RULES if with_rules else None
@@ -127,7 +127,7 @@ def test_alert_intervals_are_as_before(alert_list, t_end, with_rules):
 times = st.one_of(st.integers(0, 6).map(float), st.sampled_from([math.nan, math.inf, -math.inf, -0.0, 1e300]))
 
 
-@settings(max_examples=200)
+@settings(max_examples=100)
 @given(st.lists(st.tuples(st.integers(0, 3), times, st.sampled_from([1.0, 2.0]), st.floats(-2, 2)), max_size=25),
        st.booleans(), st.sampled_from([0, 2**15 - 1, 2**15, 70000]))
 def test_rows_are_ordered_as_before(rows, by_time, base):
