@@ -350,8 +350,7 @@ def write_report(path: str | Path, data: Mapping[str, Any]) -> Path:
     return path
 
 
-
-_PLACE = "\x00series\x00"  # stands for the series while the rest is encoded (no page text has it)
+_PLACE = "\x00series\x00"  # stands for the series while the rest is encoded (if found once only)
 _NONE_TYPE = type(None)
 
 
