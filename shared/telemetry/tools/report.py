@@ -19,6 +19,7 @@ import html
 import json
 import math
 from collections.abc import Iterable, Mapping, Sequence
+from itertools import chain
 from pathlib import Path
 from typing import Any
 
@@ -88,8 +89,12 @@ def _r_list(x: np.ndarray) -> list[float | None]:
     10**6``); ``m / 10**k`` (or ``m * 10**-k``), with ``m`` and the power of ten exact, is one
     correctly rounded operation: the double nearest the decimal, which is what ``float`` reads
     from the formatted digits. Zero stays as it is. Values off that path (ties, |k| > 22, a
-    misjudged exponent, NaN and inf) go through ``_r`` itself."""
+    misjudged exponent, NaN and inf) go through ``_r`` itself. A column of whole numbers under
+    10**6 (counts, most of all) has at most six digits each: it is itself."""
     x = np.asarray(x, dtype=np.float64)
+    with np.errstate(invalid="ignore"):
+        if ((np.abs(x) < 1e6) & (np.rint(x) == x)).all():  # NaN and inf are not
+            return x.tolist()
     ax = np.abs(x)
     with np.errstate(all="ignore"):
         k = 5 - np.floor(np.log10(ax))
@@ -205,7 +210,14 @@ def _order(ids: np.ndarray, t0: np.ndarray, width: np.ndarray, lo: np.ndarray, h
            n: np.ndarray) -> np.ndarray:
     """The rows by signal, then by (t0, t1, min, max, mean, n): by signal and t0 alone while
     those are unique (the other columns then cannot reorder anything), else (a window heard
-    twice) by every column."""
+    twice) by every column. Rows usually come by time within each signal already: a stable sort
+    of the signals alone (a radix sort on 16 bits) is then that order, as ``lexsort`` gives it
+    (the order of (signal, t0) without ties is one)."""
+    if len(ids) and 0 <= ids.min() and ids.max() < 2**15:
+        order = np.argsort(ids.astype(np.int16), kind="stable")
+        i_s, t_s = ids[order], t0[order]
+        if np.isfinite(t_s).all() and ((i_s[1:] != i_s[:-1]) | (t_s[1:] > t_s[:-1])).all():
+            return order
     order = np.lexsort((t0, ids))
     i_s, t_s = ids[order], t0[order]
     if np.isfinite(t_s).all() and ((i_s[1:] != i_s[:-1]) | (t_s[1:] != t_s[:-1])).all():
@@ -239,11 +251,15 @@ def alert_intervals(alerts: Sequence[Alert], t_end: float | None, plotted: Seque
         if a.state == "raised":
             rec["raised"] = a.t
     out = list(by_id.values())
+    drawn: dict[tuple[str, str], list[str]] = {}  # many alerts share a key and a rule
     for rec in out:
         end = rec["cleared"] if rec["cleared"] is not None else t_end
         rec["end"] = end if end is not None else rec["raised"]
         rec["duration"] = rec["end"] - rec["raised"]
-        rec["on"] = _drawn_on(rec["signal"], (rules or {}).get(rec["rule"], ()), plotted)
+        on = drawn.get((rec["signal"], rec["rule"]))
+        if on is None:
+            on = drawn[rec["signal"], rec["rule"]] = _drawn_on(rec["signal"], (rules or {}).get(rec["rule"], ()), plotted)
+        rec["on"] = list(on)
     return sorted(out, key=lambda r: (r["rule"], r["raised"]))
 
 
@@ -325,7 +341,7 @@ def report_data(summary: Mapping[str, Any], payloads: Sequence[wire.Payload], al
 def write_report(path: str | Path, data: Mapping[str, Any]) -> Path:
     """Write the page: the template with the data embedded (``</`` escaped so that no value can
     end the script element)."""
-    blob = json.dumps(data, separators=(",", ":"), allow_nan=False).replace("</", "<\\/")
+    blob = dumps(data).replace("</", "<\\/")
     template = Path(__file__).with_name("report_template.html").read_text(encoding="utf-8")
     head, tail = template.split("__DATA__")
     page = head.replace("__TITLE__", html.escape(str(data.get("title", "Replay report"))), 1) + blob + tail
@@ -333,3 +349,67 @@ def write_report(path: str | Path, data: Mapping[str, Any]) -> Path:
     path.write_text(page, encoding="utf-8")
     return path
 
+
+_PLACE = "\x00series\x00"  # stands for the series while the rest is encoded (if found once only)
+_NONE_TYPE = type(None)
+
+
+def dumps(data: Mapping[str, Any]) -> str:
+    """``json.dumps(data, separators=(",", ":"), allow_nan=False)``, the same text, with the
+    plots' numbers (``data["series"]``, most of the page) encoded by ``_series_json``: a float's
+    JSON text is its ``repr``, and a series repeats few distinct values (a message's signals
+    share their times; counts and flat signals repeat), so each distinct double is formatted
+    once. Anything that path does not take as it is (not a dict of dicts of lists of floats and
+    None, a non-finite float, a key that is not a str) goes through ``json.dumps`` whole."""
+    series = data.get("series") if isinstance(data, dict) else None
+    text = _series_json(series) if type(series) is dict and series else None
+    if text is None:
+        return json.dumps(data, separators=(",", ":"), allow_nan=False)
+    blob = json.dumps({**data, "series": _PLACE}, separators=(",", ":"), allow_nan=False)
+    place = json.dumps(_PLACE)
+    if blob.count(place) != 1:
+        return json.dumps(data, separators=(",", ":"), allow_nan=False)
+    return blob.replace(place, text, 1)
+
+
+class _NotPlain(Exception):
+    """A value ``_series_json`` leaves to ``json.dumps``."""
+
+
+class _Texts(dict[Any, str]):
+    """float -> its JSON text (``repr``), made on first sight. A zero is not kept: 0.0 and -0.0
+    are equal keys with two texts. NaN and inf are not JSON (``json.dumps`` says so itself)."""
+
+    def __missing__(self, value: float) -> str:
+        if not math.isfinite(value):
+            raise _NotPlain
+        text = repr(value)
+        if value != 0.0:
+            self[value] = text
+        return text
+
+
+def _series_json(series: dict[Any, Any]) -> str | None:
+    """The JSON text of ``{name: {key: [float or None, ...]}}`` as ``json.dumps`` writes it, or
+    None where it is not of that form or holds NaN or inf. Each column is checked to hold only
+    floats and None first: an int or a bool would be an equal key with another text."""
+    columns: list[list[Any]] = []
+    for name, s in series.items():
+        if type(name) is not str or type(s) is not dict:
+            return None
+        for key, column in s.items():
+            if type(key) is not str or type(column) is not list:
+                return None
+            columns.append(column)
+    if not set(map(type, chain.from_iterable(columns))) <= {float, _NONE_TYPE}:
+        return None
+    texts = _Texts({None: "null"})
+    text = texts.__getitem__
+    out: list[str] = []
+    try:
+        for name, s in series.items():
+            keys = [f"{json.dumps(key)}:[{','.join(map(text, column))}]" for key, column in s.items()]
+            out.append(f"{json.dumps(name)}:{{{','.join(keys)}}}")
+    except _NotPlain:
+        return None
+    return "{" + ",".join(out) + "}"
