@@ -364,6 +364,13 @@ def _powers(base: int, width: int) -> np.ndarray:
     return base ** np.arange(width - 1, -1, -1, dtype=np.int64)
 
 
+def _dot(digits: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """``digits @ weights`` of small non-negative integers, in float64 (BLAS: a few times faster
+    than numpy's integer matmul). Every product and every partial sum is an integer, exact while
+    below 2**53; a sum past 2**53 comes out at 2**53 or above (rounding is monotonic)."""
+    return digits @ weights.astype(np.float64)
+
+
 def _widths(length: np.ndarray, widest: int) -> list[int]:
     """The token lengths from 1 to ``widest`` that occur: tokens are decoded one length at a time,
     as fixed-width matrices (a block has few: ids of 3 and 8 digits, timestamps of one layout)."""
@@ -385,7 +392,7 @@ def _integers(b: _Block, s: np.ndarray, e: np.ndarray, base: int, widest: int) -
     for width in _widths(length, widest):
         rows = np.flatnonzero(length == width)
         digits = _DIGIT[base].take(b.windows(s[rows], width))
-        values[rows] = digits @ _powers(base, width)
+        values[rows] = _dot(digits, _powers(base, width))  # at most 9 digits (16**9 < 2**53): exact
         ok[rows] = True
         ok[rows[_rows_with(digits >= base)]] = False
     return values, ok
@@ -438,10 +445,10 @@ def _decimals(b: _Block, s: np.ndarray, e: np.ndarray) -> tuple[np.ndarray, np.n
         bad[:, place_] = False  # the dot, read as a digit of weight 0
         weights = _powers(10, width) // np.where(np.arange(width) < place_, 10, 1)
         weights[place_] = 0
-        n = digits @ weights
+        n = _dot(digits, weights)  # exact below 2**53; from 2**53 on, float() reads it below
         t[rows] = n / _POW10F[width - place_ - 1]
-        ok[rows] = n <= _EXACT
-        too_long[rows] = n > _EXACT
+        ok[rows] = n < _EXACT
+        too_long[rows] = n >= _EXACT
         ok[rows[_rows_with(bad)]] = False
     # Longer numbers (nanoseconds on an epoch) are correct through float(), one at a time.
     for i in np.flatnonzero(too_long).tolist():
@@ -508,10 +515,13 @@ def _hex_payload(b: _Block, s: np.ndarray, pairs: np.ndarray) -> tuple[np.ndarra
     if data.shape[1] == CLASSIC and len(s):
         # classic frames of any lengths at once: 16 digits read from every line, each line's
         # own length of them kept (what lies past a line's payload is neither read nor checked)
+        # (as 64-bit words: a row's 16 digits are two words, its 8 bytes one)
         nibbles = _DIGIT[16].take(b.windows(s, 2 * CLASSIC))
-        mine = np.arange(2 * CLASSIC) < 2 * pairs[:, None]
-        ok[_rows_with((nibbles >= 16) & mine)] = False
-        np.copyto(data, (nibbles[:, 0::2] << 4) | nibbles[:, 1::2], where=mine[:, 0::2])
+        odd = (nibbles >= 16).view("<u8")
+        ok = ((odd[:, 0] & _MINE_LOW[pairs]) | (odd[:, 1] & _MINE_HIGH[pairs])) == 0
+        pair = nibbles.view("<u2")  # a byte's first digit in the low half (little-endian)
+        data = ((pair << 4) | (pair >> 8)).astype(np.uint8)
+        data.view("<u8")[:, 0] &= _MINE_BYTES[pairs]
         return data, ok
     for size in _widths(pairs, FD):
         rows = np.flatnonzero(pairs == size)
@@ -519,6 +529,12 @@ def _hex_payload(b: _Block, s: np.ndarray, pairs: np.ndarray) -> tuple[np.ndarra
         _put(data, rows, size, (nibbles[:, 0::2] << 4) | nibbles[:, 1::2])
         ok[rows[_rows_with(nibbles >= 16)]] = False
     return data, ok
+
+
+# Per payload length 0-8: its bytes' (and their two hex digits') flags as 64-bit words (little-endian).
+_MINE_BYTES = np.array([(1 << 8 * k) - 1 for k in range(CLASSIC + 1)], "<u8")
+_MINE_LOW = np.array([(1 << 8 * min(2 * k, 8)) - 1 for k in range(CLASSIC + 1)], "<u8")
+_MINE_HIGH = np.array([(1 << 8 * max(2 * k - 8, 0)) - 1 for k in range(CLASSIC + 1)], "<u8")
 
 
 def _put(data: np.ndarray, rows: np.ndarray, size: int, values: np.ndarray) -> None:
