@@ -2,7 +2,9 @@
 
 python-can's readers build one ``can.Message`` per line at a few microseconds each. This module
 reads a block of lines as bytes, finds every line's tokens with numpy, checks each line against a
-strict pattern of the common case and decodes the lines that fit in a handful of array operations.
+strict pattern of the common case and decodes the lines that fit in a handful of array operations
+(candump lines of the usual layout are read from their starts and ends alone, every byte checked,
+without the tokens; the block's other lines by their tokens).
 A line that does not fit (odd spacing, a tab, a non-ASCII byte, a corrupt or truncated frame, a
 number written in a form the pattern does not cover) is read by python-can's own reader for the
 format, on its own, and counted (``ParseCounts.slow_lines``): the parser never guesses. Every line
