@@ -1,7 +1,9 @@
 """The candump parser's fast pattern as it was at 0242853, before it found a line's first dot and
-"#" where the first line has them (a search of the whole block's only for the other lines): the
-reference the tests compare ``logparse`` with, frame for frame, record for record and count for
-count (lines left to python-can). Its docstrings are as they were."""
+"#" where the first line has them (a search of the whole block's only for the other lines), before
+it read lines of the common layout without tokens, read hex payloads as 64-bit words and summed
+digits in float64 (``_integers_before`` is as it was at 979a29b): the reference the tests compare
+``logparse`` with, frame for frame, record for record and count for count (lines left to
+python-can). Its docstrings are as they were."""
 
 
 from __future__ import annotations
@@ -23,7 +25,6 @@ from telemetry.edge.logparse import (
     _Block,
     _Candump,
     _frames,
-    _integers,
     _powers,
     _Rows,
     _rows_with,
@@ -71,6 +72,21 @@ def _decimals_before(b: _Block, s: np.ndarray, e: np.ndarray) -> tuple[np.ndarra
     return t, ok
 
 
+def _integers_before(b: _Block, s: np.ndarray, e: np.ndarray, base: int, widest: int) -> tuple[np.ndarray, np.ndarray]:
+    """The values of the tokens ``[s, e)`` read as unsigned integers of 1 to ``widest`` digits, and
+    which of them are (no sign, no prefix, no underscore: ``int()`` reads more, python-can then does)."""
+    length = e - s
+    values = np.zeros(len(s), np.int64)
+    ok = np.zeros(len(s), bool)
+    for width in _widths(length, widest):
+        rows = np.flatnonzero(length == width)
+        digits = _DIGIT[base].take(b.windows(s[rows], width))
+        values[rows] = digits @ _powers(base, width)
+        ok[rows] = True
+        ok[rows[_rows_with(digits >= base)]] = False
+    return values, ok
+
+
 def _hex_payload_before(b: _Block, s: np.ndarray, pairs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Payloads written as one hex string (``0102AB``) starting at ``s``, ``pairs`` bytes long."""
     data = np.zeros((b.n, FD if pairs.max(initial=0) > CLASSIC else CLASSIC), np.uint8)
@@ -99,7 +115,7 @@ class CandumpBefore(_Candump):
         h = hashes[np.minimum(k, len(hashes) - 1)] if len(hashes) else e2
         ok &= (k < len(hashes)) & (h < e2)
         h = np.where(ok, h, s2)
-        can_id, good_id = _integers(b, s2, h, 16, 8)
+        can_id, good_id = _integers_before(b, s2, h, 16, 8)
         ok &= good_id
         fd = (h + 1 < e2) & (b.at(h + 1) == ord("#"))
         ok &= ~fd | ((b.at(h + 2) - np.uint8(48)) < 10)  # python-can: int() of the one flags character

@@ -59,3 +59,44 @@ def test_candump_lines_are_read_as_before(tmp_path_factory, lines, chunk_frames,
         assert a.dtype == b.dtype and np.array_equal(a, b), name
     assert got_bad == want_bad
     assert got_counts == want_counts
+
+
+# Lines of the common layout ``_Candump.layout`` reads without tokens, and every way to leave it.
+ts = st.one_of(st.sampled_from(["1782900000.003379", "0.5", "12.250000", "9007199254740993.0", "9007199254740992.0",
+                                "900719925474099.3", "9007199254740991.9", "1782900000123456789.123456789", "5.",
+                                ".5", "1.2.3", "1e3", "99999999999999999999.99"]),
+               st.builds(lambda a, b: f"{a}.{b}", digits, digits))
+layout_id = st.one_of(st.sampled_from(["100", "7FF", "7ff", "18FF50E5", "20000080", "1FFFFFFF", "FFFFFFFF", "1ABCDEF",
+                                       "123456789", "12", "1g0", "10 0"]), hexes)
+payload = st.one_of(st.text("0123456789abcdefABCDEF", max_size=18).filter(lambda d: len(d) % 2 == 0),
+                    st.sampled_from(["", "R", "r", "#1", "##", "##100", "0", "00112233445566778", "0g", "00 ",
+                                     "00112233445566778899AABBCCDDEEFF"]))
+ending = st.sampled_from(["", " R", " T", " r", " t", " x", "  R", "\tR", " R ", " RT", " "])
+bus = st.sampled_from(["can0", "can0", "can0", "vcan0", "c", "a_very_long_bus_name_of_30_chars", "ca\u00e9n0", "can0\t"])
+layout_line = st.builds(lambda t, b, i, d, end: f"({t}) {b} {i}#{d}{end}", ts, bus, layout_id, payload, ending)
+odd_line = st.sampled_from(["", " ", "\t", "# comment", "(1.0) can0", "( 1.0) can0 100#00", "(1.0)  can0 100#00",
+                            "(1.0) can0 100#00\x00", "(1.0) can0 100#00\u00e9", "((1.0) can0 100#00",
+                            "(1.0)) can0 100#00", "(1.0)can0 100#00", "\u00e9(1.0) can0 100#00"])
+newline = st.sampled_from(["\n", "\n", "\n", "\r\n", "\r"])
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.tuples(st.one_of(layout_line, layout_line, odd_line), newline), min_size=1, max_size=40),
+       st.integers(1, 12), st.booleans())
+@example([("(1.0) can0 100#0011 R", "\n"), ("(1.0) vcan0 100#00", "\n"), ("(1.0) can0 20000080#00", "\n")], 2, True)
+@example([("(9007199254740993.0) can0 100#00", "\n"), ("(9007199254740992.0) can0 100#00", "\n")], 5, False)
+def test_candump_layout_lines_are_read_as_before(tmp_path_factory, lines, chunk_frames, newline_at_end):
+    path = tmp_path_factory.mktemp("log") / "x.log"
+    text = "".join(line + end for line, end in lines)
+    if not newline_at_end:
+        text = text.rstrip("\r\n")  # a cut last line
+    path.write_bytes(text.encode())
+    got, got_bad, got_counts = parse(_Candump, path, chunk_frames)
+    want, want_bad, want_counts = parse(CandumpBefore, path, chunk_frames)
+    assert len(got) == len(want)
+    for name in FIELDS:
+        a, b = getattr(got, name), getattr(want, name)
+        assert a.dtype == b.dtype and np.array_equal(a, b), name
+    assert np.array_equal(got.t.view(np.uint64), want.t.view(np.uint64))
+    assert got_bad == want_bad
+    assert got_counts == want_counts

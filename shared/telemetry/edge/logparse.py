@@ -2,7 +2,9 @@
 
 python-can's readers build one ``can.Message`` per line at a few microseconds each. This module
 reads a block of lines as bytes, finds every line's tokens with numpy, checks each line against a
-strict pattern of the common case and decodes the lines that fit in a handful of array operations.
+strict pattern of the common case and decodes the lines that fit in a handful of array operations
+(candump lines of the usual layout are read from their starts and ends alone, every byte checked,
+without the tokens; the block's other lines by their tokens).
 A line that does not fit (odd spacing, a tab, a non-ASCII byte, a corrupt or truncated frame, a
 number written in a form the pattern does not cover) is read by python-can's own reader for the
 format, on its own, and counted (``ParseCounts.slow_lines``): the parser never guesses. Every line
@@ -25,6 +27,7 @@ comments, ``internal events logged``) is read by python-can's own header parser.
 
 from __future__ import annotations
 
+import functools
 import io
 import itertools
 import logging
@@ -257,38 +260,70 @@ class _LineReader:
 
 
 class _Block:
-    """Lines of bytes split into whitespace-separated tokens, all lines at once."""
+    """Lines of bytes split into whitespace-separated tokens, all lines at once. The tokens (and
+    ``plain``) are found when first asked for: a parser's layout path may read every line without
+    them."""
 
     def __init__(self, a: np.ndarray, newlines: np.ndarray | None = None) -> None:
         self.a = a
         newlines = np.flatnonzero(a == 10) if newlines is None else newlines
+        self.newlines = newlines
         self.unterminated = bool(len(a)) and a[-1] != 10
         self.ends = np.append(newlines, len(a)) if self.unterminated else newlines
         self.starts = np.concatenate(([0], self.ends[:-1] + 1))
         self.n = len(self.ends)
-        # Only printable ASCII and spaces are read here; anything else (a tab, a control
-        # character, UTF-8) is python-can's to read.
-        self.plain = np.ones(self.n, bool)
-        if np.count_nonzero(a < 32) != len(newlines) or np.count_nonzero(a > 126):
+        # Padded on both sides, so that windows and single bytes near the edges need no checks.
+        self.padded = np.concatenate((_PADDING, a, _PADDING))
+        self._views: dict[int, np.ndarray] = {}
+
+    @functools.cached_property
+    def plain(self) -> np.ndarray:
+        """Which lines are only printable ASCII and spaces: only those are read here; anything else
+        (a tab, a control character, UTF-8) is python-can's to read."""
+        a = self.a
+        plain = np.ones(self.n, bool)
+        if np.count_nonzero(a < 32) != len(self.newlines) or np.count_nonzero(a > 126):
             odd = np.flatnonzero(((a < 32) & (a != 10)) | (a > 126))
-            self.plain[np.searchsorted(self.ends, odd)] = False
+            plain[np.searchsorted(self.ends, odd)] = False
         if self.unterminated:
-            self.plain[-1] = False  # a logger that lost power: python-can's reader says what it is
+            plain[-1] = False  # a logger that lost power: python-can's reader says what it is
+        return plain
+
+    @functools.cached_property
+    def _tokens(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         # Tokens: where the bytes turn from separators (space, newline, control) to others and back.
+        a = self.a
         sep = a <= 32
         edges = np.flatnonzero(sep[1:] != sep[:-1]) + 1
         if len(a) and not sep[0]:
             edges = np.concatenate(([0], edges))
         if len(a) and not sep[-1]:
             edges = np.append(edges, len(a))
-        self.tok_start = np.ascontiguousarray(edges[0::2])
-        self.tok_end = np.ascontiguousarray(edges[1::2])
-        before_end = np.searchsorted(self.tok_start, self.ends)
-        self.ntok = np.diff(before_end, prepend=0)
-        self.first = before_end - self.ntok
-        # Padded on both sides, so that windows and single bytes near the edges need no checks.
-        self.padded = np.concatenate((_PADDING, a, _PADDING))
-        self._views: dict[int, np.ndarray] = {}
+        tok_start = np.ascontiguousarray(edges[0::2])
+        tok_end = np.ascontiguousarray(edges[1::2])
+        before_end = np.searchsorted(tok_start, self.ends)
+        ntok = np.diff(before_end, prepend=0)
+        return tok_start, tok_end, ntok, before_end - ntok
+
+    @property
+    def tok_start(self) -> np.ndarray:
+        """Where each token of the block starts."""
+        return self._tokens[0]
+
+    @property
+    def tok_end(self) -> np.ndarray:
+        """Where each token of the block ends (the separator after it)."""
+        return self._tokens[1]
+
+    @property
+    def ntok(self) -> np.ndarray:
+        """How many tokens each line has."""
+        return self._tokens[2]
+
+    @property
+    def first(self) -> np.ndarray:
+        """The index of each line's first token (in ``tok_start``)."""
+        return self._tokens[3]
 
     def token(self, j: int | np.ndarray, lines: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Start and end of token ``j`` of each line (of ``lines``), 0, 0 where a line has fewer."""
@@ -331,6 +366,13 @@ def _powers(base: int, width: int) -> np.ndarray:
     return base ** np.arange(width - 1, -1, -1, dtype=np.int64)
 
 
+def _dot(digits: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """``digits @ weights`` of small non-negative integers, in float64 (BLAS: a few times faster
+    than numpy's integer matmul). Every product and every partial sum is an integer, exact while
+    below 2**53; a sum past 2**53 comes out at 2**53 or above (rounding is monotonic)."""
+    return digits @ weights.astype(np.float64)
+
+
 def _widths(length: np.ndarray, widest: int) -> list[int]:
     """The token lengths from 1 to ``widest`` that occur: tokens are decoded one length at a time,
     as fixed-width matrices (a block has few: ids of 3 and 8 digits, timestamps of one layout)."""
@@ -352,7 +394,7 @@ def _integers(b: _Block, s: np.ndarray, e: np.ndarray, base: int, widest: int) -
     for width in _widths(length, widest):
         rows = np.flatnonzero(length == width)
         digits = _DIGIT[base].take(b.windows(s[rows], width))
-        values[rows] = digits @ _powers(base, width)
+        values[rows] = _dot(digits, _powers(base, width))  # at most 9 digits (16**9 < 2**53): exact
         ok[rows] = True
         ok[rows[_rows_with(digits >= base)]] = False
     return values, ok
@@ -405,10 +447,10 @@ def _decimals(b: _Block, s: np.ndarray, e: np.ndarray) -> tuple[np.ndarray, np.n
         bad[:, place_] = False  # the dot, read as a digit of weight 0
         weights = _powers(10, width) // np.where(np.arange(width) < place_, 10, 1)
         weights[place_] = 0
-        n = digits @ weights
+        n = _dot(digits, weights)  # exact below 2**53; from 2**53 on, float() reads it below
         t[rows] = n / _POW10F[width - place_ - 1]
-        ok[rows] = n <= _EXACT
-        too_long[rows] = n > _EXACT
+        ok[rows] = n < _EXACT
+        too_long[rows] = n >= _EXACT
         ok[rows[_rows_with(bad)]] = False
     # Longer numbers (nanoseconds on an epoch) are correct through float(), one at a time.
     for i in np.flatnonzero(too_long).tolist():
@@ -475,10 +517,13 @@ def _hex_payload(b: _Block, s: np.ndarray, pairs: np.ndarray) -> tuple[np.ndarra
     if data.shape[1] == CLASSIC and len(s):
         # classic frames of any lengths at once: 16 digits read from every line, each line's
         # own length of them kept (what lies past a line's payload is neither read nor checked)
+        # (as 64-bit words: a row's 16 digits are two words, its 8 bytes one)
         nibbles = _DIGIT[16].take(b.windows(s, 2 * CLASSIC))
-        mine = np.arange(2 * CLASSIC) < 2 * pairs[:, None]
-        ok[_rows_with((nibbles >= 16) & mine)] = False
-        np.copyto(data, (nibbles[:, 0::2] << 4) | nibbles[:, 1::2], where=mine[:, 0::2])
+        odd = (nibbles >= 16).view("<u8")
+        ok = ((odd[:, 0] & _MINE_LOW[pairs]) | (odd[:, 1] & _MINE_HIGH[pairs])) == 0
+        pair = nibbles.view("<u2")  # a byte's first digit in the low half (little-endian)
+        data = ((pair << 4) | (pair >> 8)).astype(np.uint8)
+        data.view("<u8")[:, 0] &= _MINE_BYTES[pairs]
         return data, ok
     for size in _widths(pairs, FD):
         rows = np.flatnonzero(pairs == size)
@@ -486,6 +531,12 @@ def _hex_payload(b: _Block, s: np.ndarray, pairs: np.ndarray) -> tuple[np.ndarra
         _put(data, rows, size, (nibbles[:, 0::2] << 4) | nibbles[:, 1::2])
         ok[rows[_rows_with(nibbles >= 16)]] = False
     return data, ok
+
+
+# Per payload length 0-8: its bytes' (and their two hex digits') flags as 64-bit words (little-endian).
+_MINE_BYTES = np.array([(1 << 8 * k) - 1 for k in range(CLASSIC + 1)], "<u8")
+_MINE_LOW = np.array([(1 << 8 * min(2 * k, 8)) - 1 for k in range(CLASSIC + 1)], "<u8")
+_MINE_HIGH = np.array([(1 << 8 * max(2 * k - 8, 0)) - 1 for k in range(CLASSIC + 1)], "<u8")
 
 
 def _put(data: np.ndarray, rows: np.ndarray, size: int, values: np.ndarray) -> None:
@@ -604,10 +655,78 @@ def _frames(t: np.ndarray, can_id: np.ndarray, extended: np.ndarray, error: np.n
     return _Rows(np.flatnonzero(keep), Frames(*columns))
 
 
+# A line of the layout ``_Candump.layout`` reads, among a block's first bytes: its bus.
+_CANDUMP_LAYOUT = re.compile(rb"^\([0-9]+\.[0-9]+\) ([!-~]{1,16}) [0-9A-Fa-f]+#", re.MULTILINE)
+_LAYOUT_PROBE = 1024
+
+
 class _Candump(_Parser):
     """``(1436509052.249713) vcan0 12345678#112233 R``: ``ID#DATA``, ``ID#R``, ``ID##<flags>DATA``."""
 
     def fast(self, b: _Block) -> tuple[_Rows, np.ndarray]:
+        layout = self.layout(b)
+        if layout is None:
+            return self.tokens(b)
+        rows, ok = layout
+        if ok.all():
+            return rows, ok
+        # The lines of another layout (another bus, a remote or CAN FD frame, a blank or odd line),
+        # by tokens, as a block of their own: every line is read on its own by the tokens too.
+        other = np.flatnonzero(~ok)
+        starts, ends = b.starts[other].tolist(), (b.ends[other] + 1).tolist()
+        data = b"".join(b.a[lo:hi].tobytes() for lo, hi in zip(starts, ends))
+        other_rows, other_done = self.tokens(_Block(np.frombuffer(data, np.uint8)))
+        done = ok.copy()
+        done[other] = other_done
+        lines = np.concatenate((rows.line, other[other_rows.line]))
+        order = np.argsort(lines, kind="stable")
+        return _Rows(lines[order], Frames.concat([rows.frames, other_rows.frames]).take(order)), done
+
+    def layout(self, b: _Block) -> tuple[_Rows, np.ndarray] | None:
+        """The lines written as ``(<t>) <bus> <id>#<data>[ R|T]``, ``<bus>`` that of the block's
+        first such line, ``<id>`` of 3 or 8 hex digits and at most 8 bytes of data, read from the
+        lines' starts and ends alone (no tokens): every byte of such a line is checked. The frames
+        and which lines they are; None when no line of the first ones is of that layout."""
+        first = _CANDUMP_LAYOUT.search(b.a[:_LAYOUT_PROBE].tobytes())
+        if first is None:
+            return None
+        bus = b" " + first.group(1) + b" "
+        st, en = b.starts, b.ends
+        closes = np.flatnonzero(b.a == ord(")"))
+        if len(closes) == b.n:
+            close = closes  # one a line, nearly always: each line's own when it lies in that line
+            ok = (close > st) & (close < en)
+        else:
+            k = np.searchsorted(closes, st)
+            close = closes[np.minimum(k, len(closes) - 1)] if len(closes) else st
+            ok = (k < len(closes)) & (close < en)
+        ok &= b.at(st) == ord("(")
+        close = np.where(ok, close, st)  # no timestamp where there is no ")"
+        t, good_t = _decimals(b, st + 1, close)
+        ok &= good_t & _starts_with(b, close + 1, bus)
+        s2 = close + 1 + len(bus)
+        h = np.where(b.at(s2 + 3) == ord("#"), s2 + 3, s2 + 8)
+        ok &= b.at(h) == ord("#")
+        can_id, good_id = _integers(b, s2, h, 16, 8)
+        ok &= good_id
+        # " R" or " T" at the end: the direction; the data is what lies between "#" and the end
+        direction = b.at(en - 2) == ord(" ")
+        letter = b.at(en - 1) | np.uint8(32)
+        ok &= ~direction | (letter == ord("r")) | (letter == ord("t"))
+        size = en - h - 1 - 2 * direction
+        ok &= (size >= 0) & (size <= 2 * CLASSIC) & (size % 2 == 0)
+        if b.unterminated:
+            ok[-1] = False  # python-can's reader says what a cut last line is
+        pairs = np.where(ok, size // 2, 0)
+        data, good_data = _hex_payload(b, h + 1, pairs)
+        ok &= good_data
+        value = can_id.astype(np.int64)
+        error = ((value & CAN_ERR_FLAG) != 0) & ((value & CAN_ERR_BUSERROR) != 0)
+        no = np.zeros(b.n, bool)
+        return _frames(t, value & _CAN_ID_MASK, h - s2 > 3, error, no, no, pairs, data, ok), ok
+
+    def tokens(self, b: _Block) -> tuple[_Rows, np.ndarray]:
+        """Every line, read by its tokens."""
         a, ntok = b.a, b.ntok
         (s0, e0), (s2, e2), (s3, e3) = b.token(0), b.token(2), b.token(3)
         # A 4th token is the direction, one letter after a space (python-can looks at " r"/" t").
