@@ -106,12 +106,28 @@ def runs(draw):
     return batches
 
 
-def close(got: float, want: float, step: float, cell: dict[str, float]) -> bool:
+def close(got: float, want: float, step: float, cell: dict[str, float], size: float = 0.0) -> bool:
     """Within half a step, up to the float64 rounding of the cell's values (a mean of 1.7e15 is
     itself only good to 0.25; the std of samples all 4.5e12 comes out of the aggregator's float
-    sums as 0.001, not 0)."""
-    size = max(abs(cell.get(s, 0.0)) for s in ("min", "max", "mean"))
+    sums as 0.001, not 0): their largest magnitude is ``size``, or what the cell's statistics
+    say. A value on a grid with an offset (raw * 0.1 - 40) is itself good to the offset's float64
+    rounding, not its own: ``size`` then counts the offset (a mean of -0.65 made of such values
+    came out of the aggregator as -0.6499999999999971, and the wire's mean, exact from the raw
+    values and between two steps, as -0.6: half a step and 2.9e-15 away)."""
+    size = max(size, *(abs(cell.get(s, 0.0)) for s in ("min", "max", "mean")))
     return abs(got - want) <= 0.5 * step + 2.0**-48 * max(abs(want), size)
+
+
+def largest(batches: list, name: str, start: float, width: float) -> float:
+    """The largest magnitude among the samples of ``name`` in the window that starts at ``start``."""
+    k = round(start / width)
+    out = 0.0
+    for b in batches:
+        if b.names == (name,):
+            v = b.v[np.floor(b.t / width) == k]
+            if len(v):
+                out = max(out, float(np.abs(v).max()))
+    return out
 
 
 @settings(max_examples=60, deadline=None)
@@ -132,13 +148,35 @@ def test_any_values_in_any_numbers_come_back_as_the_aggregator_made_them(batches
                 for stat in ("min", "max", "first", "last"):
                     if stat in want:
                         assert have[stat] == want[stat], (name, stat, have[stat], want[stat])
+                size = max(largest(batches, name, start, width), abs(res[1]) if res else 0.0)
                 if "mean" in want:
-                    assert close(have["mean"], want["mean"], step, want), (name, have["mean"], want["mean"])
+                    assert close(have["mean"], want["mean"], step, want, size), (name, have["mean"], want["mean"])
                 if "std" in want:
-                    assert close(have["std"], want["std"], step if res else 0.0, want), (name, have["std"], want["std"])
+                    assert close(have["std"], want["std"], step if res else 0.0, want, size), (name, have["std"], want["std"])
                 for stat in ("t_min", "t_max"):
                     if stat in want:
                         assert close(have[stat], want[stat], 1e-6, {}), (name, stat)
+
+
+@pytest.mark.parametrize("offset", [1, 6])
+def test_a_mean_between_two_steps_comes_back_within_half_a_step_of_the_float_mean(offset):
+    # hypothesis found it: B.t (0.1 a step, -40 offset) from -40.0 up by a step a second; in a
+    # 10 s window its float mean is -0.6499999999999971 and the wire's, exact and rounded from
+    # between two steps, -0.6: half a step and 2.9e-15 apart (the values' rounding at -40)
+    t0 = 1782900000.0 + offset
+    t = t0 + np.arange(3000, dtype=np.float64)
+    v = np.arange(3000, dtype=np.float64) * 0.1 - 40.0
+    batches = [columns(**{"B.t": (t.tolist(), v.tolist())})]
+    cfg = parse_config({"vehicle": "car", "aggregator": {"window_seconds": 10.0, "publish_seconds": 30.0,
+                                                         "stats": ["count", "mean", "std"]}}).aggregator
+    ties = 0
+    for sent, got in decoded_windows(Aggregation(cfg, "car", res=Resolutions(RES, {})), batches):
+        for start, signals in sent.items():
+            want, have = signals["B.t"], got[start]["B.t"]
+            size = max(largest(batches, "B.t", start, 10.0), 40.0)
+            assert close(have["mean"], want["mean"], 0.1, want, size), (start, have["mean"], want["mean"])
+            ties += abs(have["mean"] - want["mean"]) > 0.05
+    assert ties  # the case itself: the wire's mean is past half a step from the float mean
 
 
 # -- tables with counts the aggregator would take days to reach --------------------------------
