@@ -44,6 +44,21 @@ def parse(parser_type: type, path: Path, chunk_frames: int) -> tuple[Frames, lis
     return Frames.concat(chunks) if chunks else Frames.empty(), bad, counts
 
 
+def assert_read_as_before(path: Path, chunk_frames: int, bits: bool = False) -> None:
+    """The candump parser reads ``path`` as the frozen reference does: every column (the times
+    bit for bit too, with ``bits``), every bad line and the counts."""
+    got, got_bad, got_counts = parse(_Candump, path, chunk_frames)
+    want, want_bad, want_counts = parse(CandumpBefore, path, chunk_frames)
+    assert len(got) == len(want)
+    for name in FIELDS:
+        a, b = getattr(got, name), getattr(want, name)
+        assert a.dtype == b.dtype and np.array_equal(a, b), name
+    if bits:
+        assert np.array_equal(got.t.view(np.uint64), want.t.view(np.uint64))
+    assert got_bad == want_bad
+    assert got_counts == want_counts
+
+
 @settings(max_examples=150, deadline=None)
 @given(st.lists(line, min_size=1, max_size=30), st.integers(1, 12), st.booleans())
 @example(["(123456.1) can0 100#00", "(1.5) a.b 100#00"], 5, True)  # the first line's dot place: past the token here
@@ -51,14 +66,7 @@ def parse(parser_type: type, path: Path, chunk_frames: int) -> tuple[Frames, lis
 def test_candump_lines_are_read_as_before(tmp_path_factory, lines, chunk_frames, newline_at_end):
     path = tmp_path_factory.mktemp("log") / "x.log"
     path.write_text("\n".join(lines) + ("\n" if newline_at_end else ""))
-    got, got_bad, got_counts = parse(_Candump, path, chunk_frames)
-    want, want_bad, want_counts = parse(CandumpBefore, path, chunk_frames)
-    assert len(got) == len(want)
-    for name in FIELDS:
-        a, b = getattr(got, name), getattr(want, name)
-        assert a.dtype == b.dtype and np.array_equal(a, b), name
-    assert got_bad == want_bad
-    assert got_counts == want_counts
+    assert_read_as_before(path, chunk_frames)
 
 
 # Lines of the common layout ``_Candump.layout`` reads without tokens, and every way to leave it.
@@ -91,12 +99,4 @@ def test_candump_layout_lines_are_read_as_before(tmp_path_factory, lines, chunk_
     if not newline_at_end:
         text = text.rstrip("\r\n")  # a cut last line
     path.write_bytes(text.encode())
-    got, got_bad, got_counts = parse(_Candump, path, chunk_frames)
-    want, want_bad, want_counts = parse(CandumpBefore, path, chunk_frames)
-    assert len(got) == len(want)
-    for name in FIELDS:
-        a, b = getattr(got, name), getattr(want, name)
-        assert a.dtype == b.dtype and np.array_equal(a, b), name
-    assert np.array_equal(got.t.view(np.uint64), want.t.view(np.uint64))
-    assert got_bad == want_bad
-    assert got_counts == want_counts
+    assert_read_as_before(path, chunk_frames, bits=True)

@@ -619,12 +619,10 @@ class ProcessRuntime(Nucleus):
         method: str = "forkserver",
         one_cpu: bool = False,
     ) -> None:
-        super().__init__(recipes_dir, config, cloud, env=env, root=root)
+        super().__init__(recipes_dir, config, cloud, env=env, root=root, one_cpu=one_cpu)
         self.recipes_dir = Path(recipes_dir)
         self.root = None if root is None else str(root)
         self.method = method
-        self.one_cpu = one_cpu
-        self.pinned_cpu: int | None = None  # the CPU the nucleus's own threads share (``one_cpu``)
         self.runners: dict[str, _Process] = {}  # started, by name
         self._processes: dict[str, _Process] = {}  # every child, started or not
 

@@ -205,7 +205,7 @@ def build_summary(runtime: LocalRuntime | ProcessRuntime, components: Any, cfg: 
         "local_bytes": dict(runtime.published_bytes),
         "malformed_messages": malformed,
         "handler_errors": runtime.errors,
-        "pinned_cpu": getattr(runtime, "pinned_cpu", None),  # the CPU the runtime's threads share (its one_cpu)
+        "pinned_cpu": runtime.pinned_cpu,  # the CPU the runtime's threads share (its one_cpu)
     })
     return summary
 

@@ -129,8 +129,11 @@ class Nucleus:
     shares_decoding = True  # subscribers in this process share a binary payload's decoding
 
     def __init__(self, recipes_dir: str | Path, config: VehicleConfig, cloud: CloudTransport, *,
-                 env: Mapping[str, str] | None = None, root: str | Path | None = None) -> None:
+                 env: Mapping[str, str] | None = None, root: str | Path | None = None, one_cpu: bool = False) -> None:
         self.recipes = load_recipes(recipes_dir, root)
+        # whether the threads ``start`` makes in this process share one CPU (``affinity.py``), and which
+        self.one_cpu = one_cpu
+        self.pinned_cpu: int | None = None
         self.config = config
         self.cloud = cloud
         # A laptop has no place for the uploader's device spool: in memory unless told otherwise.
@@ -247,12 +250,10 @@ class LocalRuntime(Nucleus):
         root: str | Path | None = None,
         one_cpu: bool = False,
     ) -> None:
-        super().__init__(recipes_dir, config, cloud, env=env, root=root)
+        super().__init__(recipes_dir, config, cloud, env=env, root=root, one_cpu=one_cpu)
         self.clock = clock or SystemClock()
         self.runners: dict[str, _Runner] = {}
         self._stopped: dict[str, _Runner] = {}
-        self.one_cpu = one_cpu
-        self.pinned_cpu: int | None = None
 
     def _hand(self, route: Any, wire: bytes, as_json: Callable[[], Any]) -> None:
         event = wire if route.recipe.binary_input else as_json()
