@@ -36,7 +36,7 @@ from .arrays import distinct, groups
 from .errors import DbcError
 from .frames import Frames
 from .messages import FlatBatch
-from .plan import Block, Columns, MessagePlan, Program, Unsupported
+from .plan import Block, Cells, MessagePlan, Program, Unsupported
 
 LOG = logging.getLogger(__name__)
 
@@ -352,9 +352,10 @@ class DbcDecoder:
         short = planned & (lengths < need[group])  # cantools refuses a short payload
         failed[rows[short]] = True
         go = planned & ~short
-        blocks = self._program.columns(frames.data, rows[go], frame_roots[go], failed)
+        cells = self._program.run(frames.data, rows[go], frame_roots[go], failed)
         fallback = 0
         if (by_cantools := known & (roots < 0)).any():
+            parts = [cells]
             for i in in_order[by_cantools[in_order]].tolist():
                 entry = slots[i][0]
                 assert entry is not None
@@ -362,8 +363,11 @@ class DbcDecoder:
                 fallback += len(at)
                 ok, decoded = self._decode_rows(entry, frames, at)
                 failed[at[~ok]] = True
-                blocks += [Columns(at[block.rows], np.array([self._program.name_number(block.names[0])], np.int64),
-                                   np.array([block.ranks[0]], np.int64), block.values.T) for block in decoded]
+                for block in decoded:
+                    size = len(block.rows)
+                    parts.append(Cells(at[block.rows], np.full(size, self._program.name_number(block.names[0]), np.int64),
+                                       np.full(size, block.ranks[0], np.int64), block.values[:, 0]))
+            cells = Cells(*(np.concatenate([getattr(c, f) for c in parts]) for f in ("rows", "names", "ranks", "values")))
         failed_here = failed[rows]
         if decoded_here := int(known[group].sum()) - int(failed_here.sum()):
             counts["decoded"] = decoded_here
@@ -386,7 +390,7 @@ class DbcDecoder:
                 LOG.debug("cannot decode 0x%X: %d frames", int(frame_ids[i]), int(per_id[i]))
             counts["decode_error"] = int(failed_here.sum())
             events["decode_error"] = bad_rows
-        batch, non_finite = _flatten(blocks, frames.t, self._program.names)
+        batch, non_finite = _flatten(cells, frames.t, self._program.names)
         events = {name: events[name] for name in ("error", "remote", "unknown_id", "decode_error") if name in events}
         return DecodedBatch(batch, counts, _in_order(unknown), _in_order(failed_ids), sum(non_finite.values()),
                             fallback, events, non_finite, mismatch, reasons)
@@ -512,64 +516,47 @@ def _in_order(counts: dict[int, list[int]]) -> Counter[int]:
     return Counter({key: n for key, (_, n) in sorted(counts.items(), key=lambda item: item[1][0])})
 
 
-def _flatten(blocks: Sequence[Columns], times: np.ndarray, names: Sequence[str]) -> tuple[FlatBatch, Counter[str]]:
-    """The decoded blocks as one FlatBatch, as decoding frame by frame builds it: a name is
-    numbered when its first finite value comes (batch order, then the signal's place in its
-    frame), and each name's samples are contiguous, in batch order. Values that are not finite
-    or beyond ``MAX_MAGNITUDE`` are counted (per name, names in the order such values come),
-    left out. A name's values are one block's row (or several blocks', merged by row)."""
+def _by_name_then_row(ids: np.ndarray, rows: np.ndarray, names: int) -> np.ndarray:
+    """The stable order of the cells by (``ids``, ``rows``): ``np.argsort(ids * (rows.max() + 1)
+    + rows, kind="stable")``. Cells come in row order for most names, so they are sorted by name
+    alone first (numpy's stable sort of 16-bit integers is a radix sort, ten times quicker than
+    the merge sort of 64-bit keys) and the keys checked: if they are in order there, that is the
+    same permutation (ties keep the cells' order either way); if not, the full sort."""
+    key = ids * (int(rows.max()) + 1) + rows
+    if names <= np.iinfo(np.int16).max:
+        order = np.argsort(ids.astype(np.int16), kind="stable")
+        ordered = key[order]
+        if len(ordered) < 2 or bool((ordered[1:] >= ordered[:-1]).all()):
+            return order
+    return np.argsort(key, kind="stable")
+
+
+def _flatten(cells: Cells, times: np.ndarray, names: Sequence[str]) -> tuple[FlatBatch, Counter[str]]:
+    """The cells as one FlatBatch, as decoding frame by frame builds it: a name is numbered
+    when its first finite value comes (batch order, then the signal's place in its frame), and
+    each name's samples are contiguous, in batch order. Values that are not finite or beyond
+    ``MAX_MAGNITUDE`` are counted (per name, names in the order such values come), left out."""
     non_finite: Counter[str] = Counter()
-    # (first row, rank, name, rows, values, the block's times or None) of each signal of each block
-    runs: list[tuple[int, int, int, np.ndarray, np.ndarray, np.ndarray | None]] = []
-    dropped: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []  # rows, ranks, names of values left out
-    for block in blocks:
-        if not len(block.rows):
-            continue
-        with np.errstate(invalid="ignore"):
-            finite = np.abs(block.values) <= MAX_MAGNITUDE  # NaN: False
-        first_row = int(block.rows[0])
-        if finite.all():
-            t = None
-            for j, (name, rank) in enumerate(zip(block.names.tolist(), block.ranks.tolist())):
-                runs.append((first_row, rank, name, block.rows, block.values[j], t))
-            continue
-        for j, (name, rank) in enumerate(zip(block.names.tolist(), block.ranks.tolist())):
-            keep = finite[j]
-            if not keep.all():
-                lost = block.rows[~keep]
-                dropped.append((lost, np.full(len(lost), rank, np.int64), np.full(len(lost), name, np.int64)))
-            rows = block.rows[keep]
-            if len(rows):
-                runs.append((int(rows[0]), rank, name, rows, block.values[j][keep], None))
-    if dropped:
-        lost_rows, lost_ranks, lost_names = (np.concatenate(part) for part in zip(*dropped))
-        in_order = lost_names[np.lexsort((lost_ranks, lost_rows))]
+    rows, numbers, ranks, values = cells.rows, cells.names, cells.ranks, cells.values
+    with np.errstate(invalid="ignore"):
+        finite = np.abs(values) <= MAX_MAGNITUDE  # NaN: False
+    if not finite.all():
+        dropped = ~finite
+        in_order = numbers[dropped][np.lexsort((ranks[dropped], rows[dropped]))]
         seen, at, tally = np.unique(in_order, return_index=True, return_counts=True)
         for i in np.argsort(at, kind="stable").tolist():
             non_finite[names[int(seen[i])]] = int(tally[i])
-    if not runs:
+        rows, numbers, ranks, values = rows[finite], numbers[finite], ranks[finite], values[finite]
+    if not len(rows):
         return FlatBatch.empty(), non_finite
-    # a name's place: that of its first value, the least (row, rank) of its runs
-    by_name: dict[int, list[tuple[int, int, int, np.ndarray, np.ndarray, np.ndarray | None]]] = {}
-    for run in sorted(runs, key=lambda r: (r[0], r[1])):
-        by_name.setdefault(run[2], []).append(run)
-    block_times: dict[int, np.ndarray] = {}  # id() of a block's rows -> their times
-    t_parts, v_parts, counts = [], [], []
-    for parts in by_name.values():
-        if len(parts) == 1:
-            rows, values = parts[0][3], parts[0][4]
-            t = block_times.get(id(rows))
-            if t is None:
-                t = block_times[id(rows)] = times[rows]
-        else:  # a name in several blocks (mux branches, steps): merged by row
-            rows = np.concatenate([p[3] for p in parts])
-            values = np.concatenate([p[4] for p in parts])
-            order = np.argsort(rows, kind="stable")
-            rows, values = rows[order], values[order]
-            t = times[rows]
-        t_parts.append(t)
-        v_parts.append(values)
-        counts.append(len(rows))
-    named = tuple(names[name] for name in by_name)
-    ids = np.repeat(np.arange(len(named)), counts)
-    return FlatBatch(named, ids, np.concatenate(t_parts), np.concatenate(v_parts)), non_finite
+    # a name's place: that of its first value, the least (row, rank) of its cells
+    none = np.iinfo(np.int64).max
+    first = np.full(len(names), none, np.int64)
+    np.minimum.at(first, numbers, rows * (int(ranks.max()) + 1) + ranks)
+    present = np.flatnonzero(first < none)
+    named = present[np.argsort(first[present], kind="stable")]
+    place = np.empty(len(names), np.int64)
+    place[named] = np.arange(len(named))
+    ids = place[numbers]
+    order = _by_name_then_row(ids, rows, len(named))
+    return FlatBatch(tuple(names[i] for i in named.tolist()), ids[order], times[rows[order]], values[order]), non_finite

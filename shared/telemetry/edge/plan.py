@@ -482,28 +482,6 @@ class Cells:
     ranks: np.ndarray  # int64
     values: np.ndarray  # float64
 
-    @classmethod
-    def of(cls, blocks: Sequence[Columns]) -> Cells:
-        if not blocks:
-            empty = np.empty(0, np.int64)
-            return cls(empty, empty, empty, np.empty(0))
-        return cls(np.concatenate([np.tile(b.rows, len(b.names)) for b in blocks]),
-                   np.concatenate([np.repeat(b.names, len(b.rows)) for b in blocks]),
-                   np.concatenate([np.repeat(b.ranks, len(b.rows)) for b in blocks]),
-                   np.concatenate([b.values.reshape(-1) for b in blocks]))
-
-
-@dataclass(frozen=True)
-class Columns:
-    """Decoded values of some signals in the same frames: the frames' rows in the batch, each
-    signal's number (``Program.names``) and place among the values cantools returns for a
-    frame, and the values, one row per signal."""
-
-    rows: np.ndarray  # int64 [m]
-    names: np.ndarray  # int64 [c]
-    ranks: np.ndarray  # int64 [c]
-    values: np.ndarray  # float64 [c, m]
-
 
 @dataclass(frozen=True)
 class _Mux:
@@ -569,7 +547,6 @@ class Program:
         self._span: list[tuple[int, int]] = []  # node -> (first cell, cells)
         self._cells: list[tuple[int, int, int, int, float, float, int, int, int, bool]] = []
         self._tables: dict[str, np.ndarray] | None = None
-        self._node_tables: dict[int, _NodeCells] = {}
 
     def name_number(self, name: str) -> int:
         number = self._numbers.get(name)
@@ -589,7 +566,6 @@ class Program:
         number = self._node_numbers[id(node)] = len(self._nodes)
         self._nodes.append(node)
         self._tables = None
-        self._node_tables = {}
         names = [self.name_number(name) for name in node.names]
         first = len(self._cells)
         for window in node.windows:
@@ -644,146 +620,114 @@ class Program:
             }
         return self._tables
 
-    def _node_cells(self, number: int) -> _NodeCells:
-        """A node's window cells as columns (tables[first:first + count], shaped to broadcast)."""
-        found = self._node_tables.get(number)
-        if found is None:
-            tables = self._table()
-            first, count = self._span[number]
-            part = {key: tables[key][first:first + count] for key in
-                    ("kind", "shift", "mask", "unused", "scale", "offset", "name", "rank", "float", "identity")}
-            kinds = part["kind"].tolist()
-            groups = tuple((kind, np.flatnonzero(part["kind"] == kind)) for kind in dict.fromkeys(kinds))
-            unused = part["unused"][:, None]
-            found = self._node_tables[number] = _NodeCells(
-                groups, part["shift"][:, None], part["mask"][:, None], unused, unused.view(np.int64),
-                part["scale"][:, None], part["offset"][:, None], part["name"], part["rank"],
-                part["float"], part["identity"], bool(part["float"].any()), bool(unused.any()))
-        return found
-
     def run(self, data: np.ndarray, rows: np.ndarray, roots: np.ndarray, failed: np.ndarray) -> Cells:
-        """``columns`` as one value per (frame, signal)."""
-        return Cells.of(self.columns(data, rows, roots, failed))
-
-    def columns(self, data: np.ndarray, rows: np.ndarray, roots: np.ndarray, failed: np.ndarray) -> list[Columns]:
         """The values of the frames at ``rows`` of a batch (``data``: its payload matrix), each
-        decoded by the plan whose root is ``roots``, as blocks of the frames of one node (their
-        rows in the order given: ascending rows give ascending blocks); the payloads must be at
-        least as long as their message (``MessagePlan.decode`` checks that). A frame that fails
-        (a layout longer than the message, a multiplexer value without a branch) is set in
-        ``failed`` (indexed by row) and gives no value. Each node's window cells are computed
-        for all its frames at once, a cell's parameters broadcast over the frames (no table is
-        read per value); its singles and multiplexers are read node by node, and a multiplexer's
-        value picks each frame's next node, level after level."""
+        decoded by the plan whose root is ``roots``; the payloads must be at least as long as
+        their message (``MessagePlan.decode`` checks that). A frame that fails (a layout longer
+        than the message, a multiplexer value without a branch) is set in ``failed`` (indexed by
+        row) and gives no value. A batch of many values is run a slice of frames at a time, so
+        that the value arrays of one step stay small (about ``_MOST_CELLS`` values; the payload
+        words are read for the whole batch, once a step, a few bytes a frame)."""
         tables = self._table()
-        words: dict[int, np.ndarray] = {}  # window kind -> every frame's 64-bit window
-        blocks: list[Columns] = []
+        ends = np.cumsum(tables["count"][roots])
+        if len(ends) > 1 and ends[-1] > _MOST_CELLS:
+            cuts = [0, *np.searchsorted(ends, np.arange(_MOST_CELLS, int(ends[-1]), _MOST_CELLS)).tolist(), len(rows)]
+            parts = [self._run(data, rows[lo:hi], roots[lo:hi], failed) for lo, hi in itertools.pairwise(cuts) if hi > lo]
+            return Cells(*(np.concatenate([getattr(c, f) for c in parts]) for f in ("rows", "names", "ranks", "values")))
+        return self._run(data, rows, roots, failed)
+
+    def _run(self, data: np.ndarray, rows: np.ndarray, roots: np.ndarray, failed: np.ndarray) -> Cells:
+        tables = self._table()
+        window_rows: list[np.ndarray] = []
+        window_cells: list[np.ndarray] = []
+        parts: list[tuple[np.ndarray, int, int, np.ndarray]] = []
         with np.errstate(all="ignore"):  # inf and NaN are values here, as in Python's floats
             while len(rows):
                 fits = tables["fits"][roots]
                 if not fits.all():
                     failed[rows[~fits]] = True
                     rows, roots = rows[fits], roots[fits]
-                nodes = distinct(roots).tolist()
-                next_rows: list[np.ndarray] = []
-                next_roots: list[np.ndarray] = []
-                for number in nodes:
-                    at = rows if len(nodes) == 1 else rows[roots == number]
-                    if count := self._span[number][1]:
-                        step = max(1, _MOST_CELLS // count)  # the working arrays of one step stay small
-                        blocks += [self._windows(data, words, number, at[lo:lo + step]) for lo in range(0, len(at), step)]
-                    extra = self._extra[number]
-                    if extra is not None:
-                        self._extras(data, extra, at, failed, blocks, next_rows, next_roots)
-                if not next_rows:
+                count = tables["count"][roots]
+                if total := int(count.sum()):
+                    ends = np.cumsum(count)
+                    window_rows.append(np.repeat(rows, count))
+                    window_cells.append(np.arange(total) + np.repeat(tables["first"][roots] - (ends - count), count))
+                extra = tables["extra"][roots]
+                if not extra.any():
                     break
-                rows, roots = np.concatenate(next_rows), np.concatenate(next_roots)
-        kept = []
-        for block in blocks:  # cantools raises for the whole frame: none of its values
-            bad = failed[block.rows]
-            if bad.any():
-                keep = ~bad
-                block = Columns(block.rows[keep], block.names, block.ranks, block.values[:, keep])
-            kept.append(block)
-        return kept
+                rows, roots = self._extras(data, rows[extra], roots[extra], failed, parts)
+            cells = self._windows(data, np.concatenate(window_rows) if window_rows else np.empty(0, np.int64),
+                                  np.concatenate(window_cells) if window_cells else np.empty(0, np.int64))
+        if parts:
+            cells = Cells(np.concatenate([cells.rows, *(p[0] for p in parts)]),
+                          np.concatenate([cells.names, *(np.full(len(p[0]), p[1], np.int64) for p in parts)]),
+                          np.concatenate([cells.ranks, *(np.full(len(p[0]), p[2], np.int64) for p in parts)]),
+                          np.concatenate([cells.values, *(p[3] for p in parts)]))
+        if failed[cells.rows].any():  # cantools raises for the whole frame: none of its values
+            keep = ~failed[cells.rows]
+            cells = Cells(cells.rows[keep], cells.names[keep], cells.ranks[keep], cells.values[keep])
+        return cells
 
-    def _extras(self, data: np.ndarray, extra: _Extra, at: np.ndarray, failed: np.ndarray, blocks: list[Columns],
-                next_rows: list[np.ndarray], next_roots: list[np.ndarray]) -> None:
-        """The singles of one node, read for its frames at ``at``, and the next level's nodes."""
-        payload = data[at]
-        if payload.shape[1] < extra.width:
-            payload = np.pad(payload, ((0, 0), (0, extra.width - payload.shape[1])))
-        words = _Payload(payload)
-        selectors: dict[int, _Converted] = {}
-        for single, name, rank in extra.singles:
-            selectors[single.column] = converted = single.values(words)
-            blocks.append(Columns(at, np.array([name], np.int64), np.array([rank], np.int64), converted[0][None, :]))
-        for mux in extra.muxes:
-            child = mux.children_of(selectors[mux.selector.column])
-            found = child >= 0
-            if not found.all():  # cantools: "expected multiplexer id ..., but got ..."
-                failed[at[~found]] = True
-            next_rows.append(at[found])
-            next_roots.append(child[found])
+    def _extras(self, data: np.ndarray, rows: np.ndarray, roots: np.ndarray, failed: np.ndarray,
+                parts: list[tuple[np.ndarray, int, int, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
+        """The singles of the nodes at ``roots``, read node by node, and the next level's nodes."""
+        next_rows: list[np.ndarray] = []
+        next_roots: list[np.ndarray] = []
+        for number in distinct(roots).tolist():
+            extra = self._extra[number]
+            assert extra is not None
+            at = rows[roots == number] if len(roots) > 1 else rows
+            payload = data[at]
+            if payload.shape[1] < extra.width:
+                payload = np.pad(payload, ((0, 0), (0, extra.width - payload.shape[1])))
+            words = _Payload(payload)
+            selectors: dict[int, _Converted] = {}
+            for single, name, rank in extra.singles:
+                selectors[single.column] = converted = single.values(words)
+                parts.append((at, name, rank, converted[0]))
+            for mux in extra.muxes:
+                child = mux.children_of(selectors[mux.selector.column])
+                found = child >= 0
+                if not found.all():  # cantools: "expected multiplexer id ..., but got ..."
+                    failed[at[~found]] = True
+                next_rows.append(at[found])
+                next_roots.append(child[found])
+        if not next_rows:
+            return np.empty(0, np.int64), np.empty(0, np.int64)
+        return np.concatenate(next_rows), np.concatenate(next_roots)
 
-    def _windows(self, data: np.ndarray, words: dict[int, np.ndarray], number: int, rows: np.ndarray) -> Columns:
-        """A node's window cells over its frames at ``rows``, all at once: the integer's bits
-        shifted and masked, its sign bit moved to bit 63 and shifted back (two's complement), then
-        ``float(value) * scale + offset``; an IEEE float's bits as that float, then
-        ``_converter``'s steps."""
-        node = self._node_cells(number)
-        parts = []
-        for kind, _ in node.kinds:
-            every = words.get(kind)
-            if every is None:
-                every = words[kind] = _window_words(data, kind)
-            parts.append(every[rows])
-        if len(parts) == 1:
-            word = parts[0][None, :]
+    def _windows(self, data: np.ndarray, rows: np.ndarray, cells: np.ndarray) -> Cells:
+        """Every (frame, window cell) pair at once: the integer's bits shifted and masked, its sign
+        bit moved to bit 63 and shifted back (two's complement), then ``float(value) * scale +
+        offset``; an IEEE float's bits as that float, then ``_converter``'s steps."""
+        tables = self._table()
+        if not len(cells):
+            return Cells(rows, cells, cells, np.empty(0))
+        kind = tables["kind"][cells]
+        present = np.flatnonzero(np.bincount(kind, minlength=self._KINDS))
+        if len(present) == 1:
+            word = _window_words(data, int(present[0]))[rows]
         else:
-            word = np.empty((len(node.names), len(rows)), np.uint64)
-            for (_, cells), part in zip(node.kinds, parts):
-                word[cells] = part
-        raw = word >> node.shift
-        raw &= node.mask
-        if node.signed:
-            moved = (raw << node.unused).view(np.int64)
-            moved >>= node.unused_signed
-            values = moved.astype(np.float64)
-        else:  # no bit to move: the same values
-            values = raw.view(np.int64).astype(np.float64)
-        values *= node.scale
-        values += node.offset
-        if node.floats:  # IEEE floats: their bits as the float they are, then _converter's steps
-            bits = node.bits
+            where = np.zeros(self._KINDS, np.int64)
+            where[present] = np.arange(len(present))
+            words = np.stack([_window_words(data, k) for k in present.tolist()])
+            word = words[where[kind], rows]
+        raw = (word >> tables["shift"][cells]) & tables["mask"][cells]
+        unused = tables["unused"][cells]
+        values = ((raw << unused).view(np.int64) >> unused.view(np.int64)).astype(np.float64)
+        scales, offsets = tables["scale"][cells], tables["offset"][cells]
+        values *= scales
+        values += offsets
+        bits = tables["float"][cells]
+        if bits.any():  # IEEE floats: their bits as the float they are, then _converter's steps
             for size, (unsigned, floating) in _FLOAT_BITS.items():
                 if not (these := bits == size).any():
                     continue
                 value = raw[these].astype(unsigned).view(floating).astype(np.float64)
-                linear = ~node.identity[these]
-                value[linear] = value[linear] * node.scale[these][linear] + node.offset[these][linear]
+                linear = ~tables["identity"][cells[these]]
+                value[linear] = value[linear] * scales[these][linear] + offsets[these][linear]
                 values[these] = value
-        return Columns(rows, node.names, node.ranks, values)
-
-
-@dataclass(frozen=True)
-class _NodeCells:
-    """A node's window cells, as ``Program._windows`` reads them: the cells of each window kind,
-    and each cell's parameters as a column (broadcast over the frames) or a row."""
-
-    kinds: tuple[tuple[int, np.ndarray], ...]  # (kind, its cells), kinds in order of first cell
-    shift: np.ndarray  # uint64 [c, 1]
-    mask: np.ndarray
-    unused: np.ndarray
-    unused_signed: np.ndarray  # the same bits, as int64
-    scale: np.ndarray  # float64 [c, 1]
-    offset: np.ndarray
-    names: np.ndarray  # int64 [c]
-    ranks: np.ndarray
-    bits: np.ndarray  # an IEEE float's bits, or 0 [c]
-    identity: np.ndarray  # bool [c]
-    floats: bool
-    signed: bool
+        return Cells(rows, tables["name"][cells], tables["rank"][cells], values)
 
 
 _MOST_CELLS = 1 << 16  # values computed in one step (a few MB of working arrays)
