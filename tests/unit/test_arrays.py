@@ -12,7 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from telemetry.edge.arrays import distinct
+from telemetry.edge.arrays import distinct, groups
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -23,6 +23,14 @@ def test_distinct_is_np_unique_of_integers(a):
     got, want = distinct(a), np.unique(a)
     assert got.dtype == want.dtype
     assert np.array_equal(got, want)
+
+
+@given(hnp.arrays(st.sampled_from([np.int64, np.uint32]), st.integers(0, 300), elements=st.integers(0, 40)))
+def test_groups_is_np_unique_with_index_and_inverse(a):
+    got, want = groups(a), np.unique(a, return_index=True, return_inverse=True)
+    for g, w in zip(got, want):
+        assert np.array_equal(g, w)
+    assert got[0].dtype == want[0].dtype
 
 
 def test_a_replay_does_not_import_numpy_ma(tmp_path):

@@ -80,7 +80,8 @@ payload = st.one_of(st.text("0123456789abcdefABCDEF", max_size=18).filter(lambda
                     st.sampled_from(["", "R", "r", "#1", "##", "##100", "0", "00112233445566778", "0g", "00 ",
                                      "00112233445566778899AABBCCDDEEFF"]))
 ending = st.sampled_from(["", " R", " T", " r", " t", " x", "  R", "\tR", " R ", " RT", " "])
-bus = st.sampled_from(["can0", "can0", "can0", "vcan0", "c", "a_very_long_bus_name_of_30_chars", "ca\u00e9n0", "can0\t"])
+bus = st.sampled_from(["can0", "can0", "can0", "vcan0", "c", "a_very_long_bus_name_of_30_chars", "ca\u00e9n0", "can0\t",
+                       "can1", "c\u00e9n", "ca\tn", "can2", "can3", "can4", "can5"])  # of the first line's width too
 layout_line = st.builds(lambda t, b, i, d, end: f"({t}) {b} {i}#{d}{end}", ts, bus, layout_id, payload, ending)
 odd_line = st.sampled_from(["", " ", "\t", "# comment", "(1.0) can0", "( 1.0) can0 100#00", "(1.0)  can0 100#00",
                             "(1.0) can0 100#00\x00", "(1.0) can0 100#00\u00e9", "((1.0) can0 100#00",
@@ -93,6 +94,9 @@ newline = st.sampled_from(["\n", "\n", "\n", "\r\n", "\r"])
        st.integers(1, 12), st.booleans())
 @example([("(1.0) can0 100#0011 R", "\n"), ("(1.0) vcan0 100#00", "\n"), ("(1.0) can0 20000080#00", "\n")], 2, True)
 @example([("(9007199254740993.0) can0 100#00", "\n"), ("(9007199254740992.0) can0 100#00", "\n")], 5, False)
+@example([("(1.0) can0 100#00", "\n"), ("(1.0) can1 100#01", "\n"), ("(1.0) c\u00e9n 100#02", "\n"),
+          ("(1.0) ca\tn 100#03", "\n"), ("(1.0) vcan0 20000080#", "\n"), ("(1.0) can2 1#", "\n"), ("(1.0) can3 2#", "\n"),
+          ("(1.0) can4 3#", "\n"), ("(1.0) can5 4#", "\n"), ("(1.0) can1 5#", "\n")], 12, True)  # six buses, odd ones
 def test_candump_layout_lines_are_read_as_before(tmp_path_factory, lines, chunk_frames, newline_at_end):
     path = tmp_path_factory.mktemp("log") / "x.log"
     text = "".join(line + end for line, end in lines)

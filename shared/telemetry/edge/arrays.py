@@ -19,3 +19,15 @@ def distinct(a: np.ndarray) -> np.ndarray:
     keep[0] = True
     np.not_equal(a[1:], a[:-1], out=keep[1:])
     return a[keep]
+
+
+def groups(a: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``np.unique(a, return_index=True, return_inverse=True)`` of a 1-d integer array: the
+    distinct values, sorted; where each first occurs; each element's place among them. Without
+    numpy's stable sort of every element (a merge sort: the decoder's keys are many, their
+    distinct values few)."""
+    values = distinct(a)
+    inverse = np.searchsorted(values, a)
+    first = np.full(len(values), len(a), np.int64)
+    np.minimum.at(first, inverse, np.arange(len(a)))
+    return values, first, inverse

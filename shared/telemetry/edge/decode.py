@@ -32,7 +32,7 @@ import can
 import cantools
 import numpy as np
 
-from .arrays import distinct
+from .arrays import distinct, groups
 from .errors import DbcError
 from .frames import Frames
 from .messages import FlatBatch
@@ -318,7 +318,7 @@ class DbcDecoder:
         remote = frames.remote & ~error
         rows = np.flatnonzero(~(error | frames.remote))
         keys = frames.keys(rows)
-        found, first, group = np.unique(keys, return_index=True, return_inverse=True)
+        found, first, group = groups(keys)
         slots = [self._slot(key) for key in found.tolist()]
         known = np.array([entry is not None for entry, _ in slots], bool)
         roots = np.array([root for _, root in slots], np.int64)

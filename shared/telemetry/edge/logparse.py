@@ -658,6 +658,8 @@ def _frames(t: np.ndarray, can_id: np.ndarray, extended: np.ndarray, error: np.n
 # A line of the layout ``_Candump.layout`` reads, among a block's first bytes: its bus.
 _CANDUMP_LAYOUT = re.compile(rb"^\([0-9]+\.[0-9]+\) ([!-~]{1,16}) [0-9A-Fa-f]+#", re.MULTILINE)
 _LAYOUT_PROBE = 1024
+_CANDUMP_BUS = re.compile(rb" [!-~]{1,16} ")  # a line's bus, after its timestamp
+_MORE_BUSES = 4  # buses read by the layout besides the first line's; lines of more go by tokens
 
 
 class _Candump(_Parser):
@@ -684,7 +686,7 @@ class _Candump(_Parser):
 
     def layout(self, b: _Block) -> tuple[_Rows, np.ndarray] | None:
         """The lines written as ``(<t>) <bus> <id>#<data>[ R|T]``, ``<bus>`` that of the block's
-        first such line, ``<id>`` of 3 or 8 hex digits and at most 8 bytes of data, read from the
+        first such line or one of a few others (of its first lines on another bus), ``<id>`` of 3 or 8 hex digits and at most 8 bytes of data, read from the
         lines' starts and ends alone (no tokens): every byte of such a line is checked. The frames
         and which lines they are; None when no line of the first ones is of that layout."""
         first = _CANDUMP_LAYOUT.search(b.a[:_LAYOUT_PROBE].tobytes())
@@ -703,8 +705,24 @@ class _Candump(_Parser):
         ok &= b.at(st) == ord("(")
         close = np.where(ok, close, st)  # no timestamp where there is no ")"
         t, good_t = _decimals(b, st + 1, close)
-        ok &= good_t & _starts_with(b, close + 1, bus)
-        s2 = close + 1 + len(bus)
+        ok &= good_t
+        on_bus = _starts_with(b, close + 1, bus)
+        bus_width = np.full(b.n, len(bus))
+        others = np.flatnonzero(ok & ~on_bus)  # another bus (an error frame on vcan0, a second bus)
+        for _ in range(_MORE_BUSES):
+            if not len(others):
+                break
+            at = int(close[others[0]]) + 1
+            found = _CANDUMP_BUS.match(b.a[at:at + 18].tobytes())
+            if found is None:  # no bus there: the tokens say what the line is
+                others = others[1:]
+                continue
+            on_other = _starts_with(b, close[others] + 1, found.group())
+            on_bus[others[on_other]] = True
+            bus_width[others[on_other]] = len(found.group())
+            others = others[~on_other]
+        ok &= on_bus
+        s2 = close + 1 + bus_width
         h = np.where(b.at(s2 + 3) == ord("#"), s2 + 3, s2 + 8)
         ok &= b.at(h) == ord("#")
         can_id, good_id = _integers(b, s2, h, 16, 8)

@@ -141,6 +141,8 @@ class ClockGuard:
         if not len(frames):
             return frames
         t = frames.t + self.offset if self.offset else frames.t
+        if self.clock is None:
+            self._start(frames.t)
         if self.clock is not None:
             before = np.maximum.accumulate(np.concatenate(([self.clock], t)))[:-1]
             if (np.abs(t - before) <= self.skew).all():  # the common case: one comparison a frame
@@ -150,16 +152,20 @@ class ClockGuard:
                     return frames if t is frames.t else dataclasses.replace(frames, t=t)
         return self._judge(frames)
 
-    def _judge(self, frames: Frames) -> Frames:
-        raw = frames.t.tolist()
-        if self.clock is None:  # the start of the stream: the median of its first frames
-            first = sorted(x for x in raw[:self.confirm] if abs(x) <= MAX_EVENT_TIME)  # NaN: False
-            if not first:
-                self.quarantined += len(raw)
-                return frames.take(np.zeros(len(raw), bool))
+    def _start(self, t: np.ndarray) -> None:
+        """The start of the stream: the clock is the median of its first frames (none while none
+        of them has a time that can be one)."""
+        first = sorted(x for x in t[:self.confirm].tolist() if abs(x) <= MAX_EVENT_TIME)  # NaN: False
+        if first:
             # their median, as np.median gives it (whose first call imports numpy.ma: 22 ms, memory)
             middle = len(first) // 2
             self.clock = float(first[middle] if len(first) % 2 else (first[middle - 1] + first[middle]) / 2)
+
+    def _judge(self, frames: Frames) -> Frames:
+        raw = frames.t.tolist()
+        if self.clock is None:  # no first frame with a time that can be one
+            self.quarantined += len(raw)
+            return frames.take(np.zeros(len(raw), bool))
         clock, offset, skew = self.clock, self.offset, self.skew
         keep = np.zeros(len(raw), bool)
         shifted = np.zeros(len(raw))
