@@ -238,6 +238,49 @@ def test_every_group_folded_at_once_is_each_group_folded_alone(batches, config, 
     assert together.totals() == alone.totals()
 
 
+# groups that publish different statistics: each group's own, or the others' too in one pass
+LEAN_CONFIGS = [*CONFIGS, {"window_seconds": 2.0, "publish_seconds": 4.0, "stats": ["count", "max", "t_max"],
+                           "groups": [{"name": "g", "signals": ["A.*"], "stats": ["count", "mean", "std"]}]}]
+# samples of every signal spread over a few windows, in time order (the one pass for every group)
+SPREAD = [(FlatBatch(("A.x", "A.y", "B.z", "C.temp"), np.repeat(np.arange(4), 12), np.tile(np.linspace(0.0, 5.5, 12), 4),
+                     np.arange(48.0) % 7 * 0.5), 6.0)]
+
+
+@settings(max_examples=60)
+@given(streams(), st.sampled_from(range(len(LEAN_CONFIGS))), st.booleans())
+@example(SPREAD, 1, True)
+@example(SPREAD, 4, True)
+def test_only_the_published_statistics_make_the_same_payloads(batches, config, with_res):
+    """``Aggregation(only_published=True)`` (the component's: no squared deviations where no
+    group publishes ``std``, no times of the extremes where none publishes ``t_min`` or
+    ``t_max``) against one that works out every statistic: the same payloads byte for byte and
+    the same counters, whichever groups publish what (one path or the other for a batch)."""
+    cfg = parse_config({"vehicle": "car", "aggregator": LEAN_CONFIGS[config]}).aggregator
+    res = Resolutions(RES, {}) if with_res else None
+    lean = Aggregation(cfg, "car", res=res, max_bytes=700, only_published=True)
+    full = Aggregation(cfg, "car", res=res, max_bytes=700)
+    for message in messages(batches):
+        got, want = lean.publish(message), full.publish(message)
+        assert [a.to_bytes() for a in got] == [a.to_bytes() for a in want]
+    assert lean.totals() == full.totals()
+
+
+def test_only_the_published_statistics_are_worked_out():
+    """The groups' published statistics say what each works out, and what is not published is
+    NaN in its windows (not a value that looks measured)."""
+    cfg = parse_config({"vehicle": "car", "aggregator": CONFIGS[1]}).aggregator  # every statistic, but drive's
+    lean = Aggregation(cfg, "car", only_published=True)
+    assert {n: (a.spread, a.ext_times) for n, a in lean.groups.items()} == \
+        {"slow": (True, True), "drive": (False, False), "default": (True, True)}
+    cfg = parse_config({"vehicle": "car", "aggregator": {"stats": ["count", "max"]}}).aggregator
+    lean = Aggregation(cfg, "car", only_published=True)
+    batch = FlatBatch(("A.x",), np.zeros(3, np.int64), np.array([0.1, 0.2, 0.3]), np.array([1.0, 3.0, 2.0]))
+    (window,) = lean.process(Signals("s", 0, 0.0, 1.0, {}, batch)) + lean.flush()
+    stats = window.signals["A.x"]
+    assert (stats["count"], stats["max"], stats["min"], stats["mean"]) == (3, 3.0, 1.0, 2.0)
+    assert all(np.isnan(stats[k]) for k in ("std", "t_min", "t_max"))
+
+
 def test_a_batch_as_the_reader_makes_it_is_folded_for_every_group_at_once():
     """Runs of three groups, interleaved (a group's runs not together), in time order: one
     pass for all of them, and the windows each group would have made alone."""

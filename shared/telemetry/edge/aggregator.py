@@ -173,24 +173,32 @@ def window_reduce(sid: np.ndarray, t: np.ndarray, v: np.ndarray, width: float) -
     return r
 
 
-def _reduce(t: np.ndarray, v: np.ndarray, starts: np.ndarray) -> np.ndarray:
+def _reduce(t: np.ndarray, v: np.ndarray, starts: np.ndarray, spread: bool = True, ext_times: bool = True) -> np.ndarray:
     """The statistics (rows as ``_FIELDS``) of each run of samples ``starts[i]:starts[i+1]`` (in
-    time order, or sorted by time with ties in batch order)."""
+    time order, or sorted by time with ties in batch order). Without ``spread`` the squared
+    deviations (``M2``), without ``ext_times`` the times of the min and max are NaN, not worked
+    out (whoever publishes no ``std``, ``t_min`` or ``t_max`` needs none of them)."""
+    n = len(t)
     ends = np.empty_like(starts)
     ends[:-1] = starts[1:]
-    ends[-1:] = len(t)
+    ends[-1:] = n
     counts = ends - starts
     out = np.empty((len(_FIELDS), len(starts)))
     out[COUNT] = counts
     mean = out[MEAN]
     np.divide(np.add.reduceat(v, starts), counts, out=mean)
-    dev = v - mean.repeat(counts)
-    out[M2] = np.add.reduceat(dev * dev, starts)
+    if spread:
+        dev = v - mean.repeat(counts)
+        out[M2] = np.add.reduceat(dev * dev, starts)
+    else:
+        out[M2] = np.nan
     np.minimum.reduceat(v, starts, out=out[MIN])
     np.maximum.reduceat(v, starts, out=out[MAX])
-    # the earliest time at which each run's min (max) occurs: both at once
-    at_ext = np.where(v == out[_EXT].repeat(counts, axis=1), t, np.inf)
-    out[_T_EXT] = np.minimum.reduceat(at_ext, starts, axis=1)
+    if ext_times:  # the earliest time at which each run's min (max) occurs: both at once
+        at_ext = np.where(v == out[_EXT].repeat(counts, axis=1), t, np.inf)
+        out[_T_EXT] = np.minimum.reduceat(at_ext, starts, axis=1)
+    else:
+        out[_T_EXT] = np.nan
     last = ends - 1
     out[FIRST_T], out[FIRST] = t.take(starts), v.take(starts)
     out[LAST_T], out[LAST] = t.take(last), v.take(last)
@@ -261,6 +269,9 @@ class WindowAggregator:
         self.stats: Counter[str] = Counter()
         self._late = 0  # late samples not yet reported
         self._late_oldest = math.inf
+        # the statistics worked out beyond those always kept (``_reduce``): all of them, unless
+        # told that no one reads the others (``Aggregation(only_published=True)``)
+        self.spread = self.ext_times = True
 
     def sid(self, name: str) -> int:
         sid = self._sid.get(name)
@@ -338,7 +349,7 @@ class WindowAggregator:
                 return None  # late samples (or NaN times)
         starts = _cells(k, run_at)
         with np.errstate(invalid="ignore", over="ignore"):
-            r = _reduce(t, v, starts)
+            r = _reduce(t, v, starts, self.spread, self.ext_times)
         if np.count_nonzero(_unsound(r)):  # all this is thrown away
             return None
         self._merge(k.take(starts), sid.take(run_at.searchsorted(starts, side="right") - 1), r)
@@ -589,7 +600,7 @@ class Aggregation:
     ``publish``) packs each group's closed windows into aggregates payloads per publish period."""
 
     def __init__(self, cfg: AggregatorConfig, vehicle: str, *, res: Mapping[str, wire.Resolution] | None = None,
-                 max_bytes: int = 100_000) -> None:
+                 max_bytes: int = 100_000, only_published: bool = False) -> None:
         self.cfg = cfg
         def group(name: str, width: float) -> WindowAggregator:
             return WindowAggregator(width, vehicle, group=name, lateness=cfg.lateness_seconds,
@@ -606,6 +617,12 @@ class Aggregation:
                            for name, a in self.groups.items()}
         self.payload_seq = 0
         self._groups = list(self.groups.values())
+        if only_published:  # whoever reads only the payloads: a window's other statistics are NaN
+            for name, a in self.groups.items():
+                stats = self.publishers[name].stats
+                a.spread, a.ext_times = "std" in stats, "t_min" in stats or "t_max" in stats
+        self._spread = any(a.spread for a in self._groups)  # as ``_fold_together`` works out every group's
+        self._ext_times = any(a.ext_times for a in self._groups)
         self._group_of: dict[str, str | None] = {}
         self._where: dict[str, tuple[int, int]] = {}  # name -> (group number, signal number)
         self._names: tuple[str, ...] | None = None  # the names of the last batch, and per name:
@@ -697,7 +714,7 @@ class Aggregation:
             if np.count_nonzero(kf.take(starts) > closed.take(group + 1)) < len(starts):
                 return None  # late samples (or NaN times)
             cells = _cells(k, starts)
-            r = _reduce(t, v, cells)
+            r = _reduce(t, v, cells, self._spread, self._ext_times)
         run = starts.searchsorted(cells, side="right") - 1
         cell_group = group.take(run)
         if np.count_nonzero(_unsound(r) & (cell_group >= 0)):  # as ``_fold_runs``

@@ -734,7 +734,7 @@ class AggregatorComponent(MessageComponent):
         self.topic = services.setting("TELEMETRY_OUTPUT_TOPIC")
         cfg = services.config
         self.core = Aggregation(cfg.aggregator, cfg.vehicle, res=dbc_resolutions(cfg.dbc) if cfg.dbc else None,
-                                max_bytes=cfg.uploader.max_payload_bytes)
+                                max_bytes=cfg.uploader.max_payload_bytes, only_published=True)
 
     def numbered(self, message: Any) -> list[tuple[str, int]]:
         return [(message.source, message.seq)]
