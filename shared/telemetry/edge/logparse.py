@@ -249,13 +249,14 @@ class _LineReader:
                 line, self._pos = self._buf[self._pos:end], end
                 return line
 
-    def block(self) -> bytes:
-        """The next whole lines (the file's last line may lack its newline); b"" at the end."""
+    def block(self) -> memoryview:
+        """The next whole lines (the file's last line may lack its newline), no copy of them; empty
+        at the end."""
         while True:
             end = self._buf.rfind(b"\n", self._pos) + 1
             if end > self._pos or not self._fill():
                 end = end if end > self._pos else len(self._buf)
-                block, self._pos = self._buf[self._pos:end], end
+                block, self._pos = memoryview(self._buf)[self._pos:end], end
                 return block
 
 
