@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from support.logparse_before import CandumpBefore
 from telemetry.edge.frames import Frames
-from telemetry.edge.logparse import ParseCounts, _Candump, _LineReader
+from telemetry.edge.logparse import ParseCounts, _Block, _Candump, _LineReader, _starts_with
 
 FIELDS = ("t", "id", "extended", "error", "remote", "fd", "length", "data")
 
@@ -104,3 +104,28 @@ def test_candump_layout_lines_are_read_as_before(tmp_path_factory, lines, chunk_
         text = text.rstrip("\r\n")  # a cut last line
     path.write_bytes(text.encode())
     assert_read_as_before(path, chunk_frames, bits=True)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(min_size=0, max_size=40), st.data(), st.booleans())
+@example(b"(1.0) vcan0 100#00\n", None, False)
+def test_starts_with_reads_words_as_bytes(raw, data, fold):
+    """``_starts_with`` of texts up to 8 bytes (read as 64-bit words, masked) says what a byte by
+    byte comparison says, at every place of a block and just outside it (bytes there are 0)."""
+    block = _Block(np.frombuffer(raw, np.uint8))
+    starts = np.arange(-8, len(raw) + 2)
+    if data is None:
+        text = b" vcan0 "
+    else:
+        text = data.draw(st.one_of(st.binary(min_size=1, max_size=8),
+                                   st.builds(lambda i, n: raw[i:i + n], st.integers(0, 40), st.integers(1, 8))
+                                   .filter(bool)))
+        if fold:
+            text = bytes(c | 32 for c in text)
+    padded = bytes(8) + raw + bytes(16)
+
+    def byte(c: int) -> int:
+        return c | 32 if fold else c
+
+    want = [all(byte(padded[8 + s + k]) == text[k] for k in range(len(text))) for s in starts.tolist()]
+    assert _starts_with(block, starts, text, fold).tolist() == want

@@ -249,13 +249,14 @@ class _LineReader:
                 line, self._pos = self._buf[self._pos:end], end
                 return line
 
-    def block(self) -> bytes:
-        """The next whole lines (the file's last line may lack its newline); b"" at the end."""
+    def block(self) -> memoryview:
+        """The next whole lines (the file's last line may lack its newline), no copy of them; empty
+        at the end."""
         while True:
             end = self._buf.rfind(b"\n", self._pos) + 1
             if end > self._pos or not self._fill():
                 end = end if end > self._pos else len(self._buf)
-                block, self._pos = self._buf[self._pos:end], end
+                block, self._pos = memoryview(self._buf)[self._pos:end], end
                 return block
 
 
@@ -272,8 +273,9 @@ class _Block:
         self.ends = np.append(newlines, len(a)) if self.unterminated else newlines
         self.starts = np.concatenate(([0], self.ends[:-1] + 1))
         self.n = len(self.ends)
-        # Padded on both sides, so that windows and single bytes near the edges need no checks.
-        self.padded = np.concatenate((_PADDING, a, _PADDING))
+        # Padded on both sides, so that windows and single bytes near the edges need no checks (and
+        # to a whole number of 64-bit words, for ``words``).
+        self.padded = np.concatenate((_PADDING[:_PAD], a, _PADDING[:_PAD + 8 - (len(a) + 2 * _PAD) % 8]))
         self._views: dict[int, np.ndarray] = {}
 
     @functools.cached_property
@@ -348,12 +350,24 @@ class _Block:
                                                    strides=(1, 1))
         return view[start + _PAD]
 
+    def words(self, start: np.ndarray, count: int) -> list[np.ndarray]:
+        """The 8-byte runs from each of ``start``, ``start + 8`` ... (``count`` of them) as
+        little-endian 64-bit words (the byte at ``start`` lowest): two aligned words gathered and
+        shifted together for each, cheaper than a gather of every byte."""
+        aligned = self.padded.view("<u8")
+        pos = start + _PAD
+        index = pos >> 3
+        low = ((pos & 7) << 3).astype(np.uint64)
+        high = np.uint64(63) - low  # shifted by one more below: a shift by 64 is no shift in C
+        parts = [aligned.take(index + k) for k in range(count + 1)]
+        return [(parts[k] >> low) | ((parts[k + 1] << np.uint64(1)) << high) for k in range(count)]
+
     def text(self, i: int) -> str:
         return bytes(self.a[self.starts[i]:self.ends[i] + 1]).decode("utf-8", "replace")
 
 
 _PAD = 3 * FD + 8  # wider than any window taken (an ASC CAN FD payload: 64 times "FF ")
-_PADDING = np.zeros(_PAD, np.uint8)
+_PADDING = np.zeros(_PAD + 8, np.uint8)
 _DIGIT = {base: np.full(256, 255, np.uint8) for base in (10, 16)}
 for _c in range(10):
     _DIGIT[10][48 + _c] = _DIGIT[16][48 + _c] = _c
@@ -550,6 +564,12 @@ def _put(data: np.ndarray, rows: np.ndarray, size: int, values: np.ndarray) -> N
 
 def _starts_with(b: _Block, s: np.ndarray, text: bytes, fold: bool = False) -> np.ndarray:
     """Whether the tokens starting at ``s`` start with ``text`` (lowercase, in any case if ``fold``)."""
+    if len(text) <= 8:  # one word a token, masked to the text's bytes
+        word = b.words(s, 1)[0]
+        mask = np.uint64((1 << 8 * len(text)) - 1)
+        if fold:
+            word = word | np.uint64(int.from_bytes(b" " * len(text), "little"))
+        return (word & mask) == np.uint64(int.from_bytes(text, "little"))
     window = b.windows(s, len(text))
     if fold:
         window = window | np.uint8(32)
