@@ -427,6 +427,23 @@ def test_the_state_machine_decides_as_the_numpy_one(samples, cuts, update_second
             assert [m.encode() for m in fast.add(batch, None, now)] == [m.encode() for m in slow.add(batch, None, now)]
 
 
+
+@pytest.mark.parametrize("hysteresis", [0.0, 0.5])
+def test_a_margin_of_zero_is_not_violated_without_hysteresis_either(hysteresis):
+    """Margins on both sides of 0 in one batch, some exactly 0 (a value on the bound), no NaN:
+    without hysteresis the state is each point's own (the state machine's shortcut), with it the
+    band decides; both as the numpy reference."""
+    r = rule(name="lim", kind="limit", signals="A.*", max=3.0, hysteresis=hysteresis)
+    v = np.array([4.0, 3.0, 2.0, 4.0, 3.0, 2.0])
+    batch = FlatBatch(("A.x",), np.zeros(len(v), np.int64), 10.0 + np.arange(len(v)), v)
+    fast, slow = Detector((r,), "car"), DetectorReference((r,), "car")
+    out = [(m.state, m.t) for m in fast.add(batch, None, 15.0)]
+    assert out == [(m.state, m.t) for m in slow.add(batch, None, 15.0)]
+    if hysteresis == 0.0:  # on the bound is inside: cleared there
+        assert out == [("raised", 10.0), ("cleared", 11.0), ("raised", 13.0), ("cleared", 14.0)]
+    else:  # cleared only at 2.5 or below
+        assert out == [("raised", 10.0), ("cleared", 12.0), ("raised", 13.0), ("cleared", 15.0)]
+
 def test_the_spread_of_samples_without_a_time_keeps_batch_order():
     # hypothesis found it: two signals' samples at NaN times, each its own instant, in batch order
     empty = FlatBatch((), np.zeros(0, np.int64), np.zeros(0), np.zeros(0))

@@ -140,6 +140,10 @@ class Detector:
         if highest <= -rule.hysteresis or lowest > 0:  # one band throughout (the usual batch)
             h = np.full(len(m.x), lowest > 0)
             bounds = [0, len(h)]
+        elif rule.hysteresis == 0 and lowest == lowest and highest == highest:
+            # no band between the two and no NaN (min and max would be): the state is the point's
+            h = m.x > 0
+            bounds = [0, *(np.flatnonzero(h[1:] != h[:-1]) + 1).tolist(), len(h)]
         else:
             violated = m.x > 0
             normal = m.x <= -rule.hysteresis

@@ -85,27 +85,7 @@ class SpreadEvaluator(Evaluator[SpreadRule]):
         assert sel is not None  # a name matches
         if not len(sel[1]):
             return None
-        if batch.layout is not None:
-            order = np.argsort(sel[1], kind="stable")
-            col, t, v = cols_of_name[sel[0][order]], sel[1][order], sel[2][order]
-        else:  # a batch whose signals' samples are not together (not as FlatBatch promises):
-            # by time, then signal in the order of their first samples, then batch order, which
-            # is what the stable sort gives a batch whose signals' samples are together
-            first = np.unique(sel[0], return_index=True, return_inverse=True)
-            order = np.lexsort((first[1][first[2]], sel[1]))
-            col, t, v = cols_of_name[sel[0][order]], sel[1][order], sel[2][order]
         width = len(self.latest.names)
-        # Samples stamped at the same moment are simultaneous: the state is judged once per
-        # instant, after all of them (a table row per instant, not per sample: a frame carries
-        # several cells). Of one signal's samples in an instant the last counts; they are
-        # adjacent here, in batch order (a batch holds each signal's samples together, and the
-        # sort is stable; else the sort is by time, then signal, as above).
-        new_instant = np.concatenate(([True], t[1:] != t[:-1]))
-        instant = np.cumsum(new_instant) - 1
-        last = np.concatenate(((instant[1:] != instant[:-1]) | (col[1:] != col[:-1]), [True]))
-        instant, col, v = instant[last], col[last], v[last]
-        t = t[np.concatenate((new_instant[1:], [True]))]  # each instant's time
-        n = len(t)
         # the table's columns are the signals in name order: of equal values, the first by name
         # is the highest (lowest), not the first the batches happened to show
         if self._by_name[0] != width:  # the signals only grow: worked out again when one is added
@@ -114,12 +94,37 @@ class SpreadEvaluator(Evaluator[SpreadRule]):
             place[by_name] = np.arange(width)
             self._by_name = (width, by_name, place)
         _, by_name, place = self._by_name
-        col = place[col]
-        # A table of every signal's latest value at each instant, a block of rows at a time:
-        # memory stays a few MB, however many samples a batch holds. A NaN sample changes
+        column = place[cols_of_name]  # per name of the table (a name that does not match: any)
+        if batch.layout is not None:
+            order = np.argsort(sel[1], kind="stable")
+        else:  # a batch whose signals' samples are not together (not as FlatBatch promises):
+            # by time, then signal in the order of their first samples, then batch order, which
+            # is what the stable sort gives a batch whose signals' samples are together
+            first = np.unique(sel[0], return_index=True, return_inverse=True)
+            order = np.lexsort((first[1][first[2]], sel[1]))
+        col, t, v = column[sel[0][order]], sel[1][order], sel[2][order]
+        # Samples stamped at the same moment are simultaneous: the state is judged once per
+        # instant, after all of them (a table row per instant, not per sample: a frame carries
+        # several cells). Of one signal's samples in an instant the last counts; they are
+        # adjacent here, in batch order (a batch holds each signal's samples together, and the
+        # sort is stable; else the sort is by time, then signal, as above). A NaN sample changes
         # nothing: the signal keeps its latest value.
-        ok = ~np.isnan(v)
-        instant, col, v = instant[ok], col[ok], v[ok]
+        ends = np.empty(len(t), bool)  # the last sample of its instant
+        np.not_equal(t[1:], t[:-1], out=ends[:-1])
+        ends[-1] = True
+        instant = np.empty(len(t), np.int64)
+        instant[0] = 0
+        np.cumsum(ends[:-1], out=instant[1:])
+        last = np.empty(len(t), bool)  # the last sample of its signal in its instant
+        np.not_equal(col[1:], col[:-1], out=last[:-1])
+        last[:-1] |= ends[:-1]
+        last[-1] = True
+        last &= v == v  # not NaN
+        instant, col, v = instant[last], col[last], v[last]
+        t = t[np.flatnonzero(ends)]  # each instant's time (by index: a sparse mask copies run by run)
+        n = len(t)
+        # A table of every signal's latest value at each instant, a block of rows at a time:
+        # memory stays a few MB, however many samples a batch holds.
         rows_at_once = max(1, CELLS_AT_ONCE // max(width, 1))
         parts: list[tuple[np.ndarray, ...]] = []
         latest = self.latest.values[by_name]
