@@ -811,19 +811,10 @@ def encode(p: Payload, *, codec: str = "zlib", level: int | None = None, schema:
                 # were batched; below 2**63, ``_quantize``), the rounding in integers (half up),
                 # so that the rounded mean does not depend on how the aggregator folded its
                 # float sums either
-                sums = raw["sum"].compress(ints)
-                total = np.rint(sums).astype(np.int64)
+                total = np.rint(raw["sum"].compress(ints)).astype(np.int64)
                 n = count.compress(ints)
                 whole, rest = np.divmod(total, n)  # floor((2S + n) / 2n) without 2S, which would wrap past 2**62
                 rounded = whole + (2 * rest >= n)
-                # A sum that is not whole: a float signal's values finer than the grid inferred
-                # from its exact statistics (a mean's samples need not be among them). Rounding S
-                # first and the mean after would miss by up to half a step and 1/(2n) more: the
-                # mean is rounded once, from S as it is. (A float sum of whole steps a hair off
-                # a whole number is whole: it is rounded first, as ``_grids`` reads it.)
-                off = np.abs(sums - total) > 1e-6
-                if off.any():
-                    rounded = np.where(off, np.floor(sums / n + 0.5), rounded).astype(np.int64)
                 ref_q = rounded if summed is None else np.where(summed, whole, rounded)
                 body.ints(_split_delta(ref_q, ints_first))
                 body.uints(rest[:0] if summed is None else rest.compress(summed))
