@@ -12,8 +12,10 @@ the body is raw deflate with a preset dictionary (layout 3; decode also reads la
 Exactness: ``min``, ``max``, ``first``, ``last`` and a collapsed cell's value come back bit for
 bit (the encoder checks every one and sends a signal whose values are not on its DBC grid, or
 are too large for the integers they would travel as, as float64 instead); ``mean`` within half a DBC step (layout 3: it travels rounded to the step; a
-float signal on an inferred grid ``2**-s``, ``s >= 8``, to that grid; exact, from its sum of raw
-values, on a coarser grid and in a thinned payload); ``std`` within half a step;
+float signal on an inferred grid ``2**-s``, ``s >= 8``, to that grid, within half its step and
+``1/(2n)`` of a step more where the window's samples are finer than the grid, which is inferred
+from the exact statistics alone: their sum is rounded to the grid before the mean is; exact,
+from its sum of raw values, on a coarser grid and in a thinned payload); ``std`` within half a step;
 ``t_min``/``t_max`` to the microsecond.
 
 This module needs numpy and the standard library only , so the
