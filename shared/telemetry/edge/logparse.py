@@ -274,7 +274,7 @@ class _Block:
         self.starts = np.concatenate(([0], self.ends[:-1] + 1))
         self.n = len(self.ends)
         # Padded on both sides, so that windows and single bytes near the edges need no checks (and
-        # to a whole number of 64-bit words, for ``words``).
+        # to a whole number of 64-bit words, for ``word``).
         self.padded = np.concatenate((_PADDING[:_PAD], a, _PADDING[:_PAD + 8 - (len(a) + 2 * _PAD) % 8]))
         self._views: dict[int, np.ndarray] = {}
 
@@ -350,17 +350,15 @@ class _Block:
                                                    strides=(1, 1))
         return view[start + _PAD]
 
-    def words(self, start: np.ndarray, count: int) -> list[np.ndarray]:
-        """The 8-byte runs from each of ``start``, ``start + 8`` ... (``count`` of them) as
-        little-endian 64-bit words (the byte at ``start`` lowest): two aligned words gathered and
-        shifted together for each, cheaper than a gather of every byte."""
+    def word(self, start: np.ndarray) -> np.ndarray:
+        """The 8 bytes from each of ``start`` as a little-endian 64-bit word (the byte at ``start``
+        lowest): two aligned words gathered and shifted together, cheaper than a gather of every byte."""
         aligned = self.padded.view("<u8")
         pos = start + _PAD
         index = pos >> 3
         low = ((pos & 7) << 3).astype(np.uint64)
         high = np.uint64(63) - low  # shifted by one more below: a shift by 64 is no shift in C
-        parts = [aligned.take(index + k) for k in range(count + 1)]
-        return [(parts[k] >> low) | ((parts[k + 1] << np.uint64(1)) << high) for k in range(count)]
+        return (aligned.take(index) >> low) | ((aligned.take(index + 1) << np.uint64(1)) << high)
 
     def text(self, i: int) -> str:
         return bytes(self.a[self.starts[i]:self.ends[i] + 1]).decode("utf-8", "replace")
@@ -565,7 +563,7 @@ def _put(data: np.ndarray, rows: np.ndarray, size: int, values: np.ndarray) -> N
 def _starts_with(b: _Block, s: np.ndarray, text: bytes, fold: bool = False) -> np.ndarray:
     """Whether the tokens starting at ``s`` start with ``text`` (lowercase, in any case if ``fold``)."""
     if len(text) <= 8:  # one word a token, masked to the text's bytes
-        word = b.words(s, 1)[0]
+        word = b.word(s)
         mask = np.uint64((1 << 8 * len(text)) - 1)
         if fold:
             word = word | np.uint64(int.from_bytes(b" " * len(text), "little"))
